@@ -1,0 +1,424 @@
+"""pydantic v2 models of the projectcalico.org/v3 resources, with Calico's field names and defaults.
+
+Python attributes are snake_case; the wire form (YAML/JSON) is Calico's camelCase. ``load()`` turns a
+wire dict into a validated resource or raises ``InvalidResource`` naming the field and the reason.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "projectcalico.org/v3"
+DEFAULT_ASN = 64512
+
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class InvalidResource(ValueError):
+    """A resource failed validation: ``field`` is the dotted wire path, ``reason`` says why."""
+
+    def __init__(self, kind: str, name: str | None, field: str, reason: str) -> None:
+        self.kind, self.name, self.field, self.reason = kind, name, field, reason
+        super().__init__(f"{kind} {name or '<unnamed>'}: {field}: {reason}")
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="allow", frozen=True)
+
+    name: str
+    namespace: str | None = None
+    resource_version: str | None = Field(default=None, alias="resourceVersion")
+    uid: str | None = None
+    creation_timestamp: str | None = Field(default=None, alias="creationTimestamp")
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_name(cls, v: str) -> str:
+        if len(v) > 253 or not _NAME_RE.match(v):
+            raise ValueError("must be a lowercase DNS subdomain name (a-z, 0-9, '-', '.')")
+        return v
+
+
+def _parse_asn(v: Any) -> int:
+    """Calico accepts a plain 32-bit number or the dotted form ``high.low``."""
+    if isinstance(v, str) and "." in v:
+        high, _, low = v.partition(".")
+        v = (int(high) << 16) + int(low)
+    asn = int(v)
+    if not 0 < asn < 2**32:
+        raise ValueError("AS number must be between 1 and 4294967295")
+    return asn
+
+
+# --- IPPool ----------------------------------------------------------------------------------------
+
+EncapMode = Literal["Never", "Always", "CrossSubnet"]
+_ALLOWED_USES = ({"Tunnel", "Workload"}, {"Tunnel"}, {"Workload"}, {"LoadBalancer"})
+_LINK_LOCAL_V4 = ipaddress.ip_network("169.254.0.0/16")
+_LINK_LOCAL_V6 = ipaddress.ip_network("fe80::/10")
+
+
+class IPPoolSpec(_Wire):
+    cidr: str
+    block_size: int | None = None
+    ipip_mode: EncapMode = "Never"
+    vxlan_mode: EncapMode = "Never"
+    nat_outgoing: bool = False
+    disabled: bool = False
+    disable_bgp_export: bool = Field(default=False, alias="disableBGPExport")
+    node_selector: str = "all()"
+    allowed_uses: list[Literal["Workload", "Tunnel", "LoadBalancer"]] = Field(
+        default_factory=lambda: ["Workload", "Tunnel"]
+    )
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        try:
+            net = ipaddress.ip_network(v, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not a valid CIDR with host bits zero ({exc})") from None
+        link_local = _LINK_LOCAL_V4 if net.version == 4 else _LINK_LOCAL_V6
+        if net.overlaps(link_local):
+            raise ValueError(f"{v} overlaps the link-local range {link_local}")
+        return str(net)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IPPoolSpec:
+        net = ipaddress.ip_network(self.cidr)
+        low, high, default = (20, 32, 26) if net.version == 4 else (116, 128, 122)
+        if self.block_size is None:
+            object.__setattr__(self, "block_size", default)
+        if not low <= self.block_size <= high:
+            raise _FieldError("blockSize", f"must be between {low} and {high} for IPv{net.version}")
+        if net.prefixlen > self.block_size:
+            raise _FieldError("blockSize", f"{self.block_size} is larger than the pool /{net.prefixlen}")
+        if self.ipip_mode != "Never" and self.vxlan_mode != "Never":
+            raise _FieldError("vxlanMode", "IPIP and VXLAN cannot both be enabled on one pool")
+        if net.version == 6 and self.ipip_mode != "Never":
+            raise _FieldError("ipipMode", "IPIP is IPv4 only")
+        if set(self.allowed_uses) not in _ALLOWED_USES:
+            raise _FieldError("allowedUses", f"{self.allowed_uses} is not a supported combination")
+        return self
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return ipaddress.ip_network(self.cidr)
+
+
+class _FieldError(ValueError):
+    """Raised inside a model validator to name a field other than the one being validated."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field, self.reason = field, reason
+        super().__init__(f"{field}: {reason}")
+
+
+# --- BGPConfiguration ------------------------------------------------------------------------------
+
+
+class CIDRRef(_Wire):
+    cidr: str
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        return str(ipaddress.ip_network(v, strict=False))
+
+
+class Community(_Wire):
+    name: str
+    value: str
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, v: str) -> str:
+        parts = v.split(":")
+        if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+            raise ValueError("must be aa:nn (standard) or aa:nn:mm (large)")
+        return v
+
+
+class PrefixAdvertisement(_Wire):
+    cidr: str
+    communities: list[str] = Field(default_factory=list)
+
+
+class BGPConfigurationSpec(_Wire):
+    log_severity_screen: Literal["Debug", "Info", "Warning", "Error", "Fatal"] = "Info"
+    node_to_node_mesh_enabled: bool = True
+    as_number: int = Field(default=DEFAULT_ASN, alias="asNumber")
+    service_cluster_i_ps: list[CIDRRef] = Field(default_factory=list, alias="serviceClusterIPs")
+    service_external_i_ps: list[CIDRRef] = Field(default_factory=list, alias="serviceExternalIPs")
+    service_load_balancer_i_ps: list[CIDRRef] = Field(
+        default_factory=list, alias="serviceLoadBalancerIPs"
+    )
+    listen_port: int = Field(default=179, ge=1, le=65535)
+    bind_mode: Literal["None", "NodeIP"] = "None"
+    communities: list[Community] = Field(default_factory=list)
+    prefix_advertisements: list[PrefixAdvertisement] = Field(default_factory=list)
+    node_mesh_max_restart_time: str = "120s"
+    ignored_interfaces: list[str] = Field(default_factory=list)
+
+    @field_validator("as_number", mode="before")
+    @classmethod
+    def _asn(cls, v: Any) -> int:
+        return _parse_asn(v)
+
+
+# --- Node ------------------------------------------------------------------------------------------
+
+
+class NodeBGPSpec(_Wire):
+    ipv4_address: str | None = Field(default=None, alias="ipv4Address")
+    ipv6_address: str | None = Field(default=None, alias="ipv6Address")
+    as_number: int | None = Field(default=None, alias="asNumber")
+    route_reflector_cluster_id: str | None = Field(default=None, alias="routeReflectorClusterID")
+    ipv4_ipip_tunnel_addr: str | None = Field(default=None, alias="ipv4IPIPTunnelAddr")
+
+    @field_validator("ipv4_address")
+    @classmethod
+    def _v4(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        iface = ipaddress.ip_interface(v if "/" in v else f"{v}/32")
+        if iface.version != 4:
+            raise ValueError(f"{v} is not an IPv4 address")
+        return str(iface)
+
+    @field_validator("route_reflector_cluster_id")
+    @classmethod
+    def _cluster_id(cls, v: str | None) -> str | None:
+        if v is not None:
+            ipaddress.IPv4Address(v)
+        return v
+
+    @field_validator("as_number", mode="before")
+    @classmethod
+    def _asn(cls, v: Any) -> int | None:
+        return None if v is None else _parse_asn(v)
+
+
+class NodeAddress(_Wire):
+    address: str
+    type: str = "InternalIP"
+
+
+class NodeSpec(_Wire):
+    bgp: NodeBGPSpec | None = None
+    ipv4_vxlan_tunnel_addr: str | None = Field(default=None, alias="ipv4VXLANTunnelAddr")
+    vxlan_tunnel_mac_addr: str | None = Field(default=None, alias="vxlanTunnelMACAddr")
+    addresses: list[NodeAddress] = Field(default_factory=list)
+    orch_refs: list[dict[str, str]] = Field(default_factory=list)
+
+
+# --- WorkloadEndpoint ------------------------------------------------------------------------------
+
+
+class WorkloadEndpointSpec(_Wire):
+    orchestrator: str = "k8s"
+    workload: str = ""
+    node: str
+    container_id: str = Field(default="", alias="containerID")
+    pod: str
+    endpoint: str = "eth0"
+    ip_networks: list[str] = Field(default_factory=list)
+    interface_name: str
+    mac: str = ""
+    profiles: list[str] = Field(default_factory=list)
+
+    @field_validator("ip_networks")
+    @classmethod
+    def _host_nets(cls, v: list[str]) -> list[str]:
+        out = []
+        for item in v:
+            net = ipaddress.ip_network(item, strict=True)
+            if net.prefixlen != net.max_prefixlen:
+                raise ValueError(f"{item} must be a single address (/32 or /128)")
+            out.append(str(net))
+        return out
+
+    @field_validator("interface_name")
+    @classmethod
+    def _ifname(cls, v: str) -> str:
+        if not 0 < len(v) <= 15:
+            raise ValueError("interface names are 1 to 15 characters")
+        return v
+
+
+# --- IPAM objects ----------------------------------------------------------------------------------
+
+
+class AllocationAttribute(_Wire):
+    handle_id: str | None = Field(default=None, alias="handle_id")
+    secondary: dict[str, str] = Field(default_factory=dict, alias="secondary")
+
+
+class IPAMBlockSpec(_Wire):
+    cidr: str
+    affinity: str | None = None  # "host:<node>"
+    strict_affinity: bool = False
+    allocations: list[int | None] = Field(default_factory=list)
+    unallocated: list[int] = Field(default_factory=list)
+    attributes: list[AllocationAttribute] = Field(default_factory=list)
+    sequence_number: int = 0
+    deleted: bool = False
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        return str(ipaddress.ip_network(v, strict=True))
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return ipaddress.ip_network(self.cidr)
+
+    @property
+    def affine_node(self) -> str | None:
+        if self.affinity and self.affinity.startswith("host:"):
+            return self.affinity[len("host:"):]
+        return None
+
+
+class BlockAffinitySpec(_Wire):
+    state: Literal["pending", "confirmed", "pendingDeletion"] = "pending"
+    node: str
+    cidr: str
+    deleted: bool = False
+
+
+# --- resources -------------------------------------------------------------------------------------
+
+
+class Resource(BaseModel):
+    """Common envelope: apiVersion, kind, metadata, spec."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+
+    KIND: ClassVar[str]
+    PLURAL: ClassVar[str]
+    NAMESPACED: ClassVar[bool] = False
+
+    api_version: Literal["projectcalico.org/v3"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: str
+    metadata: ObjectMeta
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v != cls.KIND:
+            raise ValueError(f"expected {cls.KIND}, got {v}")
+        return v
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def key(self) -> tuple[str, str | None, str]:
+        return (self.KIND, self.metadata.namespace, self.metadata.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    def with_revision(self, revision: str | None) -> Resource:
+        meta = self.metadata.model_copy(update={"resource_version": revision})
+        return self.model_copy(update={"metadata": meta})
+
+
+class IPPool(Resource):
+    KIND = "IPPool"
+    PLURAL = "ippools"
+    kind: str = "IPPool"
+    spec: IPPoolSpec
+
+
+class BGPConfiguration(Resource):
+    KIND = "BGPConfiguration"
+    PLURAL = "bgpconfigurations"
+    kind: str = "BGPConfiguration"
+    spec: BGPConfigurationSpec = Field(default_factory=BGPConfigurationSpec)
+
+
+class Node(Resource):
+    KIND = "Node"
+    PLURAL = "nodes"
+    kind: str = "Node"
+    spec: NodeSpec = Field(default_factory=NodeSpec)
+
+
+class WorkloadEndpoint(Resource):
+    KIND = "WorkloadEndpoint"
+    PLURAL = "workloadendpoints"
+    NAMESPACED = True
+    kind: str = "WorkloadEndpoint"
+    spec: WorkloadEndpointSpec
+
+
+class IPAMBlock(Resource):
+    KIND = "IPAMBlock"
+    PLURAL = "ipamblocks"
+    kind: str = "IPAMBlock"
+    spec: IPAMBlockSpec
+
+
+class BlockAffinity(Resource):
+    KIND = "BlockAffinity"
+    PLURAL = "blockaffinities"
+    kind: str = "BlockAffinity"
+    spec: BlockAffinitySpec
+
+
+KINDS: dict[str, type[Resource]] = {
+    cls.KIND: cls for cls in (IPPool, BGPConfiguration, Node, WorkloadEndpoint, IPAMBlock, BlockAffinity)
+}
+_BY_LOWER = {k.lower(): v for k, v in KINDS.items()} | {v.PLURAL: v for v in KINDS.values()}
+
+
+def kind_class(kind: str) -> type[Resource]:
+    """Resolve ``IPPool``, ``ippool``, ``ippools`` (as calicoctl does) to the model class."""
+    cls = KINDS.get(kind) or _BY_LOWER.get(kind.lower()) or _BY_LOWER.get(kind.lower() + "s")
+    if cls is None:
+        raise InvalidResource(kind, None, "kind", f"unknown kind; known: {', '.join(KINDS)}")
+    return cls
+
+
+def load(data: dict[str, Any]) -> Resource:
+    """Validate a wire dict (as calicoctl accepts it) into a resource; raise InvalidResource."""
+    if not isinstance(data, dict):
+        raise InvalidResource("?", None, "", "a resource must be a mapping")
+    kind = data.get("kind")
+    name = (data.get("metadata") or {}).get("name") if isinstance(data.get("metadata"), dict) else None
+    if not isinstance(kind, str):
+        raise InvalidResource("?", name, "kind", "missing")
+    cls = kind_class(kind)
+    if data.get("apiVersion") != API_VERSION:
+        raise InvalidResource(kind, name, "apiVersion", f"must be {API_VERSION}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(cls.KIND, name, exc) from None
+
+
+def _first_error(kind: str, name: str | None, exc: ValidationError) -> InvalidResource:
+    err = exc.errors()[0]
+    path = [str(p) for p in err["loc"]]
+    ctx_error = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, _FieldError):
+        path = path + [ctx_error.field]
+        reason = ctx_error.reason
+    else:
+        reason = err["msg"].removeprefix("Value error, ")
+    return InvalidResource(kind, name, ".".join(path) or "<root>", reason)

@@ -1,0 +1,76 @@
+"""Helpers for tests: joining namespaces, polling with a deadline."""
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+
+import pytest
+
+
+def veth_between(ns_a: str, if_a: str, addr_a: str, ns_b: str, if_b: str, addr_b: str) -> None:
+    """Join two namespaces with a veth pair; addresses in CIDR form (e.g. ``10.0.0.1/24``)."""
+    tmp_a, tmp_b = f"v{secrets.token_hex(5)}", f"v{secrets.token_hex(5)}"
+    subprocess.run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b], check=True)
+    for tmp, ns, ifname, addr in ((tmp_a, ns_a, if_a, addr_a), (tmp_b, ns_b, if_b, addr_b)):
+        subprocess.run(["ip", "link", "set", tmp, "netns", ns], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", tmp, "name", ifname], check=True)
+        subprocess.run(["ip", "-n", ns, "addr", "add", addr, "dev", ifname], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", ifname, "up"], check=True)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value or the deadline passes (then fail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_etcd(data_dir: str, host: str = "127.0.0.1") -> tuple[subprocess.Popen, str]:
+    """Start Debian's etcd on free ports with ``data_dir``; return (process, client endpoint URL).
+
+    The caller owns the process (register it with the ``procs`` fixture or kill it in finally).
+    """
+    import urllib.request
+
+    client, peer = free_port(), free_port()
+    endpoint = f"http://{host}:{client}"
+    proc = subprocess.Popen(
+        ["etcd", "--name", "t", "--data-dir", data_dir,
+         "--listen-client-urls", endpoint, "--advertise-client-urls", endpoint,
+         "--listen-peer-urls", f"http://{host}:{peer}",
+         "--initial-advertise-peer-urls", f"http://{host}:{peer}",
+         "--initial-cluster", f"t=http://{host}:{peer}", "--log-level", "error"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"etcd exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{endpoint}/health", timeout=0.5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=20, what="etcd to become healthy")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, endpoint
