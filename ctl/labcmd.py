@@ -1,0 +1,46 @@
+"""``pycalicoctl lab ...``: the multi-node lab (see lab/lab.py)."""
+from __future__ import annotations
+
+import sys
+
+from ctl import node as node_cmds
+from lab import lab
+
+
+def run(args) -> int:
+    try:
+        if args.lab_cmd == "up":
+            lab.up(args.name, args.nodes, args.pods_per_node)
+            return 0
+        if args.lab_cmd == "ping":
+            return 0 if lab.ping(args.name) else 1
+        if args.lab_cmd == "restart":
+            lab.restart(args.name, args.node)
+            return 0
+        if args.lab_cmd == "down":
+            lab.down(args.name)
+            return 0
+        if args.lab_cmd == "demo":
+            return demo(args.name)
+    except lab.LabError as exc:
+        print(f"pycalicoctl lab: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def demo(name: str) -> int:
+    """up 3 nodes x 2 pods, ping every pair, show node1's BGP status and routes, down."""
+    lab.down(name)  # a demo interrupted earlier must not block this one
+    try:
+        print(f"== lab up --name {name} --nodes 3 --pods-per-node 2")
+        lab.up(name, 3, 2)
+        print(f"\n== lab ping --name {name}")
+        ok = lab.ping(name)
+        print(f"\n== node status --node {name}-node1")
+        node_cmds.status(f"{name}-node1")
+        print(f"== node routes --node {name}-node1")
+        node_cmds.routes(f"{name}-node1")
+        return 0 if ok else 1
+    finally:
+        print(f"\n== lab down --name {name}")
+        lab.down(name)

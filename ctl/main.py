@@ -1,0 +1,89 @@
+"""``pycalicoctl``: calicoctl's resource verbs, per-node inspection, and the lab.
+
+Exit codes: 0 success, 1 the operation failed (e.g. an unreachable peer, a failed ping), 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from ctl import node as node_cmds
+from ctl import resources as res_cmds
+
+
+def _datastore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datastore-type", default=os.environ.get("DATASTORE_TYPE", "etcdv3"))
+    p.add_argument("--etcd-endpoints", default=os.environ.get("ETCD_ENDPOINTS"))
+    p.add_argument("--lab", metavar="NAME",
+                   help="talk to the datastore of lab NAME (runs inside its fabric namespace)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pycalicoctl")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    for verb in ("apply", "create", "replace"):
+        v = sub.add_parser(verb, help=f"{verb} resources from YAML/JSON (calicoctl syntax)")
+        v.add_argument("-f", "--filename", required=True, help="file, or - for stdin")
+        _datastore_args(v)
+    d = sub.add_parser("delete", help="delete resources by file or by kind and name")
+    d.add_argument("kind", nargs="?")
+    d.add_argument("name", nargs="?")
+    d.add_argument("-f", "--filename")
+    d.add_argument("-n", "--namespace")
+    _datastore_args(d)
+    g = sub.add_parser("get", help="list resources")
+    g.add_argument("kind")
+    g.add_argument("name", nargs="?")
+    g.add_argument("-o", "--output", default="ps", choices=["ps", "wide", "yaml", "json"])
+    g.add_argument("-n", "--namespace")
+    _datastore_args(g)
+
+    n = sub.add_parser("node", help="inspect a node's agent").add_subparsers(dest="node_cmd",
+                                                                               required=True)
+    for name, helptext in (("status", "BGP sessions, as calicoctl node status"),
+                           ("routes", "every kernel route the agent owns, its reason and state")):
+        c = n.add_parser(name, help=helptext)
+        c.add_argument("--node", help="node name (default: this host's)")
+
+    i = sub.add_parser("ipam", help="IP address management").add_subparsers(dest="ipam_cmd",
+                                                                           required=True)
+    _datastore_args(i.add_parser("show", help="blocks, their affinity and usage"))
+
+    lab = sub.add_parser("lab", help="the multi-node lab in network namespaces")
+    ls = lab.add_subparsers(dest="lab_cmd", required=True)
+    u = ls.add_parser("up")
+    u.add_argument("--name", required=True)
+    u.add_argument("--nodes", type=int, default=3)
+    u.add_argument("--pods-per-node", type=int, default=2)
+    for name in ("ping", "down"):
+        ls.add_parser(name).add_argument("--name", required=True)
+    r = ls.add_parser("restart")
+    r.add_argument("--name", required=True)
+    r.add_argument("--node", required=True)
+    ls.add_parser("demo").add_argument("--name", default="demo")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "lab", None):
+        return res_cmds.reexec_in_lab(args.lab, list(argv if argv is not None else sys.argv[1:]))
+    try:
+        if args.cmd == "node":
+            return node_cmds.status(args.node) if args.node_cmd == "status" \
+                else node_cmds.routes(args.node)
+        if args.cmd == "lab":
+            from ctl import labcmd
+
+            return labcmd.run(args)
+        return res_cmds.run(args)
+    except res_cmds.UsageError as exc:
+        print(f"pycalicoctl: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

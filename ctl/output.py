@@ -1,0 +1,87 @@
+"""Table and document rendering in calicoctl's shapes. Purely computational; no I/O."""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+import yaml
+
+from crds import DEFAULT_ASN, API_VERSION, Resource
+
+
+def columns(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """calicoctl's plain aligned columns (tabwriter style, 3 spaces apart)."""
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    lines = ["   ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+             for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def boxed(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """The boxed table of ``calicoctl node status`` (headers centred, cells left-aligned)."""
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    head = "|" + "|".join(f" {h.center(w)} " for h, w in zip(headers, widths)) + "|"
+    body = ["|" + "|".join(f" {str(c).ljust(w)} " for c, w in zip(r, widths)) + "|" for r in rows]
+    return "\n".join([rule, head, rule, *body, rule])
+
+
+def _yes(v: bool) -> str:
+    return "true" if v else "false"
+
+
+def resource_rows(kind: str, items: Sequence[Resource], wide: bool, default_asn: int = DEFAULT_ASN):
+    """(headers, rows) for ``get <kind>`` as calicoctl prints them."""
+    if kind == "IPPool":
+        if wide:
+            return (["NAME", "CIDR", "NAT", "IPIPMODE", "VXLANMODE", "DISABLED", "SELECTOR"],
+                    [[r.name, r.spec.cidr, _yes(r.spec.nat_outgoing), r.spec.ipip_mode,
+                      r.spec.vxlan_mode, _yes(r.spec.disabled), r.spec.node_selector] for r in items])
+        return ["NAME", "CIDR", "SELECTOR"], [[r.name, r.spec.cidr, r.spec.node_selector] for r in items]
+    if kind == "BGPConfiguration":
+        return (["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
+                [[r.name, r.spec.log_severity_screen, _yes(r.spec.node_to_node_mesh_enabled),
+                  str(r.spec.as_number)] for r in items])
+    if kind == "Node":
+        if not wide:
+            return ["NAME"], [[r.name] for r in items]
+        rows = []
+        for r in items:
+            bgp = r.spec.bgp
+            asn = str(bgp.as_number) if bgp and bgp.as_number else f"({default_asn})"
+            rows.append([r.name, asn, (bgp.ipv4_address or "") if bgp else "",
+                         (bgp.ipv6_address or "") if bgp else ""])
+        return ["NAME", "ASN", "IPV4", "IPV6"], rows
+    if kind == "WorkloadEndpoint":
+        return (["NAMESPACE", "WORKLOAD", "NODE", "NETWORKS", "INTERFACE"],
+                [[r.metadata.namespace or "", r.spec.pod, r.spec.node, ",".join(r.spec.ip_networks),
+                  r.spec.interface_name] for r in items])
+    if kind == "IPAMBlock":
+        return (["NAME", "CIDR", "AFFINITY", "IN USE"],
+                [[r.name, r.spec.cidr, r.spec.affinity or "",
+                  str(sum(a is not None for a in r.spec.allocations))] for r in items])
+    if kind == "BlockAffinity":
+        return (["NAME", "NODE", "CIDR", "STATE"],
+                [[r.name, r.spec.node, r.spec.cidr, r.spec.state] for r in items])
+    raise ValueError(f"kind: no table for {kind}")
+
+
+def documents(kind: str, items: Sequence[Resource], revision: int, fmt: str, single: bool) -> str:
+    if single and len(items) == 1:
+        doc = items[0].to_dict()
+    else:
+        doc = {"apiVersion": API_VERSION, "items": [r.to_dict() for r in items],
+               "kind": f"{kind}List", "metadata": {"resourceVersion": str(revision)}}
+    if fmt == "json":
+        return json.dumps(doc, indent=2)
+    return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False).rstrip()
+
+
+def since(iso: str | None) -> str:
+    """HH:MM:SS for today (as calicoctl prints it), the date for older sessions."""
+    if not iso:
+        return ""
+    when = datetime.fromisoformat(iso)
+    now = datetime.now(when.tzinfo)
+    return when.strftime("%H:%M:%S") if when.date() == now.date() else when.strftime("%Y-%m-%d")

@@ -1,0 +1,272 @@
+"""``pycalico-node``: the per-node agent. Wires datastore -> calc -> kernel and BGP.
+
+One asyncio loop. The syncer thread only posts batches (memory, mark dirty); one level-triggered
+reconcile applies a burst. Nothing is written to the kernel, and no BGP peer is configured, before
+the datastore is in sync. On exit (SIGTERM) the agent stops its ExaBGP child but leaves its kernel
+routes in place, so traffic keeps flowing while it restarts; the next agent adopts them.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import datastore
+from bgp.peers import mesh_peers
+from bgp.speaker import Speaker
+from crds import Node, ObjectMeta
+from crds.models import NodeBGPSpec, NodeSpec
+from datastore.base import AlreadyExists, Conflict, Datastore, NotFound, Unavailable
+from datastore.syncer import Syncer
+from felix import cluster
+from felix.calc import PROTO, desired_routes
+from felix.dataplane import RouteTable
+from felix.inspect import compare
+from felix.status import RUN_ROOT, StatusServer
+
+log = logging.getLogger("pycalico.agent")
+
+RETRY_DELAY = 1.0  # a route that failed (e.g. its cali* device is not there yet) is retried
+RESYNC_INTERVAL = 60.0  # full kernel dump and diff even without events (drift, missed link events)
+COALESCE = 0.05  # let a burst of events land before reconciling once
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    ipv4: ipaddress.IPv4Interface
+    datastore_type: str
+    etcd_endpoints: str | None
+    run_dir: Path
+    route_proto: int = PROTO
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, ds: Datastore) -> None:
+        self.cfg, self.ds = cfg, ds
+        self.state = cluster.ClusterState()
+        self.routes = RouteTable(proto=cfg.route_proto)
+        self.speaker: Speaker | None = None
+        self._dirty = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._desired: dict = {}
+        self._last_apply = None
+        self._syncer: Syncer | None = None
+        self._status = StatusServer(cfg.run_dir / "status.sock",
+                                    {"status": self._status_topic, "routes": self._routes_topic})
+
+    # -- lifecycle --
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self.routes.open()
+        await self._status.start()
+        self._syncer = Syncer(self.ds, cluster.WATCHED_KINDS,
+                              lambda batch: loop.call_soon_threadsafe(self._on_batch, batch))
+        self._syncer.start()
+        try:
+            await self._loop()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        log.info("stopping; kernel routes are left in place for the next agent to adopt")
+        if self._syncer is not None:
+            await asyncio.to_thread(self._syncer.stop)
+        if self.speaker is not None:
+            await self.speaker.stop()
+        await self._status.stop()
+        await self.routes.close()
+        self.ds.close()
+
+    def _on_batch(self, batch) -> None:
+        self.state.apply(batch)
+        self._dirty.set()
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set():
+            waiter = asyncio.ensure_future(self._dirty.wait())
+            stopper = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({waiter, stopper}, timeout=RESYNC_INTERVAL,
+                               return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if self._stop.is_set():
+                return
+            await asyncio.sleep(COALESCE)  # coalesce a burst into one reconcile
+            self._dirty.clear()
+            if self.state.in_sync:
+                await self._reconcile()
+
+    # -- the reconcile: current state in, kernel and BGP brought to match --
+    async def _reconcile(self) -> None:
+        node = self.cfg.node
+        glob = cluster.bgp_global(self.state)
+        infos = cluster.node_infos(self.state)
+        me = next((n for n in infos if n.name == node), None)
+        if me is None or me.ipv4 is None:
+            log.warning("own Node resource missing or without ipv4Address; waiting",
+                        extra={"node": node})
+            return
+        speaker = self.speaker or await self._start_speaker(me.asn or glob.asn)
+        await speaker.set_peers(mesh_peers(me, infos, glob))
+        speaker.set_import_filter(cluster.pool_cidrs(self.state),
+                                  cluster.local_blocks(self.state, node))
+        await speaker.set_advertisements(cluster.export_prefixes(self.state, node))
+        inp = cluster.calc_input(self.state, node, speaker.learned_routes())
+        self._desired = dict(desired_routes(inp))
+        result = await self.routes.apply(
+            self._desired, delete_unknown_gateway_routes=speaker.routes_in_sync)
+        self._last_apply = result
+        if result.failed:
+            log.warning("routes failed, will retry",
+                        extra={"failed": {str(k): v for k, v in result.failed.items()}})
+            asyncio.get_running_loop().call_later(RETRY_DELAY, self._dirty.set)
+        elif result.added or result.replaced or result.deleted:
+            log.info("routes applied", extra={"added": result.added, "replaced": result.replaced,
+                                              "deleted": result.deleted})
+        if not speaker.routes_in_sync:
+            # Learned routes from before a restart are kept until BGP has re-synced: look again.
+            asyncio.get_running_loop().call_later(RETRY_DELAY, self._dirty.set)
+
+    async def _start_speaker(self, asn: int) -> Speaker:
+        # Started only once in sync: the AS number and the peers come from the datastore.
+        self.speaker = Speaker(
+            node_name=self.cfg.node, router_id=self.cfg.ipv4.ip, local_address=self.cfg.ipv4.ip,
+            local_asn=asn, run_dir=self.cfg.run_dir, on_change=self._dirty.set,
+        )
+        await self.speaker.start()
+        return self.speaker
+
+    # -- status endpoint topics --
+    async def _status_topic(self) -> dict:
+        sp = self.speaker
+        peers = sp.peer_status() if sp is not None else []
+        return {
+            "node": self.cfg.node, "ipv4": str(self.cfg.ipv4), "pid": os.getpid(),
+            "datastore_in_sync": self.state.in_sync,
+            "bgp_routes_in_sync": bool(sp and sp.routes_in_sync),
+            "peers": [_peer_dict(p) for p in peers],
+            "counters": sp.counters() if sp is not None else {},
+        }
+
+    async def _routes_topic(self) -> list[dict]:
+        kernel = await self.routes.kernel_routes()
+        return [_route_status_dict(s) for s in compare(self._desired, kernel)]
+
+
+def _peer_dict(p) -> dict:
+    return {"address": str(p.address), "name": p.name, "peer_type": p.peer_type,
+            "state": p.state, "since": p.since.isoformat() if p.since else None, "info": p.info}
+
+
+def _route_status_dict(s) -> dict:
+    route = s.desired or s.kernel
+    return {
+        "dst": str(s.dst), "reason": s.reason, "in_sync": s.in_sync,
+        "type": route.type, "dev": route.dev,
+        "gateway": str(route.gateway) if route.gateway else None,
+        "kernel": None if s.kernel is None else {
+            "type": s.kernel.type, "dev": s.kernel.dev, "proto": s.kernel.proto,
+            "gateway": str(s.kernel.gateway) if s.kernel.gateway else None},
+    }
+
+
+# -- start-up helpers --
+
+def register_node(ds: Datastore, name: str, ipv4: ipaddress.IPv4Interface) -> Node:
+    """Create or update our Node with its BGP address (CAS; a concurrent writer makes us re-read)."""
+    for _ in range(10):
+        try:
+            current = ds.get("Node", name)
+        except NotFound:
+            node = Node(metadata=ObjectMeta(name=name),
+                        spec=NodeSpec(bgp=NodeBGPSpec(ipv4_address=str(ipv4))))
+            try:
+                return ds.create(node)
+            except AlreadyExists:
+                continue
+        bgp = (current.spec.bgp or NodeBGPSpec()).model_copy(update={"ipv4_address": str(ipv4)})
+        if current.spec.bgp == bgp:
+            return current
+        try:
+            return ds.update(current.model_copy(
+                update={"spec": current.spec.model_copy(update={"bgp": bgp})}))
+        except Conflict:
+            continue
+    raise RuntimeError(f"Node {name}: could not register after repeated write conflicts")
+
+
+def autodetect_ipv4() -> ipaddress.IPv4Interface:
+    """Calico's first-found: the first global IPv4 address on an interface that is not ours."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for addr in ipr.get_addr(family=socket.AF_INET):
+            ifname = names.get(addr["index"], "")
+            if addr["scope"] == 0 and not ifname.startswith(("cali", "tunl", "vxlan", "lo")):
+                return ipaddress.IPv4Interface(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}")
+    raise RuntimeError("IP: no usable IPv4 address found to autodetect; pass --ip")
+
+
+def enable_forwarding() -> None:
+    # A node routes between its pods and the fabric: forwarding is required, per namespace.
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+
+
+def parse_args(argv: list[str] | None) -> AgentConfig:
+    env = os.environ
+    p = argparse.ArgumentParser(prog="pycalico-node", description=__doc__.splitlines()[0])
+    p.add_argument("--name", default=env.get("NODENAME") or socket.gethostname(),
+                   help="node name (env NODENAME; default: hostname)")
+    p.add_argument("--ip", default=env.get("IP"), help="IPv4 address/prefix (env IP; default: autodetect)")
+    p.add_argument("--datastore-type", default=env.get("DATASTORE_TYPE", "etcdv3"))
+    p.add_argument("--etcd-endpoints", default=env.get("ETCD_ENDPOINTS"))
+    p.add_argument("--run-dir", default=None, help="default: /run/pycalico/<name>")
+    p.add_argument("--route-proto", type=int, default=PROTO)
+    p.add_argument("--log-level", default=env.get("LOG_LEVEL", "INFO"))
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    ipv4 = ipaddress.IPv4Interface(a.ip if a.ip and "/" in a.ip else f"{a.ip}/32") if a.ip \
+        else autodetect_ipv4()
+    run_dir = Path(a.run_dir) if a.run_dir else RUN_ROOT / a.name
+    return AgentConfig(node=a.name, ipv4=ipv4, datastore_type=a.datastore_type,
+                       etcd_endpoints=a.etcd_endpoints, run_dir=run_dir, route_proto=a.route_proto)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_args(argv)
+        ds = datastore.connect(cfg.datastore_type, etcd_endpoints=cfg.etcd_endpoints)
+    except (ValueError, RuntimeError) as exc:
+        print(f"pycalico-node: {exc}", file=sys.stderr)
+        return 2
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    enable_forwarding()
+    for attempt in itertools.count():
+        try:
+            register_node(ds, cfg.node, cfg.ipv4)
+            break
+        except Unavailable as exc:  # transient: the datastore may come up after us
+            delay = min(5.0, 0.2 * 2**attempt)
+            log.warning("datastore unavailable, retrying", extra={"reason": str(exc), "delay": delay})
+            time.sleep(delay)
+    log.info("starting", extra={"node": cfg.node, "ipv4": str(cfg.ipv4)})
+    asyncio.run(Agent(cfg, ds).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

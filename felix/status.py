@@ -1,0 +1,84 @@
+"""The agent's local status endpoint: a unix socket answering one JSON request per connection.
+
+Request: one line ``{"get": "<topic>"}``; response: one JSON line. Topics are registered by the agent
+(``status``: BGP peers, counters, sync state; ``routes``: every owned route with its reason and
+whether the kernel matches). The CLI (``pycalicoctl node status|routes``) is the client.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RUN_ROOT = Path(os.environ.get("PYCALICO_RUN_ROOT", "/run/pycalico"))
+Handler = Callable[[], Awaitable[Any]]
+
+
+def socket_path(node: str) -> Path:
+    """Where the agent for ``node`` on this host listens: one directory per node name."""
+    return RUN_ROOT / node / "status.sock"
+
+
+class StatusServer:
+    def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
+        self._path, self._handlers = path, handlers
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._path.unlink(missing_ok=True)  # a stale socket from a killed agent
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self._path))
+        os.chmod(self._path, 0o600)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self._path.unlink(missing_ok=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=5)
+            reply = await self._answer(line)
+            writer.write(json.dumps(reply, default=str).encode() + b"\n")
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError) as exc:
+            log.debug("status client went away", extra={"reason": repr(exc)})
+        finally:
+            writer.close()
+
+    async def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            topic = json.loads(line)["get"]
+        except (ValueError, KeyError, TypeError):
+            return {"error": 'request must be one JSON line {"get": "<topic>"}'}
+        handler = self._handlers.get(topic)
+        if handler is None:
+            return {"error": f"unknown topic {topic!r}; known: {sorted(self._handlers)}"}
+        return {"result": await handler()}
+
+
+def query(node: str, topic: str, timeout: float = 5.0) -> Any:
+    """Blocking client used by the CLI. Raises FileNotFoundError/ConnectionError if no agent runs."""
+    path = socket_path(node)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"get": topic}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data)
+    if "error" in reply:
+        raise RuntimeError(f"agent for {node}: {reply['error']}")
+    return reply["result"]

@@ -1,0 +1,331 @@
+"""The multi-node lab: a real etcd, N node namespaces on one L2 segment, an agent in each, pods
+created through the real CNI plugin.
+
+Topology: ``<L>-fabric`` holds the bridge ``br0`` (the segment, 10.99.0.0/24) and the lab's etcd on
+10.99.0.254; ``<L>-nodeI`` joins it by a veth (``eth0`` = 10.99.0.I/24, default route onlink via
+the fabric so proxy ARP for 169.254.1.1 works) and runs ``pycalico-node``; pods are namespaces
+``<L>-nodeI-podJ`` wired by ``pycalico-cni``. All addresses live only inside these namespaces.
+State (PIDs, pods) is kept in ``/run/pycalico-lab/<L>/state.json``; ``down`` also cleans up after a
+crash by the namespace names alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from felix.status import RUN_ROOT, query
+from lab.netns import add_netns, in_netns, ip, kill_and_delete_netns, list_netns, veth_into
+
+LAB_ROOT = Path(os.environ.get("PYCALICO_LAB_ROOT", "/run/pycalico-lab"))
+FABRIC_NET = "10.99.0"
+ETCD_IP = f"{FABRIC_NET}.254"
+POOL = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+        "metadata": {"name": "default-ipv4-ippool"},
+        "spec": {"cidr": "10.244.0.0/16", "blockSize": 26, "ipipMode": "Never",
+                 "vxlanMode": "Never", "natOutgoing": True, "nodeSelector": "all()"}}
+BGPCONFIG = {"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
+             "metadata": {"name": "default"},
+             "spec": {"asNumber": 64512, "nodeToNodeMeshEnabled": True, "logSeverityScreen": "Info"}}
+_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass
+class Pod:
+    name: str
+    node: str
+    netns: str
+    ip: str
+
+
+@dataclass
+class LabState:
+    name: str
+    nodes: dict[str, str] = field(default_factory=dict)  # node name -> ipv4/24
+    agent_pids: dict[str, int] = field(default_factory=dict)
+    etcd_pid: int | None = None
+    pods: list[Pod] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{ETCD_IP}:2379"
+
+    @property
+    def dir(self) -> Path:
+        return LAB_ROOT / self.name
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "state.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, name: str) -> LabState:
+        path = LAB_ROOT / name / "state.json"
+        if not path.exists():
+            raise LabError(f"lab {name!r} is not up (no {path})")
+        data = json.loads(path.read_text())
+        data["pods"] = [Pod(**p) for p in data["pods"]]
+        return cls(**data)
+
+
+def _bin(name: str) -> str:
+    """Our console scripts live beside the running interpreter (the venv's bin)."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# -- up --
+
+def up(name: str, nodes: int, pods_per_node: int, timeout: float = 90.0) -> LabState:
+    if not _NAME_RE.match(name):
+        raise LabError(f"--name: {name!r} must be 1-6 lowercase letters/digits starting with a "
+                       "letter (namespace and interface names are built from it)")
+    if not 1 <= nodes <= 200 or not 0 <= pods_per_node <= 60:
+        raise LabError("--nodes must be 1-200 and --pods-per-node 0-60")
+    if (LAB_ROOT / name / "state.json").exists() or _lab_namespaces(name):
+        raise LabError(f"lab {name!r} already exists; run 'pycalicoctl lab down --name {name}' first")
+    state = LabState(name=name)
+    try:
+        _make_fabric(state)
+        for i in range(1, nodes + 1):
+            _make_node(state, i)
+        state.save()
+        for node in state.nodes:
+            for j in range(1, pods_per_node + 1):
+                state.pods.append(_add_pod(state, node, j))
+                state.save()
+        wait_converged(state, timeout)
+    except BaseException:
+        _log(f"lab up failed; logs are in {state.dir}")
+        raise
+    return state
+
+
+def _make_fabric(state: LabState) -> None:
+    fabric = f"{state.name}-fabric"
+    add_netns(fabric)
+    ip("-n", fabric, "link", "add", "br0", "type", "bridge")
+    ip("-n", fabric, "addr", "add", f"{ETCD_IP}/24", "dev", "br0")
+    ip("-n", fabric, "link", "set", "br0", "up")
+    state.dir.mkdir(parents=True, exist_ok=True)
+    url = state.endpoint
+    proc = _spawn(state.dir / "etcd.log",
+        ["ip", "netns", "exec", fabric, "etcd", "--name", "lab", "--data-dir", str(state.dir / "etcd"),
+         "--listen-client-urls", url, "--advertise-client-urls", url,
+         "--listen-peer-urls", "http://127.0.0.1:2380",
+         "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+         "--initial-cluster", "lab=http://127.0.0.1:2380"])
+    state.etcd_pid = proc.pid
+    state.save()
+    in_netns(fabric, _seed_datastore, url)
+    _log(f"etcd      {url} (in {fabric}, pid {proc.pid})")
+
+
+def _seed_datastore(url: str) -> None:
+    """Runs inside the fabric namespace: wait for etcd, then store the pool and BGP config."""
+    import datastore
+    from crds import load
+    from datastore.base import DatastoreError
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            ds = datastore.connect("etcdv3", etcd_endpoints=url)
+            for doc in (POOL, BGPCONFIG):
+                ds.apply(load(doc))
+            ds.close()
+            return
+        except DatastoreError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _make_node(state: LabState, i: int) -> None:
+    node, fabric = f"{state.name}-node{i}", f"{state.name}-fabric"
+    addr = f"{FABRIC_NET}.{i}/24"
+    add_netns(node)
+    veth_into(node, "eth0", fabric, f"n{i}")
+    ip("-n", fabric, "link", "set", f"n{i}", "master", "br0", "up")
+    ip("-n", node, "addr", "add", addr, "dev", "eth0")
+    ip("-n", node, "link", "set", "eth0", "up")
+    # A default route is what lets the host side of each cali* answer proxy ARP for 169.254.1.1.
+    ip("-n", node, "route", "add", "default", "via", ETCD_IP, "dev", "eth0", "onlink")
+    state.nodes[node] = addr
+    state.agent_pids[node] = _start_agent(state, node)
+    _log(f"node      {node:<14} {addr:<16} agent pid {state.agent_pids[node]}")
+
+
+def _start_agent(state: LabState, node: str) -> int:
+    proc = _spawn(state.dir / f"{node}.log",
+                  ["ip", "netns", "exec", node, _bin("pycalico-node"), "--name", node,
+                   "--ip", state.nodes[node], "--etcd-endpoints", state.endpoint])
+    return proc.pid
+
+
+_CHILDREN: list[subprocess.Popen] = []  # daemons outlive this command; keep them referenced
+
+
+def _spawn(log_path: Path, argv: list[str]) -> subprocess.Popen:
+    """Start a lab daemon in its own session, output appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    _CHILDREN.append(proc)
+    return proc
+
+
+def _netconf(state: LabState, node: str) -> str:
+    return json.dumps({
+        "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "pycalico-cni",
+        "datastore_type": "etcdv3", "etcd_endpoints": state.endpoint, "nodename": node,
+        "ipam": {"type": "pycalico-ipam"},
+    })
+
+
+def _add_pod(state: LabState, node: str, j: int) -> Pod:
+    podns = f"{node}-pod{j}"
+    pod_name = f"pod-{node.rsplit('-', 1)[1]}-{j}"
+    add_netns(podns)
+    env = {**os.environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": podns,
+           "CNI_NETNS": f"/var/run/netns/{podns}", "CNI_IFNAME": "eth0",
+           "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_name}",
+           "CNI_PATH": str(Path(_bin("pycalico-ipam")).parent)}
+    out = subprocess.run(["ip", "netns", "exec", node, _bin("pycalico-cni")], env=env,
+                         input=_netconf(state, node), capture_output=True, text=True)
+    if out.returncode != 0:
+        raise LabError(f"CNI ADD for {podns} failed: {out.stdout.strip()} {out.stderr.strip()}")
+    address = json.loads(out.stdout)["ips"][0]["address"].split("/")[0]
+    _log(f"pod       {podns:<20} {address:<14} on {node}")
+    return Pod(name=pod_name, node=node, netns=podns, ip=address)
+
+
+def wait_converged(state: LabState, timeout: float) -> None:
+    """Until every agent has all its mesh peers Established and a learned route per other node
+    that has pods (each such node owns at least one block)."""
+    deadline = time.monotonic() + timeout
+    with_pods = {p.node for p in state.pods}
+    pending = dict.fromkeys(state.nodes, "not asked yet")
+    while pending:
+        for node in list(pending):
+            pending[node] = _node_lag(node, len(state.nodes) - 1, len(with_pods - {node}))
+            if pending[node] is None:
+                del pending[node]
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise LabError(f"not converged after {timeout:.0f}s: {pending}")
+        time.sleep(0.2)
+    _log("converged: every node has its mesh peers Established and routes to every other block")
+
+
+def _node_lag(node: str, n_peers: int, n_remote: int) -> str | None:
+    try:
+        status = query(node, "status")
+        routes = query(node, "routes")
+    except (OSError, RuntimeError) as exc:
+        return f"agent not answering ({exc.__class__.__name__})"
+    up_peers = [p for p in status["peers"] if p["state"] == "up"]
+    learned = [r for r in routes if r["reason"].startswith("learned") and r["in_sync"]]
+    if len(up_peers) < n_peers:
+        return f"{len(up_peers)}/{n_peers} peers up"
+    if len(learned) < n_remote:
+        return f"{len(learned)}/{n_remote} remote block routes"
+    return None
+
+
+# -- ping --
+
+def ping(name: str, attempts: int = 3) -> bool:
+    state = LabState.load(name)
+    pods = state.pods
+    pairs = [(a, b) for a in pods for b in pods if a is not b]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = dict(zip(pairs, pool.map(lambda ab: _ping_once(ab[0], ab[1], attempts), pairs)))
+    width = max([len(p.netns) for p in pods] + [4])
+    print(" " * width + " | " + " ".join(f"{p.ip:>12}" for p in pods))
+    for a in pods:
+        cells = ["-" if a is b else ("ok" if results[(a, b)] else "FAIL") for b in pods]
+        print(f"{a.netns:<{width}} | " + " ".join(f"{c:>12}" for c in cells))
+    failed = sum(1 for ok in results.values() if not ok)
+    print(f"{len(pairs) - failed}/{len(pairs)} pod pairs reachable")
+    return failed == 0 and bool(pairs)
+
+
+def _ping_once(src: Pod, dst: Pod, attempts: int) -> bool:
+    for _ in range(attempts):
+        out = subprocess.run(["ip", "netns", "exec", src.netns, "ping", "-c", "1", "-W", "1", dst.ip],
+                             capture_output=True)
+        if out.returncode == 0:
+            return True
+    return False
+
+
+# -- restart --
+
+def restart(name: str, node: str) -> int:
+    state = LabState.load(name)
+    if node not in state.nodes:
+        raise LabError(f"--node: {node!r} is not a node of lab {name} ({', '.join(state.nodes)})")
+    old = state.agent_pids[node]
+    try:
+        os.kill(old, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _wait_gone(old)
+    state.agent_pids[node] = _start_agent(state, node)
+    state.save()
+    _log(f"{node}: agent pid {old} killed (SIGKILL), new agent pid {state.agent_pids[node]}")
+    return state.agent_pids[node]
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        try:  # reap it if it is our child
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    raise LabError(f"process {pid} did not exit")
+
+
+# -- down --
+
+def _lab_namespaces(name: str) -> list[str]:
+    pattern = re.compile(rf"^{re.escape(name)}-(fabric|node\d+(-pod\d+)?)$")
+    return [ns for ns in list_netns() if pattern.match(ns)]
+
+
+def down(name: str) -> None:
+    """Remove every namespace, process and file of lab ``name``. Idempotent; works after a crash."""
+    namespaces = _lab_namespaces(name)
+    # Pods first, then nodes (their agents), then the fabric (etcd).
+    namespaces.sort(key=lambda ns: (0 if "-pod" in ns else 1 if "-node" in ns else 2, ns))
+    for ns in namespaces:
+        killed = kill_and_delete_netns(ns)
+        _log(f"deleted   {ns}" + (f" (killed {', '.join(map(str, killed))})" if killed else ""))
+    for node_dir in RUN_ROOT.glob(f"{name}-node*"):
+        shutil.rmtree(node_dir, ignore_errors=True)
+    shutil.rmtree(LAB_ROOT / name, ignore_errors=True)
+    _log(f"lab {name} is down")

@@ -1,0 +1,156 @@
+"""The lab end to end, through the real CLI: 3 nodes x 2 pods, BGP full mesh, pings, restart, down."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import secrets
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import wait_for
+
+CTL = str(Path(sys.executable).parent / "pycalicoctl")
+LAB = f"e{secrets.token_hex(2)}"  # lab names are short: namespace/interface names derive from them
+
+
+def ctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=240)
+    if check and out.returncode != 0:
+        pytest.fail(f"pycalicoctl {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def lab_state() -> dict:
+    return json.loads(Path(f"/run/pycalico-lab/{LAB}/state.json").read_text())
+
+
+def lab_namespaces() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(f"{LAB}-")]
+
+
+@pytest.fixture(scope="module")
+def lab():
+    try:
+        ctl("lab", "up", "--name", LAB, "--nodes", "3", "--pods-per-node", "2")
+        yield lab_state()
+    finally:
+        subprocess.run([CTL, "lab", "down", "--name", LAB], capture_output=True, timeout=120)
+
+
+def routes(ns: str) -> list[str]:
+    return subprocess.run(["ip", "-n", ns, "route"], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+
+
+def test_node1_routes_match_calico(lab):
+    lines = routes(f"{LAB}-node1")
+    blackholes = [ln for ln in lines if ln.startswith("blackhole") and "proto 80" in ln]
+    assert len(blackholes) == 1 and blackholes[0].split()[1].endswith("/26"), lines
+    own_block = ipaddress.ip_network(blackholes[0].split()[1])
+    local_pods = [p for p in lab["pods"] if p["node"] == f"{LAB}-node1"]
+    for pod in local_pods:
+        assert ipaddress.ip_address(pod["ip"]) in own_block
+        assert any(re.match(rf"^{re.escape(pod['ip'])} dev cali[0-9a-f]{{11}} proto 80 scope link", ln)
+                   for ln in lines), (pod, lines)
+    vias = {ln.split()[2] for ln in lines if " via " in ln and "proto 80" in ln}
+    node_ips = {str(ipaddress.ip_interface(a).ip) for n, a in lab["nodes"].items()
+                if n != f"{LAB}-node1"}
+    assert vias == node_ips, lines
+    # every other node's pods are inside one of the blocks routed via that node
+    for pod in lab["pods"]:
+        if pod["node"] == f"{LAB}-node1":
+            continue
+        gw = str(ipaddress.ip_interface(lab["nodes"][pod["node"]]).ip)
+        via_blocks = [ipaddress.ip_network(ln.split()[0]) for ln in lines if f"via {gw} " in ln]
+        assert any(ipaddress.ip_address(pod["ip"]) in b for b in via_blocks), (pod, lines)
+
+
+def test_node_status_shows_two_established_mesh_peers(lab):
+    out = ctl("node", "status", "--node", f"{LAB}-node1").stdout
+    assert "Calico process is running." in out
+    rows = [ln for ln in out.splitlines() if "node-to-node mesh" in ln]
+    assert len(rows) == 2, out
+    assert all("| up " in r and "Established" in r for r in rows), out
+
+
+def test_node_routes_lists_reasons_and_kernel_state(lab):
+    out = ctl("node", "routes", "--node", f"{LAB}-node1").stdout
+    assert "local block" in out and "local workload" in out and "learned from" in out, out
+    assert ", 0 not matching the kernel" in out, out
+
+
+def test_every_pod_reaches_every_other_pod(lab):
+    out = ctl("lab", "ping", "--name", LAB).stdout
+    assert "30/30 pod pairs reachable" in out, out
+
+
+def test_restart_keeps_traffic_and_adopts_routes(lab):
+    node1_pod = next(p for p in lab["pods"] if p["node"] == f"{LAB}-node1")
+    node3_pod = next(p for p in lab["pods"] if p["node"] == f"{LAB}-node3")
+    node2 = f"{LAB}-node2"
+    monitor = subprocess.Popen(["ip", "-n", node2, "monitor", "route"], stdout=subprocess.PIPE,
+                               text=True)
+    stop = threading.Event()
+    failures: list[str] = []
+    sent = [0]
+
+    def keep_pinging() -> None:
+        while not stop.is_set():
+            for a, b in ((node1_pod, node3_pod), (node3_pod, node1_pod)):
+                r = subprocess.run(["ip", "netns", "exec", a["netns"], "ping", "-c", "1", "-W", "1",
+                                    b["ip"]], capture_output=True)
+                sent[0] += 1
+                if r.returncode != 0:
+                    failures.append(f"{a['netns']} -> {b['ip']}")
+
+    pinger = threading.Thread(target=keep_pinging)
+    try:
+        old_pid = lab_state()["agent_pids"][node2]
+        pinger.start()
+        ctl("lab", "restart", "--name", LAB, "--node", node2)
+        new_pid = lab_state()["agent_pids"][node2]
+        assert new_pid != old_pid
+        wait_for(lambda: ctl("node", "status", "--node", node2, check=False).returncode == 0,
+                 timeout=60, what="the restarted agent's peers to be Established again")
+        wait_for(lambda: sent[0] >= 6, timeout=30, what="pings during the restart")
+    finally:
+        stop.set()
+        if pinger.is_alive():
+            pinger.join(timeout=30)
+        monitor.terminate()
+        events, _ = monitor.communicate(timeout=10)
+    assert not failures, f"pings failed during restart: {failures}"
+    deleted = [ln for ln in events.splitlines() if ln.startswith("Deleted") and "proto 80" in ln]
+    assert not deleted, f"the restarted agent deleted its routes instead of adopting them: {deleted}"
+    out = ctl("node", "routes", "--node", node2).stdout
+    assert ", 0 not matching the kernel" in out, out
+
+
+def test_down_leaves_nothing(lab):
+    state = lab_state()
+    pids = [state["etcd_pid"], *state["agent_pids"].values()]
+    ctl("lab", "down", "--name", LAB)
+    assert lab_namespaces() == []
+    for pid in pids:
+        alive = Path(f"/proc/{pid}").exists() and "zombie" not in _proc_state(pid)
+        assert not alive, f"pid {pid} still runs after lab down"
+    assert not Path(f"/run/pycalico-lab/{LAB}").exists()
+    ctl("lab", "down", "--name", LAB)  # idempotent
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"
+
+
+def test_lab_rejects_bad_name():
+    out = ctl("lab", "up", "--name", "Bad_Name", check=False)
+    assert out.returncode != 0 and "--name" in out.stderr

@@ -1,0 +1,103 @@
+"""Resource models: Calico's YAML loads unchanged; bad input names the field and the reason."""
+import pytest
+import yaml
+
+from crds import BGPConfiguration, InvalidResource, IPPool, Node, kind_class, load
+
+# Verbatim from the source article (calicoctl get ipPool -o yaml), one item of the list.
+ARTICLE_IPPOOL = """
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  creationTimestamp: "2022-12-20T07:41:39Z"
+  name: default-ipv4-ippool
+  resourceVersion: "213763"
+  uid: 6f666892-4a12-4793-982f-f5d75f153149
+spec:
+  blockSize: 26
+  cidr: 10.244.0.0/16
+  ipipMode: Never
+  natOutgoing: true
+  nodeSelector: all()
+  vxlanMode: Never
+"""
+
+
+def pool(**spec):
+    return {"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+            "metadata": {"name": "p"}, "spec": {"cidr": "10.244.0.0/16", **spec}}
+
+
+def test_article_ippool_loads_unchanged_and_round_trips():
+    doc = yaml.safe_load(ARTICLE_IPPOOL)
+    p = load(doc)
+    assert isinstance(p, IPPool)
+    assert p.spec.cidr == "10.244.0.0/16" and p.spec.block_size == 26 and p.spec.nat_outgoing
+    assert p.metadata.resource_version == "213763"
+    out = p.to_dict()
+    for key, value in doc["spec"].items():
+        assert out["spec"][key] == value
+    assert load(out) == p
+
+
+def test_ippool_defaults():
+    p = load(pool())
+    assert (p.spec.block_size, p.spec.ipip_mode, p.spec.vxlan_mode) == (26, "Never", "Never")
+    assert p.spec.node_selector == "all()" and p.spec.allowed_uses == ["Workload", "Tunnel"]
+    assert load(pool(cidr="fd00:10::/64")).spec.block_size == 122
+
+
+@pytest.mark.parametrize("spec, field, words", [
+    ({"cidr": "10.244.0.1/16"}, "spec.cidr", "host bits"),
+    ({"cidr": "not-a-cidr"}, "spec.cidr", "not a valid CIDR"),
+    ({"cidr": "169.254.0.0/16"}, "spec.cidr", "link-local"),
+    ({"blockSize": 33}, "spec.blockSize", "between 20 and 32"),
+    ({"blockSize": 19}, "spec.blockSize", "between 20 and 32"),
+    ({"cidr": "10.244.0.0/24", "blockSize": 20}, "spec.blockSize", "larger than the pool"),
+    ({"ipipMode": "Always", "vxlanMode": "CrossSubnet"}, "spec.vxlanMode", "both"),
+    ({"ipipMode": "Sometimes"}, "spec.ipipMode", "Never"),
+    ({"allowedUses": ["LoadBalancer", "Workload"]}, "spec.allowedUses", "combination"),
+    ({"bogusField": 1}, "spec.bogusField", "not permitted"),
+])
+def test_invalid_ippool_names_field_and_reason(spec, field, words):
+    with pytest.raises(InvalidResource) as exc:
+        load(pool(**spec))
+    assert exc.value.field == field
+    assert words in exc.value.reason
+    assert field in str(exc.value) and "IPPool p" in str(exc.value)
+
+
+def test_envelope_errors():
+    with pytest.raises(InvalidResource, match="apiVersion"):
+        load({**pool(), "apiVersion": "crd.projectcalico.org/v1"})
+    with pytest.raises(InvalidResource, match="unknown kind"):
+        load({**pool(), "kind": "Pool"})
+    with pytest.raises(InvalidResource, match="metadata.name"):
+        load({**pool(), "metadata": {"name": "Bad_Name"}})
+
+
+def test_bgpconfiguration_defaults_and_dotted_asn():
+    cfg = load({"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
+                "metadata": {"name": "default"}, "spec": {}})
+    assert isinstance(cfg, BGPConfiguration)
+    assert cfg.spec.as_number == 64512 and cfg.spec.node_to_node_mesh_enabled
+    assert cfg.spec.listen_port == 179 and cfg.spec.log_severity_screen == "Info"
+    dotted = load({**cfg.to_dict(), "spec": {"asNumber": "1.10"}})
+    assert dotted.spec.as_number == 65536 + 10
+    with pytest.raises(InvalidResource, match="spec.asNumber"):
+        load({**cfg.to_dict(), "spec": {"asNumber": 0}})
+
+
+def test_node_bgp_fields():
+    n = load({"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": "n1"},
+              "spec": {"bgp": {"ipv4Address": "192.168.40.181/24", "asNumber": 64513,
+                               "routeReflectorClusterID": "224.0.0.1"}}})
+    assert isinstance(n, Node) and n.spec.bgp.ipv4_address == "192.168.40.181/24"
+    assert n.to_dict()["spec"]["bgp"]["routeReflectorClusterID"] == "224.0.0.1"
+    with pytest.raises(InvalidResource, match="spec.bgp.ipv4Address"):
+        load({**n.to_dict(), "spec": {"bgp": {"ipv4Address": "fd00::1/64"}}})
+
+
+@pytest.mark.parametrize("name", ["IPPool", "ippool", "ippools", "ipPool"])
+def test_kind_aliases_like_calicoctl(name):
+    assert kind_class(name) is IPPool
