@@ -135,6 +135,8 @@ class Agent:
         elif result.added or result.replaced or result.deleted:
             log.info("routes applied", extra={"added": result.added, "replaced": result.replaced,
                                               "deleted": result.deleted})
+        if result.recheck_after:  # unknown cali* routes in their grace period: look again
+            asyncio.get_running_loop().call_later(result.recheck_after, self._dirty.set)
         if not speaker.routes_in_sync:
             # Learned routes from before a restart are kept until BGP has re-synced: look again.
             asyncio.get_running_loop().call_later(RETRY_DELAY, self._dirty.set)

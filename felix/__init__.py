@@ -1,0 +1,28 @@
+"""Felix: turn the cluster's state into this node's routes, and keep the kernel in step.
+
+Contract of the modules:
+
+- ``felix.calc`` -- purely computational, no I/O, never imports pyroute2. Frozen ``CalcInput``
+  (node, pools, blocks, workloads, learned BGP routes) in, a frozen mapping ``dst -> DesiredRoute``
+  out. Depends on the current state only, never on history or on input order.
+- ``felix.inspect`` -- purely computational: ``compare(desired, kernel)`` explains every route (its
+  reason, whether the kernel matches). Used by ``pycalicoctl node routes``. ``KernelRoute`` lives here
+  so that inspection needs no netlink.
+- ``felix.dataplane`` -- the only kernel I/O (pyroute2 ``AsyncIPRoute``, never NDB/IPDB).
+  ``RouteTable.apply(desired)`` full-dumps, diffs against the routes it owns (``route_is_ours``: our
+  ``proto`` number, 80), deletes what is not desired, then ``replace``s what is missing or different.
+  Routes of any other proto are never touched. Identical state means zero writes, which is how a
+  restarted agent adopts its routes without a flap.
+- ``felix.agent`` -- wires datastore, BGP and the two stages together (level-triggered loop).
+
+Example (pure part)::
+
+    >>> from ipaddress import IPv4Address, IPv4Network
+    >>> from felix.calc import Block, CalcInput, Workload, desired_routes
+    >>> inp = CalcInput(node="n1", pools=frozenset({IPv4Network("10.244.0.0/16")}),
+    ...     blocks=frozenset({Block(IPv4Network("10.244.1.0/26"), "n1")}),
+    ...     workloads=frozenset({Workload(IPv4Address("10.244.1.5"), "cali0123456789a", "n1", "p")}),
+    ...     learned=frozenset())
+    >>> sorted((str(d), r.type) for d, r in desired_routes(inp).items())
+    [('10.244.1.0/26', 'blackhole'), ('10.244.1.5/32', 'unicast')]
+"""

@@ -1,0 +1,65 @@
+"""Compare desired routes with what the kernel holds. Pure: no I/O, no pyroute2.
+
+``compare`` feeds ``pycalicoctl node routes``; ``route_matches`` is the one equality test that
+``felix.dataplane`` also uses to decide "no write needed", so the CLI and the writer never disagree.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from felix.calc import DesiredRoute
+
+
+@dataclass(frozen=True)
+class KernelRoute:
+    """An IPv4 route as dumped from the kernel (type/scope as names: 'unicast', 'link', ...)."""
+
+    dst: IPv4Network
+    type: str
+    dev: str | None
+    gateway: IPv4Address | None
+    scope: str
+    proto: int
+
+
+@dataclass(frozen=True)
+class RouteStatus:
+    dst: IPv4Network
+    reason: str
+    desired: DesiredRoute | None
+    kernel: KernelRoute | None
+    in_sync: bool
+
+
+NOT_DESIRED = "not desired (stale: removed on the next apply)"
+
+
+def route_matches(desired: DesiredRoute, kernel: KernelRoute) -> bool:
+    """True when the kernel route already is the desired one (so no write is needed).
+
+    A desired gateway route carries no dev: the kernel resolves the next hop to a device, and any
+    device it picked is fine.
+    """
+    return (
+        desired.dst == kernel.dst
+        and desired.type == kernel.type
+        and desired.gateway == kernel.gateway
+        and desired.scope == kernel.scope
+        and (desired.dev is None or desired.dev == kernel.dev)
+    )
+
+
+def compare(
+    desired: Mapping[IPv4Network, DesiredRoute], kernel: Mapping[IPv4Network, KernelRoute]
+) -> list[RouteStatus]:
+    """One status per destination that is desired or in the kernel, sorted by destination."""
+    dsts = sorted(desired.keys() | kernel.keys())
+    return [_status(dst, desired.get(dst), kernel.get(dst)) for dst in dsts]
+
+
+def _status(dst: IPv4Network, want: DesiredRoute | None, have: KernelRoute | None) -> RouteStatus:
+    in_sync = want is not None and have is not None and route_matches(want, have)
+    reason = want.reason if want is not None else NOT_DESIRED
+    return RouteStatus(dst=dst, reason=reason, desired=want, kernel=have, in_sync=in_sync)

@@ -1,0 +1,66 @@
+"""felix.inspect.compare: every route with its reason and whether the kernel matches."""
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from felix.calc import DesiredRoute
+from felix.inspect import NOT_DESIRED, KernelRoute, compare, route_matches
+
+N = IPv4Network
+A = IPv4Address
+
+WL = DesiredRoute(N("10.244.1.5/32"), "unicast", "cali0123456789a", None, "link", "local workload p")
+BH = DesiredRoute(N("10.244.1.0/26"), "blackhole", None, None, "universe", "local block")
+GW = DesiredRoute(N("10.244.2.0/26"), "unicast", None, A("192.168.5.2"), "universe", "learned from peer")
+
+
+def kernel_of(route: DesiredRoute, **changes) -> KernelRoute:
+    fields = dict(dst=route.dst, type=route.type, dev=route.dev, gateway=route.gateway,
+                  scope=route.scope, proto=80)
+    fields.update(changes)
+    return KernelRoute(**fields)
+
+
+def test_gateway_route_matches_whatever_dev_the_kernel_resolved():
+    assert route_matches(GW, kernel_of(GW, dev="eth0"))
+    assert not route_matches(GW, kernel_of(GW, gateway=A("192.168.5.3")))
+
+
+def test_workload_route_needs_its_dev_and_scope():
+    assert route_matches(WL, kernel_of(WL))
+    assert not route_matches(WL, kernel_of(WL, dev="cali0000000000b"))
+    assert not route_matches(WL, kernel_of(WL, scope="universe"))
+    assert not route_matches(BH, kernel_of(BH, type="unicast"))
+
+
+def test_compare_lists_every_route_sorted_with_reason_and_sync_state():
+    stale = KernelRoute(N("10.244.3.0/26"), "unicast", "eth0", A("192.168.5.7"), "universe", 80)
+    desired = {r.dst: r for r in (WL, BH, GW)}
+    kernel = {
+        WL.dst: kernel_of(WL),
+        GW.dst: kernel_of(GW, gateway=A("192.168.5.9")),
+        stale.dst: stale,
+    }
+    statuses = compare(desired, kernel)
+    got = [(str(s.dst), s.reason, s.in_sync, s.kernel is not None) for s in statuses]
+    assert got == [
+        ("10.244.1.0/26", "local block", False, False),       # missing from the kernel
+        ("10.244.1.5/32", "local workload p", True, True),
+        ("10.244.2.0/26", "learned from peer", False, True),   # wrong gateway
+        ("10.244.3.0/26", NOT_DESIRED, False, True),           # ours, no longer wanted
+    ]
+    assert statuses[1].desired is WL and statuses[3].desired is None
+
+
+def test_compare_of_nothing_is_empty():
+    assert compare({}, {}) == []
+
+
+def test_pure_modules_import_no_netlink():
+    """felix.calc and felix.inspect are the pure stages: importing them must not load pyroute2."""
+    import subprocess
+    import sys
+
+    code = "import sys, felix.calc, felix.inspect; print(any(m.startswith('pyroute2') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
