@@ -1,0 +1,154 @@
+"""The datastore conformance tests against a real etcd, plus what only etcd can show: Calico's key
+layout, invalid data left by others, endpoint parsing, and connection loss."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import threading
+from collections.abc import Iterator
+
+import pytest
+from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
+
+import datastore
+from crds import InvalidResource
+from datastore.base import Unavailable
+from datastore.etcdv3 import EtcdDatastore
+from tests.datastore_conformance import (  # noqa: F401  (recorder is a fixture)
+    DatastoreConformance, current_revision, pool, recorder, relabel, take, wep,
+)
+from tests.helpers import start_etcd, wait_for
+
+POOLS = "/calico/resources/v3/projectcalico.org/ippools/"
+
+
+@pytest.fixture(scope="module")
+def etcd_url(tmp_path_factory) -> Iterator[str]:
+    """One etcd for the module (starting one per test costs ~0.8 s); ``raw`` empties it per test."""
+    proc, endpoint = start_etcd(str(tmp_path_factory.mktemp("etcd") / "data"))
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def raw(etcd_url) -> Iterator[MultiEndpointEtcd3Client]:
+    """A plain pyetcd client on the module's etcd, emptied of Calico keys: to see and plant keys."""
+    host, port = etcd_url.removeprefix("http://").split(":")
+    client = MultiEndpointEtcd3Client([Endpoint(host, int(port), secure=False)], timeout=5)
+    try:
+        client.delete_prefix("/calico/")
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def ds(etcd_url, raw) -> Iterator[EtcdDatastore]:
+    store = EtcdDatastore(etcd_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+class TestEtcdDatastore(DatastoreConformance):
+    pass  # the module's ``ds`` fixture is the etcd backend
+
+
+def test_calico_key_layout_and_stored_value(ds, raw):
+    created = ds.create(wep("ns-a", "web"))
+    value, meta = raw.get("/calico/resources/v3/projectcalico.org/workloadendpoints/ns-a/web")
+    stored = json.loads(value)
+    assert "resourceVersion" not in stored["metadata"]
+    assert stored == created.with_revision(None).to_dict()
+    assert created.metadata.resource_version == str(meta.mod_revision)
+
+
+def test_invalid_data_is_skipped_with_a_warning(ds, raw, caplog):
+    ds.create(pool("good"))
+    raw.put(POOLS + "junk", "{not json")
+    raw.put(POOLS + "bad-cidr", json.dumps(pool("x").to_dict() | {"spec": {"cidr": "10.0.0.1/8"}}))
+    raw.put(POOLS + "renamed", json.dumps(pool("other").to_dict()))  # name differs from its key
+    with caplog.at_level(logging.WARNING, logger="datastore.etcdv3"):
+        assert [r.name for r in ds.list("IPPool").items] == ["good"]
+        assert [r.name for r in ds.snapshot(["IPPool"]).items] == ["good"]
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    for key in ("junk", "bad-cidr", "renamed"):
+        assert POOLS + key in warned
+    assert "spec.cidr" in warned
+    with pytest.raises(InvalidResource, match="junk"):
+        ds.get("IPPool", "junk")
+
+
+def test_watch_skips_invalid_data_and_drops_a_resource_made_invalid(ds, raw, caplog):
+    start = current_revision(ds)
+    raw.put(POOLS + "junk", "{not json")  # never valid: skipped
+    good = ds.create(pool("good"))
+    raw.put(POOLS + "good", "[]")  # was valid: gone from a re-list, so DELETED
+    ds.create(pool("after"))
+    with caplog.at_level(logging.WARNING, logger="datastore.etcdv3"):
+        events = take(ds, ["IPPool"], start, 3)
+    assert [(e.type, e.name) for e in events] == [
+        ("ADDED", "good"), ("DELETED", "good"), ("ADDED", "after")]
+    assert events[0].resource == good
+    assert POOLS + "junk" in caplog.text and POOLS + "good" in caplog.text
+
+
+def test_connect_with_several_endpoints(etcd_url, raw):
+    ds = datastore.connect("etcdv3", etcd_endpoints=f"{etcd_url}, {etcd_url}")
+    try:
+        assert ds.create(pool("a")) == ds.get("IPPool", "a")
+    finally:
+        ds.close()
+
+
+@pytest.mark.parametrize("endpoints", ["", "https://127.0.0.1:2379", "http://127.0.0.1"])
+def test_bad_endpoints_are_rejected(endpoints):
+    with pytest.raises(ValueError, match="etcd_endpoints"):
+        EtcdDatastore(endpoints)
+
+
+def test_connection_loss_is_unavailable(tmp_path):
+    proc, endpoint = start_etcd(str(tmp_path / "etcd"))
+    ds = EtcdDatastore(endpoint, timeout=2)
+    stop = threading.Event()
+    try:
+        created = ds.create(pool("a"))
+        seen: list[str] = []
+        failure: list[Unavailable] = []
+
+        def consume() -> None:
+            try:
+                for event in ds.watch(["IPPool"], int(created.metadata.resource_version), stop):
+                    seen.append(event.type)
+            except Unavailable as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        ds.update(relabel(created, colour="blue"))
+        wait_for(lambda: seen == ["MODIFIED"], timeout=5, what="the watch to be established")
+        proc.kill()
+        proc.wait()
+        thread.join(timeout=5)
+        assert not thread.is_alive() and failure, "the watch must end with Unavailable"
+        for call in (lambda: ds.get("IPPool", "a"), lambda: ds.list("IPPool"),
+                     lambda: ds.create(pool("b")), lambda: ds.delete("IPPool", "a")):
+            with pytest.raises(Unavailable):
+                call()
+        with pytest.raises(Unavailable):
+            take(ds, ["IPPool"], 0, 1)
+    finally:
+        stop.set()
+        ds.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
