@@ -1,0 +1,15 @@
+"""BGP for pycalico: which sessions to have, what peers taught us, and the ExaBGP child that speaks.
+
+Contract (what felix/agent.py uses):
+- ``peers.mesh_peers(local, nodes, cfg) -> frozenset[PeerSpec]``: the desired sessions.
+- ``speaker.Speaker``: ``start``/``stop``, ``set_peers``, ``set_advertisements`` (only the diff
+  is sent; a session that comes up gets everything then End-of-RIB), ``set_import_filter``,
+  ``learned_routes`` (best paths inside enabled pools, graceful-restart stale routes included),
+  ``peer_status``, ``counters``, ``routes_in_sync``. ``on_change()`` is called (coalesced, on the
+  event loop) whenever learned routes or peer status may have changed: reconcile level-triggered.
+
+I/O: only ``speaker`` (files in run_dir, the ExaBGP child, a unix socket) and ``relay`` (the tiny
+process ExaBGP runs as its API process, relaying its pipes to the speaker's socket).
+Pure, no I/O: ``peers``, ``rib`` (Adj-RIB-In, import filter, best path, RFC 4724 helper, injected
+clock), ``exabgp_conf`` (config rendering), ``protocol`` (sans-I/O ExaBGP 5 line protocol).
+"""

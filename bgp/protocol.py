@@ -1,0 +1,294 @@
+"""Sans-I/O ExaBGP 5 API line protocol, in the style of h11.
+
+Purely computational; no I/O. ``Channel.feed(line)`` turns one line that ExaBGP wrote to its API
+process into events; ``Channel.command(line)`` turns one command into the bytes to write and
+remembers it until ExaBGP acknowledges it (acks come back in order: ``done`` / ``error``).
+
+ExaBGP 5 JSON facts this parser relies on (checked against 5.0.15, see LIBRARY-NOTES):
+``type`` is ``state`` (``connected``/``up``/``down`` + ``reason``), ``fsm`` (``ACTIVE``, ``IDLE``,
+``CONNECT``, ``OPENSENT``, ``OPENCONFIRM``, ``ESTABLISHED``), ``open``, ``notification`` or
+``update``; updates carry ``message.update.announce["ipv4 unicast"][nexthop] = [{"nlri": P}]``,
+``message.update.withdraw["ipv4 unicast"] = [{"nlri": P}]``, and End-of-RIB as ``message.eor``.
+Other lines (e.g. ``reload in progress``) are informational text.
+
+>>> ch = Channel()
+>>> ch.command("reload")
+b'reload\\n'
+>>> ch.feed("done")
+[Ack(command='reload')]
+"""
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+IPV4_UNICAST = "ipv4 unicast"
+# Prefixes per batch command. ExaBGP parses `announce attributes ... nlri P1 P2 ...` ~6x faster
+# than one line per route, and one line stays far below any pipe or JSON limit.
+BATCH_SIZE = 500
+
+
+@dataclass(frozen=True)
+class RouteAnnounced:
+    peer: IPv4Address
+    prefix: IPv4Network
+    nexthop: IPv4Address
+
+
+@dataclass(frozen=True)
+class RouteWithdrawn:
+    peer: IPv4Address
+    prefix: IPv4Network
+
+
+@dataclass(frozen=True)
+class EndOfRib:
+    peer: IPv4Address
+    family: str
+
+
+@dataclass(frozen=True)
+class PeerStateChanged:
+    """``state`` is lower case: up/down/connected (session events) or an FSM state name."""
+
+    peer: IPv4Address
+    state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class OpenReceived:
+    """The peer's OPEN. ``restart_time`` is None when it did not offer graceful restart."""
+
+    peer: IPv4Address
+    router_id: IPv4Address
+    hold_time: int
+    restart_time: int | None
+
+
+@dataclass(frozen=True)
+class NotificationReceived:
+    peer: IPv4Address
+    code: int
+    subcode: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    command: str | None
+
+
+@dataclass(frozen=True)
+class CommandError:
+    command: str | None
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """Input we could not understand. Always the peer's or ExaBGP's fault, never raised."""
+
+    line: str
+    reason: str
+
+
+Event = (
+    RouteAnnounced | RouteWithdrawn | EndOfRib | PeerStateChanged | OpenReceived
+    | NotificationReceived | Ack | CommandError | Text | Malformed
+)
+
+
+class _Bad(ValueError):
+    """A field of a JSON message is missing or wrong; becomes a Malformed event."""
+
+
+class Channel:
+    """One ExaBGP API connection: parses what it says, frames what we say, tracks acks."""
+
+    def __init__(self) -> None:
+        self._unacked: deque[str] = deque()
+
+    @property
+    def outstanding(self) -> int:
+        """Commands written but not yet acknowledged."""
+        return len(self._unacked)
+
+    def command(self, line: str) -> bytes:
+        if "\n" in line or not line.strip():
+            raise ValueError(f"command: must be one non-empty line, got {line!r}")
+        self._unacked.append(line)
+        return line.encode() + b"\n"
+
+    def feed(self, line: str) -> list[Event]:
+        line = line.strip()
+        if line in ("done", "error"):
+            command = self._unacked.popleft() if self._unacked else None
+            return [Ack(command) if line == "done" else CommandError(command)]
+        if not line.startswith("{"):
+            return [Text(line)] if line else []
+        try:
+            return _parse_json(json.loads(line))
+        except json.JSONDecodeError as exc:
+            return [Malformed(line, f"invalid JSON: {exc.msg} at column {exc.colno}")]
+        except (ValueError, TypeError, AttributeError) as exc:
+            # _Bad names the field; the others are shapes the checks did not foresee. Either way
+            # it is input we cannot use, and peer input must never crash the speaker.
+            return [Malformed(line, str(exc) or type(exc).__name__)]
+
+
+# -- command builders (pure; return lines for Channel.command) ---------------------------------
+
+
+def _chunks(prefixes: Iterable[IPv4Network]) -> list[list[str]]:
+    ordered = [str(p) for p in sorted(prefixes)]
+    return [ordered[i : i + BATCH_SIZE] for i in range(0, len(ordered), BATCH_SIZE)]
+
+
+def _selector(neighbor: IPv4Address | None) -> str:
+    return f"neighbor {neighbor} " if neighbor is not None else ""
+
+
+def announce_commands(prefixes: Iterable[IPv4Network], neighbor: IPv4Address | None = None) -> list[str]:
+    """Batched announcements with next-hop self (to one neighbor, or to all when None).
+
+    Never an empty batch: ExaBGP answers ``error`` to ``nlri`` with no prefixes.
+    """
+    sel = _selector(neighbor)
+    return [f"{sel}announce attributes next-hop self nlri {' '.join(c)}" for c in _chunks(prefixes)]
+
+
+def withdraw_commands(prefixes: Iterable[IPv4Network], neighbor: IPv4Address | None = None) -> list[str]:
+    sel = _selector(neighbor)
+    return [f"{sel}withdraw attributes nlri {' '.join(c)}" for c in _chunks(prefixes)]
+
+
+def eor_command(neighbor: IPv4Address | None = None) -> str:
+    return f"{_selector(neighbor)}announce eor {IPV4_UNICAST}"
+
+
+def reload_command() -> str:
+    return "reload"
+
+
+# -- JSON parsing -------------------------------------------------------------------------------
+
+
+def _get(obj: object, *path: str) -> object:
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            raise _Bad(f"missing field {'.'.join(path)}")
+        obj = obj[key]
+    return obj
+
+
+def _ipv4(value: object, field: str) -> IPv4Address:
+    try:
+        return IPv4Address(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise _Bad(f"{field}: {value!r} is not an IPv4 address") from None
+
+
+def _prefix(value: object, field: str) -> IPv4Network:
+    try:
+        return IPv4Network(value)  # type: ignore[arg-type]  # strict: host bits set is an error
+    except (ValueError, TypeError):
+        raise _Bad(f"{field}: {value!r} is not an IPv4 prefix") from None
+
+
+def _parse_json(msg: object) -> list[Event]:
+    kind = _get(msg, "type")
+    if kind == "notification" and isinstance(msg, dict) and "neighbor" not in msg:
+        return [Text(f"notification: {msg.get('notification')}")]  # e.g. ExaBGP shutting down
+    if kind not in _PARSERS:
+        return []  # negotiated, signal, keepalive...: not needed by the speaker
+    peer = _ipv4(_get(msg, "neighbor", "address", "peer"), "neighbor.address.peer")
+    return _PARSERS[kind](peer, _get(msg, "neighbor"))
+
+
+def _parse_state(peer: IPv4Address, nb: object) -> list[Event]:
+    state = _get(nb, "state")
+    reason = nb.get("reason", "") if isinstance(nb, dict) else ""
+    return [PeerStateChanged(peer, str(state).lower(), str(reason))]
+
+
+def _parse_open(peer: IPv4Address, nb: object) -> list[Event]:
+    opened = _get(nb, "open")
+    caps = _get(opened, "capabilities")
+    restart = None
+    if isinstance(caps, dict):
+        for cap in caps.values():
+            if isinstance(cap, dict) and cap.get("name") == "graceful restart":
+                restart = cap.get("time")
+    if restart is not None and not isinstance(restart, int):
+        raise _Bad(f"open.capabilities.graceful restart.time: {restart!r} is not an integer")
+    router_id = _ipv4(_get(opened, "router_id"), "open.router_id")
+    hold = _get(opened, "hold_time")
+    if not isinstance(hold, int):
+        raise _Bad(f"open.hold_time: {hold!r} is not an integer")
+    return [OpenReceived(peer, router_id, hold, restart)]
+
+
+def _parse_notification(peer: IPv4Address, nb: object) -> list[Event]:
+    note = _get(nb, "notification")
+    code, subcode = _get(note, "code"), _get(note, "subcode")
+    if not isinstance(code, int) or not isinstance(subcode, int):
+        raise _Bad(f"notification: code {code!r} / subcode {subcode!r} are not integers")
+    text = note.get("message", "") if isinstance(note, dict) else ""
+    return [NotificationReceived(peer, code, subcode, str(text))]
+
+
+def _parse_update(peer: IPv4Address, nb: object) -> list[Event]:
+    message = _get(nb, "message")
+    if isinstance(message, dict) and "eor" in message:
+        eor = message["eor"]
+        family = f"{_get(eor, 'afi')} {_get(eor, 'safi')}"
+        return [EndOfRib(peer, family)]
+    update = _get(message, "update")
+    if not isinstance(update, dict):
+        raise _Bad("message.update: not an object")
+    return _withdrawals(peer, update) + _announcements(peer, update)
+
+
+def _nlris(entries: object, field: str) -> list[IPv4Network]:
+    if not isinstance(entries, list):
+        raise _Bad(f"{field}: not a list")
+    return [_prefix(_get(e, "nlri"), f"{field}.nlri") for e in entries]
+
+
+def _withdrawals(peer: IPv4Address, update: dict) -> list[Event]:
+    families = update.get("withdraw", {})
+    if not isinstance(families, dict):
+        raise _Bad("message.update.withdraw: not an object")
+    entries = families.get(IPV4_UNICAST, [])
+    return [RouteWithdrawn(peer, p) for p in _nlris(entries, "withdraw.ipv4 unicast")]
+
+
+def _announcements(peer: IPv4Address, update: dict) -> list[Event]:
+    families = update.get("announce", {})
+    if not isinstance(families, dict):
+        raise _Bad("message.update.announce: not an object")
+    by_nexthop = families.get(IPV4_UNICAST, {})
+    if not isinstance(by_nexthop, dict):
+        raise _Bad("announce.ipv4 unicast: not an object")
+    events: list[Event] = []
+    for nexthop, entries in by_nexthop.items():
+        hop = _ipv4(nexthop, "announce.ipv4 unicast next-hop")
+        events.extend(RouteAnnounced(peer, p, hop) for p in _nlris(entries, "announce.ipv4 unicast"))
+    return events
+
+
+_PARSERS = {
+    "state": _parse_state,
+    "fsm": _parse_state,
+    "open": _parse_open,
+    "notification": _parse_notification,
+    "update": _parse_update,
+}

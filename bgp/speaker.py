@@ -1,0 +1,425 @@
+"""The BGP speaker: runs ExaBGP as a child and talks to it through the relay's unix socket.
+
+Does I/O: writes run_dir/exabgp.conf and run_dir/exabgp.log, spawns ExaBGP, owns the socket.
+Decisions live in the pure modules (``protocol`` parses and frames, ``rib`` filters and picks
+best paths, ``exabgp_conf`` renders); this is the thin asyncio shell around them.
+
+Why things are the way they are:
+- ExaBGP has no backpressure: it blocks once ~13k acks sit unread. The reader task reads all the
+  time, and the writer keeps at most ``ACK_WINDOW`` commands unacknowledged.
+- After a session comes up the peer gets every current prefix again and then End-of-RIB
+  (``manual-eor true``): a graceful-restart helper drops our routes at EoR, so EoR must come last.
+- Prefix changes go to all neighbors at once; ExaBGP's adj-rib-out keeps them for a neighbor
+  that is down, so a withdrawal made while it was down is not replayed as an announcement.
+- The child gets PR_SET_PDEATHSIG=SIGKILL: it never outlives the agent, even a SIGKILLed one.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from bgp import exabgp_conf, protocol, relay
+from bgp.peers import PeerSpec
+from bgp.rib import LearnedRoute, Rib
+
+log = logging.getLogger(__name__)
+
+ACK_WINDOW = 64
+LINE_LIMIT = 64 * 2**20  # one UPDATE of many prefixes is one long JSON line
+STOP_TIMEOUT = 5.0
+_MAX_UNIX_PATH = 107
+_PR_SET_PDEATHSIG = 1
+_RESTART_BACKOFF = (1.0, 30.0)
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    address: IPv4Address
+    name: str
+    peer_type: str
+    state: str  # 'up' when established, else the FSM state: start/idle/active/connect/opensent...
+    since: datetime | None
+    info: str  # 'Established', or the state and the last reason seen
+
+
+@dataclass
+class _Peer:
+    spec: PeerSpec
+    state: str = "start"
+    since: datetime | None = None
+    reason: str = ""
+    synced: bool = False  # has been up and sent End-of-RIB at least once
+
+    def status(self) -> PeerStatus:
+        info = "Established" if self.state == "up" else " ".join(
+            part for part in (self.state.capitalize(), self.reason) if part)
+        s = self.spec
+        return PeerStatus(s.address, s.name, s.peer_type, self.state, self.since, info)
+
+
+@dataclass
+class _Conn:
+    channel: protocol.Channel
+    writer: asyncio.StreamWriter
+    reader_task: asyncio.Task | None
+    task: asyncio.Task | None = None
+
+
+def exabgp_env(local_address: IPv4Address, port: int) -> dict[str, str]:
+    """ExaBGP settings that cannot be put in its config file (see LIBRARY-NOTES)."""
+    return {
+        "exabgp.daemon.user": "root",
+        "exabgp.daemon.drop": "false",
+        "exabgp.daemon.daemonize": "false",
+        "exabgp.api.cli": "false",
+        "exabgp.api.ack": "true",
+        "exabgp.api.respawn": "false",
+        "exabgp.api.terminate": "true",  # no relay, no agent: exit, and let the speaker restart us
+        "exabgp.log.destination": "stdout",
+        "exabgp.tcp.bind": str(local_address),  # listen for passive peers on our address
+        "exabgp.tcp.port": str(port),
+    }
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL the child when the thread that started it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Speaker:
+    def __init__(self, *, node_name: str, router_id: IPv4Address, local_address: IPv4Address,
+                 local_asn: int, run_dir: Path, on_change: Callable[[], None],
+                 listen_port: int = 179, netns: str | None = None, hold_time: int = 9,
+                 gr_restart_time: int = 120, sync_deadline: float = 30.0) -> None:
+        self._node = node_name
+        self._local_asn = local_asn
+        self._run_dir = Path(run_dir)
+        self._sock_path = self._run_dir / "exabgp.sock"
+        if len(str(self._sock_path).encode()) > _MAX_UNIX_PATH:
+            raise ValueError(f"run_dir: {run_dir} is too long for a unix socket path")
+        self._on_change = on_change
+        self._netns = netns
+        self._sync_deadline = sync_deadline
+        self._base = exabgp_conf.ExaBGPConfig(
+            router_id=router_id, local_address=local_address,
+            relay_command=(sys.executable, relay.__file__, str(self._sock_path)),
+            hold_time=hold_time, gr_restart_time=gr_restart_time, port=listen_port)
+        self._env = exabgp_env(local_address, listen_port)
+        self._rib = Rib(restart_time=gr_restart_time)
+        self._peers: dict[IPv4Address, _Peer] = {}
+        self._advertised: frozenset[IPv4Network] = frozenset()
+        self._outbox: deque[str] = deque()
+        self._wake = asyncio.Event()
+        self._conn: _Conn | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._supervisor: asyncio.Task | None = None
+        self._config_text: str | None = None
+        self._spawned_text: str | None = None
+        self._started_at: float | None = None
+        self._in_sync = False
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._notify_pending = False
+        self._stopping = False
+
+    # -- public API -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        self._sock_path.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(
+            self._on_connect, path=str(self._sock_path), limit=LINE_LIMIT)
+        self._started_at = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._timers["sync"] = loop.call_later(self._sync_deadline, self._notify)
+        self._write_config()
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"bgp-supervise-{self._node}")
+
+    async def set_peers(self, peers: frozenset[PeerSpec]) -> None:
+        wanted = {p.address: p for p in peers}
+        for address in set(self._peers) - set(wanted):
+            del self._peers[address]
+            self._rib.remove_peer(address)
+        for address, spec in wanted.items():
+            if address in self._peers:
+                self._peers[address].spec = spec
+            else:
+                self._peers[address] = _Peer(spec)
+        if self._started_at is not None and self._write_config() and self._conn is not None:
+            self._send([protocol.reload_command()])
+        self._notify()
+
+    async def set_advertisements(self, prefixes: frozenset[IPv4Network]) -> None:
+        for prefix in prefixes:
+            if not isinstance(prefix, IPv4Network):
+                raise TypeError(f"prefixes: {prefix!r} is not an IPv4Network")
+        removed, added = self._advertised - prefixes, prefixes - self._advertised
+        self._advertised = frozenset(prefixes)
+        if self._conn is not None and self._peers:
+            self._send(protocol.withdraw_commands(removed) + protocol.announce_commands(added))
+
+    def set_import_filter(self, pools: frozenset[IPv4Network], own_blocks: frozenset[IPv4Network]) -> None:
+        self._rib.set_import_filter(pools, own_blocks)
+        self._notify()
+
+    def learned_routes(self) -> frozenset[LearnedRoute]:
+        return self._rib.best()
+
+    def peer_status(self) -> list[PeerStatus]:
+        return [self._peers[a].status() for a in sorted(self._peers)]
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._rib.counters)
+
+    @property
+    def child_pid(self) -> int | None:
+        """PID of the running ExaBGP child (None before start or while it is being restarted)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
+    @property
+    def routes_in_sync(self) -> bool:
+        """Latches True once every peer was up and sent EoR, or sync_deadline passed since start()."""
+        if not self._in_sync and self._started_at is not None:
+            expired = time.monotonic() - self._started_at >= self._sync_deadline
+            self._in_sync = expired or all(p.synced for p in self._peers.values())
+        return self._in_sync
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+        await self._terminate_child()
+        await self._drop_connection()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self._sock_path.unlink(missing_ok=True)
+
+    # -- child process --------------------------------------------------------------------------
+
+    def _write_config(self) -> bool:
+        """Render the config; write it only if it changed. Returns whether it changed."""
+        cfg = dataclasses.replace(self._base, peers=frozenset(p.spec for p in self._peers.values()))
+        text = exabgp_conf.render(cfg)
+        if text == self._config_text:
+            return False
+        path = self._run_dir / "exabgp.conf"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)  # atomic: ExaBGP never reads half a file
+        self._config_text = text
+        log.info("wrote exabgp config", extra={"node": self._node, "peers": len(self._peers)})
+        return True
+
+    async def _spawn(self) -> None:
+        argv = [sys.executable, "-m", "exabgp", "server", str(self._run_dir / "exabgp.conf")]
+        if self._netns is not None:
+            argv = ["ip", "netns", "exec", self._netns, *argv]  # execs: the PID stays ExaBGP's
+        with open(self._run_dir / "exabgp.log", "ab") as logfile:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, env={**os.environ, **self._env}, cwd=self._run_dir,
+                stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_die_with_parent)
+        self._spawned_text = self._config_text
+        log.info("started exabgp", extra={"node": self._node, "pid": self._proc.pid})
+
+    async def _supervise(self) -> None:
+        delay = _RESTART_BACKOFF[0]
+        while True:
+            assert self._proc is not None, "Bug: supervising before spawn"
+            began = time.monotonic()
+            code = await self._proc.wait()
+            log.error("exabgp exited", extra={"node": self._node, "code": code, "log": str(self._run_dir)})
+            await self._drop_connection()
+            self._all_peers_down(f"down: exabgp exited with code {code}")
+            delay = _RESTART_BACKOFF[0] if time.monotonic() - began > 60 else delay
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RESTART_BACKOFF[1])
+            try:
+                await self._spawn()
+            except OSError as exc:  # transient (e.g. fork failed): the loop retries with backoff
+                log.error("cannot restart exabgp", extra={"node": self._node, "error": str(exc)})
+
+    async def _terminate_child(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            log.warning("exabgp ignored SIGTERM; killing it", extra={"pid": proc.pid})
+            proc.kill()
+            await proc.wait()
+
+    # -- the relay connection -------------------------------------------------------------------
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._drop_connection()
+        conn = _Conn(protocol.Channel(), writer, asyncio.current_task())
+        self._conn = conn
+        self._outbox.clear()  # commands meant for an ExaBGP that is gone; peers resync on 'up'
+        conn.task = asyncio.create_task(self._write_loop(conn), name=f"bgp-write-{self._node}")
+        if self._config_text != self._spawned_text:
+            self._send([protocol.reload_command()])  # config changed while ExaBGP was starting
+        try:
+            while line := await reader.readline():
+                self._handle(conn.channel.feed(line.decode("utf-8", errors="replace")))
+        except (ConnectionError, ValueError) as exc:  # ValueError: a line over LINE_LIMIT
+            log.error("relay connection failed", extra={"node": self._node, "error": str(exc)})
+        finally:
+            if self._conn is conn:
+                await self._drop_connection()
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        for task in (conn.task, conn.reader_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        conn.writer.close()
+        try:
+            await conn.writer.wait_closed()
+        except ConnectionError as exc:
+            log.debug("relay socket closed with error", extra={"error": str(exc)})
+
+    def _send(self, lines: Iterable[str]) -> None:
+        self._outbox.extend(lines)
+        self._wake.set()
+
+    async def _write_loop(self, conn: _Conn) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox and conn.channel.outstanding < ACK_WINDOW:
+                conn.writer.write(conn.channel.command(self._outbox.popleft()))
+            await conn.writer.drain()
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _handle(self, events: list[protocol.Event]) -> None:
+        changed = False
+        for event in events:
+            changed |= self._dispatch(event)
+        if changed:
+            self._schedule_expiry()
+            self._notify()
+
+    def _dispatch(self, event: protocol.Event) -> bool:
+        match event:
+            case protocol.Ack() | protocol.CommandError():
+                self._wake.set()
+                if isinstance(event, protocol.CommandError):
+                    log.warning("exabgp rejected a command",
+                                extra={"node": self._node, "command": (event.command or "")[:200]})
+                return False
+            case protocol.Text(text):
+                log.debug("exabgp says", extra={"node": self._node, "text": text})
+                return False
+            case protocol.Malformed(line, reason):
+                log.warning("malformed input from exabgp",
+                            extra={"node": self._node, "reason": reason, "line": line[:200]})
+                return self._rib.apply(event)
+        peer = self._peers.get(getattr(event, "peer", None))
+        if peer is None:
+            return False  # a neighbor we no longer configure (reload still in flight)
+        return self._peer_event(peer, event)
+
+    def _peer_event(self, peer: _Peer, event: protocol.Event) -> bool:
+        match event:
+            case protocol.PeerStateChanged(address, state, reason):
+                self._on_state(peer, state, reason)
+            case protocol.NotificationReceived(_, code, subcode, message):
+                peer.reason = f"notification received: {code}/{subcode} {message}".rstrip()
+            case protocol.EndOfRib(_, family) if family == protocol.IPV4_UNICAST and peer.state == "up":
+                peer.synced = True
+        self._rib.apply(event)
+        return True
+
+    def _on_state(self, peer: _Peer, state: str, reason: str) -> None:
+        address = peer.spec.address
+        if state == "up":
+            peer.state, peer.since, peer.reason = "up", _now(), ""
+            log.info("bgp session up", extra={"node": self._node, "peer": str(address)})
+            self._send(protocol.announce_commands(self._advertised, address)
+                       + [protocol.eor_command(address)])
+        elif state == "down":
+            if peer.state == "up":
+                log.warning("bgp session down", extra={"node": self._node, "peer": str(address),
+                                                       "reason": reason})
+            peer.reason = f"down: {reason}" if reason else "down"
+            self._leave_up(peer, "idle")
+        elif state not in ("established", "connected"):  # 'up' is the signal for established
+            self._leave_up(peer, state)
+
+    def _leave_up(self, peer: _Peer, state: str) -> None:
+        if peer.state == "up" or peer.since is None:
+            peer.since = _now()
+        peer.state = state
+
+    def _all_peers_down(self, reason: str) -> None:
+        for peer in self._peers.values():
+            if peer.state == "up":
+                self._rib.peer_down(peer.spec.address)
+            peer.reason = reason
+            self._leave_up(peer, "idle")
+        self._schedule_expiry()
+        self._notify()
+
+    def _schedule_expiry(self) -> None:
+        old = self._timers.pop("expiry", None)
+        if old is not None:
+            old.cancel()
+        deadline = self._rib.next_deadline()
+        if deadline is None or self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        self._timers["expiry"] = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire)
+
+    def _expire(self) -> None:
+        self._timers.pop("expiry", None)
+        if self._rib.expire():
+            self._notify()
+        self._schedule_expiry()
+
+    def _notify(self) -> None:
+        """Coalesce: one on_change per loop iteration, however many events arrived."""
+        if self._notify_pending or self._stopping:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # called before the agent runs its loop: it reconciles when it starts anyway
+        self._notify_pending = True
+        loop.call_soon(self._call_on_change)
+
+    def _call_on_change(self) -> None:
+        self._notify_pending = False
+        if not self._stopping:
+            self._on_change()

@@ -1,0 +1,242 @@
+"""Two real Speakers (real ExaBGP) in two namespaces joined by a veth, iBGP AS 64512.
+
+The speakers run on an asyncio loop in a background thread, so the tests can poll them with the
+shared (synchronous) ``wait_for`` helper.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from bgp.peers import PeerSpec
+from bgp.rib import LearnedRoute
+from bgp.speaker import Speaker
+from tests.helpers import veth_between, wait_for
+
+pytestmark = pytest.mark.root
+
+A, B = IPv4Address("10.250.0.1"), IPv4Address("10.250.0.2")
+POOL = IPv4Network("10.244.0.0/16")
+BLOCK_A, BLOCK_B = IPv4Network("10.244.1.0/26"), IPv4Network("10.244.2.0/26")
+OUTSIDE = IPv4Network("192.0.2.0/24")
+
+
+class LoopThread:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 30.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, fn, *args):
+        async def wrapper():
+            return fn(*args)
+        return self.run(wrapper())
+
+    def leftover_tasks(self) -> set:
+        async def others():
+            return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+        return self.run(others())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    try:
+        yield lt
+        assert lt.leftover_tasks() == set(), "Speaker.stop() left tasks behind"
+    finally:
+        lt.close()
+
+
+def _peer(address: IPv4Address, name: str, local: IPv4Address) -> PeerSpec:
+    return PeerSpec(address=address, asn=64512, local_asn=64512, passive=local > address,
+                    peer_type="node-to-node mesh", name=name)
+
+
+def _speaker(lt: LoopThread, ns: str, me: IPv4Address, run_dir: Path, changes: list,
+             port: int = 179) -> Speaker:
+    async def make() -> Speaker:
+        return Speaker(node_name=ns, router_id=me, local_address=me, local_asn=64512,
+                       run_dir=run_dir, on_change=lambda: changes.append(1), netns=ns,
+                       hold_time=9, sync_deadline=60.0, listen_port=port)
+    return lt.run(make())
+
+
+def _state(lt: LoopThread, speaker: Speaker) -> list:
+    return lt.call(speaker.peer_status)
+
+
+def _learned(lt: LoopThread, speaker: Speaker) -> frozenset[LearnedRoute]:
+    return lt.call(speaker.learned_routes)
+
+
+def test_two_speakers_exchange_blocks_filter_and_withdraw(netns, loop_thread, tmp_path):
+    lt = loop_thread
+    ns_a, ns_b = netns("bgpa"), netns("bgpb")
+    veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")
+    changes_a: list = []
+    sa = _speaker(lt, ns_a, A, tmp_path / "a", changes_a)
+    sb = _speaker(lt, ns_b, B, tmp_path / "b", [])
+    try:
+        for sp, own, peer in ((sa, BLOCK_A, _peer(B, "b", A)), (sb, BLOCK_B, _peer(A, "a", B))):
+            sp.set_import_filter(frozenset({POOL}), frozenset({own}))
+            lt.run(sp.set_peers(frozenset({peer})))
+            lt.run(sp.set_advertisements(frozenset({own})))
+            lt.run(sp.start())
+        assert not lt.call(lambda: sa.routes_in_sync)
+
+        wait_for(lambda: [s.state for s in _state(lt, sa)] == ["up"]
+                 and [s.state for s in _state(lt, sb)] == ["up"], 20, what="both sessions up")
+        status = _state(lt, sa)[0]
+        assert (status.address, status.name, status.info) == (B, "b", "Established")
+        assert status.since is not None
+
+        wait_for(lambda: _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}, 10, what="a learns b's block")
+        wait_for(lambda: _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A)}, 10, what="b learns a's block")
+        wait_for(lambda: lt.call(lambda: sa.routes_in_sync), 10, what="a in sync after EoR")
+        assert changes_a, "on_change was never called"
+
+        lt.run(sb.set_advertisements(frozenset({BLOCK_B, OUTSIDE})))
+        wait_for(lambda: lt.call(sa.counters).get("rejected_outside_pools", 0) >= 1, 10,
+                 what="a counts the prefix outside the pools")
+        assert _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}
+
+        lt.run(sb.set_advertisements(frozenset({OUTSIDE})))
+        wait_for(lambda: _learned(lt, sa) == frozenset(), 10, what="withdrawn block gone on a")
+        assert _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A)}
+    finally:
+        lt.run(sa.stop())
+        lt.run(sb.stop())
+    assert not (tmp_path / "a" / "exabgp.sock").exists()
+
+
+def test_peer_status_shows_reason_when_peer_absent(netns, loop_thread, tmp_path):
+    lt = loop_thread
+    ns_a, ns_b = netns("bgpc"), netns("bgpd")
+    veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")  # B exists, nothing listens
+    sa = _speaker(lt, ns_a, A, tmp_path / "a", [])
+    try:
+        lt.run(sa.set_peers(frozenset({_peer(B, "b", A)})))
+        lt.run(sa.start())
+
+        def failing():
+            [status] = _state(lt, sa)
+            return status.state not in ("start", "up") and "down" in status.info and status
+        status = wait_for(failing, 15, what="a reason for the failing session")
+        assert status.since is not None
+        assert status.info.split()[0] in ("Idle", "Active", "Connect"), status.info
+        assert not lt.call(lambda: sa.routes_in_sync)
+    finally:
+        lt.run(sa.stop())
+
+
+def _pair_up(lt: LoopThread, ns_a: str, ns_b: str, tmp_path: Path, port: int = 179) -> tuple[Speaker, Speaker]:
+    sa = _speaker(lt, ns_a, A, tmp_path / "a", [], port)
+    sb = _speaker(lt, ns_b, B, tmp_path / "b", [], port)
+    for sp, own, peer in ((sa, BLOCK_A, _peer(B, "b", A)), (sb, BLOCK_B, _peer(A, "a", B))):
+        sp.set_import_filter(frozenset({POOL}), frozenset({own}))
+        lt.run(sp.set_peers(frozenset({peer})))
+        lt.run(sp.set_advertisements(frozenset({own})))
+        lt.run(sp.start())
+    return sa, sb
+
+
+def _up(lt: LoopThread, sp: Speaker) -> bool:
+    return [s.state for s in _state(lt, sp)] == ["up"]
+
+
+def test_graceful_restart_keeps_routes_while_the_peer_restarts(netns, loop_thread, tmp_path):
+    lt = loop_thread
+    ns_a, ns_b = netns("bgpe"), netns("bgpf")
+    veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")
+    sa, sb = _pair_up(lt, ns_a, ns_b, tmp_path)
+    speakers = [sa, sb]
+    try:
+        wait_for(lambda: _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}, 20, what="a learns b's block")
+        lt.run(sb.stop())
+        wait_for(lambda: not _up(lt, sa), 10, what="a sees b go down")
+        assert _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}, "stale route kept during restart"
+
+        # b comes back advertising another block: after its End-of-RIB the stale one goes.
+        new_block = IPv4Network("10.244.3.0/26")
+        sb2 = _speaker(lt, ns_b, B, tmp_path / "b", [])
+        speakers.append(sb2)
+        sb2.set_import_filter(frozenset({POOL}), frozenset({new_block}))
+        lt.run(sb2.set_peers(frozenset({_peer(A, "a", B)})))
+        lt.run(sb2.set_advertisements(frozenset({new_block})))
+        lt.run(sb2.start())
+        wait_for(lambda: _learned(lt, sa) == {LearnedRoute(new_block, B, B)}, 30,
+                 what="stale block replaced after b's End-of-RIB")
+        # and a re-sent its own block to the restarted b, followed by End-of-RIB
+        wait_for(lambda: _learned(lt, sb2) == {LearnedRoute(BLOCK_A, A, A)}, 10, what="b relearns a's block")
+        wait_for(lambda: lt.call(lambda: sb2.routes_in_sync), 10, what="restarted b in sync")
+    finally:
+        for sp in speakers:
+            lt.run(sp.stop())
+
+
+def test_killed_exabgp_child_is_restarted_and_sessions_recover(netns, loop_thread, tmp_path):
+    lt = loop_thread
+    ns_a, ns_b = netns("bgpg"), netns("bgph")
+    veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")
+    sa, sb = _pair_up(lt, ns_a, ns_b, tmp_path, port=1790)  # a non-default listenPort on both sides
+    try:
+        wait_for(lambda: _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A)}, 20, what="b learns a's block")
+        old_pid = lt.call(lambda: sa.child_pid)
+        os.kill(old_pid, signal.SIGKILL)
+        wait_for(lambda: not _up(lt, sa), 10, what="a notices its exabgp died")
+        assert "exabgp exited" in _state(lt, sa)[0].info
+        wait_for(lambda: lt.call(lambda: sa.child_pid) not in (None, old_pid), 10, what="exabgp restarted")
+        wait_for(lambda: _up(lt, sa) and _up(lt, sb), 30, what="sessions re-established")
+        wait_for(lambda: _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}, 10, what="a relearns b's block")
+        assert _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A)}
+    finally:
+        lt.run(sa.stop())
+        lt.run(sb.stop())
+
+
+def test_peer_added_after_start_is_picked_up_by_reload(netns, loop_thread, tmp_path):
+    lt = loop_thread
+    ns_a, ns_b = netns("bgpi"), netns("bgpj")
+    veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")
+    sa = _speaker(lt, ns_a, A, tmp_path / "a", [])
+    sb = _speaker(lt, ns_b, B, tmp_path / "b", [])
+    try:
+        for sp, own in ((sa, BLOCK_A), (sb, BLOCK_B)):
+            sp.set_import_filter(frozenset({POOL}), frozenset({own}))
+            lt.run(sp.set_advertisements(frozenset({own})))
+            lt.run(sp.start())
+        assert lt.call(lambda: sa.routes_in_sync), "no peers: nothing to wait for"
+        conf_before = (tmp_path / "a" / "exabgp.conf").read_text()
+        assert "neighbor" not in conf_before
+        # both learn about each other only now, as the agent would from a new Node
+        lt.run(sb.set_peers(frozenset({_peer(A, "a", B)})))
+        lt.run(sa.set_peers(frozenset({_peer(B, "b", A)})))
+        wait_for(lambda: _up(lt, sa) and _up(lt, sb), 20, what="sessions up after reload")
+        wait_for(lambda: _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}, 10, what="a learns b's block")
+        wait_for(lambda: _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A)}, 10, what="b learns a's block")
+        pid = lt.call(lambda: sa.child_pid)
+        lt.run(sa.set_peers(frozenset({_peer(B, "b", A)})))  # unchanged: no rewrite, same child
+        assert lt.call(lambda: sa.child_pid) == pid
+        # removing the peer drops its routes and its status at once
+        lt.run(sa.set_peers(frozenset()))
+        assert _learned(lt, sa) == frozenset() and _state(lt, sa) == []
+        wait_for(lambda: not _up(lt, sb), 15, what="b sees a remove the session")
+    finally:
+        lt.run(sa.stop())
+        lt.run(sb.stop())

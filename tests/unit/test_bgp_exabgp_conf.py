@@ -1,0 +1,56 @@
+"""Golden file for the rendered ExaBGP config. Regenerate with PYCALICO_UPDATE_GOLDEN=1."""
+import os
+from ipaddress import IPv4Address as A
+from pathlib import Path
+
+import pytest
+
+from bgp.exabgp_conf import ExaBGPConfig, render
+from bgp.peers import PeerSpec
+
+GOLDEN = Path(__file__).parent / "testdata" / "bgp" / "exabgp.conf.golden"
+
+
+def sample_config() -> ExaBGPConfig:
+    """Also used by tests/functional/test_bgp_config.py, which loads the golden file in ExaBGP."""
+    peers = frozenset({
+        PeerSpec(A("10.0.0.3"), 64513, 64512, False, "node-to-node mesh", "node-c"),
+        PeerSpec(A("10.0.0.1"), 64512, 64512, True, "node-to-node mesh", "node-a"),
+    })
+    return ExaBGPConfig(router_id=A("10.0.0.2"), local_address=A("10.0.0.2"),
+                        relay_command=("/usr/bin/python3", "/opt/pycalico/bgp/relay.py", "/run/pycalico/exabgp.sock"),
+                        peers=peers, hold_time=9, gr_restart_time=120, port=179)
+
+
+def test_render_matches_golden():
+    text = render(sample_config())
+    if os.environ.get("PYCALICO_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "rendering changed; set PYCALICO_UPDATE_GOLDEN=1 and review the diff"
+
+
+def test_render_is_deterministic_and_peers_sorted():
+    text = render(sample_config())
+    assert text.index("neighbor 10.0.0.1 ") < text.index("neighbor 10.0.0.3 ")
+    assert "passive true;" in text and "passive false;" in text
+    assert text.count("manual-eor true;") == 2
+
+
+def test_no_peers_renders_only_the_process():
+    text = render(ExaBGPConfig(A("10.0.0.2"), A("10.0.0.2"), ("/bin/relay",)))
+    assert "neighbor" not in text and "run /bin/relay;" in text
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"relay_command": ("/a dir/python",)}, "relay_command"),
+    ({"relay_command": ("x;y",)}, "relay_command"),
+    ({"hold_time": 2}, "hold_time"),
+    ({"gr_restart_time": 5000}, "gr_restart_time"),
+    ({"port": 0}, "port"),
+    ({"peers": frozenset({PeerSpec(A("10.0.0.1"), 1, 1, True, "t", "x"),
+                          PeerSpec(A("10.0.0.1"), 2, 1, True, "t", "y")})}, "peers"),
+])
+def test_invalid_config_names_the_field(kwargs, field):
+    base = {"router_id": A("10.0.0.2"), "local_address": A("10.0.0.2"), "relay_command": ("/bin/relay",)}
+    with pytest.raises(ValueError, match=field):
+        ExaBGPConfig(**{**base, **kwargs})

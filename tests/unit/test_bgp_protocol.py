@@ -1,0 +1,99 @@
+"""Parsing real ExaBGP 5.0.15 output (captured from two ExaBGPs peering in namespaces)."""
+from ipaddress import IPv4Address as A, IPv4Network as N
+from pathlib import Path
+
+import pytest
+
+from bgp import protocol as p
+
+LINES = (Path(__file__).parent / "testdata" / "bgp" / "exabgp5_events.jsonl").read_text().splitlines()
+PEER = A("10.250.0.2")
+
+
+def events_of(kind: str) -> list:
+    ch = p.Channel()
+    for _ in range(10):
+        ch.command("x")  # so acks in the capture have something to match
+    return [e for line in LINES for e in ch.feed(line) if isinstance(e, kind)]
+
+
+def test_real_capture_has_no_malformed_lines():
+    assert events_of(p.Malformed) == []
+
+
+def test_state_and_fsm_events():
+    states = [(e.peer, e.state, e.reason) for e in events_of(p.PeerStateChanged)]
+    assert (PEER, "up", "") in states
+    assert (PEER, "connected", "") in states
+    assert (PEER, "active", "") in states
+    assert (A("10.250.0.3"), "down", "closing connection") in states
+
+
+def test_update_announce_withdraw_and_eor():
+    assert events_of(p.RouteAnnounced)[:2] == [
+        p.RouteAnnounced(PEER, N("10.244.2.0/26"), PEER), p.RouteAnnounced(PEER, N("10.244.3.0/26"), PEER)]
+    assert p.RouteWithdrawn(PEER, N("10.244.4.0/26")) in events_of(p.RouteWithdrawn)
+    assert p.EndOfRib(PEER, "ipv4 unicast") in events_of(p.EndOfRib)
+
+
+def test_open_carries_graceful_restart_time():
+    opened = events_of(p.OpenReceived)[0]
+    assert (opened.peer, opened.router_id, opened.hold_time, opened.restart_time) == (PEER, PEER, 9, 120)
+
+
+def test_acks_match_commands_in_order_and_text_is_not_an_ack():
+    ch = p.Channel()
+    assert ch.command("reload") == b"reload\n"
+    ch.command("bogus")
+    assert ch.outstanding == 2
+    assert ch.feed("reload in progress\n") == [p.Text("reload in progress")]
+    assert ch.feed("done\n") == [p.Ack("reload")]
+    assert ch.feed("error") == [p.CommandError("bogus")]
+    assert ch.outstanding == 0
+    assert ch.feed("done") == [p.Ack(None)]
+
+
+@pytest.mark.parametrize("line,reason", [
+    ('{"type": "update", "neighbor": ', "invalid JSON"),
+    ('{"type": "update"}', "missing field neighbor"),
+    ('{"type": "update", "neighbor": {"address": {"peer": "nope"}}}', "neighbor.address.peer"),
+    ('{"type": "update", "neighbor": {"address": {"peer": "10.0.0.1"}, "message": {"update": {"announce":'
+     ' {"ipv4 unicast": {"10.0.0.1": [{"nlri": "10.244.1.1/26"}]}}}}}}', "not an IPv4 prefix"),
+    ('{"type": "update", "neighbor": {"address": {"peer": "10.0.0.1"}, "message": {"update": {"announce":'
+     ' {"ipv4 unicast": {"null": [{"nlri": "10.244.1.0/26"}]}}}}}}', "next-hop"),
+    ('{"type": "update", "neighbor": {"address": {"peer": "10.0.0.1"}, "message": {"update": {"withdraw":'
+     ' {"ipv4 unicast": {"oops": 1}}}}}}', "not a list"),
+    ('{"type": "open", "neighbor": {"address": {"peer": "10.0.0.1"}, "open": {"router_id": "1.1.1.1",'
+     ' "hold_time": "9", "capabilities": {}}}}', "hold_time"),
+    ('{}', "missing field type"),
+    ('{"type": "state", "neighbor": {"address": {"peer": "10.0.0.1"}}}', "missing field state"),
+])
+def test_malformed_input_becomes_an_event_never_an_exception(line, reason):
+    [event] = p.Channel().feed(line)
+    assert isinstance(event, p.Malformed) and reason in event.reason, event
+
+
+def test_other_families_and_message_types_are_ignored():
+    ch = p.Channel()
+    v6 = ('{"type": "update", "neighbor": {"address": {"peer": "10.0.0.1"}, "message": {"update": {"announce":'
+          ' {"ipv6 unicast": {"::1": [{"nlri": "2001:db8::/64"}]}}}}}}')
+    assert ch.feed(v6) == []
+    assert ch.feed('{"type": "keepalive", "neighbor": {}}') == []
+    assert ch.feed('{"type": "notification", "notification": "shutdown"}') == [p.Text("notification: shutdown")]
+
+
+def test_command_builders_batch_sorted_and_never_empty():
+    prefixes = [N(f"10.244.{i}.0/26") for i in range(3)]
+    assert p.announce_commands(reversed(prefixes)) == [
+        "announce attributes next-hop self nlri 10.244.0.0/26 10.244.1.0/26 10.244.2.0/26"]
+    assert p.withdraw_commands(prefixes[:1], A("10.0.0.2")) == [
+        "neighbor 10.0.0.2 withdraw attributes nlri 10.244.0.0/26"]
+    assert p.announce_commands([]) == []
+    many = [N(f"10.{i // 256}.{i % 256}.0/24") for i in range(p.BATCH_SIZE + 1)]
+    assert [len(c.split("nlri ")[1].split()) for c in p.announce_commands(many)] == [p.BATCH_SIZE, 1]
+    assert p.eor_command(A("10.0.0.2")) == "neighbor 10.0.0.2 announce eor ipv4 unicast"
+
+
+def test_command_rejects_multiline():
+    with pytest.raises(ValueError, match="command"):
+        p.Channel().command("reload\nshutdown")
