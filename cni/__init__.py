@@ -1,0 +1,7 @@
+"""The CNI plugin (spec 1.0): ``pycalico-cni`` wires a pod, ``pycalico-ipam`` hands out its address.
+
+Does I/O: netlink and /proc/sys in the node's namespace and the pod's, exec of the IPAM plugin
+(spec delegation), and the datastore (WorkloadEndpoint, IPAM blocks). Short-lived processes: one
+invocation per ADD / DEL / CHECK / VERSION, result or error JSON on stdout, logs on stderr.
+``cni.names`` (interface, endpoint and handle names) is purely computational.
+"""

@@ -1,0 +1,150 @@
+"""The pod's plumbing, Calico style, through pyroute2 (sync IPRoute: one short-lived process).
+
+Host side (the node's namespace, where the plugin runs): ``cali<11 hex>`` with MAC ee:ee:ee:ee:ee:ee,
+proxy_arp=1, neigh proxy_delay=0, forwarding=1, up; no address and no route (felix owns the /32).
+Pod side: ``eth0`` with the /32, up, ``169.254.1.1 dev eth0 scope link`` then ``default via
+169.254.1.1 dev eth0``; lo up. Both ends start with unique temporary names so nothing collides while
+they exist; the pod end is created directly inside the pod's namespace.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cni.errors import DATAPLANE_FAILURE, UNKNOWN_CONTAINER, CNIError
+
+log = logging.getLogger(__name__)
+
+HOST_MAC = "ee:ee:ee:ee:ee:ee"
+GATEWAY = "169.254.1.1"
+_HOST_SYSCTLS = (
+    ("net/ipv4/conf/{}/proxy_arp", "1"),
+    ("net/ipv4/neigh/{}/proxy_delay", "0"),
+    ("net/ipv4/conf/{}/forwarding", "1"),
+)
+
+
+@dataclass(frozen=True)
+class Wired:
+    host_ifname: str
+    host_mac: str
+    pod_ifname: str
+    pod_mac: str
+
+
+def wire_pod(host_ifname: str, netns: str, pod_ifname: str, address: ipaddress.IPv4Address) -> Wired:
+    """Create and configure the veth pair. On failure, removes whatever it created, then raises."""
+    if not os.path.exists(netns):
+        raise CNIError(UNKNOWN_CONTAINER, f"network namespace {netns} does not exist")
+    tmp_host, tmp_pod = f"pch{secrets.token_hex(5)}", f"pcp{secrets.token_hex(5)}"
+    with _netlink("create the veth pair"), IPRoute() as host:
+        _remove_stale(host, host_ifname)
+        host.link("add", ifname=tmp_host, kind="veth", peer={"ifname": tmp_pod, "net_ns_fd": netns})
+        try:
+            host_mac = _configure_host(host, tmp_host, host_ifname)
+            pod_mac = _configure_pod(netns, tmp_pod, pod_ifname, address)
+        except BaseException:
+            _delete_link(host, tmp_host) or _delete_link(host, host_ifname)
+            raise
+    return Wired(host_ifname, host_mac, pod_ifname, pod_mac)
+
+
+def unwire_pod(netns: str | None, pod_ifname: str, host_ifname: str | None) -> None:
+    """Remove the pair: from the pod end when the namespace exists, else by the host name. Idempotent."""
+    with _netlink("delete the veth pair"):
+        if netns and os.path.exists(netns):
+            with _in_netns(netns) as pod:
+                _delete_link(pod, pod_ifname)
+        if host_ifname:
+            with IPRoute() as host:
+                _delete_link(host, host_ifname)
+
+
+def pod_state(netns: str, pod_ifname: str) -> tuple[list[str], str | None]:
+    """(IPv4 addresses on the pod interface in CIDR form, its MAC) — for CHECK and tests."""
+    with _netlink("read the pod interface"), _in_netns(netns) as pod:
+        idx = _index(pod, pod_ifname)
+        if idx is None:
+            return [], None
+        addrs = [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in pod.get_addr(family=socket.AF_INET, index=idx)]
+        return addrs, pod.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+
+
+def host_link_exists(host_ifname: str) -> bool:
+    with _netlink("read the host interface"), IPRoute() as host:
+        return _index(host, host_ifname) is not None
+
+
+def _configure_host(host: IPRoute, tmp: str, final: str) -> str:
+    idx = _index(host, tmp)
+    host.link("set", index=idx, ifname=final, address=HOST_MAC)
+    for path, value in _HOST_SYSCTLS:
+        _write_sysctl(path.format(final), value)
+    host.link("set", index=idx, state="up")
+    return HOST_MAC
+
+
+def _configure_pod(netns: str, tmp: str, ifname: str, address: ipaddress.IPv4Address) -> str:
+    with _in_netns(netns) as pod:
+        idx = _index(pod, tmp)
+        if idx is None:
+            raise CNIError(DATAPLANE_FAILURE, f"veth end {tmp} did not appear in {netns}")
+        pod.link("set", index=idx, ifname=ifname)
+        pod.addr("add", index=idx, address=str(address), prefixlen=32)
+        pod.link("set", index=idx, state="up")
+        pod.link("set", index=_index(pod, "lo"), state="up")
+        pod.route("add", dst=f"{GATEWAY}/32", oif=idx, scope="link", proto="boot")
+        pod.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=idx, proto="boot")
+        return pod.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+
+
+def _remove_stale(host: IPRoute, host_ifname: str) -> None:
+    # Same pod name, earlier sandbox whose DEL never came: Calico replaces it too.
+    if _delete_link(host, host_ifname):
+        log.warning("removed stale host interface %s", host_ifname)
+
+
+def _delete_link(ipr: IPRoute, ifname: str) -> bool:
+    idx = _index(ipr, ifname)
+    if idx is None:
+        return False
+    try:
+        ipr.link("del", index=idx)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:  # gone meanwhile (its peer's deletion took it along)
+            raise
+    return True
+
+
+def _index(ipr: IPRoute, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return found[0] if found else None
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    with open(f"/proc/sys/{path}", "w") as f:
+        f.write(value)
+
+
+@contextmanager
+def _in_netns(netns: str) -> Iterator[IPRoute]:
+    with IPRoute(netns=netns, flags=0) as ipr:  # flags=0: never create a missing namespace
+        yield ipr
+
+
+@contextmanager
+def _netlink(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (NetlinkError, OSError) as exc:
+        raise CNIError(DATAPLANE_FAILURE, f"failed to {what}", str(exc)) from None

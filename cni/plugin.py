@@ -1,0 +1,146 @@
+"""``pycalico-cni``: the main CNI plugin (spec 1.0 ADD, DEL, CHECK, VERSION).
+
+ADD: address from the delegated IPAM plugin -> veth pair (``cni.dataplane``) -> WorkloadEndpoint.
+Each step registers its undo; a failure runs them in reverse, so a failed ADD leaves nothing behind.
+The host /32 route is not ours: felix programs it from the WorkloadEndpoint.
+DEL is idempotent: the pod end of the veth (which takes the host end along), the IPAM handle, and
+the WorkloadEndpoint if it still belongs to this container (a newer sandbox of the same pod keeps
+its endpoint and interface).
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import sys
+from contextlib import ExitStack
+from typing import Any
+
+from cni import dataplane
+from cni.common import open_datastore
+from cni.config import Invocation, NetConf
+from cni.delegate import delegate
+from cni.errors import CHECK_FAILED, DELEGATE_FAILURE, INVALID_ENV, UNKNOWN_CONTAINER, CNIError
+from cni.names import host_ifname, wep_name
+from cni.runtime import run
+from crds import ObjectMeta, WorkloadEndpoint
+from datastore import Datastore, NotFound
+
+log = logging.getLogger(__name__)
+
+
+def main() -> None:
+    sys.exit(run({"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check}))
+
+
+def cmd_add(inv: Invocation, conf: NetConf) -> dict[str, Any]:
+    namespace, pod = _pod(inv)
+    if not os.path.exists(inv.netns):  # before anything is written
+        raise CNIError(UNKNOWN_CONTAINER, f"network namespace {inv.netns} does not exist")
+    host = host_ifname(namespace, pod)
+    with open_datastore(conf) as ds, ExitStack() as undo:
+        ipam_result = delegate("ADD", inv, conf)
+        undo.callback(_best_effort, "release the address", delegate, "DEL", inv, conf)
+        address = _single_ipv4(ipam_result)
+        wired = dataplane.wire_pod(host, inv.netns, inv.ifname, address)
+        undo.callback(_best_effort, "remove the veth", dataplane.unwire_pod, inv.netns,
+                      inv.ifname, host)
+        ds.apply(workload_endpoint(inv, conf, wired, address))
+        undo.pop_all()  # success: keep everything
+    log.info("cni add done", extra={"pod": f"{namespace}/{pod}", "ip": str(address), "if": host})
+    return add_result(conf.cni_version, inv, wired, address, ipam_result)
+
+
+def cmd_del(inv: Invocation, conf: NetConf) -> None:
+    namespace, pod = inv.pod_namespace, inv.pod_name
+    with open_datastore(conf) as ds:
+        wep = _current_wep(ds, conf, inv, namespace, pod) if namespace and pod else None
+        ours = wep is not None and wep.spec.container_id in ("", inv.container_id)
+        host = host_ifname(namespace, pod) if ours and namespace and pod else None
+        dataplane.unwire_pod(inv.netns or None, inv.ifname, host)
+        delegate("DEL", inv, conf)
+        if ours:
+            try:
+                ds.delete("WorkloadEndpoint", wep.name, namespace,
+                          revision=wep.metadata.resource_version)
+            except NotFound:
+                pass  # a concurrent DEL finished first
+        elif wep is not None:
+            log.info("endpoint %s belongs to container %s; kept", wep.name, wep.spec.container_id)
+
+
+def cmd_check(inv: Invocation, conf: NetConf) -> None:
+    namespace, pod = _pod(inv)
+    host = host_ifname(namespace, pod)
+    delegate("CHECK", inv, conf)
+    with open_datastore(conf) as ds:
+        wep = _current_wep(ds, conf, inv, namespace, pod)
+    if wep is None or wep.spec.container_id != inv.container_id:
+        raise CNIError(CHECK_FAILED, f"no WorkloadEndpoint for container {inv.container_id}")
+    if not dataplane.host_link_exists(host):
+        raise CNIError(CHECK_FAILED, f"host interface {host} is missing")
+    addrs, _ = dataplane.pod_state(inv.netns, inv.ifname)
+    if sorted(addrs) != sorted(wep.spec.ip_networks):
+        raise CNIError(CHECK_FAILED, f"{inv.ifname} in {inv.netns} has {addrs}, "
+                       f"expected {wep.spec.ip_networks}")
+
+
+def workload_endpoint(inv: Invocation, conf: NetConf, wired: dataplane.Wired,
+                      address: ipaddress.IPv4Address) -> WorkloadEndpoint:
+    namespace, pod = _pod(inv)
+    meta = ObjectMeta(name=wep_name(conf.nodename, pod, inv.ifname), namespace=namespace, labels={
+        "projectcalico.org/namespace": namespace, "projectcalico.org/orchestrator": "k8s"})
+    return WorkloadEndpoint(metadata=meta, spec={
+        "orchestrator": "k8s", "node": conf.nodename, "pod": pod, "endpoint": inv.ifname,
+        "containerID": inv.container_id, "ipNetworks": [f"{address}/32"],
+        "interfaceName": wired.host_ifname, "mac": wired.pod_mac, "profiles": [f"kns.{namespace}"],
+    })
+
+
+def add_result(cni_version: str, inv: Invocation, wired: dataplane.Wired,
+               address: ipaddress.IPv4Address, ipam_result: dict[str, Any]) -> dict[str, Any]:
+    ip: dict[str, Any] = {"address": f"{address}/32", "interface": 1}
+    if cni_version != "1.0.0":
+        ip["version"] = "4"
+    return {
+        "cniVersion": cni_version,
+        "interfaces": [{"name": wired.host_ifname, "mac": wired.host_mac},
+                       {"name": wired.pod_ifname, "mac": wired.pod_mac, "sandbox": inv.netns}],
+        "ips": [ip],
+        "routes": ipam_result.get("routes") or [{"dst": "0.0.0.0/0"}],
+        "dns": ipam_result.get("dns") or {},
+    }
+
+
+def _pod(inv: Invocation) -> tuple[str, str]:
+    if not inv.pod_namespace or not inv.pod_name:
+        raise CNIError(INVALID_ENV, "CNI_ARGS: K8S_POD_NAMESPACE and K8S_POD_NAME are required")
+    return inv.pod_namespace, inv.pod_name
+
+
+def _current_wep(ds: Datastore, conf: NetConf, inv: Invocation, namespace: str,
+                 pod: str) -> WorkloadEndpoint | None:
+    try:
+        wep = ds.get("WorkloadEndpoint", wep_name(conf.nodename, pod, inv.ifname), namespace)
+    except NotFound:
+        return None
+    assert isinstance(wep, WorkloadEndpoint), "Bug: datastore returned a non-endpoint"
+    return wep
+
+
+def _single_ipv4(result: dict[str, Any] | None) -> ipaddress.IPv4Address:
+    try:
+        [entry] = [ip for ip in (result or {}).get("ips", [])
+                   if ipaddress.ip_interface(ip["address"]).version == 4]
+        return ipaddress.ip_interface(entry["address"]).ip
+    except (ValueError, KeyError, TypeError):
+        raise CNIError(DELEGATE_FAILURE, "IPAM result must hold exactly one IPv4 address",
+                       str(result)) from None
+
+
+def _best_effort(what: str, fn, *args) -> None:
+    """Undo step after a failed ADD: log a failure (the original error is what we report)."""
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 — reported in the log; the ADD error wins
+        log.error("cleanup after failed ADD: could not %s: %s", what, exc)

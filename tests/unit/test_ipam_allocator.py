@@ -1,0 +1,164 @@
+"""IPAM against the in-memory datastore: claims, exhaustion, release, and a no-duplicates property."""
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crds import IPPool, ObjectMeta
+from datastore.memory import MemoryDatastore
+from ipam import IPAM, IPAMError, NoEligiblePool, PoolExhausted
+
+
+def make_ds(*pools: tuple[str, str, int], **extra) -> MemoryDatastore:
+    ds = MemoryDatastore()
+    for name, cidr, block_size in pools:
+        spec = {"cidr": cidr, "blockSize": block_size, **extra.get(name, {})}
+        ds.create(IPPool(metadata=ObjectMeta(name=name), spec=spec))
+    return ds
+
+
+def affinities(ds):
+    return {(a.spec.node, a.spec.cidr, a.spec.state) for a in ds.list("BlockAffinity").items}
+
+
+def test_assigns_distinct_ips_from_one_claimed_block():
+    ds = make_ds(("default", "10.244.0.0/16", 26))
+    ipam = IPAM(ds)
+    ips = [ipam.assign(node="node1", handle=f"h{i}") for i in range(10)]
+    assert len(set(ips)) == 10
+    assert all(ip in ipaddress.ip_network("10.244.0.0/26") for ip in ips)
+    [block] = ipam.blocks()
+    assert block.name == "10-244-0-0-26" and block.spec.affinity == "host:node1"
+    assert affinities(ds) == {("node1", "10.244.0.0/26", "confirmed")}
+
+
+def test_second_node_gets_a_different_block():
+    ds = make_ds(("default", "10.244.0.0/16", 26))
+    ipam = IPAM(ds)
+    a = ipam.assign(node="node1", handle="a")
+    b = ipam.assign(node="node2", handle="b")
+    assert a in ipaddress.ip_network("10.244.0.0/26")
+    assert b in ipaddress.ip_network("10.244.0.64/26")
+    assert {blk.spec.affine_node for blk in ipam.blocks()} == {"node1", "node2"}
+
+
+def test_full_block_claims_a_new_block():
+    ds = make_ds(("default", "10.244.0.0/24", 30))
+    ipam = IPAM(ds)
+    ips = [ipam.assign(node="n", handle=f"h{i}") for i in range(6)]
+    assert len(set(ips)) == 6
+    assert sorted(b.spec.cidr for b in ipam.blocks()) == ["10.244.0.0/30", "10.244.0.4/30"]
+
+
+def test_pool_exhausted_writes_nothing():
+    ds = make_ds(("tiny", "10.9.0.0/29", 30))
+    ipam = IPAM(ds)
+    ipam.assign(node="a", handle="x")
+    ipam.assign(node="b", handle="y")
+    for i in range(3):
+        ipam.assign(node="a", handle=f"a{i}")
+    before = ds.snapshot(["IPAMBlock", "BlockAffinity"])
+    with pytest.raises(PoolExhausted, match="tiny"):
+        ipam.assign(node="a", handle="z")
+    with pytest.raises(PoolExhausted):
+        ipam.assign(node="c", handle="z")
+    assert ds.snapshot(["IPAMBlock", "BlockAffinity"]) == before
+
+
+def test_release_then_reassign_uses_the_fifo_tail():
+    ds = make_ds(("default", "10.244.0.0/16", 26))
+    ipam = IPAM(ds)
+    first = ipam.assign(node="n", handle="h1")
+    ipam.assign(node="n", handle="h2")
+    assert ipam.release("h1") == [first]
+    assert ipam.addresses("h1") == []
+    # The freed ordinal went to the tail: the next 62 assigns come from untouched addresses first.
+    nxt = [ipam.assign(node="n", handle=f"x{i}") for i in range(62)]
+    assert first not in nxt
+    assert ipam.assign(node="n", handle="last") == first
+
+
+def test_release_is_idempotent():
+    ds = make_ds(("default", "10.244.0.0/16", 26))
+    ipam = IPAM(ds)
+    ip = ipam.assign(node="n", handle="h", attrs={"pod": "p"})
+    assert ipam.release("h") == [ip]
+    assert ipam.release("h") == []
+    assert ipam.release("never-seen") == []
+
+
+def test_named_and_disabled_pools():
+    ds = make_ds(("a", "10.1.0.0/16", 26), ("b", "10.2.0.0/16", 26), ("off", "10.3.0.0/16", 26),
+                 off={"disabled": True})
+    ipam = IPAM(ds)
+    assert ipam.assign(node="n", handle="h", pools=["b"]) in ipaddress.ip_network("10.2.0.0/16")
+    with pytest.raises(NoEligiblePool, match="nope"):
+        ipam.assign(node="n", handle="h", pools=["nope"])
+    with pytest.raises(NoEligiblePool, match="off: disabled"):
+        ipam.assign(node="n", handle="h", pools=["off"])
+    # The node's existing block in pool b is not used when only pool a is eligible.
+    assert ipam.assign(node="n", handle="h2", pools=["a"]) in ipaddress.ip_network("10.1.0.0/16")
+
+
+def test_no_pools_and_unsupported_selector_are_named():
+    with pytest.raises(NoEligiblePool, match="no pools exist"):
+        IPAM(MemoryDatastore()).assign(node="n", handle="h")
+    ds = make_ds(("sel", "10.1.0.0/16", 26), sel={"nodeSelector": "zone == 'a'"})
+    with pytest.raises(NoEligiblePool, match="nodeSelector .* not supported"):
+        IPAM(ds).assign(node="n", handle="h")
+
+
+def test_bad_node_name_is_rejected_before_any_write():
+    ds = make_ds(("default", "10.244.0.0/16", 26))
+    with pytest.raises(IPAMError, match="Node_1"):
+        IPAM(ds).assign(node="Node_1", handle="h")
+    assert ds.list("BlockAffinity").items == []
+
+
+def test_stale_pending_affinity_is_reused():
+    ds = make_ds(("default", "10.244.0.0/16", 26))
+    from ipam import blocks
+    ds.create(blocks.pending_affinity("n", ipaddress.ip_network("10.244.0.0/26")))
+    IPAM(ds).assign(node="n", handle="h")
+    assert affinities(ds) == {("n", "10.244.0.0/26", "confirmed")}
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("assign"), st.sampled_from(["n1", "n2", "n3"]), st.integers(0, 15)),
+        st.tuples(st.just("release"), st.just(""), st.integers(0, 15)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops)
+def test_no_interleaving_of_assigns_and_releases_yields_duplicates(seq):
+    ds = make_ds(("p", "10.5.0.0/27", 29))  # 4 blocks of 8: exhaustion happens often
+    ipam = IPAM(ds)
+    held: dict[str, set] = {}
+    for op, node, h in seq:
+        handle = f"h{h}"
+        if op == "assign":
+            try:
+                ip = ipam.assign(node=node, handle=handle)
+            except PoolExhausted:
+                continue
+            assert all(ip not in ips for ips in held.values()), f"duplicate {ip}"
+            held.setdefault(handle, set()).add(ip)
+        else:
+            assert set(ipam.release(handle)) == held.pop(handle, set())
+    stored = [ip for b in ipam.blocks() for hh in held for ip in _addresses(b, hh)]
+    assert sorted(stored) == sorted(ip for ips in held.values() for ip in ips)
+    for block in ipam.blocks():
+        used = [i for i, a in enumerate(block.spec.allocations) if a is not None]
+        assert sorted(used + block.spec.unallocated) == list(range(8))
+
+
+def _addresses(block, handle):
+    from ipam import blocks
+    return blocks.handle_addresses(block, handle)

@@ -1,0 +1,40 @@
+"""Block arithmetic: names, FIFO allocation, release to the tail, attribute compaction."""
+from __future__ import annotations
+
+import ipaddress
+
+from ipam import affinity_name, block_name
+from ipam import blocks
+
+NET = ipaddress.ip_network("10.244.1.0/26")
+
+
+def test_names_are_calico_style():
+    assert block_name(NET) == "10-244-1-0-26"
+    assert affinity_name("node1", NET) == "node1-10-244-1-0-26"
+
+
+def test_new_block_hands_out_every_address_in_order():
+    block = blocks.new_block(NET, "node1")
+    assert block.spec.affinity == "host:node1"
+    assert block.spec.unallocated == list(range(64))
+    got = []
+    for i in range(64):
+        block, ip = blocks.allocate_one(block, f"h{i}", {})
+        got.append(ip)
+    assert got == list(NET)  # network and broadcast included, as Calico does
+    assert block.spec.unallocated == []
+
+
+def test_release_returns_ordinals_to_the_tail_and_compacts_attributes():
+    block = blocks.new_block(NET, "n")
+    for h in ("a", "b", "a", "c"):
+        block, _ = blocks.allocate_one(block, h, {"pod": h})
+    block, freed = blocks.release_handle(block, "a")
+    assert freed == [NET[0], NET[2]]
+    assert block.spec.unallocated[-2:] == [0, 2]
+    assert [a.handle_id for a in block.spec.attributes] == ["b", "c"]
+    assert block.spec.allocations[:4] == [None, 0, None, 1]
+    assert blocks.handle_addresses(block, "c") == [NET[3]]
+    same, none = blocks.release_handle(block, "a")
+    assert none == [] and same is block
