@@ -16,12 +16,13 @@ from ctl import resources as res_cmds
 def _datastore_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datastore-type", default=os.environ.get("DATASTORE_TYPE", "etcdv3"))
     p.add_argument("--etcd-endpoints", default=os.environ.get("ETCD_ENDPOINTS"))
-    p.add_argument("--lab", metavar="NAME",
-                   help="talk to the datastore of lab NAME (runs inside its fabric namespace)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pycalicoctl")
+    p.add_argument("--lab", metavar="NAME",
+                   help="talk to the datastore of lab NAME (the command runs inside its fabric "
+                        "namespace, where the lab's etcd listens)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     for verb in ("apply", "create", "replace"):
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "lab", None):
+    if args.lab:
         return res_cmds.reexec_in_lab(args.lab, list(argv if argv is not None else sys.argv[1:]))
     try:
         if args.cmd == "node":

@@ -27,7 +27,7 @@ from crds import Node, ObjectMeta
 from crds.models import NodeBGPSpec, NodeSpec
 from datastore.base import AlreadyExists, Conflict, Datastore, NotFound, Unavailable
 from datastore.syncer import Syncer
-from felix import cluster
+from felix import cluster, logs
 from felix.calc import PROTO, desired_routes
 from felix.dataplane import RouteTable
 from felix.inspect import compare
@@ -239,8 +239,7 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
     p.add_argument("--route-proto", type=int, default=PROTO)
     p.add_argument("--log-level", default=env.get("LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup(a.log_level)
     ipv4 = ipaddress.IPv4Interface(a.ip if a.ip and "/" in a.ip else f"{a.ip}/32") if a.ip \
         else autodetect_ipv4()
     run_dir = Path(a.run_dir) if a.run_dir else RUN_ROOT / a.name
@@ -249,6 +248,9 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The agent forks (its ExaBGP child) while gRPC threads (etcd) run; gRPC's fork handlers only
+    # warn about that and are not needed, since the child execs at once. Set before gRPC loads.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     try:
         cfg = parse_args(argv)
         ds = datastore.connect(cfg.datastore_type, etcd_endpoints=cfg.etcd_endpoints)

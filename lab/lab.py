@@ -42,7 +42,7 @@ class LabError(RuntimeError):
     pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class Pod:
     name: str
     node: str
@@ -112,7 +112,8 @@ def up(name: str, nodes: int, pods_per_node: int, timeout: float = 90.0) -> LabS
                 state.save()
         wait_converged(state, timeout)
     except BaseException:
-        _log(f"lab up failed; logs are in {state.dir}")
+        _log(f"lab up failed; logs are in {state.dir}; "
+             f"'pycalicoctl lab down --name {name}' removes what was made")
         raise
     return state
 

@@ -4,6 +4,7 @@ Does I/O (iproute2 commands, fork). Everything here acts only on namespaces the 
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import secrets
@@ -64,6 +65,21 @@ def veth_into(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
     ip("-n", ns_b, "link", "set", tmp_b, "name", name_b)
 
 
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(path: str) -> None:
+    """Join the network namespace at ``path`` (os.setns exists only from Python 3.12)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 def in_netns(name: str, fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(*args)`` in a forked child that joined namespace ``name``; return its result.
 
@@ -76,8 +92,7 @@ def in_netns(name: str, fn: Callable[..., T], *args: Any) -> T:
         os.close(read_fd)
         status = 0
         try:
-            fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-            os.setns(fd, os.CLONE_NEWNET)
+            _setns(f"/var/run/netns/{name}")
             payload = (True, fn(*args))
         except BaseException as exc:  # noqa: BLE001 - shipped to the parent, re-raised there
             payload, status = (False, exc), 1
