@@ -353,7 +353,7 @@ class Speaker:
 
     def _peer_event(self, peer: _Peer, event: protocol.Event) -> bool:
         match event:
-            case protocol.PeerStateChanged(address, state, reason):
+            case protocol.PeerStateChanged(_, state, reason):
                 self._on_state(peer, state, reason)
             case protocol.NotificationReceived(_, code, subcode, message):
                 peer.reason = f"notification received: {code}/{subcode} {message}".rstrip()

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import start_etcd, veth_between, wait_for  # noqa: F401  (re-exported for tests)
+from tests.helpers import etcd_running, start_etcd, veth_between, wait_for  # noqa: F401  (re-exported for tests)
 
 RUN_PREFIX = f"pyt{secrets.token_hex(2)}-"
 
@@ -98,13 +98,5 @@ def procs() -> Iterator[ProcessRegistry]:
 @pytest.fixture
 def etcd_endpoint(tmp_path) -> Iterator[str]:
     """A real etcd (Debian's etcd-server) on free loopback ports with a temporary data dir."""
-    proc, endpoint = start_etcd(str(tmp_path / "etcd"))
-    try:
+    with etcd_running(str(tmp_path / "etcd")) as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

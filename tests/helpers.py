@@ -1,6 +1,7 @@
 """Helpers for tests: joining namespaces, polling with a deadline."""
 from __future__ import annotations
 
+import contextlib
 import secrets
 import subprocess
 import time
@@ -74,3 +75,24 @@ def start_etcd(data_dir: str, host: str = "127.0.0.1") -> tuple[subprocess.Popen
         proc.wait()
         raise
     return proc, endpoint
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; always reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def etcd_running(data_dir: str, host: str = "127.0.0.1"):
+    """``with etcd_running(dir) as endpoint:`` a real etcd, stopped on exit even after a failure."""
+    proc, endpoint = start_etcd(data_dir, host)
+    try:
+        yield endpoint
+    finally:
+        stop_process(proc)

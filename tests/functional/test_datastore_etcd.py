@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import threading
 from collections.abc import Iterator
 
@@ -18,7 +17,7 @@ from datastore.etcdv3 import EtcdDatastore
 from tests.datastore_conformance import (  # noqa: F401  (recorder is a fixture)
     DatastoreConformance, current_revision, pool, recorder, relabel, take, wep,
 )
-from tests.helpers import start_etcd, wait_for
+from tests.helpers import etcd_running, start_etcd, wait_for
 
 POOLS = "/calico/resources/v3/projectcalico.org/ippools/"
 
@@ -26,16 +25,8 @@ POOLS = "/calico/resources/v3/projectcalico.org/ippools/"
 @pytest.fixture(scope="module")
 def etcd_url(tmp_path_factory) -> Iterator[str]:
     """One etcd for the module (starting one per test costs ~0.8 s); ``raw`` empties it per test."""
-    proc, endpoint = start_etcd(str(tmp_path_factory.mktemp("etcd") / "data"))
-    try:
+    with etcd_running(str(tmp_path_factory.mktemp("etcd") / "data")) as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
