@@ -92,8 +92,14 @@ def test_every_pod_reaches_every_other_pod(lab):
 
 def test_restart_keeps_traffic_and_adopts_routes(lab):
     node1_pod = next(p for p in lab["pods"] if p["node"] == f"{LAB}-node1")
+    node2_pod = next(p for p in lab["pods"] if p["node"] == f"{LAB}-node2")
     node3_pod = next(p for p in lab["pods"] if p["node"] == f"{LAB}-node3")
     node2 = f"{LAB}-node2"
+    # node1 <-> node3 is the acceptance; to and from node2's own pods is Calico defect 1 (traffic
+    # drops while calico-node restarts): its kernel routes stay, and its peers hold its routes
+    # as stale (graceful restart) until it has re-announced them.
+    pairs = [(node1_pod, node3_pod), (node3_pod, node1_pod), (node1_pod, node2_pod),
+             (node2_pod, node3_pod)]
     monitor = subprocess.Popen(["ip", "-n", node2, "monitor", "route"], stdout=subprocess.PIPE,
                                text=True)
     stop = threading.Event()
@@ -102,7 +108,7 @@ def test_restart_keeps_traffic_and_adopts_routes(lab):
 
     def keep_pinging() -> None:
         while not stop.is_set():
-            for a, b in ((node1_pod, node3_pod), (node3_pod, node1_pod)):
+            for a, b in pairs:
                 r = subprocess.run(["ip", "netns", "exec", a["netns"], "ping", "-c", "1", "-W", "1",
                                     b["ip"]], capture_output=True)
                 sent[0] += 1
@@ -118,7 +124,7 @@ def test_restart_keeps_traffic_and_adopts_routes(lab):
         assert new_pid != old_pid
         wait_for(lambda: ctl("node", "status", "--node", node2, check=False).returncode == 0,
                  timeout=60, what="the restarted agent's peers to be Established again")
-        wait_for(lambda: sent[0] >= 6, timeout=30, what="pings during the restart")
+        wait_for(lambda: sent[0] >= 3 * len(pairs), timeout=30, what="pings during the restart")
     finally:
         stop.set()
         if pinger.is_alive():
@@ -128,8 +134,8 @@ def test_restart_keeps_traffic_and_adopts_routes(lab):
     assert not failures, f"pings failed during restart: {failures}"
     deleted = [ln for ln in events.splitlines() if ln.startswith("Deleted") and "proto 80" in ln]
     assert not deleted, f"the restarted agent deleted its routes instead of adopting them: {deleted}"
-    out = ctl("node", "routes", "--node", node2).stdout
-    assert ", 0 not matching the kernel" in out, out
+    wait_for(lambda: ctl("node", "routes", "--node", node2, check=False).returncode == 0,
+             timeout=30, what="the restarted agent's desired routes to match the kernel")
 
 
 def test_down_leaves_nothing(lab):
