@@ -89,7 +89,9 @@ def write(ds: Datastore, verb: str, items: Iterable[Resource]) -> int:
             print(f"Failed to {verb} {r.KIND} {r.name}: {exc}", file=sys.stderr)
             continue
         done += 1
-    print(f"Successfully {verb.rstrip('e')}ed {done} resource(s)")
+    kinds = sorted({r.KIND for r in items})
+    past = {"apply": "applied", "create": "created", "replace": "replaced"}[verb]
+    print(f"Successfully {past} {done} {'/'.join(repr(k) for k in kinds)} resource(s)")
     return 0 if done == len(items) else 1
 
 

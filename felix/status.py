@@ -65,9 +65,10 @@ class StatusServer:
         return {"result": await handler()}
 
 
-def query(node: str, topic: str, timeout: float = 5.0) -> Any:
-    """Blocking client used by the CLI. Raises FileNotFoundError/ConnectionError if no agent runs."""
-    path = socket_path(node)
+def query(node: str, topic: str, timeout: float = 5.0, path: Path | None = None) -> Any:
+    """Blocking client used by the CLI. Raises FileNotFoundError/ConnectionError if no agent runs.
+    ``path`` overrides the socket of an agent started with its own --run-dir."""
+    path = path or socket_path(node)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
