@@ -13,7 +13,11 @@ Contract of the modules:
   ``proto`` number, 80), deletes what is not desired, then ``replace``s what is missing or different.
   Routes of any other proto are never touched. Identical state means zero writes, which is how a
   restarted agent adopts its routes without a flap.
-- ``felix.agent`` -- wires datastore, BGP and the two stages together (level-triggered loop).
+- ``felix.cluster`` -- purely computational: the agent's view of the datastore (syncer batches in)
+  and its conversion into ``CalcInput`` and the BGP inputs (nodes, global config, exports).
+- ``felix.agent`` -- ``pycalico-node``: wires datastore, BGP and the two stages together (one
+  level-triggered loop; nothing written before the datastore is in sync; routes left in place on
+  exit). ``felix.status`` -- its local unix-socket status endpoint, read by ``pycalicoctl node``.
 
 Example (pure part)::
 
