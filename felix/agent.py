@@ -118,7 +118,7 @@ class Agent:
             log.warning("own Node resource missing or without ipv4Address; waiting",
                         extra={"node": node})
             return
-        speaker = self.speaker or await self._start_speaker(me.asn or glob.asn)
+        speaker = self.speaker or await self._start_speaker(me.asn or glob.asn, glob.listen_port)
         await speaker.set_peers(mesh_peers(me, infos, glob))
         speaker.set_import_filter(cluster.pool_cidrs(self.state),
                                   cluster.local_blocks(self.state, node))
@@ -141,11 +141,12 @@ class Agent:
             # Learned routes from before a restart are kept until BGP has re-synced: look again.
             asyncio.get_running_loop().call_later(RETRY_DELAY, self._dirty.set)
 
-    async def _start_speaker(self, asn: int) -> Speaker:
-        # Started only once in sync: the AS number and the peers come from the datastore.
+    async def _start_speaker(self, asn: int, port: int) -> Speaker:
+        # Started only once in sync: the AS number, port and peers come from the datastore.
+        # (A later change of AS or port needs an agent restart; noted for the BGP issues.)
         self.speaker = Speaker(
             node_name=self.cfg.node, router_id=self.cfg.ipv4.ip, local_address=self.cfg.ipv4.ip,
-            local_asn=asn, run_dir=self.cfg.run_dir, on_change=self._dirty.set,
+            local_asn=asn, listen_port=port, run_dir=self.cfg.run_dir, on_change=self._dirty.set,
         )
         await self.speaker.start()
         return self.speaker
