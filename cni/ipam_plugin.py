@@ -5,7 +5,7 @@ prints an IPAM result; DEL releases everything the handle holds (idempotent); CH
 handle still holds an address. ``ipam.ipv4_pools`` lists pool names or pool CIDRs (as Calico).
 
 Concurrent ADDs on one node would all compare-and-swap the same block; like Calico's host-wide IPAM
-lock, a per-node flock (``/run/pycalico/ipam-<node>.lock``) serialises them. Per node, not per host,
+lock, a per-node flock (``/run/pycalico/<node>/ipam.lock``, beside the agent's files) serialises them. Per node, not per host,
 so lab nodes sharing one machine still race each other for blocks through the datastore.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from cni.names import handle_id
 from cni.runtime import run
 from crds import IPPool
 from datastore import Datastore
+from felix.status import RUN_ROOT
 from ipam import IPAM
 
 
@@ -74,15 +75,15 @@ def ipam_result(cni_version: str, address: ipaddress.IPv4Address) -> dict[str, A
     return {"cniVersion": cni_version, "ips": [ip], "routes": [{"dst": "0.0.0.0/0"}], "dns": {}}
 
 
-LOCK_DIR = "/run/pycalico"
 LOCK_TIMEOUT = 60.0
 
 
 @contextmanager
 def node_lock(node: str) -> Iterator[None]:
     """Hold the node's IPAM lock; the kernel drops it if this process dies."""
-    os.makedirs(LOCK_DIR, exist_ok=True)
-    fd = os.open(os.path.join(LOCK_DIR, f"ipam-{node}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    lock_dir = RUN_ROOT / node
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / "ipam.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + LOCK_TIMEOUT
         while True:

@@ -14,8 +14,10 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import urllib.request
+from pathlib import Path
 
 import pytest
 from pyroute2 import netns as pyroute2_netns
@@ -26,7 +28,7 @@ from crds import IPPool, ObjectMeta
 from ipam import IPAM
 from tests.helpers import veth_between, wait_for
 
-BIN = "/work/main/.venv/bin"
+BIN = str(Path(sys.executable).parent)  # the venv running the tests holds our console scripts
 NODE = "node1"
 NETWORK = "k8s-pod-network"
 ETCD_PORT = 2379
@@ -101,15 +103,16 @@ def lab(netns, procs, tmp_path):
     ds.create(IPPool(metadata=ObjectMeta(name="tiny"), spec={"cidr": "10.250.0.0/30",
                                                               "blockSize": 30}))
     try:
-        yield Lab(node, netns, ds, url)
+        yield Lab(node, netns, ds, url, tmp_path / "run")
     finally:
         ds.close()
         relay.close()
 
 
 class Lab:
-    def __init__(self, node: str, netns, ds, url: str) -> None:
+    def __init__(self, node: str, netns, ds, url: str, run_root: Path) -> None:
         self.node, self.netns, self.ds, self.url = node, netns, ds, url
+        self.run_root = run_root  # the IPAM lock lives here, not in the machine's /run/pycalico
 
     def conf(self, pools=("default-ipv4-ippool",), **extra) -> dict:
         return {"cniVersion": "1.0.0", "name": NETWORK, "type": "pycalico-cni",
@@ -120,6 +123,7 @@ class Lab:
             conf: dict | None = None, ifname: str = "eth0") -> tuple[int, dict | None, str]:
         env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": container,
                "CNI_NETNS": netns_path, "CNI_IFNAME": ifname, "CNI_PATH": BIN,
+               "PYCALICO_RUN_ROOT": str(self.run_root),
                "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"}
         proc = subprocess.run(["ip", "netns", "exec", self.node, f"{BIN}/pycalico-cni"],
                               input=json.dumps(conf or self.conf()).encode(), env=env,
@@ -255,7 +259,7 @@ def test_version_and_ipam_plugin_alone(lab):
                           env={"CNI_COMMAND": "VERSION"}, capture_output=True, check=True)
     assert "1.0.0" in json.loads(proc.stdout)["supportedVersions"]
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "x", "CNI_NETNS": "/var/run/netns/x",
-           "CNI_IFNAME": "eth0", "CNI_PATH": BIN}
+           "CNI_IFNAME": "eth0", "CNI_PATH": BIN, "PYCALICO_RUN_ROOT": str(lab.run_root)}
     conf = json.dumps({**lab.conf(pools=["10.244.0.0/16"]), "cniVersion": "0.4.0"}).encode()
     run = lambda cmd: subprocess.run(  # noqa: E731
         ["ip", "netns", "exec", lab.node, f"{BIN}/pycalico-ipam"], input=conf,
