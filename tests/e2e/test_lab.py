@@ -160,3 +160,21 @@ def _proc_state(pid: int) -> str:
 def test_lab_rejects_bad_name():
     out = ctl("lab", "up", "--name", "Bad_Name", check=False)
     assert out.returncode != 0 and "--name" in out.stderr
+
+
+def test_down_after_a_crash_needs_only_the_namespaces():
+    """A lab whose state file is gone (the CLI crashed) is still removed completely by name."""
+    name = f"c{secrets.token_hex(2)}"
+    try:
+        ctl("lab", "up", "--name", name, "--nodes", "1", "--pods-per-node", "1")
+        pids = [int(p) for ns in (f"{name}-fabric", f"{name}-node1") for p in subprocess.run(
+            ["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()]
+        assert len(pids) >= 3  # etcd, agent, its ExaBGP child
+        Path(f"/run/pycalico-lab/{name}/state.json").unlink()
+    finally:
+        ctl("lab", "down", "--name", name)
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"{name}-" not in out
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()
+                and "zombie" not in _proc_state(pid)]
+    assert not list(Path("/run/pycalico").glob(f"{name}-*"))
