@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("ipam", help="IP address management").add_subparsers(dest="ipam_cmd",
                                                                            required=True)
-    _datastore_args(i.add_parser("show", help="blocks, their affinity and usage"))
+    show = i.add_parser("show", help="addresses in use per pool (and per block)")
+    show.add_argument("--show-blocks", action="store_true")
+    _datastore_args(show)
 
     lab = sub.add_parser("lab", help="the multi-node lab in network namespaces")
     ls = lab.add_subparsers(dest="lab_cmd", required=True)

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import yaml
 
-from crds import DEFAULT_ASN, API_VERSION, Resource
+from crds import API_VERSION, DEFAULT_ASN, IPAMBlock, IPPool, Resource
 
 
 def columns(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -59,8 +59,7 @@ def resource_rows(kind: str, items: Sequence[Resource], wide: bool, default_asn:
                   r.spec.interface_name] for r in items])
     if kind == "IPAMBlock":
         return (["NAME", "CIDR", "AFFINITY", "IN USE"],
-                [[r.name, r.spec.cidr, r.spec.affinity or "",
-                  str(sum(a is not None for a in r.spec.allocations))] for r in items])
+                [[r.name, r.spec.cidr, r.spec.affinity or "", str(_in_use(r))] for r in items])
     if kind == "BlockAffinity":
         return (["NAME", "NODE", "CIDR", "STATE"],
                 [[r.name, r.spec.node, r.spec.cidr, r.spec.state] for r in items])
@@ -85,3 +84,26 @@ def since(iso: str | None) -> str:
     when = datetime.fromisoformat(iso)
     now = datetime.now(when.tzinfo)
     return when.strftime("%H:%M:%S") if when.date() == now.date() else when.strftime("%Y-%m-%d")
+
+
+def _usage(total: int, used: int) -> list[str]:
+    pct = lambda n: f"{round(n * 100 / total)}%" if total else "0%"  # noqa: E731 - rounded, as calicoctl
+    return [str(total), f"{used} ({pct(used)})", f"{total - used} ({pct(total - used)})"]
+
+
+def ipam_rows(pools: Sequence[IPPool], blocks: Sequence[IPAMBlock], show_blocks: bool):
+    """``calicoctl ipam show [--show-blocks]``: per pool (and block) total, in use and free."""
+    headers = ["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"]
+    rows = []
+    for pool in sorted(pools, key=lambda p: p.spec.network):
+        inside = [b for b in blocks if b.spec.network.subnet_of(pool.spec.network)]
+        used = sum(_in_use(b) for b in inside)
+        rows.append(["IP Pool", pool.spec.cidr, *_usage(pool.spec.network.num_addresses, used)])
+        if show_blocks:
+            for b in sorted(inside, key=lambda b: b.spec.network):
+                rows.append(["Block", b.spec.cidr, *_usage(b.spec.network.num_addresses, _in_use(b))])
+    return headers, rows
+
+
+def _in_use(block: IPAMBlock) -> int:
+    return sum(a is not None for a in block.spec.allocations)

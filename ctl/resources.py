@@ -108,7 +108,7 @@ def run(args) -> int:
         if args.cmd == "get":
             return get(ds, args)
         if args.cmd == "ipam":
-            return get(ds, _ipam_show_args())
+            return ipam_show(ds, args.show_blocks)
     except DatastoreError as exc:
         print(f"pycalicoctl: datastore error: {exc}", file=sys.stderr)
         return 1
@@ -169,7 +169,8 @@ def _global_asn(ds: Datastore) -> int:
         return output.DEFAULT_ASN
 
 
-def _ipam_show_args():
-    class A:
-        kind, name, namespace, output = "IPAMBlock", None, None, "ps"
-    return A()
+def ipam_show(ds: Datastore, show_blocks: bool) -> int:
+    pools = [p for p in ds.list("IPPool").items if p.spec.network.version == 4]
+    headers, rows = output.ipam_rows(pools, ds.list("IPAMBlock").items, show_blocks)
+    print(output.boxed(headers, rows))
+    return 0

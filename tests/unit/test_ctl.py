@@ -80,3 +80,15 @@ items:
 """
     monkeypatch.setattr(sys, "stdin", io.StringIO(doc))
     assert [r.name for r in resources.read_documents("-")] == ["a", "b"]
+
+
+def test_ipam_show_counts_per_pool_and_block():
+    blocks = [load({"apiVersion": "projectcalico.org/v3", "kind": "IPAMBlock",
+                    "metadata": {"name": name},
+                    "spec": {"cidr": cidr, "affinity": "host:n1",
+                             "allocations": [0, None, 1] + [None] * 61}})
+              for name, cidr in (("10-244-0-0-26", "10.244.0.0/26"), ("10-9-0-0-26", "10.9.0.0/26"))]
+    headers, rows = output.ipam_rows([pool("default", "10.244.0.0/16")], blocks, show_blocks=True)
+    assert headers == ["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"]
+    assert rows == [["IP Pool", "10.244.0.0/16", "65536", "2 (0%)", "65534 (100%)"],
+                    ["Block", "10.244.0.0/26", "64", "2 (3%)", "62 (97%)"]]  # 10.9/26 is in no pool
