@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import etcd_running, start_etcd, veth_between, wait_for  # noqa: F401  (re-exported for tests)
+from tests.helpers import LoopThread, etcd_running, start_etcd, veth_between, wait_for  # noqa: F401  (re-exported for tests)
 
 RUN_PREFIX = f"pyt{secrets.token_hex(2)}-"
 
@@ -100,3 +100,14 @@ def etcd_endpoint(tmp_path) -> Iterator[str]:
     """A real etcd (Debian's etcd-server) on free loopback ports with a temporary data dir."""
     with etcd_running(str(tmp_path / "etcd")) as endpoint:
         yield endpoint
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    """A LoopThread for async code; fails the test if the code under test left tasks running."""
+    lt = LoopThread()
+    try:
+        yield lt
+        assert lt.leftover_tasks() == set(), "Speaker.stop() left tasks behind"
+    finally:
+        lt.close()

@@ -1,9 +1,11 @@
 """Helpers for tests: joining namespaces, polling with a deadline."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import subprocess
+import threading
 import time
 
 import pytest
@@ -96,3 +98,30 @@ def etcd_running(data_dir: str, host: str = "127.0.0.1"):
         yield endpoint
     finally:
         stop_process(proc)
+
+
+class LoopThread:
+    """An asyncio loop in a thread, so synchronous tests (and wait_for) can drive async code."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 30.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, fn, *args):
+        async def wrapper():
+            return fn(*args)
+        return self.run(wrapper())
+
+    def leftover_tasks(self) -> set:
+        async def others():
+            return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+        return self.run(others())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

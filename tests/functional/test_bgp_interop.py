@@ -8,13 +8,10 @@ the peer's namespace.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
-import threading
-from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -23,7 +20,7 @@ import pytest
 from bgp.peers import PeerSpec
 from bgp.rib import LearnedRoute
 from bgp.speaker import Speaker
-from tests.helpers import veth_between, wait_for
+from tests.helpers import LoopThread, veth_between, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -33,41 +30,6 @@ OUR_BLOCK = IPv4Network("10.244.1.0/26")
 PEER_BLOCK = IPv4Network("10.244.7.0/26")  # inside POOL: learned
 OUTSIDE = IPv4Network("192.0.2.0/24")  # outside every pool: rejected and counted
 GOBGP_API_PORT = 50051  # inside the peer's own namespace, so it cannot clash with anything
-
-
-class LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 30.0):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def call(self, fn, *args):
-        async def wrapper():
-            return fn(*args)
-        return self.run(wrapper())
-
-    def leftover_tasks(self) -> set:
-        async def others():
-            return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
-        return self.run(others())
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-@pytest.fixture
-def loop_thread() -> Iterator[LoopThread]:
-    lt = LoopThread()
-    try:
-        yield lt
-        assert lt.leftover_tasks() == set(), "Speaker.stop() left tasks behind"
-    finally:
-        lt.close()
 
 
 def _start_speaker(lt: LoopThread, ns: str, run_dir: Path, peer: PeerSpec) -> Speaker:
