@@ -43,12 +43,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def etcd_healthy(endpoint: str, timeout: float = 0.5) -> bool:
+    """True when the etcd at ``endpoint`` (``http://host:port``) answers its health check."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{endpoint}/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def start_etcd(data_dir: str, host: str = "127.0.0.1") -> tuple[subprocess.Popen, str]:
     """Start Debian's etcd on free ports with ``data_dir``; return (process, client endpoint URL).
 
     The caller owns the process (register it with the ``procs`` fixture or kill it in finally).
     """
-    import urllib.request
 
     client, peer = free_port(), free_port()
     endpoint = f"http://{host}:{client}"
@@ -64,11 +74,7 @@ def start_etcd(data_dir: str, host: str = "127.0.0.1") -> tuple[subprocess.Popen
     def healthy() -> bool:
         if proc.poll() is not None:
             pytest.fail(f"etcd exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{endpoint}/health", timeout=0.5) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
+        return etcd_healthy(endpoint)
 
     try:
         wait_for(healthy, timeout=20, what="etcd to become healthy")

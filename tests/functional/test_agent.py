@@ -9,12 +9,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 from felix.status import query
 from lab.netns import in_netns
-from tests.helpers import free_port, stop_process, veth_between, wait_for
+from tests.helpers import etcd_healthy, free_port, stop_process, veth_between, wait_for
 
 BIN = Path(sys.executable).parent
 
@@ -22,14 +21,6 @@ BIN = Path(sys.executable).parent
 def routes(ns: str) -> str:
     return subprocess.run(["ip", "-n", ns, "route"], capture_output=True, text=True,
                           check=True).stdout
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=0.5) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def _seed(url: str, node: str) -> None:
@@ -82,7 +73,7 @@ def test_agent_waits_for_sync_and_owns_only_its_routes(netns, procs, tmp_path):
          "--listen-client-urls", url, "--advertise-client-urls", url,
          "--listen-peer-urls", f"http://127.0.0.1:{free_port()}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    wait_for(lambda: in_netns(node_ns, _healthy, url), timeout=20, what="etcd in the namespace")
+    wait_for(lambda: in_netns(node_ns, etcd_healthy, url), timeout=20, what="etcd in the namespace")
     in_netns(node_ns, _seed, url, node)
 
     def converged() -> bool:

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ import datastore
 from cni.names import handle_id, host_ifname, wep_name
 from crds import IPPool, ObjectMeta
 from ipam import IPAM
-from tests.helpers import veth_between, wait_for
+from tests.helpers import etcd_healthy, veth_between, wait_for
 
 BIN = str(Path(sys.executable).parent)  # the venv running the tests holds our console scripts
 NODE = "node1"
@@ -96,7 +95,7 @@ def lab(netns, procs, tmp_path):
          "--initial-cluster", "t=http://127.0.0.1:2380", "--log-level", "error"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     relay = NetnsRelay(node, ETCD_PORT)
-    wait_for(lambda: _healthy(relay.port), timeout=20, what="etcd in the node namespace")
+    wait_for(lambda: etcd_healthy(f"http://127.0.0.1:{relay.port}", timeout=1), timeout=20, what="etcd in the node namespace")
     ds = datastore.connect("etcdv3", etcd_endpoints=f"http://127.0.0.1:{relay.port}")
     ds.create(IPPool(metadata=ObjectMeta(name="default-ipv4-ippool"),
                      spec={"cidr": "10.244.0.0/16", "blockSize": 26}))
@@ -271,14 +270,6 @@ def test_version_and_ipam_plugin_alone(lab):
     assert run("CHECK").returncode == 0
     assert run("DEL").returncode == 0 and run("DEL").returncode == 0
     assert run("CHECK").returncode != 0
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def _ip(ns: str, *args: str) -> str:
