@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import hostio
+
 log = logging.getLogger(__name__)
 
 RUN_ROOT = Path(os.environ.get("PYCALICO_RUN_ROOT", "/run/pycalico"))
@@ -32,10 +34,8 @@ class StatusServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._path.unlink(missing_ok=True)  # a stale socket from a killed agent
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self._path))
-        os.chmod(self._path, 0o600)
+        # 0600 in a 0700 directory whatever the umask; a stale socket from a killed agent goes.
+        self._server = await asyncio.start_unix_server(self._serve, sock=hostio.bind_unix(self._path))
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -44,6 +44,12 @@ class StatusServer:
         self._path.unlink(missing_ok=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if not hostio.peer_is_privileged(sock):
+            # The file mode already keeps others out; this holds even if someone loosens it.
+            log.warning("status request refused", extra={"peer_uid": hostio.peer_credentials(sock).uid})
+            writer.close()
+            return
         try:
             line = await asyncio.wait_for(reader.readline(), timeout=5)
             reply = await self._answer(line)
