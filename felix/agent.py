@@ -176,7 +176,7 @@ def _peer_dict(p) -> dict:
 def _route_status_dict(s) -> dict:
     route = s.desired or s.kernel
     return {
-        "dst": str(s.dst), "reason": s.reason, "in_sync": s.in_sync,
+        "dst": str(s.dst), "reason": s.reason, "in_sync": s.in_sync, "state": s.state,
         "type": route.type, "dev": route.dev,
         "gateway": str(route.gateway) if route.gateway else None,
         "kernel": None if s.kernel is None else {

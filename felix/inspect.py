@@ -24,6 +24,10 @@ class KernelRoute:
     proto: int
 
 
+# RouteStatus.state: one machine-readable word per route, so no client parses the reason text.
+OK, MISSING, DIFFERS, NOT_DESIRED_STATE = "ok", "missing", "differs", "not-desired"
+
+
 @dataclass(frozen=True)
 class RouteStatus:
     dst: IPv4Network
@@ -31,6 +35,15 @@ class RouteStatus:
     desired: DesiredRoute | None
     kernel: KernelRoute | None
     in_sync: bool
+
+    @property
+    def state(self) -> str:
+        """``ok`` | ``missing`` (desired, not in the kernel) | ``differs`` | ``not-desired``."""
+        if self.desired is None:
+            return NOT_DESIRED_STATE
+        if self.kernel is None:
+            return MISSING
+        return OK if self.in_sync else DIFFERS
 
 
 NOT_DESIRED = "not desired (stale: removed on the next apply)"

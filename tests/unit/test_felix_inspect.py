@@ -50,6 +50,14 @@ def test_compare_lists_every_route_sorted_with_reason_and_sync_state():
         ("10.244.3.0/26", NOT_DESIRED, False, True),           # ours, no longer wanted
     ]
     assert statuses[1].desired is WL and statuses[3].desired is None
+    assert [s.state for s in statuses] == ["missing", "ok", "differs", "not-desired"]
+
+
+def test_state_of_a_stale_route_never_depends_on_its_reason_text():
+    """Regression (issue 5, 12): the CLI matched the reason text and called a stale route 'differs'."""
+    stale = KernelRoute(N("10.244.3.0/26"), "unicast", "eth0", A("192.168.5.7"), "universe", 80)
+    [status] = compare({}, {stale.dst: stale})
+    assert status.state == "not-desired"
 
 
 def test_compare_of_nothing_is_empty():
