@@ -41,9 +41,12 @@ class BGPGlobal:
     asn: int = 64512
     mesh_enabled: bool = True
     listen_port: int = 179
+    mesh_max_restart_time: float = 120.0  # nodeMeshMaxRestartTime, seconds
 
     def __post_init__(self) -> None:
         _check_asn("BGPGlobal.asn", self.asn)
+        if self.mesh_max_restart_time < 0:
+            raise ValueError(f"BGPGlobal.mesh_max_restart_time: {self.mesh_max_restart_time} is negative")
         if not 1 <= self.listen_port <= 65535:
             raise ValueError(f"BGPGlobal.listen_port: {self.listen_port} is outside 1..65535")
 
@@ -58,6 +61,9 @@ class PeerSpec:
     passive: bool
     peer_type: str
     name: str
+    # The longest we keep this peer's routes after it goes down (graceful restart helper),
+    # whatever restart time its OPEN offers.
+    max_restart_time: float = 120.0
 
 
 def mesh_peers(local: NodeInfo, nodes: Iterable[NodeInfo], cfg: BGPGlobal) -> frozenset[PeerSpec]:
@@ -87,6 +93,7 @@ def mesh_peers(local: NodeInfo, nodes: Iterable[NodeInfo], cfg: BGPGlobal) -> fr
                 passive=me > node.ipv4.ip,
                 peer_type=MESH_PEER_TYPE,
                 name=node.name,
+                max_restart_time=cfg.mesh_max_restart_time,
             )
         )
     return frozenset(peers)

@@ -53,6 +53,7 @@ class Rib:
         self._clock = clock
         self._default_restart = restart_time
         self._restart_time: dict[IPv4Address, float | None] = {}
+        self._restart_cap: dict[IPv4Address, float] = {}
         self._paths: dict[IPv4Address, dict[IPv4Network, _Path]] = {}
         self._pools: frozenset[IPv4Network] = frozenset()
         self._own: frozenset[IPv4Network] = frozenset()
@@ -60,10 +61,25 @@ class Rib:
 
     # -- configuration ----------------------------------------------------------------------
 
-    def set_import_filter(self, pools: frozenset[IPv4Network], own_blocks: frozenset[IPv4Network]) -> None:
-        """Accept only prefixes inside an enabled pool, outside our own blocks, not a default route."""
-        self._pools = frozenset(pools)
-        self._own = frozenset(own_blocks)
+    def set_import_filter(self, pools: frozenset[IPv4Network], own_blocks: frozenset[IPv4Network]) -> bool:
+        """Accept only prefixes inside a pool, outside our own blocks, not a default route.
+
+        ``pools`` are all pools, disabled ones included: disabling a pool only stops new allocations,
+        its pods keep their routes. Returns whether the filter changed (nothing to redo if not).
+        """
+        pools, own_blocks = frozenset(pools), frozenset(own_blocks)
+        if (pools, own_blocks) == (self._pools, self._own):
+            return False
+        self._pools, self._own = pools, own_blocks
+        return True
+
+    def set_restart_cap(self, peer: IPv4Address, seconds: float) -> None:
+        """The longest we keep ``peer``'s routes after it goes down, whatever its OPEN offered
+        (``nodeMeshMaxRestartTime`` / BGPPeer ``maxRestartTime``): a dead peer that offered 4095 s
+        must not keep its routes in our kernel for 68 minutes."""
+        if seconds < 0:
+            raise ValueError(f"restart cap for {peer}: {seconds} is negative")
+        self._restart_cap[peer] = float(seconds)
 
     def rejection(self, prefix: IPv4Network) -> str | None:
         """Why the import filter rejects ``prefix`` (a counter name), or None when it accepts it."""
@@ -117,9 +133,16 @@ class Rib:
         """The restart time the peer offered in its OPEN; None: no graceful restart capability."""
         self._restart_time[peer] = None if seconds is None else float(seconds)
 
+    def restart_time(self, peer: IPv4Address) -> float | None:
+        """How long ``peer``'s routes are kept once it goes down: what it offered, at most its cap."""
+        offered = self._restart_time.get(peer, self._default_restart)
+        if offered is None:
+            return None
+        return min(offered, self._restart_cap.get(peer, offered))
+
     def peer_down(self, peer: IPv4Address) -> None:
         """Keep the peer's routes as stale for its restart time (drop them if it offered none)."""
-        restart = self._restart_time.get(peer, self._default_restart)
+        restart = self.restart_time(peer)
         paths = self._paths.get(peer, {})
         if not restart:
             paths.clear()
@@ -139,6 +162,7 @@ class Rib:
         """The session is no longer configured: forget it, stale routes included."""
         self._paths.pop(peer, None)
         self._restart_time.pop(peer, None)
+        self._restart_cap.pop(peer, None)
 
     def expire(self) -> bool:
         """Drop stale routes whose restart time has passed; return whether anything was dropped."""

@@ -12,6 +12,7 @@ from ipaddress import IPv4Network
 
 from bgp.peers import BGPGlobal, NodeInfo
 from crds import BGPConfiguration, IPAMBlock, IPPool, Node, Resource, WorkloadEndpoint
+from crds.duration import parse_duration
 from datastore.syncer import InSync, Update
 from felix.calc import Block, CalcInput, RemoteRoute, Workload
 
@@ -38,13 +39,14 @@ class ClusterState:
                       key=lambda r: r.key)
 
 
-def enabled_pools(state: ClusterState) -> list[IPPool]:
-    return [p for p in state.of_kind(IPPool)
-            if not p.spec.disabled and p.spec.network.version == 4]
+def ipv4_pools(state: ClusterState) -> list[IPPool]:
+    """Every IPv4 pool, disabled ones included: ``disabled`` only stops new allocations (Calico),
+    so a disabled pool's pods keep their routes, imported and exported alike."""
+    return [p for p in state.of_kind(IPPool) if p.spec.network.version == 4]
 
 
 def pool_cidrs(state: ClusterState) -> frozenset[IPv4Network]:
-    return frozenset(p.spec.network for p in enabled_pools(state))
+    return frozenset(p.spec.network for p in ipv4_pools(state))
 
 
 def local_blocks(state: ClusterState, node: str) -> frozenset[IPv4Network]:
@@ -55,7 +57,7 @@ def local_blocks(state: ClusterState, node: str) -> frozenset[IPv4Network]:
 
 def export_prefixes(state: ClusterState, node: str) -> frozenset[IPv4Network]:
     """Our own blocks, except those in pools marked disableBGPExport (Calico's rule)."""
-    hidden = [p.spec.network for p in enabled_pools(state) if p.spec.disable_bgp_export]
+    hidden = [p.spec.network for p in ipv4_pools(state) if p.spec.disable_bgp_export]
     return frozenset(b for b in local_blocks(state, node)
                      if not any(b.subnet_of(h) for h in hidden))
 
@@ -65,7 +67,8 @@ def bgp_global(state: ClusterState) -> BGPGlobal:
     if not isinstance(cfg, BGPConfiguration):
         return BGPGlobal()
     return BGPGlobal(asn=cfg.spec.as_number, mesh_enabled=cfg.spec.node_to_node_mesh_enabled,
-                     listen_port=cfg.spec.listen_port)
+                     listen_port=cfg.spec.listen_port,
+                     mesh_max_restart_time=parse_duration(cfg.spec.node_mesh_max_restart_time))
 
 
 def node_info(node: Node) -> NodeInfo:

@@ -91,6 +91,34 @@ def test_graceful_restart_expires_after_restart_time():
     assert rib.expire() and rib.route_count(P1) == 0
 
 
+def test_restart_time_offered_by_the_peer_is_capped():
+    """Regression (issue 5, defect 6): a dead peer that offered 4095 s kept its routes 68 minutes."""
+    clock = FakeClock()
+    rib = make_rib(clock)
+    rib.set_restart_cap(P1, 120)
+    rib.apply(p.OpenReceived(P1, P1, 9, 4095))
+    rib.announce(P1, N("10.244.2.0/26"), P1)
+    rib.peer_down(P1)
+    assert rib.next_deadline() == 1000.0 + 120
+    clock.now += 120
+    assert rib.best() == frozenset() and rib.expire()
+
+
+def test_restart_cap_never_lengthens_what_the_peer_offered():
+    rib = make_rib()
+    rib.set_restart_cap(P1, 120)
+    rib.apply(p.OpenReceived(P1, P1, 9, 30))
+    assert rib.restart_time(P1) == 30
+    rib.apply(p.OpenReceived(P1, P1, 9, None))
+    assert rib.restart_time(P1) is None
+
+
+def test_import_filter_setter_reports_whether_anything_changed():
+    rib = make_rib()
+    assert not rib.set_import_filter(frozenset({POOL}), frozenset({OWN}))
+    assert rib.set_import_filter(frozenset({POOL}), frozenset())
+
+
 def test_peer_without_graceful_restart_loses_routes_at_once():
     rib = make_rib()
     rib.apply(p.OpenReceived(P1, P1, 9, None))

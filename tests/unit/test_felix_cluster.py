@@ -48,7 +48,8 @@ def state_of(items):
 def test_derived_inputs():
     s = state_of(RESOURCES)
     net = ipaddress.ip_network
-    assert cluster.pool_cidrs(s) == {net("10.244.0.0/16"), net("10.250.0.0/16")}
+    # every pool routes, the disabled one too (it only stops new allocations)
+    assert cluster.pool_cidrs(s) == {net("10.244.0.0/16"), net("10.250.0.0/16"), net("10.251.0.0/16")}
     assert cluster.local_blocks(s, "n1") == {net("10.244.1.0/26"), net("10.250.0.0/26")}
     assert cluster.export_prefixes(s, "n1") == {net("10.244.1.0/26")}  # disableBGPExport honoured
     wl = cluster.local_workloads(s, "n1")
@@ -65,6 +66,32 @@ def test_bgpconfiguration_default_is_used():
                                   {"asNumber": 65000, "nodeToNodeMeshEnabled": False})])
     g = cluster.bgp_global(s)
     assert (g.asn, g.mesh_enabled) == (65000, False)
+
+
+def test_disabling_a_pool_keeps_its_routes():
+    """Regression (issue 5, defect 3): disabled: true cut traffic to the pods already in the pool.
+
+    The disabled pool left the import filter, so every remote route of that pool was withdrawn."""
+    learned = [LearnedRoute(ipaddress.ip_network("10.251.0.64/26"), ipaddress.ip_address("10.99.0.2"),
+                            ipaddress.ip_address("10.99.0.2"))]
+    block = res("IPAMBlock", "10-251-0-0-26", {"cidr": "10.251.0.0/26", "affinity": "host:n1"})
+    s = state_of(RESOURCES + [block])
+    inp = cluster.calc_input(s, "n1", learned)
+    assert ipaddress.ip_network("10.251.0.0/16") in inp.pools
+    assert ipaddress.ip_network("10.251.0.0/26") in cluster.export_prefixes(s, "n1")
+    from felix.calc import desired_routes
+    routes = desired_routes(inp)
+    assert routes[ipaddress.ip_network("10.251.0.64/26")].gateway == ipaddress.ip_address("10.99.0.2")
+    assert routes[ipaddress.ip_network("10.251.0.0/26")].type == "blackhole"
+
+
+def test_mesh_max_restart_time_reaches_the_peers():
+    s = state_of(RESOURCES + [res("BGPConfiguration", "default", {"nodeMeshMaxRestartTime": "1m30s"})])
+    g = cluster.bgp_global(s)
+    assert g.mesh_max_restart_time == 90.0
+    from bgp.peers import mesh_peers
+    me = next(i for i in cluster.node_infos(s) if i.name == "n1")
+    assert {p.max_restart_time for p in mesh_peers(me, cluster.node_infos(s), g)} == {90.0}
 
 
 def test_deletion_removes_from_view():
