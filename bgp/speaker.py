@@ -12,6 +12,14 @@ Why things are the way they are:
 - Prefix changes go to all neighbors at once; ExaBGP's adj-rib-out keeps them for a neighbor
   that is down, so a withdrawal made while it was down is not replayed as an announcement.
 - The child gets PR_SET_PDEATHSIG=SIGKILL: it never outlives the agent, even a SIGKILLed one.
+- The relay is our only way to ExaBGP, and ExaBGP does not exit when it loses it (it only drops
+  the API process). A lost relay connection, or a relay that never connects, therefore restarts
+  the child: peers are shown down at once and their routes are kept as stale (graceful restart)
+  until the new ExaBGP has them again.
+- ``exabgp.sock`` takes one connection, from a process whose parent is our current ExaBGP child,
+  running as root or as us (SO_PEERCRED); anything else is refused and the live relay is kept.
+  The socket is 0600 in a 0700 run directory; the config (whose ``run`` line ExaBGP executes) and
+  the log are 0600, whatever the umask.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ from datetime import datetime, timezone
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+import hostio
 from bgp import exabgp_conf, protocol, relay
 from bgp.peers import PeerSpec
 from bgp.rib import LearnedRoute, Rib
@@ -42,6 +51,7 @@ STOP_TIMEOUT = 5.0
 _MAX_UNIX_PATH = 107
 _PR_SET_PDEATHSIG = 1
 _RESTART_BACKOFF = (1.0, 30.0)
+RELAY_CONNECT_TIMEOUT = 10.0  # a started ExaBGP whose relay never connects is restarted
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,15 @@ class PeerStatus:
     state: str  # 'up' when established, else the FSM state: start/idle/active/connect/opensent...
     since: datetime | None
     info: str  # 'Established', or the state and the last reason seen
+
+
+@dataclass(frozen=True)
+class SpeakerStatus:
+    """The ExaBGP child as a whole: 'running' (relay connected), 'starting', 'restarting', 'stopped'."""
+
+    state: str
+    since: datetime | None
+    reason: str
 
 
 @dataclass
@@ -74,6 +93,7 @@ class _Conn:
     channel: protocol.Channel
     writer: asyncio.StreamWriter
     reader_task: asyncio.Task | None
+    child_pid: int | None  # the ExaBGP child whose relay this is
     task: asyncio.Task | None = None
 
 
@@ -102,6 +122,16 @@ def _die_with_parent() -> None:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` from /proc (None if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after the last ')'.
+    return int(stat.rpartition(")")[2].split()[1])
 
 
 class Speaker:
@@ -139,14 +169,15 @@ class Speaker:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._notify_pending = False
         self._stopping = False
+        self.refused_connections = 0
+        self._status = SpeakerStatus("stopped", None, "not started")
 
     # -- public API -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._run_dir.mkdir(parents=True, exist_ok=True)
-        self._sock_path.unlink(missing_ok=True)
+        hostio.private_dir(self._run_dir)
         self._server = await asyncio.start_unix_server(
-            self._on_connect, path=str(self._sock_path), limit=LINE_LIMIT)
+            self._on_connect, sock=hostio.bind_unix(self._sock_path), limit=LINE_LIMIT)
         self._started_at = time.monotonic()
         loop = asyncio.get_running_loop()
         self._timers["sync"] = loop.call_later(self._sync_deadline, self._notify)
@@ -155,7 +186,11 @@ class Speaker:
         self._supervisor = asyncio.create_task(self._supervise(), name=f"bgp-supervise-{self._node}")
 
     async def set_peers(self, peers: frozenset[PeerSpec]) -> None:
+        """Configure exactly ``peers``. Given what it already has, it does nothing and tells no one
+        (a notification on no change turns the agent's level-triggered loop into a busy loop)."""
         wanted = {p.address: p for p in peers}
+        if wanted == {a: p.spec for a, p in self._peers.items()}:
+            return
         for address in set(self._peers) - set(wanted):
             del self._peers[address]
             self._rib.remove_peer(address)
@@ -164,6 +199,7 @@ class Speaker:
                 self._peers[address].spec = spec
             else:
                 self._peers[address] = _Peer(spec)
+            self._rib.set_restart_cap(address, spec.max_restart_time)
         if self._started_at is not None and self._write_config() and self._conn is not None:
             self._send([protocol.reload_command()])
         self._notify()
@@ -178,8 +214,8 @@ class Speaker:
             self._send(protocol.withdraw_commands(removed) + protocol.announce_commands(added))
 
     def set_import_filter(self, pools: frozenset[IPv4Network], own_blocks: frozenset[IPv4Network]) -> None:
-        self._rib.set_import_filter(pools, own_blocks)
-        self._notify()
+        if self._rib.set_import_filter(pools, own_blocks):
+            self._notify()
 
     def learned_routes(self) -> frozenset[LearnedRoute]:
         return self._rib.best()
@@ -189,6 +225,9 @@ class Speaker:
 
     def counters(self) -> dict[str, int]:
         return dict(self._rib.counters)
+
+    def status(self) -> SpeakerStatus:
+        return self._status
 
     @property
     def child_pid(self) -> int | None:
@@ -206,6 +245,7 @@ class Speaker:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._set_status("stopped", "stopped by the agent")
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
@@ -227,10 +267,8 @@ class Speaker:
         text = exabgp_conf.render(cfg)
         if text == self._config_text:
             return False
-        path = self._run_dir / "exabgp.conf"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)  # atomic: ExaBGP never reads half a file
+        # Atomic (ExaBGP never reads half a file) and 0600: ExaBGP executes its `run` line.
+        hostio.write_private(self._run_dir / "exabgp.conf", text)
         self._config_text = text
         log.info("wrote exabgp config", extra={"node": self._node, "peers": len(self._peers)})
         return True
@@ -239,13 +277,46 @@ class Speaker:
         argv = [sys.executable, "-m", "exabgp", "server", str(self._run_dir / "exabgp.conf")]
         if self._netns is not None:
             argv = ["ip", "netns", "exec", self._netns, *argv]  # execs: the PID stays ExaBGP's
-        with open(self._run_dir / "exabgp.log", "ab") as logfile:
+        logfd = hostio.open_private(self._run_dir / "exabgp.log")
+        try:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv, env={**os.environ, **self._env}, cwd=self._run_dir,
-                stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL, stdout=logfd, stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=_die_with_parent)
+        finally:
+            os.close(logfd)
         self._spawned_text = self._config_text
+        self._set_status("starting", f"exabgp pid {self._proc.pid} waiting for its relay")
+        self._arm_relay_deadline(self._proc)
         log.info("started exabgp", extra={"node": self._node, "pid": self._proc.pid})
+
+    def _arm_relay_deadline(self, proc: asyncio.subprocess.Process) -> None:
+        def check() -> None:
+            self._timers.pop("relay", None)
+            conn = self._conn
+            if self._proc is proc and (conn is None or conn.child_pid != proc.pid):
+                self._restart_child(proc, f"its relay did not connect within {RELAY_CONNECT_TIMEOUT:.0f}s")
+
+        self._cancel_timer("relay")
+        self._timers["relay"] = asyncio.get_running_loop().call_later(RELAY_CONNECT_TIMEOUT, check)
+
+    def _cancel_timer(self, name: str) -> None:
+        handle = self._timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _restart_child(self, proc: asyncio.subprocess.Process, reason: str) -> None:
+        """Kill ``proc`` (if it is still our child); the supervisor starts a new one."""
+        if self._stopping or self._proc is not proc or proc.returncode is not None:
+            return
+        log.error("restarting exabgp", extra={"node": self._node, "pid": proc.pid, "reason": reason})
+        self._set_status("restarting", reason)
+        self._all_peers_down(f"down: {reason}")
+        proc.kill()  # SIGKILL: its sessions are gone anyway; peers keep our routes (GR)
+
+    def _set_status(self, state: str, reason: str) -> None:
+        if (state, reason) != (self._status.state, self._status.reason):
+            self._status = SpeakerStatus(state, _now(), reason)
 
     async def _supervise(self) -> None:
         delay = _RESTART_BACKOFF[0]
@@ -255,7 +326,9 @@ class Speaker:
             code = await self._proc.wait()
             log.error("exabgp exited", extra={"node": self._node, "code": code, "log": str(self._run_dir)})
             await self._drop_connection()
-            self._all_peers_down(f"down: exabgp exited with code {code}")
+            if self._status.state != "restarting":  # keep the first cause (e.g. relay lost)
+                self._set_status("restarting", f"exabgp exited with code {code}")
+                self._all_peers_down(f"down: exabgp exited with code {code}")
             delay = _RESTART_BACKOFF[0] if time.monotonic() - began > 60 else delay
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RESTART_BACKOFF[1])
@@ -279,21 +352,46 @@ class Speaker:
     # -- the relay connection -------------------------------------------------------------------
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._drop_connection()
-        conn = _Conn(protocol.Channel(), writer, asyncio.current_task())
+        refusal = self._refusal(writer)
+        if refusal is not None:
+            self.refused_connections += 1
+            log.warning("refused a connection to the exabgp socket",
+                        extra={"node": self._node, "reason": refusal})
+            writer.close()
+            return
+        proc = self._proc
+        conn = _Conn(protocol.Channel(), writer, asyncio.current_task(), proc.pid if proc else None)
         self._conn = conn
+        self._cancel_timer("relay")
+        self._set_status("running", f"exabgp pid {conn.child_pid}")
         self._outbox.clear()  # commands meant for an ExaBGP that is gone; peers resync on 'up'
         conn.task = asyncio.create_task(self._write_loop(conn), name=f"bgp-write-{self._node}")
         if self._config_text != self._spawned_text:
             self._send([protocol.reload_command()])  # config changed while ExaBGP was starting
+        reason = "relay connection closed"
         try:
             while line := await reader.readline():
                 self._handle(conn.channel.feed(line.decode("utf-8", errors="replace")))
         except (ConnectionError, ValueError) as exc:  # ValueError: a line over LINE_LIMIT
+            reason = f"relay connection failed: {exc}"
             log.error("relay connection failed", extra={"node": self._node, "error": str(exc)})
         finally:
             if self._conn is conn:
                 await self._drop_connection()
+                if proc is not None:
+                    self._restart_child(proc, reason)
+
+    def _refusal(self, writer: asyncio.StreamWriter) -> str | None:
+        """Why a new connection to exabgp.sock is refused, or None: only our child's relay may talk."""
+        if self._conn is not None:
+            return "a relay is already connected (one connection at a time)"
+        cred = hostio.peer_credentials(writer.get_extra_info("socket"))
+        if cred.uid not in (0, os.geteuid()):
+            return f"peer uid {cred.uid} is not root"
+        proc = self._proc
+        if proc is None or proc.returncode is not None or _parent_pid(cred.pid) != proc.pid:
+            return f"peer pid {cred.pid} is not the relay of our exabgp child"
+        return None
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -393,9 +491,7 @@ class Speaker:
         self._notify()
 
     def _schedule_expiry(self) -> None:
-        old = self._timers.pop("expiry", None)
-        if old is not None:
-            old.cancel()
+        self._cancel_timer("expiry")
         deadline = self._rib.next_deadline()
         if deadline is None or self._stopping:
             return

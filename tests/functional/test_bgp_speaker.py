@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import stat
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -199,6 +201,85 @@ def test_peer_added_after_start_is_picked_up_by_reload(netns, loop_thread, tmp_p
         lt.run(sa.set_peers(frozenset()))
         assert _learned(lt, sa) == frozenset() and _state(lt, sa) == []
         wait_for(lambda: not _up(lt, sb), 15, what="b sees a remove the session")
+    finally:
+        lt.run(sa.stop())
+        lt.run(sb.stop())
+
+
+def _relay_pid(exabgp_pid: int) -> int | None:
+    """The relay ExaBGP runs as its API process: a child of ExaBGP running bgp/relay.py."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == exabgp_pid and b"relay.py" in cmdline:
+            return int(stat.parent.name)
+    return None
+
+
+def test_killed_relay_is_detected_reported_and_repaired(netns, loop_thread, tmp_path):
+    """Regression (issue 5, defect 2): after `kill -9` of the relay the agent was cut off from BGP
+    for good while `node status` still said Established."""
+    lt = loop_thread
+    ns_a, ns_b = netns("bgpk"), netns("bgpl")
+    veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")
+    sa, sb = _pair_up(lt, ns_a, ns_b, tmp_path)
+    try:
+        wait_for(lambda: _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A)}, 20, what="b learns a's block")
+        wait_for(lambda: _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}, 10, what="a learns b's block")
+        old_child = lt.call(lambda: sa.child_pid)
+        relay = wait_for(lambda: _relay_pid(old_child), 5, what="a's relay process")
+        os.kill(relay, signal.SIGKILL)
+        wait_for(lambda: not _up(lt, sa), 5, what="a reports its session down")
+        assert "relay" in _state(lt, sa)[0].info
+        assert lt.call(sa.status).state in ("restarting", "starting")
+        # meanwhile a keeps b's block (stale, graceful restart): the kernel route stays
+        assert _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}
+        wait_for(lambda: _up(lt, sa) and _up(lt, sb), 30, what="sessions re-established")
+        assert lt.call(lambda: sa.child_pid) != old_child
+        assert lt.call(sa.status).state == "running"
+        # a block a claims after the break still reaches b: BGP is repaired, not just reported up
+        new_block = IPv4Network("10.244.9.0/26")
+        lt.run(sa.set_advertisements(frozenset({BLOCK_A, new_block})))
+        wait_for(lambda: _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A), LearnedRoute(new_block, A, A)},
+                 10, what="b learns the new block")
+    finally:
+        lt.run(sa.stop())
+        lt.run(sb.stop())
+
+
+def test_exabgp_socket_and_files_are_private_and_strangers_are_refused(netns, loop_thread, tmp_path):
+    """Regression (issue 5, defect 5): under umask 000 exabgp.sock was 0777 and a second connection
+    replaced the relay's, so any local user could inject routes."""
+    lt = loop_thread
+    ns_a, ns_b = netns("bgpm"), netns("bgpn")
+    veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")
+    old_umask = os.umask(0)
+    try:
+        sa, sb = _pair_up(lt, ns_a, ns_b, tmp_path)
+    finally:
+        os.umask(old_umask)
+    try:
+        wait_for(lambda: _up(lt, sa) and _up(lt, sb), 20, what="sessions up")
+        run = tmp_path / "a"
+        modes = {p.name: stat.S_IMODE(os.lstat(p).st_mode) for p in (run, *run.iterdir())}
+        assert modes == {"a": 0o700, "exabgp.sock": 0o600, "exabgp.conf": 0o600, "exabgp.log": 0o600}
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as rogue:
+            rogue.settimeout(5)
+            rogue.connect(str(run / "exabgp.sock"))
+            rogue.sendall(b'announce route 10.244.66.0/26 next-hop self\n')
+            try:
+                assert rogue.recv(100) == b"", "the speaker must close a stranger's connection"
+            except ConnectionResetError:
+                pass  # closed with our line unread: refused all the same
+        assert lt.call(lambda: sa.refused_connections) == 1
+        new_block = IPv4Network("10.244.9.0/26")
+        lt.run(sa.set_advertisements(frozenset({BLOCK_A, new_block})))
+        wait_for(lambda: _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A), LearnedRoute(new_block, A, A)},
+                 10, what="the relay's connection still works")
+        assert _up(lt, sa)
     finally:
         lt.run(sa.stop())
         lt.run(sb.stop())
