@@ -20,6 +20,9 @@ from cni.errors import (
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
 NODENAME_FILE = "/var/lib/calico/nodename"
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+# Calico's plugin parses log_level with logrus (any case): its names, as Python logging levels.
+LOG_LEVELS = {"trace": "DEBUG", "debug": "DEBUG", "info": "INFO", "warn": "WARNING",
+              "warning": "WARNING", "error": "ERROR", "fatal": "CRITICAL", "panic": "CRITICAL"}
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,8 @@ def parse_netconf(raw: bytes) -> NetConf:
         cni_version=version, name=_required_str(data, "name"), type=_required_str(data, "type"),
         datastore_type=datastore_type, etcd_endpoints=endpoints,
         nodename=_nodename(data.get("nodename")), ipam_type=_required_str(ipam, "type", "ipam.type"),
-        ipv4_pools=tuple(pools), log_level=str(data.get("log_level") or "WARNING").upper(),
-        log_file_path=data.get("log_file_path"), raw=raw,
+        ipv4_pools=tuple(pools), log_level=_log_level(data.get("log_level")),
+        log_file_path=_optional_str(data, "log_file_path"), raw=raw,
     )
 
 
@@ -137,6 +140,23 @@ def _nodename(configured: Any) -> str:
         raise CNIError(INVALID_CONFIG, f"nodename {name!r} is not a lowercase DNS name",
                        "node names become part of resource names (a-z, 0-9, '-', '.')")
     return name
+
+
+def _log_level(configured: Any) -> str:
+    """A Python logging level name; unset means WARNING. An unknown name is an error, not a default."""
+    if configured is None or configured == "":
+        return "WARNING"
+    if not isinstance(configured, str) or configured.lower() not in LOG_LEVELS:
+        raise CNIError(INVALID_CONFIG, f"log_level: unknown level {configured!r}",
+                       f"expected one of {', '.join(LOG_LEVELS)} (any case)")
+    return LOG_LEVELS[configured.lower()]
+
+
+def _optional_str(data: dict, key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise CNIError(INVALID_CONFIG, f"{key}: must be a string")
+    return value or None
 
 
 def _required_str(data: dict, key: str, where: str | None = None) -> str:

@@ -3,7 +3,8 @@
 Exceptions are classified once here: permanent configuration problems, "try again later" (code 11:
 the datastore is unreachable or we lost every compare-and-swap race), exhaustion, and unexpected
 failures (999, with the exception in ``details``). stdout carries only the result; logs go to stderr
-or to ``log_file_path``.
+or to ``log_file_path`` (created 0600, its directory 0700 if missing, whatever the umask: CNI_ARGS
+and pod names are not for every local user).
 """
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TextIO
+
+import hostio
 
 from cni.config import SUPPORTED_VERSIONS, Invocation, NetConf, cni_version_of, parse_env, parse_netconf
 from cni.errors import (
-    INVALID_CONFIG, POOL_EXHAUSTED, TRY_AGAIN_LATER, UNEXPECTED, CNIError,
+    INVALID_CONFIG, IO_FAILURE, POOL_EXHAUSTED, TRY_AGAIN_LATER, UNEXPECTED, CNIError,
 )
 from datastore import Conflict, Unavailable
+from felix.logs import FieldsFormatter
 from ipam import IPAMError, PoolExhausted, RetriesExhausted
 
 log = logging.getLogger("cni")
@@ -45,7 +50,9 @@ def run(handlers: Mapping[str, Handler], *, stdin: bytes | None = None,
         conf = parse_netconf(raw)
         if configure_logging:
             _setup_logging(conf)
-        log.info("cni %s", inv.command, extra={"container": inv.container_id, "args": dict(inv.args)})
+        # Not "args": an extra key that is a LogRecord attribute fails the call (KeyError).
+        log.info("cni %s", inv.command, extra={"container": inv.container_id,
+                                               "cni_args": dict(inv.args)})
         result = handlers[inv.command](inv, conf)
     except Exception as exc:  # noqa: BLE001 — every failure must become an error result
         err = classify(exc)
@@ -76,9 +83,25 @@ def _emit(stdout: TextIO, data: dict[str, Any]) -> None:
 
 
 def _setup_logging(conf: NetConf) -> None:
-    handler: logging.Handler = (logging.FileHandler(conf.log_file_path) if conf.log_file_path
-                                else logging.StreamHandler(sys.stderr))
-    handler.setFormatter(logging.Formatter(f"%(asctime)s [%(levelname)s] {os.getpid()} %(message)s"))
+    handler = _PrivateFileHandler(conf.log_file_path) if conf.log_file_path else (
+        logging.StreamHandler(sys.stderr))
+    handler.setFormatter(FieldsFormatter(f"%(asctime)s [%(levelname)s] {os.getpid()} %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, conf.log_level, logging.WARNING))
+    root.setLevel(logging.getLevelNamesMapping()[conf.log_level])
+
+
+class _PrivateFileHandler(logging.FileHandler):
+    """Appends to ``path``, created 0600 through ``hostio`` (never via a symlink), whatever the umask."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            if not Path(path).parent.exists():  # never chmod an existing directory such as /var/log
+                hostio.private_dir(Path(path).parent)
+            super().__init__(path, mode="a", encoding="utf-8")
+        except OSError as exc:
+            raise CNIError(IO_FAILURE, f"log_file_path: cannot open {path}", str(exc)) from None
+
+    def _open(self):  # logging.FileHandler's hook: open(path, "a") would follow the umask
+        return os.fdopen(hostio.open_private(self.baseFilename, append=True), "a",
+                         encoding=self.encoding)
