@@ -5,8 +5,10 @@ prints an IPAM result; DEL releases everything the handle holds (idempotent); CH
 handle still holds an address. ``ipam.ipv4_pools`` lists pool names or pool CIDRs (as Calico).
 
 Concurrent ADDs on one node would all compare-and-swap the same block; like Calico's host-wide IPAM
-lock, a per-node flock (``/run/pycalico/<node>/ipam.lock``, beside the agent's files) serialises them. Per node, not per host,
-so lab nodes sharing one machine still race each other for blocks through the datastore.
+lock, a per-node flock (``/run/pycalico/<node>/ipam.lock``, beside the agent's files) serialises them.
+Per node, not per host, so lab nodes sharing one machine still race each other for blocks through
+the datastore. The directory is 0700 and the lock 0600 whatever the umask: a local user who could
+open the lock could hold it and stall every ADD and DEL on the node.
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import hostio
 from cni.common import open_datastore
 from cni.config import Invocation, NetConf
-from cni.errors import CHECK_FAILED, TRY_AGAIN_LATER, CNIError
+from cni.errors import CHECK_FAILED, IO_FAILURE, TRY_AGAIN_LATER, CNIError
 from cni.names import handle_id
 from cni.runtime import run
 from crds import IPPool
@@ -81,9 +84,11 @@ LOCK_TIMEOUT = 60.0
 @contextmanager
 def node_lock(node: str) -> Iterator[None]:
     """Hold the node's IPAM lock; the kernel drops it if this process dies."""
-    lock_dir = RUN_ROOT / node
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / "ipam.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = hostio.open_private(hostio.private_dir(RUN_ROOT / node) / "ipam.lock", append=True)
+    except OSError as exc:  # UnsafePath included: a symlink or another user's directory
+        raise CNIError(IO_FAILURE, f"IPAM lock for node {node}: cannot open it under {RUN_ROOT}",
+                       str(exc)) from None
     try:
         deadline = time.monotonic() + LOCK_TIMEOUT
         while True:

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -119,14 +120,15 @@ class Lab:
                 "ipam": {"type": "pycalico-ipam", "ipv4_pools": list(pools)}, **extra}
 
     def cni(self, command: str, container: str, netns_path: str, pod: str = "pod-1",
-            conf: dict | None = None, ifname: str = "eth0") -> tuple[int, dict | None, str]:
+            conf: dict | None = None, ifname: str = "eth0",
+            umask: int = -1) -> tuple[int, dict | None, str]:
         env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": container,
                "CNI_NETNS": netns_path, "CNI_IFNAME": ifname, "CNI_PATH": BIN,
                "PYCALICO_RUN_ROOT": str(self.run_root),
                "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"}
         proc = subprocess.run(["ip", "netns", "exec", self.node, f"{BIN}/pycalico-cni"],
                               input=json.dumps(conf or self.conf()).encode(), env=env,
-                              capture_output=True, timeout=60)
+                              capture_output=True, timeout=60, umask=umask)
         out = json.loads(proc.stdout) if proc.stdout.strip() else None
         return proc.returncode, out, proc.stderr.decode()
 
@@ -215,6 +217,48 @@ def test_two_pods_on_one_node_reach_each_other(lab):
     assert IPAM(lab.ds).addresses(handle_id(NETWORK, "c-pod-b")) == []
     wait_for(lambda: host_ifname("default", "pod-b") not in lab.links(lab.node), timeout=5,
              what="the host end of a deleted namespace's veth to go")
+
+
+LOG_LEVELS = [case(level) for level in ("debug", "info", "warning", "error")
+              for case in (str.lower, str.upper)]
+
+
+def test_add_check_del_at_every_log_level(lab):
+    """Regression: at info (Calico's manifest) and debug every ADD and DEL failed with a KeyError."""
+    pod_ns = lab.netns("pod")
+    path = f"/var/run/netns/{pod_ns}"
+    for level in LOG_LEVELS:
+        conf = lab.conf(log_level=level)
+        for command in ("ADD", "CHECK", "DEL"):
+            rc, out, err = lab.cni(command, f"c-{level}", path, conf=conf)
+            assert rc == 0, (level, command, out, err)
+            # stderr holds the logs: the "cni ADD" line shows at debug and info only.
+            assert (f"cni {command}" in err) == (level.lower() in ("debug", "info")), (level, err)
+        lab.nothing_left(f"c-{level}", pod_ns)
+
+
+def test_unknown_log_level_is_a_config_error(lab):
+    pod_ns = lab.netns("pod")
+    rc, out, err = lab.cni("ADD", "c1", f"/var/run/netns/{pod_ns}", conf=lab.conf(log_level="loud"))
+    assert rc == 1 and out["code"] == 7 and "log_level" in out["msg"], (out, err)
+    lab.nothing_left("c1", pod_ns)
+
+
+def test_log_file_and_ipam_lock_are_private_under_umask_000(lab, tmp_path):
+    """Under umask 000 the log file, the node's run directory and its IPAM lock are not world-open."""
+    pod_ns = lab.netns("pod")
+    log_file = tmp_path / "log" / "cni.log"
+    conf = lab.conf(log_level="info", log_file_path=str(log_file))
+    rc, out, err = lab.cni("ADD", "c1", f"/var/run/netns/{pod_ns}", conf=conf, umask=0)
+    assert rc == 0, (out, err)
+    mode = lambda p: oct(stat.S_IMODE(p.stat().st_mode))  # noqa: E731
+    assert (mode(log_file), mode(log_file.parent)) == ("0o600", "0o700")
+    assert (mode(lab.run_root), mode(lab.run_root / NODE)) == ("0o700", "0o700")
+    assert mode(lab.run_root / NODE / "ipam.lock") == "0o600"
+    # Both plugins (main and delegated IPAM) append to the same file; stdout stays the result.
+    text = log_file.read_text()
+    assert text.count("cni ADD") == 2 and "cni_args=" in text
+    assert lab.cni("DEL", "c1", f"/var/run/netns/{pod_ns}", conf=conf, umask=0)[0] == 0
 
 
 def _exhaust_tiny(lab):

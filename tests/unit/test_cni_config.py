@@ -4,6 +4,9 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import logging
+import os
+import stat
 
 import pytest
 
@@ -47,6 +50,8 @@ def test_parse_netconf_and_env():
     (lambda c: c.pop("etcd_endpoints"), 7, "etcd_endpoints"),
     (lambda c: c.update(nodename="L-node1"), 7, "nodename"),
     (lambda c: c["ipam"].update(ipv4_pools="p"), 7, "ipv4_pools"),
+    (lambda c: c.update(log_level="verbose"), 7, "log_level"),
+    (lambda c: c.update(log_level=10), 7, "log_level"),
 ])
 def test_bad_netconf_names_the_field(mutate, code, needle):
     conf = json.loads(json.dumps(CONF))
@@ -123,3 +128,78 @@ def test_ipam_result_and_pool_cidrs():
     ds.create(IPPool(metadata=ObjectMeta(name="default-ipv4-ippool"), spec={"cidr": "10.244.0.0/16"}))
     assert pool_names(ds, ("10.244.0.0/16", "other", "10.9.0.0/16")) == [
         "default-ipv4-ippool", "other", "10.9.0.0/16"]
+
+
+@pytest.mark.parametrize("given,level", [
+    ("debug", "DEBUG"), ("INFO", "INFO"), ("info", "INFO"), ("Warning", "WARNING"), ("warn", "WARNING"),
+    ("ERROR", "ERROR"), (None, "WARNING"), ("", "WARNING"),
+])
+def test_log_level_any_case(given, level):
+    conf = config.parse_netconf(json.dumps({**CONF, "log_level": given}).encode())
+    assert conf.log_level == level
+
+
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO])
+def test_run_succeeds_when_info_is_logged(caplog, level):
+    """Regression: the "cni ADD" line's extra fields collided with LogRecord.args at INFO."""
+    caplog.set_level(level)
+    assert _run({"ADD": lambda inv, conf: {"ok": 1}}, ENV) == (0, {"ok": 1})
+    [line] = [r for r in caplog.records if r.getMessage() == "cni ADD"]
+    assert line.cni_args["K8S_POD_NAME"] == "pod-1" and line.container == "c1"
+
+
+@pytest.fixture
+def root_logger():
+    """runtime._setup_logging owns the root logger: put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield root
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], root.level = handlers, level
+
+
+def test_log_file_is_private_whatever_the_umask(tmp_path, root_logger):
+    path = tmp_path / "calico" / "cni" / "cni.log"
+    conf = config.parse_netconf(json.dumps(
+        {**CONF, "log_level": "info", "log_file_path": str(path)}).encode())
+    old = os.umask(0)
+    try:
+        runtime._setup_logging(conf)
+    finally:
+        os.umask(old)
+    logging.getLogger("cni").info("hello", extra={"pod": "default/p"})
+    assert root_logger.level == logging.INFO
+    assert oct(stat.S_IMODE(path.stat().st_mode)) == "0o600"
+    assert oct(stat.S_IMODE(path.parent.stat().st_mode)) == "0o700"
+    assert "[INFO]" in path.read_text() and "hello pod=default/p" in path.read_text()
+
+
+def test_unopenable_log_file_is_a_named_error(tmp_path, root_logger):
+    (tmp_path / "dir").mkdir()
+    conf = {**CONF, "log_file_path": str(tmp_path / "dir")}  # a directory: cannot be opened
+    out = io.StringIO()
+    rc = runtime.run({"ADD": lambda inv, c: {}}, stdin=json.dumps(conf).encode(), env=ENV,
+                     stdout=out)
+    result = json.loads(out.getvalue())
+    assert rc == 1 and result["code"] == 5 and "log_file_path" in result["msg"]
+
+
+def test_node_lock_is_private_whatever_the_umask(tmp_path, monkeypatch):
+    from cni import ipam_plugin
+    monkeypatch.setattr(ipam_plugin, "RUN_ROOT", tmp_path / "run")
+    (tmp_path / "run" / "node1").mkdir(parents=True, mode=0o777)
+    (tmp_path / "run" / "node1" / "ipam.lock").touch(mode=0o666)  # left by an older version
+    old = os.umask(0)
+    try:
+        with ipam_plugin.node_lock("node1"), ipam_plugin.node_lock("node2"):
+            pass
+    finally:
+        os.umask(old)
+    mode = lambda p: oct(stat.S_IMODE(p.stat().st_mode))  # noqa: E731
+    for node in ("node1", "node2"):
+        assert mode(tmp_path / "run" / node) == "0o700"
+        assert mode(tmp_path / "run" / node / "ipam.lock") == "0o600"
