@@ -18,15 +18,20 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
+
+import tenacity
 
 import datastore
+import hostio
 from bgp.peers import mesh_peers
 from bgp.speaker import Speaker
 from crds import Node, ObjectMeta
 from crds.models import NodeBGPSpec, NodeSpec
 from datastore.base import AlreadyExists, Conflict, Datastore, NotFound, Unavailable
-from datastore.syncer import Syncer
+from datastore.syncer import Connection, Syncer, is_fatal
 from felix import cluster, logs
 from felix.calc import PROTO, desired_routes
 from felix.dataplane import RouteTable
@@ -35,9 +40,11 @@ from felix.status import RUN_ROOT, StatusServer
 
 log = logging.getLogger("pycalico.agent")
 
-RETRY_DELAY = 1.0  # a route that failed (e.g. its cali* device is not there yet) is retried
+RETRY_DELAY = 1.0  # first retry of routes that failed (e.g. their cali* device is not there yet)
+MAX_RETRY_DELAY = 30.0  # retries back off (jittered) up to this while the failure lasts
 RESYNC_INTERVAL = 60.0  # full kernel dump and diff even without events (drift, missed link events)
 COALESCE = 0.05  # let a burst of events land before reconciling once
+CAUSES = ("event", "retry", "resync")
 
 
 @dataclass(frozen=True)
@@ -50,17 +57,39 @@ class AgentConfig:
     route_proto: int = PROTO
 
 
+class Backoff:
+    """Jittered exponential delays (tenacity's strategy) for work retried outside a call."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self._wait = tenacity.wait_random_exponential(multiplier=base, max=cap)
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        return self._wait(SimpleNamespace(attempt_number=self.failures))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig, ds: Datastore) -> None:
         self.cfg, self.ds = cfg, ds
         self.state = cluster.ClusterState()
         self.routes = RouteTable(proto=cfg.route_proto)
         self.speaker: Speaker | None = None
-        self._dirty = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._causes: set[str] = set()
         self._stop = asyncio.Event()
         self._desired: dict = {}
-        self._last_apply = None
         self._syncer: Syncer | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._route_backoff = Backoff(RETRY_DELAY, MAX_RETRY_DELAY)
+        self._error_backoff = Backoff(RETRY_DELAY, MAX_RETRY_DELAY)
+        self.reconciles = dict.fromkeys(CAUSES, 0)
+        self.reconcile_errors = 0
+        self.last_error: tuple[str, datetime] | None = None
+        self.fatal: BaseException | None = None
         self._status = StatusServer(cfg.run_dir / "status.sock",
                                     {"status": self._status_topic, "routes": self._routes_topic})
 
@@ -71,8 +100,10 @@ class Agent:
             loop.add_signal_handler(sig, self._stop.set)
         await self.routes.open()
         await self._status.start()
-        self._syncer = Syncer(self.ds, cluster.WATCHED_KINDS,
-                              lambda batch: loop.call_soon_threadsafe(self._on_batch, batch))
+        self._syncer = Syncer(
+            self.ds, cluster.WATCHED_KINDS,
+            lambda batch: loop.call_soon_threadsafe(self._on_batch, batch),
+            on_fatal=lambda exc: loop.call_soon_threadsafe(self._die, exc))
         self._syncer.start()
         try:
             await self._loop()
@@ -81,6 +112,8 @@ class Agent:
 
     async def _shutdown(self) -> None:
         log.info("stopping; kernel routes are left in place for the next agent to adopt")
+        if self._retry is not None:
+            self._retry.cancel()
         if self._syncer is not None:
             await asyncio.to_thread(self._syncer.stop)
         if self.speaker is not None:
@@ -89,13 +122,36 @@ class Agent:
         await self.routes.close()
         self.ds.close()
 
+    def _die(self, exc: BaseException) -> None:
+        self.fatal = exc
+        self._stop.set()
+
     def _on_batch(self, batch) -> None:
         self.state.apply(batch)
-        self._dirty.set()
+        self._request("event")
+
+    def _request(self, cause: str) -> None:
+        """Ask for a reconcile; watchers and timers only do this, never any I/O themselves."""
+        self._causes.add(cause)
+        self._wake.set()
+
+    def _retry_in(self, delay: float) -> None:
+        """One pending retry at a time, at the earliest time anyone asked for."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        if self._retry is not None and self._retry.when() <= when:
+            return
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = loop.call_at(when, self._retry_due)
+
+    def _retry_due(self) -> None:
+        self._retry = None
+        self._request("retry")
 
     async def _loop(self) -> None:
         while not self._stop.is_set():
-            waiter = asyncio.ensure_future(self._dirty.wait())
+            waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({waiter, stopper}, timeout=RESYNC_INTERVAL,
                                return_when=asyncio.FIRST_COMPLETED)
@@ -104,9 +160,32 @@ class Agent:
             if self._stop.is_set():
                 return
             await asyncio.sleep(COALESCE)  # coalesce a burst into one reconcile
-            self._dirty.clear()
+            causes, self._causes = self._causes or {"resync"}, set()
+            self._wake.clear()
             if self.state.in_sync:
-                await self._reconcile()
+                await self._guarded_reconcile(causes)
+
+    async def _guarded_reconcile(self, causes: set[str]) -> None:
+        """One reconcile; a failure is temporary (retried with backoff, counted, shown in node
+        status) unless it is a broken invariant, which stops the agent (kopf's classification)."""
+        for cause in causes:
+            self.reconciles[cause] += 1
+        try:
+            await self._reconcile()
+        except Exception as exc:  # noqa: BLE001 - classified right here
+            if is_fatal(exc):
+                log.critical("reconcile hit a broken invariant; stopping", exc_info=True)
+                self._die(exc)
+                return
+            first = self._error_backoff.failures == 0
+            delay = self._error_backoff.next_delay()
+            self.reconcile_errors += 1
+            self.last_error = (f"{type(exc).__name__}: {exc}", _now())
+            log.warning("reconcile failed, retrying in %.1fs: %s", delay, self.last_error[0],
+                        exc_info=first)
+            self._retry_in(delay)
+        else:
+            self._error_backoff.reset()
 
     # -- the reconcile: current state in, kernel and BGP brought to match --
     async def _reconcile(self) -> None:
@@ -125,31 +204,37 @@ class Agent:
         await speaker.set_advertisements(cluster.export_prefixes(self.state, node))
         inp = cluster.calc_input(self.state, node, speaker.learned_routes())
         self._desired = dict(desired_routes(inp))
+        # Until BGP has re-synced after a restart, learned routes we no longer know are kept (the
+        # speaker tells us when it is in sync: it notifies, and we come back here).
         result = await self.routes.apply(
             self._desired, delete_unknown_gateway_routes=speaker.routes_in_sync)
-        self._last_apply = result
+        self._schedule_route_retries(result)
+
+    def _schedule_route_retries(self, result) -> None:
         if result.failed:
-            log.warning("routes failed, will retry",
-                        extra={"failed": {str(k): v for k, v in result.failed.items()}})
-            asyncio.get_running_loop().call_later(RETRY_DELAY, self._dirty.set)
-        elif result.added or result.replaced or result.deleted:
+            delay = self._route_backoff.next_delay()
+            log.debug("routes failed, retrying in %.1fs", delay,
+                      extra={"failed": {str(k): v for k, v in result.failed.items()}})
+            self._retry_in(delay)
+        else:
+            self._route_backoff.reset()
+        if result.writes:
             log.info("routes applied", extra={"added": result.added, "replaced": result.replaced,
                                               "deleted": result.deleted})
         if result.recheck_after:  # unknown cali* routes in their grace period: look again
-            asyncio.get_running_loop().call_later(result.recheck_after, self._dirty.set)
-        if not speaker.routes_in_sync:
-            # Learned routes from before a restart are kept until BGP has re-synced: look again.
-            asyncio.get_running_loop().call_later(RETRY_DELAY, self._dirty.set)
+            self._retry_in(result.recheck_after)
 
     async def _start_speaker(self, asn: int, port: int) -> Speaker:
         # Started only once in sync: the AS number, port and peers come from the datastore.
         # (A later change of AS or port needs an agent restart; noted for the BGP issues.)
-        self.speaker = Speaker(
+        speaker = Speaker(
             node_name=self.cfg.node, router_id=self.cfg.ipv4.ip, local_address=self.cfg.ipv4.ip,
-            local_asn=asn, listen_port=port, run_dir=self.cfg.run_dir, on_change=self._dirty.set,
+            local_asn=asn, listen_port=port, run_dir=self.cfg.run_dir,
+            on_change=lambda: self._request("event"),
         )
-        await self.speaker.start()
-        return self.speaker
+        await speaker.start()
+        self.speaker = speaker
+        return speaker
 
     # -- status endpoint topics --
     async def _status_topic(self) -> dict:
@@ -158,14 +243,40 @@ class Agent:
         return {
             "node": self.cfg.node, "ipv4": str(self.cfg.ipv4), "pid": os.getpid(),
             "datastore_in_sync": self.state.in_sync,
+            "datastore": _connection_dict(self.state.connection),
             "bgp_routes_in_sync": bool(sp and sp.routes_in_sync),
+            "bgp_speaker": _speaker_dict(sp.status() if sp is not None else None),
             "peers": [_peer_dict(p) for p in peers],
             "counters": sp.counters() if sp is not None else {},
+            "reconciles": sum(self.reconciles.values()),
+            "reconciles_by_cause": dict(self.reconciles),
+            "reconcile_errors": self.reconcile_errors,
+            "last_error": None if self.last_error is None else {
+                "message": self.last_error[0], "since": self.last_error[1].isoformat()},
+            "route_dumps": self.routes.dumps, "route_writes": self.routes.writes,
         }
 
     async def _routes_topic(self) -> list[dict]:
         kernel = await self.routes.kernel_routes()
         return [_route_status_dict(s) for s in compare(self._desired, kernel)]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _connection_dict(conn: Connection | None) -> dict:
+    if conn is None:
+        return {"state": "connecting", "since": None, "reason": "", "errors": 0}
+    since = datetime.fromtimestamp(conn.since, timezone.utc).isoformat()
+    return {"state": conn.state, "since": since, "reason": conn.reason, "errors": conn.errors}
+
+
+def _speaker_dict(st) -> dict:
+    if st is None:
+        return {"state": "stopped", "since": None, "reason": "not started (waiting for sync)"}
+    return {"state": st.state, "since": st.since.isoformat() if st.since else None,
+            "reason": st.reason}
 
 
 def _peer_dict(p) -> dict:
@@ -258,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as exc:
         print(f"pycalico-node: {exc}", file=sys.stderr)
         return 2
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.run_dir.parent == RUN_ROOT:
+        hostio.private_dir(RUN_ROOT)  # 0700 even if an older version or a loose umask made it
+    hostio.private_dir(cfg.run_dir)
     enable_forwarding()
     for attempt in itertools.count():
         try:
@@ -269,7 +382,12 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("datastore unavailable, retrying", extra={"reason": str(exc), "delay": delay})
             time.sleep(delay)
     log.info("starting", extra={"node": cfg.node, "ipv4": str(cfg.ipv4)})
-    asyncio.run(Agent(cfg, ds).run())
+    agent = Agent(cfg, ds)
+    asyncio.run(agent.run())
+    if agent.fatal is not None:
+        print(f"pycalico-node: fatal: {type(agent.fatal).__name__}: {agent.fatal} "
+              "(kernel routes were left in place)", file=sys.stderr)
+        return 1
     return 0
 
 

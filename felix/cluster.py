@@ -13,7 +13,7 @@ from ipaddress import IPv4Network
 from bgp.peers import BGPGlobal, NodeInfo
 from crds import BGPConfiguration, IPAMBlock, IPPool, Node, Resource, WorkloadEndpoint
 from crds.duration import parse_duration
-from datastore.syncer import InSync, Update
+from datastore.syncer import Connection, InSync, Update
 from felix.calc import Block, CalcInput, RemoteRoute, Workload
 
 WATCHED_KINDS = ("IPPool", "BGPConfiguration", "Node", "WorkloadEndpoint", "IPAMBlock")
@@ -22,13 +22,16 @@ WATCHED_KINDS = ("IPPool", "BGPConfiguration", "Node", "WorkloadEndpoint", "IPAM
 @dataclass
 class ClusterState:
     resources: dict[tuple[str, str | None, str], Resource] = field(default_factory=dict)
-    in_sync: bool = False
+    in_sync: bool = False  # a complete snapshot arrived once (stays true while the datastore is away)
     revision: int = 0
+    connection: Connection | None = None  # the datastore connection's latest state
 
-    def apply(self, batch: Iterable[Update | InSync]) -> None:
+    def apply(self, batch: Iterable[Update | InSync | Connection]) -> None:
         for item in batch:
             if isinstance(item, InSync):
                 self.in_sync, self.revision = True, item.revision
+            elif isinstance(item, Connection):
+                self.connection = item
             elif item.resource is None:
                 self.resources.pop((item.kind, item.namespace, item.name), None)
             else:

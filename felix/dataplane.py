@@ -93,6 +93,9 @@ class RouteTable:
         self._last_desired: set[tuple[IPv4Network, str | None]] = set()
         self._first_seen: dict[tuple[IPv4Network, str | None], float] = {}
         self._failing: dict[IPv4Network, str] = {}
+        # Cumulative, for the status socket: an idle agent must not move them between resyncs.
+        self.dumps = 0
+        self.writes = 0
 
     async def open(self) -> None:
         # flags=0: never create a namespace by accident (pyroute2's default is O_CREAT).
@@ -138,6 +141,7 @@ class RouteTable:
                 await self._ensure(want, snap, result)
             self._last_desired = {(d.dst, d.dev) for d in desired.values()}
             self._note_failures(result.failed)
+            self.writes += result.writes
             return result
 
     async def set_route(self, route: DesiredRoute) -> None:
@@ -148,6 +152,7 @@ class RouteTable:
     # -- reading -----------------------------------------------------------------------------
 
     async def _snapshot(self) -> _Snapshot:
+        self.dumps += 1
         ifindex = await self._link_indexes()
         names = {index: name for name, index in ifindex.items()}
         snap = _Snapshot(ours={}, strays=[], foreign={}, ifindex=ifindex)

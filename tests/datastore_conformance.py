@@ -18,7 +18,7 @@ from crds import API_VERSION, Resource, load
 from datastore.base import (
     AlreadyExists, Compacted, Conflict, Datastore, Listing, NotFound, WatchEvent,
 )
-from datastore.syncer import InSync, Syncer, Update
+from datastore.syncer import Connection, InSync, Syncer, Update
 from tests.helpers import wait_for
 
 WEP = "WorkloadEndpoint"
@@ -364,8 +364,9 @@ class DatastoreConformance:
         try:
             wait_for(lambda: recorder.in_syncs() == 1, timeout=5, what="in sync")
             first = recorder.batches[0]
+            assert isinstance(first[0], Connection) and first[0].state == "connected"
             assert isinstance(first[-1], InSync)
-            assert {(u.kind, u.name) for u in first[:-1]} == {("IPPool", "a"), ("Node", "n1")}
+            assert {(u.kind, u.name) for u in first[1:-1]} == {("IPPool", "a"), ("Node", "n1")}
             ds.create(pool("b"))
             ds.delete("Node", "n1")
             wait_for(lambda: recorder.view_names() == {"a", "b"}, timeout=5, what="live updates")

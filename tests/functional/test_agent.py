@@ -6,8 +6,11 @@ agent leaves its routes for the next agent to adopt.
 """
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -42,6 +45,27 @@ def _seed(url: str, node: str) -> None:
     ds.close()
 
 
+def start_agent(procs, node_ns: str, node: str, url: str, tmp_path: Path,
+                umask: int | None = None) -> subprocess.Popen:
+    """``pycalico-node`` in ``node_ns`` (address 10.98.0.1/24), run dir and log under tmp_path."""
+    with open(tmp_path / "agent.log", "ab") as log:
+        return procs.add(subprocess.Popen(
+            ["ip", "netns", "exec", node_ns, str(BIN / "pycalico-node"), "--name", node,
+             "--ip", "10.98.0.1/24", "--etcd-endpoints", url, "--run-dir", str(tmp_path / "run")],
+            stdout=log, stderr=log, preexec_fn=None if umask is None else lambda: os.umask(umask)))
+
+
+def start_etcd_in(procs, ns: str, url: str, data_dir: Path) -> subprocess.Popen:
+    """A real etcd listening on ``url`` inside ``ns``; returns once it is healthy."""
+    etcd = procs.add(subprocess.Popen(
+        ["ip", "netns", "exec", ns, "etcd", "--data-dir", str(data_dir),
+         "--listen-client-urls", url, "--advertise-client-urls", url,
+         "--listen-peer-urls", f"http://127.0.0.1:{free_port()}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait_for(lambda: in_netns(ns, etcd_healthy, url), timeout=20, what="etcd in the namespace")
+    return etcd
+
+
 def test_agent_waits_for_sync_and_owns_only_its_routes(netns, procs, tmp_path):
     node_ns, fab = netns("agent"), netns("fab")
     node = node_ns.lower()
@@ -56,11 +80,7 @@ def test_agent_waits_for_sync_and_owns_only_its_routes(netns, procs, tmp_path):
                     "proto", "80"], check=True)
     url = f"http://127.0.0.1:{free_port()}"
     log_path = tmp_path / "agent.log"
-    with open(log_path, "wb") as log:
-        agent = procs.add(subprocess.Popen(
-            ["ip", "netns", "exec", node_ns, str(BIN / "pycalico-node"), "--name", node,
-             "--ip", "10.98.0.1/24", "--etcd-endpoints", url, "--run-dir", str(tmp_path / "run")],
-            stdout=log, stderr=log))
+    agent = start_agent(procs, node_ns, node, url, tmp_path)
     # The datastore is down: the agent is up and retrying, and has written nothing.
     wait_for(lambda: "datastore unavailable" in log_path.read_text(), timeout=30,
              what="the agent to report the datastore unavailable")
@@ -68,12 +88,7 @@ def test_agent_waits_for_sync_and_owns_only_its_routes(netns, procs, tmp_path):
     assert "10.244.8.0/26 via 10.98.0.254 dev eth0 proto 80" in before
     assert "blackhole" not in before
 
-    etcd = procs.add(subprocess.Popen(
-        ["ip", "netns", "exec", node_ns, "etcd", "--data-dir", str(tmp_path / "etcd"),
-         "--listen-client-urls", url, "--advertise-client-urls", url,
-         "--listen-peer-urls", f"http://127.0.0.1:{free_port()}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    wait_for(lambda: in_netns(node_ns, etcd_healthy, url), timeout=20, what="etcd in the namespace")
+    etcd = start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
     in_netns(node_ns, _seed, url, node)
 
     def converged() -> bool:
@@ -93,3 +108,53 @@ def test_agent_waits_for_sync_and_owns_only_its_routes(netns, procs, tmp_path):
     assert "blackhole 10.244.1.0/26 proto 80" in after  # left for the next agent to adopt
     assert "10.244.9.0/26 via 10.98.0.254 dev eth0 proto static" in after
     stop_process(etcd)
+
+
+def status_of(node: str, tmp_path: Path) -> dict:
+    return query(node, "status", path=tmp_path / "run" / "status.sock")
+
+
+def test_quiet_agent_does_no_work_and_reports_the_datastore_state(netns, procs, tmp_path):
+    """Regressions (issue 5): an idle agent reconciled ~18 times a second forever (defect 1);
+    `node status` could not tell that etcd was down (defect 11); run files followed the umask
+    (defect 5)."""
+    node_ns, fab = netns("quiet"), netns("qfab")
+    node = node_ns.lower()
+    veth_between(node_ns, "eth0", "10.98.0.1/24", fab, "eth0", "10.98.0.254/24")
+    subprocess.run(["ip", "-n", node_ns, "link", "add", "cali0123456789a", "type", "veth",
+                    "peer", "name", "podside"], check=True)
+    subprocess.run(["ip", "-n", node_ns, "link", "set", "cali0123456789a", "up"], check=True)
+    url = f"http://127.0.0.1:{free_port()}"
+    etcd = start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
+    in_netns(node_ns, _seed, url, node)
+    start_agent(procs, node_ns, node, url, tmp_path, umask=0)
+    wait_for(lambda: "10.244.1.5 dev cali0123456789a proto 80" in routes(node_ns), timeout=30,
+             what="the agent to converge")
+    run = tmp_path / "run"
+    loose = {p.name: oct(stat.S_IMODE(os.lstat(p).st_mode)) for p in (run, *run.iterdir())
+             if stat.S_IMODE(os.lstat(p).st_mode) & 0o077}
+    assert loose == {}, f"group/other may access agent files under umask 000: {loose}"
+
+    def settled():  # the reconcile after the first one's own changes has run too
+        first = status_of(node, tmp_path)
+        time.sleep(0.5)
+        second = status_of(node, tmp_path)
+        return first["reconciles"] == second["reconciles"] and second
+
+    before = wait_for(settled, timeout=20, what="the agent to settle after converging")
+    assert before["datastore"]["state"] == "connected"
+    time.sleep(3)  # a measurement window, not a synchronisation: nothing may happen in it
+    after = status_of(node, tmp_path)
+    resyncs = after["reconciles_by_cause"]["resync"] - before["reconciles_by_cause"]["resync"]
+    assert after["reconciles"] - before["reconciles"] == resyncs, (before["reconciles_by_cause"], after["reconciles_by_cause"])
+    assert after["route_dumps"] - before["route_dumps"] == resyncs, (before, after)
+    assert after["route_writes"] == before["route_writes"]
+
+    stop_process(etcd)  # the datastore goes away: node status must say so, and since when
+    down = wait_for(lambda: (s := status_of(node, tmp_path))["datastore"]["state"] == "unreachable"
+                    and s, timeout=45, what="node status to show the datastore unreachable")
+    assert down["datastore"]["since"] and down["datastore"]["reason"]
+    assert "10.244.1.5 dev cali0123456789a proto 80" in routes(node_ns)  # nothing swept meanwhile
+    start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
+    wait_for(lambda: status_of(node, tmp_path)["datastore"]["state"] == "connected", timeout=45,
+             what="node status to show the datastore connected again")

@@ -1,0 +1,93 @@
+"""The agent's reconcile loop: errors classified as temporary (retried with backoff, counted) or
+fatal (the agent stops), and a quiet agent does nothing. Issue 5, defects 1 and 12.
+
+The reconcile itself is replaced (our own seam): no netlink, no ExaBGP, no datastore I/O.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from pathlib import Path
+
+from datastore.memory import MemoryDatastore
+from felix.agent import Agent, AgentConfig, Backoff
+
+
+def make_agent(tmp_path: Path) -> Agent:
+    cfg = AgentConfig(node="n1", ipv4=ipaddress.IPv4Interface("10.0.0.1/24"), datastore_type="memory",
+                      etcd_endpoints=None, run_dir=tmp_path)
+    agent = Agent(cfg, MemoryDatastore())
+    agent.state.in_sync = True
+    agent._error_backoff = Backoff(0.01, 0.02)
+    return agent
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def test_a_failing_reconcile_is_retried_with_backoff_counted_and_shown(tmp_path):
+    """Regression: an exception inside one reconcile ended the agent."""
+    async def main() -> None:
+        agent = make_agent(tmp_path)
+        calls: list[int] = []
+
+        async def reconcile() -> None:
+            calls.append(1)
+            if len(calls) <= 2:
+                raise OSError("netlink busy")
+
+        agent._reconcile = reconcile
+        loop_task = asyncio.create_task(agent._loop())
+        agent._request("event")
+        await until(lambda: len(calls) == 3)
+        assert agent.reconcile_errors == 2 and agent.fatal is None
+        assert agent.last_error[0] == "OSError: netlink busy"
+        assert agent.reconciles == {"event": 1, "retry": 2, "resync": 0}
+        status = await agent._status_topic()
+        assert status["reconcile_errors"] == 2 and status["last_error"]["message"] == "OSError: netlink busy"
+        assert status["datastore"]["state"] == "connecting"
+        agent._stop.set()
+        await loop_task
+
+    asyncio.run(main())
+
+
+def test_a_broken_invariant_stops_the_agent(tmp_path):
+    async def main() -> None:
+        agent = make_agent(tmp_path)
+
+        async def reconcile() -> None:
+            raise AssertionError("Bug: two owners for one route")
+
+        agent._reconcile = reconcile
+        loop_task = asyncio.create_task(agent._loop())
+        agent._request("event")
+        await asyncio.wait_for(loop_task, 5)
+        assert isinstance(agent.fatal, AssertionError) and agent.reconcile_errors == 0
+
+    asyncio.run(main())
+
+
+def test_a_burst_of_events_is_one_reconcile_and_then_nothing(tmp_path):
+    async def main() -> None:
+        agent = make_agent(tmp_path)
+        calls: list[int] = []
+
+        async def reconcile() -> None:
+            calls.append(1)
+
+        agent._reconcile = reconcile
+        loop_task = asyncio.create_task(agent._loop())
+        for _ in range(1000):
+            agent._request("event")
+        await until(lambda: calls)
+        await asyncio.sleep(0.3)  # a measurement window: nothing may happen in it
+        assert calls == [1] and agent.reconciles == {"event": 1, "retry": 0, "resync": 0}
+        agent._stop.set()
+        await loop_task
+
+    asyncio.run(main())
