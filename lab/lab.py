@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -22,8 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import hostio
 from felix.status import RUN_ROOT, query
-from lab.netns import add_netns, in_netns, ip, kill_and_delete_netns, list_netns, veth_into
+from lab.netns import (
+    add_netns, in_netns, ip, kill_and_delete_netns, list_netns, netns_pids, veth_into,
+)
 
 LAB_ROOT = Path(os.environ.get("PYCALICO_LAB_ROOT", "/run/pycalico-lab"))
 FABRIC_NET = "10.99.0"
@@ -67,17 +71,29 @@ class LabState:
         return LAB_ROOT / self.name
 
     def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "state.json").write_text(json.dumps(asdict(self), indent=2))
+        lab_dir(self.name)
+        hostio.write_private(self.dir / "state.json", json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, name: str) -> LabState:
         path = LAB_ROOT / name / "state.json"
-        if not path.exists():
-            raise LabError(f"lab {name!r} is not up (no {path})")
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise LabError(f"lab {name!r} is not up (no {path})") from None
+        # `lab restart` kills the PIDs this file names: trust it only if nobody else could write it.
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise LabError(f"{path}: not a regular file owned by us and writable only by us; "
+                           "refusing to trust it (run 'lab down' to start over)")
         data = json.loads(path.read_text())
         data["pods"] = [Pod(**p) for p in data["pods"]]
         return cls(**data)
+
+
+def lab_dir(name: str) -> Path:
+    """The lab's own directory (state, logs, etcd data): 0700, under a 0700 LAB_ROOT."""
+    hostio.private_dir(LAB_ROOT)
+    return hostio.private_dir(LAB_ROOT / name)
 
 
 def _bin(name: str) -> str:
@@ -124,7 +140,7 @@ def _make_fabric(state: LabState) -> None:
     ip("-n", fabric, "link", "add", "br0", "type", "bridge")
     ip("-n", fabric, "addr", "add", f"{ETCD_IP}/24", "dev", "br0")
     ip("-n", fabric, "link", "set", "br0", "up")
-    state.dir.mkdir(parents=True, exist_ok=True)
+    lab_dir(state.name)
     url = state.endpoint
     proc = _spawn(state.dir / "etcd.log",
         ["ip", "netns", "exec", fabric, "etcd", "--name", "lab", "--data-dir", str(state.dir / "etcd"),
@@ -184,10 +200,13 @@ _CHILDREN: list[subprocess.Popen] = []  # daemons outlive this command; keep the
 
 
 def _spawn(log_path: Path, argv: list[str]) -> subprocess.Popen:
-    """Start a lab daemon in its own session, output appended to ``log_path``."""
-    with open(log_path, "ab") as log:
+    """Start a lab daemon in its own session, output appended to ``log_path`` (0600)."""
+    log = hostio.open_private(log_path)
+    try:
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
+    finally:
+        os.close(log)
     _CHILDREN.append(proc)
     return proc
 
@@ -285,11 +304,14 @@ def restart(name: str, node: str) -> int:
     if node not in state.nodes:
         raise LabError(f"--node: {node!r} is not a node of lab {name} ({', '.join(state.nodes)})")
     old = state.agent_pids[node]
-    try:
-        os.kill(old, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _wait_gone(old)
+    if old in netns_pids(node):  # ours for sure: it runs in the lab's own node namespace
+        try:
+            os.kill(old, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _wait_gone(old)
+    else:
+        _log(f"{node}: agent pid {old} is not running in {node}; starting a new agent")
     state.agent_pids[node] = _start_agent(state, node)
     state.save()
     _log(f"{node}: agent pid {old} killed (SIGKILL), new agent pid {state.agent_pids[node]}")

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import stat
 import secrets
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,9 @@ CTL = str(Path(sys.executable).parent / "pycalicoctl")
 LAB = f"e{secrets.token_hex(2)}"  # lab names are short: namespace/interface names derive from them
 
 
-def ctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=240)
+def ctl(*args: str, check: bool = True, umask: int | None = None) -> subprocess.CompletedProcess:
+    out = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=240,
+                         preexec_fn=None if umask is None else lambda: os.umask(umask))
     if check and out.returncode != 0:
         pytest.fail(f"pycalicoctl {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
     return out
@@ -37,7 +41,8 @@ def lab_namespaces() -> list[str]:
 @pytest.fixture(scope="module")
 def lab():
     try:
-        ctl("lab", "up", "--name", LAB, "--nodes", "3", "--pods-per-node", "2")
+        # Under umask 000: every file, directory and socket must still be private (issue 5).
+        ctl("lab", "up", "--name", LAB, "--nodes", "3", "--pods-per-node", "2", umask=0)
         yield lab_state()
     finally:
         subprocess.run([CTL, "lab", "down", "--name", LAB], capture_output=True, timeout=120)
@@ -88,6 +93,70 @@ def test_node_routes_lists_reasons_and_kernel_state(lab):
 def test_every_pod_reaches_every_other_pod(lab):
     out = ctl("lab", "ping", "--name", LAB).stdout
     assert "30/30 pod pairs reachable" in out, out
+
+
+def test_lab_files_are_private_whatever_the_umask(lab):
+    """Regression (issue 5, defect 5): under umask 000 the lab left exabgp.sock 0777, run dirs 0777
+    and exabgp.conf / state.json 0666, and a local user injected kernel routes."""
+    roots = [Path(f"/run/pycalico-lab/{LAB}"), *Path("/run/pycalico").glob(f"{LAB}-node*")]
+    assert len(roots) == 4
+    paths = [p for root in roots for p in (root, *root.rglob("*"))]
+    assert any(p.name == "exabgp.sock" for p in paths) and any(p.name == "state.json" for p in paths)
+    loose = [f"{p} {oct(stat.S_IMODE(os.lstat(p).st_mode))}" for p in paths
+             if not p.is_symlink() and stat.S_IMODE(os.lstat(p).st_mode) & 0o077]
+    assert loose == []
+    for top in (Path("/run/pycalico-lab"), Path("/run/pycalico")):
+        assert stat.S_IMODE(top.stat().st_mode) == 0o700, top
+
+
+def node_status(node: str) -> dict:
+    from felix.status import query
+
+    return query(node, "status")
+
+
+def test_a_quiet_lab_does_no_work(lab):
+    """Regression (issue 5, defect 1): idle agents did ~18 full link + route dumps a second each."""
+    nodes = sorted(lab["nodes"])
+
+    def settled():
+        first = [node_status(n)["reconciles"] for n in nodes]
+        time.sleep(0.5)
+        second = [node_status(n) for n in nodes]
+        return first == [s["reconciles"] for s in second] and second
+
+    before = wait_for(settled, timeout=30, what="the lab's agents to settle")
+    time.sleep(3)  # a measurement window, not a synchronisation: nothing may happen in it
+    for node, old in zip(nodes, before):
+        new = node_status(node)
+        resyncs = new["reconciles_by_cause"]["resync"] - old["reconciles_by_cause"]["resync"]
+        assert new["reconciles"] - old["reconciles"] == resyncs, (node, old, new)
+        assert new["route_dumps"] - old["route_dumps"] == resyncs, (node, old, new)
+        assert new["route_writes"] == old["route_writes"], node
+
+
+def test_disabling_the_pool_keeps_traffic(lab, tmp_path):
+    """Regression (issue 5, defect 3): `disabled: true` withdrew every remote route of the pool
+    (8 s of 100% loss). Disabling only stops new allocations, as in Calico."""
+    from lab.lab import POOL
+
+    nodes = sorted(lab["nodes"])
+    routes_before = {n: sorted(routes(n)) for n in nodes}
+    seen = {n: node_status(n)["reconciles"] for n in nodes}
+    disabled = tmp_path / "pool.yaml"
+    disabled.write_text(json.dumps({**POOL, "spec": {**POOL["spec"], "disabled": True}}))
+    try:
+        ctl("--lab", LAB, "apply", "-f", str(disabled))
+        # every agent has reconciled since the change reached it
+        wait_for(lambda: all(node_status(n)["reconciles"] > seen[n] for n in nodes), timeout=20,
+                 what="every agent to process the disabled pool")
+        assert {n: sorted(routes(n)) for n in nodes} == routes_before
+        out = ctl("lab", "ping", "--name", LAB).stdout
+        assert "30/30 pod pairs reachable" in out, out
+    finally:
+        enabled = tmp_path / "enabled.yaml"
+        enabled.write_text(json.dumps(POOL))
+        ctl("--lab", LAB, "apply", "-f", str(enabled))
 
 
 def test_restart_keeps_traffic_and_adopts_routes(lab):
