@@ -159,6 +159,37 @@ def test_disabling_the_pool_keeps_traffic(lab, tmp_path):
         ctl("--lab", LAB, "apply", "-f", str(enabled))
 
 
+def _relay_of(node: str) -> int:
+    """PID of the relay bgp/relay.py that the node's ExaBGP runs (found in the node's namespace)."""
+    pids = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        try:
+            if b"relay.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return int(pid)
+        except OSError:
+            continue
+    pytest.fail(f"no relay process in {node}")
+
+
+def test_killed_relay_keeps_traffic_is_reported_and_repaired(lab):
+    """Regression (issue 5, defect 2): `kill -9` of a node's relay cut its agent off from BGP for
+    good while node status still said Established."""
+    node2 = f"{LAB}-node2"
+    pairs = [(a, b) for a in lab["pods"] for b in lab["pods"]
+             if a["node"] != b["node"] and node2 in (a["node"], b["node"])]
+    os.kill(_relay_of(node2), 9)
+    status = wait_for(lambda: (s := node_status(node2))["bgp_speaker"]["state"] != "running" and s,
+                      timeout=5, what="node status to report the broken speaker")
+    assert all(p["state"] != "up" for p in status["peers"]), status["peers"]
+    failures = [f"{a['netns']} -> {b['ip']}" for a, b in pairs if subprocess.run(
+        ["ip", "netns", "exec", a["netns"], "ping", "-c", "1", "-W", "1", b["ip"]],
+        capture_output=True).returncode != 0]
+    assert not failures, f"traffic to/from {node2}'s pods failed while its speaker restarted"
+    wait_for(lambda: ctl("node", "status", "--node", node2, check=False).returncode == 0,
+             timeout=30, what="node2's sessions Established again")
+    assert node_status(node2)["bgp_speaker"]["state"] == "running"
+
+
 def test_restart_keeps_traffic_and_adopts_routes(lab):
     node1_pod = next(p for p in lab["pods"] if p["node"] == f"{LAB}-node1")
     node2_pod = next(p for p in lab["pods"] if p["node"] == f"{LAB}-node2")
