@@ -1,10 +1,17 @@
 """The IPAM client: assign and release addresses through a Datastore, compare-and-swap everywhere.
 
 Writes, in the order that keeps a crash harmless:
-  claim:   create BlockAffinity(pending) -> create IPAMBlock(affinity host:<node>) -> confirm affinity.
-           Creating the block is the arbiter: if another node created it first we get AlreadyExists,
-           withdraw our pending affinity and try the next candidate.
-  assign:  update(block) with the revision we read; Conflict -> re-read, retry (bounded).
+  claim:   create BlockAffinity(pending) -> create IPAMBlock(affinity host:<node>) -> re-check for
+           overlapping blocks -> confirm affinity.
+           Creating the block is the arbiter for one CIDR: if another node created it first we get
+           AlreadyExists, withdraw our pending affinity and try the next candidate. Overlapping
+           pools make different CIDRs collide (10.80.0.0/24 and 10.80.0.0/26), which create cannot
+           see: so a candidate that overlaps any existing block is skipped, and after creating we
+           list again; if an overlapping block appeared meanwhile we back off (remove ours if still
+           empty, withdraw the affinity) and try another. Two racers see at least one another, so
+           at most one proceeds; a block that overlaps another is never allocated from.
+  assign:  a handle that already holds an address gets it back (a repeated CNI ADD); otherwise
+           update(block) with the revision we read; Conflict -> re-read, retry (bounded).
   release: the same per block holding the handle.
 A pending affinity left by a crash is reused by the same node's next claim of that block.
 """
@@ -15,7 +22,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from crds import BlockAffinity, IPAMBlock, IPPool
 from datastore import AlreadyExists, Conflict, Datastore, NotFound
@@ -41,6 +48,8 @@ class IPAM:
                pools: Sequence[str] | None = None) -> ipaddress.IPv4Address:
         """One IPv4 address for ``handle`` on ``node``, from the node's blocks or a newly claimed one.
 
+        Idempotent per handle: if ``handle`` already holds an address, that address is returned and
+        nothing is written (a retried CNI ADD must not take a second one).
         Raises NoEligiblePool, PoolExhausted (nothing written), RetriesExhausted (lost every race).
         """
         _check_node(node)
@@ -92,20 +101,46 @@ class IPAM:
     def _assign_once(self, node: str, handle: str, attrs: dict[str, str],
                      pools: list[IPPool]) -> ipaddress.IPv4Address:
         existing = self.blocks()
-        nets = [p.spec.network for p in pools]
-        for block in existing:
-            if (block.spec.affine_node == node and not block.spec.deleted and block.spec.unallocated
-                    and any(block.spec.network.subnet_of(n) for n in nets)):
-                return self._allocate_in(block, handle, attrs)
-        taken = {b.spec.network for b in existing}
+        held = self._held(existing, handle)
+        if held is not None:
+            return held
+        index = blocks.BlockIndex(b.spec.network for b in existing)
+        block = next(self._usable_blocks(existing, node, pools, index), None)
+        if block is not None:
+            return self._allocate_in(block, handle, attrs)
         for pool in pools:
             for cidr in blocks.candidate_blocks(pool):
-                if cidr not in taken:
+                if not index.overlaps(cidr):
                     block = self._claim(node, cidr)
                     return self._allocate_in(block, handle, attrs)
         raise PoolExhausted(
             f"no free address for node {node} in pool(s) {', '.join(p.name for p in pools)}: "
             "the node's blocks are full and no unclaimed block is left")
+
+    @staticmethod
+    def _held(existing: list[IPAMBlock], handle: str) -> ipaddress.IPv4Address | None:
+        """The (lowest) address ``handle`` already holds: a repeated ADD for the same container."""
+        held = sorted(ip for b in existing if any(a.handle_id == handle for a in b.spec.attributes)
+                      for ip in blocks.handle_addresses(b, handle))
+        if not held:
+            return None
+        log.info("ipam handle already holds an address", extra={"handle": handle, "ip": str(held[0])})
+        return held[0]
+
+    @staticmethod
+    def _usable_blocks(existing: list[IPAMBlock], node: str, pools: list[IPPool],
+                       index: blocks.BlockIndex) -> Iterator[IPAMBlock]:
+        """The node's blocks with a free address inside an eligible pool, that overlap no other."""
+        nets = [p.spec.network for p in pools]
+        for block in existing:
+            if (block.spec.affine_node != node or block.spec.deleted or not block.spec.unallocated
+                    or not any(block.spec.network.subnet_of(n) for n in nets)):
+                continue
+            if block.spec.network in index.conflicted:
+                log.warning("ipam block overlaps another block; not allocating from it",
+                            extra={"block": block.name, "node": node})
+                continue
+            yield block
 
     def _allocate_in(self, block: IPAMBlock, handle: str, attrs: dict[str, str]
                      ) -> ipaddress.IPv4Address:
@@ -128,9 +163,39 @@ class IPAM:
                 self._withdraw_affinity(affinity)
             raise _Retry(f"block {cidr} was created concurrently") from None
         assert isinstance(block, IPAMBlock), "Bug: datastore returned a non-block"
+        self._back_off_if_overlapped(block, affinity)
         self._confirm_affinity(affinity)
         log.info("ipam claimed block", extra={"node": node, "cidr": str(cidr)})
         return block
+
+    def _back_off_if_overlapped(self, block: IPAMBlock, affinity: BlockAffinity) -> None:
+        """_Retry if a block overlapping ours was created since we chose the candidate."""
+        others = [b.spec.cidr for b in self.blocks()
+                  if b.name != block.name and b.spec.network.overlaps(block.spec.network)]
+        if not others:
+            return
+        if self._remove_if_empty(block):
+            self._withdraw_affinity(affinity)
+        else:  # a same-node racer already allocated from it: it stays ours, unused while it overlaps
+            self._confirm_affinity(affinity)
+        raise _Retry(f"block {block.spec.cidr} overlaps {', '.join(others)}, created concurrently")
+
+    def _remove_if_empty(self, block: IPAMBlock) -> bool:
+        """Delete ``block`` unless an address in it is allocated; True when it is gone."""
+        for _ in range(self._max_retries):
+            if any(idx is not None for idx in block.spec.allocations):
+                return False
+            try:
+                self._ds.delete("IPAMBlock", block.name, revision=block.metadata.resource_version)
+                return True
+            except NotFound:
+                return True
+            except Conflict:
+                try:
+                    block = self._ds.get("IPAMBlock", block.name)  # type: ignore[assignment]
+                except NotFound:
+                    return True
+        raise RetriesExhausted(f"IPAMBlock {block.name}: could not remove it after an overlap")
 
     def _block_owner(self, cidr: ipaddress.IPv4Network) -> str | None:
         try:

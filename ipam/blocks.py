@@ -6,8 +6,10 @@ Every address of the block is handed out, network and broadcast addresses includ
 """
 from __future__ import annotations
 
+import bisect
 import ipaddress
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator
 
 from crds import BlockAffinity, IPAMBlock, IPPool, ObjectMeta
 from crds.models import AllocationAttribute, BlockAffinitySpec, IPAMBlockSpec
@@ -26,6 +28,44 @@ def affinity_name(node: str, cidr: ipaddress.IPv4Network) -> str:
 def candidate_blocks(pool: IPPool) -> Iterator[ipaddress.IPv4Network]:
     """The pool's blocks in address order (lazily: a /8 pool has 2^18 /26 blocks)."""
     return pool.spec.network.subnets(new_prefix=pool.spec.block_size)
+
+
+class BlockIndex:
+    """The address ranges existing blocks cover, for overlap questions in O(log n) each.
+
+    Blocks of different pools can nest (a datastore may hold overlapping pools, written by another
+    tool), so comparing CIDRs for equality is not enough. Ranges sorted by start, with a running
+    maximum of their ends, answer "does any block overlap this network" with one bisect.
+
+    >>> idx = BlockIndex([ipaddress.ip_network("10.80.0.0/24"), ipaddress.ip_network("10.80.0.0/26")])
+    >>> idx.overlaps(ipaddress.ip_network("10.80.0.64/26")), idx.overlaps(ipaddress.ip_network("10.80.1.0/26"))
+    (True, False)
+    >>> sorted(map(str, idx.conflicted))
+    ['10.80.0.0/24', '10.80.0.0/26']
+    """
+
+    def __init__(self, nets: Iterable[ipaddress.IPv4Network]) -> None:
+        spans = sorted((int(n.network_address), int(n.broadcast_address), n) for n in nets)
+        self._starts = [start for start, _, _ in spans]
+        self._reach = list(itertools.accumulate((end for _, end, _ in spans), max))
+        self.conflicted = _conflicted(spans)
+
+    def overlaps(self, net: ipaddress.IPv4Network) -> bool:
+        i = bisect.bisect_right(self._starts, int(net.broadcast_address))
+        return i > 0 and self._reach[i - 1] >= int(net.network_address)
+
+
+def _conflicted(spans: list[tuple[int, int, ipaddress.IPv4Network]]
+                ) -> frozenset[ipaddress.IPv4Network]:
+    """Every network that overlaps another: one sweep over spans sorted by start."""
+    out: set[ipaddress.IPv4Network] = set()
+    reach, widest = -1, None  # the furthest end so far, and the network that reaches it
+    for start, end, net in spans:
+        if start <= reach:
+            out |= {net, widest}
+        if end > reach:
+            reach, widest = end, net
+    return frozenset(out)
 
 
 def new_block(cidr: ipaddress.IPv4Network, node: str) -> IPAMBlock:

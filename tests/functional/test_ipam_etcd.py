@@ -8,7 +8,7 @@ import pytest
 import datastore
 from crds import IPPool, ObjectMeta
 from ipam import IPAM, PoolExhausted
-from tests.unit.test_ipam_race import check_race, run_race
+from tests.unit.test_ipam_race import check_overlap_race, check_race, run_overlap_race, run_race
 
 
 @pytest.fixture
@@ -49,3 +49,19 @@ def test_concurrent_claims_against_etcd(clients, nodes):
     per_thread = [clients() for _ in nodes]
     got = run_race(lambda i: per_thread[i], nodes)
     check_race(per_thread[0], nodes, got)
+
+
+def test_concurrent_claims_from_overlapping_pools_against_etcd(clients):
+    plan = [("node1", "outer"), ("node2", "inner"), ("node3", "outer"), ("node4", "inner")]
+    per_thread = [clients() for _ in plan]
+    check_overlap_race(per_thread[0], run_overlap_race(lambda i: per_thread[i], plan))
+
+
+def test_assign_is_idempotent_per_handle_against_etcd(clients):
+    ds = clients()
+    ds.create(IPPool(metadata=ObjectMeta(name="p"), spec={"cidr": "10.66.0.0/24", "blockSize": 26}))
+    ipam = IPAM(ds)
+    first = ipam.assign(node="node1", handle="k8s-pod-network.c1")
+    revision = ds.list("IPAMBlock").revision
+    assert ipam.assign(node="node1", handle="k8s-pod-network.c1") == first
+    assert ds.list("IPAMBlock").revision == revision, "a repeated assign wrote something"

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from crds import IPPool, ObjectMeta
 from datastore.memory import MemoryDatastore
-from ipam import IPAM, IPAMError, NoEligiblePool, PoolExhausted
+from ipam import IPAM, IPAMError, NoEligiblePool, PoolExhausted, blocks
 
 
 def make_ds(*pools: tuple[str, str, int], **extra) -> MemoryDatastore:
@@ -148,8 +148,9 @@ def test_no_interleaving_of_assigns_and_releases_yields_duplicates(seq):
                 ip = ipam.assign(node=node, handle=handle)
             except PoolExhausted:
                 continue
-            assert all(ip not in ips for ips in held.values()), f"duplicate {ip}"
-            held.setdefault(handle, set()).add(ip)
+            assert all(ip not in ips for hh, ips in held.items() if hh != handle), f"duplicate {ip}"
+            assert held.get(handle, {ip}) == {ip}, "a second assign for a handle took another address"
+            held[handle] = {ip}
         else:
             assert set(ipam.release(handle)) == held.pop(handle, set())
     stored = [ip for b in ipam.blocks() for hh in held for ip in _addresses(b, hh)]
@@ -162,3 +163,111 @@ def test_no_interleaving_of_assigns_and_releases_yields_duplicates(seq):
 def _addresses(block, handle):
     from ipam import blocks
     return blocks.handle_addresses(block, handle)
+
+
+def test_assign_is_idempotent_per_handle():
+    """A repeated CNI ADD (same container, same handle) gets the address it already holds."""
+    ds = make_ds(("default", "10.244.0.0/16", 26))
+    ipam = IPAM(ds)
+    first = ipam.assign(node="n", handle="k8s-pod-network.c1")
+    other = ipam.assign(node="n", handle="k8s-pod-network.c2")
+    assert ipam.assign(node="n", handle="k8s-pod-network.c1") == first != other
+    assert ipam.addresses("k8s-pod-network.c1") == [first]
+    [block] = ipam.blocks()
+    assert sum(a is not None for a in block.spec.allocations) == 2
+    assert ipam.release("k8s-pod-network.c1") == [first]
+
+
+def all_allocated(ipam) -> list:
+    return [blocks.address_of(b, o) for b in ipam.blocks()
+            for o, idx in enumerate(b.spec.allocations) if idx is not None]
+
+
+def overlapping_pairs(ipam) -> list:
+    nets = sorted(b.spec.network for b in ipam.blocks())
+    return [(a, b) for i, a in enumerate(nets) for b in nets[i + 1:] if a.overlaps(b)]
+
+
+@pytest.mark.parametrize("outer,inner", [("outer", "inner"), ("b-outer", "a-inner")])
+def test_overlapping_pools_never_hand_out_an_address_twice(outer, inner):
+    """Regression: an outer /16 (blocks /24) and an inner /24 (blocks /26), both stored: the inner
+    pool's blocks and the outer pool's 10.80.0.0/24 were both created and both handed out 10.80.0.0."""
+    ds = make_ds((outer, "10.80.0.0/16", 24), (inner, "10.80.0.0/24", 26))
+    ipam = IPAM(ds)
+    got = []
+    for i in range(300):
+        node = ("node1", "node2")[i % 2]
+        pools = [(inner, outer), (outer, inner), None][i % 3]  # every order, and the default
+        got.append(ipam.assign(node=node, handle=f"h{i}", pools=pools))
+    assert len(set(got)) == len(got), "duplicate address"
+    assert sorted(all_allocated(ipam)) == sorted(got)
+    assert overlapping_pairs(ipam) == []
+
+
+class OverlapRacer:
+    """A datastore (fake at our seam) on which, right after our first IPAMBlock is created, another
+    node creates an overlapping block -- as a concurrent claim from an overlapping pool would."""
+
+    def __init__(self, inner, rival_cidr: str) -> None:
+        self._inner, self._rival = inner, ipaddress.ip_network(rival_cidr)
+        self.raced = False
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def create(self, resource):
+        created = self._inner.create(resource)
+        if resource.KIND == "IPAMBlock" and not self.raced:
+            self.raced = True
+            self._inner.create(blocks.new_block(self._rival, "rival"))
+        return created
+
+
+def test_block_that_meets_a_concurrent_overlapping_block_backs_off():
+    inner = make_ds(("outer", "10.80.0.0/16", 24))
+    ipam = IPAM(OverlapRacer(inner, "10.80.0.0/26"))
+    ip = ipam.assign(node="node1", handle="h")
+    assert ip == ipaddress.ip_address("10.80.1.0")  # the next candidate, not 10.80.0.0/24
+    assert sorted(b.spec.cidr for b in ipam.blocks()) == ["10.80.0.0/26", "10.80.1.0/24"]
+    # The block we backed off from is gone, and so is our affinity for it.
+    assert affinities(inner) == {("node1", "10.80.1.0/24", "confirmed")}
+
+
+def test_block_in_use_is_never_allocated_from_while_it_overlaps_another():
+    """A datastore that already holds overlapping blocks (written before this fix, or by another
+    tool): neither is used any more; the node claims a clean block."""
+    ds = make_ds(("outer", "10.80.0.0/16", 24))
+    ds.create(blocks.new_block(ipaddress.ip_network("10.80.0.0/24"), "node1"))
+    ds.create(blocks.new_block(ipaddress.ip_network("10.80.0.0/26"), "node2"))
+    ipam = IPAM(ds)
+    assert ipam.assign(node="node1", handle="a") == ipaddress.ip_address("10.80.1.0")
+    assert ipam.assign(node="node2", handle="b") == ipaddress.ip_address("10.80.2.0")
+
+
+POOLS = [("10.80.0.0/23", 25), ("10.80.0.0/24", 26), ("10.80.0.128/25", 27), ("10.80.1.0/24", 28),
+         ("10.80.0.0/22", 24)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(range(len(POOLS))), min_size=2, max_size=4, unique=True),
+       st.lists(st.tuples(st.sampled_from(["n1", "n2", "n3"]), st.integers(0, 40),
+                          st.booleans()), max_size=80))
+def test_overlapping_pools_property(pool_ids, seq):
+    """Whatever overlapping pools a datastore holds and whatever the order of assigns and releases:
+    no address is held twice and no two blocks overlap."""
+    ds = make_ds(*((f"p{i}", *POOLS[i]) for i in pool_ids))
+    ipam = IPAM(ds)
+    held: dict[str, ipaddress.IPv4Address] = {}
+    for node, h, release in seq:
+        handle = f"h{h}"
+        if release:
+            ipam.release(handle)
+            held.pop(handle, None)
+            continue
+        try:
+            held[handle] = ipam.assign(node=node, handle=handle)
+        except PoolExhausted:
+            continue
+    assert sorted(all_allocated(ipam)) == sorted(held.values())
+    assert len(set(held.values())) == len(held)
+    assert overlapping_pairs(ipam) == []

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import ipaddress
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from ipam import affinity_name, block_name
 from ipam import blocks
 
@@ -38,3 +41,20 @@ def test_release_returns_ordinals_to_the_tail_and_compacts_attributes():
     assert blocks.handle_addresses(block, "c") == [NET[3]]
     same, none = blocks.release_handle(block, "a")
     assert none == [] and same is block
+
+
+networks = st.builds(
+    lambda addr, prefix: ipaddress.ip_network(f"10.0.{addr >> 8}.{addr & 255}/{prefix}", strict=False),
+    st.integers(0, 1023), st.integers(20, 32))
+
+
+@given(st.lists(networks, unique=True, max_size=30), networks)
+def test_block_index_agrees_with_pairwise_comparison(existing, probe):
+    index = blocks.BlockIndex(existing)
+    assert index.overlaps(probe) == any(probe.overlaps(n) for n in existing)
+    assert index.conflicted == {a for a in existing for b in existing if a != b and a.overlaps(b)}
+
+
+def test_block_index_of_nothing():
+    assert not blocks.BlockIndex([]).overlaps(NET)
+    assert blocks.BlockIndex([NET]).conflicted == frozenset()

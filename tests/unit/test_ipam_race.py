@@ -106,3 +106,63 @@ def test_concurrent_claims_on_tiny_pool(nodes):
         jitter = JitterDatastore(inner)
         got = run_race(lambda i: jitter, nodes)
         check_race(inner, nodes, got)
+
+
+def run_overlap_race(ds_for_thread, plan: list[tuple[str, str]]) -> list[tuple[str, object]]:
+    """Threads (node, pool) assign from overlapping pools until each pool is exhausted for them."""
+    ds = ds_for_thread(0)
+    ds.create(IPPool(metadata=ObjectMeta(name="outer"), spec={"cidr": "10.78.0.0/25", "blockSize": 26}))
+    ds.create(IPPool(metadata=ObjectMeta(name="inner"), spec={"cidr": "10.78.0.0/26", "blockSize": 28}))
+    barrier = threading.Barrier(len(plan))
+    got: list[tuple[str, object]] = []
+    errors: list[BaseException] = []
+
+    def worker(i: int, node: str, pool: str) -> None:
+        ipam = IPAM(ds_for_thread(i), max_retries=50)
+        barrier.wait()
+        try:
+            for n in range(1000):
+                try:
+                    got.append((f"{i}.{n}", ipam.assign(node=node, handle=f"{i}.{n}", pools=[pool])))
+                except RetriesExhausted:
+                    continue
+                except PoolExhausted:
+                    return
+        except BaseException as exc:  # surfaced to the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i, node, pool))
+               for i, (node, pool) in enumerate(plan)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a worker hung"
+    assert not errors, errors
+    return got
+
+
+def check_overlap_race(ds: Datastore, got: list) -> None:
+    counts = Counter(ip for _, ip in got)
+    assert [ip for ip, c in counts.items() if c > 1] == [], "duplicate IPs handed out"
+    blocks = sorted((b.spec.network, b) for b in ds.list("IPAMBlock").items)
+    nets = [n for n, _ in blocks]
+    assert [(a, b) for i, a in enumerate(nets) for b in nets[i + 1:] if a.overlaps(b)] == []
+    stored = {n.network_address + o: b.spec.attributes[idx].handle_id
+              for n, b in blocks for o, idx in enumerate(b.spec.allocations) if idx is not None}
+    assert stored == {ip: h for h, ip in got}
+    affs = {(a.spec.node, a.spec.cidr, a.spec.state) for a in ds.list("BlockAffinity").items}
+    assert affs == {(b.spec.affine_node, str(n), "confirmed") for n, b in blocks}
+
+
+@pytest.mark.parametrize("plan", [
+    [("node1", "outer"), ("node2", "inner")],
+    [("node1", "outer"), ("node2", "inner"), ("node3", "outer"), ("node4", "inner")],
+    [("node1", "outer"), ("node1", "inner"), ("node2", "inner")],
+])
+def test_concurrent_claims_from_overlapping_pools(plan):
+    """Blocks of overlapping pools claimed at once never overlap, so no address is handed out twice."""
+    for _ in range(5):
+        inner = MemoryDatastore()
+        jitter = JitterDatastore(inner)
+        check_overlap_race(inner, run_overlap_race(lambda i: jitter, plan))
