@@ -178,6 +178,11 @@ def reload_command() -> str:
     return "reload"
 
 
+def probe_command() -> str:
+    """A no-op ExaBGP acknowledges (``#`` starts a comment): proof that it still reads its API."""
+    return "# pycalico liveness probe"
+
+
 # -- JSON parsing -------------------------------------------------------------------------------
 
 

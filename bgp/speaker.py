@@ -95,6 +95,7 @@ class _Conn:
     reader_task: asyncio.Task | None
     child_pid: int | None  # the ExaBGP child whose relay this is
     task: asyncio.Task | None = None
+    waiting_since: float | None = None  # monotonic time since which ExaBGP owes us an ack
 
 
 def exabgp_env(local_address: IPv4Address, port: int) -> dict[str, str]:
@@ -138,7 +139,8 @@ class Speaker:
     def __init__(self, *, node_name: str, router_id: IPv4Address, local_address: IPv4Address,
                  local_asn: int, run_dir: Path, on_change: Callable[[], None],
                  listen_port: int = 179, netns: str | None = None, hold_time: int = 9,
-                 gr_restart_time: int = 120, sync_deadline: float = 30.0) -> None:
+                 gr_restart_time: int = 120, sync_deadline: float = 30.0,
+                 liveness_interval: float = 10.0, liveness_timeout: float = 30.0) -> None:
         self._node = node_name
         self._local_asn = local_asn
         self._run_dir = Path(run_dir)
@@ -148,6 +150,7 @@ class Speaker:
         self._on_change = on_change
         self._netns = netns
         self._sync_deadline = sync_deadline
+        self._liveness = (liveness_interval, liveness_timeout)
         self._base = exabgp_conf.ExaBGPConfig(
             router_id=router_id, local_address=local_address,
             relay_command=(sys.executable, relay.__file__, str(self._sock_path)),
@@ -366,6 +369,7 @@ class Speaker:
         self._set_status("running", f"exabgp pid {conn.child_pid}")
         self._outbox.clear()  # commands meant for an ExaBGP that is gone; peers resync on 'up'
         conn.task = asyncio.create_task(self._write_loop(conn), name=f"bgp-write-{self._node}")
+        self._arm_liveness(conn)
         if self._config_text != self._spawned_text:
             self._send([protocol.reload_command()])  # config changed while ExaBGP was starting
         reason = "relay connection closed"
@@ -416,8 +420,29 @@ class Speaker:
             await self._wake.wait()
             self._wake.clear()
             while self._outbox and conn.channel.outstanding < ACK_WINDOW:
+                if conn.channel.outstanding == 0:
+                    conn.waiting_since = time.monotonic()
                 conn.writer.write(conn.channel.command(self._outbox.popleft()))
             await conn.writer.drain()
+
+    def _arm_liveness(self, conn: _Conn) -> None:
+        """A hung ExaBGP (stopped, deadlocked) keeps its relay connected: ask it something when
+        idle, and restart it when a command waits longer than the timeout for its ack."""
+        interval, timeout = self._liveness
+
+        def check() -> None:
+            if self._conn is not conn:
+                return
+            waited = None if conn.waiting_since is None else time.monotonic() - conn.waiting_since
+            if waited is None:
+                self._send([protocol.probe_command()])
+            elif waited > timeout and self._proc is not None and self._proc.pid == conn.child_pid:
+                self._restart_child(self._proc, f"exabgp stopped answering (no ack for {waited:.0f}s)")
+                return
+            self._timers["liveness"] = asyncio.get_running_loop().call_later(interval, check)
+
+        self._cancel_timer("liveness")
+        self._timers["liveness"] = asyncio.get_running_loop().call_later(interval, check)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -432,6 +457,9 @@ class Speaker:
     def _dispatch(self, event: protocol.Event) -> bool:
         match event:
             case protocol.Ack() | protocol.CommandError():
+                conn = self._conn
+                if conn is not None:
+                    conn.waiting_since = time.monotonic() if conn.channel.outstanding else None
                 self._wake.set()
                 if isinstance(event, protocol.CommandError):
                     log.warning("exabgp rejected a command",

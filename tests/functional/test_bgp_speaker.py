@@ -33,11 +33,11 @@ def _peer(address: IPv4Address, name: str, local: IPv4Address) -> PeerSpec:
 
 
 def _speaker(lt: LoopThread, ns: str, me: IPv4Address, run_dir: Path, changes: list,
-             port: int = 179) -> Speaker:
+             port: int = 179, **kw) -> Speaker:
     async def make() -> Speaker:
         return Speaker(node_name=ns, router_id=me, local_address=me, local_asn=64512,
                        run_dir=run_dir, on_change=lambda: changes.append(1), netns=ns,
-                       hold_time=9, sync_deadline=60.0, listen_port=port)
+                       hold_time=9, sync_deadline=60.0, listen_port=port, **kw)
     return lt.run(make())
 
 
@@ -109,8 +109,9 @@ def test_peer_status_shows_reason_when_peer_absent(netns, loop_thread, tmp_path)
         lt.run(sa.stop())
 
 
-def _pair_up(lt: LoopThread, ns_a: str, ns_b: str, tmp_path: Path, port: int = 179) -> tuple[Speaker, Speaker]:
-    sa = _speaker(lt, ns_a, A, tmp_path / "a", [], port)
+def _pair_up(lt: LoopThread, ns_a: str, ns_b: str, tmp_path: Path, port: int = 179,
+             **kw) -> tuple[Speaker, Speaker]:
+    sa = _speaker(lt, ns_a, A, tmp_path / "a", [], port, **kw)
     sb = _speaker(lt, ns_b, B, tmp_path / "b", [], port)
     for sp, own, peer in ((sa, BLOCK_A, _peer(B, "b", A)), (sb, BLOCK_B, _peer(A, "a", B))):
         sp.set_import_filter(frozenset({POOL}), frozenset({own}))
@@ -281,5 +282,32 @@ def test_exabgp_socket_and_files_are_private_and_strangers_are_refused(netns, lo
                  10, what="the relay's connection still works")
         assert _up(lt, sa)
     finally:
+        lt.run(sa.stop())
+        lt.run(sb.stop())
+
+
+def test_hung_exabgp_is_detected_and_restarted(netns, loop_thread, tmp_path):
+    """A stopped ExaBGP keeps its relay connected, so only a missing ack can tell it is gone."""
+    lt = loop_thread
+    ns_a, ns_b = netns("bgpo"), netns("bgpp")
+    veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")
+    sa, sb = _pair_up(lt, ns_a, ns_b, tmp_path, liveness_interval=0.5, liveness_timeout=2.0)
+    stopped = None
+    try:
+        wait_for(lambda: _up(lt, sa) and _up(lt, sb), 20, what="sessions up")
+        wait_for(lambda: lt.call(sa.status).state == "running", 5, what="a's relay connected")
+        stopped = lt.call(lambda: sa.child_pid)
+        os.kill(stopped, signal.SIGSTOP)
+        wait_for(lambda: "stopped answering" in lt.call(sa.status).reason, 10,
+                 what="a notices its exabgp hung")
+        assert not _up(lt, sa) and _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}
+        wait_for(lambda: _up(lt, sa) and _up(lt, sb), 30, what="sessions re-established")
+        assert lt.call(lambda: sa.child_pid) != stopped
+    finally:
+        if stopped is not None:
+            try:
+                os.kill(stopped, signal.SIGCONT)  # if it survived, let it die normally
+            except ProcessLookupError:
+                pass
         lt.run(sa.stop())
         lt.run(sb.stop())
