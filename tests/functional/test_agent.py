@@ -45,6 +45,17 @@ def _seed(url: str, node: str) -> None:
     ds.close()
 
 
+def node_namespace(netns, short: str) -> tuple[str, str]:
+    """A node namespace (10.98.0.1/24 on eth0, towards a fabric namespace) with the workload
+    interface cali0123456789a up; returns (namespace, node name)."""
+    node_ns, fab = netns(short), netns(f"{short}f")
+    veth_between(node_ns, "eth0", "10.98.0.1/24", fab, "eth0", "10.98.0.254/24")
+    subprocess.run(["ip", "-n", node_ns, "link", "add", "cali0123456789a", "type", "veth",
+                    "peer", "name", "podside"], check=True)
+    subprocess.run(["ip", "-n", node_ns, "link", "set", "cali0123456789a", "up"], check=True)
+    return node_ns, node_ns.lower()
+
+
 def start_agent(procs, node_ns: str, node: str, url: str, tmp_path: Path,
                 umask: int | None = None) -> subprocess.Popen:
     """``pycalico-node`` in ``node_ns`` (address 10.98.0.1/24), run dir and log under tmp_path."""
@@ -67,12 +78,7 @@ def start_etcd_in(procs, ns: str, url: str, data_dir: Path) -> subprocess.Popen:
 
 
 def test_agent_waits_for_sync_and_owns_only_its_routes(netns, procs, tmp_path):
-    node_ns, fab = netns("agent"), netns("fab")
-    node = node_ns.lower()
-    veth_between(node_ns, "eth0", "10.98.0.1/24", fab, "eth0", "10.98.0.254/24")
-    subprocess.run(["ip", "-n", node_ns, "link", "add", "cali0123456789a", "type", "veth",
-                    "peer", "name", "podside"], check=True)
-    subprocess.run(["ip", "-n", node_ns, "link", "set", "cali0123456789a", "up"], check=True)
+    node_ns, node = node_namespace(netns, "agent")
     # Left by someone else (proto static) and by a previous agent of ours (proto 80, now stale).
     subprocess.run(["ip", "-n", node_ns, "route", "add", "10.244.9.0/26", "via", "10.98.0.254",
                     "proto", "static"], check=True)
@@ -118,12 +124,7 @@ def test_quiet_agent_does_no_work_and_reports_the_datastore_state(netns, procs, 
     """Regressions (issue 5): an idle agent reconciled ~18 times a second forever (defect 1);
     `node status` could not tell that etcd was down (defect 11); run files followed the umask
     (defect 5)."""
-    node_ns, fab = netns("quiet"), netns("qfab")
-    node = node_ns.lower()
-    veth_between(node_ns, "eth0", "10.98.0.1/24", fab, "eth0", "10.98.0.254/24")
-    subprocess.run(["ip", "-n", node_ns, "link", "add", "cali0123456789a", "type", "veth",
-                    "peer", "name", "podside"], check=True)
-    subprocess.run(["ip", "-n", node_ns, "link", "set", "cali0123456789a", "up"], check=True)
+    node_ns, node = node_namespace(netns, "quiet")
     url = f"http://127.0.0.1:{free_port()}"
     etcd = start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
     in_netns(node_ns, _seed, url, node)

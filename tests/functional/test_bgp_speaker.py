@@ -121,6 +121,26 @@ def _pair_up(lt: LoopThread, ns_a: str, ns_b: str, tmp_path: Path, port: int = 1
     return sa, sb
 
 
+@pytest.fixture
+def pair(netns, loop_thread, tmp_path):
+    """``sa, sb = pair("x", **speaker_kwargs)``: two started speakers in joined namespaces,
+    both stopped after the test."""
+    started: list[Speaker] = []
+
+    def make(short: str, **kw) -> tuple[Speaker, Speaker]:
+        ns_a, ns_b = netns(f"{short}a"), netns(f"{short}b")
+        veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")
+        speakers = _pair_up(loop_thread, ns_a, ns_b, tmp_path, **kw)
+        started.extend(speakers)
+        return speakers
+
+    try:
+        yield make
+    finally:
+        for sp in started:
+            loop_thread.run(sp.stop())
+
+
 def _up(lt: LoopThread, sp: Speaker) -> bool:
     return [s.state for s in _state(lt, sp)] == ["up"]
 
@@ -220,78 +240,64 @@ def _relay_pid(exabgp_pid: int) -> int | None:
     return None
 
 
-def test_killed_relay_is_detected_reported_and_repaired(netns, loop_thread, tmp_path):
+def test_killed_relay_is_detected_reported_and_repaired(pair, loop_thread):
     """Regression (issue 5, defect 2): after `kill -9` of the relay the agent was cut off from BGP
     for good while `node status` still said Established."""
     lt = loop_thread
-    ns_a, ns_b = netns("bgpk"), netns("bgpl")
-    veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")
-    sa, sb = _pair_up(lt, ns_a, ns_b, tmp_path)
-    try:
-        wait_for(lambda: _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A)}, 20, what="b learns a's block")
-        wait_for(lambda: _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}, 10, what="a learns b's block")
-        old_child = lt.call(lambda: sa.child_pid)
-        relay = wait_for(lambda: _relay_pid(old_child), 5, what="a's relay process")
-        os.kill(relay, signal.SIGKILL)
-        wait_for(lambda: not _up(lt, sa), 5, what="a reports its session down")
-        assert "relay" in _state(lt, sa)[0].info
-        assert lt.call(sa.status).state in ("restarting", "starting")
-        # meanwhile a keeps b's block (stale, graceful restart): the kernel route stays
-        assert _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}
-        wait_for(lambda: _up(lt, sa) and _up(lt, sb), 30, what="sessions re-established")
-        assert lt.call(lambda: sa.child_pid) != old_child
-        assert lt.call(sa.status).state == "running"
-        # a block a claims after the break still reaches b: BGP is repaired, not just reported up
-        new_block = IPv4Network("10.244.9.0/26")
-        lt.run(sa.set_advertisements(frozenset({BLOCK_A, new_block})))
-        wait_for(lambda: _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A), LearnedRoute(new_block, A, A)},
-                 10, what="b learns the new block")
-    finally:
-        lt.run(sa.stop())
-        lt.run(sb.stop())
+    sa, sb = pair("relay")
+    wait_for(lambda: _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A)}, 20, what="b learns a's block")
+    wait_for(lambda: _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}, 10, what="a learns b's block")
+    old_child = lt.call(lambda: sa.child_pid)
+    relay = wait_for(lambda: _relay_pid(old_child), 5, what="a's relay process")
+    os.kill(relay, signal.SIGKILL)
+    wait_for(lambda: not _up(lt, sa), 5, what="a reports its session down")
+    assert "relay" in _state(lt, sa)[0].info
+    assert lt.call(sa.status).state in ("restarting", "starting")
+    # meanwhile a keeps b's block (stale, graceful restart): the kernel route stays
+    assert _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}
+    wait_for(lambda: _up(lt, sa) and _up(lt, sb), 30, what="sessions re-established")
+    assert lt.call(lambda: sa.child_pid) != old_child
+    assert lt.call(sa.status).state == "running"
+    # a block a claims after the break still reaches b: BGP is repaired, not just reported up
+    new_block = IPv4Network("10.244.9.0/26")
+    lt.run(sa.set_advertisements(frozenset({BLOCK_A, new_block})))
+    wait_for(lambda: _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A), LearnedRoute(new_block, A, A)},
+             10, what="b learns the new block")
 
 
-def test_exabgp_socket_and_files_are_private_and_strangers_are_refused(netns, loop_thread, tmp_path):
+def test_exabgp_socket_and_files_are_private_and_strangers_are_refused(pair, loop_thread, tmp_path):
     """Regression (issue 5, defect 5): under umask 000 exabgp.sock was 0777 and a second connection
     replaced the relay's, so any local user could inject routes."""
     lt = loop_thread
-    ns_a, ns_b = netns("bgpm"), netns("bgpn")
-    veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")
     old_umask = os.umask(0)
     try:
-        sa, sb = _pair_up(lt, ns_a, ns_b, tmp_path)
+        sa, sb = pair("sock")
     finally:
         os.umask(old_umask)
-    try:
-        wait_for(lambda: _up(lt, sa) and _up(lt, sb), 20, what="sessions up")
-        run = tmp_path / "a"
-        modes = {p.name: stat.S_IMODE(os.lstat(p).st_mode) for p in (run, *run.iterdir())}
-        assert modes == {"a": 0o700, "exabgp.sock": 0o600, "exabgp.conf": 0o600, "exabgp.log": 0o600}
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as rogue:
-            rogue.settimeout(5)
-            rogue.connect(str(run / "exabgp.sock"))
-            rogue.sendall(b'announce route 10.244.66.0/26 next-hop self\n')
-            try:
-                assert rogue.recv(100) == b"", "the speaker must close a stranger's connection"
-            except ConnectionResetError:
-                pass  # closed with our line unread: refused all the same
-        assert lt.call(lambda: sa.refused_connections) == 1
-        new_block = IPv4Network("10.244.9.0/26")
-        lt.run(sa.set_advertisements(frozenset({BLOCK_A, new_block})))
-        wait_for(lambda: _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A), LearnedRoute(new_block, A, A)},
-                 10, what="the relay's connection still works")
-        assert _up(lt, sa)
-    finally:
-        lt.run(sa.stop())
-        lt.run(sb.stop())
+    wait_for(lambda: _up(lt, sa) and _up(lt, sb), 20, what="sessions up")
+    run = tmp_path / "a"
+    modes = {p.name: stat.S_IMODE(os.lstat(p).st_mode) for p in (run, *run.iterdir())}
+    assert modes == {"a": 0o700, "exabgp.sock": 0o600, "exabgp.conf": 0o600, "exabgp.log": 0o600}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as rogue:
+        rogue.settimeout(5)
+        rogue.connect(str(run / "exabgp.sock"))
+        rogue.sendall(b'announce route 10.244.66.0/26 next-hop self\n')
+        try:
+            assert rogue.recv(100) == b"", "the speaker must close a stranger's connection"
+        except ConnectionResetError:
+            pass  # closed with our line unread: refused all the same
+    assert lt.call(lambda: sa.refused_connections) == 1
+    new_block = IPv4Network("10.244.9.0/26")
+    lt.run(sa.set_advertisements(frozenset({BLOCK_A, new_block})))
+    wait_for(lambda: _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A), LearnedRoute(new_block, A, A)},
+             10, what="the relay's connection still works")
+    assert _up(lt, sa)
 
 
-def test_hung_exabgp_is_detected_and_restarted(netns, loop_thread, tmp_path):
+def test_hung_exabgp_is_detected_and_restarted(pair, loop_thread):
     """A stopped ExaBGP keeps its relay connected, so only a missing ack can tell it is gone."""
     lt = loop_thread
-    ns_a, ns_b = netns("bgpo"), netns("bgpp")
-    veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")
-    sa, sb = _pair_up(lt, ns_a, ns_b, tmp_path, liveness_interval=0.5, liveness_timeout=2.0)
+    sa, sb = pair("hung", liveness_interval=0.5, liveness_timeout=2.0)
     stopped = None
     try:
         wait_for(lambda: _up(lt, sa) and _up(lt, sb), 20, what="sessions up")
@@ -309,5 +315,3 @@ def test_hung_exabgp_is_detected_and_restarted(netns, loop_thread, tmp_path):
                 os.kill(stopped, signal.SIGCONT)  # if it survived, let it die normally
             except ProcessLookupError:
                 pass
-        lt.run(sa.stop())
-        lt.run(sb.stop())
