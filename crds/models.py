@@ -33,7 +33,12 @@ class _Wire(BaseModel):
 
 
 class ObjectMeta(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="allow", frozen=True)
+    """Kubernetes' ObjectMeta field set, nothing else: an unknown field is an error, as in Kubernetes.
+
+    (Allowing extra fields let a YAML alias bomb under ``metadata`` through to serialisation.)
+    """
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
 
     name: str
     namespace: str | None = None
@@ -42,6 +47,15 @@ class ObjectMeta(BaseModel):
     creation_timestamp: str | None = Field(default=None, alias="creationTimestamp")
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+    # The rest of Kubernetes' set. None, not [], so that what we write is unchanged by declaring them.
+    generate_name: str | None = Field(default=None, alias="generateName")
+    self_link: str | None = Field(default=None, alias="selfLink")
+    generation: int | None = None
+    deletion_timestamp: str | None = Field(default=None, alias="deletionTimestamp")
+    deletion_grace_period_seconds: int | None = Field(default=None, alias="deletionGracePeriodSeconds")
+    owner_references: list[dict[str, Any]] | None = Field(default=None, alias="ownerReferences")
+    finalizers: list[str] | None = None
+    managed_fields: list[dict[str, Any]] | None = Field(default=None, alias="managedFields")
 
     @field_validator("name")
     @classmethod
@@ -419,6 +433,8 @@ def _first_error(kind: str, name: str | None, exc: ValidationError) -> InvalidRe
     if isinstance(ctx_error, _FieldError):
         path = path + [ctx_error.field]
         reason = ctx_error.reason
+    elif err["type"] == "extra_forbidden":
+        reason = "unknown field, not permitted"
     else:
         reason = err["msg"].removeprefix("Value error, ")
     return InvalidResource(kind, name, ".".join(path) or "<root>", reason)

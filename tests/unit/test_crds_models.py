@@ -101,3 +101,28 @@ def test_node_bgp_fields():
 @pytest.mark.parametrize("name", ["IPPool", "ippool", "ippools", "ipPool"])
 def test_kind_aliases_like_calicoctl(name):
     assert kind_class(name) is IPPool
+
+
+@pytest.mark.parametrize("field", ["bogus", "lol", "Name", "resourceversion"])
+def test_unknown_metadata_field_is_refused_as_kubernetes_does(field):
+    with pytest.raises(InvalidResource) as exc:
+        load({**pool(), "metadata": {"name": "p", field: "x"}})
+    assert exc.value.field == f"metadata.{field}"
+    assert "unknown field" in exc.value.reason
+
+
+def test_every_kubernetes_objectmeta_field_is_accepted_and_round_trips():
+    meta = {"name": "p", "generateName": "p-", "namespace": None, "selfLink": "/x",
+            "uid": "6f666892", "resourceVersion": "7", "generation": 3,
+            "creationTimestamp": "2022-12-20T07:41:39Z", "deletionTimestamp": "2022-12-21T00:00:00Z",
+            "deletionGracePeriodSeconds": 30, "labels": {"a": "b"}, "annotations": {"c": "d"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "x", "uid": "u"}],
+            "finalizers": ["f"], "managedFields": [{"manager": "kubectl"}]}
+    p = load({**pool(), "metadata": meta})
+    assert p.metadata.generate_name == "p-" and p.metadata.deletion_grace_period_seconds == 30
+    assert p.to_dict()["metadata"] == {k: v for k, v in meta.items() if v is not None}
+    assert load(p.to_dict()) == p
+
+
+def test_metadata_written_by_us_is_unchanged_by_the_new_fields():
+    assert load(pool()).to_dict()["metadata"] == {"name": "p", "labels": {}, "annotations": {}}
