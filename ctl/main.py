@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name", nargs="?")
     d.add_argument("-f", "--filename")
     d.add_argument("-n", "--namespace")
+    d.add_argument("--force", action="store_true",
+                   help="delete an IPPool even though addresses are still allocated from it")
     _datastore_args(d)
     g = sub.add_parser("get", help="list resources")
     g.add_argument("kind")
@@ -72,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.lab:
-        return res_cmds.reexec_in_lab(args.lab, list(argv if argv is not None else sys.argv[1:]))
     try:
+        if args.lab:
+            return res_cmds.reexec_in_lab(args.lab, list(argv if argv is not None else sys.argv[1:]))
         if args.cmd == "node":
             return node_cmds.status(args.node) if args.node_cmd == "status" \
                 else node_cmds.routes(args.node)

@@ -59,7 +59,7 @@ def resource_rows(kind: str, items: Sequence[Resource], wide: bool, default_asn:
                   r.spec.interface_name] for r in items])
     if kind == "IPAMBlock":
         return (["NAME", "CIDR", "AFFINITY", "IN USE"],
-                [[r.name, r.spec.cidr, r.spec.affinity or "", str(_in_use(r))] for r in items])
+                [[r.name, r.spec.cidr, r.spec.affinity or "", str(in_use(r))] for r in items])
     if kind == "BlockAffinity":
         return (["NAME", "NODE", "CIDR", "STATE"],
                 [[r.name, r.spec.node, r.spec.cidr, r.spec.state] for r in items])
@@ -92,18 +92,48 @@ def _usage(total: int, used: int) -> list[str]:
 
 
 def ipam_rows(pools: Sequence[IPPool], blocks: Sequence[IPAMBlock], show_blocks: bool):
-    """``calicoctl ipam show [--show-blocks]``: per pool (and block) total, in use and free."""
+    """``calicoctl ipam show [--show-blocks]``: per pool (and block) total, in use and free.
+
+    Blocks inside no pool (their pool was deleted while addresses were still allocated) always get
+    their own ``Block (no pool)`` rows: hiding them would hide addresses that pods still hold.
+    """
     headers = ["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"]
     rows = []
-    for pool in sorted(pools, key=lambda p: p.spec.network):
-        inside = [b for b in blocks if b.spec.network.subnet_of(pool.spec.network)]
-        used = sum(_in_use(b) for b in inside)
+    for pool in sorted(pools, key=lambda p: _net_key(p.spec.network)):
+        inside = [b for b in blocks if in_pool(b, pool)]
+        used = sum(in_use(b) for b in inside)
         rows.append(["IP Pool", pool.spec.cidr, *_usage(pool.spec.network.num_addresses, used)])
         if show_blocks:
-            for b in sorted(inside, key=lambda b: b.spec.network):
-                rows.append(["Block", b.spec.cidr, *_usage(b.spec.network.num_addresses, _in_use(b))])
+            rows.extend(_block_row("Block", b) for b in _sorted_blocks(inside))
+    rows.extend(_block_row("Block (no pool)", b) for b in _sorted_blocks(blocks_in_no_pool(pools, blocks)))
     return headers, rows
 
 
-def _in_use(block: IPAMBlock) -> int:
+def blocks_in_no_pool(pools: Sequence[IPPool], blocks: Sequence[IPAMBlock]) -> list[IPAMBlock]:
+    return [b for b in blocks if not any(in_pool(b, p) for p in pools)]
+
+
+def in_pool(block: IPAMBlock, pool: IPPool) -> bool:
+    b, p = block.spec.network, pool.spec.network
+    return b.version == p.version and b.subnet_of(p)
+
+
+def allocated_from(pool: IPPool, blocks: Sequence[IPAMBlock]) -> int:
+    """Addresses still allocated from ``pool``: non-null allocations of the blocks inside it."""
+    return sum(in_use(b) for b in blocks if in_pool(b, pool))
+
+
+def in_use(block: IPAMBlock) -> int:
     return sum(a is not None for a in block.spec.allocations)
+
+
+def _block_row(grouping: str, b: IPAMBlock) -> list[str]:
+    return [grouping, b.spec.cidr, *_usage(b.spec.network.num_addresses, in_use(b))]
+
+
+def _sorted_blocks(blocks: Sequence[IPAMBlock]) -> list[IPAMBlock]:
+    return sorted(blocks, key=lambda b: _net_key(b.spec.network))
+
+
+def _net_key(net):
+    return (net.version, net)  # IPv4 and IPv6 networks do not compare with each other

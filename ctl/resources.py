@@ -1,58 +1,81 @@
 """calicoctl's resource verbs against the datastore: apply, create, replace, delete, get, ipam show.
 
-Every document is validated (``crds.load``) and checked against what is stored (pool overlap,
-immutable fields) before anything is written; one bad document in a file means nothing is written.
+Every document is validated (``crds.load``), checked against the other documents of its file
+(duplicates, overlapping pools) and against what is stored (pool overlap, immutable fields) before
+anything is written; one bad document in a file means nothing is written. A pool that still has
+addresses allocated is not deleted without ``--force``.
 """
 from __future__ import annotations
 
 import os
+import re
 import sys
-from collections.abc import Iterable
-
-import yaml
+from collections.abc import Iterable, Sequence
 
 import datastore
-from crds import InvalidResource, IPPool, Resource, kind_class, load
+from crds import InvalidResource, IPPool, Resource, kind_class
 from ctl import output
+from ctl.documents import UsageError, read_documents, source_name
 from datastore.base import AlreadyExists, Conflict, Datastore, DatastoreError, NotFound
 
+__all__ = ["UsageError", "read_documents", "reexec_in_lab", "run", "write"]
 
-class UsageError(Exception):
-    """Bad input from the user: printed with the field and reason, exit code 2."""
+_PAST = {"apply": "applied", "create": "created", "replace": "replaced", "delete": "deleted"}
+_LAB_NAME_RE = re.compile(r"^[a-z0-9]{1,6}$")  # as lab.up accepts; it is also a path component
 
 
 def reexec_in_lab(lab: str, argv: list[str]) -> int:
-    """Run this same command inside the lab's fabric namespace, where its etcd listens."""
-    from lab.lab import LabState
+    """Run this same command inside the lab's fabric namespace, where its etcd listens.
 
-    state = LabState.load(lab)
+    The endpoint goes in the environment (``ETCD_ENDPOINTS``, which every datastore command reads),
+    not argv: ``node`` and ``lab`` subcommands take no ``--etcd-endpoints`` and would reject it.
+    """
+    from lab.lab import LabError, LabState
+
+    if not _LAB_NAME_RE.match(lab):
+        raise UsageError(f"--lab: {lab!r} is not a lab name (1-6 lowercase letters/digits)")
+    try:
+        state = LabState.load(lab)
+    except (LabError, OSError, ValueError) as exc:
+        print(f"pycalicoctl: --lab: {exc}", file=sys.stderr)
+        return 1
+    env = {**os.environ, "ETCD_ENDPOINTS": state.endpoint, "DATASTORE_TYPE": "etcdv3"}
+    try:
+        os.execvpe("ip", ["ip", "netns", "exec", f"{lab}-fabric", sys.executable, "-m", "ctl.main",
+                          *_without_lab(argv)], env)
+    except OSError as exc:
+        print(f"pycalicoctl: --lab: cannot run 'ip netns exec': {exc.strerror or exc}", file=sys.stderr)
+    return 1
+
+
+def _without_lab(argv: list[str]) -> list[str]:
+    """argv minus ``--lab NAME`` / ``--lab=NAME``."""
     rest, skip = [], False
-    for arg in argv:  # drop --lab NAME / --lab=NAME
+    for arg in argv:
         if skip:
             skip = False
         elif arg == "--lab":
             skip = True
         elif not arg.startswith("--lab="):
             rest.append(arg)
-    os.execvp("ip", ["ip", "netns", "exec", f"{lab}-fabric", sys.executable, "-m", "ctl.main",
-                     *rest, "--etcd-endpoints", state.endpoint])
-    return 1  # not reached
+    return rest
 
 
-def read_documents(filename: str) -> list[Resource]:
-    text = sys.stdin.read() if filename == "-" else open(filename).read()
-    docs: list = []
-    for doc in yaml.safe_load_all(text):
-        if doc is None:
-            continue
-        if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") and "items" in doc:
-            docs.extend(doc["items"])
-        else:
-            docs.append(doc)
-    try:
-        return [load(d) for d in docs]
-    except InvalidResource as exc:
-        raise UsageError(str(exc)) from None
+def check_file(items: Sequence[Resource]) -> None:
+    """Rules across the documents of one file, so a file applies whole or not at all: no resource
+    twice, no two pools overlapping each other (the store alone cannot see either)."""
+    seen: set[tuple] = set()
+    for r in items:
+        if r.key in seen:
+            raise UsageError(f"{r.KIND} {r.name}: metadata.name: {r.KIND} {r.name} appears twice "
+                             "in the same file")
+        seen.add(r.key)
+    pools = [r for r in items if isinstance(r, IPPool)]
+    for i, new in enumerate(pools):
+        for earlier in pools[:i]:
+            if new.spec.network.overlaps(earlier.spec.network):
+                raise UsageError(f"IPPool {new.name}: spec.cidr: {new.spec.cidr} overlaps IPPool "
+                                 f"{earlier.name} ({earlier.spec.cidr}) in the same file")
 
 
 def check_against_store(ds: Datastore, new: Resource) -> None:
@@ -72,6 +95,7 @@ def check_against_store(ds: Datastore, new: Resource) -> None:
 
 def write(ds: Datastore, verb: str, items: Iterable[Resource]) -> int:
     items = list(items)
+    check_file(items)
     for r in items:
         check_against_store(ds, r)
     done = 0
@@ -90,21 +114,22 @@ def write(ds: Datastore, verb: str, items: Iterable[Resource]) -> int:
             continue
         done += 1
     kinds = sorted({r.KIND for r in items})
-    past = {"apply": "applied", "create": "created", "replace": "replaced"}[verb]
-    print(f"Successfully {past} {done} {'/'.join(repr(k) for k in kinds)} resource(s)")
+    print(f"Successfully {_PAST[verb]} {done} {'/'.join(repr(k) for k in kinds)} resource(s)")
     return 0 if done == len(items) else 1
 
 
 def run(args) -> int:
+    # A bad file is reported before the datastore is contacted: it needs none to be wrong.
+    items = _file_items(args) if getattr(args, "filename", None) else None
     try:
         ds = datastore.connect(args.datastore_type, etcd_endpoints=args.etcd_endpoints)
     except ValueError as exc:
         raise UsageError(f"{exc} (or set ETCD_ENDPOINTS)") from None
     try:
         if args.cmd in ("apply", "create", "replace"):
-            return write(ds, args.cmd, read_documents(args.filename))
+            return write(ds, args.cmd, items)
         if args.cmd == "delete":
-            return delete(ds, args)
+            return delete(ds, args, items)
         if args.cmd == "get":
             return get(ds, args)
         if args.cmd == "ipam":
@@ -117,13 +142,30 @@ def run(args) -> int:
     raise UsageError(f"unknown command {args.cmd}")
 
 
-def delete(ds: Datastore, args) -> int:
-    if args.filename:
-        targets = [(r.KIND, r.name, r.metadata.namespace) for r in read_documents(args.filename)]
+def _file_items(args) -> list[Resource]:
+    """The file's resources; an empty file is an error (exit 2): applying nothing is almost always
+    a wrong or truncated file, and a script must not take it for success."""
+    items = read_documents(args.filename)
+    if not items:
+        raise UsageError(f"no resources in {source_name(args.filename)}; nothing {_PAST[args.cmd]}")
+    return items
+
+
+def delete(ds: Datastore, args, items: list[Resource] | None = None) -> int:
+    if items is not None:
+        targets = [(r.KIND, r.name, r.metadata.namespace) for r in items]
     elif args.kind and args.name:
-        targets = [(_kind(args.kind).KIND, args.name, args.namespace)]
+        cls = _kind(args.kind)
+        _require_namespace(cls, args.namespace, "delete")
+        targets = [(cls.KIND, args.name, args.namespace)]
     else:
         raise UsageError("delete needs -f FILE or KIND NAME")
+    if not getattr(args, "force", False):
+        refusals = pools_in_use(ds, [name for kind, name, _ in targets if kind == "IPPool"])
+        for line in refusals:
+            print(f"pycalicoctl: {line}", file=sys.stderr)
+        if refusals:
+            return 1
     failed = 0
     for kind, name, ns in targets:
         try:
@@ -133,6 +175,29 @@ def delete(ds: Datastore, args) -> int:
             failed += 1
     print(f"Successfully deleted {len(targets) - failed} resource(s)")
     return 1 if failed else 0
+
+
+def pools_in_use(ds: Datastore, names: Sequence[str]) -> list[str]:
+    """One refusal line per named pool that still has addresses allocated from it (stored CIDR).
+    Deleting such a pool orphans its blocks: the addresses stay with pods but no pool covers them."""
+    if not names:
+        return []
+    stored = {p.name: p for p in ds.list("IPPool").items}
+    blocks = ds.list("IPAMBlock").items
+    lines = []
+    for name in names:
+        pool = stored.get(name)
+        used = output.allocated_from(pool, blocks) if pool is not None else 0
+        if used:
+            lines.append(f"IPPool {name}: {used} address(es) still allocated from {pool.spec.cidr}; "
+                         "nothing deleted (release them first, or delete with --force)")
+    return lines
+
+
+def _require_namespace(cls: type[Resource], namespace: str | None, verb: str) -> None:
+    if cls.NAMESPACED and not namespace:
+        raise UsageError(f"-n/--namespace: {cls.KIND} is namespaced; {verb} by name needs "
+                         "-n NAMESPACE")
 
 
 def _kind(name: str) -> type[Resource]:
@@ -145,6 +210,7 @@ def _kind(name: str) -> type[Resource]:
 def get(ds: Datastore, args) -> int:
     cls = _kind(args.kind)
     if args.name:
+        _require_namespace(cls, args.namespace, "get")
         try:
             items, revision = [ds.get(cls.KIND, args.name, args.namespace)], 0
         except NotFound as exc:
@@ -170,7 +236,13 @@ def _global_asn(ds: Datastore) -> int:
 
 
 def ipam_show(ds: Datastore, show_blocks: bool) -> int:
-    pools = [p for p in ds.list("IPPool").items if p.spec.network.version == 4]
-    headers, rows = output.ipam_rows(pools, ds.list("IPAMBlock").items, show_blocks)
+    pools, blocks = ds.list("IPPool").items, ds.list("IPAMBlock").items
+    headers, rows = output.ipam_rows(pools, blocks, show_blocks)
     print(output.boxed(headers, rows))
+    orphans = output.blocks_in_no_pool(pools, blocks)
+    if orphans:
+        used = sum(output.in_use(b) for b in orphans)
+        cidrs = ", ".join(b.spec.cidr for b in orphans)
+        print(f"Warning: {used} address(es) allocated in {len(orphans)} IPAM block(s) inside no IP "
+              f"pool ({cidrs}); was their pool deleted?", file=sys.stderr)
     return 0

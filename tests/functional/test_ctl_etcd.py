@@ -58,3 +58,61 @@ def test_missing_endpoint_is_a_clear_usage_error():
     out = subprocess.run([CTL, "get", "ippool"], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 2 and "etcd_endpoints" in out.stderr
+
+
+POOL_AND_BLOCK = """
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: busy}
+spec: {cidr: 10.80.0.0/16}
+---
+apiVersion: projectcalico.org/v3
+kind: IPAMBlock
+metadata: {name: 10-80-1-0-26}
+spec:
+  cidr: 10.80.1.0/26
+  affinity: host:n1
+  allocations: [0, null, 1, 2]
+"""
+
+
+def test_pool_with_allocations_is_not_deleted_without_force(etcd_endpoint):
+    assert ctl(etcd_endpoint, "apply", "-f", "-", stdin=POOL_AND_BLOCK).returncode == 0
+    refused = ctl(etcd_endpoint, "delete", "ippool", "busy")
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        "pycalicoctl: IPPool busy: 3 address(es) still allocated from 10.80.0.0/16; nothing deleted "
+        "(release them first, or delete with --force)"]
+    by_file = ctl(etcd_endpoint, "delete", "-f", "-", stdin=POOL_AND_BLOCK.split("---")[0])
+    assert by_file.returncode == 1 and "IPPool busy: 3 address(es)" in by_file.stderr
+    assert "busy" in ctl(etcd_endpoint, "get", "ippool").stdout  # nothing deleted
+    forced = ctl(etcd_endpoint, "delete", "ippool", "busy", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "busy" not in ctl(etcd_endpoint, "get", "ippool").stdout
+    # the addresses are still held: ipam show lists their block, with or without --show-blocks
+    for extra in ((), ("--show-blocks",)):
+        shown = ctl(etcd_endpoint, "ipam", "show", *extra)
+        assert shown.returncode == 0
+        assert "| Block (no pool) | 10.80.1.0/26 | 64        | 3 (5%)     | 61 (95%) |" in shown.stdout
+        assert shown.stderr.splitlines() == [
+            "Warning: 3 address(es) allocated in 1 IPAM block(s) inside no IP pool (10.80.1.0/26); "
+            "was their pool deleted?"]
+
+
+def test_overlapping_pools_in_one_file_apply_nothing(etcd_endpoint):
+    doc = """
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: outer}
+spec: {cidr: 10.80.0.0/16, blockSize: 24}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: inner}
+spec: {cidr: 10.80.0.0/24, blockSize: 26}
+"""
+    out = ctl(etcd_endpoint, "apply", "-f", "-", stdin=doc)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == ["pycalicoctl: IPPool inner: spec.cidr: 10.80.0.0/24 overlaps "
+                                       "IPPool outer (10.80.0.0/16) in the same file"]
+    assert ctl(etcd_endpoint, "get", "ippool").stdout.splitlines() == ["NAME   CIDR   SELECTOR"]

@@ -1,17 +1,25 @@
 """pycalicoctl: calicoctl's output shapes, and validation before anything is stored."""
+import argparse
 import io
+import ipaddress
 import sys
 
 import pytest
+import yaml
 
 from crds import load
-from ctl import output, resources
+from ctl import documents, output, resources
 from datastore.memory import MemoryDatastore
 
 
 def pool(name, cidr, **spec):
     return load({"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": name},
                  "spec": {"cidr": cidr, **spec}})
+
+
+def stdin(text: str) -> io.TextIOWrapper:
+    """A stand-in for sys.stdin with the byte buffer underneath, as the real one has."""
+    return io.TextIOWrapper(io.BytesIO(text.encode()))
 
 
 def test_get_ippool_wide_matches_calicoctl_columns():
@@ -65,7 +73,7 @@ kind: IPPool
 metadata: {name: p}
 spec: {cidr: 10.244.0.0/16, blockSize: 40}
 """
-    monkeypatch.setattr(sys, "stdin", io.StringIO(doc))
+    monkeypatch.setattr(sys, "stdin", stdin(doc))
     with pytest.raises(resources.UsageError, match="spec.blockSize: must be between 20 and 32"):
         resources.read_documents("-")
 
@@ -78,17 +86,149 @@ items:
 - {apiVersion: projectcalico.org/v3, kind: IPPool, metadata: {name: a}, spec: {cidr: 10.1.0.0/16}}
 - {apiVersion: projectcalico.org/v3, kind: IPPool, metadata: {name: b}, spec: {cidr: 10.2.0.0/16}}
 """
-    monkeypatch.setattr(sys, "stdin", io.StringIO(doc))
+    monkeypatch.setattr(sys, "stdin", stdin(doc))
     assert [r.name for r in resources.read_documents("-")] == ["a", "b"]
 
 
+def block(cidr, used, node="n1"):
+    size = ipaddress.ip_network(cidr).num_addresses
+    return load({"apiVersion": "projectcalico.org/v3", "kind": "IPAMBlock",
+                 "metadata": {"name": cidr.replace(".", "-").replace(":", "-").replace("/", "-")},
+                 "spec": {"cidr": cidr, "affinity": f"host:{node}",
+                          "allocations": list(range(used)) + [None] * (size - used)}})
+
+
 def test_ipam_show_counts_per_pool_and_block():
-    blocks = [load({"apiVersion": "projectcalico.org/v3", "kind": "IPAMBlock",
-                    "metadata": {"name": name},
-                    "spec": {"cidr": cidr, "affinity": "host:n1",
-                             "allocations": [0, None, 1] + [None] * 61}})
-              for name, cidr in (("10-244-0-0-26", "10.244.0.0/26"), ("10-9-0-0-26", "10.9.0.0/26"))]
+    blocks = [block("10.244.0.0/26", 2), block("10.9.0.0/26", 2)]
     headers, rows = output.ipam_rows([pool("default", "10.244.0.0/16")], blocks, show_blocks=True)
     assert headers == ["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"]
     assert rows == [["IP Pool", "10.244.0.0/16", "65536", "2 (0%)", "65534 (100%)"],
-                    ["Block", "10.244.0.0/26", "64", "2 (3%)", "62 (97%)"]]  # 10.9/26 is in no pool
+                    ["Block", "10.244.0.0/26", "64", "2 (3%)", "62 (97%)"],
+                    ["Block (no pool)", "10.9.0.0/26", "64", "2 (3%)", "62 (97%)"]]
+
+
+def test_ipam_show_never_hides_blocks_of_a_deleted_pool():
+    """Issue 5, 3c: addresses still held by pods after their pool was deleted stay visible."""
+    blocks = [block("10.244.0.0/26", 1), block("10.80.0.0/26", 3), block("fd00::/122", 1)]
+    pools = [pool("default", "10.244.0.0/16"), pool("v6", "fd00::/64")]
+    _, rows = output.ipam_rows(pools, blocks, show_blocks=False)
+    assert [r[:2] for r in rows] == [["IP Pool", "10.244.0.0/16"], ["IP Pool", "fd00::/64"],
+                                     ["Block (no pool)", "10.80.0.0/26"]]
+    assert rows[-1][3] == "3 (5%)"
+    assert [b.spec.cidr for b in output.blocks_in_no_pool(pools, blocks)] == ["10.80.0.0/26"]
+
+
+def test_ipam_show_warns_on_stderr_about_blocks_in_no_pool(capsys):
+    ds = MemoryDatastore()
+    ds.create(pool("default", "10.244.0.0/16"))
+    for b in (block("10.244.0.0/26", 1), block("10.80.0.0/26", 3)):
+        ds.create(b)
+    assert resources.ipam_show(ds, show_blocks=False) == 0
+    out, err = capsys.readouterr()
+    assert "Block (no pool) | 10.80.0.0/26" in out
+    assert err.strip().splitlines() == [
+        "Warning: 3 address(es) allocated in 1 IPAM block(s) inside no IP pool (10.80.0.0/26); "
+        "was their pool deleted?"]
+
+
+# --- issue 5, 4a: the documents of one file are checked against each other -----------------------
+
+def test_overlapping_pools_in_one_file_are_rejected_and_nothing_is_stored():
+    ds = MemoryDatastore()
+    outer = pool("outer", "10.80.0.0/16", blockSize=24)
+    inner = pool("inner", "10.80.0.0/24", blockSize=26)
+    with pytest.raises(resources.UsageError) as exc:
+        resources.write(ds, "apply", [pool("fine", "10.90.0.0/16"), outer, inner])
+    assert str(exc.value) == ("IPPool inner: spec.cidr: 10.80.0.0/24 overlaps IPPool outer "
+                              "(10.80.0.0/16) in the same file")
+    assert ds.list("IPPool").items == []
+
+
+def test_same_resource_twice_in_one_file_is_rejected():
+    ds = MemoryDatastore()
+    with pytest.raises(resources.UsageError, match=r"IPPool a: metadata.name: .* twice in the same file"):
+        resources.write(ds, "apply", [pool("a", "10.1.0.0/16"), pool("a", "10.2.0.0/16")])
+    assert ds.list("IPPool").items == []
+
+
+# --- issue 5, 3b: a pool with allocations is not deleted without --force ---------------------------
+
+def delete_args(**kw):
+    return argparse.Namespace(**{"kind": "ippool", "name": None, "filename": None, "namespace": None,
+                                 "force": False, **kw})
+
+
+def test_deleting_a_pool_with_allocations_is_refused(capsys):
+    ds = MemoryDatastore()
+    ds.create(pool("busy", "10.80.0.0/16"))
+    ds.create(pool("idle", "10.81.0.0/16"))
+    ds.create(block("10.80.1.0/26", 3))
+    ds.create(block("10.81.0.0/26", 0))  # a block with nothing allocated does not count
+    assert resources.delete(ds, delete_args(name="busy")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["pycalicoctl: IPPool busy: 3 address(es) still allocated from 10.80.0.0/16; "
+                   "nothing deleted (release them first, or delete with --force)"]
+    assert {p.name for p in ds.list("IPPool").items} == {"busy", "idle"}
+    # a file naming both: nothing at all is deleted
+    items = [pool("idle", "10.81.0.0/16"), pool("busy", "10.80.0.0/16")]
+    assert resources.delete(ds, delete_args(kind=None), items) == 1
+    assert {p.name for p in ds.list("IPPool").items} == {"busy", "idle"}
+    assert resources.delete(ds, delete_args(name="idle")) == 0
+    assert resources.delete(ds, delete_args(name="busy", force=True)) == 0
+    assert ds.list("IPPool").items == []
+
+
+def test_get_namespaced_kind_by_name_needs_a_namespace():
+    args = argparse.Namespace(kind="workloadendpoint", name="x", namespace=None, output="ps")
+    with pytest.raises(resources.UsageError, match=r"-n/--namespace: WorkloadEndpoint is namespaced"):
+        resources.get(MemoryDatastore(), args)
+
+
+# --- issue 5, 9: YAML alias bombs are refused before they are expanded ------------------------------
+
+def alias_bomb(levels: int = 9) -> str:
+    """Billion laughs under ``metadata``, where extra fields used to be kept (and serialised)."""
+    lines = ['  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        lines.append(f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    return ("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: bomb\n"
+            + "\n".join(lines) + "\nspec: {cidr: 10.1.0.0/16}\n")
+
+
+def test_alias_bomb_is_refused_without_expanding_it():
+    with pytest.raises(resources.UsageError) as exc:
+        documents.parse("---\n" + alias_bomb(), "bomb.yaml")  # 9**9 nodes if expanded
+    assert str(exc.value) == ("bomb.yaml: document 1: YAML aliases expand it by more than 10000 "
+                              "nodes; refusing to load it")
+
+
+def test_recursive_alias_is_refused():
+    with pytest.raises(resources.UsageError, match=r"f.yaml: document 2: a YAML alias refers to a "
+                                                   r"node that contains it"):
+        documents.parse("a: 1\n---\nx: &x [*x]\n", "f.yaml")
+
+
+def test_a_few_aliases_are_still_fine():
+    text = "a: &l {app: web}\nb: *l\nc: [*l, *l]\n"
+    assert documents.parse(text, "f.yaml") == [{"a": {"app": "web"}, "b": {"app": "web"},
+                                                "c": [{"app": "web"}, {"app": "web"}]}]
+    assert documents.expanded_size(next(iter(yaml.compose_all(text))), "f") == (17, 8)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: [1\n", "f.yaml: YAML error at line 2, column 1: while parsing a flow sequence: expected "
+                "',' or ']', but got '<stream end>'"),
+    ("[" * 5000 + "]" * 5000, "f.yaml: YAML nested too deeply"),
+    ("3\n", "f.yaml: resource 1: a resource must be a mapping, not int"),
+    ("kind: IPPoolList\nitems: 3\n", "f.yaml: document 1: items: must be a list"),
+])
+def test_unusable_yaml_is_one_line_naming_the_file(text, message):
+    with pytest.raises(resources.UsageError) as exc:
+        documents.parse(text, "f.yaml")
+    assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("text", ["", "---\n", "---\n---\n# nothing\n"])
+def test_empty_input_has_no_documents(text):
+    assert documents.parse(text, "f.yaml") == []
+
