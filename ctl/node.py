@@ -5,7 +5,10 @@ import socket
 import sys
 
 from ctl import output
-from felix.status import query
+from ctl.documents import UsageError
+from felix.status import query, socket_path
+
+_STATUS_TIMEOUT = 5.0
 
 
 def _node_name(node: str | None) -> str:
@@ -13,13 +16,25 @@ def _node_name(node: str | None) -> str:
 
 
 def _ask(node: str, topic: str):
+    """The agent's answer, or None after one line on stderr saying why there is none."""
     try:
-        return query(node, topic)
+        path = socket_path(node)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return query(node, topic, timeout=_STATUS_TIMEOUT, path=path)
     except (FileNotFoundError, ConnectionRefusedError):
         print("Calico process is not running.")
-        print(f"(no agent answers for node {node!r}; is pycalico-node running on this host?)",
-              file=sys.stderr)
-        return None
+        problem = "no agent answers; is pycalico-node running on this host?"
+    except PermissionError:
+        problem = f"permission denied on {path} (the status socket is root-only; run as root)"
+    except TimeoutError:
+        problem = (f"the agent accepted on {path} but did not answer within {_STATUS_TIMEOUT:g}s "
+                   "(stopped or hung?)")
+    except (OSError, RuntimeError) as exc:
+        problem = str(exc)
+    print(f"pycalicoctl: node {node}: {problem}", file=sys.stderr)
+    return None
 
 
 def status(node: str | None) -> int:
@@ -28,7 +43,7 @@ def status(node: str | None) -> int:
     if st is None:
         return 1
     print("Calico process is running.\n")
-    peers = [p for p in st["peers"] if ":" not in p["address"]]
+    peers = [p for p in st.get("peers", []) if ":" not in p["address"]]
     print("IPv4 BGP status")
     if peers:
         rows = [[p["address"], p["peer_type"], p["state"], output.since(p["since"]), p["info"]]
@@ -37,12 +52,58 @@ def status(node: str | None) -> int:
     else:
         print("No IPv4 peers found.")
     print("\nIPv6 BGP status\nNo IPv6 peers found.\n")
-    if not st["datastore_in_sync"]:
-        print("Warning: the agent is not yet in sync with the datastore.")
+    for line in health_lines(st):
+        print(line)
+    healthy = all(p["state"] == "up" for p in peers) and datastore_connected(st)
+    return 0 if healthy else 1
+
+
+def datastore_connected(st: dict) -> bool:
+    """False only when the agent says so: agents older than the ``datastore`` field count as fine."""
+    return (st.get("datastore") or {}).get("state", "connected") == "connected"
+
+
+def health_lines(st: dict) -> list[str]:
+    """The agent's health after the BGP tables, one short line each; fields an older agent does
+    not send are left out. States that need attention are upper-case."""
+    lines = []
+    if not st.get("datastore_in_sync", True):
+        lines.append("Warning: the agent is not yet in sync with the datastore.")
+    for label, key, good in (("Datastore", "datastore", "connected"),
+                             ("BGP speaker", "bgp_speaker", "running")):
+        if st.get(key):
+            lines.append(f"{label}: {_state_line(st[key], good)}")
+    if st.get("reconcile_errors"):
+        lines.append(_errors_line(st))
     rejected = {k: v for k, v in st.get("counters", {}).items() if v}
     if rejected:
-        print("Dropped BGP input: " + ", ".join(f"{k}={v}" for k, v in sorted(rejected.items())))
-    return 0 if all(p["state"] == "up" for p in peers) else 1
+        lines.append("Dropped BGP input: " + ", ".join(f"{k}={v}" for k, v in sorted(rejected.items())))
+    return lines
+
+
+def _state_line(part: dict, good: str) -> str:
+    state = str(part.get("state", "unknown"))
+    text = state if state == good else state.upper()
+    if part.get("since"):
+        text += f" since {output.since(part['since'])}"
+    if part.get("reason"):
+        text += f" ({_one_line(part['reason'])})"
+    return text
+
+
+def _errors_line(st: dict) -> str:
+    text = f"Reconcile errors: {st['reconcile_errors']}"
+    if st.get("reconciles") is not None:
+        text += f" of {st['reconciles']} reconciles"
+    last = st.get("last_error") or {}
+    if last.get("message"):
+        when = f" at {output.since(last['since'])}" if last.get("since") else ""
+        text += f" (last{when}: {_one_line(last['message'])})"
+    return text
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def routes(node: str | None) -> int:
@@ -53,19 +114,15 @@ def routes(node: str | None) -> int:
     rows = []
     for r in rows_in:
         target = f"via {r['gateway']}" if r["gateway"] else (f"dev {r['dev']}" if r["dev"] else "")
-        rows.append([r["dst"], r["type"], target, r["reason"], _kernel_state(r)])
+        rows.append([r["dst"], r["type"], target, r["reason"], route_state(r)])
     print(f"Routes owned by the agent on {name}:")
     print(output.columns(["DESTINATION", "TYPE", "TARGET", "REASON", "KERNEL"], rows))
-    out_of_sync = sum(1 for r in rows_in if not r["in_sync"])
+    out_of_sync = sum(1 for r in rows_in if route_state(r) != "ok")
     print(f"\n{len(rows_in)} routes, {out_of_sync} not matching the kernel")
     return 0 if out_of_sync == 0 else 1
 
 
-def _kernel_state(r: dict) -> str:
-    if r["in_sync"]:
-        return "ok"
-    if r["kernel"] is None:
-        return "missing"
-    if r["reason"].startswith("stale") or r["reason"] == "":
-        return "not desired"
-    return "differs"
+def route_state(r: dict) -> str:
+    """The agent's own word (ok | missing | differs | not-desired); an agent too old to send one
+    only says whether the route is in sync, and no guess is made from the reason text."""
+    return r.get("state") or ("ok" if r["in_sync"] else "out-of-sync")

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,7 +25,14 @@ Handler = Callable[[], Awaitable[Any]]
 
 
 def socket_path(node: str) -> Path:
-    """Where the agent for ``node`` on this host listens: one directory per node name."""
+    """Where the agent for ``node`` on this host listens: one directory per node name.
+
+    The name becomes a path component, so it must be a node name and nothing else (``n1/../n2``
+    would reach another node's socket): a lowercase DNS name, as Kubernetes requires of nodes.
+    """
+    if len(node) > 253 or ".." in node or not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", node):
+        raise ValueError(f"--node: {node!r} is not a valid node name (a lowercase DNS name: a-z, "
+                         "0-9, '-', '.', at most 253 characters)")
     return RUN_ROOT / node / "status.sock"
 
 
@@ -72,11 +80,14 @@ class StatusServer:
 
 
 def query(node: str, topic: str, timeout: float = 5.0, path: Path | None = None) -> Any:
-    """Blocking client used by the CLI. Raises FileNotFoundError/ConnectionError if no agent runs.
-    ``path`` overrides the socket of an agent started with its own --run-dir."""
+    """Blocking client used by the CLI. ``path`` overrides the socket of an agent started with its
+    own --run-dir. Raises ValueError for an invalid node name, FileNotFoundError or
+    ConnectionRefusedError if no agent runs, PermissionError for a non-root caller, TimeoutError if
+    the agent accepts but does not answer within ``timeout`` (e.g. it is stopped), ConnectionError if
+    it closes without a complete answer, RuntimeError if it answers with an error."""
     path = path or socket_path(node)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
+        sock.settimeout(timeout)  # connect, send and every recv: a stopped agent must not hang us
         sock.connect(str(path))
         sock.sendall(json.dumps({"get": topic}).encode() + b"\n")
         data = b""
@@ -85,7 +96,11 @@ def query(node: str, topic: str, timeout: float = 5.0, path: Path | None = None)
             if not chunk:
                 break
             data += chunk
-    reply = json.loads(data)
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise ConnectionError(f"agent for {node} closed the connection without a complete "
+                              f"answer ({len(data)} bytes)") from None
     if "error" in reply:
         raise RuntimeError(f"agent for {node}: {reply['error']}")
     return reply["result"]

@@ -3,12 +3,15 @@ import argparse
 import io
 import ipaddress
 import sys
+from datetime import datetime
 
 import pytest
 import yaml
 
 from crds import load
 from ctl import documents, output, resources
+from ctl import node as node_cmds
+from felix.status import socket_path
 from datastore.memory import MemoryDatastore
 
 
@@ -232,3 +235,91 @@ def test_unusable_yaml_is_one_line_naming_the_file(text, message):
 def test_empty_input_has_no_documents(text):
     assert documents.parse(text, "f.yaml") == []
 
+
+# --- node status / routes: what the agent sends, rendered --------------------------------------------
+
+TODAY = datetime.now().astimezone().replace(hour=10, minute=1, second=2, microsecond=0)
+
+
+def status_reply(**extra):
+    return {"node": "n1", "ipv4": "10.99.0.1/24", "pid": 1, "datastore_in_sync": True,
+            "bgp_routes_in_sync": True, "counters": {},
+            "peers": [{"address": "10.99.0.2", "name": "n2", "peer_type": "node-to-node mesh",
+                       "state": "up", "since": TODAY.isoformat(), "info": "Established"}], **extra}
+
+
+def run_status(monkeypatch, capsys, reply):
+    monkeypatch.setattr(node_cmds, "query", lambda node, topic, **kw: reply)
+    rc = node_cmds.status("n1")
+    return rc, capsys.readouterr().out
+
+
+def test_node_status_renders_datastore_speaker_and_errors(monkeypatch, capsys):
+    reply = status_reply(
+        datastore={"state": "connected", "since": TODAY.isoformat(), "reason": ""},
+        bgp_speaker={"state": "restarting", "since": TODAY.replace(minute=2).isoformat(),
+                     "reason": "relay connection lost"},
+        reconciles=120, reconcile_errors=3,
+        last_error={"message": "RTM_NEWROUTE 10.244.1.0/26:\n  EEXIST",
+                    "since": TODAY.replace(minute=3).isoformat()})
+    rc, out = run_status(monkeypatch, capsys, reply)
+    tail = out.split("No IPv6 peers found.")[1].strip().splitlines()
+    assert tail == ["Datastore: connected since 10:01:02",
+                    "BGP speaker: RESTARTING since 10:02:02 (relay connection lost)",
+                    "Reconcile errors: 3 of 120 reconciles (last at 10:03:02: RTM_NEWROUTE "
+                    "10.244.1.0/26: EEXIST)"]
+    assert rc == 0  # a restarting speaker with Established peers is reported, not a failure
+
+
+def test_node_status_fails_when_the_datastore_is_not_connected(monkeypatch, capsys):
+    reply = status_reply(datastore={"state": "unreachable", "since": TODAY.isoformat(),
+                                    "reason": "etcd http://10.99.0.254:2379: connection refused"},
+                         reconciles=5, reconcile_errors=0, last_error=None)
+    rc, out = run_status(monkeypatch, capsys, reply)
+    assert "Datastore: UNREACHABLE since 10:01:02 (etcd http://10.99.0.254:2379: connection refused)" \
+        in out.splitlines()
+    assert "Reconcile errors" not in out
+    assert rc == 1
+
+
+def test_node_status_of_an_older_agent_still_renders(monkeypatch, capsys):
+    rc, out = run_status(monkeypatch, capsys, status_reply())
+    assert rc == 0 and "Datastore:" not in out and "BGP speaker:" not in out
+    assert "| 10.99.0.2    | node-to-node mesh | up    | 10:01:02 | Established |" in out
+
+
+def test_node_routes_prints_the_agents_state_word(monkeypatch, capsys):
+    def route(dst, state, in_sync, reason="local block"):
+        return {"dst": dst, "type": "blackhole", "dev": None, "gateway": None, "reason": reason,
+                "in_sync": in_sync, "kernel": None, "state": state}
+    rows = [route("10.244.0.0/26", "ok", True),
+            route("10.244.1.0/26", "not-desired", False, reason="local block (odd wording)"),
+            route("10.244.2.0/26", "missing", False, reason="stale"),
+            route("10.244.3.0/26", "differs", False, reason="")]
+    monkeypatch.setattr(node_cmds, "query", lambda node, topic, **kw: rows)
+    assert node_cmds.routes("n1") == 1
+    states = [ln.split()[-1] for ln in capsys.readouterr().out.splitlines() if ln.startswith("10.")]
+    assert states == ["ok", "not-desired", "missing", "differs"]
+
+
+def test_node_routes_of_an_older_agent_fall_back_to_in_sync():
+    assert node_cmds.route_state({"in_sync": True, "kernel": None, "reason": "stale"}) == "ok"
+    assert node_cmds.route_state({"in_sync": False, "kernel": {}, "reason": ""}) == "out-of-sync"
+
+
+@pytest.mark.parametrize("node", ["n1/../n2", "..", "n1..n2", "N1", "-n1", "n1-", "", "a" * 254,
+                                  "n1/x", "/etc"])
+def test_status_socket_path_refuses_what_is_not_a_node_name(node):
+    with pytest.raises(ValueError, match=r"^--node: .* is not a valid node name"):
+        socket_path(node)
+
+
+@pytest.mark.parametrize("node", ["n1", "demo-node1", "node.example.com", "a" * 253])
+def test_status_socket_path_of_a_node_name(node):
+    assert socket_path(node).parts[-2:] == (node, "status.sock")
+
+
+def test_node_status_with_a_bad_node_name_is_a_usage_error(monkeypatch):
+    monkeypatch.setattr(node_cmds, "query", lambda *a, **kw: pytest.fail("must not be asked"))
+    with pytest.raises(resources.UsageError, match="--node: 'n1/../n2' is not a valid node name"):
+        node_cmds.status("n1/../n2")
