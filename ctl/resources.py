@@ -8,7 +8,6 @@ addresses allocated is not deleted without ``--force``.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Iterable, Sequence
 
@@ -21,7 +20,6 @@ from datastore.base import AlreadyExists, Conflict, Datastore, DatastoreError, N
 __all__ = ["UsageError", "read_documents", "reexec_in_lab", "run", "write"]
 
 _PAST = {"apply": "applied", "create": "created", "replace": "replaced", "delete": "deleted"}
-_LAB_NAME_RE = re.compile(r"^[a-z0-9]{1,6}$")  # as lab.up accepts; it is also a path component
 
 
 def reexec_in_lab(lab: str, argv: list[str]) -> int:
@@ -30,10 +28,13 @@ def reexec_in_lab(lab: str, argv: list[str]) -> int:
     The endpoint goes in the environment (``ETCD_ENDPOINTS``, which every datastore command reads),
     not argv: ``node`` and ``lab`` subcommands take no ``--etcd-endpoints`` and would reject it.
     """
-    from lab.lab import LabError, LabState
+    from lab.lab import LabError, LabState, check_name
 
-    if not _LAB_NAME_RE.match(lab):
-        raise UsageError(f"--lab: {lab!r} is not a lab name (1-6 lowercase letters/digits)")
+    try:
+        check_name(lab)
+    except LabError:
+        raise UsageError(f"--lab: {lab!r} is not a lab name (1-6 lowercase letters/digits, "
+                         "starting with a letter)") from None
     try:
         state = LabState.load(lab)
     except (LabError, OSError, ValueError) as exc:

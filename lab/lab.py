@@ -46,6 +46,16 @@ class LabError(RuntimeError):
     pass
 
 
+def check_name(name: str) -> str:
+    """A lab name: 1-6 lowercase letters/digits starting with a letter. Namespace and interface
+    names are built from it, and it is a path component (``down`` removes LAB_ROOT/<name>), so
+    every entry point checks it before using it."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise LabError(f"--name: {name!r} must be 1-6 lowercase letters/digits starting with a "
+                       "letter (namespace and interface names are built from it)")
+    return name
+
+
 @dataclass(frozen=True)
 class Pod:
     name: str
@@ -76,7 +86,7 @@ class LabState:
 
     @classmethod
     def load(cls, name: str) -> LabState:
-        path = LAB_ROOT / name / "state.json"
+        path = LAB_ROOT / check_name(name) / "state.json"
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -109,9 +119,7 @@ def _log(msg: str) -> None:
 # -- up --
 
 def up(name: str, nodes: int, pods_per_node: int, timeout: float = 90.0) -> LabState:
-    if not _NAME_RE.match(name):
-        raise LabError(f"--name: {name!r} must be 1-6 lowercase letters/digits starting with a "
-                       "letter (namespace and interface names are built from it)")
+    check_name(name)
     if not 1 <= nodes <= 200 or not 0 <= pods_per_node <= 60:
         raise LabError("--nodes must be 1-200 and --pods-per-node 0-60")
     if (LAB_ROOT / name / "state.json").exists() or _lab_namespaces(name):
@@ -342,7 +350,7 @@ def _lab_namespaces(name: str) -> list[str]:
 
 def down(name: str) -> None:
     """Remove every namespace, process and file of lab ``name``. Idempotent; works after a crash."""
-    namespaces = _lab_namespaces(name)
+    namespaces = _lab_namespaces(check_name(name))
     # Pods first, then nodes (their agents), then the fabric (etcd).
     namespaces.sort(key=lambda ns: (0 if "-pod" in ns else 1 if "-node" in ns else 2, ns))
     for ns in namespaces:

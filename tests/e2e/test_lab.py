@@ -7,6 +7,7 @@ import os
 import re
 import stat
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
@@ -278,3 +279,19 @@ def test_down_after_a_crash_needs_only_the_namespaces():
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()
                 and "zombie" not in _proc_state(pid)]
     assert not list(Path("/run/pycalico").glob(f"{name}-*"))
+
+
+
+def test_every_lab_command_refuses_a_name_that_is_a_path():
+    """Regression: `lab down --name ../X` ran rmtree(/run/pycalico-lab/../X) on any directory."""
+    canary = Path(f"/run/pyc-canary-{secrets.token_hex(3)}")
+    canary.mkdir(mode=0o700)
+    try:
+        (canary / "keep").write_text("still here")
+        name = f"../{canary.name}"
+        for cmd in (["down"], ["ping"], ["restart", "--node", "x"], ["up"]):
+            out = ctl("lab", *cmd, "--name", name, check=False)
+            assert out.returncode != 0 and "--name" in out.stderr, (cmd, out.stderr)
+        assert (canary / "keep").read_text() == "still here"
+    finally:
+        shutil.rmtree(canary, ignore_errors=True)
