@@ -12,6 +12,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from crds.duration import parse_duration
+
 API_VERSION = "projectcalico.org/v3"
 DEFAULT_ASN = 64512
 
@@ -185,6 +187,12 @@ class BGPConfigurationSpec(_Wire):
     prefix_advertisements: list[PrefixAdvertisement] = Field(default_factory=list)
     node_mesh_max_restart_time: str = "120s"
     ignored_interfaces: list[str] = Field(default_factory=list)
+
+    @field_validator("node_mesh_max_restart_time")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)  # a bad value must not reach the agent, which uses it as a timer
+        return v
 
     @field_validator("as_number", mode="before")
     @classmethod

@@ -126,3 +126,13 @@ def test_every_kubernetes_objectmeta_field_is_accepted_and_round_trips():
 
 def test_metadata_written_by_us_is_unchanged_by_the_new_fields():
     assert load(pool()).to_dict()["metadata"] == {"name": "p", "labels": {}, "annotations": {}}
+
+
+def test_node_mesh_max_restart_time_must_be_a_duration():
+    """It caps how long a dead peer's routes stay: validated before it is stored (issue 5, defect 6)."""
+    good = load({"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
+                 "metadata": {"name": "default"}, "spec": {"nodeMeshMaxRestartTime": "2m30s"}})
+    assert good.spec.node_mesh_max_restart_time == "2m30s"
+    with pytest.raises(InvalidResource, match=r"spec.nodeMeshMaxRestartTime: .*'forever' is not"):
+        load({"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
+              "metadata": {"name": "default"}, "spec": {"nodeMeshMaxRestartTime": "forever"}})
