@@ -48,6 +48,8 @@ class Invocation:
     ifname: str
     args: Mapping[str, str]
     path: tuple[str, ...]
+    # The environment this invocation came from: a delegated plugin gets the same (spec delegation).
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def pod_namespace(self) -> str | None:
@@ -112,7 +114,7 @@ def parse_env(env: Mapping[str, str]) -> Invocation:
         command=command, container_id=env.get("CNI_CONTAINERID", ""),
         netns=env.get("CNI_NETNS", ""), ifname=env.get("CNI_IFNAME", ""),
         args=parse_cni_args(env.get("CNI_ARGS", "")),
-        path=tuple(p for p in env.get("CNI_PATH", "").split(os.pathsep) if p),
+        path=tuple(p for p in env.get("CNI_PATH", "").split(os.pathsep) if p), environ=dict(env),
     )
 
 

@@ -5,6 +5,9 @@ proxy_arp=1, neigh proxy_delay=0, forwarding=1, up; no address and no route (fel
 Pod side: ``eth0`` with the /32, up, ``169.254.1.1 dev eth0 scope link`` then ``default via
 169.254.1.1 dev eth0``; lo up. Both ends start with unique temporary names so nothing collides while
 they exist; the pod end is created directly inside the pod's namespace.
+``wired_pod`` tells a pair that is already complete (a repeated ADD keeps it, same ifindex) from one
+that is missing or half made (wired again: ``wire_pod`` replaces a stale host end, and deleting a
+veth end takes its peer along).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
 from cni.errors import DATAPLANE_FAILURE, UNKNOWN_CONTAINER, CNIError
 
@@ -57,6 +61,21 @@ def wire_pod(host_ifname: str, netns: str, pod_ifname: str, address: ipaddress.I
             _delete_link(host, tmp_host) or _delete_link(host, host_ifname)
             raise
     return Wired(host_ifname, host_mac, pod_ifname, pod_mac)
+
+
+def wired_pod(host_ifname: str, netns: str, pod_ifname: str,
+              address: ipaddress.IPv4Address) -> Wired | None:
+    """The pair exactly as ``wire_pod`` leaves it, or None if anything is missing or differs."""
+    if not os.path.exists(netns):
+        return None
+    with _netlink("read the veth pair"), IPRoute() as host:
+        idx = _index(host, host_ifname)
+        link = None if idx is None else host.get_links(idx)[0]
+        if link is None or not _host_side_ok(link, host_ifname):
+            return None
+        with _in_netns(netns) as pod:
+            pod_mac = _pod_side_mac(pod, pod_ifname, address, idx, link.get_attr("IFLA_LINK"))
+    return None if pod_mac is None else Wired(host_ifname, HOST_MAC, pod_ifname, pod_mac)
 
 
 def unwire_pod(netns: str | None, pod_ifname: str, host_ifname: str | None) -> None:
@@ -108,6 +127,31 @@ def _configure_pod(netns: str, tmp: str, ifname: str, address: ipaddress.IPv4Add
         return pod.get_links(idx)[0].get_attr("IFLA_ADDRESS")
 
 
+def _host_side_ok(link, ifname: str) -> bool:
+    info = link.get_attr("IFLA_LINKINFO")
+    return (info is not None and info.get_attr("IFLA_INFO_KIND") == "veth"
+            and link.get_attr("IFLA_ADDRESS") == HOST_MAC and bool(link["flags"] & IFF_UP)
+            and all(_read_sysctl(path.format(ifname)) == value for path, value in _HOST_SYSCTLS))
+
+
+def _pod_side_mac(pod: IPRoute, ifname: str, address: ipaddress.IPv4Address, host_idx: int,
+                  peer_idx: int | None) -> str | None:
+    """The pod end's MAC if it is the host end's peer, up, with only ``address``/32 and both routes."""
+    idx = _index(pod, ifname)
+    if idx is None or idx != peer_idx:  # no interface, or someone else's (not our host end's peer)
+        return None
+    link = pod.get_links(idx)[0]
+    addrs = [(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+             for a in pod.get_addr(family=socket.AF_INET, index=idx)]
+    routes = {(r.get_attr("RTA_DST"), r["dst_len"], r.get_attr("RTA_GATEWAY"))
+              for r in pod.get_routes(family=socket.AF_INET, table=254, oif=idx)}
+    lo = pod.get_links(_index(pod, "lo"))[0]
+    complete = (link.get_attr("IFLA_LINK") == host_idx and bool(link["flags"] & IFF_UP)
+                and bool(lo["flags"] & IFF_UP) and addrs == [(str(address), 32)]
+                and {(GATEWAY, 32, None), (None, 0, GATEWAY)} <= routes)
+    return link.get_attr("IFLA_ADDRESS") if complete else None
+
+
 def _remove_stale(host: IPRoute, host_ifname: str) -> None:
     # Same pod name, earlier sandbox whose DEL never came: Calico replaces it too.
     if _delete_link(host, host_ifname):
@@ -129,6 +173,14 @@ def _delete_link(ipr: IPRoute, ifname: str) -> bool:
 def _index(ipr: IPRoute, ifname: str) -> int | None:
     found = ipr.link_lookup(ifname=ifname)
     return found[0] if found else None
+
+
+def _read_sysctl(path: str) -> str | None:
+    try:
+        with open(f"/proc/sys/{path}") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
 
 
 def _write_sysctl(path: str, value: str) -> None:

@@ -17,9 +17,12 @@ TIMEOUT = 60.0
 
 def delegate(command: str, inv: Invocation, conf: NetConf,
              env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-    """Run the IPAM plugin for ``command``; its parsed result (ADD), None (DEL/CHECK), or CNIError."""
+    """Run the IPAM plugin for ``command``; its parsed result (ADD), None (DEL/CHECK), or CNIError.
+
+    The plugin gets the invocation's environment (``env`` overrides it) with CNI_COMMAND set.
+    """
     plugin = find_plugin(conf.ipam_type, inv.path)
-    child_env = {**(os.environ if env is None else env), "CNI_COMMAND": command}
+    child_env = {**(inv.environ if env is None else env), "CNI_COMMAND": command}
     try:
         proc = subprocess.run([plugin], input=conf.raw, env=child_env, capture_output=True,
                               timeout=TIMEOUT)

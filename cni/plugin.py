@@ -2,7 +2,12 @@
 
 ADD: address from the delegated IPAM plugin -> veth pair (``cni.dataplane``) -> WorkloadEndpoint.
 Each step registers its undo; a failure runs them in reverse, so a failed ADD leaves nothing behind.
-The host /32 route is not ours: felix programs it from the WorkloadEndpoint.
+Releasing the address is retried while the datastore is unreachable (a short etcd outage must not
+leak it). The host /32 route is not ours: felix programs it from the WorkloadEndpoint.
+ADD is idempotent per container ID (runtimes repeat it after a timeout): the IPAM handle returns the
+address it holds, a pod already wired with it is left alone (same veth, same ifindex) and a half
+wired one is wired again; if an earlier ADD of this container completed, a failure of the repeat
+releases nothing (the runtime's DEL does).
 DEL is idempotent: the pod end of the veth (which takes the host end along), the IPAM handle, and
 the WorkloadEndpoint if it still belongs to this container (a newer sandbox of the same pod keeps
 its endpoint and interface).
@@ -16,11 +21,15 @@ import sys
 from contextlib import ExitStack
 from typing import Any
 
+import tenacity
+
 from cni import dataplane
 from cni.common import open_datastore
 from cni.config import Invocation, NetConf
 from cni.delegate import delegate
-from cni.errors import CHECK_FAILED, DELEGATE_FAILURE, INVALID_ENV, UNKNOWN_CONTAINER, CNIError
+from cni.errors import (
+    CHECK_FAILED, DELEGATE_FAILURE, INVALID_ENV, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CNIError,
+)
 from cni.names import host_ifname, wep_name
 from cni.runtime import run
 from crds import ObjectMeta, WorkloadEndpoint
@@ -39,13 +48,19 @@ def cmd_add(inv: Invocation, conf: NetConf) -> dict[str, Any]:
         raise CNIError(UNKNOWN_CONTAINER, f"network namespace {inv.netns} does not exist")
     host = host_ifname(namespace, pod)
     with open_datastore(conf) as ds, ExitStack() as undo:
+        done_before = _own_wep(ds, conf, inv, namespace, pod)  # an earlier ADD of this container
         ipam_result = delegate("ADD", inv, conf)
-        undo.callback(_best_effort, "release the address", delegate, "DEL", inv, conf)
+        if done_before is None:
+            undo.callback(_best_effort, "release the address", release_address, inv, conf)
         address = _single_ipv4(ipam_result)
-        wired = dataplane.wire_pod(host, inv.netns, inv.ifname, address)
-        undo.callback(_best_effort, "remove the veth", dataplane.unwire_pod, inv.netns,
-                      inv.ifname, host)
-        ds.apply(workload_endpoint(inv, conf, wired, address))
+        wired = dataplane.wired_pod(host, inv.netns, inv.ifname, address)
+        if wired is None:  # not wired yet, or only half: wire it (again) with this address
+            wired = dataplane.wire_pod(host, inv.netns, inv.ifname, address)
+            undo.callback(_best_effort, "remove the veth", dataplane.unwire_pod, inv.netns,
+                          inv.ifname, host)
+        wep = workload_endpoint(inv, conf, wired, address)
+        if not _same_wep(done_before, wep):
+            ds.apply(wep)
         undo.pop_all()  # success: keep everything
     log.info("cni add done", extra={"pod": f"{namespace}/{pod}", "ip": str(address), "if": host})
     return add_result(conf.cni_version, inv, wired, address, ipam_result)
@@ -126,6 +141,42 @@ def _current_wep(ds: Datastore, conf: NetConf, inv: Invocation, namespace: str,
         return None
     assert isinstance(wep, WorkloadEndpoint), "Bug: datastore returned a non-endpoint"
     return wep
+
+
+def _own_wep(ds: Datastore, conf: NetConf, inv: Invocation, namespace: str,
+             pod: str) -> WorkloadEndpoint | None:
+    wep = _current_wep(ds, conf, inv, namespace, pod)
+    return wep if wep is not None and wep.spec.container_id == inv.container_id else None
+
+
+def _same_wep(stored: WorkloadEndpoint | None, wanted: WorkloadEndpoint) -> bool:
+    return (stored is not None and stored.spec == wanted.spec
+            and stored.metadata.labels == wanted.metadata.labels)
+
+
+RELEASE_DEADLINE = 20.0  # seconds: rides out a short datastore outage (an etcd restart, an election)
+
+
+def release_address(inv: Invocation, conf: NetConf) -> None:
+    """The IPAM plugin's DEL, retried with backoff while it says "try again later" (code 11).
+
+    Undo of a failed ADD: if it gave up at once, an etcd that is unreachable for a few seconds
+    would leak the address. A retried ADD never takes a second one (the handle keeps it).
+    """
+    for attempt in tenacity.Retrying(
+            retry=tenacity.retry_if_exception(
+                lambda exc: isinstance(exc, CNIError) and exc.code == TRY_AGAIN_LATER),
+            stop=tenacity.stop_after_delay(RELEASE_DEADLINE),
+            wait=tenacity.wait_exponential_jitter(initial=0.2, max=2.0),
+            before_sleep=_log_release_retry, reraise=True):
+        with attempt:
+            delegate("DEL", inv, conf)
+
+
+def _log_release_retry(state: tenacity.RetryCallState) -> None:
+    level = logging.WARNING if state.attempt_number == 1 else logging.DEBUG
+    log.log(level, "releasing the address failed; retrying", extra={
+        "attempt": state.attempt_number, "reason": str(state.outcome.exception())})
 
 
 def _single_ipv4(result: dict[str, Any] | None) -> ipaddress.IPv4Address:

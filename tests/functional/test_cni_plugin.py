@@ -9,9 +9,12 @@ addressed from the root namespace.
 """
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
+import logging
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -23,6 +26,8 @@ import pytest
 from pyroute2 import netns as pyroute2_netns
 
 import datastore
+from cni import dataplane, plugin, runtime
+from cni.errors import DATAPLANE_FAILURE, CNIError
 from cni.names import handle_id, host_ifname, wep_name
 from crds import IPPool, ObjectMeta
 from ipam import IPAM
@@ -88,7 +93,7 @@ def lab(netns, procs, tmp_path):
     veth_between(node, "eth0", "10.99.0.1/24", fabric, "eth0", "10.99.0.254/24")
     _ip(node, "route", "add", "default", "via", "10.99.0.254")
     url = f"http://127.0.0.1:{ETCD_PORT}"
-    procs.add(subprocess.Popen(
+    etcd = procs.add(subprocess.Popen(  # ip netns exec execs etcd: this PID is etcd's
         ["ip", "netns", "exec", node, "etcd", "--name", "t", "--data-dir", str(tmp_path / "etcd"),
          "--listen-client-urls", url, "--advertise-client-urls", url,
          "--listen-peer-urls", "http://127.0.0.1:2380",
@@ -97,22 +102,26 @@ def lab(netns, procs, tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     relay = NetnsRelay(node, ETCD_PORT)
     wait_for(lambda: etcd_healthy(f"http://127.0.0.1:{relay.port}", timeout=1), timeout=20, what="etcd in the node namespace")
-    ds = datastore.connect("etcdv3", etcd_endpoints=f"http://127.0.0.1:{relay.port}")
+    relay_url = f"http://127.0.0.1:{relay.port}"
+    ds = datastore.connect("etcdv3", etcd_endpoints=relay_url)
     ds.create(IPPool(metadata=ObjectMeta(name="default-ipv4-ippool"),
                      spec={"cidr": "10.244.0.0/16", "blockSize": 26}))
     ds.create(IPPool(metadata=ObjectMeta(name="tiny"), spec={"cidr": "10.250.0.0/30",
                                                               "blockSize": 30}))
     try:
-        yield Lab(node, netns, ds, url, tmp_path / "run")
+        yield Lab(node, netns, ds, url, tmp_path / "run", etcd.pid, relay_url)
     finally:
         ds.close()
         relay.close()
 
 
 class Lab:
-    def __init__(self, node: str, netns, ds, url: str, run_root: Path) -> None:
+    def __init__(self, node: str, netns, ds, url: str, run_root: Path, etcd_pid: int,
+                 relay_url: str) -> None:
         self.node, self.netns, self.ds, self.url = node, netns, ds, url
         self.run_root = run_root  # the IPAM lock lives here, not in the machine's /run/pycalico
+        self.etcd_pid = etcd_pid
+        self.relay_url = relay_url  # etcd as seen from the root namespace (the test process)
 
     def conf(self, pools=("default-ipv4-ippool",), **extra) -> dict:
         return {"cniVersion": "1.0.0", "name": NETWORK, "type": "pycalico-cni",
@@ -259,6 +268,81 @@ def test_log_file_and_ipam_lock_are_private_under_umask_000(lab, tmp_path):
     text = log_file.read_text()
     assert text.count("cni ADD") == 2 and "cni_args=" in text
     assert lab.cni("DEL", "c1", f"/var/run/netns/{pod_ns}", conf=conf, umask=0)[0] == 0
+
+
+def _allocations(ds) -> int:
+    return sum(idx is not None for b in ds.list("IPAMBlock").items for idx in b.spec.allocations)
+
+
+def test_repeated_add_is_idempotent(lab):
+    """Regression: a second ADD for the same container took a second address and re-plumbed the pod."""
+    pod_ns = lab.netns("pod")
+    path, host = f"/var/run/netns/{pod_ns}", host_ifname("default", "pod-1")
+    wep = lambda: lab.ds.get("WorkloadEndpoint", wep_name(NODE, "pod-1", "eth0"), "default")  # noqa: E731
+    rc, first, err = lab.cni("ADD", "c1", path)
+    assert rc == 0, (first, err)
+    address = ipaddress.ip_interface(first["ips"][0]["address"]).ip
+    ifindex, revision = lab.links(lab.node)[host]["ifindex"], wep().metadata.resource_version
+
+    rc, again, err = lab.cni("ADD", "c1", path)
+    assert (rc, again) == (0, first), err
+    assert IPAM(lab.ds).addresses(handle_id(NETWORK, "c1")) == [address]
+    assert _allocations(lab.ds) == 1
+    assert lab.links(lab.node)[host]["ifindex"] == ifindex, "a wired pod was torn down"
+    assert wep().metadata.resource_version == revision, "an unchanged endpoint was rewritten"
+
+    # Half wired (the pod lost its default route): wired again, with the same address.
+    _ip(pod_ns, "route", "del", "default")
+    rc, third, err = lab.cni("ADD", "c1", path)
+    assert rc == 0 and third["ips"] == first["ips"], (third, err)
+    assert lab.links(lab.node)[host]["ifindex"] != ifindex
+    assert wep().spec.mac == lab.links(pod_ns)["eth0"]["address"] == third["interfaces"][1]["mac"]
+    assert _allocations(lab.ds) == 1
+    assert lab.cni("CHECK", "c1", path)[0] == 0
+    assert lab.cni("DEL", "c1", path)[0] == 0
+    lab.nothing_left("c1", pod_ns)
+
+
+FREEZE = 13.0  # seconds: longer than the plugins' 10 s etcd timeout, so the first release fails
+
+
+def test_failed_add_releases_its_address_after_an_etcd_outage(lab, monkeypatch, caplog):
+    """Regression: the undo of a failed ADD called the IPAM DEL once; with etcd briefly unreachable
+    that failed and the address leaked. Here the wiring fails and etcd is frozen (SIGSTOP) at that
+    moment; the plugin runs in-process so the failure is injected at our seam, the IPAM plugin it
+    delegates to is the real pycalico-ipam process."""
+    pod_ns = lab.netns("pod")
+    assert Path(f"/proc/{lab.etcd_pid}/comm").read_text().strip() == "etcd"
+    env = {**os.environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0",
+           "CNI_NETNS": f"/var/run/netns/{pod_ns}", "CNI_PATH": BIN,
+           "PYCALICO_RUN_ROOT": str(lab.run_root),
+           "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-1"}
+    conf = {**lab.conf(), "etcd_endpoints": lab.relay_url}
+    thawed = threading.Event()
+    thaw = threading.Timer(FREEZE, lambda: (os.kill(lab.etcd_pid, signal.SIGCONT), thawed.set()))
+
+    def wire_while_etcd_freezes(*args):
+        os.kill(lab.etcd_pid, signal.SIGSTOP)
+        thaw.start()
+        raise CNIError(DATAPLANE_FAILURE, "injected: wiring failed")
+
+    monkeypatch.setattr(dataplane, "wire_pod", wire_while_etcd_freezes)
+    caplog.set_level(logging.WARNING)
+    out = io.StringIO()
+    try:
+        rc = runtime.run({"ADD": plugin.cmd_add}, stdin=json.dumps(conf).encode(), env=env,
+                         stdout=out, configure_logging=False)
+    finally:
+        thaw.cancel()
+        os.kill(lab.etcd_pid, signal.SIGCONT)
+    result = json.loads(out.getvalue())
+    assert rc == 1 and result["code"] == DATAPLANE_FAILURE and "injected" in result["msg"]
+    wait_for(lambda: etcd_healthy(lab.relay_url, timeout=1), timeout=10, what="etcd answering")
+    assert IPAM(lab.ds).addresses(handle_id(NETWORK, "c1")) == [], "the address leaked"
+    assert _allocations(lab.ds) == 0
+    # And it was the outage the release rode out: a first attempt failed, a retry succeeded later.
+    assert [r for r in caplog.records if "retrying" in r.getMessage()], "no release met the outage"
+    assert thawed.is_set(), "the ADD returned while etcd was still frozen"
 
 
 def _exhaust_tiny(lab):

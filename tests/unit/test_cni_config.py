@@ -203,3 +203,53 @@ def test_node_lock_is_private_whatever_the_umask(tmp_path, monkeypatch):
     for node in ("node1", "node2"):
         assert mode(tmp_path / "run" / node) == "0o700"
         assert mode(tmp_path / "run" / node / "ipam.lock") == "0o600"
+
+
+def test_delegate_passes_the_invocations_environment(tmp_path):
+    """The IPAM plugin sees the env the invocation came with (in-process runs pass their own)."""
+    from cni.delegate import delegate
+    plugin = tmp_path / "echo-ipam"
+    plugin.write_text('#!/bin/sh\necho "{\\"cid\\": \\"$CNI_CONTAINERID\\", \\"cmd\\": \\"$CNI_COMMAND\\"}"\n')
+    plugin.chmod(0o755)
+    inv = config.parse_env({**ENV, "CNI_CONTAINERID": "from-inv", "CNI_PATH": str(tmp_path)})
+    conf = config.parse_netconf(json.dumps({**CONF, "ipam": {"type": "echo-ipam"}}).encode())
+    assert delegate("ADD", inv, conf) == {"cid": "from-inv", "cmd": "ADD"}
+
+
+class FlakyDelegate:
+    def __init__(self, *errors: CNIError) -> None:
+        self.errors, self.calls = list(errors), 0
+
+    def __call__(self, command, inv, conf):
+        assert command == "DEL"
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+
+
+def _inv_conf():
+    return config.parse_env(ENV), config.parse_netconf(json.dumps(CONF).encode())
+
+
+def test_release_after_failed_add_retries_while_the_datastore_is_unreachable(monkeypatch, caplog):
+    from cni import plugin
+    flaky = FlakyDelegate(CNIError(11, "etcd down"), CNIError(11, "etcd down"))
+    monkeypatch.setattr(plugin, "delegate", flaky)
+    plugin.release_address(*_inv_conf())
+    assert flaky.calls == 3
+    assert [r.levelname for r in caplog.records if "retrying" in r.getMessage()][:1] == ["WARNING"]
+
+
+def test_release_after_failed_add_gives_up(monkeypatch):
+    from cni import plugin
+    permanent = FlakyDelegate(CNIError(7, "bad config"))
+    monkeypatch.setattr(plugin, "delegate", permanent)
+    with pytest.raises(CNIError, match="bad config"):
+        plugin.release_address(*_inv_conf())
+    assert permanent.calls == 1  # not "try again later": not retried
+    endless = FlakyDelegate(*[CNIError(11, "etcd down")] * 1000)
+    monkeypatch.setattr(plugin, "delegate", endless)
+    monkeypatch.setattr(plugin, "RELEASE_DEADLINE", 0.5)
+    with pytest.raises(CNIError, match="etcd down"):
+        plugin.release_address(*_inv_conf())
+    assert 1 < endless.calls < 10  # bounded
