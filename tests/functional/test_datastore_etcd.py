@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import threading
 from collections.abc import Iterator
 
@@ -143,3 +145,39 @@ def test_connection_loss_is_unavailable(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_frozen_etcd_ends_the_watch_within_seconds(tmp_path):
+    """Regression (issue 5, defect 11): a frozen or partitioned etcd (SIGSTOP here) kept a quiet
+    watch looking healthy for 68 s -- gRPC's ping timeout, not the keepalive timeout, applied."""
+    proc, endpoint = start_etcd(str(tmp_path / "etcd"))
+    ds = EtcdDatastore(endpoint, timeout=2)
+    stop = threading.Event()
+    failure: list[Unavailable] = []
+    thread = None
+    try:
+        created = ds.create(pool("a"))
+        seen: list[str] = []
+
+        def consume() -> None:
+            try:
+                for event in ds.watch(["IPPool"], int(created.metadata.resource_version), stop):
+                    seen.append(event.type)
+            except Unavailable as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        ds.update(relabel(created, colour="blue"))
+        wait_for(lambda: seen == ["MODIFIED"], timeout=5, what="the watch to be established")
+        os.kill(proc.pid, signal.SIGSTOP)
+        wait_for(lambda: failure, timeout=30, interval=0.2, what="the watch to notice the frozen etcd")
+        assert "ping timeout" in str(failure[0])
+    finally:
+        stop.set()
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait()
+        if thread is not None:
+            thread.join(timeout=10)
+        ds.close()
