@@ -174,6 +174,7 @@ class Speaker:
         self._stopping = False
         self.refused_connections = 0
         self._status = SpeakerStatus("stopped", None, "not started")
+        self._restart_cause = ""  # why the current child replaced the last one, until it is up
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -289,7 +290,11 @@ class Speaker:
         finally:
             os.close(logfd)
         self._spawned_text = self._config_text
-        self._set_status("starting", f"exabgp pid {self._proc.pid} waiting for its relay")
+        waiting = f"exabgp pid {self._proc.pid} waiting for its relay"
+        if self._restart_cause:  # keep saying why until the new child is up
+            self._set_status("restarting", f"{self._restart_cause}; {waiting}")
+        else:
+            self._set_status("starting", waiting)
         self._arm_relay_deadline(self._proc)
         log.info("started exabgp", extra={"node": self._node, "pid": self._proc.pid})
 
@@ -313,6 +318,7 @@ class Speaker:
         if self._stopping or self._proc is not proc or proc.returncode is not None:
             return
         log.error("restarting exabgp", extra={"node": self._node, "pid": proc.pid, "reason": reason})
+        self._restart_cause = reason
         self._set_status("restarting", reason)
         self._all_peers_down(f"down: {reason}")
         proc.kill()  # SIGKILL: its sessions are gone anyway; peers keep our routes (GR)
@@ -330,7 +336,8 @@ class Speaker:
             log.error("exabgp exited", extra={"node": self._node, "code": code, "log": str(self._run_dir)})
             await self._drop_connection()
             if self._status.state != "restarting":  # keep the first cause (e.g. relay lost)
-                self._set_status("restarting", f"exabgp exited with code {code}")
+                self._restart_cause = f"exabgp exited with code {code}"
+                self._set_status("restarting", self._restart_cause)
                 self._all_peers_down(f"down: exabgp exited with code {code}")
             delay = _RESTART_BACKOFF[0] if time.monotonic() - began > 60 else delay
             await asyncio.sleep(delay)
@@ -366,6 +373,7 @@ class Speaker:
         conn = _Conn(protocol.Channel(), writer, asyncio.current_task(), proc.pid if proc else None)
         self._conn = conn
         self._cancel_timer("relay")
+        self._restart_cause = ""
         self._set_status("running", f"exabgp pid {conn.child_pid}")
         self._outbox.clear()  # commands meant for an ExaBGP that is gone; peers resync on 'up'
         conn.task = asyncio.create_task(self._write_loop(conn), name=f"bgp-write-{self._node}")

@@ -252,7 +252,8 @@ def test_killed_relay_is_detected_reported_and_repaired(pair, loop_thread):
     os.kill(relay, signal.SIGKILL)
     wait_for(lambda: not _up(lt, sa), 5, what="a reports its session down")
     assert "relay" in _state(lt, sa)[0].info
-    assert lt.call(sa.status).state in ("restarting", "starting")
+    status = lt.call(sa.status)
+    assert status.state == "restarting" and "relay connection" in status.reason  # why, until up
     # meanwhile a keeps b's block (stale, graceful restart): the kernel route stays
     assert _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}
     wait_for(lambda: _up(lt, sa) and _up(lt, sb), 30, what="sessions re-established")
