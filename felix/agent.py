@@ -369,9 +369,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as exc:
         print(f"pycalico-node: {exc}", file=sys.stderr)
         return 2
-    if cfg.run_dir.parent == RUN_ROOT:
-        hostio.private_dir(RUN_ROOT)  # 0700 even if an older version or a loose umask made it
-    hostio.private_dir(cfg.run_dir)
+    try:
+        if cfg.run_dir.parent == RUN_ROOT:
+            hostio.private_dir(RUN_ROOT)  # 0700 even if an older version or a loose umask made it
+        hostio.private_dir(cfg.run_dir)
+    except OSError as exc:  # UnsafePath included: a symlink, or a directory of another user
+        print(f"pycalico-node: --run-dir: {exc}", file=sys.stderr)
+        return 2
     enable_forwarding()
     for attempt in itertools.count():
         try:

@@ -159,3 +159,17 @@ def test_quiet_agent_does_no_work_and_reports_the_datastore_state(netns, procs, 
     start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
     wait_for(lambda: status_of(node, tmp_path)["datastore"]["state"] == "connected", timeout=45,
              what="node status to show the datastore connected again")
+
+
+def test_a_run_dir_that_is_a_symlink_is_refused_with_one_line(tmp_path):
+    """The agent's sockets and the config ExaBGP executes live there: never follow a symlink."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "run").symlink_to(tmp_path / "elsewhere")
+    out = subprocess.run([str(BIN / "pycalico-node"), "--name", "n1", "--ip", "10.98.0.1/24",
+                          "--datastore-type", "memory", "--run-dir", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("pycalico-node:")]
+    assert len(lines) == 1 and "--run-dir" in lines[0] and "symlink" in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+    assert list((tmp_path / "elsewhere").iterdir()) == []
