@@ -409,15 +409,21 @@ class Speaker:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        for task in (conn.task, conn.reader_task):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if conn.task is not None:
+            conn.task.cancel()  # our writer task: never the caller (it only writes)
+            await asyncio.gather(conn.task, return_exceptions=True)
         conn.writer.close()
         try:
             await conn.writer.wait_closed()
         except ConnectionError as exc:
             log.debug("relay socket closed with error", extra={"error": str(exc)})
+        # The reader is the server's handler task: closing the socket ends it with EOF. Cancelling
+        # it makes asyncio (3.11) log an error for a connection that closed normally.
+        reader = conn.reader_task
+        if reader is not None and reader is not asyncio.current_task():
+            _, pending = await asyncio.wait({reader}, timeout=STOP_TIMEOUT)
+            for task in pending:  # should not happen: a reader that ignores EOF
+                task.cancel()
 
     def _send(self, lines: Iterable[str]) -> None:
         self._outbox.extend(lines)

@@ -302,6 +302,7 @@ def test_hung_exabgp_is_detected_and_restarted(pair, loop_thread):
     stopped = None
     try:
         wait_for(lambda: _up(lt, sa) and _up(lt, sb), 20, what="sessions up")
+        wait_for(lambda: _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}, 10, what="a learns b's block")
         wait_for(lambda: lt.call(sa.status).state == "running", 5, what="a's relay connected")
         stopped = lt.call(lambda: sa.child_pid)
         os.kill(stopped, signal.SIGSTOP)
