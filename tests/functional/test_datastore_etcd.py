@@ -109,30 +109,37 @@ def test_bad_endpoints_are_rejected(endpoints):
         EtcdDatastore(endpoints)
 
 
+class WatchThread:
+    """Follows ``ds.watch`` from ``created`` in a thread, recording event types, or the
+    Unavailable that ended it; returns once the watch is established (one event seen)."""
+
+    def __init__(self, ds: EtcdDatastore, created, stop: threading.Event) -> None:
+        self.seen: list[str] = []
+        self.failure: list[Unavailable] = []
+        self.thread = threading.Thread(target=self._consume, args=(ds, created, stop))
+        self.thread.start()
+        ds.update(relabel(created, colour="blue"))
+        wait_for(lambda: self.seen == ["MODIFIED"], timeout=5, what="the watch to be established")
+
+    def _consume(self, ds: EtcdDatastore, created, stop: threading.Event) -> None:
+        try:
+            for event in ds.watch(["IPPool"], int(created.metadata.resource_version), stop):
+                self.seen.append(event.type)
+        except Unavailable as exc:
+            self.failure.append(exc)
+
+
 def test_connection_loss_is_unavailable(tmp_path):
     proc, endpoint = start_etcd(str(tmp_path / "etcd"))
     ds = EtcdDatastore(endpoint, timeout=2)
     stop = threading.Event()
     try:
         created = ds.create(pool("a"))
-        seen: list[str] = []
-        failure: list[Unavailable] = []
-
-        def consume() -> None:
-            try:
-                for event in ds.watch(["IPPool"], int(created.metadata.resource_version), stop):
-                    seen.append(event.type)
-            except Unavailable as exc:
-                failure.append(exc)
-
-        thread = threading.Thread(target=consume)
-        thread.start()
-        ds.update(relabel(created, colour="blue"))
-        wait_for(lambda: seen == ["MODIFIED"], timeout=5, what="the watch to be established")
+        watch = WatchThread(ds, created, stop)
         proc.kill()
         proc.wait()
-        thread.join(timeout=5)
-        assert not thread.is_alive() and failure, "the watch must end with Unavailable"
+        watch.thread.join(timeout=5)
+        assert not watch.thread.is_alive() and watch.failure, "the watch must end with Unavailable"
         for call in (lambda: ds.get("IPPool", "a"), lambda: ds.list("IPPool"),
                      lambda: ds.create(pool("b")), lambda: ds.delete("IPPool", "a")):
             with pytest.raises(Unavailable):
@@ -153,31 +160,18 @@ def test_a_frozen_etcd_ends_the_watch_within_seconds(tmp_path):
     proc, endpoint = start_etcd(str(tmp_path / "etcd"))
     ds = EtcdDatastore(endpoint, timeout=2)
     stop = threading.Event()
-    failure: list[Unavailable] = []
-    thread = None
+    watch = None
     try:
-        created = ds.create(pool("a"))
-        seen: list[str] = []
-
-        def consume() -> None:
-            try:
-                for event in ds.watch(["IPPool"], int(created.metadata.resource_version), stop):
-                    seen.append(event.type)
-            except Unavailable as exc:
-                failure.append(exc)
-
-        thread = threading.Thread(target=consume)
-        thread.start()
-        ds.update(relabel(created, colour="blue"))
-        wait_for(lambda: seen == ["MODIFIED"], timeout=5, what="the watch to be established")
+        watch = WatchThread(ds, ds.create(pool("a")), stop)
         os.kill(proc.pid, signal.SIGSTOP)
-        wait_for(lambda: failure, timeout=30, interval=0.2, what="the watch to notice the frozen etcd")
-        assert "ping timeout" in str(failure[0])
+        wait_for(lambda: watch.failure, timeout=30, interval=0.2,
+                 what="the watch to notice the frozen etcd")
+        assert "ping timeout" in str(watch.failure[0])
     finally:
         stop.set()
         os.kill(proc.pid, signal.SIGCONT)
         proc.kill()
         proc.wait()
-        if thread is not None:
-            thread.join(timeout=10)
+        if watch is not None:
+            watch.thread.join(timeout=10)
         ds.close()
