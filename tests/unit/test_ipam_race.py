@@ -44,31 +44,40 @@ def run_race(ds_for_thread, nodes: list[str], pool_cidr: str = "10.77.0.0/25",
         IPPool(metadata=ObjectMeta(name="race"), spec={"cidr": pool_cidr, "blockSize": block_size}))
     barrier = threading.Barrier(len(nodes))
     got: dict[int, list[tuple[str, ipaddress.IPv4Address]]] = {i: [] for i in range(len(nodes))}
-    errors: list[BaseException] = []
 
     def worker(i: int, node: str) -> None:
         ipam = IPAM(ds_for_thread(i), max_retries=50)
         barrier.wait()
+        for n in range(10_000):
+            handle = f"{node}.{i}.{n}"
+            try:
+                got[i].append((handle, ipam.assign(node=node, handle=handle)))
+            except RetriesExhausted:
+                continue  # transient by contract; correctness is what we check
+            except PoolExhausted:
+                return
+
+    run_threads(worker, list(enumerate(nodes)))
+    return got
+
+
+def run_threads(target, arg_lists: list[tuple]) -> None:
+    """``target(*args)`` in one thread per args tuple; fail on a hung worker or any worker error."""
+    errors: list[BaseException] = []
+
+    def guarded(*args) -> None:
         try:
-            for n in range(10_000):
-                handle = f"{node}.{i}.{n}"
-                try:
-                    got[i].append((handle, ipam.assign(node=node, handle=handle)))
-                except RetriesExhausted:
-                    continue  # transient by contract; correctness is what we check
-                except PoolExhausted:
-                    return
+            target(*args)
         except BaseException as exc:  # surfaced to the test below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(i, n)) for i, n in enumerate(nodes)]
+    threads = [threading.Thread(target=guarded, args=args) for args in arg_lists]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads), "a worker hung"
     assert not errors, errors
-    return got
 
 
 def check_race(ds: Datastore, nodes: list[str], got: dict, pool_cidr: str = "10.77.0.0/25") -> None:
@@ -115,30 +124,19 @@ def run_overlap_race(ds_for_thread, plan: list[tuple[str, str]]) -> list[tuple[s
     ds.create(IPPool(metadata=ObjectMeta(name="inner"), spec={"cidr": "10.78.0.0/26", "blockSize": 28}))
     barrier = threading.Barrier(len(plan))
     got: list[tuple[str, object]] = []
-    errors: list[BaseException] = []
 
     def worker(i: int, node: str, pool: str) -> None:
         ipam = IPAM(ds_for_thread(i), max_retries=50)
         barrier.wait()
-        try:
-            for n in range(1000):
-                try:
-                    got.append((f"{i}.{n}", ipam.assign(node=node, handle=f"{i}.{n}", pools=[pool])))
-                except RetriesExhausted:
-                    continue
-                except PoolExhausted:
-                    return
-        except BaseException as exc:  # surfaced to the test below
-            errors.append(exc)
+        for n in range(1000):
+            try:
+                got.append((f"{i}.{n}", ipam.assign(node=node, handle=f"{i}.{n}", pools=[pool])))
+            except RetriesExhausted:
+                continue
+            except PoolExhausted:
+                return
 
-    threads = [threading.Thread(target=worker, args=(i, node, pool))
-               for i, (node, pool) in enumerate(plan)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a worker hung"
-    assert not errors, errors
+    run_threads(worker, [(i, node, pool) for i, (node, pool) in enumerate(plan)])
     return got
 
 
