@@ -232,7 +232,11 @@ class Agent:
             local_asn=asn, listen_port=port, run_dir=self.cfg.run_dir,
             on_change=lambda: self._request("event"),
         )
-        await speaker.start()
+        try:
+            await speaker.start()
+        except BaseException:
+            await speaker.stop()  # a half-started speaker (socket bound, no child) must not linger
+            raise
         self.speaker = speaker
         return speaker
 
