@@ -41,6 +41,10 @@ class Unavailable(DatastoreError):
     """Transient: the backend could not be reached. Retry after a delay."""
 
 
+class Rejected(DatastoreError):
+    """Permanent: the backend refused the request or the object as invalid (HTTP 400/415/422)."""
+
+
 @dataclass(frozen=True)
 class Listing:
     items: list[Resource]
