@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from crds.duration import parse_duration
+from crds.selector import SelectorError, parse_selector
 
 API_VERSION = "projectcalico.org/v3"
 DEFAULT_ASN = 64512
@@ -67,11 +68,30 @@ class ObjectMeta(BaseModel):
         return v
 
 
+def check_selector(v: str) -> str:
+    """A Calico selector, syntax-checked now so a typo is refused at apply, not ignored at runtime."""
+    try:
+        parse_selector(v)
+    except SelectorError as exc:
+        raise ValueError(f"{v!r} is not a valid selector: {exc}") from None
+    return v
+
+
+_ASN_RE = re.compile(r"^(\d+)(?:\.(\d+))?$")
+
+
 def _parse_asn(v: Any) -> int:
-    """Calico accepts a plain 32-bit number or the dotted form ``high.low``."""
-    if isinstance(v, str) and "." in v:
-        high, _, low = v.partition(".")
-        v = (int(high) << 16) + int(low)
+    """Calico accepts a plain 32-bit number or the dotted form ``high.low`` (each half 0-65535)."""
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise ValueError(f"{v!r} is not an AS number (a number, or 'high.low')")
+    match = _ASN_RE.match(v) if isinstance(v, str) else None
+    if isinstance(v, str) and match is None:
+        raise ValueError(f"{v!r} is not an AS number (a number, or 'high.low')")
+    if match and match.group(2) is not None:
+        high, low = int(match.group(1)), int(match.group(2))
+        if high > 0xFFFF or low > 0xFFFF:
+            raise ValueError(f"{v!r}: each half of a dotted AS number is 0-65535")
+        v = (high << 16) + low
     asn = int(v)
     if not 0 < asn < 2**32:
         raise ValueError("AS number must be between 1 and 4294967295")
@@ -98,6 +118,11 @@ class IPPoolSpec(_Wire):
     allowed_uses: list[Literal["Workload", "Tunnel", "LoadBalancer"]] = Field(
         default_factory=lambda: ["Workload", "Tunnel"]
     )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _selector(cls, v: str) -> str:
+        return check_selector(v)
 
     @field_validator("cidr")
     @classmethod
@@ -403,15 +428,23 @@ class BlockAffinity(Resource):
     spec: BlockAffinitySpec
 
 
-KINDS: dict[str, type[Resource]] = {
-    cls.KIND: cls for cls in (IPPool, BGPConfiguration, Node, WorkloadEndpoint, IPAMBlock, BlockAffinity)
-}
-_BY_LOWER = {k.lower(): v for k, v in KINDS.items()} | {v.PLURAL: v for v in KINDS.values()}
+KINDS: dict[str, type[Resource]] = {}
+
+
+def register(*classes: type[Resource]) -> None:
+    """Make kinds known to ``load``/``kind_class`` (and so to the datastore key layout and the CLI).
+    The kinds defined in other crds modules register themselves when ``crds`` is imported."""
+    for cls in classes:
+        KINDS[cls.KIND] = cls
+
+
+register(IPPool, BGPConfiguration, Node, WorkloadEndpoint, IPAMBlock, BlockAffinity)
 
 
 def kind_class(kind: str) -> type[Resource]:
     """Resolve ``IPPool``, ``ippool``, ``ippools`` (as calicoctl does) to the model class."""
-    cls = KINDS.get(kind) or _BY_LOWER.get(kind.lower()) or _BY_LOWER.get(kind.lower() + "s")
+    by_lower = {k.lower(): v for k, v in KINDS.items()} | {v.PLURAL: v for v in KINDS.values()}
+    cls = KINDS.get(kind) or by_lower.get(kind.lower()) or by_lower.get(kind.lower() + "s")
     if cls is None:
         raise InvalidResource(kind, None, "kind", f"unknown kind; known: {', '.join(KINDS)}")
     return cls

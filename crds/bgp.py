@@ -1,0 +1,207 @@
+"""BGPPeer and BGPFilter, with Calico's field names, defaults and validation.
+
+Purely computational; no I/O.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from crds.duration import parse_duration
+from crds.models import _NAME_RE, Resource, _FieldError, _parse_asn, _Wire, check_selector, register
+
+
+def parse_peer_ip(text: str) -> tuple[str, int | None]:
+    """(address, port or None) from Calico's ``ip``, ``ip:port`` or ``[v6]:port``.
+
+    >>> parse_peer_ip("192.168.40.181"), parse_peer_ip("10.0.0.1:1179"), parse_peer_ip("[fd00::1]:179")
+    (('192.168.40.181', None), ('10.0.0.1', 1179), ('fd00::1', 179))
+    """
+    host, port = text, None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{text!r}: an IPv6 peer with a port is written [address]:port")
+        port = _port(rest, text)
+        if ipaddress.ip_address(_address(host, text)).version != 6:
+            raise ValueError(f"{text!r}: only IPv6 addresses go in brackets")
+    elif text.count(":") == 1:
+        host, _, rest = text.partition(":")
+        port = _port(rest, text)
+        if ipaddress.ip_address(_address(host, text)).version != 4:
+            raise ValueError(f"{text!r} is not an IPv4 address with a port")
+    return str(ipaddress.ip_address(_address(host, text))), port
+
+
+def _address(host: str, text: str) -> str:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address, ip:port or [IPv6]:port") from None
+    return host
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 65535:
+        raise ValueError(f"{whole!r}: the port must be a number from 1 to 65535")
+    return int(text)
+
+
+def _dns_name(v: str) -> str:
+    if len(v) > 253 or not _NAME_RE.match(v):
+        raise ValueError(f"{v!r} is not a resource name (lowercase DNS subdomain)")
+    return v
+
+
+# --- BGPPeer ---------------------------------------------------------------------------------------
+
+
+class SecretKeyRef(_Wire):
+    """Kubernetes' SecretKeySelector: the BGP password is the ``key`` entry of Secret ``name``."""
+
+    name: str
+    key: str
+    optional: bool | None = None
+
+
+class BGPPassword(_Wire):
+    secret_key_ref: SecretKeyRef = Field(alias="secretKeyRef")
+
+
+class BGPPeerSpec(_Wire):
+    node: str | None = None
+    node_selector: str | None = None
+    peer_ip: str | None = Field(default=None, alias="peerIP")
+    peer_selector: str | None = None
+    as_number: int | None = Field(default=None, alias="asNumber")
+    password: BGPPassword | None = None
+    keep_original_next_hop: bool = False
+    next_hop_mode: Literal["Auto", "Self", "Keep"] | None = None
+    source_address: Literal["UseNodeIP", "None"] = "UseNodeIP"
+    max_restart_time: str = "120s"
+    num_allowed_local_as_numbers: int | None = Field(default=None, alias="numAllowedLocalASNumbers",
+                                                     ge=0, le=10)
+    ttl_security: int | None = Field(default=None, ge=0, le=255)
+    filters: list[str] = Field(default_factory=list)
+    reverse_peering: Literal["Auto", "Manual"] | None = None
+
+    @field_validator("node_selector", "peer_selector")
+    @classmethod
+    def _selector(cls, v: str | None) -> str | None:
+        return None if v is None else check_selector(v)
+
+    @field_validator("peer_ip")
+    @classmethod
+    def _peer_ip(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_peer_ip(v)
+        return v
+
+    @field_validator("as_number", mode="before")
+    @classmethod
+    def _asn(cls, v: Any) -> int | None:
+        return None if v is None else _parse_asn(v)
+
+    @field_validator("max_restart_time")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)  # the speaker uses it as a timer: a bad value must not get that far
+        return v
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, v: list[str]) -> list[str]:
+        return [_dns_name(name) for name in v]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BGPPeerSpec:
+        if self.node and self.node_selector:
+            raise _FieldError("nodeSelector", "set node or nodeSelector, not both")
+        if self.peer_ip and self.peer_selector:
+            raise _FieldError("peerSelector", "set peerIP or peerSelector, not both")
+        if not self.peer_ip and not self.peer_selector:
+            raise _FieldError("peerIP", "one of peerIP or peerSelector is required")
+        if self.peer_selector and self.as_number is not None:
+            raise _FieldError("asNumber", "must be empty with peerSelector: the selected nodes' "
+                                          "own AS numbers are used")
+        if self.peer_ip and self.as_number is None:
+            raise _FieldError("asNumber", "is required with peerIP (the remote peer's AS)")
+        if self.keep_original_next_hop and self.next_hop_mode not in (None, "Keep"):
+            raise _FieldError("nextHopMode", f"{self.next_hop_mode} contradicts "
+                                             "keepOriginalNextHop: true")
+        return self
+
+    @property
+    def effective_next_hop_mode(self) -> str:
+        """nextHopMode, with the legacy ``keepOriginalNextHop: true`` meaning Keep."""
+        return self.next_hop_mode or ("Keep" if self.keep_original_next_hop else "Auto")
+
+    @property
+    def is_global(self) -> bool:
+        return not self.node and not self.node_selector
+
+
+class BGPPeer(Resource):
+    KIND = "BGPPeer"
+    PLURAL = "bgppeers"
+    kind: str = "BGPPeer"
+    spec: BGPPeerSpec
+
+
+# --- BGPFilter -------------------------------------------------------------------------------------
+
+
+class _FilterRule(_Wire):
+    action: Literal["Accept", "Reject"]
+    match_operator: Literal["Equal", "NotEqual", "In", "NotIn"] | None = None
+    cidr: str | None = None
+
+    VERSION: ClassVar[int] = 4
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            net = ipaddress.ip_network(v, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not a valid CIDR with host bits zero ({exc})") from None
+        if net.version != cls.VERSION:
+            raise ValueError(f"{v} is not an IPv{cls.VERSION} CIDR")
+        return str(net)
+
+    @model_validator(mode="after")
+    def _paired(self) -> _FilterRule:
+        # Calico: a rule matches everything, or a CIDR with an operator; never half of one.
+        if (self.cidr is None) != (self.match_operator is None):
+            missing = "matchOperator" if self.match_operator is None else "cidr"
+            raise _FieldError(missing, "cidr and matchOperator go together (set both or neither)")
+        return self
+
+
+class BGPFilterRuleV4(_FilterRule):
+    VERSION: ClassVar[int] = 4
+
+
+class BGPFilterRuleV6(_FilterRule):
+    VERSION: ClassVar[int] = 6
+
+
+class BGPFilterSpec(_Wire):
+    export_v4: list[BGPFilterRuleV4] = Field(default_factory=list, alias="exportV4")
+    import_v4: list[BGPFilterRuleV4] = Field(default_factory=list, alias="importV4")
+    export_v6: list[BGPFilterRuleV6] = Field(default_factory=list, alias="exportV6")
+    import_v6: list[BGPFilterRuleV6] = Field(default_factory=list, alias="importV6")
+
+
+class BGPFilter(Resource):
+    KIND = "BGPFilter"
+    PLURAL = "bgpfilters"
+    kind: str = "BGPFilter"
+    spec: BGPFilterSpec = Field(default_factory=BGPFilterSpec)
+
+
+register(BGPPeer, BGPFilter)

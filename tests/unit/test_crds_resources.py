@@ -1,0 +1,168 @@
+"""The kinds beyond pools and nodes: BGPPeer, BGPFilter, IPAMHandle, IPReservation, IPAMConfig,
+FelixConfiguration. Calico's YAML loads; bad input names the field and the reason."""
+import pytest
+
+from crds import (BGPFilter, BGPPeer, FelixConfiguration, IPAMConfig, IPAMHandle, InvalidResource,
+                  IPReservation, kind_class, load)
+from crds.bgp import parse_peer_ip
+from datastore.base import key_for
+
+
+def doc(kind, spec=None, name="x"):
+    out = {"apiVersion": "projectcalico.org/v3", "kind": kind, "metadata": {"name": name}}
+    return out if spec is None else {**out, "spec": spec}
+
+
+def peer(**spec):
+    return doc("BGPPeer", spec)
+
+
+def refused(data, field, words):
+    with pytest.raises(InvalidResource) as info:
+        load(data)
+    assert info.value.field == field, str(info.value)
+    assert words in info.value.reason, str(info.value)
+
+
+@pytest.mark.parametrize("kind, cls, plural", [
+    ("BGPPeer", BGPPeer, "bgppeers"), ("BGPFilter", BGPFilter, "bgpfilters"),
+    ("IPAMHandle", IPAMHandle, "ipamhandles"), ("IPReservation", IPReservation, "ipreservations"),
+    ("IPAMConfig", IPAMConfig, "ipamconfigs"), ("FelixConfiguration", FelixConfiguration,
+                                                "felixconfigurations"),
+])
+def test_kinds_resolve_like_calicoctl_and_get_calicos_etcd_key(kind, cls, plural):
+    assert kind_class(kind) is cls and kind_class(kind.lower()) is cls and kind_class(plural) is cls
+    assert key_for(kind, "default") == f"/calico/resources/v3/projectcalico.org/{plural}/default"
+
+
+def test_route_reflector_peer_from_the_article_is_global_and_round_trips():
+    p = load(peer(nodeSelector="all()", peerSelector="route-reflector == 'true'"))
+    assert p.spec.as_number is None and not p.spec.is_global
+    assert p.spec.max_restart_time == "120s" and p.spec.source_address == "UseNodeIP"
+    assert p.spec.effective_next_hop_mode == "Auto"
+    assert load(p.to_dict()) == p
+
+
+def test_explicit_peer_with_dotted_asn_port_and_password():
+    p = load(peer(peerIP="[fd00::1]:1179", asNumber="1.10", node="n1", nextHopMode="Self",
+                  password={"secretKeyRef": {"name": "bgp-secrets", "key": "rr-password"}},
+                  ttlSecurity=1, filters=["export-only-pods"], reversePeering="Manual"))
+    assert p.spec.as_number == 65546 and p.spec.password.secret_key_ref.key == "rr-password"
+    assert load(p.to_dict()) == p
+    assert load(peer(peerIP="10.0.0.1", asNumber=65001, keepOriginalNextHop=True)) \
+        .spec.effective_next_hop_mode == "Keep"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("192.168.40.181", ("192.168.40.181", None)), ("10.0.0.1:1179", ("10.0.0.1", 1179)),
+    ("fd00::1", ("fd00::1", None)), ("[fd00::1]:179", ("fd00::1", 179)),
+])
+def test_peer_ip_forms(text, expected):
+    assert parse_peer_ip(text) == expected
+
+
+@pytest.mark.parametrize("spec, field, words", [
+    ({"peerIP": "10.0.0.1", "peerSelector": "all()"}, "spec.peerSelector", "not both"),
+    ({"node": "n1", "nodeSelector": "all()", "peerIP": "10.0.0.1", "asNumber": 1},
+     "spec.nodeSelector", "not both"),
+    ({}, "spec.peerIP", "required"),
+    ({"peerSelector": "all()", "asNumber": 64512}, "spec.asNumber", "selected nodes"),
+    ({"peerIP": "10.0.0.1"}, "spec.asNumber", "required with peerIP"),
+    ({"peerIP": "10.0.0.1", "asNumber": 0}, "spec.asNumber", "between 1 and 4294967295"),
+    ({"peerIP": "10.0.0.1", "asNumber": 2**32}, "spec.asNumber", "between 1 and 4294967295"),
+    ({"peerIP": "10.0.0.1", "asNumber": "65536.1"}, "spec.asNumber", "0-65535"),
+    ({"peerIP": "10.0.0.1", "asNumber": "sixty"}, "spec.asNumber", "not an AS number"),
+    ({"peerIP": "10.0.0.300", "asNumber": 1}, "spec.peerIP", "not an IP address"),
+    ({"peerIP": "10.0.0.1:0", "asNumber": 1}, "spec.peerIP", "port"),
+    ({"peerIP": "[10.0.0.1]:179", "asNumber": 1}, "spec.peerIP", "IPv6"),
+    ({"peerIP": "fd00::1:179]", "asNumber": 1}, "spec.peerIP", "not an IP address"),
+    ({"peerSelector": "route-reflector = 'true'"}, "spec.peerSelector", "not a valid selector"),
+    ({"peerSelector": "all()", "nodeSelector": "has(x"}, "spec.nodeSelector", "')'"),
+    ({"peerIP": "10.0.0.1", "asNumber": 1, "nextHopMode": "Sometimes"}, "spec.nextHopMode", "Auto"),
+    ({"peerIP": "10.0.0.1", "asNumber": 1, "keepOriginalNextHop": True, "nextHopMode": "Self"},
+     "spec.nextHopMode", "contradicts"),
+    ({"peerIP": "10.0.0.1", "asNumber": 1, "sourceAddress": "Any"}, "spec.sourceAddress", "UseNodeIP"),
+    ({"peerIP": "10.0.0.1", "asNumber": 1, "maxRestartTime": "2 minutes"}, "spec.maxRestartTime",
+     "duration"),
+    ({"peerIP": "10.0.0.1", "asNumber": 1, "ttlSecurity": 256}, "spec.ttlSecurity", "255"),
+    ({"peerIP": "10.0.0.1", "asNumber": 1, "filters": ["Bad_Name"]}, "spec.filters", "resource name"),
+    ({"peerIP": "10.0.0.1", "asNumber": 1, "reversePeering": "Both"}, "spec.reversePeering", "Manual"),
+    ({"peerIP": "10.0.0.1", "asNumber": 1, "password": {"secretKeyRef": {"name": "s"}}},
+     "spec.password.secretKeyRef.key", "required"),
+    ({"peerIP": "10.0.0.1", "asNumber": 1, "peerIp": "10.0.0.2"}, "spec.peerIp", "not permitted"),
+])
+def test_bad_peers_are_refused_naming_the_field(spec, field, words):
+    refused(peer(**spec), field, words)
+
+
+def test_bgp_filter_rules_per_family():
+    f = load(doc("BGPFilter", {
+        "exportV4": [{"action": "Accept", "matchOperator": "In", "cidr": "10.244.0.0/16"},
+                     {"action": "Reject"}],
+        "importV6": [{"action": "Reject", "matchOperator": "NotEqual", "cidr": "fd00::/64"}]}))
+    assert f.spec.export_v4[1].cidr is None and f.spec.import_v6[0].match_operator == "NotEqual"
+    assert load(f.to_dict()) == f
+    assert load(doc("BGPFilter")).spec.export_v4 == []
+
+
+@pytest.mark.parametrize("rule_list, rule, field, words", [
+    ("exportV6", {"action": "Accept", "matchOperator": "In", "cidr": "10.0.0.0/8"}, "cidr", "IPv6"),
+    ("importV4", {"action": "Accept", "matchOperator": "In", "cidr": "fd00::/64"}, "cidr", "IPv4"),
+    ("importV4", {"action": "Accept", "matchOperator": "In", "cidr": "10.0.0.1/8"}, "cidr", "host bits"),
+    ("exportV4", {"action": "Allow"}, "action", "Accept"),
+    ("exportV4", {"action": "Accept", "matchOperator": "Like", "cidr": "10.0.0.0/8"},
+     "matchOperator", "Equal"),
+    ("exportV4", {"action": "Accept", "cidr": "10.0.0.0/8"}, "matchOperator", "go together"),
+    ("exportV4", {"action": "Accept", "matchOperator": "In"}, "cidr", "go together"),
+])
+def test_bad_filter_rules_name_list_index_and_field(rule_list, rule, field, words):
+    refused(doc("BGPFilter", {rule_list: [rule]}), f"spec.{rule_list}.0.{field}", words)
+
+
+def test_ipam_handle_reservation_and_config():
+    h = load(doc("IPAMHandle", {"handleID": "k8s-pod-network.abc", "block": {"10.244.1.0/26": 2}}))
+    assert h.spec.block == {"10.244.1.0/26": 2} and not h.spec.deleted
+    assert load(h.to_dict()) == h
+    r = load(doc("IPReservation", {"reservedCIDRs": ["10.244.0.0/30", "10.244.9.9", "fd00::/120"]}))
+    assert r.spec.reserved_cidrs == ["10.244.0.0/30", "10.244.9.9", "fd00::/120"]
+    c = load(doc("IPAMConfig", name="default"))
+    assert (c.spec.strict_affinity, c.spec.auto_allocate_blocks, c.spec.max_blocks_per_host) \
+        == (False, True, 0)
+
+
+@pytest.mark.parametrize("data, field, words", [
+    (doc("IPAMHandle", {}), "spec.handleID", "required"),
+    (doc("IPAMHandle", {"handleID": "h", "block": {"10.244.1.1/26": 1}}), "spec.block", "host bits"),
+    (doc("IPAMHandle", {"handleID": "h", "block": {"10.244.1.0/26": -1}}), "spec.block", "0 or more"),
+    (doc("IPReservation", {"reservedCIDRs": ["10.0.0.0/33"]}), "spec.reservedCIDRs", "CIDR"),
+    (doc("IPAMConfig", name="cluster"), "metadata.name", "'default'"),
+    (doc("IPAMConfig", {"maxBlocksPerHost": -1}, name="default"), "spec.maxBlocksPerHost", "0"),
+    (doc("IPAMConfig", {"strictAffinity": "maybe"}, name="default"), "spec.strictAffinity", "bool"),
+])
+def test_bad_ipam_objects_name_the_field(data, field, words):
+    refused(data, field, words)
+
+
+def test_felix_configuration_defaults_and_honoured_fields():
+    f = load(doc("FelixConfiguration", name="default"))
+    assert f.spec.route_refresh_interval == "90s" and f.spec.route_refresh_seconds == 90.0
+    assert f.spec.log_severity_screen == "Info" and f.spec.route_table_range is None
+    g = load(doc("FelixConfiguration", {"routeRefreshInterval": "1m30s", "logSeverityScreen": "Debug",
+                                        "routeTableRange": {"min": 1, "max": 250},
+                                        "vxlanVNI": 4096, "vxlanPort": 4789, "ipipEnabled": True,
+                                        "bpfEnabled": False, "iptablesBackend": "NFT"}))
+    assert g.spec.route_refresh_seconds == 90.0 and g.spec.route_table_range.max == 250
+    assert load(g.to_dict()) == g
+
+
+@pytest.mark.parametrize("spec, field, words", [
+    ({"routeRefreshInterval": "ninety"}, "spec.routeRefreshInterval", "duration"),
+    ({"routeTableRange": {"min": 0, "max": 10}}, "spec.routeTableRange.min", "greater than or equal"),
+    ({"routeTableRange": {"min": 1, "max": 251}}, "spec.routeTableRange.max", "less than or equal"),
+    ({"routeTableRange": {"min": 20, "max": 10}}, "spec.routeTableRange.max", "at least min"),
+    ({"logSeverityScreen": "Verbose"}, "spec.logSeverityScreen", "Debug"),
+    ({"vxlanVNI": 0}, "spec.vxlanVNI", "greater than or equal"),
+    ({"routeRefreshIntervall": "90s"}, "spec.routeRefreshIntervall", "not permitted"),
+])
+def test_bad_felix_configuration_names_the_field(spec, field, words):
+    refused(doc("FelixConfiguration", spec, name="default"), field, words)
