@@ -12,7 +12,8 @@ from cni.errors import INVALID_CONFIG, CNIError
 @contextmanager
 def open_datastore(conf: NetConf) -> Iterator[datastore.Datastore]:
     try:
-        ds = datastore.connect(conf.datastore_type, etcd_endpoints=conf.etcd_endpoints)
+        ds = datastore.connect(conf.datastore_type, etcd_endpoints=conf.etcd_endpoints,
+                               kubeconfig=conf.kubeconfig)
     except ValueError as exc:
         raise CNIError(INVALID_CONFIG, "cannot open the datastore", str(exc)) from None
     try:

@@ -1,6 +1,7 @@
 """The invocation: CNI_* environment variables and the network configuration on stdin.
 
-Field names follow Calico's conflist: ``datastore_type``, ``etcd_endpoints``, ``nodename``,
+Field names follow Calico's conflist: ``datastore_type`` (etcdv3 | kubernetes), ``etcd_endpoints``,
+``kubernetes.kubeconfig``, ``nodename``,
 ``ipam.type``, ``ipam.ipv4_pools`` (names or CIDRs), ``log_level``, ``log_file_path``.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ class NetConf:
     ipv4_pools: tuple[str, ...]
     log_level: str = "WARNING"
     log_file_path: str | None = None
+    kubeconfig: str | None = None  # Calico's "kubernetes": {"kubeconfig": ...}
     raw: bytes = field(default=b"", repr=False)  # passed unchanged to the delegated IPAM plugin
 
 
@@ -79,14 +81,20 @@ def parse_netconf(raw: bytes) -> NetConf:
         raise CNIError(INVALID_CONFIG, "ipam.ipv4_pools: must be a list of pool names or CIDRs")
     datastore_type = data.get("datastore_type") or "etcdv3"
     endpoints = data.get("etcd_endpoints")
+    if datastore_type not in ("etcdv3", "kubernetes"):
+        raise CNIError(INVALID_CONFIG, f"datastore_type: {datastore_type!r} is not etcdv3 or kubernetes")
     if datastore_type == "etcdv3" and not endpoints:
         raise CNIError(INVALID_CONFIG, "etcd_endpoints: required for datastore_type etcdv3")
+    kubernetes = data.get("kubernetes") or {}
+    if not isinstance(kubernetes, dict):
+        raise CNIError(INVALID_CONFIG, "kubernetes: must be an object like {\"kubeconfig\": PATH}")
     return NetConf(
         cni_version=version, name=_required_str(data, "name"), type=_required_str(data, "type"),
         datastore_type=datastore_type, etcd_endpoints=endpoints,
         nodename=_nodename(data.get("nodename")), ipam_type=_required_str(ipam, "type", "ipam.type"),
         ipv4_pools=tuple(pools), log_level=_log_level(data.get("log_level")),
-        log_file_path=_optional_str(data, "log_file_path"), raw=raw,
+        log_file_path=_optional_str(data, "log_file_path"),
+        kubeconfig=_optional_str(kubernetes, "kubeconfig", "kubernetes.kubeconfig"), raw=raw,
     )
 
 
@@ -154,10 +162,10 @@ def _log_level(configured: Any) -> str:
     return LOG_LEVELS[configured.lower()]
 
 
-def _optional_str(data: dict, key: str) -> str | None:
+def _optional_str(data: dict, key: str, where: str | None = None) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
-        raise CNIError(INVALID_CONFIG, f"{key}: must be a string")
+        raise CNIError(INVALID_CONFIG, f"{where or key}: must be a string")
     return value or None
 
 

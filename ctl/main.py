@@ -16,6 +16,8 @@ from ctl import resources as res_cmds
 def _datastore_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datastore-type", default=os.environ.get("DATASTORE_TYPE", "etcdv3"))
     p.add_argument("--etcd-endpoints", default=os.environ.get("ETCD_ENDPOINTS"))
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
+                   help="for --datastore-type kubernetes (env KUBECONFIG)")
 
 
 def build_parser() -> argparse.ArgumentParser:

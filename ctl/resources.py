@@ -123,7 +123,8 @@ def run(args) -> int:
     # A bad file is reported before the datastore is contacted: it needs none to be wrong.
     items = _file_items(args) if getattr(args, "filename", None) else None
     try:
-        ds = datastore.connect(args.datastore_type, etcd_endpoints=args.etcd_endpoints)
+        ds = datastore.connect(args.datastore_type, etcd_endpoints=args.etcd_endpoints,
+                               kubeconfig=args.kubeconfig)
     except ValueError as exc:
         raise UsageError(f"{exc} (or set ETCD_ENDPOINTS)") from None
     try:

@@ -55,6 +55,7 @@ class AgentConfig:
     etcd_endpoints: str | None
     run_dir: Path
     route_proto: int = PROTO
+    kubeconfig: str | None = None
 
 
 class Backoff:
@@ -351,6 +352,8 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
     p.add_argument("--ip", default=env.get("IP"), help="IPv4 address/prefix (env IP; default: autodetect)")
     p.add_argument("--datastore-type", default=env.get("DATASTORE_TYPE", "etcdv3"))
     p.add_argument("--etcd-endpoints", default=env.get("ETCD_ENDPOINTS"))
+    p.add_argument("--kubeconfig", default=env.get("KUBECONFIG"),
+                   help="for --datastore-type kubernetes (env KUBECONFIG; default: in-cluster)")
     p.add_argument("--run-dir", default=None, help="default: /run/pycalico/<name>")
     p.add_argument("--route-proto", type=int, default=PROTO)
     p.add_argument("--log-level", default=env.get("LOG_LEVEL", "INFO"))
@@ -360,7 +363,8 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
         else autodetect_ipv4()
     run_dir = Path(a.run_dir) if a.run_dir else RUN_ROOT / a.name
     return AgentConfig(node=a.name, ipv4=ipv4, datastore_type=a.datastore_type,
-                       etcd_endpoints=a.etcd_endpoints, run_dir=run_dir, route_proto=a.route_proto)
+                       etcd_endpoints=a.etcd_endpoints, run_dir=run_dir, route_proto=a.route_proto,
+                       kubeconfig=a.kubeconfig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     try:
         cfg = parse_args(argv)
-        ds = datastore.connect(cfg.datastore_type, etcd_endpoints=cfg.etcd_endpoints)
+        # The agent sees only its own node's workloads (a field selector on the Kubernetes datastore).
+        ds = datastore.connect(cfg.datastore_type, etcd_endpoints=cfg.etcd_endpoints,
+                               kubeconfig=cfg.kubeconfig, node_name=cfg.node)
     except (ValueError, RuntimeError) as exc:
         print(f"pycalico-node: {exc}", file=sys.stderr)
         return 2

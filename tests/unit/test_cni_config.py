@@ -52,6 +52,10 @@ def test_parse_netconf_and_env():
     (lambda c: c["ipam"].update(ipv4_pools="p"), 7, "ipv4_pools"),
     (lambda c: c.update(log_level="verbose"), 7, "log_level"),
     (lambda c: c.update(log_level=10), 7, "log_level"),
+    (lambda c: c.update(datastore_type="consul"), 7, "datastore_type"),
+    (lambda c: c.update(datastore_type="kubernetes", kubernetes="/etc/kubeconfig"), 7, "kubernetes"),
+    (lambda c: c.update(datastore_type="kubernetes", kubernetes={"kubeconfig": 3}), 7,
+     "kubernetes.kubeconfig"),
 ])
 def test_bad_netconf_names_the_field(mutate, code, needle):
     conf = json.loads(json.dumps(CONF))
@@ -59,6 +63,15 @@ def test_bad_netconf_names_the_field(mutate, code, needle):
     with pytest.raises(CNIError) as err:
         config.parse_netconf(json.dumps(conf).encode())
     assert err.value.code == code and needle in err.value.msg
+
+
+def test_kubernetes_datastore_as_calicos_conflist_writes_it():
+    conf = dict(CONF, datastore_type="kubernetes",
+                kubernetes={"kubeconfig": "/etc/cni/net.d/calico-kubeconfig"})
+    del conf["etcd_endpoints"]
+    parsed = config.parse_netconf(json.dumps(conf).encode())
+    assert (parsed.datastore_type, parsed.kubeconfig) == ("kubernetes",
+                                                          "/etc/cni/net.d/calico-kubeconfig")
 
 
 def test_nodename_falls_back_to_file(tmp_path, monkeypatch):
