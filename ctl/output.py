@@ -33,37 +33,114 @@ def _yes(v: bool) -> str:
 
 def resource_rows(kind: str, items: Sequence[Resource], wide: bool, default_asn: int = DEFAULT_ASN):
     """(headers, rows) for ``get <kind>`` as calicoctl prints them."""
-    if kind == "IPPool":
-        if wide:
-            return (["NAME", "CIDR", "NAT", "IPIPMODE", "VXLANMODE", "DISABLED", "SELECTOR"],
-                    [[r.name, r.spec.cidr, _yes(r.spec.nat_outgoing), r.spec.ipip_mode,
-                      r.spec.vxlan_mode, _yes(r.spec.disabled), r.spec.node_selector] for r in items])
-        return ["NAME", "CIDR", "SELECTOR"], [[r.name, r.spec.cidr, r.spec.node_selector] for r in items]
-    if kind == "BGPConfiguration":
-        return (["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
-                [[r.name, r.spec.log_severity_screen, _yes(r.spec.node_to_node_mesh_enabled),
-                  str(r.spec.as_number)] for r in items])
-    if kind == "Node":
-        if not wide:
-            return ["NAME"], [[r.name] for r in items]
-        rows = []
-        for r in items:
-            bgp = r.spec.bgp
-            asn = str(bgp.as_number) if bgp and bgp.as_number else f"({default_asn})"
-            rows.append([r.name, asn, (bgp.ipv4_address or "") if bgp else "",
-                         (bgp.ipv6_address or "") if bgp else ""])
-        return ["NAME", "ASN", "IPV4", "IPV6"], rows
-    if kind == "WorkloadEndpoint":
-        return (["NAMESPACE", "WORKLOAD", "NODE", "NETWORKS", "INTERFACE"],
-                [[r.metadata.namespace or "", r.spec.pod, r.spec.node, ",".join(r.spec.ip_networks),
-                  r.spec.interface_name] for r in items])
-    if kind == "IPAMBlock":
-        return (["NAME", "CIDR", "AFFINITY", "IN USE"],
-                [[r.name, r.spec.cidr, r.spec.affinity or "", str(in_use(r))] for r in items])
-    if kind == "BlockAffinity":
-        return (["NAME", "NODE", "CIDR", "STATE"],
-                [[r.name, r.spec.node, r.spec.cidr, r.spec.state] for r in items])
-    raise ValueError(f"kind: no table for {kind}")
+    table = _TABLES.get(kind)
+    if table is None:
+        raise ValueError(f"kind: no table for {kind}")
+    return table(items, wide, default_asn)
+
+
+def _ippool_rows(items, wide, _asn):
+    if wide:
+        return (["NAME", "CIDR", "NAT", "IPIPMODE", "VXLANMODE", "DISABLED", "SELECTOR"],
+                [[r.name, r.spec.cidr, _yes(r.spec.nat_outgoing), r.spec.ipip_mode,
+                  r.spec.vxlan_mode, _yes(r.spec.disabled), r.spec.node_selector] for r in items])
+    return ["NAME", "CIDR", "SELECTOR"], [[r.name, r.spec.cidr, r.spec.node_selector] for r in items]
+
+
+def _bgpconfig_rows(items, _wide, _asn):
+    return (["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
+            [[r.name, r.spec.log_severity_screen, _yes(r.spec.node_to_node_mesh_enabled),
+              str(r.spec.as_number)] for r in items])
+
+
+def _node_rows(items, wide, default_asn):
+    if not wide:
+        return ["NAME"], [[r.name] for r in items]
+    rows = []
+    for r in items:
+        bgp = r.spec.bgp
+        asn = str(bgp.as_number) if bgp and bgp.as_number else f"({default_asn})"
+        rows.append([r.name, asn, (bgp.ipv4_address or "") if bgp else "",
+                     (bgp.ipv6_address or "") if bgp else ""])
+    return ["NAME", "ASN", "IPV4", "IPV6"], rows
+
+
+def _bgppeer_rows(items, _wide, _asn):
+    """calicoctl's template: NODE is the node, else the nodeSelector, else ``(global)``; ASN is the
+    spec's number, ``0`` when unset (a peerSelector peer uses the selected nodes' own AS numbers).
+    We print what calicoctl prints, so scripts written against calicoctl keep working."""
+    return (["NAME", "PEERIP", "NODE", "ASN"],
+            [[r.name, r.spec.peer_ip or "", r.spec.node or r.spec.node_selector or "(global)",
+              str(r.spec.as_number or 0)] for r in items])
+
+
+def _bgpfilter_rows(items, wide, _asn):
+    if not wide:
+        return ["NAME"], [[r.name] for r in items]
+    lists = ("export_v4", "import_v4", "export_v6", "import_v6")
+    return (["NAME", "EXPORTV4", "IMPORTV4", "EXPORTV6", "IMPORTV6"],
+            [[r.name, *(str(len(getattr(r.spec, attr))) for attr in lists)] for r in items])
+
+
+def _workloadendpoint_rows(items, _wide, _asn):
+    return (["NAMESPACE", "WORKLOAD", "NODE", "NETWORKS", "INTERFACE"],
+            [[r.metadata.namespace or "", r.spec.pod, r.spec.node, ",".join(r.spec.ip_networks),
+              r.spec.interface_name] for r in items])
+
+
+def _ipamblock_rows(items, _wide, _asn):
+    return (["NAME", "CIDR", "AFFINITY", "IN USE"],
+            [[r.name, r.spec.cidr, r.spec.affinity or "", str(in_use(r))] for r in items])
+
+
+def _blockaffinity_rows(items, _wide, _asn):
+    return (["NAME", "NODE", "CIDR", "STATE"],
+            [[r.name, r.spec.node, r.spec.cidr, r.spec.state] for r in items])
+
+
+def _ipamhandle_rows(items, _wide, _asn):
+    return (["NAME", "HANDLEID", "IN USE", "BLOCKS"],
+            [[r.name, r.spec.handle_id, str(sum(r.spec.block.values())), ",".join(sorted(r.spec.block))]
+             for r in items])
+
+
+def _ipreservation_rows(items, wide, _asn):
+    """calicoctl: NAME; wide adds CIDRS, joined with commas and cut at 80 characters."""
+    if not wide:
+        return ["NAME"], [[r.name] for r in items]
+    return ["NAME", "CIDRS"], [[r.name, _truncate(",".join(r.spec.reserved_cidrs), 80)] for r in items]
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _ipamconfig_rows(items, _wide, _asn):
+    return (["NAME", "STRICTAFFINITY", "AUTOALLOCATEBLOCKS", "MAXBLOCKSPERHOST"],
+            [[r.name, _yes(r.spec.strict_affinity), _yes(r.spec.auto_allocate_blocks),
+              str(r.spec.max_blocks_per_host)] for r in items])
+
+
+def _felixconfig_rows(items, wide, _asn):
+    """calicoctl prints only NAME; wide adds the settings pycalico honours."""
+    if not wide:
+        return ["NAME"], [[r.name] for r in items]
+    return (["NAME", "LOGSEVERITY", "ROUTEREFRESH", "ROUTETABLES"],
+            [[r.name, r.spec.log_severity_screen, r.spec.route_refresh_interval,
+              _table_range(r.spec.route_table_range)] for r in items])
+
+
+def _table_range(table_range) -> str:
+    return f"{table_range.min}-{table_range.max}" if table_range else "1-250"
+
+
+_TABLES = {
+    "IPPool": _ippool_rows, "BGPConfiguration": _bgpconfig_rows, "Node": _node_rows,
+    "BGPPeer": _bgppeer_rows, "BGPFilter": _bgpfilter_rows, "WorkloadEndpoint": _workloadendpoint_rows,
+    "IPAMBlock": _ipamblock_rows, "BlockAffinity": _blockaffinity_rows, "IPAMHandle": _ipamhandle_rows,
+    "IPReservation": _ipreservation_rows, "IPAMConfig": _ipamconfig_rows,
+    "FelixConfiguration": _felixconfig_rows,
+}
 
 
 def documents(kind: str, items: Sequence[Resource], revision: int, fmt: str, single: bool) -> str:
