@@ -14,10 +14,12 @@ from ctl import resources as res_cmds
 
 
 def _datastore_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--datastore-type", default=os.environ.get("DATASTORE_TYPE", "etcdv3"))
-    p.add_argument("--etcd-endpoints", default=os.environ.get("ETCD_ENDPOINTS"))
-    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
-                   help="for --datastore-type kubernetes (env KUBECONFIG)")
+    # Defaults come from ctl.config (flags, --config file, environment, calicoctl.cfg), not here.
+    p.add_argument("--datastore-type", help="etcdv3 | kubernetes (env DATASTORE_TYPE; default: "
+                   "etcdv3 if etcd endpoints are set, else kubernetes)")
+    p.add_argument("--etcd-endpoints", help="env ETCD_ENDPOINTS")
+    p.add_argument("--kubeconfig", help="for the kubernetes datastore (env KUBECONFIG)")
+    p.add_argument("--config", help="a CalicoAPIConfig file (default: /etc/calico/calicoctl.cfg)")
 
 
 def build_parser() -> argparse.ArgumentParser:

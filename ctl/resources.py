@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import datastore
 from crds import InvalidResource, IPPool, Resource, kind_class
-from ctl import output
+from ctl import config, output
 from ctl.documents import UsageError, read_documents, source_name
 from datastore.base import AlreadyExists, Conflict, Datastore, DatastoreError, NotFound
 
@@ -123,10 +123,12 @@ def run(args) -> int:
     # A bad file is reported before the datastore is contacted: it needs none to be wrong.
     items = _file_items(args) if getattr(args, "filename", None) else None
     try:
-        ds = datastore.connect(args.datastore_type, etcd_endpoints=args.etcd_endpoints,
-                               kubeconfig=args.kubeconfig)
-    except ValueError as exc:
-        raise UsageError(f"{exc} (or set ETCD_ENDPOINTS)") from None
+        target = config.resolve(config.Flags(args.datastore_type, args.etcd_endpoints,
+                                             args.kubeconfig), config=args.config)
+        ds = datastore.connect(target.datastore_type, etcd_endpoints=target.etcd_endpoints,
+                               kubeconfig=target.kubeconfig)
+    except ValueError as exc:  # ConfigError included
+        raise UsageError(str(exc)) from None
     try:
         if args.cmd in ("apply", "create", "replace"):
             return write(ds, args.cmd, items)

@@ -67,7 +67,9 @@ def connect(kubeconfig: str | None = None, *, node_name: str | None = None) -> K
             k8s_config.load_incluster_config(client_configuration=cfg)
             api = k8s.ApiClient(cfg)
     except (k8s_config.ConfigException, OSError, ValueError) as exc:
-        raise ValueError(f"kubeconfig: cannot load a Kubernetes client configuration: {exc}") from None
+        raise ValueError(f"kubeconfig: cannot load a Kubernetes client configuration ({exc}); "
+                         "set KUBECONFIG or --kubeconfig, or use --datastore-type etcdv3 with "
+                         "ETCD_ENDPOINTS") from None
     return KubernetesDatastore(api, node_name=node_name)
 
 

@@ -140,6 +140,10 @@ def recorder() -> Recorder:
 
 
 class DatastoreConformance:
+    def prepare_workload(self, ds, namespace: str, pod: str) -> None:
+        """Make room for a WorkloadEndpoint of ``pod``: nothing in etcd; the Kubernetes
+        datastore derives endpoints from Pods, so its subclass creates the Pod first."""
+
     # -- create / get / list --
     def test_create_get_list(self, ds):
         a = ds.create(pool("a", "10.1.0.0/16"))
@@ -241,6 +245,7 @@ class DatastoreConformance:
     def test_snapshot_across_kinds(self, ds):
         ds.create(pool("p1"))
         ds.create(node("n1"))
+        self.prepare_workload(ds, "default", "w1")
         ds.create(wep("default", "w1"))
         last = ds.create(node("n2"))
         snap = ds.snapshot(["Node", "IPPool"])
@@ -337,6 +342,8 @@ class DatastoreConformance:
 
     # -- namespaced keys --
     def test_namespaced_workload_endpoints(self, ds):
+        self.prepare_workload(ds, "ns-a", "web")
+        self.prepare_workload(ds, "ns-b", "web")
         a = ds.create(wep("ns-a", "web"))
         b = ds.create(wep("ns-b", "web"))
         assert ds.get(WEP, "web", "ns-a") == a

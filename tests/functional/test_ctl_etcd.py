@@ -55,9 +55,13 @@ def test_create_conflicts_and_overlap(etcd_endpoint):
 
 
 def test_missing_endpoint_is_a_clear_usage_error():
-    out = subprocess.run([CTL, "get", "ippool"], capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin"})
+    bare = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+    out = subprocess.run([CTL, "get", "ippool", "--datastore-type", "etcdv3"], capture_output=True,
+                         text=True, env=bare)
     assert out.returncode == 2 and "etcd_endpoints" in out.stderr
+    # Nothing configured at all: calicoctl's default, the Kubernetes datastore, and how to set it.
+    out = subprocess.run([CTL, "get", "ippool"], capture_output=True, text=True, env=bare)
+    assert out.returncode == 2 and "KUBECONFIG" in out.stderr and len(out.stderr.splitlines()) == 1
 
 
 POOL_AND_BLOCK = """
