@@ -76,7 +76,7 @@ def unsupported_media_type(content_type: str) -> ApiError:
     return ApiError(415, "UnsupportedMediaType",
                     f'the body of the request was in an unknown format - accepted media types '
                     f'include: application/json-patch+json, application/merge-patch+json, '
-                    f'application/apply-patch+yaml (got "{content_type}")')
+                    f'application/apply-patch+yaml')
 
 
 def expired(requested: int, oldest: int) -> ApiError:

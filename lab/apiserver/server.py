@@ -10,7 +10,7 @@ import logging
 
 from aiohttp import web
 
-from lab.apiserver import discovery, errors
+from lab.apiserver import discovery, errors, openapi
 from lab.apiserver.etcd import Etcd, EtcdError
 from lab.apiserver.handlers import ResourceHandlers, parse_path
 from lab.apiserver.registry import CRD_GROUP, Registry, ResourceType
@@ -100,6 +100,13 @@ class Router:
             return _json(discovery.api_versions(request.host))
         if path == "/apis":
             return _json(discovery.api_group_list(self.state.registry))
+        if path == "/openapi/v3":
+            return _json(openapi.root(self.state.registry))
+        if path.startswith("/openapi/v3/"):
+            body = openapi.document(self.state.registry, path[len("/openapi/v3/"):])
+            if body is None:
+                raise errors.path_not_found(path)
+            return _json(body)
         parts = [p for p in path.split("/") if p]
         if parts and parts[0] in ("api", "apis"):
             return await self._api(request, parts)

@@ -218,6 +218,26 @@ def _prepare(rtype: ResourceType, obj: dict) -> None:
     elif rtype.group == "" and rtype.plural == "namespaces":
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         obj["status"] = {"phase": "Active"}
+    elif rtype.group == "" and rtype.plural == "secrets":
+        _secret_data(obj)
+
+
+def _secret_data(obj: dict) -> None:
+    """``stringData`` is write-only: merged into ``data`` as base64, as the real server does."""
+    string_data = obj.pop("stringData", None) or {}
+    data = obj.get("data") or {}
+    name = obj.get("metadata", {}).get("name", "")
+    for key, value in data.items():
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise errors.invalid("Secret", "", name, f"data[{key}]",
+                                 "Invalid value: illegal base64 data") from None
+    for key, value in string_data.items():
+        data[key] = base64.b64encode(str(value).encode()).decode()
+    if data:
+        obj["data"] = data
+    obj.setdefault("type", "Opaque")
 
 
 def _encode(obj: dict) -> bytes:
