@@ -117,15 +117,17 @@ class BGPPeerSpec(_Wire):
 
     @model_validator(mode="after")
     def _consistent(self) -> BGPPeerSpec:
+        # The first three rules, their fields and their wording are Calico's (validateBGPPeerSpec).
         if self.node and self.node_selector:
-            raise _FieldError("nodeSelector", "set node or nodeSelector, not both")
+            raise _FieldError("node", "must be empty when nodeSelector is specified")
         if self.peer_ip and self.peer_selector:
-            raise _FieldError("peerSelector", "set peerIP or peerSelector, not both")
+            raise _FieldError("peerIP", "must be empty when peerSelector is specified")
+        if self.peer_selector and self.as_number is not None:
+            raise _FieldError("asNumber", "must be empty when peerSelector is specified (the "
+                                          "selected nodes' own AS numbers are used)")
+        # Stricter than Calico on purpose: both would render a BGP session BIRD cannot open.
         if not self.peer_ip and not self.peer_selector:
             raise _FieldError("peerIP", "one of peerIP or peerSelector is required")
-        if self.peer_selector and self.as_number is not None:
-            raise _FieldError("asNumber", "must be empty with peerSelector: the selected nodes' "
-                                          "own AS numbers are used")
         if self.peer_ip and self.as_number is None:
             raise _FieldError("asNumber", "is required with peerIP (the remote peer's AS)")
         if self.keep_original_next_hop and self.next_hop_mode not in (None, "Keep"):

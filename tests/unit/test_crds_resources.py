@@ -62,9 +62,9 @@ def test_peer_ip_forms(text, expected):
 
 
 @pytest.mark.parametrize("spec, field, words", [
-    ({"peerIP": "10.0.0.1", "peerSelector": "all()"}, "spec.peerSelector", "not both"),
+    ({"peerIP": "10.0.0.1", "peerSelector": "all()"}, "spec.peerIP", "empty when peerSelector"),
     ({"node": "n1", "nodeSelector": "all()", "peerIP": "10.0.0.1", "asNumber": 1},
-     "spec.nodeSelector", "not both"),
+     "spec.node", "empty when nodeSelector"),
     ({}, "spec.peerIP", "required"),
     ({"peerSelector": "all()", "asNumber": 64512}, "spec.asNumber", "selected nodes"),
     ({"peerIP": "10.0.0.1"}, "spec.asNumber", "required with peerIP"),
