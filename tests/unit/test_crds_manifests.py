@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crds import KINDS, IPAMBlock, IPPool
+from crds import KINDS, IPAMBlock, IPPool, load
 from crds.manifests import GROUP, definitions, render, spec_schema, structural
 
 COMMITTED = Path(__file__).resolve().parents[2] / "deploy" / "crds.yaml"
@@ -84,3 +84,83 @@ def test_unions_become_int_or_string_or_fail_loudly():
         {"x-kubernetes-int-or-string": True}
     with pytest.raises(AssertionError, match="Bug"):
         structural({"anyOf": [{"type": "boolean"}, {"type": "string"}]}, defs, False)
+
+
+_PY_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "number": (int, float)}
+
+
+def conforms(value, schema, path="spec"):
+    """The API server's check of a value against our structural subset; returns a list of errors."""
+    if value is None:
+        return [] if schema.get("nullable") else [f"{path}: null"]
+    if schema.get("x-kubernetes-int-or-string"):
+        ok = isinstance(value, (int, str)) and not isinstance(value, bool)
+        return [] if ok else [f"{path}: not int-or-string"]
+    kind = schema["type"]
+    if kind == "integer":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, _PY_TYPES[kind]) and not (kind == "number" and isinstance(value, bool))
+    if not ok:
+        return [f"{path}: {value!r} is not {kind}"]
+    errors = []
+    if value not in schema.get("enum", [value]):
+        errors.append(f"{path}: {value!r} not in {schema['enum']}")
+    if kind in ("integer", "number") and not schema.get("minimum", value) <= value \
+            <= schema.get("maximum", value):
+        errors.append(f"{path}: {value} out of range")
+    for name in schema.get("required", []):
+        if name not in value:
+            errors.append(f"{path}.{name}: required")
+    for name, sub in value.items() if kind == "object" else ():
+        sub_schema = schema.get("properties", {}).get(name, schema.get("additionalProperties"))
+        errors += ([f"{path}.{name}: unknown"] if sub_schema is None
+                   else conforms(sub, sub_schema, f"{path}.{name}"))
+    for i, item in enumerate(value) if kind == "array" else ():
+        errors += conforms(item, schema["items"], f"{path}[{i}]")
+    return errors
+
+
+SAMPLES = {
+    "IPPool": {"cidr": "10.244.0.0/16", "ipipMode": "CrossSubnet", "natOutgoing": True},
+    "BGPConfiguration": {"asNumber": 64512, "communities": [{"name": "c", "value": "64512:100"}],
+                         "serviceClusterIPs": [{"cidr": "10.96.0.0/12"}], "listenPort": 1179},
+    "Node": {"bgp": {"ipv4Address": "192.168.40.181/24", "asNumber": 64513,
+                     "routeReflectorClusterID": "244.0.0.1"},
+             "orchRefs": [{"orchestrator": "k8s", "nodeName": "n1"}]},
+    "WorkloadEndpoint": {"node": "n1", "pod": "p", "interfaceName": "cali0123456789a",
+                         "ipNetworks": ["10.244.1.5/32"]},
+    "IPAMBlock": {"cidr": "10.244.1.0/26", "affinity": "host:n1", "allocations": [0, None, 1],
+                  "unallocated": [3, 4], "attributes": [{"handle_id": "h", "secondary": {"a": "b"}}]},
+    "BlockAffinity": {"node": "n1", "cidr": "10.244.1.0/26", "state": "confirmed"},
+    "BGPPeer": {"peerIP": "10.0.0.1:1179", "asNumber": 65001, "node": "n1", "ttlSecurity": 2,
+                "password": {"secretKeyRef": {"name": "s", "key": "k"}}, "filters": ["f"]},
+    "BGPFilter": {"exportV4": [{"action": "Accept", "matchOperator": "In", "cidr": "10.0.0.0/8"}]},
+    "IPAMHandle": {"handleID": "h", "block": {"10.244.1.0/26": 2}},
+    "IPReservation": {"reservedCIDRs": ["10.244.0.0/30"]},
+    "IPAMConfig": {"strictAffinity": True, "maxBlocksPerHost": 4},
+    "FelixConfiguration": {"routeRefreshInterval": "30s", "routeTableRange": {"min": 1, "max": 250}},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_what_the_models_store_is_accepted_by_the_crd_schema(kind):
+    assert set(SAMPLES) == set(KINDS), "a new kind needs a sample here"
+    name = "default" if kind == "IPAMConfig" else "x"
+    resource = load({"apiVersion": "projectcalico.org/v3", "kind": kind,
+                     "metadata": {"name": name, "namespace": "ns"} if KINDS[kind].NAMESPACED
+                     else {"name": name}, "spec": SAMPLES[kind]})
+    [crd] = [d for d in definitions() if d["spec"]["names"]["kind"] == kind]
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert conforms(resource.to_dict()["spec"], schema) == []
+    assert conforms(SAMPLES[kind], schema) == []  # and what the user wrote, before defaults
+
+
+def test_the_schema_check_sees_wrong_types_enums_and_unknown_fields():
+    schema = spec_schema(IPPool.model_fields["spec"].annotation)
+    assert conforms({"cidr": 5, "ipipMode": "Sometimes", "bogus": 1}, schema) == [
+        "spec.cidr: 5 is not string", "spec.ipipMode: 'Sometimes' not in ['Never', 'Always', "
+        "'CrossSubnet']", "spec.bogus: unknown"]
+    peer = spec_schema(KINDS["BGPPeer"].model_fields["spec"].annotation)
+    assert conforms({"peerIP": "10.0.0.1", "ttlSecurity": 300, "password": {}}, peer) == [
+        "spec.ttlSecurity: 300 out of range", "spec.password.secretKeyRef: required"]
