@@ -26,11 +26,12 @@ from crds.bgp import BGPFilter, BGPPeer  # noqa: E402
 from crds.felixconfig import FelixConfiguration  # noqa: E402
 from crds.ipamobjects import IPAMConfig, IPAMHandle, IPReservation  # noqa: E402
 from crds.selector import Selector, SelectorError, parse_selector  # noqa: E402
-from crds.validate import validate_set  # noqa: E402
+from crds.validate import check_update, merged, validate_set  # noqa: E402
 
 __all__ = [
     "API_VERSION", "DEFAULT_ASN", "KINDS", "BGPConfiguration", "BGPFilter", "BGPPeer", "BlockAffinity",
     "FelixConfiguration", "IPAMBlock", "IPAMConfig", "IPAMHandle", "IPPool", "IPReservation",
     "InvalidResource", "Node", "ObjectMeta", "Resource", "Selector", "SelectorError",
-    "WorkloadEndpoint", "kind_class", "load", "parse_selector", "validate_set",
+    "WorkloadEndpoint", "check_update", "kind_class", "load", "merged", "parse_selector",
+    "validate_set",
 ]

@@ -136,3 +136,11 @@ def test_node_mesh_max_restart_time_must_be_a_duration():
     with pytest.raises(InvalidResource, match=r"spec.nodeMeshMaxRestartTime: .*'forever' is not"):
         load({"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
               "metadata": {"name": "default"}, "spec": {"nodeMeshMaxRestartTime": "forever"}})
+
+
+@pytest.mark.parametrize("selector", ["route-reflector = 'true'", "has(zone", "zone in 'a'"])
+def test_pool_node_selector_is_syntax_checked(selector):
+    with pytest.raises(InvalidResource) as info:
+        load(pool(nodeSelector=selector))
+    assert info.value.field == "spec.nodeSelector" and "not a valid selector" in info.value.reason
+    assert load(pool(nodeSelector="zone in {'a'} && !has(edge)")).spec.node_selector.startswith("zone")
