@@ -242,6 +242,10 @@ def _check_body(body, target: Target, name_from_url: str | None) -> None:
     if not isinstance(body, dict):
         raise errors.bad_request("the body of the request is not a JSON object")
     rtype, expected = target.rtype, target.rtype.api_version(target.version)
+    if rtype.group in ("", CRD_GROUP):
+        # Built-in types decode with the URL's kind as the default; custom resources do not.
+        body.setdefault("kind", rtype.kind)
+        body.setdefault("apiVersion", expected)
     if body.get("kind") != rtype.kind:
         raise errors.bad_request(f'the kind in the data ({body.get("kind")}) does not match the '
                                  f'expected kind ({rtype.kind})')

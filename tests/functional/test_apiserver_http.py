@@ -1,0 +1,158 @@
+"""The API server stand-in's answers on the wire: Status bodies and codes for bad requests, races,
+namespaced resources and core pods, checked with raw HTTP and the official client.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+from tests.apiserver_fixture import apiserver, k8s_client  # noqa: F401  (fixtures)
+from tests.functional.test_apiserver import GROUP, PLURAL, VERSION, custom, ippool, unique  # noqa: F401
+
+POOLS = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+
+
+def http(url: str, method: str = "GET", body: bytes | None = None,
+         content_type: str = "application/json") -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method=method,
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def assert_status(answer: tuple[int, dict], code: int, reason: str) -> dict:
+    status_code, body = answer
+    assert (status_code, body.get("kind"), body.get("apiVersion"), body.get("status"),
+            body.get("reason"), body.get("code")) == (code, "Status", "v1", "Failure", reason, code), body
+    assert body["metadata"] == {} and body["message"]
+    return body
+
+
+def test_malformed_json_is_400(apiserver, custom):
+    assert_status(http(apiserver.url + POOLS, "POST", b"{not json"), 400, "BadRequest")
+
+
+def test_body_disagreeing_with_url_is_400(apiserver, custom):
+    name = unique("url")
+    custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, ippool(name))
+    other = json.dumps(ippool("someone-else")).encode()
+    body = assert_status(http(f"{apiserver.url}{POOLS}/{name}", "PUT", other), 400, "BadRequest")
+    assert "does not match the name on the URL" in body["message"]
+    wrong_kind = dict(ippool(name), kind="BGPPeer")
+    assert_status(http(f"{apiserver.url}{POOLS}/{name}", "PUT", json.dumps(wrong_kind).encode()),
+                  400, "BadRequest")
+    wrong_version = dict(ippool(unique("v")), apiVersion=f"{GROUP}/v2")
+    assert_status(http(apiserver.url + POOLS, "POST", json.dumps(wrong_version).encode()),
+                  400, "BadRequest")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "kube-system"},
+           "spec": {"containers": [{"name": "c", "image": "x"}]}}
+    body = assert_status(http(f"{apiserver.url}/api/v1/namespaces/default/pods", "POST",
+                              json.dumps(pod).encode()), 400, "BadRequest")
+    assert "namespace" in body["message"]
+
+
+def test_invalid_name_is_422_and_missing_is_404(apiserver, custom):
+    body = assert_status(http(apiserver.url + POOLS, "POST",
+                              json.dumps(ippool("Not_A_Name")).encode()), 422, "Invalid")
+    assert body["details"]["causes"][0]["field"] == "metadata.name"
+    body = assert_status(http(f"{apiserver.url}{POOLS}/absent"), 404, "NotFound")
+    assert body["details"] == {"name": "absent", "group": GROUP, "kind": PLURAL}
+    assert_status(http(f"{apiserver.url}/apis/{GROUP}/{VERSION}/nosuchthings"), 404, "NotFound")
+
+
+def test_strategic_merge_patch_on_custom_resource_is_415(apiserver, custom):
+    name = unique("smp")
+    custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, ippool(name))
+    assert_status(http(f"{apiserver.url}{POOLS}/{name}", "PATCH", b'{"spec":{"x":1}}',
+                       "application/strategic-merge-patch+json"), 415, "UnsupportedMediaType")
+    code, patched = http(f"{apiserver.url}{POOLS}/{name}", "PATCH",
+                         b'[{"op":"replace","path":"/spec/cidr","value":"10.1.0.0/16"}]',
+                         "application/json-patch+json")
+    assert code == 200 and patched["spec"]["cidr"] == "10.1.0.0/16"
+
+
+def test_method_not_allowed_is_405(apiserver, custom):
+    assert_status(http(apiserver.url + POOLS, "PUT", b"{}"), 405, "MethodNotAllowed")
+
+
+def test_concurrent_replaces_with_one_resource_version_let_exactly_one_win(custom):
+    name = unique("race")
+    current = custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, ippool(name))
+    results: list[int] = []
+
+    def replace(i: int) -> None:
+        body = json.loads(json.dumps(current))
+        body["spec"]["writer"] = i
+        try:
+            custom.replace_cluster_custom_object(GROUP, VERSION, PLURAL, name, body)
+            results.append(200)
+        except ApiException as exc:
+            results.append(exc.status)
+
+    threads = [threading.Thread(target=replace, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(results) == [200] + [409] * 7
+
+
+def test_namespaced_custom_resources(k8s_client):
+    ext = client.ApiextensionsV1Api(k8s_client)
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "networkpolicies.crd.projectcalico.org"},
+           "spec": {"group": GROUP, "scope": "Namespaced",
+                    "names": {"plural": "networkpolicies", "kind": "NetworkPolicy"},
+                    "versions": [{"name": "v1", "served": True, "storage": True,
+                                  "schema": {"openAPIV3Schema": {"type": "object"}}}]}}
+    ext.create_custom_resource_definition(crd)
+    custom = client.CustomObjectsApi(k8s_client)
+    for ns in ("default", "kube-system"):
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, "networkpolicies", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "NetworkPolicy",
+            "metadata": {"name": "allow"}, "spec": {}})
+    everywhere = custom.list_cluster_custom_object(GROUP, VERSION, "networkpolicies")
+    assert sorted(o["metadata"]["namespace"] for o in everywhere["items"]) == ["default", "kube-system"]
+    one = custom.list_namespaced_custom_object(GROUP, VERSION, "kube-system", "networkpolicies")
+    assert [o["metadata"]["namespace"] for o in one["items"]] == ["kube-system"]
+    by_field = custom.list_cluster_custom_object(GROUP, VERSION, "networkpolicies",
+                                                 field_selector="metadata.namespace=default")
+    assert [o["metadata"]["namespace"] for o in by_field["items"]] == ["default"]
+    ext.delete_custom_resource_definition(crd["metadata"]["name"])
+    with pytest.raises(ApiException) as gone:  # the CRD took its objects and its endpoint along
+        custom.list_cluster_custom_object(GROUP, VERSION, "networkpolicies")
+    assert gone.value.status == 404
+
+
+def test_pods_watch_by_node_name(k8s_client):
+    core = client.CoreV1Api(k8s_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="pods-ns")))
+    rv = core.list_pod_for_all_namespaces(field_selector="spec.nodeName=node-a").metadata.resource_version
+
+    def pod(name: str, node: str) -> client.V1Pod:
+        return client.V1Pod(metadata=client.V1ObjectMeta(name=name), spec=client.V1PodSpec(
+            node_name=node, containers=[client.V1Container(name="c", image="busybox")]))
+
+    core.create_namespaced_pod("pods-ns", pod("elsewhere", "node-b"))
+    core.create_namespaced_pod("pods-ns", pod("mine", "node-a"))
+    core.delete_namespaced_pod("mine", "pods-ns")
+    w = watch.Watch()
+    seen = []
+    for event in w.stream(core.list_pod_for_all_namespaces, field_selector="spec.nodeName=node-a",
+                          resource_version=rv, timeout_seconds=10):
+        seen.append((event["type"], event["object"].metadata.name, event["object"].spec.node_name))
+        if len(seen) == 2:
+            w.stop()
+    assert seen == [("ADDED", "mine", "node-a"), ("DELETED", "mine", "node-a")]
+    listed = core.list_namespaced_pod("pods-ns", field_selector="spec.nodeName=node-b")
+    assert [p.metadata.name for p in listed.items] == ["elsewhere"]
