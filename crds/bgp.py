@@ -147,6 +147,7 @@ class BGPPeerSpec(_Wire):
 
 class BGPPeer(Resource):
     KIND = "BGPPeer"
+    SHORT_NAMES = ("bgpp", "bgpps", "bp", "bps")
     PLURAL = "bgppeers"
     kind: str = "BGPPeer"
     spec: BGPPeerSpec

@@ -54,6 +54,7 @@ class FelixConfigurationSpec(_Wire):
 
 class FelixConfiguration(Resource):
     KIND = "FelixConfiguration"
+    SHORT_NAMES = ("felixconfig", "felixconfigs")
     PLURAL = "felixconfigurations"
     kind: str = "FelixConfiguration"
     spec: FelixConfigurationSpec = Field(default_factory=FelixConfigurationSpec)

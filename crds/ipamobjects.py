@@ -62,6 +62,7 @@ def _is_address(text: str) -> bool:
 
 class IPReservation(Resource):
     KIND = "IPReservation"
+    SHORT_NAMES = ("reservation", "reservations")
     PLURAL = "ipreservations"
     kind: str = "IPReservation"
     spec: IPReservationSpec = Field(default_factory=IPReservationSpec)

@@ -357,6 +357,8 @@ class Resource(BaseModel):
     KIND: ClassVar[str]
     PLURAL: ClassVar[str]
     NAMESPACED: ClassVar[bool] = False
+    # calicoctl's other names for the kind (``get bgpconfig``, as the source article types it).
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ()
 
     api_version: Literal["projectcalico.org/v3"] = Field(default=API_VERSION, alias="apiVersion")
     kind: str
@@ -387,6 +389,7 @@ class Resource(BaseModel):
 
 class IPPool(Resource):
     KIND = "IPPool"
+    SHORT_NAMES = ("ipp", "ipps", "pool", "pools")
     PLURAL = "ippools"
     kind: str = "IPPool"
     spec: IPPoolSpec
@@ -394,6 +397,7 @@ class IPPool(Resource):
 
 class BGPConfiguration(Resource):
     KIND = "BGPConfiguration"
+    SHORT_NAMES = ("bgpconfig", "bgpconfigs")
     PLURAL = "bgpconfigurations"
     kind: str = "BGPConfiguration"
     spec: BGPConfigurationSpec = Field(default_factory=BGPConfigurationSpec)
@@ -401,6 +405,7 @@ class BGPConfiguration(Resource):
 
 class Node(Resource):
     KIND = "Node"
+    SHORT_NAMES = ("no", "nos")
     PLURAL = "nodes"
     kind: str = "Node"
     spec: NodeSpec = Field(default_factory=NodeSpec)
@@ -408,6 +413,7 @@ class Node(Resource):
 
 class WorkloadEndpoint(Resource):
     KIND = "WorkloadEndpoint"
+    SHORT_NAMES = ("wep", "weps")
     PLURAL = "workloadendpoints"
     NAMESPACED = True
     kind: str = "WorkloadEndpoint"
@@ -443,7 +449,8 @@ register(IPPool, BGPConfiguration, Node, WorkloadEndpoint, IPAMBlock, BlockAffin
 
 def kind_class(kind: str) -> type[Resource]:
     """Resolve ``IPPool``, ``ippool``, ``ippools`` (as calicoctl does) to the model class."""
-    by_lower = {k.lower(): v for k, v in KINDS.items()} | {v.PLURAL: v for v in KINDS.values()}
+    by_lower = {k.lower(): v for k, v in KINDS.items()} | {v.PLURAL: v for v in KINDS.values()} \
+        | {short: v for v in KINDS.values() for short in v.SHORT_NAMES}
     cls = KINDS.get(kind) or by_lower.get(kind.lower()) or by_lower.get(kind.lower() + "s")
     if cls is None:
         raise InvalidResource(kind, None, "kind", f"unknown kind; known: {', '.join(KINDS)}")
@@ -458,13 +465,24 @@ def load(data: dict[str, Any]) -> Resource:
     name = (data.get("metadata") or {}).get("name") if isinstance(data.get("metadata"), dict) else None
     if not isinstance(kind, str):
         raise InvalidResource("?", name, "kind", "missing")
-    cls = kind_class(kind)
+    cls = _document_kind(kind, name)
     if data.get("apiVersion") != API_VERSION:
         raise InvalidResource(kind, name, "apiVersion", f"must be {API_VERSION}")
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
         raise _first_error(cls.KIND, name, exc) from None
+
+
+def _document_kind(kind: str, name: str | None) -> type[Resource]:
+    """A document's kind is spelt exactly; calicoctl's short names are for the command line only."""
+    if kind in KINDS:
+        return KINDS[kind]
+    try:
+        hint = f"; did you mean {kind_class(kind).KIND}?"
+    except InvalidResource:
+        hint = f"; known: {', '.join(KINDS)}"
+    raise InvalidResource(kind, name, "kind", f"unknown kind{hint}")
 
 
 def _first_error(kind: str, name: str | None, exc: ValidationError) -> InvalidResource:

@@ -133,3 +133,11 @@ def test_get_ippool_yaml_is_the_articles_list_shape():
     pools = [load(d) for d in doc["items"]]
     rendered = yaml.safe_load(output.documents("IPPool", pools, 223175, "yaml", single=False))
     assert is_within(doc, rendered)
+
+
+@pytest.mark.parametrize("typed, kind", [("bgppeer", "BGPPeer"), ("nodes", "Node"), ("ipPool", "IPPool"),
+                                         ("ippool", "IPPool"), ("bgpconfig", "BGPConfiguration"),
+                                         ("node", "Node")])
+def test_the_kind_names_the_article_types_resolve(typed, kind):
+    from crds import kind_class
+    assert kind_class(typed).KIND == kind

@@ -166,3 +166,18 @@ def test_felix_configuration_defaults_and_honoured_fields():
 ])
 def test_bad_felix_configuration_names_the_field(spec, field, words):
     refused(doc("FelixConfiguration", spec, name="default"), field, words)
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("bgpconfig", "BGPConfiguration"), ("bgpconfigs", "BGPConfiguration"), ("ipPool", "IPPool"),
+    ("pools", "IPPool"), ("ipp", "IPPool"), ("no", "Node"), ("wep", "WorkloadEndpoint"),
+    ("bp", "BGPPeer"), ("bgpps", "BGPPeer"), ("felixconfig", "FelixConfiguration"),
+    ("reservations", "IPReservation"), ("BGPFilters", "BGPFilter"), ("ipamconfig", "IPAMConfig"),
+])
+def test_calicoctl_names_for_kinds(name, kind):
+    assert kind_class(name).KIND == kind
+
+
+def test_a_short_name_is_not_a_kind_in_a_document():
+    refused({**peer(peerIP="10.0.0.1", asNumber=1), "kind": "bp"}, "kind", "did you mean BGPPeer?")
+    refused({**peer(peerIP="10.0.0.1", asNumber=1), "kind": "Peer"}, "kind", "known: IPPool")
