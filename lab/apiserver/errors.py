@@ -63,6 +63,23 @@ def invalid(kind: str, group: str, name: str, field: str, why: str) -> ApiError:
     return ApiError(422, "Invalid", message, details)
 
 
+def invalid_fields(kind: str, group: str, name: str, problems: list[str]) -> ApiError:
+    """Several field errors at once, worded like the real server's aggregate."""
+    listed = problems[0] if len(problems) == 1 else "[" + ", ".join(problems) + "]"
+    message = f'{kind}.{group or "core"} "{name}" is invalid: {listed}'
+    causes = [{"reason": "FieldValueInvalid", "message": p.split(": ", 1)[-1],
+               "field": p.split(": ", 1)[0]} for p in problems]
+    return ApiError(422, "Invalid", message,
+                    {"name": name, "group": group, "kind": kind, "causes": causes})
+
+
+def unknown_fields(kind: str, version: str, fields: list[str]) -> ApiError:
+    """``fieldValidation=Strict`` and undeclared fields: what kubectl apply shows by default."""
+    listed = ", ".join(f'unknown field "{f}"' for f in fields)
+    return ApiError(400, "BadRequest", f'{kind} in version "{version}" cannot be handled as a '
+                    f"{kind}: strict decoding error: {listed}")
+
+
 def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 

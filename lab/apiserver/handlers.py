@@ -14,6 +14,7 @@ from aiohttp import web
 from lab.apiserver import errors
 from lab.apiserver.patch import PatchError, json_patch, merge_patch
 from lab.apiserver.registry import CRD_GROUP, ResourceType
+from lab.apiserver.schema import prune, validate
 from lab.apiserver.selectors import SelectorError, parse_field_selector, parse_label_selector
 from lab.apiserver.tables import wants_table, to_table
 from lab.apiserver.watch import WatchRequest, WatchStream
@@ -85,6 +86,21 @@ class ResourceHandlers:
                 return await self.delete(request, target)
         raise errors.method_not_allowed(method)
 
+    def _admit(self, request: web.Request, target: Target, obj: dict) -> list[str]:
+        """Prune and validate a custom resource against its CRD schema; return the warnings."""
+        schema = self.state.schema_for(target.rtype, target.version)
+        if schema is None:
+            return []
+        unknown = prune(obj, schema)
+        directive = request.query.get("fieldValidation", "Warn")
+        if unknown and directive == "Strict":
+            raise errors.unknown_fields(target.rtype.kind, target.version, unknown)
+        problems = validate(obj, schema)
+        if problems:
+            name = obj.get("metadata", {}).get("name", "")
+            raise errors.invalid_fields(target.rtype.kind, target.rtype.group, name, problems)
+        return [f'unknown field "{f}"' for f in unknown] if directive == "Warn" else []
+
     def _matcher(self, request: web.Request, target: Target):
         try:
             labels = parse_label_selector(request.query.get("labelSelector"))
@@ -128,10 +144,11 @@ class ResourceHandlers:
     async def create(self, request: web.Request, target: Target) -> web.Response:
         body = await _body(request)
         _check_body(body, target, name_from_url=None)
+        warnings = self._admit(request, target, body)
         if _dry_run(request):
             return _json(body, 201)
         obj = await self.state.store.create(target.rtype, target.version, target.namespace, body)
-        return _object_response(request, target, obj, 201)
+        return _object_response(request, target, obj, 201, warnings)
 
     async def replace(self, request: web.Request, target: Target) -> web.Response:
         body = await _body(request)
@@ -145,9 +162,10 @@ class ResourceHandlers:
         else:
             def change(current: dict) -> dict:
                 return body
+        warnings = self._admit(request, target, body)
         obj = await self.state.store.update(target.rtype, target.version, target.namespace,
                                             target.name, change)
-        return _object_response(request, target, obj)
+        return _object_response(request, target, obj, 200, warnings)
 
     async def patch(self, request: web.Request, target: Target) -> web.Response:
         content_type = request.content_type
@@ -156,6 +174,7 @@ class ResourceHandlers:
             return await self._apply(request, target, raw)
         patch = _parse_json(raw)
         apply = _patcher(content_type, target.rtype, patch)
+        warnings: list[str] = []
 
         def change(current: dict) -> dict:
             try:
@@ -165,11 +184,12 @@ class ResourceHandlers:
             if not isinstance(new, dict):
                 raise errors.bad_request("the patch does not produce an object")
             _check_body(new, target, name_from_url=target.name)
+            warnings[:] = self._admit(request, target, new)
             return new
 
         obj = await self.state.store.update(target.rtype, target.version, target.namespace,
                                             target.name, change)
-        return _object_response(request, target, obj)
+        return _object_response(request, target, obj, 200, warnings)
 
     async def _apply(self, request: web.Request, target: Target, raw: bytes) -> web.Response:
         """Server-side apply, approximated: create if absent, else merge the applied config."""
@@ -180,17 +200,24 @@ class ResourceHandlers:
         if not isinstance(applied, dict):
             raise errors.bad_request("the applied configuration is not an object")
         _check_body(applied, target, name_from_url=target.name)
+        warnings: list[str] = []
+
+        def change(current: dict) -> dict:
+            new = merge_patch(current, applied)
+            warnings[:] = self._admit(request, target, new)
+            return new
+
         try:
-            obj = await self.state.store.update(
-                target.rtype, target.version, target.namespace, target.name,
-                lambda current: merge_patch(current, applied))
+            obj = await self.state.store.update(target.rtype, target.version, target.namespace,
+                                                target.name, change)
         except errors.ApiError as exc:
             if exc.code != 404:
                 raise
+            warnings = self._admit(request, target, applied)
             obj = await self.state.store.create(target.rtype, target.version, target.namespace,
                                                 applied)
-            return _object_response(request, target, obj, 201)
-        return _object_response(request, target, obj)
+            return _object_response(request, target, obj, 201, warnings)
+        return _object_response(request, target, obj, 200, warnings)
 
     async def delete(self, request: web.Request, target: Target) -> web.Response:
         options = _parse_json(await request.read()) if request.can_read_body else {}
@@ -286,11 +313,15 @@ def _json(body: dict, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
-def _object_response(request: web.Request, target: Target, obj: dict,
-                     status: int = 200) -> web.Response:
+def _object_response(request: web.Request, target: Target, obj: dict, status: int = 200,
+                     warnings: list[str] | None = None) -> web.Response:
     if wants_table(request):
-        return _json(to_table(target.rtype, [obj], {}, None, _include_object(request)), status)
-    return _json(obj, status)
+        response = _json(to_table(target.rtype, [obj], {}, None, _include_object(request)), status)
+    else:
+        response = _json(obj, status)
+    for warning in warnings or ():
+        response.headers.add("Warning", '299 - ' + json.dumps(warning))
+    return response
 
 
 def _include_object(request: web.Request) -> bool:

@@ -31,6 +31,7 @@ class AppState:
         self.store = Store(self.etcd, on_write=self._written)
         self.bookmark_interval = bookmark_interval
         self._columns: dict[tuple[str, str], list[dict]] = {}
+        self._schemas: dict[tuple[str, str, str], dict] = {}
 
     async def _written(self, rtype: ResourceType) -> None:
         if rtype.group == CRD_GROUP:
@@ -41,12 +42,21 @@ class AppState:
         crds = [json.loads(kv.value) for kv in kvs]
         self.registry.set_crds(crds)
         self._columns = {}
+        self._schemas = {}
         for crd in crds:
             spec = crd.get("spec", {})
             for version in spec.get("versions", []):
+                schema = (version.get("schema") or {}).get("openAPIV3Schema")
+                if isinstance(schema, dict):
+                    key = (spec.get("group"), spec.get("names", {}).get("plural"), version.get("name"))
+                    self._schemas[key] = schema
                 columns = version.get("additionalPrinterColumns")
                 if columns and version.get("storage"):
                     self._columns[(spec.get("group"), spec.get("names", {}).get("plural"))] = columns
+
+    def schema_for(self, rtype: ResourceType, version: str) -> dict | None:
+        """The CRD's openAPIV3Schema for a custom resource version; None for built-ins."""
+        return self._schemas.get((rtype.group, rtype.plural, version))
 
     def crd_columns(self, rtype: ResourceType) -> list[dict] | None:
         return self._columns.get((rtype.group, rtype.plural))

@@ -156,3 +156,42 @@ def test_pods_watch_by_node_name(k8s_client):
     assert seen == [("ADDED", "mine", "node-a"), ("DELETED", "mine", "node-a")]
     listed = core.list_namespaced_pod("pods-ns", field_selector="spec.nodeName=node-b")
     assert [p.metadata.name for p in listed.items] == ["elsewhere"]
+
+
+def test_crd_schema_prunes_validates_and_strict_refuses(k8s_client):
+    ext = client.ApiextensionsV1Api(k8s_client)
+    spec_schema = {"type": "object", "required": ["peerIP"], "properties": {
+        "peerIP": {"type": "string"}, "asNumber": {"type": "integer", "minimum": 1}}}
+    ext.create_custom_resource_definition({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"bgppeers.{GROUP}"},
+        "spec": {"group": GROUP, "scope": "Cluster",
+                 "names": {"plural": "bgppeers", "kind": "BGPPeer"},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
+                     "openAPIV3Schema": {"type": "object", "properties": {
+                         "spec": spec_schema}}}}]}})
+    custom = client.CustomObjectsApi(k8s_client)
+
+    def peer(name: str, **spec) -> dict:
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "BGPPeer", "metadata": {"name": name},
+                "spec": spec}
+
+    created = custom.create_cluster_custom_object(GROUP, VERSION, "bgppeers",
+                                                  peer("p1", peerIP="10.0.0.1", bogus=True))
+    assert created["spec"] == {"peerIP": "10.0.0.1"}  # pruned, as kube-apiserver does
+    with pytest.raises(ApiException) as invalid:
+        custom.create_cluster_custom_object(GROUP, VERSION, "bgppeers",
+                                            peer("p2", peerIP="10.0.0.2", asNumber=0))
+    assert invalid.value.status == 422
+    assert json.loads(invalid.value.body)["details"]["causes"][0]["field"] == "spec.asNumber"
+    with pytest.raises(ApiException) as strict:
+        custom.create_cluster_custom_object(GROUP, VERSION, "bgppeers",
+                                            peer("p3", peerIP="10.0.0.3", bogus=1),
+                                            field_validation="Strict")
+    assert strict.value.status == 400
+    assert 'strict decoding error: unknown field "spec.bogus"' in json.loads(strict.value.body)[
+        "message"]
+    with pytest.raises(ApiException) as missing:
+        custom.patch_cluster_custom_object(GROUP, VERSION, "bgppeers", "p1",
+                                           {"spec": {"peerIP": None}})
+    assert missing.value.status == 422

@@ -211,13 +211,31 @@ def test_server_side_apply_and_api_resources(kubectl):
     kubectl("delete", "ippool", "pool-ssa")
 
 
+def test_apply_with_an_unknown_field_is_refused_by_strict_validation(kubectl):
+    kubectl("apply", "-f", "-", stdin=IPPOOL_CRD.replace(
+        "        type: object\n        x-kubernetes-preserve-unknown-fields: true\n",
+        "        type: object\n        properties:\n          spec:\n            type: object\n"
+        "            properties:\n              cidr: {type: string}\n"
+        "              ipipMode: {type: string}\n").replace("ippools", "strictpools").replace(
+        "ippool,", "strictpool,").replace("IPPool", "StrictPool"))
+    doc = ippool("s1", "10.80.0.0/16").replace("IPPool", "StrictPool").replace(
+        "ipipMode: Always", "ipipMode: Always, natOutgoing: true")
+    refused = kubectl("apply", "-f", "-", stdin=doc, check=False)
+    assert refused.returncode != 0
+    assert 'strict decoding error: unknown field "spec.natOutgoing"' in refused.stderr
+    kubectl("apply", "-f", "-", stdin=doc.replace(", natOutgoing: true", ""))
+    kubectl("delete", "strictpool", "s1")
+    kubectl("delete", "crd", "strictpools.crd.projectcalico.org")
+
+
 @pytest.mark.skipif(not (REPO / "deploy" / "crds.yaml").exists(), reason="no deploy/crds.yaml yet")
 def test_apply_the_generated_calico_crds(kubectl):
     manifest = (REPO / "deploy" / "crds.yaml").read_text()
     out = kubectl.apply(manifest)
     names = [line.split()[0] for line in out.splitlines()]
     assert names and all(n.startswith("customresourcedefinition.apiextensions.k8s.io/") for n in names)
-    served = kubectl("api-resources", "--api-group=crd.projectcalico.org", "-o", "name").stdout
-    assert len(served.split()) == manifest.count("\nkind: CustomResourceDefinition") + (
-        manifest.startswith("kind: CustomResourceDefinition"))
+    served = set(kubectl("api-resources", "--api-group=crd.projectcalico.org",
+                         "-o", "name").stdout.split())
+    applied = {n.split("/", 1)[1] for n in names}
+    assert applied <= served and len(applied) == manifest.count("kind: CustomResourceDefinition")
     assert kubectl.apply(manifest).count("unchanged") == len(names)
