@@ -22,10 +22,14 @@ nodes and pods, with the client's own auth and TLS handling from the kubeconfig.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import queue
+import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +58,7 @@ _NODE_BGP = {"ipv4Address": "IPv4Address", "ipv6Address": "IPv6Address", "asNumb
 _NODE_SPEC = {"ipv4VXLANTunnelAddr": "IPv4VXLANTunnelAddr", "vxlanTunnelMACAddr": "VXLANTunnelMACAddr"}
 _PAGE = 500
 _POLL = 0.1  # how often a watch looks at its stop flag, seconds
+_REORDER = 0.02  # how long an event waits for lower revisions from the other kinds' streams
 _WATCH_SECONDS = 60  # one watch request's lifetime; it is reopened from the last revision seen
 
 
@@ -118,9 +123,13 @@ class KubernetesDatastore(Datastore):
     # -- reads --
     def get(self, kind: str, name: str, namespace: str | None = None) -> Resource:
         place = place_of(kind)
-        obj = self._request("GET", place.item(name, namespace))
-        resource = from_k8s(place.kind, obj)
-        if resource is None:
+        key = name
+        if place.kind == "WorkloadEndpoint":
+            key = _pod_of(name)
+            if key is None:
+                raise NotFound(f"WorkloadEndpoint {name} not found (not a <node>-k8s-<pod>-<if> name)")
+        resource = from_k8s(place.kind, self._request("GET", place.item(key, namespace)))
+        if resource is None or resource.name != name:  # no endpoint, or the pod is on another node
             raise NotFound(f"{place.kind} {name} not found")
         return resource
 
@@ -248,14 +257,7 @@ class KubernetesDatastore(Datastore):
         events: queue.Queue = queue.Queue()
         streams = [_KindWatch(self, place, revision, events, stop) for place in places.values()]
         try:
-            while not stop.is_set():
-                try:
-                    item = events.get(timeout=_POLL)
-                except queue.Empty:
-                    continue
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            yield from _in_revision_order(events, stop)
         finally:
             for stream in streams:
                 stream.close()
@@ -304,7 +306,7 @@ class _KindWatch:
         self._closed.set()
         resp = self._resp
         if resp is not None:
-            resp.close()  # unblocks the thread's read
+            _interrupt(resp)
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
@@ -348,6 +350,40 @@ class _KindWatch:
             kind = "DELETED"  # e.g. a pod without our annotations: not (or no longer) an endpoint
         self._out.put(WatchEvent(kind, self._place.kind, meta.get("namespace"), name, resource,
                                  revision))
+
+
+def _in_revision_order(events: queue.Queue, stop: threading.Event) -> Iterator[WatchEvent]:
+    """Merge the per-kind streams in revision order, as one etcd watch delivers them.
+
+    Each event waits ``_REORDER`` seconds, so a lower revision of another kind that arrives a
+    moment later on its own stream still goes first. (Revisions are etcd's: comparable.)
+    """
+    pending: list[tuple[int, int, float, WatchEvent]] = []
+    arrivals = itertools.count()
+    while not stop.is_set():
+        wait = _POLL if not pending else max(0.0, pending[0][2] + _REORDER - time.monotonic())
+        try:
+            item = events.get(timeout=min(wait, _POLL))
+        except queue.Empty:
+            item = None
+        if isinstance(item, BaseException):
+            raise item
+        if item is not None:
+            heapq.heappush(pending, (item.revision, next(arrivals), time.monotonic(), item))
+        while pending and pending[0][2] + _REORDER <= time.monotonic():
+            yield heapq.heappop(pending)[3]
+
+
+def _interrupt(resp) -> None:
+    """End a read blocked in another thread: closing the response alone does not wake a thread
+    sitting in recv(); shutting the socket down does."""
+    sock = getattr(getattr(resp, "connection", None), "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+    resp.close()
 
 
 def _lines(resp) -> Iterator[bytes]:
@@ -458,6 +494,12 @@ def _wep_name(node: str, pod: str, endpoint: str) -> str:
 
 def _host_ifname(namespace: str, pod: str) -> str:
     return "cali" + hashlib.sha1(f"{namespace}.{pod}".encode()).hexdigest()[:11]
+
+
+def _pod_of(wep_name: str) -> str | None:
+    """The pod of a ``<node>-k8s-<pod>-<endpoint>`` name (``-`` inside a part is doubled)."""
+    parts = [p.replace("\0", "-") for p in wep_name.replace("--", "\0").split("-")]
+    return parts[2] if len(parts) == 4 and parts[1] == "k8s" else None
 
 
 def _name_of(kind: str, obj: dict) -> str:

@@ -34,11 +34,17 @@ def node(name: str) -> Resource:
                  "spec": {"bgp": {"ipv4Address": "192.168.0.1/24"}}})
 
 
-def wep(namespace: str, name: str) -> Resource:
+def wep(namespace: str, pod: str) -> Resource:
+    """A WorkloadEndpoint of ``pod`` on node n1, named as Calico always names one
+    (``<node>-k8s-<pod>-<endpoint>``: a Kubernetes datastore can only derive that name)."""
     return load({"apiVersion": API_VERSION, "kind": WEP,
-                 "metadata": {"name": name, "namespace": namespace},
-                 "spec": {"node": "n1", "pod": name, "interfaceName": "cali0123456789a",
+                 "metadata": {"name": wep_name("n1", pod), "namespace": namespace},
+                 "spec": {"node": "n1", "pod": pod, "interfaceName": "cali0123456789a",
                           "ipNetworks": ["10.244.1.5/32"]}})
+
+
+def wep_name(node: str, pod: str) -> str:
+    return "-".join(part.replace("-", "--") for part in (node, "k8s", pod, "eth0"))
 
 
 def relabel(res: Resource, **labels: str) -> Resource:
@@ -346,21 +352,22 @@ class DatastoreConformance:
         self.prepare_workload(ds, "ns-b", "web")
         a = ds.create(wep("ns-a", "web"))
         b = ds.create(wep("ns-b", "web"))
-        assert ds.get(WEP, "web", "ns-a") == a
-        assert ds.get(WEP, "web", "ns-b") == b
+        web = wep_name("n1", "web")
+        assert ds.get(WEP, web, "ns-a") == a
+        assert ds.get(WEP, web, "ns-b") == b
         assert a.metadata.namespace == "ns-a"
-        assert names(ds.list(WEP, "ns-a").items) == ["web"]
+        assert names(ds.list(WEP, "ns-a").items) == [web]
         assert [r.metadata.namespace for r in ds.list(WEP).items] == ["ns-a", "ns-b"]
         with pytest.raises(ValueError):
-            ds.get(WEP, "web")  # a namespaced kind needs its namespace
+            ds.get(WEP, web)  # a namespaced kind needs its namespace
         with pytest.raises(AlreadyExists):
             ds.create(wep("ns-a", "web"))
         start = current_revision(ds)
-        ds.delete(WEP, "web", "ns-a", revision=a.metadata.resource_version)
-        assert names(ds.list(WEP).items) == ["web"]
-        assert ds.get(WEP, "web", "ns-b") == b
+        ds.delete(WEP, web, "ns-a", revision=a.metadata.resource_version)
+        assert names(ds.list(WEP).items) == [web]
+        assert ds.get(WEP, web, "ns-b") == b
         [event] = take(ds, [WEP], start, 1)
-        assert (event.type, event.namespace, event.name) == ("DELETED", "ns-a", "web")
+        assert (event.type, event.namespace, event.name) == ("DELETED", "ns-a", web)
 
     # -- syncer --
     def test_syncer_snapshot_in_sync_then_live(self, ds, recorder):

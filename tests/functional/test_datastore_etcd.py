@@ -58,7 +58,8 @@ class TestEtcdDatastore(DatastoreConformance):
 
 def test_calico_key_layout_and_stored_value(ds, raw):
     created = ds.create(wep("ns-a", "web"))
-    value, meta = raw.get("/calico/resources/v3/projectcalico.org/workloadendpoints/ns-a/web")
+    value, meta = raw.get("/calico/resources/v3/projectcalico.org/workloadendpoints/ns-a/"
+                          "n1-k8s-web-eth0")
     stored = json.loads(value)
     assert "resourceVersion" not in stored["metadata"]
     assert stored == created.with_revision(None).to_dict()

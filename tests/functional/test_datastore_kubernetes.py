@@ -118,12 +118,13 @@ class TestKubernetesDatastore(DatastoreConformance):
     def prepare_workload(self, ds, namespace: str, pod: str) -> None:
         core = k8s.CoreV1Api(ds._api)
         try:
-            core.create_namespace({"metadata": {"name": namespace}})
+            core.create_namespace({"apiVersion": "v1", "kind": "Namespace",
+                                   "metadata": {"name": namespace}})
         except k8s.ApiException as exc:
             if exc.status != 409:
                 raise
         core.create_namespaced_pod(namespace, {
-            "metadata": {"name": pod, "namespace": namespace},
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": namespace},
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "pause"}]}})
 
 

@@ -102,3 +102,13 @@ def test_status_codes_become_our_errors(status, reason, error):
                                          (None, False), ("012", False), ("abc", False)])
 def test_only_a_positive_canonical_revision_is_usable(revision, ok):
     assert _usable(revision) is ok
+
+
+@pytest.mark.parametrize("name,pod", [
+    ("node1-k8s-pod--1-eth0", "pod-1"), ("node--1-k8s-web-eth0", "web"),
+    ("n1-k8s-a--b--c-eth0", "a-b-c"), ("web", None), ("n1-pods-web-eth0", None),
+])
+def test_the_pod_of_an_endpoint_name(name, pod):
+    from datastore.kubernetes import _pod_of
+
+    assert _pod_of(name) == pod
