@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from crds import KINDS
 from datastore.etcdv3 import EtcdDatastore
-from datastore.kubernetes import KubernetesDatastore, place_of
+from datastore.kubernetes import KubernetesDatastore
 from tests.datastore_conformance import (  # noqa: F401  (recorder is a fixture)
     DatastoreConformance, pool, recorder,
 )
@@ -29,18 +30,13 @@ from tests.helpers import etcd_running, free_port, stop_process, wait_for
 pytestmark = pytest.mark.root
 
 
-def permissive_crd(kind: str) -> dict:
-    """A CRD that serves ``kind`` with a schema that keeps every field (the models validate)."""
-    place, cls = place_of(kind), KINDS[kind]
-    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"{place.plural}.crd.projectcalico.org"},
-            "spec": {"group": "crd.projectcalico.org",
-                     "names": {"kind": kind, "listKind": f"{kind}List", "plural": place.plural,
-                               "singular": kind.lower()},
-                     "scope": "Namespaced" if cls.NAMESPACED else "Cluster",
-                     "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
-                         "openAPIV3Schema": {"type": "object",
-                                             "x-kubernetes-preserve-unknown-fields": True}}}]}}
+CRDS = Path(__file__).resolve().parents[2] / "deploy" / "crds.yaml"
+
+
+def generated_crds() -> list[dict]:
+    """The CRDs we ship (generated from the models): the stand-in prunes and validates custom
+    resources against their schemas as kube-apiserver does, so a model/schema mismatch fails here."""
+    return [doc for doc in yaml.safe_load_all(CRDS.read_text()) if doc]
 
 
 def write_kubeconfig(path: Path, server: str) -> Path:
@@ -79,9 +75,8 @@ def cluster(tmp_path_factory) -> Iterator[tuple[Path, str]]:
 
             wait_for(up, timeout=20, what="the API server stand-in to answer")
             ext = k8s.ApiextensionsV1Api(api)
-            for kind in KINDS:
-                if kind not in ("Node", "WorkloadEndpoint"):
-                    ext.create_custom_resource_definition(permissive_crd(kind))
+            for crd in generated_crds():
+                ext.create_custom_resource_definition(crd)
             api.close()
             yield kubeconfig, etcd_url
         finally:
