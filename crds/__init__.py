@@ -9,7 +9,6 @@ from crds.models import (
     API_VERSION,
     DEFAULT_ASN,
     KINDS,
-    BGPConfiguration,
     BlockAffinity,
     IPAMBlock,
     IPPool,
@@ -22,7 +21,7 @@ from crds.models import (
     load,
 )
 # Imported for their registration in KINDS as much as for their names.
-from crds.bgp import BGPFilter, BGPPeer  # noqa: E402
+from crds.bgp import BGPConfiguration, BGPFilter, BGPPeer  # noqa: E402
 from crds.felixconfig import FelixConfiguration  # noqa: E402
 from crds.ipamobjects import IPAMConfig, IPAMHandle, IPReservation  # noqa: E402
 from crds.selector import Selector, SelectorError, parse_selector  # noqa: E402

@@ -1,4 +1,4 @@
-"""BGPPeer and BGPFilter, with Calico's field names, defaults and validation.
+"""BGPConfiguration, BGPPeer and BGPFilter, with Calico's field names, defaults and validation.
 
 Purely computational; no I/O.
 """
@@ -10,7 +10,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from crds.duration import parse_duration
-from crds.models import _NAME_RE, Resource, _FieldError, _parse_asn, _Wire, check_selector, register
+from crds.models import (
+    _NAME_RE, DEFAULT_ASN, Resource, _FieldError, _parse_asn, _Wire, check_selector, register,
+)
 
 
 def parse_peer_ip(text: str) -> tuple[str, int | None]:
@@ -153,6 +155,110 @@ class BGPPeer(Resource):
     spec: BGPPeerSpec
 
 
+# --- BGPConfiguration ------------------------------------------------------------------------------
+
+
+class CIDRRef(_Wire):
+    cidr: str
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        return str(ipaddress.ip_network(v, strict=False))
+
+
+def community_error(value: str) -> str | None:
+    """Why ``value`` is not a BGP community (standard ``aa:nn``, 16-bit parts; large ``aa:nn:mm``,
+    32-bit parts), or None if it is one."""
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+        return "must be aa:nn (standard) or aa:nn:mm (large)"
+    limit = 0xFFFF if len(parts) == 2 else 0xFFFFFFFF
+    if any(int(p) > limit for p in parts):
+        return f"each part of a {'standard' if limit == 0xFFFF else 'large'} community is 0-{limit}"
+    return None
+
+
+class Community(_Wire):
+    name: str
+    value: str
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, v: str) -> str:
+        error = community_error(v)
+        if error:
+            raise ValueError(error)
+        return v
+
+
+class PrefixAdvertisement(_Wire):
+    cidr: str
+    communities: list[str] = Field(default_factory=list)
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        try:  # Calico: a CIDR or a single address
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a CIDR or an IP address") from None
+        return v
+
+
+class BGPConfigurationSpec(_Wire):
+    log_severity_screen: Literal["Debug", "Info", "Warning", "Error", "Fatal"] = "Info"
+    node_to_node_mesh_enabled: bool = True
+    as_number: int = Field(default=DEFAULT_ASN, alias="asNumber")
+    service_cluster_i_ps: list[CIDRRef] = Field(default_factory=list, alias="serviceClusterIPs")
+    service_external_i_ps: list[CIDRRef] = Field(default_factory=list, alias="serviceExternalIPs")
+    service_load_balancer_i_ps: list[CIDRRef] = Field(
+        default_factory=list, alias="serviceLoadBalancerIPs"
+    )
+    listen_port: int = Field(default=179, ge=1, le=65535)
+    bind_mode: Literal["None", "NodeIP"] = "None"
+    communities: list[Community] = Field(default_factory=list)
+    prefix_advertisements: list[PrefixAdvertisement] = Field(default_factory=list)
+    node_mesh_password: BGPPassword | None = None
+    node_mesh_max_restart_time: str = "120s"
+    ignored_interfaces: list[str] = Field(default_factory=list)
+
+    @field_validator("node_mesh_max_restart_time")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)  # a bad value must not reach the agent, which uses it as a timer
+        return v
+
+    @field_validator("as_number", mode="before")
+    @classmethod
+    def _asn(cls, v: Any) -> int:
+        return _parse_asn(v)
+
+    @model_validator(mode="after")
+    def _communities_used(self) -> BGPConfigurationSpec:
+        # Calico's rules (validateBGPConfigurationSpec): named communities exist to be used by a
+        # prefix advertisement, and an advertisement's community is a value or a defined name.
+        if self.communities and not self.prefix_advertisements:
+            raise _FieldError("communities", "communities are defined but not used in "
+                                             "prefixAdvertisements")
+        names = {c.name for c in self.communities}
+        for i, adv in enumerate(self.prefix_advertisements):
+            for j, community in enumerate(adv.communities):
+                if community not in names and community_error(community):
+                    raise _FieldError(f"prefixAdvertisements.{i}.communities.{j}",
+                                      f"{community!r} is neither a community value (aa:nn or "
+                                      "aa:nn:mm) nor the name of one in communities")
+        return self
+
+
+class BGPConfiguration(Resource):
+    KIND = "BGPConfiguration"
+    SHORT_NAMES = ("bgpconfig", "bgpconfigs")
+    PLURAL = "bgpconfigurations"
+    kind: str = "BGPConfiguration"
+    spec: BGPConfigurationSpec = Field(default_factory=BGPConfigurationSpec)
+
+
 # --- BGPFilter -------------------------------------------------------------------------------------
 
 
@@ -207,4 +313,4 @@ class BGPFilter(Resource):
     spec: BGPFilterSpec = Field(default_factory=BGPFilterSpec)
 
 
-register(BGPPeer, BGPFilter)
+register(BGPConfiguration, BGPPeer, BGPFilter)

@@ -12,7 +12,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from crds.duration import parse_duration
 from crds.selector import SelectorError, parse_selector
 
 API_VERSION = "projectcalico.org/v3"
@@ -165,64 +164,6 @@ class _FieldError(ValueError):
     def __init__(self, field: str, reason: str) -> None:
         self.field, self.reason = field, reason
         super().__init__(f"{field}: {reason}")
-
-
-# --- BGPConfiguration ------------------------------------------------------------------------------
-
-
-class CIDRRef(_Wire):
-    cidr: str
-
-    @field_validator("cidr")
-    @classmethod
-    def _cidr(cls, v: str) -> str:
-        return str(ipaddress.ip_network(v, strict=False))
-
-
-class Community(_Wire):
-    name: str
-    value: str
-
-    @field_validator("value")
-    @classmethod
-    def _value(cls, v: str) -> str:
-        parts = v.split(":")
-        if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
-            raise ValueError("must be aa:nn (standard) or aa:nn:mm (large)")
-        return v
-
-
-class PrefixAdvertisement(_Wire):
-    cidr: str
-    communities: list[str] = Field(default_factory=list)
-
-
-class BGPConfigurationSpec(_Wire):
-    log_severity_screen: Literal["Debug", "Info", "Warning", "Error", "Fatal"] = "Info"
-    node_to_node_mesh_enabled: bool = True
-    as_number: int = Field(default=DEFAULT_ASN, alias="asNumber")
-    service_cluster_i_ps: list[CIDRRef] = Field(default_factory=list, alias="serviceClusterIPs")
-    service_external_i_ps: list[CIDRRef] = Field(default_factory=list, alias="serviceExternalIPs")
-    service_load_balancer_i_ps: list[CIDRRef] = Field(
-        default_factory=list, alias="serviceLoadBalancerIPs"
-    )
-    listen_port: int = Field(default=179, ge=1, le=65535)
-    bind_mode: Literal["None", "NodeIP"] = "None"
-    communities: list[Community] = Field(default_factory=list)
-    prefix_advertisements: list[PrefixAdvertisement] = Field(default_factory=list)
-    node_mesh_max_restart_time: str = "120s"
-    ignored_interfaces: list[str] = Field(default_factory=list)
-
-    @field_validator("node_mesh_max_restart_time")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        parse_duration(v)  # a bad value must not reach the agent, which uses it as a timer
-        return v
-
-    @field_validator("as_number", mode="before")
-    @classmethod
-    def _asn(cls, v: Any) -> int:
-        return _parse_asn(v)
 
 
 # --- Node ------------------------------------------------------------------------------------------
@@ -395,14 +336,6 @@ class IPPool(Resource):
     spec: IPPoolSpec
 
 
-class BGPConfiguration(Resource):
-    KIND = "BGPConfiguration"
-    SHORT_NAMES = ("bgpconfig", "bgpconfigs")
-    PLURAL = "bgpconfigurations"
-    kind: str = "BGPConfiguration"
-    spec: BGPConfigurationSpec = Field(default_factory=BGPConfigurationSpec)
-
-
 class Node(Resource):
     KIND = "Node"
     SHORT_NAMES = ("no", "nos")
@@ -444,7 +377,7 @@ def register(*classes: type[Resource]) -> None:
         KINDS[cls.KIND] = cls
 
 
-register(IPPool, BGPConfiguration, Node, WorkloadEndpoint, IPAMBlock, BlockAffinity)
+register(IPPool, Node, WorkloadEndpoint, IPAMBlock, BlockAffinity)  # BGPConfiguration: crds.bgp
 
 
 def kind_class(kind: str) -> type[Resource]:

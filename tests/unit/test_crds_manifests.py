@@ -124,6 +124,7 @@ def conforms(value, schema, path="spec"):
 SAMPLES = {
     "IPPool": {"cidr": "10.244.0.0/16", "ipipMode": "CrossSubnet", "natOutgoing": True},
     "BGPConfiguration": {"asNumber": 64512, "communities": [{"name": "c", "value": "64512:100"}],
+                         "prefixAdvertisements": [{"cidr": "10.244.0.0/16", "communities": ["c"]}],
                          "serviceClusterIPs": [{"cidr": "10.96.0.0/12"}], "listenPort": 1179},
     "Node": {"bgp": {"ipv4Address": "192.168.40.181/24", "asNumber": 64513,
                      "routeReflectorClusterID": "244.0.0.1"},

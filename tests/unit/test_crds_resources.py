@@ -181,3 +181,34 @@ def test_calicoctl_names_for_kinds(name, kind):
 def test_a_short_name_is_not_a_kind_in_a_document():
     refused({**peer(peerIP="10.0.0.1", asNumber=1), "kind": "bp"}, "kind", "did you mean BGPPeer?")
     refused({**peer(peerIP="10.0.0.1", asNumber=1), "kind": "Peer"}, "kind", "known: IPPool")
+
+
+def bgpconfig(**spec):
+    return doc("BGPConfiguration", spec, name="default")
+
+
+def test_bgp_configuration_communities_mesh_password_and_advertisements():
+    c = load(bgpconfig(communities=[{"name": "rack", "value": "64512:100"},
+                                    {"name": "big", "value": "4200000000:1:2"}],
+                       prefixAdvertisements=[{"cidr": "10.244.0.0/16", "communities": ["rack", "65000:7"]},
+                                             {"cidr": "10.244.9.9", "communities": ["big"]}],
+                       nodeMeshPassword={"secretKeyRef": {"name": "bgp", "key": "mesh"}}))
+    assert c.spec.node_mesh_password.secret_key_ref.name == "bgp"
+    assert load(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("spec, field, words", [
+    ({"communities": [{"name": "a", "value": "64512:100"}]}, "spec.communities", "not used"),
+    ({"communities": [{"name": "a", "value": "65536:1"}]}, "spec.communities.0.value", "0-65535"),
+    ({"communities": [{"name": "a", "value": "4294967296:1:1"}]}, "spec.communities.0.value",
+     "0-4294967295"),
+    ({"communities": [{"name": "a", "value": "64512"}]}, "spec.communities.0.value", "aa:nn"),
+    ({"prefixAdvertisements": [{"cidr": "10.0.0.0/8", "communities": ["nope"]}]},
+     "spec.prefixAdvertisements.0.communities.0", "neither a community value"),
+    ({"prefixAdvertisements": [{"cidr": "10.0.0.0/33"}]}, "spec.prefixAdvertisements.0.cidr",
+     "not a CIDR"),
+    ({"nodeMeshPassword": {"secretKeyRef": {"key": "k"}}}, "spec.nodeMeshPassword.secretKeyRef.name",
+     "required"),
+])
+def test_bad_bgp_configuration_names_the_field(spec, field, words):
+    refused(bgpconfig(**spec), field, words)
