@@ -214,6 +214,7 @@ class ResourceHandlers:
             if exc.code != 404:
                 raise
             warnings = self._admit(request, target, applied)
+            applied["metadata"].pop("resourceVersion", None)
             obj = await self.state.store.create(target.rtype, target.version, target.namespace,
                                                 applied)
             return _object_response(request, target, obj, 201, warnings)

@@ -8,6 +8,11 @@ leaves validation to the server and sends ``fieldValidation=Strict``; if the doc
 (404), ``kubectl apply`` refuses to run without ``--validate=false``. We list the parameter for every
 kind we serve; the stand-in then ignores it (no schema validation: see the package docstring).
 There are no schemas here, so kubectl computes strategic merge patches from its compiled-in types.
+
+List documents (``kind: IPPoolList``, ``v1 List``) have no PATCH operation, so kubectl falls back to
+the OpenAPI v2 document (protobuf); we serve an empty one (``V2_PROTOBUF``, no bytes), from which
+kubectl concludes "no server-side validation for this kind, and no schema to check it against" and
+goes on, as it does with a real server's v2 document for a kind it does not describe.
 """
 from __future__ import annotations
 
@@ -17,21 +22,28 @@ import json
 from lab.apiserver.registry import Registry, ResourceType
 
 
+V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+
+
 def _gv_path(group: str, version: str) -> str:
     return f"api/{version}" if not group else f"apis/{group}/{version}"
+
+
+def _patch(group: str, version: str, kind: str) -> dict:
+    param = {"name": "fieldValidation", "in": "query", "schema": {"type": "string"},
+             "description": "Strict, Warn or Ignore"}
+    gvk = {"group": group, "version": version, "kind": kind}
+    return {"patch": {"operationId": f"patch{kind}", "x-kubernetes-group-version-kind": gvk,
+                      "x-kubernetes-action": "patch", "parameters": [param],
+                      "responses": {"200": {"description": "OK"}}}}
 
 
 def _document(types: list[ResourceType], group: str, version: str) -> dict:
     paths = {}
     for rtype in types:
         scope = "namespaces/{namespace}/" if rtype.namespaced else ""
-        gvk = {"group": group, "version": version, "kind": rtype.kind}
-        param = {"name": "fieldValidation", "in": "query", "schema": {"type": "string"},
-                 "description": "Strict, Warn or Ignore (accepted, not enforced by the stand-in)"}
-        operation = {"operationId": f"patch{rtype.kind}", "x-kubernetes-group-version-kind": gvk,
-                     "x-kubernetes-action": "patch", "parameters": [param],
-                     "responses": {"200": {"description": "OK"}}}
-        paths[f"/{_gv_path(group, version)}/{scope}{rtype.plural}/{{name}}"] = {"patch": operation}
+        path = f"/{_gv_path(group, version)}/{scope}{rtype.plural}/{{name}}"
+        paths[path] = _patch(group, version, rtype.kind)
     return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"},
             "paths": paths}
 

@@ -110,6 +110,10 @@ class Router:
             return _json(discovery.api_versions(request.host))
         if path == "/apis":
             return _json(discovery.api_group_list(self.state.registry))
+        if path == "/openapi/v2":
+            # An empty protobuf Document: kubectl checks v1 List documents against OpenAPI v2
+            # only, and a document without definitions makes it skip client-side validation.
+            return web.Response(body=b"", content_type=openapi.V2_PROTOBUF)
         if path == "/openapi/v3":
             return _json(openapi.root(self.state.registry))
         if path.startswith("/openapi/v3/"):

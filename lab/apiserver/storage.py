@@ -111,8 +111,10 @@ class Store:
             raise errors.invalid(rtype.kind, rtype.group, "", "metadata.name",
                                  "Required value: name or generateName is required")
         check_name(rtype, name)
+        if meta.get("resourceVersion"):
+            # kube-apiserver's etcd3 store refuses this with a plain error, hence a 500.
+            raise errors.internal("resourceVersion should not be set on objects to be created")
         await self._check_namespace(rtype, ns)
-        meta.pop("resourceVersion", None)
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
         if rtype.namespaced:
             meta["namespace"] = ns

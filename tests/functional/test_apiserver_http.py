@@ -81,6 +81,14 @@ def test_strategic_merge_patch_on_custom_resource_is_415(apiserver, custom):
     assert code == 200 and patched["spec"]["cidr"] == "10.1.0.0/16"
 
 
+def test_create_carrying_a_resource_version_is_refused(apiserver, custom):
+    body = ippool(unique("rv"))
+    body["metadata"]["resourceVersion"] = "12"
+    status = assert_status(http(apiserver.url + POOLS, "POST", json.dumps(body).encode()),
+                           500, "InternalError")
+    assert "resourceVersion should not be set on objects to be created" in status["message"]
+
+
 def test_method_not_allowed_is_405(apiserver, custom):
     assert_status(http(apiserver.url + POOLS, "PUT", b"{}"), 405, "MethodNotAllowed")
 

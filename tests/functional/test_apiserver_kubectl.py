@@ -211,6 +211,21 @@ def test_server_side_apply_and_api_resources(kubectl):
     kubectl("delete", "ippool", "pool-ssa")
 
 
+def test_apply_list_documents(kubectl):
+    """Lists go through kubectl's OpenAPI v2 check (an empty document here) before being split."""
+    kubectl.apply(IPPOOL_CRD)
+    pool_list = ("apiVersion: crd.projectcalico.org/v1\nkind: IPPoolList\nitems:\n"
+                 "- apiVersion: crd.projectcalico.org/v1\n  kind: IPPool\n"
+                 "  metadata: {name: listed, resourceVersion: '99999'}\n"
+                 "  spec: {cidr: 10.90.0.0/16}\n")
+    assert "ippool.crd.projectcalico.org/listed created" in kubectl.apply(pool_list)
+    core_list = ("apiVersion: v1\nkind: List\nitems:\n"
+                 "- {apiVersion: v1, kind: Node, metadata: {name: listed-node}}\n")
+    assert "node/listed-node created" in kubectl.apply(core_list)
+    kubectl("delete", "ippool", "listed")
+    kubectl("delete", "node", "listed-node")
+
+
 def test_apply_with_an_unknown_field_is_refused_by_strict_validation(kubectl):
     kubectl("apply", "-f", "-", stdin=IPPOOL_CRD.replace(
         "        type: object\n        x-kubernetes-preserve-unknown-fields: true\n",
