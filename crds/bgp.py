@@ -5,11 +5,13 @@ Purely computational; no I/O.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from crds.duration import parse_duration
+from crds.selector import parse_selector
 from crds.models import (
     _NAME_RE, DEFAULT_ASN, Resource, _FieldError, _parse_asn, _Wire, check_selector, register,
 )
@@ -145,6 +147,16 @@ class BGPPeerSpec(_Wire):
     @property
     def is_global(self) -> bool:
         return not self.node and not self.node_selector
+
+    def applies_to(self, node: str, labels: Mapping[str, str]) -> bool:
+        """Whether the node named ``node`` with ``labels`` runs this peering (Calico's scope rule)."""
+        if self.node:
+            return self.node == node
+        return self.node_selector is None or parse_selector(self.node_selector).matches(labels)
+
+    def selects_peer(self, labels: Mapping[str, str]) -> bool:
+        """For a peerSelector peering: whether a node with ``labels`` is one of the remotes."""
+        return self.peer_selector is not None and parse_selector(self.peer_selector).matches(labels)
 
 
 class BGPPeer(Resource):

@@ -66,6 +66,27 @@ class ObjectMeta(BaseModel):
             raise ValueError("must be a lowercase DNS subdomain name (a-z, 0-9, '-', '.')")
         return v
 
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        # Kubernetes' label syntax: selectors can only name keys and values of this shape.
+        for key, value in v.items():
+            prefix, _, name = key.rpartition("/")
+            if (prefix and (len(prefix) > 253 or not _NAME_RE.match(prefix))) or not _label_word(name):
+                raise ValueError(f"label key {key!r} must be [prefix/]name, name 1-63 of "
+                                 "[A-Za-z0-9-_.] starting and ending alphanumeric")
+            if value and not _label_word(value):
+                raise ValueError(f"label {key}: value {value!r} must be at most 63 of "
+                                 "[A-Za-z0-9-_.] starting and ending alphanumeric")
+        return v
+
+
+_LABEL_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+def _label_word(text: str) -> bool:
+    return len(text) <= 63 and bool(_LABEL_RE.match(text))
+
 
 def check_selector(v: str) -> str:
     """A Calico selector, syntax-checked now so a typo is refused at apply, not ignored at runtime."""
@@ -156,6 +177,10 @@ class IPPoolSpec(_Wire):
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(self.cidr)
+
+    def selects_node(self, labels: dict[str, str]) -> bool:
+        """Whether IPAM may use this pool for a node with ``labels`` (its nodeSelector matches)."""
+        return parse_selector(self.node_selector).matches(labels)
 
 
 class _FieldError(ValueError):

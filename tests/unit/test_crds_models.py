@@ -144,3 +144,19 @@ def test_pool_node_selector_is_syntax_checked(selector):
         load(pool(nodeSelector=selector))
     assert info.value.field == "spec.nodeSelector" and "not a valid selector" in info.value.reason
     assert load(pool(nodeSelector="zone in {'a'} && !has(edge)")).spec.node_selector.startswith("zone")
+
+
+@pytest.mark.parametrize("labels, words", [
+    ({"route reflector": "true"}, "label key 'route reflector'"), ({"-x": "1"}, "label key"),
+    ({"Bad_Prefix/x": "1"}, "label key"), ({"x" * 64: "1"}, "label key"),
+    ({"route-reflector": "yes please"}, "value 'yes please'"), ({"a": "v" * 64}, "value"),
+])
+def test_label_keys_and_values_follow_kubernetes(labels, words):
+    with pytest.raises(InvalidResource) as info:
+        load({**pool(), "metadata": {"name": "p", "labels": labels}})
+    assert info.value.field == "metadata.labels" and words in info.value.reason
+
+
+def test_good_labels_load():
+    labels = {"route-reflector": "true", "projectcalico.org/name": "n1", "empty": "", "A.b_c": "X-1"}
+    assert load({**pool(), "metadata": {"name": "p", "labels": labels}}).metadata.labels == labels

@@ -212,3 +212,21 @@ def test_bgp_configuration_communities_mesh_password_and_advertisements():
 ])
 def test_bad_bgp_configuration_names_the_field(spec, field, words):
     refused(bgpconfig(**spec), field, words)
+
+
+def test_peer_scope_and_remote_selection():
+    rr = load(peer(nodeSelector="all()", peerSelector="route-reflector == 'true'")).spec
+    assert rr.applies_to("zcsmaster1", {}) and rr.selects_peer({"route-reflector": "true"})
+    assert not rr.selects_peer({"route-reflector": "false"})
+    pinned = load(peer(node="zcsnode1", peerIP="10.0.0.1", asNumber=1)).spec
+    assert pinned.applies_to("zcsnode1", {}) and not pinned.applies_to("zcsnode2", {})
+    assert not pinned.selects_peer({"route-reflector": "true"})  # an explicit peerIP selects no node
+    rack = load(peer(nodeSelector="rack in {'r1'}", peerIP="10.0.0.1", asNumber=1)).spec
+    assert rack.applies_to("n", {"rack": "r1"}) and not rack.applies_to("n", {"rack": "r2"})
+    assert load(peer(peerIP="10.0.0.1", asNumber=1)).spec.applies_to("any", {})  # global
+
+
+def test_pool_node_selector_decides_which_nodes_may_use_it():
+    pool = load(doc("IPPool", {"cidr": "10.244.0.0/16", "nodeSelector": "!has(edge)"})).spec
+    assert pool.selects_node({"zone": "a"}) and not pool.selects_node({"edge": ""})
+    assert load(doc("IPPool", {"cidr": "10.245.0.0/16"})).spec.selects_node({"edge": ""})  # all()
