@@ -5,6 +5,8 @@ Purely computational; ``python -m crds.manifests > deploy/crds.yaml`` prints the
 ``$ref`` inlined, ``anyOf [X, null]`` turned into X, no ``$defs``/``title``/``default``/``const``,
 every node typed, maps as ``additionalProperties``, int-or-string unions marked as such, enums kept.
 Defaults stay in the models (``load`` applies them), so what a user applies is stored as written.
+Node and WorkloadEndpoint get no CRD in the shipped file, as in Calico: on Kubernetes they are the
+core Node and Pod (``CORE_KINDS``).
 
 >>> crd = definition(KINDS["BGPPeer"])
 >>> crd["metadata"]["name"], crd["spec"]["names"]["listKind"], crd["spec"]["scope"]
@@ -97,8 +99,16 @@ def _union(options: list[dict[str, Any]], defs: dict[str, Any], in_collection: b
     raise AssertionError(f"Bug: no structural form for the union {options}")
 
 
+# Kinds that are not CRDs on Kubernetes, as in Calico (which ships no CRD for either): the datastore
+# keeps them in core objects. A CRD for them would be an unused second home, and a second "nodes".
+CORE_KINDS = {"Node": "the Kubernetes Node plus projectcalico.org/* annotations",
+              "WorkloadEndpoint": "derived from the Pod and its cni.projectcalico.org/* annotations"}
+
+
 def definitions() -> list[dict[str, Any]]:
-    return [definition(cls) for cls in sorted(KINDS.values(), key=lambda c: c.PLURAL)]
+    """The CRDs we ship: every kind but CORE_KINDS, ordered by plural (a stable file)."""
+    kinds = [cls for cls in KINDS.values() if cls.KIND not in CORE_KINDS]
+    return [definition(cls) for cls in sorted(kinds, key=lambda c: c.PLURAL)]
 
 
 def render() -> str:
