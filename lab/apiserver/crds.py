@@ -24,6 +24,9 @@ def validate(crd: dict) -> None:
                          ("spec.names.kind", names.get("kind", ""))):
         if not value:
             raise errors.invalid(_KIND, _GROUP, name, field, "Required value")
+    if "." not in group:
+        raise errors.invalid(_KIND, _GROUP, name, "spec.group",
+                             f'Invalid value: "{group}": should be a domain with at least one dot')
     if name != f"{plural}.{group}":
         raise errors.invalid(_KIND, _GROUP, name, "metadata.name",
                              f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group')

@@ -5,6 +5,7 @@ Does I/O (HTTP, etcd). ``build_app(etcd_endpoint)`` returns an ``aiohttp.web.App
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -156,14 +157,25 @@ class Router:
         return _json(body)
 
 
-def build_app(etcd_endpoint: str, bookmark_interval: float = 5.0) -> web.Application:
+def build_app(etcd_endpoint: str, bookmark_interval: float = 5.0,
+              etcd_wait: float = 30.0) -> web.Application:
     state = AppState(etcd_endpoint, bookmark_interval)
     app = web.Application(middlewares=[status_errors], client_max_size=3 * 1024 * 1024)
     router = Router(state)
     app.router.add_route("*", "/{tail:.*}", router.dispatch)
 
     async def startup(_app: web.Application) -> None:
-        await state.reload_crds()
+        # The lab starts etcd and the API server together: wait for etcd rather than exit.
+        deadline = asyncio.get_running_loop().time() + etcd_wait
+        while True:
+            try:
+                await state.reload_crds()
+                break
+            except EtcdError as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.warning("waiting for etcd: %s", exc, extra={"reason": str(exc)})
+                await asyncio.sleep(0.5)
         await state.seed()
 
     async def cleanup(_app: web.Application) -> None:

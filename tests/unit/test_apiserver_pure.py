@@ -114,7 +114,7 @@ def test_crd_establish_sets_conditions_and_names():
 
 
 @pytest.mark.parametrize("changes", [
-    {"scope": "Global"}, {"group": "other.org"}, {"versions": []},
+    {"scope": "Global"}, {"group": "other.org"}, {"group": "nodot"}, {"versions": []},
     {"versions": [{"name": "v1", "storage": False}]},
     {"names": {"plural": "ippools"}},
 ])
