@@ -10,7 +10,10 @@ from lab import lab
 def run(args) -> int:
     try:
         if args.lab_cmd == "up":
-            lab.up(args.name, args.nodes, args.pods_per_node)
+            lab.up(args.name, args.nodes, args.pods_per_node, datastore=args.datastore)
+            return 0
+        if args.lab_cmd == "kubeconfig":
+            print(lab.kubeconfig(args.name), end="")
             return 0
         if args.lab_cmd == "ping":
             return 0 if lab.ping(args.name) else 1
@@ -21,19 +24,19 @@ def run(args) -> int:
             lab.down(args.name)
             return 0
         if args.lab_cmd == "demo":
-            return demo(args.name)
+            return demo(args.name, args.datastore)
     except lab.LabError as exc:
         print(f"pycalicoctl lab: {exc}", file=sys.stderr)
         return 1
     return 2
 
 
-def demo(name: str) -> int:
+def demo(name: str, datastore: str = "kubernetes") -> int:
     """up 3 nodes x 2 pods, ping every pair, show node1's BGP status and routes, down."""
     lab.down(name)  # a demo interrupted earlier must not block this one
     try:
-        print(f"== lab up --name {name} --nodes 3 --pods-per-node 2")
-        lab.up(name, 3, 2)
+        print(f"== lab up --name {name} --nodes 3 --pods-per-node 2 --datastore {datastore}")
+        lab.up(name, 3, 2, datastore=datastore)
         print(f"\n== lab ping --name {name}")
         ok = lab.ping(name)
         print(f"\n== node status --node {name}-node1")

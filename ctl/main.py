@@ -67,12 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--name", required=True)
     u.add_argument("--nodes", type=int, default=3)
     u.add_argument("--pods-per-node", type=int, default=2)
-    for name in ("ping", "down"):
+    u.add_argument("--datastore", choices=["kubernetes", "etcdv3"], default="kubernetes",
+                   help="kubernetes: the API server stand-in over the lab's etcd (default)")
+    for name in ("ping", "down", "kubeconfig"):
         ls.add_parser(name).add_argument("--name", required=True)
     r = ls.add_parser("restart")
     r.add_argument("--name", required=True)
     r.add_argument("--node", required=True)
-    ls.add_parser("demo").add_argument("--name", default="demo")
+    demo = ls.add_parser("demo")
+    demo.add_argument("--name", default="demo")
+    demo.add_argument("--datastore", choices=["kubernetes", "etcdv3"], default="kubernetes")
     return p
 
 

@@ -25,8 +25,9 @@ _PAST = {"apply": "applied", "create": "created", "replace": "replaced", "delete
 def reexec_in_lab(lab: str, argv: list[str]) -> int:
     """Run this same command inside the lab's fabric namespace, where its etcd listens.
 
-    The endpoint goes in the environment (``ETCD_ENDPOINTS``, which every datastore command reads),
-    not argv: ``node`` and ``lab`` subcommands take no ``--etcd-endpoints`` and would reject it.
+    The datastore goes in the environment (``DATASTORE_TYPE`` with ``ETCD_ENDPOINTS`` or
+    ``KUBECONFIG``, which every datastore command reads), not argv: ``node`` and ``lab``
+    subcommands take no datastore flags and would reject them.
     """
     from lab.lab import LabError, LabState, check_name
 
@@ -40,7 +41,7 @@ def reexec_in_lab(lab: str, argv: list[str]) -> int:
     except (LabError, OSError, ValueError) as exc:
         print(f"pycalicoctl: --lab: {exc}", file=sys.stderr)
         return 1
-    env = {**os.environ, "ETCD_ENDPOINTS": state.endpoint, "DATASTORE_TYPE": "etcdv3"}
+    env = {**os.environ, **state.datastore_env()}
     try:
         os.execvpe("ip", ["ip", "netns", "exec", f"{lab}-fabric", sys.executable, "-m", "ctl.main",
                           *_without_lab(argv)], env)

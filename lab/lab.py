@@ -25,6 +25,7 @@ from pathlib import Path
 
 import hostio
 from felix.status import RUN_ROOT, query
+from lab import kube
 from lab.netns import (
     add_netns, in_netns, ip, kill_and_delete_netns, list_netns, netns_pids, veth_into,
 )
@@ -39,6 +40,7 @@ POOL = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
 BGPCONFIG = {"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
              "metadata": {"name": "default"},
              "spec": {"asNumber": 64512, "nodeToNodeMeshEnabled": True, "logSeverityScreen": "Info"}}
+DATASTORES = ("kubernetes", "etcdv3")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 
 
@@ -71,10 +73,28 @@ class LabState:
     agent_pids: dict[str, int] = field(default_factory=dict)
     etcd_pid: int | None = None
     pods: list[Pod] = field(default_factory=list)
+    datastore: str = "etcdv3"  # etcdv3 | kubernetes (then the API server stand-in runs too)
+    apiserver_pid: int | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://{ETCD_IP}:2379"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    def datastore_env(self) -> dict[str, str]:
+        """What a datastore client of this lab needs (calicoctl's environment variables)."""
+        if self.datastore == "kubernetes":
+            return {"DATASTORE_TYPE": "kubernetes", "KUBECONFIG": str(self.kubeconfig)}
+        return {"DATASTORE_TYPE": "etcdv3", "ETCD_ENDPOINTS": self.endpoint}
+
+    def datastore_args(self) -> list[str]:
+        """The same as pycalico-node flags."""
+        if self.datastore == "kubernetes":
+            return ["--datastore-type", "kubernetes", "--kubeconfig", str(self.kubeconfig)]
+        return ["--datastore-type", "etcdv3", "--etcd-endpoints", self.endpoint]
 
     @property
     def dir(self) -> Path:
@@ -118,13 +138,16 @@ def _log(msg: str) -> None:
 
 # -- up --
 
-def up(name: str, nodes: int, pods_per_node: int, timeout: float = 90.0) -> LabState:
+def up(name: str, nodes: int, pods_per_node: int, timeout: float = 90.0,
+       datastore: str = "kubernetes") -> LabState:
     check_name(name)
+    if datastore not in DATASTORES:
+        raise LabError(f"--datastore: {datastore!r} is not one of {', '.join(DATASTORES)}")
     if not 1 <= nodes <= 200 or not 0 <= pods_per_node <= 60:
         raise LabError("--nodes must be 1-200 and --pods-per-node 0-60")
     if (LAB_ROOT / name / "state.json").exists() or _lab_namespaces(name):
         raise LabError(f"lab {name!r} already exists; run 'pycalicoctl lab down --name {name}' first")
-    state = LabState(name=name)
+    state = LabState(name=name, datastore=datastore)
     try:
         _make_fabric(state)
         for i in range(1, nodes + 1):
@@ -158,12 +181,28 @@ def _make_fabric(state: LabState) -> None:
          "--initial-cluster", "lab=http://127.0.0.1:2380"])
     state.etcd_pid = proc.pid
     state.save()
-    in_netns(fabric, _seed_datastore, url)
     _log(f"etcd      {url} (in {fabric}, pid {proc.pid})")
+    if state.datastore == "kubernetes":
+        _start_apiserver(state)
+    in_netns(fabric, _seed_datastore, state.datastore_env())
 
 
-def _seed_datastore(url: str) -> None:
-    """Runs inside the fabric namespace: wait for etcd, then store the pool and BGP config."""
+def _start_apiserver(state: LabState) -> None:
+    """The Kubernetes API server stand-in beside etcd (storing in it), and the CRDs we ship."""
+    fabric = f"{state.name}-fabric"
+    proc = _spawn(state.dir / "apiserver.log",
+                  ["ip", "netns", "exec", fabric, *kube.apiserver_argv(state.endpoint, ETCD_IP)])
+    state.apiserver_pid = proc.pid
+    state.save()
+    config = str(kube.write_kubeconfig(state.dir, f"http://{ETCD_IP}:{kube.API_PORT}"))
+    in_netns(fabric, kube.wait_ready, config)
+    crds = in_netns(fabric, kube.apply_crds, config)
+    _log(f"apiserver http://{ETCD_IP}:{kube.API_PORT} (in {fabric}, pid {proc.pid}, {crds} CRDs; "
+         f"kubeconfig {config})")
+
+
+def _seed_datastore(env: dict[str, str]) -> None:
+    """Runs inside the fabric namespace: wait for the datastore, then store the pool and BGP config."""
     import datastore
     from crds import load
     from datastore.base import DatastoreError
@@ -171,7 +210,8 @@ def _seed_datastore(url: str) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            ds = datastore.connect("etcdv3", etcd_endpoints=url)
+            ds = datastore.connect(env["DATASTORE_TYPE"], etcd_endpoints=env.get("ETCD_ENDPOINTS"),
+                                   kubeconfig=env.get("KUBECONFIG"))
             for doc in (POOL, BGPCONFIG):
                 ds.apply(load(doc))
             ds.close()
@@ -193,6 +233,8 @@ def _make_node(state: LabState, i: int) -> None:
     # A default route is what lets the host side of each cali* answer proxy ARP for 169.254.1.1.
     ip("-n", node, "route", "add", "default", "via", ETCD_IP, "dev", "eth0", "onlink")
     state.nodes[node] = addr
+    if state.datastore == "kubernetes":  # kubelet registers the Node; the agent annotates it
+        in_netns(fabric, kube.create_node, str(state.kubeconfig), node, addr.split("/")[0])
     state.agent_pids[node] = _start_agent(state, node)
     _log(f"node      {node:<14} {addr:<16} agent pid {state.agent_pids[node]}")
 
@@ -200,7 +242,7 @@ def _make_node(state: LabState, i: int) -> None:
 def _start_agent(state: LabState, node: str) -> int:
     proc = _spawn(state.dir / f"{node}.log",
                   ["ip", "netns", "exec", node, _bin("pycalico-node"), "--name", node,
-                   "--ip", state.nodes[node], "--etcd-endpoints", state.endpoint])
+                   "--ip", state.nodes[node], *state.datastore_args()])
     return proc.pid
 
 
@@ -220,20 +262,26 @@ def _spawn(log_path: Path, argv: list[str]) -> subprocess.Popen:
 
 
 def _netconf(state: LabState, node: str) -> str:
-    return json.dumps({
-        "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "pycalico-cni",
-        "datastore_type": "etcdv3", "etcd_endpoints": state.endpoint, "nodename": node,
-        "ipam": {"type": "pycalico-ipam"},
-    })
+    """Calico's conflist entry, for the lab's datastore."""
+    conf = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "pycalico-cni",
+            "nodename": node, "ipam": {"type": "pycalico-ipam"}}
+    if state.datastore == "kubernetes":
+        conf |= {"datastore_type": "kubernetes", "kubernetes": {"kubeconfig": str(state.kubeconfig)}}
+    else:
+        conf |= {"datastore_type": "etcdv3", "etcd_endpoints": state.endpoint}
+    return json.dumps(conf)
 
 
 def _add_pod(state: LabState, node: str, j: int) -> Pod:
     podns = f"{node}-pod{j}"
     pod_name = f"pod-{node.rsplit('-', 1)[1]}-{j}"
     add_netns(podns)
+    cni_args = f"K8S_POD_NAMESPACE={kube.NAMESPACE};K8S_POD_NAME={pod_name}"
+    if state.datastore == "kubernetes":  # the Pod object first, then its sandbox, as kubelet
+        uid = in_netns(f"{state.name}-fabric", kube.create_pod, str(state.kubeconfig), pod_name, node)
+        cni_args += f";K8S_POD_INFRA_CONTAINER_ID={podns};K8S_POD_UID={uid}"
     env = {**os.environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": podns,
-           "CNI_NETNS": f"/var/run/netns/{podns}", "CNI_IFNAME": "eth0",
-           "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_name}",
+           "CNI_NETNS": f"/var/run/netns/{podns}", "CNI_IFNAME": "eth0", "CNI_ARGS": cni_args,
            "CNI_PATH": str(Path(_bin("pycalico-ipam")).parent)}
     out = subprocess.run(["ip", "netns", "exec", node, _bin("pycalico-cni")], env=env,
                          input=_netconf(state, node), capture_output=True, text=True)
@@ -303,6 +351,17 @@ def _ping_once(src: Pod, dst: Pod, attempts: int) -> bool:
         if out.returncode == 0:
             return True
     return False
+
+
+# -- kubeconfig --
+
+def kubeconfig(name: str) -> str:
+    """The lab's kubeconfig. Its server lives in the fabric namespace: run kubectl there, e.g.
+    ``ip netns exec <L>-fabric kubectl --kubeconfig /run/pycalico-lab/<L>/kubeconfig get nodes``."""
+    state = LabState.load(name)
+    if state.datastore != "kubernetes":
+        raise LabError(f"lab {name!r} runs on etcd (--datastore etcdv3): it has no Kubernetes API")
+    return state.kubeconfig.read_text()
 
 
 # -- restart --

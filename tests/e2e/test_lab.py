@@ -295,3 +295,39 @@ def test_every_lab_command_refuses_a_name_that_is_a_path():
         assert (canary / "keep").read_text() == "still here"
     finally:
         shutil.rmtree(canary, ignore_errors=True)
+
+
+def test_kubectl_sees_the_lab_as_a_kubernetes_cluster(lab):
+    """The lab runs on the Kubernetes datastore by default: its Nodes, Pods and Calico resources
+    are Kubernetes objects a real kubectl reads (inside the fabric namespace, where the API is)."""
+    assert lab["datastore"] == "kubernetes"
+    config = ctl("lab", "kubeconfig", "--name", LAB).stdout
+    path = Path(f"/run/pycalico-lab/{LAB}/kubeconfig")
+    assert json.loads(config) == json.loads(path.read_text())
+
+    def kubectl(*args: str) -> str:
+        return subprocess.run(["ip", "netns", "exec", f"{LAB}-fabric", "kubectl", "--kubeconfig",
+                               str(path), *args], capture_output=True, text=True, check=True,
+                              timeout=60).stdout
+
+    assert kubectl("get", "nodes", "-o", "name").split() == [f"node/{n}" for n in sorted(lab["nodes"])]
+    pods = json.loads(kubectl("get", "pods", "-o", "json"))["items"]
+    ips = {p["metadata"]["name"]: p["metadata"]["annotations"]["cni.projectcalico.org/podIP"]
+           for p in pods}
+    assert ips == {p["name"]: f"{p['ip']}/32" for p in lab["pods"]}
+    assert "default-ipv4-ippool" in kubectl("get", "ippools.crd.projectcalico.org", "-o", "name")
+    node = json.loads(kubectl("get", "node", f"{LAB}-node1", "-o", "json"))
+    assert node["metadata"]["annotations"]["projectcalico.org/IPv4Address"] == lab["nodes"][f"{LAB}-node1"]
+
+
+def test_a_lab_on_the_etcd_datastore():
+    name = f"d{secrets.token_hex(2)}"
+    try:
+        ctl("lab", "up", "--name", name, "--nodes", "2", "--pods-per-node", "1", "--datastore", "etcdv3")
+        assert json.loads(Path(f"/run/pycalico-lab/{name}/state.json").read_text())["datastore"] == "etcdv3"
+        assert "2/2 pod pairs reachable" in ctl("lab", "ping", "--name", name).stdout
+        out = ctl("lab", "kubeconfig", "--name", name, check=False)
+        assert out.returncode == 1 and "no Kubernetes API" in out.stderr
+        assert "default-ipv4-ippool" in ctl("--lab", name, "get", "ippool").stdout
+    finally:
+        ctl("lab", "down", "--name", name)
