@@ -141,3 +141,28 @@ def test_get_ippool_yaml_is_the_articles_list_shape():
 def test_the_kind_names_the_article_types_resolve(typed, kind):
     from crds import kind_class
     assert kind_class(typed).KIND == kind
+
+
+def test_applied_and_read_back_through_the_cli_verbs(capsys):
+    """`calicoctl apply -f` each article file, then the article's `get` commands, word for word."""
+    import argparse
+
+    from ctl import resources
+
+    ds = MemoryDatastore()
+    for path in FILES:
+        assert resources.write(ds, "apply", documents.read_documents(str(path))) == 0
+    for node in article_nodes():
+        ds.apply(node)
+    capsys.readouterr()
+
+    def get(kind, wide=False):
+        args = argparse.Namespace(kind=kind, name=None, namespace=None, output="wide" if wide else None)
+        assert resources.get(ds, args) == 0
+        return [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+
+    assert get("ipPool", wide=True) == GET_IPPOOL_WIDE
+    assert get("ippool") == GET_IPPOOL
+    assert get("bgpconfig") == GET_BGPCONFIG
+    assert get("bgppeer")[0] == GET_BGPPEER_HEADER
+    assert get("nodes", wide=True) == GET_NODES_WIDE
