@@ -298,6 +298,22 @@ class IPAMBlockSpec(_Wire):
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(self.cidr)
 
+    @model_validator(mode="after")
+    def _ordinals(self) -> IPAMBlockSpec:
+        # A block read back corrupt must fail here, naming the field, not as an IndexError in IPAM.
+        size = self.network.num_addresses
+        if self.allocations and len(self.allocations) != size:
+            raise _FieldError("allocations", f"has {len(self.allocations)} slots; a "
+                                             f"/{self.network.prefixlen} block has {size} addresses")
+        if len(set(self.unallocated)) != len(self.unallocated):
+            raise _FieldError("unallocated", "lists an ordinal twice")
+        for ordinal in self.unallocated:
+            if not 0 <= ordinal < size:
+                raise _FieldError("unallocated", f"ordinal {ordinal} is outside the block (0-{size - 1})")
+            if self.allocations and self.allocations[ordinal] is not None:
+                raise _FieldError("unallocated", f"ordinal {ordinal} is free and allocated at once")
+        return self
+
     @property
     def affine_node(self) -> str | None:
         if self.affinity and self.affinity.startswith("host:"):
@@ -310,6 +326,11 @@ class BlockAffinitySpec(_Wire):
     node: str
     cidr: str
     deleted: bool = False
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        return str(ipaddress.ip_network(v, strict=True))
 
 
 # --- resources -------------------------------------------------------------------------------------

@@ -160,3 +160,35 @@ def test_label_keys_and_values_follow_kubernetes(labels, words):
 def test_good_labels_load():
     labels = {"route-reflector": "true", "projectcalico.org/name": "n1", "empty": "", "A.b_c": "X-1"}
     assert load({**pool(), "metadata": {"name": "p", "labels": labels}}).metadata.labels == labels
+
+
+def block(**spec):
+    return {"apiVersion": "projectcalico.org/v3", "kind": "IPAMBlock", "metadata": {"name": "b"},
+            "spec": {"cidr": "10.244.1.0/30", **spec}}
+
+
+def test_a_consistent_block_loads():
+    b = load(block(allocations=[0, None, 0, None], unallocated=[3, 1],
+                   attributes=[{"handle_id": "h"}]))
+    assert b.spec.unallocated == [3, 1] and load(block()).spec.allocations == []
+
+
+@pytest.mark.parametrize("spec, field, words", [
+    ({"allocations": [None] * 3}, "spec.allocations", "a /30 block has 4 addresses"),
+    ({"allocations": [None] * 4, "unallocated": [0, 0]}, "spec.unallocated", "twice"),
+    ({"allocations": [None] * 4, "unallocated": [4]}, "spec.unallocated", "outside the block (0-3)"),
+    ({"allocations": [0, None, None, None], "unallocated": [0]}, "spec.unallocated", "free and allocated"),
+    ({"cidr": "10.244.1.1/30"}, "spec.cidr", "host bits"),
+])
+def test_a_corrupt_block_names_the_field(spec, field, words):
+    with pytest.raises(InvalidResource) as info:
+        load(block(**spec))
+    assert info.value.field == field and words in info.value.reason
+
+
+def test_block_affinity_cidr_is_a_strict_cidr():
+    doc = {"apiVersion": "projectcalico.org/v3", "kind": "BlockAffinity", "metadata": {"name": "a"},
+           "spec": {"node": "n1", "cidr": "10.244.1.0/26"}}
+    assert load(doc).spec.cidr == "10.244.1.0/26"
+    with pytest.raises(InvalidResource, match="spec.cidr"):
+        load({**doc, "spec": {"node": "n1", "cidr": "10.244.1.1/26"}})
