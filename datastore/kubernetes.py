@@ -22,14 +22,11 @@ nodes and pods, with the client's own auth and TLS handling from the kubeconfig.
 from __future__ import annotations
 
 import hashlib
-import heapq
-import itertools
 import json
 import logging
 import queue
 import socket
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +55,6 @@ _NODE_BGP = {"ipv4Address": "IPv4Address", "ipv6Address": "IPv6Address", "asNumb
 _NODE_SPEC = {"ipv4VXLANTunnelAddr": "IPv4VXLANTunnelAddr", "vxlanTunnelMACAddr": "VXLANTunnelMACAddr"}
 _PAGE = 500
 _POLL = 0.1  # how often a watch looks at its stop flag, seconds
-_REORDER = 0.02  # how long an event waits for lower revisions from the other kinds' streams
 _WATCH_SECONDS = 60  # one watch request's lifetime; it is reopened from the last revision seen
 
 
@@ -257,7 +253,7 @@ class KubernetesDatastore(Datastore):
         events: queue.Queue = queue.Queue()
         streams = [_KindWatch(self, place, revision, events, stop) for place in places.values()]
         try:
-            yield from _in_revision_order(events, stop)
+            yield from _merged(events, stop)
         finally:
             for stream in streams:
                 stream.close()
@@ -352,26 +348,19 @@ class _KindWatch:
                                  revision))
 
 
-def _in_revision_order(events: queue.Queue, stop: threading.Event) -> Iterator[WatchEvent]:
-    """Merge the per-kind streams in revision order, as one etcd watch delivers them.
-
-    Each event waits ``_REORDER`` seconds, so a lower revision of another kind that arrives a
-    moment later on its own stream still goes first. (Revisions are etcd's: comparable.)
-    """
-    pending: list[tuple[int, int, float, WatchEvent]] = []
-    arrivals = itertools.count()
+def _merged(events: queue.Queue, stop: threading.Event) -> Iterator[WatchEvent]:
+    """The per-kind streams as one. Each kind's events stay in order; across kinds the order is
+    arrival, as in Kubernetes itself (which orders only within one resource type) -- the syncer's
+    consumers are level-triggered and need no more. Reordering by revision would cost a wait on
+    every event."""
     while not stop.is_set():
-        wait = _POLL if not pending else max(0.0, pending[0][2] + _REORDER - time.monotonic())
         try:
-            item = events.get(timeout=min(wait, _POLL))
+            item = events.get(timeout=_POLL)
         except queue.Empty:
-            item = None
+            continue
         if isinstance(item, BaseException):
             raise item
-        if item is not None:
-            heapq.heappush(pending, (item.revision, next(arrivals), time.monotonic(), item))
-        while pending and pending[0][2] + _REORDER <= time.monotonic():
-            yield heapq.heappop(pending)[3]
+        yield item
 
 
 def _interrupt(resp) -> None:
