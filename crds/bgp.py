@@ -85,8 +85,9 @@ class BGPPeerSpec(_Wire):
     next_hop_mode: Literal["Auto", "Self", "Keep"] | None = None
     source_address: Literal["UseNodeIP", "None"] = "UseNodeIP"
     max_restart_time: str = "120s"
+    # BIRD's "allow local as N": Calico sets no upper bound, so neither do we.
     num_allowed_local_as_numbers: int | None = Field(default=None, alias="numAllowedLocalASNumbers",
-                                                     ge=0, le=10)
+                                                     ge=0, lt=2**32)
     ttl_security: int | None = Field(default=None, ge=0, le=255)
     filters: list[str] = Field(default_factory=list)
     reverse_peering: Literal["Auto", "Manual"] | None = None

@@ -230,3 +230,10 @@ def test_pool_node_selector_decides_which_nodes_may_use_it():
     pool = load(doc("IPPool", {"cidr": "10.244.0.0/16", "nodeSelector": "!has(edge)"})).spec
     assert pool.selects_node({"zone": "a"}) and not pool.selects_node({"edge": ""})
     assert load(doc("IPPool", {"cidr": "10.245.0.0/16"})).spec.selects_node({"edge": ""})  # all()
+
+
+def test_allowed_local_as_numbers_is_any_count():
+    assert load(peer(peerIP="10.0.0.1", asNumber=1, numAllowedLocalASNumbers=32)) \
+        .spec.num_allowed_local_as_numbers == 32
+    refused(peer(peerIP="10.0.0.1", asNumber=1, numAllowedLocalASNumbers=-1),
+            "spec.numAllowedLocalASNumbers", "greater than or equal to 0")
