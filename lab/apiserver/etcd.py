@@ -122,6 +122,27 @@ class Etcd:
         kvs = [_kv(raw) for raw in answer.get("kvs", [])]
         return kvs, int(answer["header"]["revision"]), bool(answer.get("more"))
 
+    async def count(self, prefix: str, *, revision: int = 0) -> int:
+        """How many keys under ``prefix`` at ``revision`` (0 = now)."""
+        body = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)), "count_only": True}
+        if revision:
+            body["revision"] = str(revision)
+        answer = await self._call("/v3/kv/range", body)
+        return int(answer.get("count", 0))
+
+    async def newest_mod_revision(self, prefix: str, *, revision: int = 0) -> int:
+        """The highest mod_revision of a key under ``prefix`` at ``revision`` (0 if none).
+
+        (Not ``count_only`` with ``min_mod_revision``: etcd counts before applying that filter.)
+        """
+        body = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)), "limit": "1",
+                "sort_order": "DESCEND", "sort_target": "MOD", "keys_only": True}
+        if revision:
+            body["revision"] = str(revision)
+        answer = await self._call("/v3/kv/range", body)
+        kvs = answer.get("kvs", [])
+        return int(kvs[0].get("mod_revision", 0)) if kvs else 0
+
     async def create(self, key: str, value: bytes) -> tuple[bool, int]:
         """Put ``key`` only if it does not exist: (created, revision of the write or of the read)."""
         compare = {"key": _b64(key), "target": "VERSION", "result": "EQUAL", "version": "0"}

@@ -8,7 +8,16 @@ Does I/O (the client's HTTP response, an etcd watch). Semantics copied from kube
 - with selectors, an object that starts matching is ADDED and one that stops matching is DELETED;
 - DELETED carries the last state with the deletion's revision as its resourceVersion;
 - BOOKMARK (when allowed) every ``bookmark_interval`` seconds and when the timeout ends, carrying
-  only kind, apiVersion and metadata.resourceVersion: the last revision this stream has delivered.
+  only kind, apiVersion and metadata.resourceVersion.
+
+Bookmarks advance while the watched type is quiet, as kube-apiserver's do (it uses etcd progress
+notifications, which the JSON gateway cannot request). A bookmark may say etcd's current revision R
+only when nothing this client could see changed between the last revision it was sent (L) and R:
+no live key under the prefix was modified after L, and the prefix holds as many keys at R as at L.
+(A delete of a key that existed at L changes the count unless a create makes up for it, and that
+create shows up as modified after L.) What that check cannot see is a key created and deleted
+between L and R, which the client never knew; such late events (revision <= R) are dropped, so
+events never go backwards behind a bookmark. If L is compacted the bookmark stays at L.
 """
 from __future__ import annotations
 
@@ -73,7 +82,8 @@ class WatchStream:
                  bookmark_interval: float) -> None:
         self.store, self.etcd, self.req = store, etcd, req
         self.bookmark_interval = bookmark_interval
-        self.revision = 0  # the last revision this stream has delivered (what bookmarks say)
+        self.revision = 0  # the newest revision this stream vouches for (what bookmarks say)
+        self._floor = 0  # events at or below this were covered by a bookmark: drop them
         self._response: web.StreamResponse | None = None
         self.wrap: Callable[[dict], dict] | None = None  # e.g. objects as Tables for kubectl
 
@@ -137,11 +147,13 @@ class WatchStream:
             now = time.monotonic()
             if now >= deadline:
                 if self.req.bookmarks:
+                    await self._advance()
                     await self._send(bookmark(self.req, self.revision))
                 return
             if self.req.bookmarks and now >= next_bookmark:
+                await self._advance()
                 await self._send(bookmark(self.req, self.revision))
-                next_bookmark = now + self.bookmark_interval
+                next_bookmark = time.monotonic() + self.bookmark_interval
             wake = min(deadline, next_bookmark if self.req.bookmarks else deadline)
             try:
                 item = await asyncio.wait_for(queue.get(), max(0.0, wake - now))
@@ -151,10 +163,28 @@ class WatchStream:
                 await self._stream_failed(item)
                 return
             for event in item:
+                if event.kv.mod_revision <= self._floor:
+                    continue  # created and deleted under a bookmark the client already has
                 out = translate(self.req, event)
                 self.revision = max(self.revision, event.kv.mod_revision)
                 if out is not None:
                     await self._send(out)
+
+    async def _advance(self) -> None:
+        """Move ``revision`` to etcd's current one if nothing visible changed (docstring)."""
+        prefix = self.req.rtype.prefix(self.req.namespace)
+        try:
+            current = await self.etcd.revision()
+            if current <= self.revision:
+                return
+            if await self.etcd.newest_mod_revision(prefix, revision=current) > self.revision:
+                return
+            before = await self.etcd.count(prefix, revision=self.revision)
+            if before != await self.etcd.count(prefix, revision=current):
+                return
+        except EtcdError:
+            return  # compacted or unavailable: keep the revision we can vouch for
+        self.revision = self._floor = current
 
     async def _stream_failed(self, exc: Exception) -> None:
         if isinstance(exc, Compacted):

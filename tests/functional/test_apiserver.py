@@ -199,8 +199,34 @@ def test_watch_bookmarks_arrive(custom):
             w.stop()
     assert bookmarks, "no BOOKMARK within the watch's 5 s"
     assert set(bookmarks[0]) == {"kind", "apiVersion", "metadata"}
-    assert bookmarks[0]["metadata"] == {"resourceVersion": rv}
+    assert int(bookmarks[0]["metadata"]["resourceVersion"]) >= int(rv)
     assert bookmarks[0]["kind"] == "IPPool"
+
+
+def test_bookmarks_advance_while_the_type_is_quiet_and_changes_still_arrive(k8s_client, custom):
+    """As kube-apiserver's do: a quiet watch's bookmark moves past writes to other types."""
+    core = client.CoreV1Api(k8s_client)
+    rv = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["metadata"]["resourceVersion"]
+    other = core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+        name=unique("elsewhere"))))
+    other_rv = int(other.metadata.resource_version)
+    seen: list[tuple[str, str]] = []
+    w = watch.Watch()
+    name = unique("after")
+    for event in w.stream(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
+                          resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=10):
+        event_rv = event["object"]["metadata"]["resourceVersion"]
+        seen.append((event["type"], event_rv))
+        if event["type"] == "BOOKMARK" and int(event_rv) >= other_rv and len(seen) < 50:
+            if not any(t == "ADDED" for t, _ in seen):
+                custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, ippool(name))
+        if event["type"] == "ADDED":
+            w.stop()
+    added = [int(r) for t, r in seen if t == "ADDED"]
+    bookmarks = [int(r) for t, r in seen if t == "BOOKMARK"]
+    assert added, f"no ADDED after the bookmarks passed {other_rv}: {seen}"
+    assert added and max(bookmarks) >= other_rv and added[0] > max(bookmarks)
+    assert bookmarks == sorted(bookmarks)
 
 
 def test_watch_from_compacted_revision_is_410(apiserver, custom):
