@@ -275,10 +275,20 @@ class BGPConfiguration(Resource):
 # --- BGPFilter -------------------------------------------------------------------------------------
 
 
+class FilterPrefixLength(_Wire):
+    """Matched routes' prefix lengths, inclusive; bounded per family by the rule."""
+
+    min: int | None = Field(default=None, ge=0)
+    max: int | None = Field(default=None, ge=0)
+
+
 class _FilterRule(_Wire):
     action: Literal["Accept", "Reject"]
     match_operator: Literal["Equal", "NotEqual", "In", "NotIn"] | None = None
     cidr: str | None = None
+    prefix_length: FilterPrefixLength | None = None
+    source: Literal["RemotePeers"] | None = None
+    interface: str | None = None
 
     VERSION: ClassVar[int] = 4
 
@@ -301,7 +311,20 @@ class _FilterRule(_Wire):
         if (self.cidr is None) != (self.match_operator is None):
             missing = "matchOperator" if self.match_operator is None else "cidr"
             raise _FieldError(missing, "cidr and matchOperator go together (set both or neither)")
+        self._check_prefix_length()
         return self
+
+    def _check_prefix_length(self) -> None:
+        bounds, top = self.prefix_length, 32 if self.VERSION == 4 else 128
+        if bounds is None:
+            return
+        for name in ("min", "max"):
+            value = getattr(bounds, name)
+            if value is not None and value > top:
+                raise _FieldError(f"prefixLength.{name}", f"{value} is longer than an IPv{self.VERSION} "
+                                                          f"prefix (at most {top})")
+        if bounds.min is not None and bounds.max is not None and bounds.min > bounds.max:
+            raise _FieldError("prefixLength.max", f"must be at least min ({bounds.min})")
 
 
 class BGPFilterRuleV4(_FilterRule):

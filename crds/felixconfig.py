@@ -32,12 +32,13 @@ class FelixConfigurationSpec(_Wire):
     # Accepted as Calico users write them (CALICO-REFERENCE: devices, encapsulation, route owner).
     interface_prefix: str | None = None
     ipip_enabled: bool | None = Field(default=None, alias="ipipEnabled")
-    ipip_mtu: int | None = Field(default=None, alias="ipipMTU", ge=576, le=65535)
+    # MTUs: 0 means "detect", as in Calico.
+    ipip_mtu: int | None = Field(default=None, alias="ipipMTU", ge=0, le=65535)
     vxlan_enabled: bool | None = Field(default=None, alias="vxlanEnabled")
-    vxlan_mtu: int | None = Field(default=None, alias="vxlanMTU", ge=576, le=65535)
+    vxlan_mtu: int | None = Field(default=None, alias="vxlanMTU", ge=0, le=65535)
     vxlan_vni: int | None = Field(default=None, alias="vxlanVNI", ge=1, le=2**24 - 1)
     vxlan_port: int | None = Field(default=None, alias="vxlanPort", ge=1, le=65535)
-    device_route_protocol: int | None = Field(default=None, ge=1, le=255)
+    device_route_protocol: int | None = Field(default=None, ge=0, le=255)
     bpf_enabled: bool | None = Field(default=None, alias="bpfEnabled")
     iptables_backend: Literal["Legacy", "NFT", "Auto"] | None = None
 

@@ -71,7 +71,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any], in_collection: bool) 
         return _union(node["anyOf"], defs, in_collection)
     if "const" in node:
         node = {**node, "enum": [node["const"]]}
-    out = {k: v for k, v in node.items() if k in _KEPT}
+    out = _openapi_bounds({k: v for k, v in node.items() if k in _KEPT})
     if "properties" in node:
         out["properties"] = {name: structural(sub, defs, False)
                              for name, sub in node["properties"].items()}
@@ -84,6 +84,24 @@ def structural(node: dict[str, Any], defs: dict[str, Any], in_collection: bool) 
         out.pop("additionalProperties", None)  # `false` from extra="forbid": pruning does that job
     if "type" not in out and "x-kubernetes-int-or-string" not in out:
         out["x-kubernetes-preserve-unknown-fields"] = True  # Any: kept as written, not pruned
+    return out
+
+
+def _openapi_bounds(schema: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema's numeric ``exclusiveMaximum: N`` (pydantic's ``lt=``) in OpenAPI 3.0's form,
+    which Kubernetes reads: ``maximum: N`` plus ``exclusiveMaximum: true``, or for an integer simply
+    ``maximum: N-1``. Likewise for the minimum."""
+    out = dict(schema)
+    for exclusive, inclusive, step in (("exclusiveMaximum", "maximum", -1),
+                                       ("exclusiveMinimum", "minimum", 1)):
+        bound = out.get(exclusive)
+        if bound is None or isinstance(bound, bool):
+            continue
+        if out.get("type") == "integer":
+            del out[exclusive]
+            out[inclusive] = bound + step
+        else:
+            out[exclusive], out[inclusive] = True, bound
     return out
 
 
@@ -111,8 +129,17 @@ def definitions() -> list[dict[str, Any]]:
     return [definition(cls) for cls in sorted(kinds, key=lambda c: c.PLURAL)]
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """pydantic's schemas share lists (enums, required); written as YAML anchors they would be
+    legal but unreadable, and the apiserver stand-in and our document reader count aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def render() -> str:
-    docs = [yaml.safe_dump(d, sort_keys=True, default_flow_style=False) for d in definitions()]
+    docs = [yaml.dump(d, Dumper=_NoAliasDumper, sort_keys=True, default_flow_style=False)
+            for d in definitions()]
     return HEADER + "---\n" + "---\n".join(docs)
 
 

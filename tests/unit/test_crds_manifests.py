@@ -167,3 +167,20 @@ def test_the_schema_check_sees_wrong_types_enums_and_unknown_fields():
     peer = spec_schema(KINDS["BGPPeer"].model_fields["spec"].annotation)
     assert conforms({"peerIP": "10.0.0.1", "ttlSecurity": 300, "password": {}}, peer) == [
         "spec.ttlSecurity: 300 out of range", "spec.password.secretKeyRef: required"]
+
+
+def test_exclusive_bounds_are_written_the_openapi_3_0_way():
+    assert structural({"type": "integer", "exclusiveMaximum": 4294967296, "minimum": 0}, {}, False) == \
+        {"type": "integer", "maximum": 4294967295, "minimum": 0}
+    assert structural({"type": "integer", "exclusiveMinimum": 0}, {}, False) == \
+        {"type": "integer", "minimum": 1}
+    assert structural({"type": "number", "exclusiveMaximum": 1.5}, {}, False) == \
+        {"type": "number", "maximum": 1.5, "exclusiveMaximum": True}
+    peer = spec_schema(KINDS["BGPPeer"].model_fields["spec"].annotation)
+    assert peer["properties"]["numAllowedLocalASNumbers"] == \
+        {"type": "integer", "minimum": 0, "maximum": 4294967295}
+
+
+def test_the_committed_yaml_uses_no_anchors_or_aliases():
+    events = list(yaml.parse(COMMITTED.read_text()))
+    assert not any(isinstance(e, yaml.AliasEvent) or getattr(e, "anchor", None) for e in events)

@@ -237,3 +237,28 @@ def test_allowed_local_as_numbers_is_any_count():
         .spec.num_allowed_local_as_numbers == 32
     refused(peer(peerIP="10.0.0.1", asNumber=1, numAllowedLocalASNumbers=-1),
             "spec.numAllowedLocalASNumbers", "greater than or equal to 0")
+
+
+def test_bgp_filter_rules_take_calicos_newer_match_fields():
+    f = load(doc("BGPFilter", {"importV4": [
+        {"action": "Reject", "matchOperator": "In", "cidr": "10.0.0.0/8",
+         "prefixLength": {"min": 24, "max": 32}, "source": "RemotePeers", "interface": "eth*"}]}))
+    rule = f.spec.import_v4[0]
+    assert (rule.prefix_length.min, rule.prefix_length.max, rule.source) == (24, 32, "RemotePeers")
+    assert load(doc("BGPFilter", {"exportV6": [{"action": "Accept", "prefixLength": {"max": 128}}]}))
+
+
+@pytest.mark.parametrize("rule_list, bounds, field, words", [
+    ("importV4", {"max": 33}, "prefixLength.max", "at most 32"),
+    ("importV6", {"min": 129}, "prefixLength.min", "at most 128"),
+    ("exportV4", {"min": 28, "max": 24}, "prefixLength.max", "at least min (28)"),
+    ("exportV4", {"min": -1}, "prefixLength.min", "greater than or equal to 0"),
+])
+def test_bad_prefix_length_bounds(rule_list, bounds, field, words):
+    refused(doc("BGPFilter", {rule_list: [{"action": "Accept", "prefixLength": bounds}]}),
+            f"spec.{rule_list}.0.{field}", words)
+
+
+def test_felix_mtus_may_be_zero_meaning_detect():
+    f = load(doc("FelixConfiguration", {"ipipMTU": 0, "vxlanMTU": 1450}, name="default"))
+    assert (f.spec.ipip_mtu, f.spec.vxlan_mtu) == (0, 1450)
