@@ -51,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("node", help="inspect a node's agent").add_subparsers(dest="node_cmd",
                                                                                required=True)
     for name, helptext in (("status", "BGP sessions, as calicoctl node status"),
-                           ("routes", "every kernel route the agent owns, its reason and state")):
+                           ("routes", "every kernel route the agent owns, its reason and state"),
+                           ("diags", "a tarball of the node's state, config, logs and ip output")):
         c = n.add_parser(name, help=helptext)
         c.add_argument("--node", help="node name (default: this host's)")
+    n.choices["diags"].add_argument("--dir", default="/tmp", help="where to write the tarball")
 
     i = sub.add_parser("ipam", help="IP address management").add_subparsers(dest="ipam_cmd",
                                                                            required=True)
@@ -86,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.lab:
             return res_cmds.reexec_in_lab(args.lab, list(argv if argv is not None else sys.argv[1:]))
         if args.cmd == "node":
+            if args.node_cmd == "diags":
+                return node_cmds.diags(args.node, args.dir)
             return node_cmds.status(args.node) if args.node_cmd == "status" \
                 else node_cmds.routes(args.node)
         if args.cmd == "lab":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from pathlib import Path
 
 from ctl import output
 from ctl.documents import UsageError
@@ -126,3 +127,26 @@ def route_state(r: dict) -> str:
     """The agent's own word (ok | missing | differs | not-desired); an agent too old to send one
     only says whether the route is in sync, and no guess is made from the reason text."""
     return r.get("state") or ("ok" if r["in_sync"] else "out-of-sync")
+
+
+def diags(node: str | None, out_dir: str) -> int:
+    """Write the node's diagnostics tarball and print its path (what cannot be collected is
+    listed inside it, in errors.txt)."""
+    from ctl import diags as diags_mod
+
+    name = _node_name(node)
+    directory = Path(out_dir)
+    if not directory.is_dir():
+        raise UsageError(f"--dir: {out_dir} is not a directory")
+    try:
+        path, missing = diags_mod.collect(name, directory)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        print(f"pycalicoctl: node {name}: cannot write the diagnostics: {exc}", file=sys.stderr)
+        return 1
+    print(f"Diagnostics for node {name} written to {path}")
+    if missing:
+        print(f"pycalicoctl: node {name}: {len(missing)} part(s) could not be collected "
+              f"({'; '.join(missing)}); see errors.txt in the tarball", file=sys.stderr)
+    return 0

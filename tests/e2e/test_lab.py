@@ -331,3 +331,18 @@ def test_a_lab_on_the_etcd_datastore():
         assert "default-ipv4-ippool" in ctl("--lab", name, "get", "ippool").stdout
     finally:
         ctl("lab", "down", "--name", name)
+
+
+def test_node_diags_writes_one_private_tarball(lab, tmp_path):
+    out = ctl("node", "diags", "--node", f"{LAB}-node1", "--dir", str(tmp_path)).stdout
+    [path] = list(tmp_path.glob(f"pycalico-diags-{LAB}-node1-*.tar.gz"))
+    assert str(path) in out and stat.S_IMODE(path.stat().st_mode) == 0o600
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        files = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert {"agent-status.json", "agent-routes.json", "exabgp.conf", "exabgp.log", "agent.log",
+            "ip-route.txt", "ip-addr.txt"} <= files.keys()
+    assert json.loads(files["agent-status.json"])["node"] == f"{LAB}-node1"
+    assert b"proto 80" in files["ip-route.txt"]  # the node's namespace, not this one
+    assert files["errors.txt"] == b""
