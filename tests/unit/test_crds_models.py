@@ -174,7 +174,8 @@ def test_a_consistent_block_loads():
 
 
 @pytest.mark.parametrize("spec, field, words", [
-    ({"allocations": [None] * 3}, "spec.allocations", "a /30 block has 4 addresses"),
+    ({"allocations": [None] * 5}, "spec.allocations", "a /30 block has 4 addresses"),
+    ({"allocations": [None] * 2, "unallocated": [2]}, "spec.unallocated", "outside the block (0-1)"),
     ({"allocations": [None] * 4, "unallocated": [0, 0]}, "spec.unallocated", "twice"),
     ({"allocations": [None] * 4, "unallocated": [4]}, "spec.unallocated", "outside the block (0-3)"),
     ({"allocations": [0, None, None, None], "unallocated": [0]}, "spec.unallocated", "free and allocated"),
