@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import grpc
 from pyetcd import exceptions as etcd_exc
+from pyetcd import utils as pyetcd_utils
 from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 from pyetcd.events import DeleteEvent
 from pyetcd.watch import WatchResponse
@@ -48,6 +49,7 @@ from datastore.base import (
 log = logging.getLogger(__name__)
 
 _POLL = 0.1  # how often a watch looks at its stop flag, seconds
+_PAGE = 500  # keys per range read (IPAM blocks are ~1 KiB each; a gRPC message is at most 4 MiB)
 # Notice a silently dead (frozen, partitioned) etcd on a long-lived watch within ~15 s, so node
 # status can say the datastore is unreachable. Measured with grpcio 1.85 against a SIGSTOPped etcd:
 # the keepalive ping goes out after 10 s, but gRPC waits for its answer per ping_timeout_ms (one
@@ -85,25 +87,35 @@ class EtcdDatastore(Datastore):
 
     def list(self, kind: str, namespace: str | None = None) -> Listing:
         prefix = prefix_for(kind) + (f"{namespace}/" if namespace else "")
-        resp = self._range(prefix)
-        return Listing(_decode_valid(resp.kvs), resp.header.revision)
+        kvs, revision = self._range(prefix)
+        return Listing(_decode_valid(kvs), revision)
 
     def snapshot(self, kinds: Iterable[str]) -> Listing:
         """One range per kind, all read at the revision the first one saw."""
         prefixes = sorted({prefix_for(k) for k in kinds})
         if not prefixes:
-            return Listing([], self._range(KEY_PREFIX, count_only=True).header.revision)
-        first = self._range(prefixes[0])
-        revision = first.header.revision
-        kvs = list(first.kvs)
+            with _etcd_errors("list", KEY_PREFIX):
+                resp = self._client.get_prefix_response(KEY_PREFIX, count_only=True)
+            return Listing([], resp.header.revision)
+        kvs, revision = self._range(prefixes[0])
         for prefix in prefixes[1:]:
-            kvs.extend(self._range(prefix, revision=revision).kvs)
+            kvs.extend(self._range(prefix, revision)[0])
         kvs.sort(key=lambda kv: kv.key)
         return Listing(_decode_valid(kvs), revision)
 
-    def _range(self, prefix: str, **kwargs):
-        with _etcd_errors("list", prefix):
-            return self._client.get_prefix_response(prefix, **kwargs)
+    def _range(self, prefix: str, revision: int | None = None) -> tuple[list, int]:
+        """Every key under ``prefix`` at one revision (the current one, or ``revision``), read in
+        pages: one gRPC message is at most 4 MiB, which 10k IPAM blocks already exceed."""
+        start, end = prefix.encode(), pyetcd_utils.prefix_range_end(prefix.encode())
+        kvs: list = []
+        while True:
+            with _etcd_errors("list", prefix):
+                resp = self._client.get_range_response(start, end, limit=_PAGE, revision=revision)
+            revision = revision or resp.header.revision  # every later page at the first one's
+            kvs.extend(resp.kvs)
+            if not resp.more:
+                return kvs, revision
+            start = resp.kvs[-1].key + b"\0"
 
     # -- writes --
     def create(self, resource: Resource) -> Resource:

@@ -176,3 +176,22 @@ def test_a_frozen_etcd_ends_the_watch_within_seconds(tmp_path):
         if watch is not None:
             watch.thread.join(timeout=10)
         ds.close()
+
+
+def test_lists_larger_than_one_grpc_message(ds):
+    """Regression: 10k IPAM blocks are ~10 MiB, over gRPC's 4 MiB message limit, and one range
+    read failed with RESOURCE_EXHAUSTED: an agent could never get in sync. Lists are paged."""
+    import ipaddress
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ipam.blocks import new_block
+
+    cidrs = list(ipaddress.ip_network("10.0.0.0/12").subnets(new_prefix=26))[:5000]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda c: ds.create(new_block(c, "n1")), cidrs))
+    listing = ds.list("IPAMBlock")
+    assert len(listing.items) == 5000
+    assert sum(len(json.dumps(b.to_dict())) for b in listing.items) > 4 * 2**20
+    assert {b.spec.cidr for b in listing.items} == {str(c) for c in cidrs}
+    snap = ds.snapshot(["IPAMBlock", "IPPool"])
+    assert len(snap.items) == 5000 and snap.revision == listing.revision
