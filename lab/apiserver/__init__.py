@@ -13,20 +13,30 @@ Start it: ``python -m lab.apiserver --etcd-endpoints http://127.0.0.1:2379 --lis
 (plain HTTP, no authentication), or from Python ``with running_apiserver(etcd_url) as url: ...``
 (``lab.apiserver.launch``).
 
+Faithful where we depend on it, and checked with clients nobody here wrote (the real kubectl,
+the official Python client) in ``tests/functional/test_apiserver*.py``: custom resources are pruned
+and validated against their CRD's structural schema (``fieldValidation`` Strict / Warn / Ignore);
+a create carrying a resourceVersion is refused with the real server's 500; bookmarks advance while
+the watched type is quiet; Secret ``stringData`` is folded into ``data``; a deleted CRD takes its
+objects along; kubectl's validation checks are satisfied by minimal OpenAPI v3 documents (PATCH
+operations listing ``fieldValidation``) and an empty OpenAPI v2 document.
+
 NOT faithful (do not depend on these):
-- no authentication, authorization, admission, TLS, HTTP/2 or protobuf; JSON only;
-- no schema validation, defaulting or pruning of custom resources (``fieldValidation`` is ignored),
-  no conversion between CRD versions (every served version returns the stored object relabelled);
+- no authentication, authorization, admission webhooks, TLS, HTTP/2 or protobuf; JSON only;
+- CRD schemas: no ``format``, CEL rules, ``allOf``/``anyOf``/``oneOf``, defaults; no conversion
+  between CRD versions (every served version returns the stored object relabelled); built-in types
+  are not validated beyond names, kind and apiVersion;
 - strategic merge patch on built-ins is a JSON merge patch without the ``$`` directives: lists are
   replaced whole, never merged by key;
 - server-side apply is "create, or merge the applied config": no managedFields, no field ownership,
   no conflicts between managers;
-- no finalizers, ``deletionTimestamp``, graceful deletion, garbage collection or namespace
-  termination: a DELETE removes the key at once (a deleted CRD does take its objects with it);
-- status subresources: ``/status`` writes change only ``status`` but main-resource writes are not
-  stopped from changing ``status``;
-- no watch cache: every watch is its own etcd watch; bookmarks carry the last revision this watch
-  delivered (kube-apiserver's advance with etcd progress notifications even when nothing changes);
-- list ``resourceVersion`` semantics: ``resourceVersionMatch=Exact`` reads at that revision, every
-  other list is a fresh read; no ``remainingItemCount``; no aggregated discovery; no OpenAPI.
+- no finalizers, ``deletionTimestamp``, graceful pod deletion, garbage collection or namespace
+  termination: a DELETE removes the key at once;
+- ``/status`` writes change only ``status``, but main-resource writes are not stopped from
+  changing ``status``;
+- no watch cache: every watch is its own etcd watch, so a watch from an old but uncompacted revision
+  is served (the real server answers 410 once the revision leaves its watch-cache window);
+- list ``resourceVersion``: ``resourceVersionMatch=Exact`` reads at that revision, every other list
+  is a fresh read (no "too large resource version" wait); no ``remainingItemCount``; no
+  ``sendInitialEvents``; no aggregated discovery (kubectl falls back to the legacy documents).
 """

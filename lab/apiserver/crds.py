@@ -6,7 +6,13 @@ the stand-in sets them on the write itself, so the next request already sees the
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from lab.apiserver import errors
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 _KIND = "CustomResourceDefinition"
 _GROUP = "apiextensions.k8s.io"
@@ -52,13 +58,16 @@ def establish(crd: dict) -> None:
     names.setdefault("listKind", f"{names['kind']}List")
     spec["names"] = names
     storage = next(v["name"] for v in spec["versions"] if v.get("storage"))
+    old = crd.get("status") or {}
+    since = {c.get("type"): c.get("lastTransitionTime") for c in old.get("conditions") or ()}
     conditions = [
         {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
          "message": "no conflicts found"},
         {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
          "message": "the initial names have been accepted"},
     ]
-    old = crd.get("status") or {}
+    for condition in conditions:
+        condition["lastTransitionTime"] = since.get(condition["type"]) or _now()
     stored = list(old.get("storedVersions") or [])
     if storage not in stored:
         stored.append(storage)

@@ -115,7 +115,11 @@ class Store:
             # kube-apiserver's etcd3 store refuses this with a plain error, hence a 500.
             raise errors.internal("resourceVersion should not be set on objects to be created")
         await self._check_namespace(rtype, ns)
-        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now())
+        if _has_generation(rtype):
+            meta["generation"] = 1
+        else:
+            meta.pop("generation", None)
         if rtype.namespaced:
             meta["namespace"] = ns
         else:
@@ -199,12 +203,20 @@ def _carry_over(rtype: ResourceType, current: dict, new: dict, ns: str | None) -
         meta[owned] = old_meta.get(owned)
     if rtype.namespaced:
         meta["namespace"] = ns
-    generation = old_meta.get("generation", 1)
-    if _content(current) != _content(obj):
-        generation += 1
-    meta["generation"] = generation
+    if not _has_generation(rtype):
+        meta.pop("generation", None)
+    else:
+        generation = old_meta.get("generation", 1)
+        if _content(current) != _content(obj):
+            generation += 1
+        meta["generation"] = generation
     _prepare(rtype, obj)
     return obj
+
+
+def _has_generation(rtype: ResourceType) -> bool:
+    """Custom resources and CRDs count generations; our core types (1.32) carry none."""
+    return rtype.group != ""
 
 
 def _content(obj: dict) -> dict:

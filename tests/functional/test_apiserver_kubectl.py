@@ -110,6 +110,9 @@ def kubectl(apiserver, tmp_path) -> Kubectl:
 
 def test_apply_crd_then_custom_resource_then_get_and_delete(kubectl):
     assert "created" in kubectl.apply(IPPOOL_CRD) or "unchanged" in kubectl.apply(IPPOOL_CRD)
+    waited = kubectl("wait", "--for=condition=Established", "--timeout=20s",
+                     "crd/ippools.crd.projectcalico.org").stdout
+    assert "condition met" in waited
     assert kubectl.apply(ippool("pool-a", "10.244.0.0/16")).strip() == (
         "ippool.crd.projectcalico.org/pool-a created")
     assert kubectl.apply(ippool("pool-a", "10.244.0.0/16")).strip() == (
@@ -155,6 +158,7 @@ def test_core_objects_apply_get_delete(kubectl):
     # A Secret applied with stringData is "configured" every time, with the real server too:
     # stringData is write-only, so kubectl's three-way diff always finds it missing.
     assert again.count("unchanged") == 3 and "secret/bgp-pass configured" in again
+    assert kubectl("get", "node", "node-k1", "-o", "jsonpath={.metadata.generation}").stdout == ""
     nodes = kubectl("get", "nodes").stdout.splitlines()
     assert nodes[0].split()[:2] == ["NAME", "STATUS"] and "node-k1" in nodes[1]
     pods = kubectl("get", "pods", "-A", "--field-selector", "spec.nodeName=node-k1",
