@@ -63,7 +63,9 @@ def api_resource_list(registry: Registry, group: str, version: str) -> dict | No
         return None
     resources = []
     for rtype in sorted(types, key=lambda t: t.plural):
-        resources += [_resource(rtype, version), _status(rtype)]
+        resources.append(_resource(rtype, version))
+        if rtype.status_subresource:
+            resources.append(_status(rtype))
     group_version = f"{group}/{version}" if group else version
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
             "resources": resources}

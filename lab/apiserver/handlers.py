@@ -53,7 +53,7 @@ def parse_path(registry, parts: list[str]) -> Target | None:
     if name is not None and rtype.namespaced and namespace is None:
         return None
     sub = rest[2] if len(rest) > 2 else None
-    if sub not in (None, "status"):
+    if sub is not None and (sub != "status" or not rtype.status_subresource):
         return None
     return Target(rtype, version, namespace, name, sub)
 
@@ -153,18 +153,9 @@ class ResourceHandlers:
     async def replace(self, request: web.Request, target: Target) -> web.Response:
         body = await _body(request)
         _check_body(body, target, name_from_url=target.name)
-        if target.subresource == "status":
-            def change(current: dict) -> dict:
-                current["status"] = body.get("status")
-                wanted = body.get("metadata", {}).get("resourceVersion")
-                current["metadata"]["resourceVersion"] = wanted or current["metadata"]["resourceVersion"]
-                return current
-        else:
-            def change(current: dict) -> dict:
-                return body
         warnings = self._admit(request, target, body)
         obj = await self.state.store.update(target.rtype, target.version, target.namespace,
-                                            target.name, change)
+                                            target.name, lambda current: body, target.subresource)
         return _object_response(request, target, obj, 200, warnings)
 
     async def patch(self, request: web.Request, target: Target) -> web.Response:
@@ -188,7 +179,7 @@ class ResourceHandlers:
             return new
 
         obj = await self.state.store.update(target.rtype, target.version, target.namespace,
-                                            target.name, change)
+                                            target.name, change, target.subresource)
         return _object_response(request, target, obj, 200, warnings)
 
     async def _apply(self, request: web.Request, target: Target, raw: bytes) -> web.Response:

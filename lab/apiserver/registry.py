@@ -24,6 +24,7 @@ class ResourceType:
     short_names: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     field_selectors: frozenset[str] = field(default=frozenset())
+    status_subresource: bool = False  # /status exists; main writes keep the stored status
 
     @property
     def list_kind(self) -> str:
@@ -47,17 +48,19 @@ class ResourceType:
 
 BUILTIN = (
     ResourceType("", ("v1",), "namespaces", "namespace", "Namespace", False, ("ns",),
-                 field_selectors=frozenset({"status.phase"})),
+                 field_selectors=frozenset({"status.phase"}), status_subresource=True),
     ResourceType("", ("v1",), "nodes", "node", "Node", False, ("no",),
-                 field_selectors=frozenset({"spec.unschedulable"})),
+                 field_selectors=frozenset({"spec.unschedulable"}), status_subresource=True),
     ResourceType("", ("v1",), "pods", "pod", "Pod", True, ("po",), ("all",),
                  field_selectors=frozenset({"spec.nodeName", "status.phase", "spec.restartPolicy",
                                             "spec.schedulerName", "spec.serviceAccountName",
-                                            "status.podIP", "status.nominatedNodeName"})),
+                                            "status.podIP", "status.nominatedNodeName"}),
+                 status_subresource=True),
     ResourceType("", ("v1",), "secrets", "secret", "Secret", True,
                  field_selectors=frozenset({"type"})),
     ResourceType(CRD_GROUP, ("v1",), "customresourcedefinitions", "customresourcedefinition",
-                 "CustomResourceDefinition", False, ("crd", "crds"), ("api-extensions",)),
+                 "CustomResourceDefinition", False, ("crd", "crds"), ("api-extensions",),
+                 status_subresource=True),
 )
 
 
@@ -78,6 +81,7 @@ def type_from_crd(crd: dict) -> ResourceType | None:
         namespaced=spec.get("scope", "Namespaced") == "Namespaced",
         short_names=tuple(names.get("shortNames", ())),
         categories=tuple(names.get("categories", ())),
+        status_subresource=any("status" in (v.get("subresources") or {}) for v in versions),
     )
 
 

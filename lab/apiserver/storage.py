@@ -115,6 +115,7 @@ class Store:
             # kube-apiserver's etcd3 store refuses this with a plain error, hence a 500.
             raise errors.internal("resourceVersion should not be set on objects to be created")
         await self._check_namespace(rtype, ns)
+        _status_on_create(rtype, obj)
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now())
         if _has_generation(rtype):
             meta["generation"] = 1
@@ -147,12 +148,15 @@ class Store:
             raise errors.not_found("namespaces", "", ns or "")
 
     async def update(self, rtype: ResourceType, version: str, ns: str | None, name: str,
-                     change: Callable[[dict], dict]) -> dict:
+                     change: Callable[[dict], dict], subresource: str | None = None) -> dict:
         """Read, ``change(current) -> new``, compare-and-swap; conditional when the new object
-        carries a resourceVersion (409 if stale), otherwise retried on a lost race."""
+        carries a resourceVersion (409 if stale), otherwise retried on a lost race.
+        With a status subresource, ``/status`` writes change only status and others all but it."""
         for _ in range(_RETRIES):
             current = await self.get(rtype, version, name, ns)
             new = change(copy.deepcopy(current))
+            if rtype.status_subresource:
+                new = _split_status(current, new, subresource == "status")
             wanted = new.get("metadata", {}).get("resourceVersion")
             stored = current["metadata"]["resourceVersion"]
             if wanted and wanted != stored:
@@ -192,6 +196,30 @@ class Store:
             if now_kv is None:
                 raise errors.not_found(rtype.plural, rtype.group, name)
         raise errors.conflict(rtype.plural, rtype.group, name)
+
+
+def _split_status(current: dict, new: dict, status_only: bool) -> dict:
+    """kube's status strategies: a /status write takes only status; a main write keeps status."""
+    if status_only:
+        result = copy.deepcopy(current)
+        if "status" in new:
+            result["status"] = new["status"]
+        result["metadata"]["resourceVersion"] = new.get("metadata", {}).get("resourceVersion")
+        return result
+    result = copy.deepcopy(new)
+    result.pop("status", None)
+    if "status" in current:
+        result["status"] = copy.deepcopy(current["status"])
+    return result
+
+
+def _status_on_create(rtype: ResourceType, obj: dict) -> None:
+    """What kube-apiserver's PrepareForCreate does to status: pods start Pending, custom
+    resources with a status subresource start without one (nodes keep theirs)."""
+    if rtype.group == "" and rtype.plural == "pods":
+        obj["status"] = {"phase": "Pending"}
+    elif rtype.group not in ("", CRD_GROUP) and rtype.status_subresource:
+        obj.pop("status", None)
 
 
 def _carry_over(rtype: ResourceType, current: dict, new: dict, ns: str | None) -> dict:

@@ -203,3 +203,49 @@ def test_crd_schema_prunes_validates_and_strict_refuses(k8s_client):
         custom.patch_cluster_custom_object(GROUP, VERSION, "bgppeers", "p1",
                                            {"spec": {"peerIP": None}})
     assert missing.value.status == 422
+
+
+def test_pod_status_is_written_only_through_the_status_subresource(k8s_client):
+    """As with kube-apiserver: a kubelet stand-in must use /status, or podIP silently vanishes."""
+    core = client.CoreV1Api(k8s_client)
+    name = unique("status")
+    pod = client.V1Pod(metadata=client.V1ObjectMeta(name=name), spec=client.V1PodSpec(
+        node_name="node-a", containers=[client.V1Container(name="c", image="busybox")]),
+        status=client.V1PodStatus(phase="Running", pod_ip="10.244.0.9"))
+    created = core.create_namespaced_pod("default", pod)
+    assert (created.status.phase, created.status.pod_ip) == ("Pending", None)
+    created.status.pod_ip = "10.244.0.9"
+    replaced = core.replace_namespaced_pod(name, "default", created)
+    assert replaced.status.pod_ip is None
+    patched = core.patch_namespaced_pod_status(name, "default", {"status": {
+        "podIP": "10.244.0.9", "podIPs": [{"ip": "10.244.0.9"}], "phase": "Running"}})
+    assert (patched.status.phase, patched.status.pod_ip) == ("Running", "10.244.0.9")
+    labelled = core.patch_namespaced_pod(name, "default", {"metadata": {"labels": {"a": "b"}},
+                                                           "status": {"podIP": None}})
+    assert labelled.status.pod_ip == "10.244.0.9" and labelled.metadata.labels == {"a": "b"}
+    core.delete_namespaced_pod(name, "default")
+
+
+def test_custom_resource_status_subresource_only_when_declared(apiserver, k8s_client, custom):
+    ext = client.ApiextensionsV1Api(k8s_client)
+    ext.create_custom_resource_definition({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{GROUP}"},
+        "spec": {"group": GROUP, "scope": "Cluster", "names": {"plural": "widgets", "kind": "Widget"},
+                 "versions": [{"name": "v1", "served": True, "storage": True,
+                               "subresources": {"status": {}},
+                               "schema": {"openAPIV3Schema": {
+                                   "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}})
+    custom_api = client.CustomObjectsApi(k8s_client)
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Widget", "metadata": {"name": "w"},
+            "spec": {"size": 1}, "status": {"ready": True}}
+    created = custom_api.create_cluster_custom_object(GROUP, VERSION, "widgets", body)
+    assert "status" not in created
+    status = custom_api.patch_cluster_custom_object_status(GROUP, VERSION, "widgets", "w",
+                                                           {"status": {"ready": True}, "spec": {"size": 9}})
+    assert status["status"] == {"ready": True} and status["spec"] == {"size": 1}
+    assert status["metadata"]["generation"] == 1
+    with pytest.raises(ApiException) as no_status:  # IPPools declare no status subresource
+        custom.patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, "absent", {"status": {}})
+    assert no_status.value.status == 404
+    ext.delete_custom_resource_definition(f"widgets.{GROUP}")
