@@ -264,12 +264,40 @@ class BGPConfigurationSpec(_Wire):
         return self
 
 
+def check_config_name(name: str, kind: str) -> None:
+    """Calico reads ``default`` and ``node.<node>`` only: any other name would be silently ignored."""
+    node = name.removeprefix("node.")
+    if name != "default" and (node == name or not node):
+        raise _FieldError("metadata.name", f"a {kind} is named 'default' (global) or "
+                                           "'node.<node name>' (one node); others are never read")
+
+
+# What a node.<name> BGPConfiguration may override (CALICO-REFERENCE); the rest is global only and
+# would be ignored there, so setting it is refused rather than silently dropped.
+_PER_NODE = {"listen_port", "log_severity_screen", "prefix_advertisements", "communities"}
+
+
 class BGPConfiguration(Resource):
     KIND = "BGPConfiguration"
     SHORT_NAMES = ("bgpconfig", "bgpconfigs")
     PLURAL = "bgpconfigurations"
     kind: str = "BGPConfiguration"
     spec: BGPConfigurationSpec = Field(default_factory=BGPConfigurationSpec)
+
+    @model_validator(mode="after")
+    def _scope(self) -> BGPConfiguration:
+        check_config_name(self.name, self.KIND)
+        if self.name == "default":
+            return self
+        # Compared with the defaults, not model_fields_set: what we store has every field written.
+        defaults = BGPConfigurationSpec()
+        for attr in sorted(set(BGPConfigurationSpec.model_fields) - _PER_NODE):
+            if getattr(self.spec, attr) != getattr(defaults, attr):
+                wire = BGPConfigurationSpec.model_fields[attr].alias
+                raise _FieldError(f"spec.{wire}", "is global: set it in the 'default' "
+                                                  "BGPConfiguration (node.<name> may set listenPort, "
+                                                  "logSeverityScreen, prefixAdvertisements, communities)")
+        return self
 
 
 # --- BGPFilter -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from crds.bgp import check_config_name
 from crds.duration import parse_duration
 from crds.models import Resource, _FieldError, _Wire, register
 
@@ -59,6 +60,11 @@ class FelixConfiguration(Resource):
     PLURAL = "felixconfigurations"
     kind: str = "FelixConfiguration"
     spec: FelixConfigurationSpec = Field(default_factory=FelixConfigurationSpec)
+
+    @model_validator(mode="after")
+    def _named(self) -> FelixConfiguration:
+        check_config_name(self.name, self.KIND)
+        return self
 
 
 register(FelixConfiguration)

@@ -149,7 +149,7 @@ SAMPLES = {
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_what_the_models_store_is_accepted_by_the_crd_schema(kind):
     assert set(SAMPLES) == set(KINDS), "a new kind needs a sample here"
-    name = "default" if kind == "IPAMConfig" else "x"
+    name = "default" if kind in ("IPAMConfig", "BGPConfiguration", "FelixConfiguration") else "x"
     resource = load({"apiVersion": "projectcalico.org/v3", "kind": kind,
                      "metadata": {"name": name, "namespace": "ns"} if KINDS[kind].NAMESPACED
                      else {"name": name}, "spec": SAMPLES[kind]})

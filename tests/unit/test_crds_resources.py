@@ -150,7 +150,8 @@ def test_felix_configuration_defaults_and_honoured_fields():
     g = load(doc("FelixConfiguration", {"routeRefreshInterval": "1m30s", "logSeverityScreen": "Debug",
                                         "routeTableRange": {"min": 1, "max": 250},
                                         "vxlanVNI": 4096, "vxlanPort": 4789, "ipipEnabled": True,
-                                        "bpfEnabled": False, "iptablesBackend": "NFT"}))
+                                        "bpfEnabled": False, "iptablesBackend": "NFT"},
+                 name="node.zcsnode1"))
     assert g.spec.route_refresh_seconds == 90.0 and g.spec.route_table_range.max == 250
     assert load(g.to_dict()) == g
 
@@ -262,3 +263,24 @@ def test_bad_prefix_length_bounds(rule_list, bounds, field, words):
 def test_felix_mtus_may_be_zero_meaning_detect():
     f = load(doc("FelixConfiguration", {"ipipMTU": 0, "vxlanMTU": 1450}, name="default"))
     assert (f.spec.ipip_mtu, f.spec.vxlan_mtu) == (0, 1450)
+
+
+@pytest.mark.parametrize("kind", ["BGPConfiguration", "FelixConfiguration"])
+@pytest.mark.parametrize("name", ["global", "defaults", "node.", "n1"])
+def test_configurations_have_the_names_calico_reads(kind, name):
+    with pytest.raises(InvalidResource) as info:
+        load(doc(kind, name=name))
+    assert info.value.field == "metadata.name"
+    load(doc(kind, name="node.zcsnode1")) and load(doc(kind, name="default"))
+
+
+def test_a_node_bgp_configuration_overrides_only_what_calico_lets_it():
+    node = load(doc("BGPConfiguration", {"listenPort": 1179, "logSeverityScreen": "Debug",
+                                         "prefixAdvertisements": [{"cidr": "10.244.0.0/16"}]},
+                    name="node.zcsnode1"))
+    assert load(node.to_dict()) == node  # every field written back is still acceptable
+    for spec, field in (({"asNumber": 65000}, "spec.asNumber"),
+                        ({"nodeToNodeMeshEnabled": False}, "spec.nodeToNodeMeshEnabled"),
+                        ({"bindMode": "NodeIP"}, "spec.bindMode"),
+                        ({"serviceClusterIPs": [{"cidr": "10.96.0.0/12"}]}, "spec.serviceClusterIPs")):
+        refused(doc("BGPConfiguration", spec, name="node.zcsnode1"), field, "is global")
