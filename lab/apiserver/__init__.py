@@ -30,10 +30,11 @@ NOT faithful (do not depend on these):
   replaced whole, never merged by key;
 - server-side apply is "create, or merge the applied config": no managedFields, no field ownership,
   no conflicts between managers;
-- no finalizers, ``deletionTimestamp``, graceful pod deletion, garbage collection or namespace
-  termination: a DELETE removes the key at once;
-- ``/status`` writes change only ``status``, but main-resource writes are not stopped from
-  changing ``status``;
+- no finalizers, ``deletionTimestamp``, graceful pod deletion or garbage collection: a DELETE
+  removes the key at once (a deleted namespace takes its objects along at once, not Terminating);
+- status subresources: pods, nodes, namespaces, CRDs, and custom resources whose CRD declares
+  one (main writes keep the stored status, ``/status`` writes change only status); other
+  metadata rules of the status strategies are not copied;
 - no watch cache: every watch is its own etcd watch, so a watch from an old but uncompacted revision
   is served (the real server answers 410 once the revision leaves its watch-cache window);
 - list ``resourceVersion``: ``resourceVersionMatch=Exact`` reads at that revision, every other list

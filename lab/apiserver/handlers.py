@@ -218,6 +218,8 @@ class ResourceHandlers:
                                             target.name, precondition)
         if target.rtype.group == CRD_GROUP:
             await self.state.drop_crd_objects(obj)
+        elif target.rtype.group == "" and target.rtype.plural == "namespaces":
+            await self.state.drop_namespace_objects(target.name)
         return _object_response(request, target, obj)
 
     async def delete_collection(self, request: web.Request, target: Target) -> web.Response:

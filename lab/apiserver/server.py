@@ -69,6 +69,13 @@ class AppState:
         if group and plural:
             await self.etcd.delete_prefix(f"/registry/{group}/{plural}/")
 
+    async def drop_namespace_objects(self, namespace: str) -> None:
+        """A deleted namespace takes its objects along (kube-apiserver does it over time, while
+        the namespace is Terminating; here it happens at once)."""
+        for rtype in self.registry.types():
+            if rtype.namespaced:
+                await self.etcd.delete_prefix(rtype.prefix(namespace))
+
     async def seed(self) -> None:
         namespaces = self.registry.lookup("", "v1", "namespaces")
         for name in SEEDED_NAMESPACES:

@@ -47,17 +47,37 @@ def _builtin_columns(rtype: ResourceType) -> list[tuple[str, str, object]]:
     if rtype.plural == "nodes":
         return [("Status", "string", _node_status), ("Roles", "string", lambda o: "<none>"),
                 created, ("Version", "string",
-                          lambda o: (_path(o, ".status.nodeInfo.kubeletVersion") or ""))]
+                          lambda o: (_path(o, ".status.nodeInfo.kubeletVersion") or "")),
+                ("Internal-IP", "string", lambda o: _address(o, "InternalIP"), 1),
+                ("External-IP", "string", lambda o: _address(o, "ExternalIP"), 1),
+                ("OS-Image", "string", lambda o: _info(o, "osImage"), 1),
+                ("Kernel-Version", "string", lambda o: _info(o, "kernelVersion"), 1),
+                ("Container-Runtime", "string", lambda o: _info(o, "containerRuntimeVersion"), 1)]
     if rtype.plural == "pods":
         return [("Ready", "string", _pod_ready), ("Status", "string",
                                                   lambda o: _path(o, ".status.phase") or "Pending"),
-                ("Restarts", "string", lambda o: "0"), created]
+                ("Restarts", "string", lambda o: "0"), created,
+                ("IP", "string", lambda o: _path(o, ".status.podIP") or "<none>", 1),
+                ("Node", "string", lambda o: _path(o, ".spec.nodeName") or "<none>", 1),
+                ("Nominated Node", "string", lambda o: "<none>", 1),
+                ("Readiness Gates", "string", lambda o: "<none>", 1)]
     if rtype.plural == "namespaces":
         return [("Status", "string", lambda o: _path(o, ".status.phase") or "Active"), created]
     if rtype.plural == "secrets":
         return [("Type", "string", lambda o: o.get("type", "Opaque")),
                 ("Data", "string", lambda o: str(len(o.get("data") or {}))), created]
     return [created]
+
+
+def _address(obj: dict, kind: str) -> str:
+    for address in _path(obj, ".status.addresses") or []:
+        if address.get("type") == kind:
+            return address.get("address", "<none>")
+    return "<none>"
+
+
+def _info(obj: dict, field: str) -> str:
+    return (_path(obj, ".status.nodeInfo") or {}).get(field) or "<unknown>"
 
 
 def _node_status(obj: dict) -> str:
@@ -76,7 +96,7 @@ def _pod_ready(obj: dict) -> str:
 def columns_for(rtype: ResourceType, printer_columns: list[dict] | None):
     if printer_columns:
         return [(c["name"], c.get("type", "string"),
-                 lambda o, p=c.get("jsonPath", ""): _cell(_path(o, p)))
+                 lambda o, p=c.get("jsonPath", ""): _cell(_path(o, p)), c.get("priority", 0))
                 for c in printer_columns]
     return _builtin_columns(rtype)
 
@@ -92,10 +112,11 @@ def to_table(rtype: ResourceType, items: list[dict], list_meta: dict,
     return {
         "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": dict(list_meta),
         "columnDefinitions": [
-            {"name": name, "type": "string" if type_ == "date" else type_,
-             "format": "name" if name == "Name" else "", "description": "", "priority": 0}
-            for name, type_, _ in columns],
-        "rows": [{"cells": [cell(obj) for _, _, cell in columns],
+            {"name": column[0], "type": "string" if column[1] == "date" else column[1],
+             "format": "name" if column[0] == "Name" else "", "description": "",
+             "priority": column[3] if len(column) > 3 else 0}
+            for column in columns],
+        "rows": [{"cells": [column[2](obj) for column in columns],
                   "object": obj if include_object else _partial(obj)} for obj in items],
     }
 

@@ -166,10 +166,15 @@ def test_core_objects_apply_get_delete(kubectl):
     assert pods == ["pod/web"]
     assert kubectl("get", "pods", "-A", "--field-selector", "spec.nodeName=other",
                    "-o", "name").stdout.split() == []
+    wide = kubectl("get", "pods", "-n", "demo-k1", "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[:7] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+    assert wide[1].split()[5:7] == ["<none>", "node-k1"]
     password = kubectl("get", "secret", "-n", "demo-k1", "bgp-pass",
                        "-o", "jsonpath={.data.password}").stdout
     assert password == "czNjcmV0"  # stringData is stored base64 in data, as the real server does
-    kubectl("delete", "-f", "-", stdin=core)
+    kubectl("delete", "namespace", "demo-k1")  # takes the pod and the secret along
+    assert kubectl("get", "pods,secrets", "-n", "demo-k1", "-o", "name").stdout.split() == []
+    kubectl("delete", "node", "node-k1")
     assert kubectl("get", "nodes", "-o", "name").stdout.split() == []
 
 

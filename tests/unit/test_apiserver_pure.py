@@ -162,7 +162,9 @@ def test_age_and_table():
     node = {"metadata": {"name": "n1", "creationTimestamp": None},
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
     table = to_table(registry.lookup("", "v1", "nodes"), [node], {"resourceVersion": "5"}, None)
-    assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Status", "Roles", "Age",
-                                                               "Version"]
+    default = [c["name"] for c in table["columnDefinitions"] if c["priority"] == 0]
+    assert default == ["Name", "Status", "Roles", "Age", "Version"]
+    wide = [c["name"] for c in table["columnDefinitions"] if c["priority"] == 1]
+    assert wide[:2] == ["Internal-IP", "External-IP"]
     assert table["rows"][0]["cells"][:2] == ["n1", "Ready"]
     assert table["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
