@@ -1,0 +1,37 @@
+"""What every benchmark shares: percentiles, the JSON line, the PNG, private output files."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import hostio
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (pct in 0..100) of a non-empty sequence."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def emit(result: dict) -> None:
+    """The benchmark's result: one JSON object, the last line on stdout."""
+    print(json.dumps(result, sort_keys=True), flush=True)
+
+
+def out_path(name: str) -> Path:
+    hostio.private_dir(OUT)
+    return OUT / name
+
+
+def save_figure(fig, name: str) -> Path:
+    path = out_path(name)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    path.chmod(0o600)
+    return path
