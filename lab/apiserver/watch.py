@@ -38,6 +38,8 @@ from lab.apiserver.storage import Store, decode
 
 log = logging.getLogger(__name__)
 
+_LIVENESS_CHECK = 1.0  # seconds between checks that a quiet watch's client is still there
+
 
 @dataclass(frozen=True)
 class WatchRequest:
@@ -93,10 +95,17 @@ class WatchStream:
         response.enable_chunked_encoding()
         await response.prepare(request)
         self._response = response
-        with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
+        self._request = request
+        with contextlib.suppress(ConnectionResetError):
             await self._run()
             await response.write_eof()
         return response
+
+    def _client_gone(self) -> bool:
+        # aiohttp does not cancel a handler whose client went away: a quiet watch would keep its
+        # etcd watch until the timeout (30 min by default) unless we look.
+        transport = self._request.transport
+        return transport is None or transport.is_closing()
 
     async def _send(self, event: dict) -> None:
         if self.wrap is not None and event["type"] in ("ADDED", "MODIFIED", "DELETED"):
@@ -154,10 +163,13 @@ class WatchStream:
                 await self._advance()
                 await self._send(bookmark(self.req, self.revision))
                 next_bookmark = time.monotonic() + self.bookmark_interval
-            wake = min(deadline, next_bookmark if self.req.bookmarks else deadline)
+            wake = min(deadline, now + _LIVENESS_CHECK,
+                       next_bookmark if self.req.bookmarks else deadline)
             try:
                 item = await asyncio.wait_for(queue.get(), max(0.0, wake - now))
             except asyncio.TimeoutError:
+                if self._client_gone():
+                    return
                 continue
             if isinstance(item, Exception):
                 await self._stream_failed(item)

@@ -249,3 +249,29 @@ def test_custom_resource_status_subresource_only_when_declared(apiserver, k8s_cl
         custom.patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, "absent", {"status": {}})
     assert no_status.value.status == 404
     ext.delete_custom_resource_definition(f"widgets.{GROUP}")
+
+
+def _etcd_watchers(etcd_url: str) -> int:
+    """etcd's own count of open watchers (its Prometheus metrics)."""
+    with urllib.request.urlopen(f"{etcd_url}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("etcd_debugging_mvcc_watcher_total "):
+                return int(float(line.split()[1]))
+    raise AssertionError("etcd does not report etcd_debugging_mvcc_watcher_total")
+
+
+def test_a_watch_whose_client_went_away_releases_its_etcd_watch(apiserver, custom):
+    from tests.helpers import wait_for
+
+    baseline = _etcd_watchers(apiserver.etcd)
+    rv = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["metadata"]["resourceVersion"]
+    url = f"{apiserver.url}{POOLS}?watch=1&resourceVersion={rv}&timeoutSeconds=600"
+    responses = [urllib.request.urlopen(url, timeout=10) for _ in range(3)]
+    try:
+        wait_for(lambda: _etcd_watchers(apiserver.etcd) >= baseline + 3, timeout=10,
+                 what="three etcd watches behind three client watches")
+    finally:
+        for resp in responses:
+            resp.close()
+    wait_for(lambda: _etcd_watchers(apiserver.etcd) <= baseline, timeout=10,
+             what="the abandoned watches to release their etcd watches")
