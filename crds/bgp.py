@@ -11,10 +11,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from crds.duration import parse_duration
-from crds.selector import parse_selector
 from crds.models import (
     _NAME_RE, DEFAULT_ASN, Resource, _FieldError, _parse_asn, _Wire, check_selector, register,
 )
+from crds.selector import parse_selector
 
 
 def parse_peer_ip(text: str) -> tuple[str, int | None]:
