@@ -131,6 +131,8 @@ class ResourceHandlers:
     async def watch(self, request: web.Request, target: Target) -> web.StreamResponse:
         query = request.query
         timeout = float(_int_param(query, "timeoutSeconds") or _DEFAULT_WATCH_TIMEOUT)
+        if query.get("resourceVersion"):
+            _revision(query["resourceVersion"])  # a malformed one is a 400, before streaming
         req = WatchRequest(target.rtype, target.version, target.namespace,
                            self._matcher(request, target), query.get("resourceVersion"),
                            _flag(query.get("allowWatchBookmarks")), timeout)

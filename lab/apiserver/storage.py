@@ -20,6 +20,8 @@ from lab.apiserver.etcd import KV, Compacted, Etcd, EtcdError, prefix_end
 from lab.apiserver.registry import CRD_GROUP, ResourceType
 
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_TOO_OLD_CONTINUE = ("The provided continue parameter is too old to display a consistent list "
+                     "result. You can start a new list without the continue parameter.")
 _RETRIES = 20  # unconditional updates re-read and retry a lost compare-and-swap this many times
 
 
@@ -93,6 +95,9 @@ class Store:
                         items.append(obj)
                 if kvs:
                     start = kvs[-1].key + "\0"
+        except Compacted as exc:
+            raise errors.ApiError(410, "Expired", _TOO_OLD_CONTINUE if token else
+                                  "The resourceVersion for the provided list is too old.") from exc
         except EtcdError as exc:
             raise _etcd_failure(exc) from exc
         meta = {"resourceVersion": str(revision)}

@@ -143,6 +143,24 @@ def test_label_selectors_and_limit_continue(custom):
     assert pages == [["0", "1"], ["2", "3"], ["4"]]
 
 
+def test_continue_token_from_before_a_compaction_is_410(apiserver, custom):
+    run = secrets.token_hex(3)
+    for i in range(3):
+        custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, ippool(
+            f"cont-{run}-{i}", labels={"cont": run}))
+    page = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1,
+                                             label_selector=f"cont={run}")
+    token = page["metadata"]["continue"]
+    later = custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, f"cont-{run}-0",
+                                               {"spec": {"x": 1}})
+    _compact(apiserver.etcd, int(later["metadata"]["resourceVersion"]))
+    with pytest.raises(ApiException) as expired:
+        custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1, _continue=token,
+                                          label_selector=f"cont={run}")
+    assert expired.value.status == 410
+    assert json.loads(expired.value.body)["reason"] == "Expired"
+
+
 def test_bad_label_selector_is_400(custom):
     with pytest.raises(ApiException) as bad:
         custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector="a in b")

@@ -89,6 +89,10 @@ def test_create_carrying_a_resource_version_is_refused(apiserver, custom):
     assert "resourceVersion should not be set on objects to be created" in status["message"]
 
 
+def test_malformed_watch_resource_version_is_400_before_streaming(apiserver, custom):
+    assert_status(http(f"{apiserver.url}{POOLS}?watch=true&resourceVersion=abc"), 400, "BadRequest")
+
+
 def test_method_not_allowed_is_405(apiserver, custom):
     assert_status(http(apiserver.url + POOLS, "PUT", b"{}"), 405, "MethodNotAllowed")
 
