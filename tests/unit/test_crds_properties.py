@@ -77,3 +77,15 @@ def test_pool_overlap_is_found_whatever_the_order(cidr_list, rnd):
             assert exc.field == "spec.cidr" and "overlaps" in exc.reason
             found = True
         assert found is expected
+
+
+@given(peers())
+def test_every_valid_peer_is_accepted_by_the_shipped_crd_schema(doc):
+    """Model and CRD agree on every peer shape: the API server would store what load() accepts
+    (asNumber as the number load() stores: the CRD, like Calico's, types it integer)."""
+    from crds import KINDS
+    from crds.manifests import definition
+    from tests.unit.test_crds_manifests import conforms
+
+    schema = definition(KINDS["BGPPeer"])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert conforms(load(doc).to_dict()["spec"], schema["properties"]["spec"]) == []
