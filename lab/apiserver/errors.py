@@ -89,11 +89,11 @@ def method_not_allowed(method: str) -> ApiError:
                     f"requested resource ({method})")
 
 
-def unsupported_media_type(content_type: str) -> ApiError:
+def unsupported_media_type() -> ApiError:
     return ApiError(415, "UnsupportedMediaType",
-                    f'the body of the request was in an unknown format - accepted media types '
-                    f'include: application/json-patch+json, application/merge-patch+json, '
-                    f'application/apply-patch+yaml')
+                    "the body of the request was in an unknown format - accepted media types "
+                    "include: application/json-patch+json, application/merge-patch+json, "
+                    "application/apply-patch+yaml")
 
 
 def expired(requested: int, oldest: int) -> ApiError:

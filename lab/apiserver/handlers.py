@@ -246,10 +246,10 @@ def _patcher(content_type: str, rtype: ResourceType, patch):
     if content_type == "application/strategic-merge-patch+json":
         if rtype.group not in ("", CRD_GROUP):
             # What kube-apiserver does: custom resources have no strategic merge patch.
-            raise errors.unsupported_media_type(content_type)
+            raise errors.unsupported_media_type()
         # Built-ins: a merge patch without the strategic directives (lists are replaced whole).
         return lambda current: merge_patch(current, _without_directives(patch))
-    raise errors.unsupported_media_type(content_type)
+    raise errors.unsupported_media_type()
 
 
 def _without_directives(patch):

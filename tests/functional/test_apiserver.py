@@ -14,44 +14,10 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from tests.apiserver_fixture import apiserver, k8s_client  # noqa: F401  (fixtures)
+from tests.apiserver_fixture import (  # noqa: F401  (apiserver, k8s_client, custom: fixtures)
+    GROUP, PLURAL, VERSION, apiserver, custom, ippool, k8s_client, unique,
+)
 from tests.helpers import wait_for
-
-GROUP, VERSION, PLURAL = "crd.projectcalico.org", "v1", "ippools"
-
-
-def ippool_crd() -> dict:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
-        "spec": {"group": GROUP, "scope": "Cluster",
-                 "names": {"plural": PLURAL, "singular": "ippool", "kind": "IPPool",
-                           "listKind": "IPPoolList"},
-                 "versions": [{"name": VERSION, "served": True, "storage": True,
-                               "schema": {"openAPIV3Schema": {
-                                   "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
-    }
-
-
-def ippool(name: str, cidr: str = "10.244.0.0/16", labels: dict | None = None) -> dict:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "IPPool",
-            "metadata": {"name": name, "labels": labels or {}}, "spec": {"cidr": cidr}}
-
-
-@pytest.fixture
-def custom(k8s_client):
-    """CustomObjectsApi with the IPPool CRD stored (idempotent across the module's tests)."""
-    ext = client.ApiextensionsV1Api(k8s_client)
-    try:
-        ext.create_custom_resource_definition(ippool_crd())
-    except ApiException as exc:
-        assert exc.status == 409, exc.body
-    return client.CustomObjectsApi(k8s_client)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
-
 
 def test_crd_is_established_and_served(k8s_client, custom):
     crd = client.ApiextensionsV1Api(k8s_client).read_custom_resource_definition(f"{PLURAL}.{GROUP}")

@@ -12,8 +12,9 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from tests.apiserver_fixture import apiserver, k8s_client  # noqa: F401  (fixtures)
-from tests.functional.test_apiserver import GROUP, PLURAL, VERSION, custom, ippool, unique  # noqa: F401
+from tests.apiserver_fixture import (  # noqa: F401  (apiserver, k8s_client, custom: fixtures)
+    GROUP, PLURAL, VERSION, apiserver, custom, ippool, k8s_client, unique,
+)
 
 POOLS = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
 
