@@ -217,3 +217,32 @@ def _watch_batch(message: dict, start_revision: int) -> list[Event]:
         prev = raw.get("prev_kv")
         events.append(Event(raw.get("type", "PUT"), _kv(raw["kv"]), _kv(prev) if prev else None))
     return events
+
+
+class DryRunEtcd:
+    """Reads from ``etcd``; writes only say whether they would succeed (``dryRun=All``).
+
+    A dry-run create answers revision 0 (the object gets no resourceVersion, as from the real
+    server); a dry-run update keeps the key's current mod_revision.
+    """
+
+    def __init__(self, etcd: Etcd) -> None:
+        self._etcd = etcd
+
+    def __getattr__(self, name: str):
+        return getattr(self._etcd, name)  # get, range, revision, count, watch...
+
+    async def create(self, key: str, value: bytes) -> tuple[bool, int]:
+        return await self._etcd.get(key) is None, 0
+
+    async def put_if(self, key: str, value: bytes, mod_revision: int) -> tuple[bool, int, KV | None]:
+        return await self._would(key, mod_revision)
+
+    async def delete_if(self, key: str, mod_revision: int) -> tuple[bool, int, KV | None]:
+        return await self._would(key, mod_revision)
+
+    async def _would(self, key: str, mod_revision: int) -> tuple[bool, int, KV | None]:
+        current = await self._etcd.get(key)
+        if current is not None and current.mod_revision == mod_revision:
+            return True, mod_revision, None
+        return False, 0, current

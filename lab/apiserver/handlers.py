@@ -86,6 +86,9 @@ class ResourceHandlers:
                 return await self.delete(request, target)
         raise errors.method_not_allowed(method)
 
+    def _store(self, request: web.Request):
+        return self.state.store.dry_run() if _dry_run(request) else self.state.store
+
     def _admit(self, request: web.Request, target: Target, obj: dict) -> list[str]:
         """Prune and validate a custom resource against its CRD schema; return the warnings."""
         schema = self.state.schema_for(target.rtype, target.version)
@@ -147,16 +150,14 @@ class ResourceHandlers:
         body = await _body(request)
         _check_body(body, target, name_from_url=None)
         warnings = self._admit(request, target, body)
-        if _dry_run(request):
-            return _json(body, 201)
-        obj = await self.state.store.create(target.rtype, target.version, target.namespace, body)
+        obj = await self._store(request).create(target.rtype, target.version, target.namespace, body)
         return _object_response(request, target, obj, 201, warnings)
 
     async def replace(self, request: web.Request, target: Target) -> web.Response:
         body = await _body(request)
         _check_body(body, target, name_from_url=target.name)
         warnings = self._admit(request, target, body)
-        obj = await self.state.store.update(target.rtype, target.version, target.namespace,
+        obj = await self._store(request).update(target.rtype, target.version, target.namespace,
                                             target.name, lambda current: body, target.subresource)
         return _object_response(request, target, obj, 200, warnings)
 
@@ -180,7 +181,7 @@ class ResourceHandlers:
             warnings[:] = self._admit(request, target, new)
             return new
 
-        obj = await self.state.store.update(target.rtype, target.version, target.namespace,
+        obj = await self._store(request).update(target.rtype, target.version, target.namespace,
                                             target.name, change, target.subresource)
         return _object_response(request, target, obj, 200, warnings)
 
@@ -201,23 +202,29 @@ class ResourceHandlers:
             return new
 
         try:
-            obj = await self.state.store.update(target.rtype, target.version, target.namespace,
+            obj = await self._store(request).update(target.rtype, target.version, target.namespace,
                                                 target.name, change)
         except errors.ApiError as exc:
             if exc.code != 404:
                 raise
             warnings = self._admit(request, target, applied)
             applied["metadata"].pop("resourceVersion", None)
-            obj = await self.state.store.create(target.rtype, target.version, target.namespace,
+            obj = await self._store(request).create(target.rtype, target.version, target.namespace,
                                                 applied)
             return _object_response(request, target, obj, 201, warnings)
         return _object_response(request, target, obj, 200, warnings)
 
     async def delete(self, request: web.Request, target: Target) -> web.Response:
         options = _parse_json(await request.read()) if request.can_read_body else {}
-        precondition = ((options or {}).get("preconditions") or {}).get("resourceVersion")
-        obj = await self.state.store.delete(target.rtype, target.version, target.namespace,
-                                            target.name, precondition)
+        options = options if isinstance(options, dict) else {}
+        precondition = (options.get("preconditions") or {}).get("resourceVersion")
+        # kubectl sends dryRun for deletes in the DeleteOptions body, not the query.
+        dry_run = _dry_run(request) or "All" in (options.get("dryRun") or ())
+        store = self.state.store.dry_run() if dry_run else self.state.store
+        obj = await store.delete(target.rtype, target.version, target.namespace, target.name,
+                                 precondition)
+        if dry_run:
+            return _object_response(request, target, obj)
         if target.rtype.group == CRD_GROUP:
             await self.state.drop_crd_objects(obj)
         elif target.rtype.group == "" and target.rtype.plural == "namespaces":
@@ -230,7 +237,7 @@ class ResourceHandlers:
         for obj in listing["items"]:
             meta = obj["metadata"]
             try:
-                await self.state.store.delete(target.rtype, target.version,
+                await self._store(request).delete(target.rtype, target.version,
                                               meta.get("namespace"), meta["name"])
             except errors.ApiError as exc:
                 if exc.code != 404:  # deleted meanwhile by someone else: fine

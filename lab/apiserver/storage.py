@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from lab.apiserver import errors
-from lab.apiserver.etcd import KV, Compacted, Etcd, EtcdError, prefix_end
+from lab.apiserver.etcd import KV, Compacted, DryRunEtcd, Etcd, EtcdError, prefix_end
 from lab.apiserver.registry import CRD_GROUP, ResourceType
 
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -59,6 +59,10 @@ class Store:
     def __init__(self, etcd: Etcd, on_write: Callable[[ResourceType], object] | None = None) -> None:
         self.etcd = etcd
         self._on_write = on_write  # called (awaited) after a write, e.g. to reload CRDs
+
+    def dry_run(self) -> Store:
+        """The same store with writes checked but not made (``dryRun=All``: kubectl diff)."""
+        return Store(DryRunEtcd(self.etcd))
 
     async def _written(self, rtype: ResourceType) -> None:
         if self._on_write is not None:
@@ -138,7 +142,8 @@ class Store:
         if not created:
             raise errors.already_exists(rtype.plural, rtype.group, name)
         await self._written(rtype)
-        meta["resourceVersion"] = str(revision)
+        if revision:  # 0: a dry run, which stores nothing and so has no resourceVersion
+            meta["resourceVersion"] = str(revision)
         obj["apiVersion"], obj["kind"] = rtype.api_version(version), rtype.kind
         return obj
 

@@ -148,6 +148,23 @@ def test_yaml_round_trip_replace_and_conflict(kubectl):
     kubectl("delete", "ippool", "pool-rt")
 
 
+def test_diff_and_server_dry_run_change_nothing(kubectl):
+    kubectl.apply(IPPOOL_CRD)
+    kubectl.apply(ippool("pool-dry", "10.55.0.0/16"))
+    before = kubectl("get", "ippool", "pool-dry", "-o", "jsonpath={.metadata.resourceVersion}").stdout
+    diff = kubectl("diff", "-f", "-", stdin=ippool("pool-dry", "10.55.0.0/16", "Never"), check=False)
+    assert diff.returncode == 1, diff.stderr  # 1: differences found
+    assert "-  ipipMode: Always" in diff.stdout and "+  ipipMode: Never" in diff.stdout
+    out = kubectl.apply(ippool("pool-dry", "10.55.0.0/16", "Never"), "--dry-run=server")
+    assert "configured (server dry run)" in out
+    kubectl("delete", "ippool", "pool-dry", "--dry-run=server")
+    kubectl("create", "-f", "-", "--dry-run=server", stdin=ippool("pool-dry2", "10.56.0.0/16"))
+    after = kubectl("get", "ippool", "pool-dry", "-o", "jsonpath={.metadata.resourceVersion}").stdout
+    assert after == before
+    assert kubectl("get", "ippool", "pool-dry2", check=False).returncode != 0
+    kubectl("delete", "ippool", "pool-dry")
+
+
 def test_core_objects_apply_get_delete(kubectl):
     core = CORE.format(node="node-k1", ns="demo-k1")
     out = kubectl.apply(core)
