@@ -33,6 +33,14 @@ def apiserver(tmp_path_factory) -> Iterator[Apiserver]:
             yield Apiserver(url, etcd_url)
 
 
+@pytest.fixture
+def fresh_apiserver(tmp_path) -> Iterator[Apiserver]:
+    """An etcd + stand-in of this test's own (for tests that need an empty store)."""
+    with etcd_running(str(tmp_path / "etcd")) as etcd_url:
+        with running_apiserver(etcd_url, bookmark_interval=0.5) as url:
+            yield Apiserver(url, etcd_url)
+
+
 def client_configuration(url: str):
     from kubernetes import client
 

@@ -15,6 +15,18 @@ import urllib.request
 from collections.abc import Iterator
 
 
+def kubeconfig(url: str, name: str = "pycalico-lab") -> str:
+    """A kubeconfig (YAML text) for kubectl / the official client: plain HTTP, no credentials.
+
+    Write it with ``hostio.write_private`` (0600) like any other config.
+    """
+    return (f"apiVersion: v1\nkind: Config\n"
+            f"clusters:\n- name: {name}\n  cluster:\n    server: {url}\n"
+            f"users:\n- name: {name}\n  user: {{}}\n"
+            f"contexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {name}\n"
+            f"current-context: {name}\n")
+
+
 class ApiserverFailed(RuntimeError):
     """The stand-in exited or did not become ready in time."""
 

@@ -12,8 +12,8 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from tests.apiserver_fixture import (  # noqa: F401  (apiserver, k8s_client, custom: fixtures)
-    GROUP, PLURAL, VERSION, apiserver, custom, ippool, k8s_client, unique,
+from tests.apiserver_fixture import (  # noqa: F401  (apiserver, k8s_client, custom, fresh_apiserver: fixtures)
+    GROUP, PLURAL, VERSION, apiserver, custom, fresh_apiserver, ippool, k8s_client, unique,
 )
 
 POOLS = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
@@ -37,6 +37,17 @@ def assert_status(answer: tuple[int, dict], code: int, reason: str) -> dict:
             body.get("reason"), body.get("code")) == (code, "Status", "v1", "Failure", reason, code), body
     assert body["metadata"] == {} and body["message"]
     return body
+
+
+def test_a_fresh_server_has_the_seeded_namespaces_and_nothing_else(fresh_apiserver):
+    code, namespaces = http(f"{fresh_apiserver.url}/api/v1/namespaces")
+    assert code == 200 and namespaces["kind"] == "NamespaceList"
+    assert [n["metadata"]["name"] for n in namespaces["items"]] == [
+        "default", "kube-node-lease", "kube-public", "kube-system"]
+    assert all(n["status"] == {"phase": "Active"} for n in namespaces["items"])
+    assert http(f"{fresh_apiserver.url}/api/v1/nodes")[1]["items"] == []
+    assert [g["name"] for g in http(f"{fresh_apiserver.url}/apis")[1]["groups"]] == [
+        "apiextensions.k8s.io"]
 
 
 def test_malformed_json_is_400(apiserver, custom):

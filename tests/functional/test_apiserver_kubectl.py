@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from hostio import write_private
+from lab.apiserver.launch import kubeconfig
 from tests.apiserver_fixture import apiserver  # noqa: F401  (fixture)
 from tests.helpers import wait_for
 
@@ -80,12 +82,7 @@ class Kubectl:
     def __init__(self, url: str, home: Path) -> None:
         self.home = home
         self.kubeconfig = home / "kubeconfig"
-        self.kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\n"
-            f"clusters: [{{name: s, cluster: {{server: '{url}'}}}}]\n"
-            "users: [{name: u, user: {}}]\n"
-            "contexts: [{name: c, context: {cluster: s, user: u}}]\ncurrent-context: c\n")
-        self.kubeconfig.chmod(0o600)
+        write_private(self.kubeconfig, kubeconfig(url))
 
     def argv(self, *args: str) -> list[str]:
         return [KUBECTL, "--kubeconfig", str(self.kubeconfig),
