@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from lab.apiserver import errors
+from lab.apiserver import errors, meta as object_meta
 from lab.apiserver.etcd import KV, Compacted, DryRunEtcd, Etcd, EtcdError, prefix_end
 from lab.apiserver.registry import CRD_GROUP, ResourceType
 
@@ -124,6 +124,7 @@ class Store:
             # kube-apiserver's etcd3 store refuses this with a plain error, hence a 500.
             raise errors.internal("resourceVersion should not be set on objects to be created")
         await self._check_namespace(rtype, ns)
+        _check_meta(rtype, obj)
         _status_on_create(rtype, obj)
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now())
         if _has_generation(rtype):
@@ -248,8 +249,17 @@ def _carry_over(rtype: ResourceType, current: dict, new: dict, ns: str | None) -
         if _content(current) != _content(obj):
             generation += 1
         meta["generation"] = generation
+    _check_meta(rtype, obj)
     _prepare(rtype, obj)
     return obj
+
+
+def _check_meta(rtype: ResourceType, obj: dict) -> None:
+    meta = obj.get("metadata", {})
+    namespace = rtype.group == "" and rtype.plural == "namespaces"
+    found = object_meta.problems(meta, namespace_name=namespace)
+    if found:
+        raise errors.invalid_fields(rtype.kind, rtype.group, meta.get("name", ""), found)
 
 
 def _has_generation(rtype: ResourceType) -> bool:

@@ -291,3 +291,20 @@ def test_a_watch_whose_client_went_away_releases_its_etcd_watch(apiserver, custo
             resp.close()
     wait_for(lambda: _etcd_watchers(apiserver.etcd) <= baseline, timeout=10,
              what="the abandoned watches to release their etcd watches")
+
+
+def test_generate_name_and_metadata_validation(custom):
+    created = custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "IPPool",
+        "metadata": {"generateName": "gen-"}, "spec": {"cidr": "10.3.0.0/16"}})
+    assert created["metadata"]["name"].startswith("gen-") and len(created["metadata"]["name"]) > 4
+    with pytest.raises(ApiException) as bad_label:
+        custom.create_cluster_custom_object(GROUP, VERSION, PLURAL,
+                                            ippool(unique("lbl"), labels={"k": "not valid!"}))
+    assert bad_label.value.status == 422
+    body = json.loads(bad_label.value.body)
+    assert body["reason"] == "Invalid" and body["details"]["causes"][0]["field"] == "metadata.labels"
+    with pytest.raises(ApiException) as bad_patch:
+        custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, created["metadata"]["name"],
+                                           {"metadata": {"annotations": {"a b": "c"}}})
+    assert bad_patch.value.status == 422

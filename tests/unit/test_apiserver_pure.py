@@ -168,3 +168,21 @@ def test_age_and_table():
     assert wide[:2] == ["Internal-IP", "External-IP"]
     assert table["rows"][0]["cells"][:2] == ["n1", "Ready"]
     assert table["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
+
+
+def test_object_meta_validation():
+    import doctest
+
+    import lab.apiserver.meta as meta_module
+    from lab.apiserver.meta import problems
+
+    assert doctest.testmod(meta_module).failed == 0
+    good = {"name": "n", "labels": {"projectcalico.org/ns": "default", "app": "", "a.b-c_d": "x.y"},
+            "annotations": {"cni.projectcalico.org/podIP": "10.0.0.1/32", "x": "{\"a\": 1}"}}
+    assert problems(good, namespace_name=False) == []
+    assert problems({"name": "has.dot"}, namespace_name=True)[0].startswith("metadata.name")
+    assert problems({"labels": {"k": "v" * 64}}, namespace_name=False)
+    assert problems({"labels": {"k": "bad value"}}, namespace_name=False)
+    assert problems({"labels": {"Bad_Prefix/k": "v"}}, namespace_name=False)
+    assert problems({"labels": {"k": 1}}, namespace_name=False)
+    assert problems({"annotations": {"k": "v" * (256 * 1024)}}, namespace_name=False)
