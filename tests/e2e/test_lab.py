@@ -191,6 +191,44 @@ def test_killed_relay_keeps_traffic_is_reported_and_repaired(lab):
     assert node_status(node2)["bgp_speaker"]["state"] == "running"
 
 
+def test_kubectl_sees_the_lab_as_a_kubernetes_cluster(lab):
+    """The lab runs on the Kubernetes datastore by default: its Nodes, Pods and Calico resources
+    are Kubernetes objects a real kubectl reads (inside the fabric namespace, where the API is)."""
+    assert lab["datastore"] == "kubernetes"
+    config = ctl("lab", "kubeconfig", "--name", LAB).stdout
+    path = Path(f"/run/pycalico-lab/{LAB}/kubeconfig")
+    assert json.loads(config) == json.loads(path.read_text())
+
+    def kubectl(*args: str) -> str:
+        return subprocess.run(["ip", "netns", "exec", f"{LAB}-fabric", "kubectl", "--kubeconfig",
+                               str(path), *args], capture_output=True, text=True, check=True,
+                              timeout=60).stdout
+
+    assert kubectl("get", "nodes", "-o", "name").split() == [f"node/{n}" for n in sorted(lab["nodes"])]
+    pods = json.loads(kubectl("get", "pods", "-o", "json"))["items"]
+    ips = {p["metadata"]["name"]: p["metadata"]["annotations"]["cni.projectcalico.org/podIP"]
+           for p in pods}
+    assert ips == {p["name"]: f"{p['ip']}/32" for p in lab["pods"]}
+    assert "default-ipv4-ippool" in kubectl("get", "ippools.crd.projectcalico.org", "-o", "name")
+    node = json.loads(kubectl("get", "node", f"{LAB}-node1", "-o", "json"))
+    assert node["metadata"]["annotations"]["projectcalico.org/IPv4Address"] == lab["nodes"][f"{LAB}-node1"]
+
+
+def test_node_diags_writes_one_private_tarball(lab, tmp_path):
+    out = ctl("node", "diags", "--node", f"{LAB}-node1", "--dir", str(tmp_path)).stdout
+    [path] = list(tmp_path.glob(f"pycalico-diags-{LAB}-node1-*.tar.gz"))
+    assert str(path) in out and stat.S_IMODE(path.stat().st_mode) == 0o600
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        files = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert {"agent-status.json", "agent-routes.json", "exabgp.conf", "exabgp.log", "agent.log",
+            "ip-route.txt", "ip-addr.txt"} <= files.keys()
+    assert json.loads(files["agent-status.json"])["node"] == f"{LAB}-node1"
+    assert b"proto 80" in files["ip-route.txt"]  # the node's namespace, not this one
+    assert files["errors.txt"] == b""
+
+
 def test_restart_keeps_traffic_and_adopts_routes(lab):
     node1_pod = next(p for p in lab["pods"] if p["node"] == f"{LAB}-node1")
     node2_pod = next(p for p in lab["pods"] if p["node"] == f"{LAB}-node2")
@@ -297,29 +335,6 @@ def test_every_lab_command_refuses_a_name_that_is_a_path():
         shutil.rmtree(canary, ignore_errors=True)
 
 
-def test_kubectl_sees_the_lab_as_a_kubernetes_cluster(lab):
-    """The lab runs on the Kubernetes datastore by default: its Nodes, Pods and Calico resources
-    are Kubernetes objects a real kubectl reads (inside the fabric namespace, where the API is)."""
-    assert lab["datastore"] == "kubernetes"
-    config = ctl("lab", "kubeconfig", "--name", LAB).stdout
-    path = Path(f"/run/pycalico-lab/{LAB}/kubeconfig")
-    assert json.loads(config) == json.loads(path.read_text())
-
-    def kubectl(*args: str) -> str:
-        return subprocess.run(["ip", "netns", "exec", f"{LAB}-fabric", "kubectl", "--kubeconfig",
-                               str(path), *args], capture_output=True, text=True, check=True,
-                              timeout=60).stdout
-
-    assert kubectl("get", "nodes", "-o", "name").split() == [f"node/{n}" for n in sorted(lab["nodes"])]
-    pods = json.loads(kubectl("get", "pods", "-o", "json"))["items"]
-    ips = {p["metadata"]["name"]: p["metadata"]["annotations"]["cni.projectcalico.org/podIP"]
-           for p in pods}
-    assert ips == {p["name"]: f"{p['ip']}/32" for p in lab["pods"]}
-    assert "default-ipv4-ippool" in kubectl("get", "ippools.crd.projectcalico.org", "-o", "name")
-    node = json.loads(kubectl("get", "node", f"{LAB}-node1", "-o", "json"))
-    assert node["metadata"]["annotations"]["projectcalico.org/IPv4Address"] == lab["nodes"][f"{LAB}-node1"]
-
-
 def test_a_lab_on_the_etcd_datastore():
     name = f"d{secrets.token_hex(2)}"
     try:
@@ -331,18 +346,3 @@ def test_a_lab_on_the_etcd_datastore():
         assert "default-ipv4-ippool" in ctl("--lab", name, "get", "ippool").stdout
     finally:
         ctl("lab", "down", "--name", name)
-
-
-def test_node_diags_writes_one_private_tarball(lab, tmp_path):
-    out = ctl("node", "diags", "--node", f"{LAB}-node1", "--dir", str(tmp_path)).stdout
-    [path] = list(tmp_path.glob(f"pycalico-diags-{LAB}-node1-*.tar.gz"))
-    assert str(path) in out and stat.S_IMODE(path.stat().st_mode) == 0o600
-    import tarfile
-
-    with tarfile.open(path) as tar:
-        files = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers()}
-    assert {"agent-status.json", "agent-routes.json", "exabgp.conf", "exabgp.log", "agent.log",
-            "ip-route.txt", "ip-addr.txt"} <= files.keys()
-    assert json.loads(files["agent-status.json"])["node"] == f"{LAB}-node1"
-    assert b"proto 80" in files["ip-route.txt"]  # the node's namespace, not this one
-    assert files["errors.txt"] == b""
