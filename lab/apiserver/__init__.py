@@ -6,8 +6,8 @@ it (one JSON value per key under ``/registry/``; ``resourceVersion`` = etcd ``mo
 watch from a compacted revision gets a real 410): discovery, CustomResourceDefinitions and their
 custom resources, core ``namespaces``, ``nodes``, ``pods``, ``secrets``; get, list (label and field
 selectors, ``limit``/``continue``), watch (bookmarks, timeouts, 410 ``Expired``), create, replace
-(409 on a stale resourceVersion), merge / JSON / (built-ins only) strategic merge patch, delete with
-preconditions, delete collection; ``Status`` error bodies; Table answers for ``kubectl get``.
+(409 on a stale resourceVersion), merge / JSON / (built-ins only) strategic merge patch, server-side
+apply (approximated), dry runs, delete with preconditions, delete collection; ``Status`` error bodies; Table answers for ``kubectl get``.
 
 Start it: ``python -m lab.apiserver --etcd-endpoints http://127.0.0.1:2379 --listen 127.0.0.1:6443``
 (plain HTTP, no authentication), or from Python ``with running_apiserver(etcd_url) as url: ...``
@@ -26,8 +26,9 @@ NOT faithful (do not depend on these):
 - CRD schemas: no ``format``, CEL rules, ``allOf``/``anyOf``/``oneOf``, defaults; no conversion
   between CRD versions (every served version returns the stored object relabelled); built-in types
   are not validated beyond names, kind and apiVersion;
-- strategic merge patch on built-ins is a JSON merge patch without the ``$`` directives: lists are
-  replaced whole, never merged by key;
+- strategic merge patch: core types merge lists by the Go types' merge keys (``lab.apiserver.
+  strategic``: the fields Pod, Node, Namespace and Secret have); CRDs get a JSON merge patch
+  without the ``$`` directives; no ``retainKeys`` patch strategies beyond the directive itself;
 - server-side apply is "create, or merge the applied config": no managedFields, no field ownership,
   no conflicts between managers;
 - no finalizers, ``deletionTimestamp``, graceful pod deletion or garbage collection: a DELETE

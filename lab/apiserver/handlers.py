@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import yaml
 from aiohttp import web
 
-from lab.apiserver import errors
+from lab.apiserver import errors, strategic
 from lab.apiserver.patch import PatchError, json_patch, merge_patch
 from lab.apiserver.registry import CRD_GROUP, ResourceType
 from lab.apiserver.schema import prune, validate
@@ -254,7 +254,9 @@ def _patcher(content_type: str, rtype: ResourceType, patch):
         if rtype.group not in ("", CRD_GROUP):
             # What kube-apiserver does: custom resources have no strategic merge patch.
             raise errors.unsupported_media_type()
-        # Built-ins: a merge patch without the strategic directives (lists are replaced whole).
+        if rtype.group == "":
+            return lambda current: strategic.apply_patch(current, patch)
+        # CRDs: their lists have no merge keys, so a merge patch without the directives.
         return lambda current: merge_patch(current, _without_directives(patch))
     raise errors.unsupported_media_type()
 

@@ -6,6 +6,7 @@ answers anything kubectl does not accept, these tests fail.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -190,6 +191,27 @@ def test_core_objects_apply_get_delete(kubectl):
     assert kubectl("get", "pods,secrets", "-n", "demo-k1", "-o", "name").stdout.split() == []
     kubectl("delete", "node", "node-k1")
     assert kubectl("get", "nodes", "-o", "name").stdout.split() == []
+
+
+def test_reapplying_a_pod_patches_its_containers_by_name(kubectl):
+    """kubectl sends a strategic merge patch carrying only what changed in one container."""
+    pod = ("apiVersion: v1\nkind: Pod\nmetadata: {name: smp, namespace: default}\n"
+           "spec:\n  nodeName: n1\n  containers:\n"
+           "  - {name: a, image: busybox, command: [sleep, 1d], env: [{name: X, value: '1'}]}\n"
+           "  - {name: b, image: nginx}\n")
+    kubectl.apply(pod)
+    kubectl("annotate", "pod", "smp", "extra=kept")  # not in the file: survives the re-apply
+    assert "pod/smp configured" in kubectl.apply(pod.replace("image: busybox", "image: alpine"))
+    got = json.loads(kubectl("get", "pod", "smp", "-o", "json").stdout)
+    containers = {c["name"]: c for c in got["spec"]["containers"]}
+    assert containers["a"] == {"name": "a", "image": "alpine", "command": ["sleep", "1d"],
+                               "env": [{"name": "X", "value": "1"}]}
+    assert containers["b"] == {"name": "b", "image": "nginx"}
+    assert got["metadata"]["annotations"]["extra"] == "kept"
+    kubectl.apply(pod.replace("  - {name: b, image: nginx}\n", ""))
+    got = json.loads(kubectl("get", "pod", "smp", "-o", "json").stdout)
+    assert [c["name"] for c in got["spec"]["containers"]] == ["a"]
+    kubectl("delete", "pod", "smp")
 
 
 def test_pod_in_missing_namespace_is_refused(kubectl):
