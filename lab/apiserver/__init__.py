@@ -7,7 +7,8 @@ watch from a compacted revision gets a real 410): discovery, CustomResourceDefin
 custom resources, core ``namespaces``, ``nodes``, ``pods``, ``secrets``; get, list (label and field
 selectors, ``limit``/``continue``), watch (bookmarks, timeouts, 410 ``Expired``), create, replace
 (409 on a stale resourceVersion), merge / JSON / (built-ins only) strategic merge patch, server-side
-apply (approximated), dry runs, delete with preconditions, delete collection; ``Status`` error bodies; Table answers for ``kubectl get``.
+apply (approximated), dry runs, delete with preconditions, delete collection; ``Status`` error
+bodies; Table answers for ``kubectl get``.
 
 Start it: ``python -m lab.apiserver --etcd-endpoints http://127.0.0.1:2379 --listen 127.0.0.1:6443``
 (plain HTTP, no authentication), or from Python ``with running_apiserver(etcd_url) as url: ...``

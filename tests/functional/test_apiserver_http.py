@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from tests.apiserver_fixture import (  # noqa: F401  (apiserver, k8s_client, custom, fresh_apiserver: fixtures)
+from tests.apiserver_fixture import (  # noqa: F401  (the lower-case names are fixtures)
     GROUP, PLURAL, VERSION, apiserver, custom, fresh_apiserver, ippool, k8s_client, unique,
 )
 
