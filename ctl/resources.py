@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable, Sequence
 
 import datastore
-from crds import InvalidResource, IPPool, Resource, kind_class
+from crds import InvalidResource, IPPool, Resource, check_update, kind_class, merged, validate_set
 from ctl import config, output
 from ctl.documents import UsageError, read_documents, source_name
 from datastore.base import AlreadyExists, Conflict, Datastore, DatastoreError, NotFound
@@ -63,43 +63,31 @@ def _without_lab(argv: list[str]) -> list[str]:
     return rest
 
 
-def check_file(items: Sequence[Resource]) -> None:
-    """Rules across the documents of one file, so a file applies whole or not at all: no resource
-    twice, no two pools overlapping each other (the store alone cannot see either)."""
-    seen: set[tuple] = set()
-    for r in items:
-        if r.key in seen:
-            raise UsageError(f"{r.KIND} {r.name}: metadata.name: {r.KIND} {r.name} appears twice "
-                             "in the same file")
-        seen.add(r.key)
-    pools = [r for r in items if isinstance(r, IPPool)]
-    for i, new in enumerate(pools):
-        for earlier in pools[:i]:
-            if new.spec.network.overlaps(earlier.spec.network):
-                raise UsageError(f"IPPool {new.name}: spec.cidr: {new.spec.cidr} overlaps IPPool "
-                                 f"{earlier.name} ({earlier.spec.cidr}) in the same file")
-
-
-def check_against_store(ds: Datastore, new: Resource) -> None:
-    """Cross-resource rules calicoctl enforces: pools must not overlap; cidr/blockSize immutable."""
-    if not isinstance(new, IPPool):
-        return
-    for other in ds.list("IPPool").items:
-        if other.name == new.name:
-            for attr, wire in (("cidr", "cidr"), ("block_size", "blockSize")):
-                if getattr(other.spec, attr) != getattr(new.spec, attr):
-                    raise UsageError(f"IPPool {new.name}: spec.{wire}: cannot be changed "
-                                     f"(is {getattr(other.spec, attr)}); delete and re-create the pool")
-        elif other.spec.network.overlaps(new.spec.network):
-            raise UsageError(f"IPPool {new.name}: spec.cidr: {new.spec.cidr} overlaps "
-                             f"IPPool {other.name} ({other.spec.cidr})")
+def check_write(ds: Datastore, items: Sequence[Resource]) -> None:
+    """Every rule across resources, before anything is written (a file applies whole or not at
+    all): the file against itself (a resource twice, overlapping pools), then the store as it would
+    be after the write (crds.validate_set over crds.merged), and immutable fields of replaced ones."""
+    try:
+        validate_set(items)
+    except InvalidResource as exc:
+        raise UsageError(f"{exc} in the same file") from None
+    kinds = {r.KIND for r in items}
+    if kinds & {"BGPPeer", "BGPFilter"}:
+        kinds |= {"BGPPeer", "BGPFilter"}  # peers name filters: check them together
+    stored = [r for kind in sorted(kinds) for r in ds.list(kind).items]
+    current = {r.key: r for r in stored}
+    try:
+        for new in items:
+            if new.key in current:
+                check_update(current[new.key], new)
+        validate_set(merged(stored, items), whole_store=True)
+    except InvalidResource as exc:
+        raise UsageError(str(exc)) from None
 
 
 def write(ds: Datastore, verb: str, items: Iterable[Resource]) -> int:
     items = list(items)
-    check_file(items)
-    for r in items:
-        check_against_store(ds, r)
+    check_write(ds, items)
     done = 0
     for r in items:
         try:

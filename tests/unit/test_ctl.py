@@ -323,3 +323,16 @@ def test_node_status_with_a_bad_node_name_is_a_usage_error(monkeypatch):
     monkeypatch.setattr(node_cmds, "query", lambda *a, **kw: pytest.fail("must not be asked"))
     with pytest.raises(resources.UsageError, match="--node: 'n1/../n2' is not a valid node name"):
         node_cmds.status("n1/../n2")
+
+
+def test_a_peer_naming_a_filter_that_does_not_exist_is_refused_before_anything_is_written():
+    """Whole-set validation over the store as it would be after the write (crds.validate_set)."""
+    ds = MemoryDatastore()
+    peer = load({"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer", "metadata": {"name": "p"},
+                 "spec": {"peerIP": "192.0.2.1", "asNumber": 64513, "filters": ["nope"]}})
+    with pytest.raises(resources.UsageError, match="nope"):
+        resources.write(ds, "apply", [peer])
+    assert ds.list("BGPPeer").items == []
+    good = load({"apiVersion": "projectcalico.org/v3", "kind": "BGPFilter", "metadata": {"name": "nope"},
+                 "spec": {}})
+    assert resources.write(ds, "apply", [peer, good]) == 0  # together in one file: fine
