@@ -19,6 +19,8 @@ from lab.apiserver.selectors import SelectorError, parse_field_selector, parse_l
 from lab.apiserver.tables import wants_table, to_table
 from lab.apiserver.watch import WatchRequest, WatchStream
 
+# The server's printer-column lookup (``AppState.crd_columns``), for single-object Table answers.
+COLUMNS = web.AppKey("columns", object)
 _DEFAULT_WATCH_TIMEOUT = 1800.0  # kube-apiserver's --min-request-timeout
 
 
@@ -59,6 +61,8 @@ def parse_path(registry, parts: list[str]) -> Target | None:
 
 
 class ResourceHandlers:
+    """The verbs on a resource path; ``app_state`` is the server's ``AppState``."""
+
     def __init__(self, app_state) -> None:
         self.state = app_state
 
@@ -321,7 +325,8 @@ def _json(body: dict, status: int = 200) -> web.Response:
 def _object_response(request: web.Request, target: Target, obj: dict, status: int = 200,
                      warnings: list[str] | None = None) -> web.Response:
     if wants_table(request):
-        response = _json(to_table(target.rtype, [obj], {}, None, _include_object(request)), status)
+        columns = request.app[COLUMNS](target.rtype)
+        response = _json(to_table(target.rtype, [obj], {}, columns, _include_object(request)), status)
     else:
         response = _json(obj, status)
     for warning in warnings or ():

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from lab.apiserver import discovery, errors, openapi
 from lab.apiserver.etcd import Etcd, EtcdError
-from lab.apiserver.handlers import ResourceHandlers, parse_path
+from lab.apiserver.handlers import COLUMNS, ResourceHandlers, parse_path
 from lab.apiserver.registry import CRD_GROUP, Registry, ResourceType
 from lab.apiserver.storage import Store
 
@@ -169,6 +169,7 @@ def build_app(etcd_endpoint: str, bookmark_interval: float = 5.0,
     state = AppState(etcd_endpoint, bookmark_interval)
     app = web.Application(middlewares=[status_errors], client_max_size=3 * 1024 * 1024)
     router = Router(state)
+    app[COLUMNS] = state.crd_columns
     app.router.add_route("*", "/{tail:.*}", router.dispatch)
 
     async def startup(_app: web.Application) -> None:

@@ -299,3 +299,16 @@ def test_apply_the_generated_calico_crds(kubectl):
     applied = {n.split("/", 1)[1] for n in names}
     assert applied <= served and len(applied) == manifest.count("kind: CustomResourceDefinition")
     assert kubectl.apply(manifest).count("unchanged") == len(names)
+
+
+def test_printer_columns_of_a_crd(kubectl):
+    crd = IPPOOL_CRD.replace("ippools", "colpools").replace("ippool,", "colpool,").replace(
+        "IPPool", "ColPool").replace("    storage: true\n", (
+            "    storage: true\n    additionalPrinterColumns:\n"
+            "    - {name: CIDR, type: string, jsonPath: .spec.cidr}\n"))
+    kubectl.apply(crd)
+    kubectl.apply(ippool("c1", "10.77.0.0/16").replace("IPPool", "ColPool"))
+    for args in (("get", "colpools"), ("get", "colpool", "c1")):
+        lines = kubectl(*args).stdout.splitlines()
+        assert lines[0].split() == ["NAME", "CIDR"] and lines[1].split() == ["c1", "10.77.0.0/16"]
+    kubectl("delete", "crd", "colpools.crd.projectcalico.org")
