@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import ipaddress
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -86,20 +85,12 @@ def running(backend: str) -> Iterator[Factory]:
 @contextlib.contextmanager
 def apiserver(etcd_url: str, tmp: Path) -> Iterator[Path]:
     from lab import kube
-    from tests.helpers import free_port, stop_process
+    from lab.apiserver.launch import running_apiserver
 
-    port = free_port()
-    argv = [sys.executable, "-m", "lab.apiserver", "--etcd-endpoints", etcd_url,
-            "--listen", f"127.0.0.1:{port}"]
-    with open(tmp / "apiserver.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=log)
-    try:
-        config = kube.write_kubeconfig(tmp, f"http://127.0.0.1:{port}")
-        kube.wait_ready(str(config))
+    with running_apiserver(etcd_url) as url:
+        config = kube.write_kubeconfig(tmp, url)
         kube.apply_crds(str(config))
         yield config
-    finally:
-        stop_process(proc)
 
 
 def blocks(n: int) -> Iterator:

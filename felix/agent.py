@@ -350,7 +350,10 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
     p.add_argument("--name", default=env.get("NODENAME") or socket.gethostname(),
                    help="node name (env NODENAME; default: hostname)")
     p.add_argument("--ip", default=env.get("IP"), help="IPv4 address/prefix (env IP; default: autodetect)")
-    p.add_argument("--datastore-type", default=env.get("DATASTORE_TYPE", "etcdv3"))
+    p.add_argument("--datastore-type", default=env.get("DATASTORE_TYPE") or (
+        "etcdv3" if env.get("ETCD_ENDPOINTS") else "kubernetes"),
+        help="etcdv3 | kubernetes (env DATASTORE_TYPE; default: etcdv3 when ETCD_ENDPOINTS is set, "
+             "else kubernetes, as in a Calico manifest)")
     p.add_argument("--etcd-endpoints", default=env.get("ETCD_ENDPOINTS"))
     p.add_argument("--kubeconfig", default=env.get("KUBECONFIG"),
                    help="for --datastore-type kubernetes (env KUBECONFIG; default: in-cluster)")

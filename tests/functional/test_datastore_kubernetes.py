@@ -7,10 +7,7 @@ run there instead; otherwise that tier is skipped, saying so.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,10 +19,12 @@ from kubernetes import config as k8s_config
 from crds import KINDS
 from datastore.etcdv3 import EtcdDatastore
 from datastore.kubernetes import KubernetesDatastore
+from lab import kube
+from lab.apiserver.launch import running_apiserver
 from tests.datastore_conformance import (  # noqa: F401  (recorder is a fixture)
     DatastoreConformance, pool, recorder,
 )
-from tests.helpers import etcd_running, free_port, stop_process, wait_for
+from tests.helpers import etcd_running
 
 pytestmark = pytest.mark.root
 
@@ -39,48 +38,20 @@ def generated_crds() -> list[dict]:
     return [doc for doc in yaml.safe_load_all(CRDS.read_text()) if doc]
 
 
-def write_kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
-        "clusters": [{"name": "lab", "cluster": {"server": server}}],
-        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "admin"}}],
-        "users": [{"name": "admin", "user": {}}]}))
-    os.chmod(path, 0o600)
-    return path
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[tuple[Path, str]]:
-    """(kubeconfig, etcd URL) of a stand-in API server on a real etcd, CRDs applied."""
+    """(kubeconfig, etcd URL) of a stand-in API server on a real etcd, our CRDs applied."""
     tmp = tmp_path_factory.mktemp("k8s")
-    with etcd_running(str(tmp / "etcd")) as etcd_url:
-        port = free_port()
-        server = f"http://127.0.0.1:{port}"
-        with open(tmp / "apiserver.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "lab.apiserver", "--etcd-endpoints",
-                                     etcd_url, "--listen", f"127.0.0.1:{port}"],
-                                    stdout=log, stderr=log)
+    with etcd_running(str(tmp / "etcd")) as etcd_url, running_apiserver(etcd_url) as url:
+        kubeconfig = kube.write_kubeconfig(tmp, url)
+        api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
         try:
-            kubeconfig = write_kubeconfig(tmp / "kubeconfig", server)
-            api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
-            version = k8s.VersionApi(api)
-
-            def up() -> bool:
-                if proc.poll() is not None:
-                    pytest.fail(f"apiserver exited: {(tmp / 'apiserver.log').read_text()[-2000:]}")
-                try:
-                    return bool(version.get_code())
-                except Exception:  # noqa: BLE001 - not listening yet
-                    return False
-
-            wait_for(up, timeout=20, what="the API server stand-in to answer")
             ext = k8s.ApiextensionsV1Api(api)
             for crd in generated_crds():
                 ext.create_custom_resource_definition(crd)
-            api.close()
-            yield kubeconfig, etcd_url
         finally:
-            stop_process(proc)
+            api.close()
+        yield kubeconfig, etcd_url
 
 
 @pytest.fixture
