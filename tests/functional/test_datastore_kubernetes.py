@@ -105,11 +105,28 @@ def test_calico_resources_are_custom_resources_other_clients_see(ds):
 
 
 def test_real_cluster_tier():
+    """Read-only on a real cluster (the suite above deletes every Calico resource and pod between
+    tests, which no one wants on theirs): a consistent snapshot of the agent's kinds, and a watch
+    that opens from it and stops promptly."""
     if not (os.environ.get("KUBECONFIG") and os.environ.get("PYCALICO_REAL_CLUSTER") == "1"):
         pytest.skip("no real cluster: set KUBECONFIG and PYCALICO_REAL_CLUSTER=1 to run the "
-                    "conformance suite against one (this machine can run no kube-apiserver)")
+                    "read-only tier against one (this machine can run no kube-apiserver)")
+    import threading
+    import time
+
+    from felix.cluster import WATCHED_KINDS
+
     backend = KubernetesDatastore(k8s_config.new_client_from_config())
     try:
-        assert backend.snapshot(["IPPool"]).revision > 0
+        snap = backend.snapshot(WATCHED_KINDS)
+        assert snap.revision > 0
+        assert all(int(r.metadata.resource_version) <= snap.revision for r in snap.items)
+        stop = threading.Event()
+        thread = threading.Thread(target=lambda: list(backend.watch(WATCHED_KINDS, snap.revision, stop)))
+        thread.start()
+        time.sleep(1)  # a window for the watch to fail if it is going to; then it must stop at once
+        stop.set()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
     finally:
         backend.close()
