@@ -32,8 +32,10 @@ NOT faithful (do not depend on these):
   without the ``$`` directives; no ``retainKeys`` patch strategies beyond the directive itself;
 - server-side apply is "create, or merge the applied config": no managedFields, no field ownership,
   no conflicts between managers;
-- no finalizers, ``deletionTimestamp``, graceful pod deletion or garbage collection: a DELETE
-  removes the key at once (a deleted namespace takes its objects along at once, not Terminating);
+- finalizers: a DELETE of an object with ``metadata.finalizers`` sets ``deletionTimestamp`` and the
+  object goes when an update removes the last one; otherwise a DELETE removes the key at once:
+  no graceful pod deletion (kubelet's part), no garbage collection of owned objects, and a deleted
+  namespace takes its objects along at once instead of going through Terminating;
 - status subresources: pods, nodes, namespaces, CRDs, and custom resources whose CRD declares
   one (main writes keep the stored status, ``/status`` writes change only status); other
   metadata rules of the status strategies are not copied;

@@ -227,7 +227,7 @@ class ResourceHandlers:
         store = self.state.store.dry_run() if dry_run else self.state.store
         obj = await store.delete(target.rtype, target.version, target.namespace, target.name,
                                  precondition)
-        if dry_run:
+        if dry_run or obj["metadata"].get("deletionTimestamp"):  # marked, not gone (finalizers)
             return _object_response(request, target, obj)
         if target.rtype.group == CRD_GROUP:
             await self.state.drop_crd_objects(obj)

@@ -173,9 +173,12 @@ class Store:
             if wanted and wanted != stored:
                 raise errors.conflict(rtype.plural, rtype.group, name)
             obj = _carry_over(rtype, current, new, ns)
+            key = rtype.key(name, ns)
             try:
-                ok, revision, now_kv = await self.etcd.put_if(rtype.key(name, ns), _encode(obj),
-                                                              int(stored))
+                if _finalized(obj):  # the last finalizer went: now the delete happens
+                    ok, revision, now_kv = await self.etcd.delete_if(key, int(stored))
+                else:
+                    ok, revision, now_kv = await self.etcd.put_if(key, _encode(obj), int(stored))
             except EtcdError as exc:
                 raise _etcd_failure(exc) from exc
             if ok:
@@ -189,6 +192,26 @@ class Store:
                 raise errors.conflict(rtype.plural, rtype.group, name)
         raise errors.conflict(rtype.plural, rtype.group, name)
 
+    async def _mark_deleting(self, rtype: ResourceType, ns: str | None, name: str,
+                             current: dict) -> dict | None:
+        """An object with finalizers is only marked (deletionTimestamp) and stays until an update
+        removes its last finalizer, as in kube-apiserver. None: the compare-and-swap lost."""
+        meta = current["metadata"]
+        if meta.get("deletionTimestamp"):
+            return current
+        obj = copy.deepcopy(current)
+        obj["metadata"].update(deletionTimestamp=now(), deletionGracePeriodSeconds=0)
+        try:
+            ok, revision, _ = await self.etcd.put_if(rtype.key(name, ns), _encode(obj),
+                                                     int(meta["resourceVersion"]))
+        except EtcdError as exc:
+            raise _etcd_failure(exc) from exc
+        if not ok:
+            return None
+        await self._written(rtype)
+        obj["metadata"]["resourceVersion"] = str(revision)
+        return obj
+
     async def delete(self, rtype: ResourceType, version: str, ns: str | None, name: str,
                      precondition: str | None = None) -> dict:
         for _ in range(_RETRIES):
@@ -197,6 +220,11 @@ class Store:
             if precondition and precondition != stored:
                 raise errors.precondition_failed(rtype.plural, rtype.group, name, precondition,
                                                  int(stored))
+            if current["metadata"].get("finalizers"):
+                marked = await self._mark_deleting(rtype, ns, name, current)
+                if marked is not None:
+                    return marked
+                continue
             try:
                 ok, _, now_kv = await self.etcd.delete_if(rtype.key(name, ns), int(stored))
             except EtcdError as exc:
@@ -207,6 +235,11 @@ class Store:
             if now_kv is None:
                 raise errors.not_found(rtype.plural, rtype.group, name)
         raise errors.conflict(rtype.plural, rtype.group, name)
+
+
+def _finalized(obj: dict) -> bool:
+    meta = obj.get("metadata", {})
+    return bool(meta.get("deletionTimestamp")) and not meta.get("finalizers")
 
 
 def _split_status(current: dict, new: dict, status_only: bool) -> dict:
@@ -240,6 +273,15 @@ def _carry_over(rtype: ResourceType, current: dict, new: dict, ns: str | None) -
     old_meta = current["metadata"]
     for owned in ("uid", "creationTimestamp", "name"):
         meta[owned] = old_meta.get(owned)
+    for owned in ("deletionTimestamp", "deletionGracePeriodSeconds"):
+        meta.pop(owned, None)
+        if owned in old_meta:
+            meta[owned] = old_meta[owned]
+    added = set(meta.get("finalizers") or ()) - set(old_meta.get("finalizers") or ())
+    if meta.get("deletionTimestamp") and added:
+        raise errors.invalid_fields(rtype.kind, rtype.group, meta["name"], [
+            "metadata.finalizers: Forbidden: no new finalizers can be added if the object is "
+            "being deleted"])
     if rtype.namespaced:
         meta["namespace"] = ns
     if not _has_generation(rtype):

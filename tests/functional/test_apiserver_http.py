@@ -308,3 +308,31 @@ def test_generate_name_and_metadata_validation(custom):
         custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, created["metadata"]["name"],
                                            {"metadata": {"annotations": {"a b": "c"}}})
     assert bad_patch.value.status == 422
+
+
+def test_finalizers_hold_a_deleted_object_until_removed(custom):
+    name = unique("fin")
+    body = ippool(name)
+    body["metadata"]["finalizers"] = ["example.com/hold"]
+    rv = custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)["metadata"]["resourceVersion"]
+    marked = custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+    assert marked["metadata"]["deletionTimestamp"]
+    still = custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+    assert still["metadata"]["deletionTimestamp"] == marked["metadata"]["deletionTimestamp"]
+    with pytest.raises(ApiException) as no_new:
+        custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"metadata": {
+            "finalizers": ["example.com/hold", "example.com/more"]}})
+    assert no_new.value.status == 422
+    custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"metadata": {"finalizers": None}})
+    with pytest.raises(ApiException) as gone:
+        custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+    assert gone.value.status == 404
+    w = watch.Watch()
+    seen = []
+    for event in w.stream(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
+                          resource_version=rv, field_selector=f"metadata.name={name}",
+                          timeout_seconds=10):
+        seen.append((event["type"], bool(event["object"]["metadata"].get("deletionTimestamp"))))
+        if event["type"] == "DELETED":
+            w.stop()
+    assert seen == [("MODIFIED", True), ("DELETED", True)]
