@@ -128,8 +128,8 @@ class Agent:
         self._stop.set()
 
     def _on_batch(self, batch) -> None:
-        self.state.apply(batch)
-        self._request("event")
+        if self.state.apply(batch):
+            self._request("event")
 
     def _request(self, cause: str) -> None:
         """Ask for a reconcile; watchers and timers only do this, never any I/O themselves."""

@@ -26,16 +26,30 @@ class ClusterState:
     revision: int = 0
     connection: Connection | None = None  # the datastore connection's latest state
 
-    def apply(self, batch: Iterable[Update | InSync | Connection]) -> None:
+    def apply(self, batch: Iterable[Update | InSync | Connection]) -> bool:
+        """Take a batch; return whether anything the agent uses changed. An update that differs
+        only in resourceVersion is no change: on Kubernetes every kubelet heartbeat rewrites its
+        Node, and reconciling for each would keep every agent busy forever."""
+        changed = False
         for item in batch:
             if isinstance(item, InSync):
+                changed |= not self.in_sync
                 self.in_sync, self.revision = True, item.revision
             elif isinstance(item, Connection):
+                changed |= self.connection is None or item.state != self.connection.state
                 self.connection = item
-            elif item.resource is None:
-                self.resources.pop((item.kind, item.namespace, item.name), None)
             else:
-                self.resources[(item.kind, item.namespace, item.name)] = item.resource
+                changed |= self._update(item)
+        return changed
+
+    def _update(self, item: Update) -> bool:
+        key = (item.kind, item.namespace, item.name)
+        old = self.resources.get(key)
+        if item.resource is None:
+            self.resources.pop(key, None)
+            return old is not None
+        self.resources[key] = item.resource
+        return old is None or old.with_revision(None) != item.resource.with_revision(None)
 
     def of_kind(self, cls: type[Resource]) -> list:
         return sorted((r for (k, _, _), r in self.resources.items() if k == cls.KIND),

@@ -110,3 +110,16 @@ def test_calc_input_independent_of_event_order(rnd: random.Random):
     # replaying some items twice (a re-list after compaction) must not change the result either
     replay = shuffled + shuffled[: rnd.randrange(len(shuffled))]
     assert cluster.calc_input(state_of(replay), "n1", learned) == expected
+
+
+def test_an_update_that_changes_only_the_revision_is_no_change():
+    """On Kubernetes every kubelet heartbeat rewrites its Node: the agent must not reconcile."""
+    node = res("Node", "n1", {"bgp": {"ipv4Address": "10.99.0.1/24"}}).with_revision("5")
+    s = cluster.ClusterState()
+    assert s.apply([upd(node), InSync(5)])
+    assert not s.apply([upd(node.with_revision("6"))])
+    assert s.resources[("Node", None, "n1")].metadata.resource_version == "6"  # kept current
+    moved = res("Node", "n1", {"bgp": {"ipv4Address": "10.99.0.9/24"}}).with_revision("7")
+    assert s.apply([upd(moved)])
+    assert s.apply([Update("Node", None, "n1", None)])
+    assert not s.apply([Update("Node", None, "n1", None)])  # deleting what is gone: nothing
