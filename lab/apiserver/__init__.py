@@ -23,7 +23,8 @@ objects along; kubectl's validation checks are satisfied by minimal OpenAPI v3 d
 operations listing ``fieldValidation``) and an empty OpenAPI v2 document.
 
 NOT faithful (do not depend on these):
-- no authentication, authorization, admission webhooks, TLS, HTTP/2 or protobuf; JSON only;
+- no authentication, authorization, admission webhooks, TLS or HTTP/2; answers are JSON; protobuf
+  request bodies only for Secret and Namespace (what ``kubectl create secret|namespace`` sends);
 - CRD schemas: no ``format``, CEL rules, ``allOf``/``anyOf``/``oneOf``, defaults; no conversion
   between CRD versions (every served version returns the stored object relabelled); built-in types
   are not validated beyond names, kind and apiVersion;

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import yaml
 from aiohttp import web
 
-from lab.apiserver import errors, strategic
+from lab.apiserver import errors, protobuf, strategic
 from lab.apiserver.patch import PatchError, json_patch, merge_patch
 from lab.apiserver.registry import CRD_GROUP, ResourceType
 from lab.apiserver.schema import prune, validate
@@ -307,7 +307,13 @@ def _check_body(body, target: Target, name_from_url: str | None) -> None:
 
 
 async def _body(request: web.Request):
-    return _parse_json(await request.read())
+    raw = await request.read()
+    if request.content_type == protobuf.MEDIA_TYPE:  # kubectl's typed clients (create secret)
+        try:
+            return protobuf.decode(raw)
+        except protobuf.ProtobufError as exc:
+            raise errors.ApiError(415, "UnsupportedMediaType", str(exc)) from exc
+    return _parse_json(raw)
 
 
 def _parse_json(raw: bytes):

@@ -6,6 +6,7 @@ answers anything kubectl does not accept, these tests fail.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -212,6 +213,18 @@ def test_reapplying_a_pod_patches_its_containers_by_name(kubectl):
     got = json.loads(kubectl("get", "pod", "smp", "-o", "json").stdout)
     assert [c["name"] for c in got["spec"]["containers"]] == ["a"]
     kubectl("delete", "pod", "smp")
+
+
+def test_kubectl_create_secret_and_namespace_send_protobuf(kubectl):
+    """Calico's BGP password how-to: ``kubectl create secret generic`` (a protobuf body)."""
+    assert kubectl("create", "namespace", "pb-ns").stdout.strip() == "namespace/pb-ns created"
+    out = kubectl("create", "secret", "generic", "bgp-secrets", "-n", "pb-ns",
+                  "--from-literal=rr-password=very-secret").stdout
+    assert out.strip() == "secret/bgp-secrets created"
+    data = kubectl("get", "secret", "-n", "pb-ns", "bgp-secrets",
+                   "-o", "jsonpath={.data.rr-password}").stdout
+    assert base64.b64decode(data) == b"very-secret"
+    kubectl("delete", "namespace", "pb-ns")
 
 
 def test_pod_in_missing_namespace_is_refused(kubectl):
