@@ -350,10 +350,9 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
     p.add_argument("--name", default=env.get("NODENAME") or socket.gethostname(),
                    help="node name (env NODENAME; default: hostname)")
     p.add_argument("--ip", default=env.get("IP"), help="IPv4 address/prefix (env IP; default: autodetect)")
-    p.add_argument("--datastore-type", default=env.get("DATASTORE_TYPE") or (
-        "etcdv3" if env.get("ETCD_ENDPOINTS") else "kubernetes"),
-        help="etcdv3 | kubernetes (env DATASTORE_TYPE; default: etcdv3 when ETCD_ENDPOINTS is set, "
-             "else kubernetes, as in a Calico manifest)")
+    p.add_argument("--datastore-type", default=env.get("DATASTORE_TYPE"),
+                   help="etcdv3 | kubernetes (env DATASTORE_TYPE; default: etcdv3 when etcd "
+                        "endpoints are given, else kubernetes, as in a Calico manifest)")
     p.add_argument("--etcd-endpoints", default=env.get("ETCD_ENDPOINTS"))
     p.add_argument("--kubeconfig", default=env.get("KUBECONFIG"),
                    help="for --datastore-type kubernetes (env KUBECONFIG; default: in-cluster)")
@@ -365,7 +364,8 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
     ipv4 = ipaddress.IPv4Interface(a.ip if a.ip and "/" in a.ip else f"{a.ip}/32") if a.ip \
         else autodetect_ipv4()
     run_dir = Path(a.run_dir) if a.run_dir else RUN_ROOT / a.name
-    return AgentConfig(node=a.name, ipv4=ipv4, datastore_type=a.datastore_type,
+    datastore_type = a.datastore_type or ("etcdv3" if a.etcd_endpoints else "kubernetes")
+    return AgentConfig(node=a.name, ipv4=ipv4, datastore_type=datastore_type,
                        etcd_endpoints=a.etcd_endpoints, run_dir=run_dir, route_proto=a.route_proto,
                        kubeconfig=a.kubeconfig)
 

@@ -91,3 +91,17 @@ def test_a_burst_of_events_is_one_reconcile_and_then_nothing(tmp_path):
         await loop_task
 
     asyncio.run(main())
+
+
+def test_the_datastore_type_follows_the_endpoints_given_anywhere(monkeypatch):
+    """Regression: --etcd-endpoints on the command line still meant the kubernetes default."""
+    from felix.agent import parse_args
+
+    for var in ("DATASTORE_TYPE", "ETCD_ENDPOINTS"):
+        monkeypatch.delenv(var, raising=False)
+    base = ["--name", "n1", "--ip", "10.0.0.1/24"]
+    assert parse_args(base + ["--etcd-endpoints", "http://127.0.0.1:2379"]).datastore_type == "etcdv3"
+    assert parse_args(base).datastore_type == "kubernetes"
+    monkeypatch.setenv("ETCD_ENDPOINTS", "http://127.0.0.1:2379")
+    assert parse_args(base).datastore_type == "etcdv3"
+    assert parse_args(base + ["--datastore-type", "kubernetes"]).datastore_type == "kubernetes"
