@@ -9,7 +9,6 @@ every address lives only inside the lab's namespaces, ``kubectl`` runs in the fa
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -19,19 +18,12 @@ API_PORT = 6443
 NAMESPACE = "default"
 
 
-def kubeconfig_text(server: str) -> str:
-    """A kubeconfig (JSON is YAML) for a plain-HTTP server without authentication: the lab's."""
-    return json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "lab", "preferences": {},
-        "clusters": [{"name": "lab", "cluster": {"server": server}}],
-        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "admin",
-                                                  "namespace": NAMESPACE}}],
-        "users": [{"name": "admin", "user": {}}]}, indent=2) + "\n"
-
-
 def write_kubeconfig(lab_dir: Path, server: str) -> Path:
+    """The lab's kubeconfig (plain HTTP, no credentials: the stand-in has none), 0600."""
+    from lab.apiserver.launch import kubeconfig
+
     path = lab_dir / "kubeconfig"
-    hostio.write_private(path, kubeconfig_text(server))
+    hostio.write_private(path, kubeconfig(server))
     return path
 
 

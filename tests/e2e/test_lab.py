@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import wait_for
 
@@ -197,7 +198,8 @@ def test_kubectl_sees_the_lab_as_a_kubernetes_cluster(lab):
     assert lab["datastore"] == "kubernetes"
     config = ctl("lab", "kubeconfig", "--name", LAB).stdout
     path = Path(f"/run/pycalico-lab/{LAB}/kubeconfig")
-    assert json.loads(config) == json.loads(path.read_text())
+    assert yaml.safe_load(config) == yaml.safe_load(path.read_text())
+    assert yaml.safe_load(config)["clusters"][0]["cluster"]["server"].endswith(":6443")
 
     def kubectl(*args: str) -> str:
         return subprocess.run(["ip", "netns", "exec", f"{LAB}-fabric", "kubectl", "--kubeconfig",
