@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from lab.apiserver.launch import stop_process  # noqa: F401  (re-exported for tests)
+
 
 def veth_between(ns_a: str, if_a: str, addr_a: str, ns_b: str, if_b: str, addr_b: str) -> None:
     """Join two namespaces with a veth pair; addresses in CIDR form (e.g. ``10.0.0.1/24``)."""
@@ -83,17 +85,6 @@ def start_etcd(data_dir: str, host: str = "127.0.0.1") -> tuple[subprocess.Popen
         proc.wait()
         raise
     return proc, endpoint
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``; always reaped."""
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @contextlib.contextmanager

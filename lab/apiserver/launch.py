@@ -58,14 +58,15 @@ def start_apiserver(etcd_url: str, host: str = "127.0.0.1", port: int = 0, *,
     deadline = time.monotonic() + timeout
     while not ready(url):
         if proc.poll() is not None or time.monotonic() > deadline:
-            stop_apiserver(proc)
+            stop_process(proc)
             raise ApiserverFailed(f"API server stand-in on {url} did not become ready "
                                   f"(exit code {proc.returncode})")
         time.sleep(0.05)
     return proc, url
 
 
-def stop_apiserver(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; always reaped (any child we started, by PID)."""
     if proc.poll() is None:
         proc.terminate()
     try:
@@ -82,4 +83,4 @@ def running_apiserver(etcd_url: str, **kwargs) -> Iterator[str]:
     try:
         yield url
     finally:
-        stop_apiserver(proc)
+        stop_process(proc)

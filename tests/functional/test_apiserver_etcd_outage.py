@@ -11,7 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from lab.apiserver.launch import ready, stop_apiserver
+from lab.apiserver.launch import ready, stop_process
 from tests.helpers import etcd_healthy, free_port, stop_process, wait_for
 
 
@@ -55,6 +55,6 @@ def test_started_before_etcd_then_outage_then_recovery(tmp_path):
         wait_for(lambda: _get(f"{url}/api/v1/namespaces/default")[0] == 200, timeout=20,
                  what="the API server to recover with etcd")
     finally:
-        stop_apiserver(server)
+        stop_process(server)
         if etcd is not None:
             stop_process(etcd)
