@@ -1,0 +1,299 @@
+"""Health probes (Felix's port 9099) and Prometheus metrics (port 9091) of ``pycalico-node``.
+
+Does I/O: ``HealthServer`` listens on two TCP ports from the agent's own asyncio loop (aiohttp; no
+threads that could outlive the agent). The decisions, ``check_readiness`` and ``check_liveness``, are
+pure functions of one ``AgentHealth`` snapshot.
+
+- ``GET /liveness``: 200 ``live`` while the agent's loop answers the snapshot within
+  ``snapshot_timeout`` and has ticked within ``stall_after``; else 503 saying which. A loop blocked
+  in synchronous code answers nothing at all, which the kubelet's probe timeout counts as a failure.
+- ``GET /readiness``: 200 ``ready: ...`` when the datastore is in sync and connected, every
+  configured BGP peer is Established (none configured is ready), and the routes are programmed (a
+  first apply done, no failed route, the last reconcile did not fail); else 503
+  ``not ready: <each failing check and why>``. Both take ``?format=json``.
+- ``GET /metrics`` on the metrics port: ``felix.metrics.AgentMetrics``, read from the same snapshot.
+
+Wiring into ``felix.agent.Agent`` (the contract):
+
+1. ``self._tick = time.monotonic()`` in ``__init__`` and at the top of every ``_loop`` iteration;
+   ``self._route_failures = dict(result.failed)`` and ``self._routes_applied = True`` in
+   ``_schedule_route_retries``.
+2. A snapshot method, called on the loop for every probe and scrape (sync or async; keep it cheap)::
+
+       def _health(self) -> AgentHealth:
+           sp = self.speaker
+           return AgentHealth(
+               loop_tick=self._tick, datastore_in_sync=self.state.in_sync,
+               connection=self.state.connection, bgp_enabled=True,
+               speaker=sp.status() if sp else None, peers=tuple(sp.peer_status()) if sp else (),
+               routes_applied=self._routes_applied, route_failures=self._route_failures,
+               reconcile_error=self.last_error[0] if self._error_backoff.failures else None,
+               reconciles=dict(self.reconciles), reconcile_errors=self.reconcile_errors,
+               routes_by_kind=count_route_kinds(r.reason for r in self._desired.values()),
+               route_writes=self.routes.writes, route_dumps=self.routes.dumps,
+               bgp_counters=sp.counters() if sp else {},
+               prefixes_accepted=len(sp.learned_routes()) if sp else 0)
+
+3. ``self.health = HealthServer(self._health, host=..., health_port=9099, metrics_port=9091)``;
+   ``await self.health.start()`` in ``run()`` next to the status socket, ``await self.health.stop()``
+   in ``_shutdown()``; ``self.health.metrics.observe_reconcile(seconds, "+".join(sorted(causes)))``
+   around ``_reconcile``; the CNI server calls ``metrics.observe_cni(command, seconds, ok)``.
+
+>>> check_readiness(AgentHealth(loop_tick=0.0, datastore_in_sync=False, connection=None)).text()
+'not ready: datastore connecting (no connection yet); routes not applied yet'
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from bgp.speaker import PeerStatus, SpeakerStatus
+from datastore.syncer import Connection
+from felix.metrics import AgentMetrics, count_route_kinds  # noqa: F401  (part of the wiring contract)
+
+log = logging.getLogger(__name__)
+
+HEALTH_PORT = 9099  # Felix's
+METRICS_PORT = 9091  # Felix's
+SNAPSHOT_TIMEOUT = 2.0  # well inside a kubelet probe's default 1-10 s timeout window
+# The agent's loop wakes at least every RESYNC_INTERVAL (60 s) even when idle; a full resync of a
+# large table may add tens of seconds. Beyond this the loop is stuck, not idle.
+STALL_AFTER = 120.0
+_SHOWN = 3  # failing peers / routes named in a reason; the rest are counted
+
+
+@dataclass(frozen=True)
+class AgentHealth:
+    """What the agent knows right now. Health fields first, then metric-only ones (defaults: zero)."""
+
+    loop_tick: float  # time.monotonic() at the top of the agent loop's latest iteration
+    datastore_in_sync: bool
+    connection: Connection | None  # None: the syncer has not reported yet (connecting)
+    bgp_enabled: bool = True  # False with CALICO_NETWORKING_BACKEND=vxlan/none: BGP not checked
+    speaker: SpeakerStatus | None = None  # None: not started yet
+    peers: tuple[PeerStatus, ...] = ()
+    routes_applied: bool = False  # one route apply has completed since start
+    route_failures: Mapping[object, str] = field(default_factory=dict)  # dst -> why, last apply
+    reconcile_error: str | None = None  # the latest reconcile's error, None once one succeeds
+    reconciles: Mapping[str, int] = field(default_factory=dict)  # by cause
+    reconcile_errors: int = 0
+    routes_by_kind: Mapping[str, int] = field(default_factory=dict)  # felix.metrics.count_route_kinds
+    route_writes: int = 0
+    route_dumps: int = 0
+    bgp_counters: Mapping[str, int] = field(default_factory=dict)  # Speaker.counters()
+    prefixes_accepted: int = 0  # len(Speaker.learned_routes())
+
+    def __post_init__(self) -> None:
+        for name in ("reconcile_errors", "route_writes", "route_dumps", "prefixes_accepted"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: {getattr(self, name)} is negative")
+        for name in ("reconciles", "routes_by_kind", "bgp_counters"):
+            bad = {k: v for k, v in getattr(self, name).items() if v < 0}
+            if bad:
+                raise ValueError(f"{name}: negative counts {bad}")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str  # datastore | bgp | routes | loop | snapshot
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    checks: tuple[Check, ...]
+    good: str  # 'ready' / 'live'
+
+    def text(self) -> str:
+        """``ready: a; b`` with every check, or ``not ready: x; y`` with the failing ones only."""
+        if self.ok:
+            return f"{self.good}: " + "; ".join(c.detail for c in self.checks)
+        return f"not {self.good}: " + "; ".join(c.detail for c in self.checks if not c.ok)
+
+    def as_json(self) -> dict:
+        return {"status": self.good if self.ok else f"not {self.good}", "ok": self.ok,
+                "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in self.checks}}
+
+
+def _verdict(good: str, checks: list[Check]) -> Verdict:
+    return Verdict(all(c.ok for c in checks), tuple(checks), good)
+
+
+# -- the decisions (pure) ---------------------------------------------------------------------------
+
+def check_readiness(h: AgentHealth) -> Verdict:
+    checks = [_datastore_check(h)]
+    if h.bgp_enabled:
+        checks.append(_bgp_check(h))
+    checks.append(_routes_check(h))
+    return _verdict("ready", checks)
+
+
+def check_liveness(h: AgentHealth, now: float, stall_after: float = STALL_AFTER) -> Verdict:
+    """``now`` on the clock of ``h.loop_tick`` (time.monotonic)."""
+    age = now - h.loop_tick
+    if age > stall_after:
+        return _verdict("live", [Check("loop", False, f"agent loop last ticked {age:.0f}s ago "
+                                                      f"(limit {stall_after:.0f}s)")])
+    return _verdict("live", [Check("loop", True, f"agent loop ticked {max(age, 0):.0f}s ago")])
+
+
+def _datastore_check(h: AgentHealth) -> Check:
+    conn = h.connection
+    if conn is None:
+        return Check("datastore", False, "datastore connecting (no connection yet)")
+    if conn.state != "connected":
+        since = datetime.fromtimestamp(conn.since, timezone.utc).isoformat(timespec="seconds")
+        why = f": {conn.reason}" if conn.reason else ""
+        return Check("datastore", False, f"datastore {conn.state} since {since}{why}")
+    if not h.datastore_in_sync:
+        return Check("datastore", False, "datastore connected, not in sync yet")
+    return Check("datastore", True, "datastore in sync")
+
+
+def _bgp_check(h: AgentHealth) -> Check:
+    if not h.peers:
+        return Check("bgp", True, "bgp no peers configured")
+    up = [p for p in h.peers if p.state == "up"]
+    summary = f"bgp {len(up)}/{len(h.peers)} peers established"
+    speaker = h.speaker
+    if speaker is None or speaker.state != "running":
+        state = "not started" if speaker is None else f"{speaker.state}: {speaker.reason}".rstrip(": ")
+        return Check("bgp", False, f"bgp speaker {state}; {summary}")
+    down = [p for p in h.peers if p.state != "up"]
+    if not down:
+        return Check("bgp", True, summary)
+    named = ", ".join(f"{p.address} {p.info}" for p in down[:_SHOWN])
+    more = f" and {len(down) - _SHOWN} more" if len(down) > _SHOWN else ""
+    return Check("bgp", False, f"{summary} (down: {named}{more})")
+
+
+def _routes_check(h: AgentHealth) -> Check:
+    if h.reconcile_error is not None:
+        return Check("routes", False, f"reconcile failing: {h.reconcile_error}")
+    if not h.routes_applied:
+        return Check("routes", False, "routes not applied yet")
+    failed = sorted(h.route_failures.items(), key=lambda kv: str(kv[0]))
+    if failed:
+        named = ", ".join(f"{dst}: {why}" for dst, why in failed[:_SHOWN])
+        more = f" and {len(failed) - _SHOWN} more" if len(failed) > _SHOWN else ""
+        return Check("routes", False, f"routes {len(failed)} failed ({named}{more})")
+    return Check("routes", True, f"routes programmed ({sum(h.routes_by_kind.values())})")
+
+
+# -- the server (I/O) -------------------------------------------------------------------------------
+
+Snapshot = Callable[[], "AgentHealth | Awaitable[AgentHealth]"]
+
+
+class HealthServer:
+    """Serves /liveness and /readiness on ``health_port`` and /metrics on ``metrics_port`` (``None``
+    disables one; ``0`` picks a free port, read back from the attribute after ``start()``)."""
+
+    def __init__(self, snapshot: Snapshot, *, host: str = "0.0.0.0",
+                 health_port: int | None = HEALTH_PORT, metrics_port: int | None = METRICS_PORT,
+                 metrics: AgentMetrics | None = None, snapshot_timeout: float = SNAPSHOT_TIMEOUT,
+                 stall_after: float = STALL_AFTER,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if snapshot_timeout <= 0 or stall_after <= 0:
+            raise ValueError(f"snapshot_timeout ({snapshot_timeout}) and stall_after "
+                             f"({stall_after}) must be positive")
+        self._snapshot, self.host = snapshot, host
+        self.health_port, self.metrics_port = health_port, metrics_port
+        self.metrics = metrics if metrics is not None else AgentMetrics()
+        self._timeout, self._stall_after, self._clock = snapshot_timeout, stall_after, clock
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self) -> None:
+        try:
+            if self.health_port is not None:
+                self.health_port = await self._serve(self.health_port, [
+                    web.get("/liveness", self._liveness), web.get("/readiness", self._readiness)])
+            if self.metrics_port is not None:
+                self.metrics_port = await self._serve(self.metrics_port,
+                                                      [web.get("/metrics", self._metrics)])
+        except BaseException:
+            await self.stop()  # the health port must not stay bound when the metrics port fails
+            raise
+        log.info("health and metrics listening", extra={
+            "host": self.host, "health_port": self.health_port, "metrics_port": self.metrics_port})
+
+    async def stop(self) -> None:
+        runners, self._runners = self._runners, []
+        for runner in runners:
+            await runner.cleanup()
+
+    async def _serve(self, port: int, routes: list[web.RouteDef]) -> int:
+        app = web.Application()
+        app.add_routes(routes)
+        # No access log: the kubelet probes every few seconds, forever.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, self.host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OSError(exc.errno, f"health server: cannot listen on {self.host}:{port}: "
+                                     f"{exc.strerror}") from exc
+        return runner.addresses[0][1]  # the real port when 0 was asked
+
+    async def _take(self) -> AgentHealth:
+        result = self._snapshot()
+        if inspect.isawaitable(result):
+            result = await asyncio.wait_for(result, self._timeout)
+        if not isinstance(result, AgentHealth):
+            raise TypeError(f"snapshot: returned {type(result).__name__}, not AgentHealth")
+        return result
+
+    async def _take_or_why(self) -> tuple[AgentHealth | None, str]:
+        """The snapshot, or None and why there is none (a failed probe says so; it never raises)."""
+        try:
+            return await self._take(), ""
+        except TimeoutError:
+            log.warning("health snapshot timed out", extra={"timeout": self._timeout})
+            return None, f"agent did not answer the health snapshot within {self._timeout:g}s"
+        except Exception as exc:  # noqa: BLE001 - reported as the failing check, and logged
+            log.error("health snapshot failed", exc_info=True)
+            return None, f"health snapshot failed: {type(exc).__name__}: {exc}"
+
+    async def _decide(self, good: str, decide: Callable[[AgentHealth], Verdict]) -> Verdict:
+        h, why = await self._take_or_why()
+        return decide(h) if h is not None else _verdict(good, [Check("snapshot", False, why)])
+
+    async def _liveness(self, request: web.Request) -> web.Response:
+        verdict = await self._decide(
+            "live", lambda h: check_liveness(h, self._clock(), self._stall_after))
+        return _respond(request, verdict)
+
+    async def _readiness(self, request: web.Request) -> web.Response:
+        return _respond(request, await self._decide("ready", check_readiness))
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        h, why = await self._take_or_why()
+        if h is None:
+            return web.Response(status=503, text=why + "\n")
+        body = self.metrics.render(h)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _respond(request: web.Request, verdict: Verdict) -> web.Response:
+    status = 200 if verdict.ok else 503
+    fmt = request.query.get("format")
+    if fmt == "json":
+        return web.Response(status=status, text=json.dumps(verdict.as_json()) + "\n",
+                            content_type="application/json")
+    if fmt is not None:
+        return web.Response(status=400, text=f"format: {fmt!r} is not supported (use 'json')\n")
+    return web.Response(status=status, text=verdict.text() + "\n")
