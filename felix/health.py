@@ -54,7 +54,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from bgp.speaker import PeerStatus, SpeakerStatus
 from datastore.syncer import Connection
@@ -68,6 +67,9 @@ SNAPSHOT_TIMEOUT = 2.0  # well inside a kubelet probe's default 1-10 s timeout w
 # The agent's loop wakes at least every RESYNC_INTERVAL (60 s) even when idle; a full resync of a
 # large table may add tens of seconds. Beyond this the loop is stuck, not idle.
 STALL_AFTER = 120.0
+# What generate_latest() writes by default, and what every Prometheus parses (the library's
+# CONTENT_TYPE_LATEST moved to version=1.0.0 in 0.2x, which older servers do not negotiate).
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SHOWN = 3  # failing peers / routes named in a reason; the rest are counted
 
 
@@ -285,7 +287,7 @@ class HealthServer:
         if h is None:
             return web.Response(status=503, text=why + "\n")
         body = self.metrics.render(h)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 def _respond(request: web.Request, verdict: Verdict) -> web.Response:
