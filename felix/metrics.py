@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
@@ -65,11 +66,13 @@ class AgentMetrics:
     """The agent's metrics on their own ``CollectorRegistry`` (never the process-wide default: a test
     process, or the lab, runs several agents)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._collector = _SnapshotCollector()
         self.registry.register(self._collector)
         r = self.registry
+        if process:  # the agent's own CPU, RSS and fds from /proc/self (not its ExaBGP child's)
+            ProcessCollector(registry=r)
         self._reconcile_seconds = Histogram(
             "pycalico_reconcile_duration_seconds", "Time one reconcile took, by what caused it.",
             ["cause"], registry=r, buckets=RECONCILE_BUCKETS)

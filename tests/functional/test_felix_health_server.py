@@ -113,6 +113,21 @@ def test_hung_snapshot_fails_liveness_within_its_deadline(serve, loop_thread):
     assert get(server.metrics_port, "/metrics")[0] == 503
 
 
+def test_a_blocked_loop_answers_nothing_which_the_probe_timeout_counts(serve):
+    """What no in-loop deadline can catch: synchronous code blocking the loop. The kubelet's
+    timeoutSeconds turns the silence into a liveness failure; the server answers once unblocked."""
+    blocked = {"for": 1.0}
+
+    def snapshot() -> AgentHealth:
+        time.sleep(blocked.pop("for", 0))
+        return health()
+
+    server = serve(snapshot)
+    with pytest.raises(TimeoutError):
+        get(server.health_port, "/liveness", timeout=0.3)
+    assert get(server.health_port, "/liveness")[0] == 200
+
+
 def test_async_snapshot_and_a_failing_one(serve):
     async def ok() -> AgentHealth:
         await asyncio.sleep(0)
@@ -144,6 +159,7 @@ def test_metrics_parse_with_values_from_the_snapshot_and_observations(serve):
     assert values[("pycalico_reconciles_total", (("cause", "event"),))] == 3
     assert values[("pycalico_bgp_peers", (("state", "up"),))] == 1
     assert values[("pycalico_cni_requests_total", (("command", "ADD"), ("result", "ok")))] == 1
+    assert values[("process_resident_memory_bytes", ())] > 10 * 2**20  # this Python process
     # Read at scrape time: a changed agent shows on the next scrape.
     state["h"] = health(reconciles={"event": 8})
     assert 'pycalico_reconciles_total{cause="event"} 8.0' in get(server.metrics_port, "/metrics")[2]
