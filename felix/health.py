@@ -203,7 +203,7 @@ class HealthServer:
     """Serves /liveness and /readiness on ``health_port`` and /metrics on ``metrics_port`` (``None``
     disables one; ``0`` picks a free port, read back from the attribute after ``start()``)."""
 
-    def __init__(self, snapshot: Snapshot, *, host: str = "0.0.0.0",
+    def __init__(self, snapshot: Snapshot, *, host: str = "0.0.0.0", metrics_host: str | None = None,
                  health_port: int | None = HEALTH_PORT, metrics_port: int | None = METRICS_PORT,
                  metrics: AgentMetrics | None = None, snapshot_timeout: float = SNAPSHOT_TIMEOUT,
                  stall_after: float = STALL_AFTER,
@@ -212,6 +212,8 @@ class HealthServer:
             raise ValueError(f"snapshot_timeout ({snapshot_timeout}) and stall_after "
                              f"({stall_after}) must be positive")
         self._snapshot, self.host = snapshot, host
+        # Felix binds health to localhost (FELIX_HEALTHHOST) and metrics to all addresses.
+        self.metrics_host = host if metrics_host is None else metrics_host
         self.health_port, self.metrics_port = health_port, metrics_port
         self.metrics = metrics if metrics is not None else AgentMetrics()
         self._timeout, self._stall_after, self._clock = snapshot_timeout, stall_after, clock
@@ -220,34 +222,35 @@ class HealthServer:
     async def start(self) -> None:
         try:
             if self.health_port is not None:
-                self.health_port = await self._serve(self.health_port, [
+                self.health_port = await self._serve(self.host, self.health_port, [
                     web.get("/liveness", self._liveness), web.get("/readiness", self._readiness)])
             if self.metrics_port is not None:
-                self.metrics_port = await self._serve(self.metrics_port,
+                self.metrics_port = await self._serve(self.metrics_host, self.metrics_port,
                                                       [web.get("/metrics", self._metrics)])
         except BaseException:
             await self.stop()  # the health port must not stay bound when the metrics port fails
             raise
         log.info("health and metrics listening", extra={
-            "host": self.host, "health_port": self.health_port, "metrics_port": self.metrics_port})
+            "host": self.host, "health_port": self.health_port,
+            "metrics_host": self.metrics_host, "metrics_port": self.metrics_port})
 
     async def stop(self) -> None:
         runners, self._runners = self._runners, []
         for runner in runners:
             await runner.cleanup()
 
-    async def _serve(self, port: int, routes: list[web.RouteDef]) -> int:
+    async def _serve(self, host: str, port: int, routes: list[web.RouteDef]) -> int:
         app = web.Application()
         app.add_routes(routes)
         # No access log: the kubelet probes every few seconds, forever.
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
-            raise OSError(exc.errno, f"health server: cannot listen on {self.host}:{port}: "
+            raise OSError(exc.errno, f"health server: cannot listen on {host}:{port}: "
                                      f"{exc.strerror}") from exc
         return runner.addresses[0][1]  # the real port when 0 was asked
 

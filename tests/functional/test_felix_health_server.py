@@ -190,3 +190,17 @@ def test_a_taken_port_fails_start_naming_it_and_releases_the_other(loop_thread):
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
             loop_thread.run(server.start())
         assert server._runners == []
+
+
+def test_metrics_can_listen_on_another_address_than_the_probes(loop_thread):
+    server = HealthServer(lambda: health(), host="127.0.0.1", metrics_host="127.0.0.2",
+                          health_port=0, metrics_port=0)
+    loop_thread.run(server.start())
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.2:{server.metrics_port}/metrics", timeout=5) as r:
+            assert r.status == 200
+        with pytest.raises(urllib.error.URLError, match="refused"):
+            get(server.metrics_port, "/metrics")  # 127.0.0.1
+        assert get(server.health_port, "/liveness")[0] == 200
+    finally:
+        loop_thread.run(server.stop())
