@@ -34,10 +34,15 @@ Wiring into ``felix.agent.Agent`` (the contract):
                bgp_counters=sp.counters() if sp else {},
                prefixes_accepted=len(sp.learned_routes()) if sp else 0)
 
-3. ``self.health = HealthServer(self._health, host=..., health_port=9099, metrics_port=9091)``;
-   ``await self.health.start()`` in ``run()`` next to the status socket, ``await self.health.stop()``
-   in ``_shutdown()``; ``self.health.metrics.observe_reconcile(seconds, "+".join(sorted(causes)))``
-   around ``_reconcile``; the CNI server calls ``metrics.observe_cni(command, seconds, ok)``.
+3. In ``__init__``: ``self.health = HealthServer(self._health, host="127.0.0.1",
+   metrics_host="0.0.0.0")`` (Felix's defaults: FELIX_HEALTHHOST=localhost, FELIX_HEALTHPORT=9099,
+   FELIX_PROMETHEUSMETRICSPORT=9091). ``await self.health.start()`` in ``run()`` next to the status
+   socket, before the syncer starts (probes answer 503 "datastore connecting" during start-up);
+   ``await self.health.stop()`` in ``_shutdown()``.
+4. In ``_guarded_reconcile``: ``started = time.monotonic()`` before ``await self._reconcile()`` and,
+   in a ``finally``, ``self.health.metrics.observe_reconcile(time.monotonic() - started,
+   "+".join(sorted(causes)))``. The CNI server calls ``metrics.observe_cni(command, seconds, ok)``;
+   IPAM, when it knows, ``metrics.set_ipam_in_use(pool_cidr, count)``.
 
 >>> check_readiness(AgentHealth(loop_tick=0.0, datastore_in_sync=False, connection=None)).text()
 'not ready: datastore connecting (no connection yet); routes not applied yet'
