@@ -152,8 +152,7 @@ def test_rbac_is_least_privilege():
     assert all(cluster[k] == {"get", "list", "watch", "create", "update", "delete"} for k in crds)
     assert cluster[("", "nodes")] == {"get", "list", "watch", "update"}
     assert cluster[("", "pods")] == {"get", "list", "watch", "patch"}
-    assert cluster[("", "namespaces")] == {"list"}
-    assert set(cluster) == crds | {("", "nodes"), ("", "pods"), ("", "namespaces")}
+    assert set(cluster) == crds | {("", "nodes"), ("", "pods")}
     # Secrets (BGP passwords) only in the agent's own namespace, read only.
     assert ("", "secrets") not in cluster
     assert rules("Role", "pycalico-node-bgp-secrets") == {("", "secrets"): {"get"}}
