@@ -35,6 +35,8 @@ from datastore.syncer import Connection, Syncer, is_fatal
 from felix import cluster, logs
 from felix.calc import PROTO, desired_routes
 from felix.dataplane import RouteTable
+from felix.health import HEALTH_PORT, METRICS_PORT, AgentHealth, HealthServer
+from felix.metrics import count_route_kinds
 from felix.inspect import compare
 from felix.status import RUN_ROOT, StatusServer
 
@@ -56,6 +58,10 @@ class AgentConfig:
     run_dir: Path
     route_proto: int = PROTO
     kubeconfig: str | None = None
+    health_host: str = "127.0.0.1"  # FELIX_HEALTHHOST (Felix binds health to localhost)
+    health_port: int | None = HEALTH_PORT  # FELIX_HEALTHPORT; None: off
+    metrics_host: str = "0.0.0.0"  # FELIX_PROMETHEUSMETRICSHOST
+    metrics_port: int | None = None  # FELIX_PROMETHEUSMETRICSPORT when ...ENABLED (Felix: off)
 
 
 class Backoff:
@@ -91,6 +97,11 @@ class Agent:
         self.reconcile_errors = 0
         self.last_error: tuple[str, datetime] | None = None
         self.fatal: BaseException | None = None
+        self._tick = time.monotonic()  # liveness: the loop's latest iteration
+        self._routes_applied = False
+        self._route_failures: dict = {}
+        self.health = HealthServer(self._health, host=cfg.health_host, health_port=cfg.health_port,
+                                   metrics_host=cfg.metrics_host, metrics_port=cfg.metrics_port)
         self._status = StatusServer(cfg.run_dir / "status.sock",
                                     {"status": self._status_topic, "routes": self._routes_topic})
 
@@ -101,6 +112,7 @@ class Agent:
             loop.add_signal_handler(sig, self._stop.set)
         await self.routes.open()
         await self._status.start()
+        await self.health.start()  # probes answer "datastore connecting" until in sync
         self._syncer = Syncer(
             self.ds, cluster.WATCHED_KINDS,
             lambda batch: loop.call_soon_threadsafe(self._on_batch, batch),
@@ -120,6 +132,7 @@ class Agent:
         if self.speaker is not None:
             await self.speaker.stop()
         await self._status.stop()
+        await self.health.stop()
         await self.routes.close()
         self.ds.close()
 
@@ -152,6 +165,7 @@ class Agent:
 
     async def _loop(self) -> None:
         while not self._stop.is_set():
+            self._tick = time.monotonic()
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({waiter, stopper}, timeout=RESYNC_INTERVAL,
@@ -171,6 +185,7 @@ class Agent:
         status) unless it is a broken invariant, which stops the agent (kopf's classification)."""
         for cause in causes:
             self.reconciles[cause] += 1
+        started = time.monotonic()
         try:
             await self._reconcile()
         except Exception as exc:  # noqa: BLE001 - classified right here
@@ -187,6 +202,9 @@ class Agent:
             self._retry_in(delay)
         else:
             self._error_backoff.reset()
+        finally:
+            self.health.metrics.observe_reconcile(time.monotonic() - started,
+                                                  "+".join(sorted(causes)))
 
     # -- the reconcile: current state in, kernel and BGP brought to match --
     async def _reconcile(self) -> None:
@@ -212,6 +230,7 @@ class Agent:
         self._schedule_route_retries(result)
 
     def _schedule_route_retries(self, result) -> None:
+        self._routes_applied, self._route_failures = True, dict(result.failed)
         if result.failed:
             delay = self._route_backoff.next_delay()
             log.debug("routes failed, retrying in %.1fs", delay,
@@ -240,6 +259,21 @@ class Agent:
             raise
         self.speaker = speaker
         return speaker
+
+    # -- health and metrics (felix/health.py reads this on every probe and scrape) --
+    def _health(self) -> AgentHealth:
+        sp = self.speaker
+        return AgentHealth(
+            loop_tick=self._tick, datastore_in_sync=self.state.in_sync,
+            connection=self.state.connection, bgp_enabled=True,
+            speaker=sp.status() if sp else None, peers=tuple(sp.peer_status()) if sp else (),
+            routes_applied=self._routes_applied, route_failures=self._route_failures,
+            reconcile_error=self.last_error[0] if self._error_backoff.failures else None,
+            reconciles=dict(self.reconciles), reconcile_errors=self.reconcile_errors,
+            routes_by_kind=count_route_kinds(r.reason for r in self._desired.values()),
+            route_writes=self.routes.writes, route_dumps=self.routes.dumps,
+            bgp_counters=sp.counters() if sp else {},
+            prefixes_accepted=len(sp.learned_routes()) if sp else 0)
 
     # -- status endpoint topics --
     async def _status_topic(self) -> dict:
@@ -357,6 +391,15 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
     p.add_argument("--kubeconfig", default=env.get("KUBECONFIG"),
                    help="for --datastore-type kubernetes (env KUBECONFIG; default: in-cluster)")
     p.add_argument("--run-dir", default=None, help="default: /run/pycalico/<name>")
+    p.add_argument("--health-host", default=env.get("FELIX_HEALTHHOST", "127.0.0.1"))
+    p.add_argument("--health-port", type=int, default=int(env.get("FELIX_HEALTHPORT", HEALTH_PORT)),
+                   help=f"/liveness and /readiness (env FELIX_HEALTHPORT; default {HEALTH_PORT}; 0: off)")
+    p.add_argument("--metrics-port", type=int, default=int(env.get("FELIX_PROMETHEUSMETRICSPORT",
+                                                                    METRICS_PORT)))
+    p.add_argument("--metrics", action=argparse.BooleanOptionalAction,
+                   default=env.get("FELIX_PROMETHEUSMETRICSENABLED", "").lower() == "true",
+                   help="serve Prometheus /metrics (env FELIX_PROMETHEUSMETRICSENABLED; default off)")
+    p.add_argument("--metrics-host", default=env.get("FELIX_PROMETHEUSMETRICSHOST", "0.0.0.0"))
     p.add_argument("--route-proto", type=int, default=PROTO)
     p.add_argument("--log-level", default=env.get("LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
@@ -367,7 +410,9 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
     datastore_type = a.datastore_type or ("etcdv3" if a.etcd_endpoints else "kubernetes")
     return AgentConfig(node=a.name, ipv4=ipv4, datastore_type=datastore_type,
                        etcd_endpoints=a.etcd_endpoints, run_dir=run_dir, route_proto=a.route_proto,
-                       kubeconfig=a.kubeconfig)
+                       kubeconfig=a.kubeconfig, health_host=a.health_host,
+                       health_port=a.health_port or None, metrics_host=a.metrics_host,
+                       metrics_port=a.metrics_port if a.metrics else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -242,7 +242,7 @@ def _make_node(state: LabState, i: int) -> None:
 def _start_agent(state: LabState, node: str) -> int:
     proc = _spawn(state.dir / f"{node}.log",
                   ["ip", "netns", "exec", node, _bin("pycalico-node"), "--name", node,
-                   "--ip", state.nodes[node], *state.datastore_args()])
+                   "--ip", state.nodes[node], *state.datastore_args(), "--metrics"])
     return proc.pid
 
 

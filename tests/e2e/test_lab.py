@@ -231,6 +231,38 @@ def test_node_diags_writes_one_private_tarball(lab, tmp_path):
     assert files["errors.txt"] == b""
 
 
+def _fetch(url: str) -> tuple[int, str]:
+    """Runs inside a node namespace (lab.netns.in_netns): GET url -> (status, body)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_health_and_metrics_of_a_real_agent(lab):
+    """Felix's ports: /readiness and /liveness on 9099 (localhost), Prometheus on 9091."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from lab.netns import in_netns
+
+    node = f"{LAB}-node1"
+    status, body = in_netns(node, _fetch, "http://127.0.0.1:9099/readiness")
+    assert status == 200, body
+    assert in_netns(node, _fetch, "http://127.0.0.1:9099/liveness")[0] == 200
+    status, text = in_netns(node, _fetch, "http://127.0.0.1:9091/metrics")
+    assert status == 200
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("pycalico_bgp_peers", (("state", "up"),))] == 2
+    assert samples[("pycalico_routes", (("kind", "learned"),))] == 2
+    assert samples[("pycalico_routes", (("kind", "local_workload"),))] == 2
+    assert samples[("pycalico_datastore_in_sync", ())] == 1
+
+
 def test_restart_keeps_traffic_and_adopts_routes(lab):
     node1_pod = next(p for p in lab["pods"] if p["node"] == f"{LAB}-node1")
     node2_pod = next(p for p in lab["pods"] if p["node"] == f"{LAB}-node2")
