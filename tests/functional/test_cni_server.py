@@ -65,7 +65,7 @@ class Agent:
                "CNI_IFNAME": "eth0", "CNI_PATH": BIN, "PYCALICO_RUN_ROOT": str(self.run_root),
                "PYCALICO_CNI_TIMEOUT": timeout,
                "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"}
-        argv = [SYSTEM_PYTHON, "-I", plugin]
+        argv = [SYSTEM_PYTHON, "-IS", plugin]
         if user is not None:
             argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
         proc = subprocess.run(argv, input=json.dumps(conf or self.lab.conf()).encode(), env=env,
@@ -148,10 +148,15 @@ def test_an_exec_plugin_and_the_agent_share_the_node_lock(agent, lab):
 
 def test_version_is_answered_without_an_agent(tmp_path):
     env = {"CNI_COMMAND": "VERSION", "PYCALICO_RUN_ROOT": str(tmp_path)}
-    proc = subprocess.run([SYSTEM_PYTHON, "-I", THIN], input=b'{"cniVersion": "0.3.1"}', env=env,
+    proc = subprocess.run([SYSTEM_PYTHON, "-IS", THIN], input=b'{"cniVersion": "0.3.1"}', env=env,
                           capture_output=True, check=True)
     assert json.loads(proc.stdout) == {"cniVersion": "0.3.1",
                                        "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]}
+    # Executed as kubelet does, through its "#!/usr/bin/python3 -IS" line.
+    assert os.access(THIN, os.X_OK)
+    proc = subprocess.run([THIN], input=b'{"cniVersion": "1.0.0"}', env=env, capture_output=True,
+                          check=True)
+    assert json.loads(proc.stdout)["cniVersion"] == "1.0.0"
 
 
 def test_agent_down_is_try_again_later(agent, lab):

@@ -224,3 +224,18 @@ def test_server_refuses_oversized_and_malformed_requests(tmp_path):
         assert reply["rc"] == 1 and json.loads(reply["stdout"])["code"] == 6
     assert "1048577 bytes exceeds" in json.loads(replies[0]["stdout"])["details"]
     assert requests == 0
+
+
+@pytest.mark.parametrize("value", [
+    {"rc": 0, "stdout": "{\n \"ips\": []\n}\n"}, {"a": [1, True, False, None, "é\u2028\x00\"\\"]},
+    {"env": {"CNI_ARGS": "K8S_POD_NAME=p;X=y"}}, [], {},
+])
+def test_fast_json_agrees_with_the_json_module(value):
+    assert json.loads(thin.dumps(value)) == value
+    assert thin.loads(json.dumps(value, indent=1)) == value
+
+
+@pytest.mark.parametrize("text", ["", "  ", "{", "{} x", "NaN", "[1,]", "'a'", b"\xff"])
+def test_fast_json_refuses_what_json_refuses(text):
+    with pytest.raises(ValueError):
+        thin.loads(text)
