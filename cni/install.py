@@ -186,10 +186,32 @@ def install(s: Settings) -> list[str]:
         if _current(f.path) == (f.data, f.mode):
             report.append(f"unchanged {f.path}")
             continue
-        f.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        make_dirs(f.path.parent)
         write_atomic(f.path, f.data, f.mode)
         report.append(f"wrote {f.path} ({f.mode:04o})")
-    return report
+    return report + shadowing(s.net_dir)
+
+
+def shadowing(net_dir: Path) -> list[str]:
+    """The runtime uses the lexically first config in the directory: say if another CNI's wins."""
+    first = sorted(p.name for p in net_dir.iterdir()
+                   if p.suffix in (".conf", ".conflist", ".json") and not p.name.startswith("."))
+    if first and first[0] != CONFLIST_NAME:
+        return [f"warning: {net_dir / first[0]} sorts before {CONFLIST_NAME}; the container "
+                "runtime uses the first, so pods will not use pycalico until it is removed"]
+    return []
+
+
+def make_dirs(path: Path) -> None:
+    """Missing directories made 0755 (kubelet reads them), whatever the umask; existing ones are
+    not ours to change."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        os.chmod(directory, 0o755)
 
 
 def uninstall(s: Settings) -> list[str]:
@@ -289,7 +311,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         return 1
     for line in lines:
         print(line)
-    changed = [line for line in lines if not line.startswith(("unchanged", "left"))]
+    changed = [line for line in lines if line.startswith(("wrote", "removed"))]
     print("install-cni: nothing to do" if not changed else
           f"install-cni: {len(changed)} file(s) changed")
     return 0

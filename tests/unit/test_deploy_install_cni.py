@@ -25,7 +25,7 @@ def host(tmp_path):
     (sa / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     for name in ("pycalico-cni", "pycalico-ipam"):
         (src / name).write_text(f"#!/usr/bin/python3\n# {name}\n")
-    bin_dir, net_dir = tmp_path / "opt-cni-bin", tmp_path / "etc-cni-net.d"
+    bin_dir, net_dir = tmp_path / "opt" / "cni" / "bin", tmp_path / "etc-cni-net.d"
     argv = ["--cni-bin-dir", str(bin_dir), "--cni-net-dir", str(net_dir), "--sa-dir", str(sa),
             "--plugin-dir", str(src)]
     env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
@@ -64,11 +64,12 @@ def test_fresh_install_writes_conflist_kubeconfig_and_plugins(host, capsys):
     assert base64.b64decode(cluster["cluster"]["certificate-authority-data"]).startswith(b"-----BEGIN")
     assert kube["users"][0]["user"] == {"token": "tok-123"}
     assert mode(net_dir / CONFLIST_NAME) == 0o644 and mode(net_dir / KUBECONFIG_NAME) == 0o600
+    assert mode(bin_dir) == mode(net_dir) == mode(bin_dir.parent) == 0o755
     for name in ("pycalico-cni", "pycalico-ipam"):
         assert mode(bin_dir / name) == 0o755
         assert (bin_dir / name).read_text() == f"#!/usr/bin/python3\n# {name}\n"
     out = capsys.readouterr().out
-    assert out.count("wrote ") == 4 and "4 file(s) changed" in out
+    assert out.count("wrote ") == 4 and "4 file(s) changed" in out and "warning" not in out
     assert not [p for p in (*bin_dir.iterdir(), *net_dir.iterdir()) if p.name.endswith(".tmp")]
 
 
@@ -99,11 +100,14 @@ def test_a_changed_input_rewrites_only_that_file(host, capsys):
 def test_foreign_files_are_left_alone_and_survive_uninstall(host, capsys):
     argv, env, bin_dir, net_dir, _ = host
     net_dir.mkdir()
-    bin_dir.mkdir()
+    bin_dir.mkdir(parents=True)
     (net_dir / "05-flannel.conflist").write_text(json.dumps(FOREIGN))
     (bin_dir / "flannel").write_text("#!/bin/sh\n")
     foreign = snapshot(bin_dir, net_dir)
     assert main(argv, env) == 0
+    out = capsys.readouterr().out
+    assert (f"warning: {net_dir / '05-flannel.conflist'} sorts before {CONFLIST_NAME}; the "
+            "container runtime uses the first") in out and "4 file(s) changed" in out
     assert main(argv + ["--uninstall"], env) == 0
     assert snapshot(bin_dir, net_dir) == foreign
     out = capsys.readouterr().out
