@@ -22,6 +22,7 @@ dispatchers that behave as before outside a served request. The explicit form wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -36,7 +37,7 @@ import hostio
 from cni import inproc, plugin, runtime, thin
 from cni.common import open_datastore
 from cni.config import Invocation, NetConf
-from cni.errors import DECODE_FAILURE, INVALID_CONFIG, IO_FAILURE, CNIError
+from cni.errors import DECODE_FAILURE, INVALID_CONFIG, IO_FAILURE, UNEXPECTED, CNIError
 from datastore import Datastore
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,13 @@ class CNIServer:
             await writer.drain()
         except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("cni client went away", extra={"reason": repr(exc)})
+        except Exception as exc:  # noqa: BLE001 — a bug here must not kill the loop's other work
+            log.exception("bug: cni request failed outside the handlers")
+            with contextlib.suppress(ConnectionError):
+                writer.write(thin.encode_frame({"rc": 1, "stdout": _error(
+                    UNEXPECTED, f"unexpected {type(exc).__name__} in the agent", str(exc))},
+                    thin.MAX_REPLY))
+                await writer.drain()
         finally:
             writer.close()
 

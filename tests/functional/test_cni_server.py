@@ -60,9 +60,9 @@ class Agent:
 
     def cni(self, command: str, container: str, netns_path: str, pod: str = "pod-1",
             conf: dict | None = None, user: int | None = None, plugin: str = THIN,
-            timeout: str = "30") -> tuple[int, dict | None, str]:
+            timeout: str = "30", cni_path: str = BIN) -> tuple[int, dict | None, str]:
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": netns_path,
-               "CNI_IFNAME": "eth0", "CNI_PATH": BIN, "PYCALICO_RUN_ROOT": str(self.run_root),
+               "CNI_IFNAME": "eth0", "CNI_PATH": cni_path, "PYCALICO_RUN_ROOT": str(self.run_root),
                "PYCALICO_CNI_TIMEOUT": timeout,
                "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"}
         argv = [SYSTEM_PYTHON, "-IS", plugin]
@@ -90,7 +90,8 @@ def test_add_check_del_through_the_agent(agent, lab):
     assert stat.S_IMODE(agent.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(agent.path.parent.stat().st_mode) == 0o700
 
-    rc, result, err = agent.cni("ADD", "c1", path)
+    # No pycalico-ipam on CNI_PATH: the exec path would fail; the agent does IPAM in-process.
+    rc, result, err = agent.cni("ADD", "c1", path, cni_path="/nonexistent")
     assert rc == 0, (result, err)
     addr = ipaddress.ip_interface(result["ips"][0]["address"])
     assert addr.ip in ipaddress.ip_network("10.244.0.0/16") and addr.network.prefixlen == 32
@@ -120,6 +121,15 @@ def test_add_check_del_through_the_agent(agent, lab):
     lab.nothing_left("c1", pod_ns)
     assert agent.cni("DEL", "c1", path)[:2] == (0, None)  # idempotent
     assert agent.server.requests == 6
+
+    # DEL after the pod's namespace is gone, and for a container never added: both succeed.
+    rc, again, err = agent.cni("ADD", "c2", path, pod="pod-2")
+    assert rc == 0, (again, err)
+    subprocess.run(["ip", "netns", "delete", pod_ns], check=True)
+    assert agent.cni("DEL", "c2", path, pod="pod-2")[:2] == (0, None)
+    assert IPAM(lab.ds).addresses(handle_id(NETWORK, "c2")) == []
+    assert lab.ds.list("WorkloadEndpoint").items == []
+    assert agent.cni("DEL", "never-added", "/var/run/netns/nope", pod="ghost")[:2] == (0, None)
 
 
 def test_errors_come_back_as_cni_errors(agent, lab):
