@@ -9,9 +9,11 @@ Does file I/O only. Like Calico's install-cni it writes three things, each atomi
 - for a ``kubernetes`` datastore, the CNI path's kubeconfig ``<net dir>/pycalico-kubeconfig``
   (0600: it holds the service account's token), from ``<sa dir>/{token,ca.crt}`` and
   ``KUBERNETES_SERVICE_HOST``/``_PORT``;
-- the plugins ``pycalico-cni`` and ``pycalico-ipam`` (0755) into ``<bin dir>``, copied from the
-  directory of the running interpreter (the image's virtualenv) unless ``--plugin-dir`` says
-  otherwise.
+- the plugins (0755) into ``<bin dir>``. ``--plugin venv`` (the default): ``pycalico-cni`` and
+  ``pycalico-ipam``, the console scripts of the running interpreter's bin directory (or
+  ``--plugin-dir``) -- they need that virtualenv on the host, as the lab has. ``--plugin thin``:
+  ``pycalico-cni`` is ``cni/thin.py``, standard library only (it runs on any host's
+  ``/usr/bin/python3`` and forwards to the agent's CNI socket), and no ``pycalico-ipam`` is needed.
 
 Ownership: a file named ``pycalico-*`` is ours; the conflist is ours only if its first plugin's
 ``type`` is ``pycalico-cni`` -- a different file at that path is never overwritten, nor removed by
@@ -79,6 +81,7 @@ class Settings:
     net_dir: Path
     sa_dir: Path
     plugin_dir: Path
+    plugin: str  # "venv" | "thin"
     template: str
     mtu: str
     nodename: str
@@ -166,13 +169,21 @@ def wanted(s: Settings) -> list[Wanted]:
                     CONF_MODE)]
     if conf["plugins"][0].get("datastore_type") == "kubernetes":
         files.append(Wanted(s.net_dir / KUBECONFIG_NAME, kubeconfig(s).encode(), SECRET_MODE))
-    for name in PLUGINS:
-        source = s.plugin_dir / name
+    for name, source in plugin_sources(s).items():
         try:
             files.append(Wanted(s.bin_dir / name, source.read_bytes(), EXEC_MODE))
         except OSError as exc:
             raise InstallError(f"--plugin-dir: {source}: {exc.strerror or exc}") from None
     return files
+
+
+def plugin_sources(s: Settings) -> dict[str, Path]:
+    """Installed name -> the file copied there."""
+    if s.plugin == "thin":
+        import cni.thin  # a file we copy, not code we run
+
+        return {"pycalico-cni": Path(cni.thin.__file__)}
+    return {name: s.plugin_dir / name for name in PLUGINS}
 
 
 # -- I/O --
@@ -189,6 +200,11 @@ def install(s: Settings) -> list[str]:
         make_dirs(f.path.parent)
         write_atomic(f.path, f.data, f.mode)
         report.append(f"wrote {f.path} ({f.mode:04o})")
+    for name in set(PLUGINS) - set(plugin_sources(s)):
+        stale = s.bin_dir / name  # ours, from a --plugin venv install; the thin path never runs it
+        if stale.exists():
+            stale.unlink()
+            report.append(f"removed {stale} (not used with --plugin {s.plugin})")
     return report + shadowing(s.net_dir)
 
 
@@ -288,10 +304,16 @@ def settings(argv: list[str] | None, env: Mapping[str, str]) -> tuple[Settings, 
                                                    str(Path(sys.executable).parent)),
                    help="where pycalico-cni and pycalico-ipam are copied from "
                         "(env PYCALICO_PLUGIN_DIR; default: this interpreter's bin directory)")
+    p.add_argument("--plugin", choices=("venv", "thin"),
+                   default=env.get("PYCALICO_CNI_PLUGIN", "venv"),
+                   help="venv: the console scripts; thin: the stdlib-only cni/thin.py, which "
+                        "forwards to the agent (env PYCALICO_CNI_PLUGIN)")
     p.add_argument("--uninstall", action="store_true", help="remove our files and nothing else")
     a = p.parse_args(argv)
+    if a.plugin not in ("venv", "thin"):  # argparse checks choices only for values given as flags
+        p.error(f"PYCALICO_CNI_PLUGIN: {a.plugin!r} is not venv or thin")
     s = Settings(bin_dir=Path(a.cni_bin_dir), net_dir=Path(a.cni_net_dir), sa_dir=Path(a.sa_dir),
-                 plugin_dir=Path(a.plugin_dir),
+                 plugin_dir=Path(a.plugin_dir), plugin=a.plugin,
                  template=env.get("CNI_NETWORK_CONFIG") or DEFAULT_TEMPLATE,
                  mtu=env.get("CNI_MTU", "1500"),
                  nodename=env.get("NODENAME") or env.get("KUBERNETES_NODE_NAME")

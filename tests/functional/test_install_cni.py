@@ -106,3 +106,27 @@ def test_bad_service_account_dir_exits_2_with_one_line(host):
     assert result.stderr == (f"pycalico-install-cni: --sa-dir: {sa}/token: "
                              "No such file or directory\n")
     assert not bin_dir.exists() and not net_dir.exists()
+
+
+def test_thin_plugin_runs_on_the_hosts_own_python(host):
+    """--plugin thin installs a pycalico-cni that needs no virtualenv: run it by its shebang with
+    an environment that names no venv; it answers VERSION itself, and an ADD with no agent on the
+    node is CNI error 11 (try again later), not a traceback."""
+    argv, env, bin_dir, net_dir, _ = host
+    result = run(argv, {**env, "PYCALICO_CNI_PLUGIN": "thin"})
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in bin_dir.iterdir()] == ["pycalico-cni"]
+    conf = json.loads((net_dir / CONFLIST_NAME).read_text())
+    netconf = json.dumps({"cniVersion": conf["cniVersion"], "name": conf["name"],
+                          **conf["plugins"][0]})
+    plain = {"PATH": "/usr/bin:/bin", "PYCALICO_RUN_ROOT": str(bin_dir.parent / "no-agent")}
+    version = subprocess.run([str(bin_dir / "pycalico-cni")], input=netconf, capture_output=True,
+                             text=True, timeout=60, env={**plain, "CNI_COMMAND": "VERSION"})
+    assert version.returncode == 0, version.stderr
+    assert "1.0.0" in json.loads(version.stdout)["supportedVersions"]
+    add = subprocess.run([str(bin_dir / "pycalico-cni")], input=netconf, capture_output=True,
+                         text=True, timeout=60, env={
+                             **plain, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1",
+                             "CNI_NETNS": "/var/run/netns/none", "CNI_IFNAME": "eth0",
+                             "CNI_PATH": str(bin_dir)})
+    assert add.returncode != 0 and json.loads(add.stdout)["code"] == 11, add.stdout + add.stderr

@@ -4,11 +4,13 @@ import doctest
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import yaml
 
 import cni.install
+import cni.thin
 from cni.install import CONFLIST_NAME, KUBECONFIG_NAME, main
 from lab.manifest import cni_network_config
 
@@ -193,3 +195,28 @@ def test_ipv6_service_host_is_bracketed(host):
     assert main(argv, {**env, "KUBERNETES_SERVICE_HOST": "fd00::1"}) == 0
     kube = yaml.safe_load((net_dir / KUBECONFIG_NAME).read_text())
     assert kube["clusters"][0]["cluster"]["server"] == "https://[fd00::1]:443"
+
+
+def test_thin_plugin_replaces_the_venv_scripts(host, capsys):
+    argv, env, bin_dir, net_dir, _ = host
+    assert main(argv, env) == 0
+    capsys.readouterr()
+    assert main([*argv, "--plugin", "thin"], env) == 0
+    out = capsys.readouterr().out
+    thin = Path(cni.thin.__file__).read_bytes()
+    assert thin.startswith(b"#!/usr/bin/python3")
+    assert {p.name: (p.read_bytes(), mode(p)) for p in bin_dir.iterdir()} == {
+        "pycalico-cni": (thin, 0o755)}
+    assert f"removed {bin_dir / 'pycalico-ipam'} (not used with --plugin thin)" in out
+    assert main(argv, {**env, "PYCALICO_CNI_PLUGIN": "thin"}) == 0
+    assert capsys.readouterr().out.rstrip().endswith("install-cni: nothing to do")
+    assert main(argv + ["--uninstall"], env) == 0
+    assert list(bin_dir.iterdir()) == []
+
+
+def test_unknown_plugin_kind_from_the_environment(host, capsys):
+    argv, env, *_ = host
+    with pytest.raises(SystemExit) as exit_:
+        main(argv, {**env, "PYCALICO_CNI_PLUGIN": "fat"})
+    assert exit_.value.code == 2
+    assert "PYCALICO_CNI_PLUGIN: 'fat' is not venv or thin" in capsys.readouterr().err

@@ -172,7 +172,7 @@ def test_every_rbac_rule_says_why():
 def test_conflist_template_is_calicos_and_our_plugin_accepts_it(tmp_path):
     template = cni_network_config(DOCS)
     s = Settings(bin_dir=tmp_path, net_dir=Path("/etc/cni/net.d"), sa_dir=tmp_path,
-                 plugin_dir=tmp_path, template=template, mtu="1440", nodename="node-1", env={})
+                 plugin_dir=tmp_path, plugin="venv", template=template, mtu="1440", nodename="node-1", env={})
     conf = conflist(s)
     first, portmap = conf["plugins"]
     assert first["type"] == "pycalico-cni" and first["ipam"] == {"type": "pycalico-ipam"}
