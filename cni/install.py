@@ -107,7 +107,7 @@ def substitute(template: str, values: Mapping[str, str]) -> str:
 
 def conflist(s: Settings) -> dict[str, Any]:
     """The template filled in and checked: JSON, our plugin first, a config our plugin accepts."""
-    if not s.mtu.isdigit():
+    if not s.mtu.isdigit() or int(s.mtu) == 0:
         raise InstallError(f"CNI_MTU: {s.mtu!r} is not a positive integer")
     text = substitute(s.template, {"__KUBECONFIG_FILEPATH__": str(s.net_dir / KUBECONFIG_NAME),
                                    "__CNI_MTU__": s.mtu, "__NODENAME__": s.nodename,
@@ -129,7 +129,8 @@ def conflist(s: Settings) -> dict[str, Any]:
 
 def is_ours(conf: Any) -> bool:
     plugins = conf.get("plugins") if isinstance(conf, dict) else None
-    return bool(plugins) and isinstance(plugins[0], dict) and plugins[0].get("type") == OUR_TYPE
+    return (isinstance(plugins, list) and bool(plugins) and isinstance(plugins[0], dict)
+            and plugins[0].get("type") == OUR_TYPE)
 
 
 def kubeconfig(s: Settings) -> str:

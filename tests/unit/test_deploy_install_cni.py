@@ -157,6 +157,9 @@ def test_missing_service_account_dir(host, capsys, tmp_path):
 @pytest.mark.parametrize("env_change, message", [
     ({"KUBERNETES_SERVICE_HOST": ""}, "KUBERNETES_SERVICE_HOST: not set"),
     ({"CNI_MTU": "big"}, "CNI_MTU: 'big' is not a positive integer"),
+    ({"CNI_MTU": "0"}, "CNI_MTU: '0' is not a positive integer"),
+    ({"CNI_NETWORK_CONFIG": json.dumps({**FOREIGN, "plugins": {"type": "pycalico-cni"}})},
+     "CNI_NETWORK_CONFIG: the first plugin's type"),
     ({"CNI_NETWORK_CONFIG": "{not json"}, "CNI_NETWORK_CONFIG: not valid JSON"),
     ({"CNI_NETWORK_CONFIG": json.dumps(FOREIGN)}, "CNI_NETWORK_CONFIG: the first plugin's type"),
     ({"CNI_NETWORK_CONFIG": json.dumps({**FOREIGN, "plugins": [
@@ -220,3 +223,19 @@ def test_unknown_plugin_kind_from_the_environment(host, capsys):
         main(argv, {**env, "PYCALICO_CNI_PLUGIN": "fat"})
     assert exit_.value.code == 2
     assert "PYCALICO_CNI_PLUGIN: 'fat' is not venv or thin" in capsys.readouterr().err
+
+
+def test_the_official_client_loads_the_kubeconfig(host):
+    """The CNI path loads this file with the kubernetes client, as datastore.kubernetes does."""
+    from kubernetes import config as k8s_config
+
+    argv, env, bin_dir, net_dir, _ = host
+    assert main(argv, env) == 0
+    api = k8s_config.new_client_from_config(config_file=str(net_dir / KUBECONFIG_NAME))
+    try:
+        cfg = api.configuration
+        assert cfg.host == "https://10.96.0.1:443"
+        assert list(cfg.api_key.values()) == ["Bearer tok-123"]
+        assert Path(cfg.ssl_ca_cert).read_text().startswith("-----BEGIN CERTIFICATE-----")
+    finally:
+        api.close()
