@@ -82,8 +82,9 @@ def delegate_in_process(ctx: Serving, command: str, inv: Invocation, conf: NetCo
     inv = dataclasses.replace(inv, command=command, environ=environ)
     # Writers queue on a lock here rather than polling the flock every 10 ms; CHECK only reads.
     lock = ctx.node_lock(conf.nodename) if command != "CHECK" else nullcontext()
+    install()  # cni.ipam_plugin opens its datastore through the dispatcher: ctx's connection
     try:
-        with lock:
+        with lock, serving(ctx):
             result = handler(inv, conf)
     except Exception as exc:  # noqa: BLE001 — the exec'd plugin printed exactly this classification
         raise classify(exc) from exc

@@ -72,9 +72,9 @@ class CNIServer:
         self._handlers = {cmd: self._checked(fn) for cmd, fn in (
             ("ADD", plugin.cmd_add), ("DEL", plugin.cmd_del), ("CHECK", plugin.cmd_check))}
         self.requests = 0  # served (all outcomes); for metrics and tests
+        inproc.install()
 
     async def start(self) -> None:
-        inproc.install()
         self._executor = self._given_executor or ThreadPoolExecutor(MAX_WORKERS,
                                                                     thread_name_prefix="cni")
         self._server = await asyncio.start_unix_server(self._serve, sock=hostio.bind_unix(self._path))
