@@ -253,3 +253,21 @@ def test_parallel_adds_through_the_agent(agent, lab):
     assert len(lab.ds.list("IPAMBlock").items) == 1
     assert len(lab.ds.list("WorkloadEndpoint").items) == 8
     assert len([n for n in lab.links(lab.node) if n.startswith("cali")]) == 8
+
+
+def test_every_log_level_through_the_agent(agent, lab, caplog):
+    """Calico's log_level values are accepted (any case); the agent logs through its own logger."""
+    from tests.functional.test_cni_plugin import LOG_LEVELS
+
+    pod_ns = lab.netns("pod")
+    path = f"/var/run/netns/{pod_ns}"
+    caplog.set_level("INFO", logger="cni")
+    for level in LOG_LEVELS:
+        conf = lab.conf(log_level=level)
+        for command in ("ADD", "CHECK", "DEL"):
+            rc, out, err = agent.cni(command, f"c-{level}", path, conf=conf)
+            assert rc == 0, (level, command, out, err)
+        lab.nothing_left(f"c-{level}", pod_ns)
+    assert [r for r in caplog.records if r.getMessage() == "cni ADD"]
+    rc, out, _ = agent.cni("ADD", "c1", path, conf=lab.conf(log_level="loud"))
+    assert rc == 1 and out["code"] == 7 and "log_level" in out["msg"]
