@@ -33,6 +33,7 @@ from crds.models import NodeBGPSpec, NodeSpec
 from datastore.base import AlreadyExists, Conflict, Datastore, NotFound, Unavailable
 from datastore.syncer import Connection, Syncer, is_fatal
 from felix import cluster, logs
+from felix.autodetect import detect
 from felix.calc import PROTO, desired_routes
 from felix.dataplane import RouteTable
 from felix.health import HEALTH_PORT, METRICS_PORT, AgentHealth, HealthServer
@@ -360,19 +361,6 @@ def register_node(ds: Datastore, name: str, ipv4: ipaddress.IPv4Interface) -> No
     raise RuntimeError(f"Node {name}: could not register after repeated write conflicts")
 
 
-def autodetect_ipv4() -> ipaddress.IPv4Interface:
-    """Calico's first-found: the first global IPv4 address on an interface that is not ours."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for addr in ipr.get_addr(family=socket.AF_INET):
-            ifname = names.get(addr["index"], "")
-            if addr["scope"] == 0 and not ifname.startswith(("cali", "tunl", "vxlan", "lo")):
-                return ipaddress.IPv4Interface(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}")
-    raise RuntimeError("IP: no usable IPv4 address found to autodetect; pass --ip")
-
-
 def enable_forwarding() -> None:
     # A node routes between its pods and the fabric: forwarding is required, per namespace.
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
@@ -383,7 +371,9 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
     p = argparse.ArgumentParser(prog="pycalico-node", description=__doc__.splitlines()[0])
     p.add_argument("--name", default=env.get("NODENAME") or socket.gethostname(),
                    help="node name (env NODENAME; default: hostname)")
-    p.add_argument("--ip", default=env.get("IP"), help="IPv4 address/prefix (env IP; default: autodetect)")
+    p.add_argument("--ip", default=env.get("IP"),
+                   help="IPv4 address/prefix, or autodetect (env IP, with IP_AUTODETECTION_METHOD: "
+                        "first-found, interface=, skip-interface=, cidr=, can-reach=)")
     p.add_argument("--datastore-type", default=env.get("DATASTORE_TYPE"),
                    help="etcdv3 | kubernetes (env DATASTORE_TYPE; default: etcdv3 when etcd "
                         "endpoints are given, else kubernetes, as in a Calico manifest)")
@@ -404,8 +394,10 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
     p.add_argument("--log-level", default=env.get("LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
     logs.setup(a.log_level)
-    ipv4 = ipaddress.IPv4Interface(a.ip if a.ip and "/" in a.ip else f"{a.ip}/32") if a.ip \
-        else autodetect_ipv4()
+    if a.ip in (None, "", "autodetect"):  # calico-node's IP=autodetect
+        ipv4 = detect(env.get("IP_AUTODETECTION_METHOD") or "first-found")
+    else:
+        ipv4 = ipaddress.IPv4Interface(a.ip if "/" in a.ip else f"{a.ip}/32")
     run_dir = Path(a.run_dir) if a.run_dir else RUN_ROOT / a.name
     datastore_type = a.datastore_type or ("etcdv3" if a.etcd_endpoints else "kubernetes")
     return AgentConfig(node=a.name, ipv4=ipv4, datastore_type=datastore_type,

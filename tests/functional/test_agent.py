@@ -173,3 +173,23 @@ def test_a_run_dir_that_is_a_symlink_is_refused_with_one_line(tmp_path):
     assert len(lines) == 1 and "--run-dir" in lines[0] and "symlink" in lines[0], out.stderr
     assert "Traceback" not in out.stderr
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_ip_autodetect_as_the_manifest_sets_it(netns, procs, tmp_path):
+    """IP=autodetect (deploy/pycalico.yaml): the agent finds its address; a method that matches
+    nothing stops it with one line naming IP_AUTODETECTION_METHOD."""
+    node_ns, node = node_namespace(netns, "auto")
+    env = {"PATH": "/usr/bin:/bin", "IP": "autodetect", "DATASTORE_TYPE": "memory",
+           "PYCALICO_RUN_ROOT": str(tmp_path / "root")}
+    bad = subprocess.run(["ip", "netns", "exec", node_ns, str(BIN / "pycalico-node"), "--name", node],
+                         env={**env, "IP_AUTODETECTION_METHOD": "interface=wlan.*"},
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "IP_AUTODETECTION_METHOD" in bad.stderr and "wlan" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    with open(tmp_path / "auto.log", "wb") as log:
+        procs.add(subprocess.Popen(["ip", "netns", "exec", node_ns, str(BIN / "pycalico-node"),
+                                    "--name", node, "--run-dir", str(tmp_path / "run")],
+                                   env={**env, "IP_AUTODETECTION_METHOD": "interface=eth0"},
+                                   stdout=log, stderr=log))
+    wait_for(lambda: "ipv4=10.98.0.1/24" in (tmp_path / "auto.log").read_text(), timeout=20,
+             what="the agent to start with the autodetected address")
