@@ -25,6 +25,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
+import hostio
 from cni.errors import DATAPLANE_FAILURE, UNKNOWN_CONTAINER, CNIError
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,13 @@ def _write_sysctl(path: str, value: str) -> None:
 
 @contextmanager
 def _in_netns(netns: str) -> Iterator[IPRoute]:
-    with IPRoute(netns=netns, flags=0) as ipr:  # flags=0: never create a missing namespace
+    """A netlink socket inside the pod's namespace, opened by this thread entering it and coming
+    back (hostio.netns_entered). Not pyroute2's IPRoute(netns=...): that forks a helper, and in
+    the agent the helper's SIGTERM was taken for the agent's own (it inherits asyncio's signal
+    wakeup fd), so the agent shut down after its first ADD. Also faster: no fork per socket."""
+    with hostio.netns_entered(netns):
+        ipr = IPRoute()
+    with ipr:
         yield ipr
 
 

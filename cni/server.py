@@ -55,10 +55,12 @@ def socket_path(run_root: Path, node: str) -> Path:
 
 class CNIServer:
     def __init__(self, path: Path, datastore: DatastoreSource, node_name: str | None = None, *,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None,
+                 observe: Callable[[str, float, bool], None] | None = None) -> None:
         """``node_name``: if given, requests whose netconf names another node are refused.
         ``executor``: where the blocking handlers run (default: a pool of ``MAX_WORKERS`` threads,
-        shut down at ``stop``); the process's network namespace must be the node's."""
+        shut down at ``stop``); the process's network namespace must be the node's.
+        ``observe(command, seconds, ok)``: called after every request (metrics)."""
         self._path, self._node = Path(path), node_name
         self._source = datastore
         self._shared = datastore if isinstance(datastore, Datastore) else None
@@ -72,6 +74,7 @@ class CNIServer:
         self._handlers = {cmd: self._checked(fn) for cmd, fn in (
             ("ADD", plugin.cmd_add), ("DEL", plugin.cmd_del), ("CHECK", plugin.cmd_check))}
         self.requests = 0  # served (all outcomes); for metrics and tests
+        self._observe = observe
         inproc.install()
 
     async def start(self) -> None:
@@ -137,8 +140,11 @@ class CNIServer:
         with inproc.serving(ctx):
             rc = runtime.run(self._handlers, stdin=stdin, env=env, stdout=out,
                              configure_logging=False)
+        seconds = time.monotonic() - started
         log.debug("cni request served", extra={"command": env.get("CNI_COMMAND"), "rc": rc,
-                                               "ms": round((time.monotonic() - started) * 1000, 1)})
+                                               "ms": round(seconds * 1000, 1)})
+        if self._observe is not None:
+            self._observe(env.get("CNI_COMMAND", "?"), seconds, rc == 0)
         return rc, out.getvalue()
 
     def _checked(self, handler):

@@ -28,6 +28,7 @@ import datastore
 import hostio
 from bgp.peers import mesh_peers
 from bgp.speaker import Speaker
+from cni.server import CNIServer
 from crds import Node, ObjectMeta
 from crds.models import NodeBGPSpec, NodeSpec
 from datastore.base import AlreadyExists, Conflict, Datastore, NotFound, Unavailable
@@ -39,6 +40,7 @@ from felix.dataplane import RouteTable
 from felix.health import HEALTH_PORT, METRICS_PORT, AgentHealth, HealthServer
 from felix.metrics import count_route_kinds
 from felix.inspect import compare
+from felix.startup import default_pool, ensure_default_pool
 from felix.status import RUN_ROOT, StatusServer
 
 log = logging.getLogger("pycalico.agent")
@@ -103,6 +105,10 @@ class Agent:
         self._route_failures: dict = {}
         self.health = HealthServer(self._health, host=cfg.health_host, health_port=cfg.health_port,
                                    metrics_host=cfg.metrics_host, metrics_port=cfg.metrics_port)
+        # The CNI path: the thin host plugin forwards kubelet's requests here (cni/thin.py); the
+        # agent is warm, connected, and the node's single IPAM writer.
+        self.cni = CNIServer(cfg.run_dir / "cni.sock", ds, cfg.node,
+                             observe=self.health.metrics.observe_cni)
         self._status = StatusServer(cfg.run_dir / "status.sock",
                                     {"status": self._status_topic, "routes": self._routes_topic})
 
@@ -114,6 +120,7 @@ class Agent:
         await self.routes.open()
         await self._status.start()
         await self.health.start()  # probes answer "datastore connecting" until in sync
+        await self.cni.start()
         self._syncer = Syncer(
             self.ds, cluster.WATCHED_KINDS,
             lambda batch: loop.call_soon_threadsafe(self._on_batch, batch),
@@ -133,6 +140,7 @@ class Agent:
         if self.speaker is not None:
             await self.speaker.stop()
         await self._status.stop()
+        await self.cni.stop()
         await self.health.stop()
         await self.routes.close()
         self.ds.close()
@@ -416,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         # The agent sees only its own node's workloads (a field selector on the Kubernetes datastore).
         ds = datastore.connect(cfg.datastore_type, etcd_endpoints=cfg.etcd_endpoints,
                                kubeconfig=cfg.kubeconfig, node_name=cfg.node)
+        default_pool(os.environ)  # a bad CALICO_IPV4POOL_* stops us here, naming it
     except (ValueError, RuntimeError) as exc:
         print(f"pycalico-node: {exc}", file=sys.stderr)
         return 2
@@ -430,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     for attempt in itertools.count():
         try:
             register_node(ds, cfg.node, cfg.ipv4)
+            ensure_default_pool(ds, os.environ)
             break
         except Unavailable as exc:  # transient: the datastore may come up after us
             delay = min(5.0, 0.2 * 2**attempt)

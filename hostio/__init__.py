@@ -19,11 +19,14 @@ creation so the umask never decides; control sockets also check who is calling (
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import socket
 import stat
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,3 +142,35 @@ def _check_ours(path: Path, is_kind, what: str) -> None:
         raise UnsafePath(f"{path}: expected a {what}, found something else (a symlink?)")
     if st.st_uid != os.geteuid():
         raise UnsafePath(f"{path}: owned by uid {st.st_uid}, not by us (uid {os.geteuid()})")
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def setns(fd: int, what: str = "") -> None:
+    """Move the calling thread into the network namespace of ``fd`` (os.setns is 3.12+)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns {what or fd}: {os.strerror(err)}")
+
+
+@contextmanager
+def netns_entered(path: str | os.PathLike) -> Iterator[None]:
+    """This thread inside the network namespace at ``path``, and back where it was afterwards;
+    sockets opened meanwhile stay in that namespace. Namespaces are per thread, so the rest of
+    the process is untouched -- and nothing forks: a forked helper inherits the parent's
+    asyncio signal wakeup fd, and a signal it receives is then taken for the parent's own."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(target, str(path))
+            try:
+                yield
+            finally:
+                setns(own, "back to the thread's own namespace")
+        finally:
+            os.close(target)
+    finally:
+        os.close(own)

@@ -41,6 +41,7 @@ BGPCONFIG = {"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
              "metadata": {"name": "default"},
              "spec": {"asNumber": 64512, "nodeToNodeMeshEnabled": True, "logSeverityScreen": "Info"}}
 DATASTORES = ("kubernetes", "etcdv3")
+THIN_PLUGIN = str(Path(__file__).resolve().parents[1] / "cni" / "thin.py")  # as install-cni installs it
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 
 
@@ -280,16 +281,38 @@ def _add_pod(state: LabState, node: str, j: int) -> Pod:
     if state.datastore == "kubernetes":  # the Pod object first, then its sandbox, as kubelet
         uid = in_netns(f"{state.name}-fabric", kube.create_pod, str(state.kubeconfig), pod_name, node)
         cni_args += f";K8S_POD_INFRA_CONTAINER_ID={podns};K8S_POD_UID={uid}"
-    env = {**os.environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": podns,
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": "ADD", "CNI_CONTAINERID": podns,
            "CNI_NETNS": f"/var/run/netns/{podns}", "CNI_IFNAME": "eth0", "CNI_ARGS": cni_args,
-           "CNI_PATH": str(Path(_bin("pycalico-ipam")).parent)}
-    out = subprocess.run(["ip", "netns", "exec", node, _bin("pycalico-cni")], env=env,
-                         input=_netconf(state, node), capture_output=True, text=True)
-    if out.returncode != 0:
-        raise LabError(f"CNI ADD for {podns} failed: {out.stdout.strip()} {out.stderr.strip()}")
-    address = json.loads(out.stdout)["ips"][0]["address"].split("/")[0]
+           "CNI_PATH": str(Path(_bin("pycalico-ipam")).parent),
+           "PYCALICO_RUN_ROOT": str(RUN_ROOT)}
+    out = _cni_add(node, env, _netconf(state, node), podns)
+    address = json.loads(out)["ips"][0]["address"].split("/")[0]
     _log(f"pod       {podns:<20} {address:<14} on {node}")
     return Pod(name=pod_name, node=node, netns=podns, ip=address)
+
+
+def _cni_add(node: str, env: dict[str, str], netconf: str, podns: str,
+             timeout: float = 30.0) -> str:
+    """What kubelet does: run the host's CNI plugin -- the thin stdlib one (cni/thin.py, run by
+    the system python3 as on any host), which hands the request to the node's agent -- and retry
+    while it says the agent is not ready yet (code 11)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["ip", "netns", "exec", node, THIN_PLUGIN], env=env, input=netconf,
+                             capture_output=True, text=True, timeout=120)
+        if out.returncode == 0:
+            return out.stdout
+        code = _cni_error_code(out.stdout)
+        if code != 11 or time.monotonic() > deadline:
+            raise LabError(f"CNI ADD for {podns} failed: {out.stdout.strip()} {out.stderr.strip()}")
+        time.sleep(0.2)
+
+
+def _cni_error_code(stdout: str) -> int | None:
+    try:
+        return json.loads(stdout).get("code")
+    except (ValueError, AttributeError):
+        return None
 
 
 def wait_converged(state: LabState, timeout: float) -> None:

@@ -4,7 +4,6 @@ Does I/O (iproute2 commands, fork). Everything here acts only on namespaces the 
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import secrets
@@ -12,6 +11,8 @@ import signal
 import subprocess
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+import hostio
 
 T = TypeVar("T")
 
@@ -65,17 +66,11 @@ def veth_into(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
     ip("-n", ns_b, "link", "set", tmp_b, "name", name_b)
 
 
-CLONE_NEWNET = 0x40000000
-
-
 def _setns(path: str) -> None:
-    """Join the network namespace at ``path`` (os.setns exists only from Python 3.12)."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    """Join the network namespace at ``path`` (in the forked child of in_netns)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {path}: {os.strerror(err)}")
+        hostio.setns(fd, path)
     finally:
         os.close(fd)
 
