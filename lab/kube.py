@@ -76,32 +76,36 @@ def apply_crds(kubeconfig: str) -> int:
         api.close()
 
 
-def create_node(kubeconfig: str, name: str, address: str) -> None:
-    """Runs inside the fabric namespace: the Kubernetes Node, as kubelet registers it."""
+def create_nodes(kubeconfig: str, nodes: list[tuple[str, str]]) -> None:
+    """Runs inside the fabric namespace: each ``(name, address)`` as a Kubernetes Node, as kubelet
+    registers it. All in one call: each call is a fork that imports the client."""
     from kubernetes import client
 
     api = _api(kubeconfig)
     try:
-        client.CoreV1Api(api).create_node({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
-                                                  "kubernetes.io/os": "linux"}},
-            "status": {"addresses": [{"type": "InternalIP", "address": address},
-                                     {"type": "Hostname", "address": name}]}})
+        core = client.CoreV1Api(api)
+        for name, address in nodes:
+            core.create_node({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
+                                                      "kubernetes.io/os": "linux"}},
+                "status": {"addresses": [{"type": "InternalIP", "address": address},
+                                         {"type": "Hostname", "address": name}]}})
     finally:
         api.close()
 
 
-def create_pod(kubeconfig: str, name: str, node: str) -> str:
-    """Runs inside the fabric namespace: a Pod bound to ``node`` (what the scheduler leaves for
-    kubelet); returns its uid, which the lab uses as the sandbox's container ID."""
+def create_pods(kubeconfig: str, pods: list[tuple[str, str]]) -> dict[str, str]:
+    """Runs inside the fabric namespace: each ``(name, node)`` as a Pod bound to its node (what the
+    scheduler leaves for kubelet); returns ``{name: uid}``."""
     from kubernetes import client
 
     api = _api(kubeconfig)
     try:
-        pod = client.CoreV1Api(api).create_namespaced_pod(NAMESPACE, {
+        core = client.CoreV1Api(api)
+        return {name: core.create_namespaced_pod(NAMESPACE, {
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
-            "spec": {"nodeName": node, "containers": [{"name": "main", "image": "pause"}]}})
-        return pod.metadata.uid
+            "spec": {"nodeName": node, "containers": [{"name": "main", "image": "pause"}]},
+        }).metadata.uid for name, node in pods}
     finally:
         api.close()

@@ -151,13 +151,13 @@ def up(name: str, nodes: int, pods_per_node: int, timeout: float = 90.0,
     state = LabState(name=name, datastore=datastore)
     try:
         _make_fabric(state)
+        if state.datastore == "kubernetes":  # kubelets register their Nodes; agents annotate them
+            in_netns(f"{name}-fabric", kube.create_nodes, str(state.kubeconfig),
+                     [(f"{name}-node{i}", f"{FABRIC_NET}.{i}") for i in range(1, nodes + 1)])
         for i in range(1, nodes + 1):
             _make_node(state, i)
         state.save()
-        for node in state.nodes:
-            for j in range(1, pods_per_node + 1):
-                state.pods.append(_add_pod(state, node, j))
-                state.save()
+        _add_pods(state, pods_per_node)
         wait_converged(state, timeout)
     except BaseException:
         _log(f"lab up failed; logs are in {state.dir}; "
@@ -234,8 +234,6 @@ def _make_node(state: LabState, i: int) -> None:
     # A default route is what lets the host side of each cali* answer proxy ARP for 169.254.1.1.
     ip("-n", node, "route", "add", "default", "via", ETCD_IP, "dev", "eth0", "onlink")
     state.nodes[node] = addr
-    if state.datastore == "kubernetes":  # kubelet registers the Node; the agent annotates it
-        in_netns(fabric, kube.create_node, str(state.kubeconfig), node, addr.split("/")[0])
     state.agent_pids[node] = _start_agent(state, node)
     _log(f"node      {node:<14} {addr:<16} agent pid {state.agent_pids[node]}")
 
@@ -273,13 +271,35 @@ def _netconf(state: LabState, node: str) -> str:
     return json.dumps(conf)
 
 
-def _add_pod(state: LabState, node: str, j: int) -> Pod:
-    podns = f"{node}-pod{j}"
-    pod_name = f"pod-{node.rsplit('-', 1)[1]}-{j}"
+def _add_pods(state: LabState, per_node: int) -> None:
+    """As kubelets do: every node starts its pods at once, in parallel with the other nodes (each
+    agent is its node's single IPAM writer; nodes race each other for blocks by CAS)."""
+    jobs = [(node, j) for j in range(1, per_node + 1) for node in state.nodes]
+    uids: dict[str, str] = {}
+    if state.datastore == "kubernetes" and jobs:  # the Pod objects first, as the scheduler does
+        uids = in_netns(f"{state.name}-fabric", kube.create_pods, str(state.kubeconfig),
+                        [(_pod_name(node, j), node) for node, j in jobs])
+    with ThreadPoolExecutor(max_workers=min(16, len(jobs) or 1)) as pool:
+        futures = [pool.submit(_add_pod, state, node, j, uids.get(_pod_name(node, j)))
+                   for node, j in jobs]
+        try:
+            for future in futures:
+                state.pods.append(future.result())
+        finally:
+            state.pods.sort(key=lambda p: p.netns)
+            state.save()  # whatever was made, so 'lab down' and the logs know of it
+
+
+def _pod_name(node: str, j: int) -> str:
+    return f"pod-{node.rsplit('-', 1)[1]}-{j}"
+
+
+def _add_pod(state: LabState, node: str, j: int, uid: str | None = None) -> Pod:
+    """The pod's sandbox (a namespace) wired by the CNI plugin; ``uid``: its Pod object's."""
+    podns, pod_name = f"{node}-pod{j}", _pod_name(node, j)
     add_netns(podns)
     cni_args = f"K8S_POD_NAMESPACE={kube.NAMESPACE};K8S_POD_NAME={pod_name}"
-    if state.datastore == "kubernetes":  # the Pod object first, then its sandbox, as kubelet
-        uid = in_netns(f"{state.name}-fabric", kube.create_pod, str(state.kubeconfig), pod_name, node)
+    if uid is not None:
         cni_args += f";K8S_POD_INFRA_CONTAINER_ID={podns};K8S_POD_UID={uid}"
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": "ADD", "CNI_CONTAINERID": podns,
            "CNI_NETNS": f"/var/run/netns/{podns}", "CNI_IFNAME": "eth0", "CNI_ARGS": cni_args,
