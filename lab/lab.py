@@ -25,7 +25,7 @@ from pathlib import Path
 
 import hostio
 from felix.status import RUN_ROOT, query
-from lab import kube
+from lab import kube, manifest
 from lab.netns import (
     add_netns, in_netns, ip, kill_and_delete_netns, list_netns, netns_pids, veth_into,
 )
@@ -239,21 +239,27 @@ def _make_node(state: LabState, i: int) -> None:
 
 
 def _start_agent(state: LabState, node: str) -> int:
-    proc = _spawn(state.dir / f"{node}.log",
-                  ["ip", "netns", "exec", node, _bin("pycalico-node"), "--name", node,
-                   "--ip", state.nodes[node], *state.datastore_args(), "--metrics"])
+    """The DaemonSet's main container for this node, as kubelet runs it (deploy/pycalico.yaml):
+    its command and environment, field references resolved for the node. The lab adds only what
+    a kubelet and a service account would give it: the API's kubeconfig (or, for an etcd lab,
+    the etcd endpoints) and metrics on, which the lab scrapes."""
+    argv, env = manifest.container_command(manifest.documents(), node)
+    env |= state.datastore_env() | {"FELIX_PROMETHEUSMETRICSENABLED": "true",
+                                    "PYCALICO_RUN_ROOT": str(RUN_ROOT)}  # the hostPath, mapped
+    proc = _spawn(state.dir / f"{node}.log", ["ip", "netns", "exec", node, _bin(argv[0]), *argv[1:]],
+                  env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env})
     return proc.pid
 
 
 _CHILDREN: list[subprocess.Popen] = []  # daemons outlive this command; keep them referenced
 
 
-def _spawn(log_path: Path, argv: list[str]) -> subprocess.Popen:
+def _spawn(log_path: Path, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a lab daemon in its own session, output appended to ``log_path`` (0600)."""
     log = hostio.open_private(log_path)
     try:
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     finally:
         os.close(log)
     _CHILDREN.append(proc)
@@ -366,7 +372,24 @@ def _node_lag(node: str, n_peers: int, n_remote: int) -> str | None:
         return f"{len(up_peers)}/{n_peers} peers up"
     if len(learned) < n_remote:
         return f"{len(learned)}/{n_remote} remote block routes"
+    status_code = in_netns(node, _http_status, manifest.readiness_url(manifest.documents()))
+    if status_code != 200:  # kubelet's readiness probe, from the manifest
+        return f"readiness probe answered {status_code}"
     return None
+
+
+def _http_status(url: str) -> int:
+    """Runs inside a node namespace: the status code of GET url (0: no answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return 0
 
 
 # -- ping --

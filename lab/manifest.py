@@ -54,6 +54,41 @@ def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
+def _main_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    daemonset = find(docs, "DaemonSet", "pycalico-node")
+    return daemonset["spec"]["template"]["spec"]["containers"][0]
+
+
+def container_command(docs: list[dict[str, Any]], node: str) -> tuple[list[str], dict[str, str]]:
+    """The main container's argv and environment as kubelet gives them on ``node``: values,
+    ``fieldRef`` (spec.nodeName) and ``configMapKeyRef`` (the manifest's ConfigMap) resolved."""
+    container = _main_container(docs)
+    config = find(docs, "ConfigMap", "pycalico-config").get("data") or {}
+    env = {e["name"]: _env_value(e, node, config) for e in container.get("env") or []}
+    return [*container["command"], *(container.get("args") or [])], env
+
+
+def _env_value(entry: dict[str, Any], node: str, config: dict[str, str]) -> str:
+    if "value" in entry:
+        return str(entry["value"])
+    source = entry.get("valueFrom") or {}
+    field = (source.get("fieldRef") or {}).get("fieldPath")
+    if field == "spec.nodeName":
+        return node
+    ref = source.get("configMapKeyRef") or {}
+    if ref.get("name") == "pycalico-config" and ref.get("key") in config:
+        return str(config[ref["key"]])
+    raise ValueError(f"manifest: env {entry.get('name')}: cannot resolve {source or entry} "
+                     "(the lab knows values, spec.nodeName and the pycalico-config ConfigMap)")
+
+
+def readiness_url(docs: list[dict[str, Any]]) -> str:
+    """The main container's readiness probe as the URL kubelet GETs (host networking)."""
+    probe = _main_container(docs)["readinessProbe"]["httpGet"]
+    host = probe.get("host") or "127.0.0.1"
+    return f"http://{'127.0.0.1' if host == 'localhost' else host}:{probe['port']}{probe['path']}"
+
+
 def cni_network_config(docs: list[dict[str, Any]] | None = None) -> str:
     """The conflist template install-cni receives (ConfigMap pycalico-config)."""
     docs = documents() if docs is None else docs
