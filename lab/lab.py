@@ -41,7 +41,6 @@ BGPCONFIG = {"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
              "metadata": {"name": "default"},
              "spec": {"asNumber": 64512, "nodeToNodeMeshEnabled": True, "logSeverityScreen": "Info"}}
 DATASTORES = ("kubernetes", "etcdv3")
-THIN_PLUGIN = str(Path(__file__).resolve().parents[1] / "cni" / "thin.py")  # as install-cni installs it
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 
 
@@ -234,8 +233,34 @@ def _make_node(state: LabState, i: int) -> None:
     # A default route is what lets the host side of each cali* answer proxy ARP for 169.254.1.1.
     ip("-n", node, "route", "add", "default", "via", ETCD_IP, "dev", "eth0", "onlink")
     state.nodes[node] = addr
+    _install_cni(state, node)
     state.agent_pids[node] = _start_agent(state, node)
     _log(f"node      {node:<14} {addr:<16} agent pid {state.agent_pids[node]}")
+
+
+def _node_dirs(state: LabState, node: str) -> tuple[Path, Path, Path]:
+    """The node's host paths, in the lab's directory: (/opt/cni/bin, /etc/cni/net.d, the service
+    account's secret mount)."""
+    base = hostio.private_dir(state.dir / node)
+    return base / "opt-cni-bin", base / "etc-cni-net.d", base / "serviceaccount"
+
+
+def _install_cni(state: LabState, node: str) -> None:
+    """The DaemonSet's init container for this node, as kubelet runs it: install-cni puts the
+    CNI plugin and its conflist into the node's host paths (mapped into the lab's directory)."""
+    bin_dir, net_dir, sa_dir = _node_dirs(state, node)
+    hostio.private_dir(sa_dir)
+    hostio.write_private(sa_dir / "token", "lab")  # the stand-in checks no credentials
+    hostio.write_private(sa_dir / "ca.crt", "# the lab's stand-in serves plain HTTP: no CA\n")
+    argv, env = manifest.container_command(manifest.documents(), node, init=True)
+    env |= {"CNI_BIN_DIR": str(bin_dir), "CNI_NET_DIR": str(net_dir),
+            "SERVICEACCOUNT_DIR": str(sa_dir), "KUBERNETES_SERVICE_HOST": ETCD_IP,
+            "KUBERNETES_SERVICE_PORT": str(kube.API_PORT),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    out = subprocess.run(["ip", "netns", "exec", node, _bin(argv[0]), *argv[1:]], env=env,
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise LabError(f"{node}: init container {argv[0]} failed: {out.stderr.strip()}")
 
 
 def _start_agent(state: LabState, node: str) -> int:
@@ -264,17 +289,6 @@ def _spawn(log_path: Path, argv: list[str], env: dict[str, str] | None = None) -
         os.close(log)
     _CHILDREN.append(proc)
     return proc
-
-
-def _netconf(state: LabState, node: str) -> str:
-    """Calico's conflist entry, for the lab's datastore."""
-    conf = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "pycalico-cni",
-            "nodename": node, "ipam": {"type": "pycalico-ipam"}}
-    if state.datastore == "kubernetes":
-        conf |= {"datastore_type": "kubernetes", "kubernetes": {"kubeconfig": str(state.kubeconfig)}}
-    else:
-        conf |= {"datastore_type": "etcdv3", "etcd_endpoints": state.endpoint}
-    return json.dumps(conf)
 
 
 def _add_pods(state: LabState, per_node: int) -> None:
@@ -307,24 +321,32 @@ def _add_pod(state: LabState, node: str, j: int, uid: str | None = None) -> Pod:
     cni_args = f"K8S_POD_NAMESPACE={kube.NAMESPACE};K8S_POD_NAME={pod_name}"
     if uid is not None:
         cni_args += f";K8S_POD_INFRA_CONTAINER_ID={podns};K8S_POD_UID={uid}"
+    bin_dir, net_dir, _ = _node_dirs(state, node)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": "ADD", "CNI_CONTAINERID": podns,
            "CNI_NETNS": f"/var/run/netns/{podns}", "CNI_IFNAME": "eth0", "CNI_ARGS": cni_args,
-           "CNI_PATH": str(Path(_bin("pycalico-ipam")).parent),
-           "PYCALICO_RUN_ROOT": str(RUN_ROOT)}
-    out = _cni_add(node, env, _netconf(state, node), podns)
+           "CNI_PATH": str(bin_dir), "PYCALICO_RUN_ROOT": str(RUN_ROOT)}
+    out = _cni_add(node, env, _installed_netconf(net_dir), podns, str(bin_dir / "pycalico-cni"))
     address = json.loads(out)["ips"][0]["address"].split("/")[0]
     _log(f"pod       {podns:<20} {address:<14} on {node}")
     return Pod(name=pod_name, node=node, netns=podns, ip=address)
 
 
-def _cni_add(node: str, env: dict[str, str], netconf: str, podns: str,
+def _installed_netconf(net_dir: Path) -> str:
+    """The first plugin's network configuration from the installed conflist, as libcni gives
+    it to the plugin (with the list's name and cniVersion)."""
+    conflist = json.loads((net_dir / "10-pycalico.conflist").read_text())
+    return json.dumps({"cniVersion": conflist["cniVersion"], "name": conflist["name"],
+                       **conflist["plugins"][0]})
+
+
+def _cni_add(node: str, env: dict[str, str], netconf: str, podns: str, plugin: str,
              timeout: float = 30.0) -> str:
     """What kubelet does: run the host's CNI plugin -- the thin stdlib one (cni/thin.py, run by
     the system python3 as on any host), which hands the request to the node's agent -- and retry
     while it says the agent is not ready yet (code 11)."""
     deadline = time.monotonic() + timeout
     while True:
-        out = subprocess.run(["ip", "netns", "exec", node, THIN_PLUGIN], env=env, input=netconf,
+        out = subprocess.run(["ip", "netns", "exec", node, plugin], env=env, input=netconf,
                              capture_output=True, text=True, timeout=120)
         if out.returncode == 0:
             return out.stdout

@@ -54,15 +54,16 @@ def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
-def _main_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    daemonset = find(docs, "DaemonSet", "pycalico-node")
-    return daemonset["spec"]["template"]["spec"]["containers"][0]
+def _main_container(docs: list[dict[str, Any]], init: bool = False) -> dict[str, Any]:
+    pod = find(docs, "DaemonSet", "pycalico-node")["spec"]["template"]["spec"]
+    return pod["initContainers" if init else "containers"][0]
 
 
-def container_command(docs: list[dict[str, Any]], node: str) -> tuple[list[str], dict[str, str]]:
-    """The main container's argv and environment as kubelet gives them on ``node``: values,
-    ``fieldRef`` (spec.nodeName) and ``configMapKeyRef`` (the manifest's ConfigMap) resolved."""
-    container = _main_container(docs)
+def container_command(docs: list[dict[str, Any]], node: str,
+                      init: bool = False) -> tuple[list[str], dict[str, str]]:
+    """The main (or init) container's argv and environment as kubelet gives them on ``node``:
+    values, ``fieldRef`` (spec.nodeName) and ``configMapKeyRef`` (the manifest's ConfigMap)."""
+    container = _main_container(docs, init)
     config = find(docs, "ConfigMap", "pycalico-config").get("data") or {}
     env = {e["name"]: _env_value(e, node, config) for e in container.get("env") or []}
     return [*container["command"], *(container.get("args") or [])], env

@@ -104,11 +104,19 @@ def test_lab_files_are_private_whatever_the_umask(lab):
     assert len(roots) == 4
     paths = [p for root in roots for p in (root, *root.rglob("*"))]
     assert any(p.name == "exabgp.sock" for p in paths) and any(p.name == "state.json" for p in paths)
-    loose = [f"{p} {oct(stat.S_IMODE(os.lstat(p).st_mode))}" for p in paths
-             if not p.is_symlink() and stat.S_IMODE(os.lstat(p).st_mode) & 0o077]
+    mode = lambda p: stat.S_IMODE(os.lstat(p).st_mode)  # noqa: E731
+    # Each node's host paths (/opt/cni/bin, /etc/cni/net.d) keep the modes install-cni sets for a
+    # real host, where kubelet and the runtime read them -- inside a 0700 node directory.
+    host_paths = {p for p in paths if p.parent.name in ("opt-cni-bin", "etc-cni-net.d")
+                  or p.name in ("opt-cni-bin", "etc-cni-net.d")}
+    loose = [f"{p} {oct(mode(p))}" for p in paths
+             if p not in host_paths and not p.is_symlink() and mode(p) & 0o077]
     assert loose == []
+    node_dirs = {p.parent for p in host_paths if p.name in ("opt-cni-bin", "etc-cni-net.d")}
+    assert len(node_dirs) == 3 and all(mode(d) == 0o700 for d in node_dirs), node_dirs
+    assert {mode(p) for p in host_paths if p.name == "pycalico-kubeconfig"} == {0o600}  # its token
     for top in (Path("/run/pycalico-lab"), Path("/run/pycalico")):
-        assert stat.S_IMODE(top.stat().st_mode) == 0o700, top
+        assert mode(top) == 0o700, top
 
 
 def node_status(node: str) -> dict:

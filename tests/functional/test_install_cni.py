@@ -71,14 +71,16 @@ def test_install_run_plugin_rerun_uninstall(host):
 
     first = run(argv, env)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip().endswith("install-cni: 4 file(s) changed")
+    # The manifest installs the thin plugin (the agent serves its socket): conflist, kubeconfig
+    # and pycalico-cni; no pycalico-ipam (IPAM runs in the agent).
+    assert first.stdout.strip().endswith("install-cni: 3 file(s) changed")
     conf = json.loads((net_dir / CONFLIST_NAME).read_text())
     plugin = conf["plugins"][0]
     assert (plugin["nodename"], plugin["mtu"]) == ("node-a", 1440)
     assert plugin["kubernetes"]["kubeconfig"] == str(net_dir / KUBECONFIG_NAME)
     assert (mode(net_dir / CONFLIST_NAME), mode(net_dir / KUBECONFIG_NAME)) == (0o644, 0o600)
-    assert {p.name: mode(p) for p in bin_dir.iterdir()} == {"pycalico-cni": 0o755,
-                                                           "pycalico-ipam": 0o755}
+    assert {p.name: mode(p) for p in bin_dir.iterdir()} == {"pycalico-cni": 0o755}
+    assert (bin_dir / "pycalico-cni").read_text().startswith("#!/usr/bin/python3 -IS")
 
     # The runtime runs the installed plugin from the bin dir, with the conflist's first plugin.
     version = subprocess.run(
