@@ -29,7 +29,6 @@ import argparse
 import base64
 import json
 import os
-import secrets
 import socket
 import sys
 from collections.abc import Mapping
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hostio
 from cni.config import parse_netconf
 from cni.errors import CNIError
 
@@ -199,7 +199,7 @@ def install(s: Settings) -> list[str]:
             report.append(f"unchanged {f.path}")
             continue
         make_dirs(f.path.parent)
-        write_atomic(f.path, f.data, f.mode)
+        hostio.write_private(f.path, f.data, mode=f.mode)  # atomic, mode set whatever the umask
         report.append(f"wrote {f.path} ({f.mode:04o})")
     for name in set(PLUGINS) - set(plugin_sources(s)):
         stale = s.bin_dir / name  # ours, from a --plugin venv install; the thin path never runs it
@@ -248,25 +248,6 @@ def uninstall(s: Settings) -> list[str]:
         except FileNotFoundError:
             pass
     return report
-
-
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` with ``data`` at ``mode`` (set with fchmod, so the umask never decides)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb", closefd=False) as out:
-            out.write(data)
-            out.flush()
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _current(path: Path) -> tuple[bytes, int] | None:

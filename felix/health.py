@@ -18,21 +18,9 @@ Wiring into ``felix.agent.Agent`` (the contract):
 1. ``self._tick = time.monotonic()`` in ``__init__`` and at the top of every ``_loop`` iteration;
    ``self._route_failures = dict(result.failed)`` and ``self._routes_applied = True`` in
    ``_schedule_route_retries``.
-2. A snapshot method, called on the loop for every probe and scrape (sync or async; keep it cheap)::
-
-       def _health(self) -> AgentHealth:
-           sp = self.speaker
-           return AgentHealth(
-               loop_tick=self._tick, datastore_in_sync=self.state.in_sync,
-               connection=self.state.connection, bgp_enabled=True,
-               speaker=sp.status() if sp else None, peers=tuple(sp.peer_status()) if sp else (),
-               routes_applied=self._routes_applied, route_failures=self._route_failures,
-               reconcile_error=self.last_error[0] if self._error_backoff.failures else None,
-               reconciles=dict(self.reconciles), reconcile_errors=self.reconcile_errors,
-               routes_by_kind=count_route_kinds(r.reason for r in self._desired.values()),
-               route_writes=self.routes.writes, route_dumps=self.routes.dumps,
-               bgp_counters=sp.counters() if sp else {},
-               prefixes_accepted=len(sp.learned_routes()) if sp else 0)
+2. A snapshot method, called on the loop for every probe and scrape (sync or async; keep it
+   cheap): ``Agent._health`` in felix/agent.py fills every AgentHealth field from the agent's state
+   (tests/unit/test_felix_health_wiring.py checks it against a real, not running, Agent).
 
 3. In ``__init__``: ``self.health = HealthServer(self._health, host="127.0.0.1",
    metrics_host="0.0.0.0")`` (Felix's defaults: FELIX_HEALTHHOST=localhost, FELIX_HEALTHPORT=9099,

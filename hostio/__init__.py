@@ -62,15 +62,18 @@ def private_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def write_private(path: str | os.PathLike, data: str | bytes) -> None:
-    """Replace ``path`` atomically with ``data``, mode 0600: readers never see half a file."""
+def write_private(path: str | os.PathLike, data: str | bytes, mode: int = FILE_MODE) -> None:
+    """Replace ``path`` atomically with ``data``, mode 0600 (or ``mode``, set explicitly whatever
+    the umask): readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     try:
-        os.fchmod(fd, FILE_MODE)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb", closefd=False) as out:
             out.write(data.encode() if isinstance(data, str) else data)
+            out.flush()
+            os.fsync(fd)
     finally:
         os.close(fd)
     try:

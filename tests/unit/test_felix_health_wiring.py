@@ -1,9 +1,9 @@
 """The wiring contract of felix.health's docstring, checked against a real (not running) Agent: each
 AgentHealth field is filled from state the agent already keeps, and means what the probes need.
 
-``snapshot_of`` is the ``_health`` method the docstring asks the agent to grow; the three values it
-takes as arguments are the ones the agent does not keep yet (loop tick, last apply's failures,
-whether an apply completed). The reconcile is replaced (our own seam), as in test_felix_agent_loop.
+``snapshot_of`` calls the agent's own ``_health`` with the three values its loop keeps (loop tick,
+last apply's failures, whether an apply completed) set as given. The reconcile is replaced (our
+own seam), as in test_felix_agent_loop.
 """
 from __future__ import annotations
 
@@ -19,22 +19,13 @@ from datastore.syncer import Connection, InSync
 from felix.agent import Agent, AgentConfig, Backoff
 from felix.calc import workload_route
 from felix.health import AgentHealth, check_readiness
-from felix.metrics import AgentMetrics, count_route_kinds
+from felix.metrics import AgentMetrics
 
 
-def snapshot_of(self: Agent, tick: float, routes_applied: bool, route_failures: dict) -> AgentHealth:
-    sp = self.speaker
-    return AgentHealth(
-        loop_tick=tick, datastore_in_sync=self.state.in_sync,
-        connection=self.state.connection, bgp_enabled=True,
-        speaker=sp.status() if sp else None, peers=tuple(sp.peer_status()) if sp else (),
-        routes_applied=routes_applied, route_failures=route_failures,
-        reconcile_error=self.last_error[0] if self._error_backoff.failures else None,
-        reconciles=dict(self.reconciles), reconcile_errors=self.reconcile_errors,
-        routes_by_kind=count_route_kinds(r.reason for r in self._desired.values()),
-        route_writes=self.routes.writes, route_dumps=self.routes.dumps,
-        bgp_counters=sp.counters() if sp else {},
-        prefixes_accepted=len(sp.learned_routes()) if sp else 0)
+def snapshot_of(agent: Agent, tick: float, routes_applied: bool, route_failures: dict) -> AgentHealth:
+    """The agent's own ``_health()``, with the three values its loop keeps set as given."""
+    agent._tick, agent._routes_applied, agent._route_failures = tick, routes_applied, route_failures
+    return agent._health()
 
 
 def make_agent(tmp_path: Path) -> Agent:
