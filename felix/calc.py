@@ -74,6 +74,7 @@ class DesiredRoute:
     gateway: IPv4Address | None
     scope: str
     reason: str
+    onlink: bool = False  # ``via <gw> dev <tunnel> onlink``: IPIP and VXLAN routes (gw not on a subnet)
 
     def __post_init__(self) -> None:
         if self.type not in TYPES or self.scope not in SCOPES:

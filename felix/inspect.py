@@ -22,6 +22,7 @@ class KernelRoute:
     gateway: IPv4Address | None
     scope: str
     proto: int
+    onlink: bool = False
 
 
 # RouteStatus.state: one machine-readable word per route, so no client parses the reason text.
@@ -61,6 +62,7 @@ def route_matches(desired: DesiredRoute, kernel: KernelRoute) -> bool:
         and desired.gateway == kernel.gateway
         and desired.scope == kernel.scope
         and (desired.dev is None or desired.dev == kernel.dev)
+        and desired.onlink == kernel.onlink
     )
 
 
