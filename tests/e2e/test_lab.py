@@ -170,11 +170,11 @@ def test_disabling_the_pool_keeps_traffic(lab, tmp_path):
 
 
 def _relay_of(node: str) -> int:
-    """PID of the relay bgp/relay.py that the node's ExaBGP runs (found in the node's namespace)."""
+    """PID of the relay (socat) that the node's ExaBGP runs (found in the node's namespace)."""
     pids = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True).stdout.split()
     for pid in pids:
         try:
-            if b"relay.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"UNIX-CONNECT:" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return int(pid)
         except OSError:
             continue

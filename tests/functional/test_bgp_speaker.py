@@ -228,14 +228,14 @@ def test_peer_added_after_start_is_picked_up_by_reload(netns, loop_thread, tmp_p
 
 
 def _relay_pid(exabgp_pid: int) -> int | None:
-    """The relay ExaBGP runs as its API process: a child of ExaBGP running bgp/relay.py."""
+    """The relay ExaBGP runs as its API process: a child of ExaBGP running socat."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rpartition(")")[2].split()
             cmdline = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == exabgp_pid and b"relay.py" in cmdline:
+        if int(fields[1]) == exabgp_pid and cmdline.startswith(b"/usr/bin/socat\0"):
             return int(stat.parent.name)
     return None
 

@@ -18,7 +18,7 @@ def sample_config() -> ExaBGPConfig:
         PeerSpec(A("10.0.0.1"), 64512, 64512, True, "node-to-node mesh", "node-a"),
     })
     return ExaBGPConfig(router_id=A("10.0.0.2"), local_address=A("10.0.0.2"),
-                        relay_command=("/usr/bin/python3", "/opt/pycalico/bgp/relay.py", "/run/pycalico/exabgp.sock"),
+                        relay_command=("/usr/bin/socat", "-b65536", "STDIO", "UNIX-CONNECT:/run/pycalico/exabgp.sock"),
                         peers=peers, hold_time=9, gr_restart_time=120, port=179)
 
 
@@ -54,3 +54,13 @@ def test_invalid_config_names_the_field(kwargs, field):
     base = {"router_id": A("10.0.0.2"), "local_address": A("10.0.0.2"), "relay_command": ("/bin/relay",)}
     with pytest.raises(ValueError, match=field):
         ExaBGPConfig(**{**base, **kwargs})
+
+
+def test_the_relay_is_socat_and_refuses_paths_socat_would_split(tmp_path):
+    """The relay is socat (2.5 MB per node, where a Python relay took 12); a socket path with
+    socat's address separators would connect somewhere else, so it is refused, naming run_dir."""
+    from bgp.speaker import relay_command
+    argv = relay_command(tmp_path / "exabgp.sock")
+    assert argv[0].endswith("/socat") and argv[-1] == f"UNIX-CONNECT:{tmp_path}/exabgp.sock"
+    with pytest.raises(ValueError, match="run_dir"):
+        relay_command(tmp_path / "a,b" / "exabgp.sock")
