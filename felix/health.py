@@ -1,7 +1,9 @@
 """Health probes (Felix's port 9099) and Prometheus metrics (port 9091) of ``pycalico-node``.
 
-Does I/O: ``HealthServer`` listens on two TCP ports from the agent's own asyncio loop (aiohttp; no
-threads that could outlive the agent). The decisions, ``check_readiness`` and ``check_liveness``, are
+Does I/O: ``HealthServer`` listens on two TCP ports from the agent's own asyncio loop (no threads
+that could outlive the agent). The HTTP is ``_serve_http``'s few lines of GET-only HTTP/1.1 on
+``asyncio.start_server``, not aiohttp: importing aiohttp cost every node 8 MB of RSS (issue 7's
+memory budget; measured with ``python -m bench.node_memory``), for three fixed GET paths. The decisions, ``check_readiness`` and ``check_liveness``, are
 pure functions of one ``AgentHealth`` snapshot.
 
 - ``GET /liveness``: 200 ``live`` while the agent's loop answers the snapshot within
@@ -46,7 +48,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from aiohttp import web
+from urllib.parse import parse_qs, urlsplit
 
 from bgp.speaker import PeerStatus, SpeakerStatus
 from datastore.syncer import Connection
@@ -210,16 +212,16 @@ class HealthServer:
         self.health_port, self.metrics_port = health_port, metrics_port
         self.metrics = metrics if metrics is not None else AgentMetrics()
         self._timeout, self._stall_after, self._clock = snapshot_timeout, stall_after, clock
-        self._runners: list[web.AppRunner] = []
+        self._servers: list[asyncio.Server] = []
 
     async def start(self) -> None:
         try:
             if self.health_port is not None:
-                self.health_port = await self._serve(self.host, self.health_port, [
-                    web.get("/liveness", self._liveness), web.get("/readiness", self._readiness)])
+                self.health_port = await self._serve(self.host, self.health_port, {
+                    "/liveness": self._liveness, "/readiness": self._readiness})
             if self.metrics_port is not None:
                 self.metrics_port = await self._serve(self.metrics_host, self.metrics_port,
-                                                      [web.get("/metrics", self._metrics)])
+                                                      {"/metrics": self._metrics})
         except BaseException:
             await self.stop()  # the health port must not stay bound when the metrics port fails
             raise
@@ -228,24 +230,22 @@ class HealthServer:
             "metrics_host": self.metrics_host, "metrics_port": self.metrics_port})
 
     async def stop(self) -> None:
-        runners, self._runners = self._runners, []
-        for runner in runners:
-            await runner.cleanup()
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+            await server.wait_closed()
 
-    async def _serve(self, host: str, port: int, routes: list[web.RouteDef]) -> int:
-        app = web.Application()
-        app.add_routes(routes)
-        # No access log: the kubelet probes every few seconds, forever.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+    async def _serve(self, host: str, port: int, routes: dict[str, Handler]) -> int:
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _serve_http(reader, writer, routes)
         try:
-            await site.start()
+            server = await asyncio.start_server(on_client, host, port, reuse_address=True,
+                                                limit=MAX_REQUEST_HEAD)
         except OSError as exc:
             raise OSError(exc.errno, f"health server: cannot listen on {host}:{port}: "
                                      f"{exc.strerror}") from exc
-        return runner.addresses[0][1]  # the real port when 0 was asked
+        self._servers.append(server)
+        return server.sockets[0].getsockname()[1]  # the real port when 0 was asked
 
     async def _take(self) -> AgentHealth:
         result = self._snapshot()
@@ -270,28 +270,74 @@ class HealthServer:
         h, why = await self._take_or_why()
         return decide(h) if h is not None else _verdict(good, [Check("snapshot", False, why)])
 
-    async def _liveness(self, request: web.Request) -> web.Response:
+    async def _liveness(self, query: dict[str, list[str]]) -> Response:
         verdict = await self._decide(
             "live", lambda h: check_liveness(h, self._clock(), self._stall_after))
-        return _respond(request, verdict)
+        return _respond(query, verdict)
 
-    async def _readiness(self, request: web.Request) -> web.Response:
-        return _respond(request, await self._decide("ready", check_readiness))
+    async def _readiness(self, query: dict[str, list[str]]) -> Response:
+        return _respond(query, await self._decide("ready", check_readiness))
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics(self, query: dict[str, list[str]]) -> Response:
         h, why = await self._take_or_why()
         if h is None:
-            return web.Response(status=503, text=why + "\n")
-        body = self.metrics.render(h)
-        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+            return Response(503, (why + "\n").encode())
+        return Response(200, self.metrics.render(h), METRICS_CONTENT_TYPE)
 
 
-def _respond(request: web.Request, verdict: Verdict) -> web.Response:
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+
+
+Handler = Callable[[dict[str, list[str]]], Awaitable[Response]]
+MAX_REQUEST_HEAD = 8192  # request line and headers; a probe sends ~100 bytes
+REQUEST_TIMEOUT = 5.0  # a client that sends nothing is dropped, never holds a task forever
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            503: "Service Unavailable"}
+
+
+async def _serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      routes: dict[str, Handler]) -> None:
+    """One GET (or HEAD) per connection, answered with ``Connection: close``: what the kubelet's
+    probes and Prometheus need. Anything else gets 400/404/405; a slow or oversized request
+    head is dropped."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+        method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError,
+            ConnectionError):
+        writer.close()
+        return
+    url = urlsplit(target)
+    handler = routes.get(url.path)
+    if method not in ("GET", "HEAD"):
+        resp = Response(405, f"method: {method} is not allowed (GET only)\n".encode())
+    elif handler is None:
+        resp = Response(404, f"path: {url.path} is not served here\n".encode())
+    else:
+        resp = await handler(parse_qs(url.query))
+    reason = _REASONS.get(resp.status, "")
+    writer.write(f"HTTP/1.1 {resp.status} {reason}\r\nContent-Type: {resp.content_type}\r\n"
+                 f"Content-Length: {len(resp.body)}\r\nConnection: close\r\n\r\n".encode())
+    if method != "HEAD":
+        writer.write(resp.body)
+    try:
+        await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+def _respond(query: dict[str, list[str]], verdict: Verdict) -> Response:
     status = 200 if verdict.ok else 503
-    fmt = request.query.get("format")
+    fmt = query.get("format", [None])[-1]
     if fmt == "json":
-        return web.Response(status=status, text=json.dumps(verdict.as_json()) + "\n",
-                            content_type="application/json")
+        return Response(status, (json.dumps(verdict.as_json()) + "\n").encode(),
+                        "application/json; charset=utf-8")
     if fmt is not None:
-        return web.Response(status=400, text=f"format: {fmt!r} is not supported (use 'json')\n")
-    return web.Response(status=status, text=verdict.text() + "\n")
+        return Response(400, f"format: {fmt!r} is not supported (use 'json')\n".encode())
+    return Response(status, (verdict.text() + "\n").encode())

@@ -189,7 +189,7 @@ def test_a_taken_port_fails_start_naming_it_and_releases_the_other(loop_thread):
         server = HealthServer(lambda: health(), host="127.0.0.1", health_port=0, metrics_port=port)
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
             loop_thread.run(server.start())
-        assert server._runners == []
+        assert server._servers == []
 
 
 def test_metrics_can_listen_on_another_address_than_the_probes(loop_thread):
@@ -204,3 +204,28 @@ def test_metrics_can_listen_on_another_address_than_the_probes(loop_thread):
         assert get(server.health_port, "/liveness")[0] == 200
     finally:
         loop_thread.run(server.stop())
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_only_get_and_head_are_served_and_garbage_is_dropped(serve):
+    """The probes' HTTP is our own few lines (aiohttp cost 8 MB per node): other methods get 405,
+    HEAD the headers alone, and a request head that is not HTTP gets the connection closed."""
+    server = serve(lambda: health())
+    post = _raw(server.health_port, b"POST /readiness HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert post.startswith(b"HTTP/1.1 405 ") and b"method: POST is not allowed" in post
+    head = _raw(server.health_port, b"HEAD /liveness HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+    body = get(server.health_port, "/liveness")[2].encode()
+    assert f"Content-Length: {len(body)}\r\n".encode() in head  # the GET body's length, not sent
+    assert _raw(server.health_port, b"\x00garbage\r\n\r\n") == b""
+    over = _raw(server.health_port, b"GET /liveness HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n")
+    assert over == b""
+    assert get(server.health_port, "/liveness")[0] == 200  # and the server still answers
