@@ -15,9 +15,11 @@ Each write is one ``nft -f -`` transaction that creates-then-deletes our table a
 so the kernel holds exactly the desired table afterwards, or, on any error, the old one untouched
 (``table X`` + ``delete table X`` also makes removing an absent table a no-op).
 
-``masquerade fully-random`` by default: Felix adds ``--random-fully`` to its MASQUERADE when feature
-detection says the kernel supports it, which every kernel with nftables NAT does. It avoids the
-source-port collisions (and dropped SYNs) of the kernel's default port choice under many flows.
+``masquerade fully-random`` by default, as Felix: "Where supported, Felix now uses the iptables
+--random-fully option when programming SNAT and MASQUERADE rules" (projectcalico/felix#1901; the
+``MASQFullyRandom`` feature flag, overridable since #2310). Every kernel with nftables NAT supports
+it. It avoids the source-port collisions (and dropped SYNs) of the default port choice under many
+flows; ``NatTable(fully_random=False)`` is the override.
 
 Example::
 
