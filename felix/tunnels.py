@@ -453,7 +453,12 @@ class TunnelManager:
             have = await self._link(VXLAN_DEVICE)
             if have is None:
                 return False
-            await self._ipr.link("del", index=have.index)
+            try:
+                await self._ipr.link("del", index=have.index)
+            except NetlinkError as err:
+                if err.code == errno.ENODEV:  # deleted meanwhile: the goal is met
+                    return False
+                raise
             self.writes += 1
             log.info("deleted tunnel device", extra={"dev": VXLAN_DEVICE})
             return True
