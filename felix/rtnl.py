@@ -34,7 +34,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from typing import NamedTuple
 
@@ -218,36 +218,36 @@ class RouteDump:
 def parse_route_dump(buf: bytes, into: RouteDump) -> bool:
     """Sort the AF_INET routes in ``buf`` into ``into``; True once NLMSG_DONE is seen.
 
-    The hot loop: one header unpack per message; other tables are skipped there; the key comes
-    from RTA_DST at its fixed place (right after RTA_TABLE) and the route stays an undecoded image.
-    Raises NetlinkFailure for an error inside the dump.
+    The hot loop: one unpack of the headers per message; other tables are skipped there; the key
+    comes from RTA_DST at its fixed place (right after RTA_TABLE) and the route stays an undecoded
+    image. Raises NetlinkFailure for an error inside the dump.
     """
-    unpack, from_bytes = _HDR_RTMSG.unpack_from, int.from_bytes
+    unpack, from_bytes, dst_attr = _HDR_RTMSG.unpack_from, int.from_bytes, _DST_ATTR
     table, proto, ours, dups, foreign = into.table, into.proto, into.ours, into.dups, into.foreign
     table_byte = RT_TABLE_COMPAT if table > 255 else table
     off, size = 0, len(buf)
     while off + 28 <= size:
         length, mtype, dst_len, rtm_table, rproto = unpack(buf, off)
-        if length < 16:
-            break
-        if mtype != RTM_NEWROUTE or (table and (rtm_table != table_byte or (
+        end = off + length
+        if mtype != RTM_NEWROUTE or length < 28 or (table and (rtm_table != table_byte or (
                 table > 255 and _U32.unpack_from(buf, off + 32)[0] != table))):
-            if mtype == NLMSG_DONE or mtype == NLMSG_ERROR:
+            if mtype == NLMSG_DONE or mtype == NLMSG_ERROR or length < 16:
                 return _dump_end(buf, off, length)
-            off += (length + 3) & ~3
-            continue
-        if buf[off + 36:off + 40] == _DST_ATTR or not dst_len:
-            key = (from_bytes(buf[off + 40:off + 44], "big") if dst_len else 0) << 8 | dst_len
-            image = buf[off + 16:off + length]
-        else:  # unusual layout (or a non-IPv4 family): decode it properly
-            image = bytes(buf[off + 16:off + length])
-            key = decode_route(image).key
-        if rproto == proto:
-            if ours.setdefault(key, image) is not image:
-                dups.append(image)
-        else:
-            foreign.setdefault(key, rproto)
-        off += (length + 3) & ~3
+        elif rproto == proto and buf[off + 36:off + 40] == dst_attr:  # the usual: ours, a dst
+            key = from_bytes(buf[off + 40:off + 44], "big") << 8 | dst_len
+            if key in ours:
+                dups.append(buf[off + 16:end])
+            else:
+                ours[key] = buf[off + 16:end]
+        else:  # another owner's, a default route, an unusual layout: decode it properly
+            route = decode_route(bytes(buf[off + 16:end]))
+            if rproto != proto:
+                foreign.setdefault(route.key, rproto)
+            elif route.key in ours:
+                dups.append(bytes(buf[off + 16:end]))
+            else:
+                ours[route.key] = bytes(buf[off + 16:end])
+        off = (end + 3) & ~3
     if off + 16 <= size:  # a bare NLMSG_DONE (20 bytes) at the end
         return _dump_end(buf, off, _HDR.unpack_from(buf, off)[0])
     return False
@@ -255,6 +255,8 @@ def parse_route_dump(buf: bytes, into: RouteDump) -> bool:
 
 def _dump_end(buf: bytes, off: int, length: int) -> bool:
     mtype = _HDR.unpack_from(buf, off)[1]
+    if length < 16:
+        raise NetlinkFailure(errno.EBADMSG, f"netlink message of length {length}")
     if mtype == NLMSG_ERROR:
         code, text = parse_error(buf, off, length)
         if code:
@@ -386,32 +388,43 @@ class RtnlSocket:
     def recv(self) -> bytes:
         return self.sock.recv(RECV_SIZE)
 
-    def write(self, requests: Sequence[bytes], first_seq: int) -> dict[int, NetlinkFailure]:
-        """Send ``requests`` (encoded with seqs ``first_seq``, ``first_seq + 1``, ...) in chunks, each
-        closed by a NOOP barrier. Returns {index in requests: failure} for those that failed."""
+    def write(self, requests: Iterable[tuple[int, bytes]]) -> dict[int, NetlinkFailure]:
+        """Send ``(RTM_NEWROUTE | RTM_DELROUTE, route image)`` requests in chunks of ~CHUNK bytes,
+        each closed by a NOOP barrier. Returns {index in requests: failure} for those that failed;
+        the others are done when this returns."""
         failed: dict[int, NetlinkFailure] = {}
-        start = 0
-        while start < len(requests):
-            end, size = start, 0
-            while end < len(requests) and (size < CHUNK or end == start):
-                size += len(requests[end])
-                end += 1
-            barrier = self.reserve(1)
-            self.sock.send(b"".join(requests[start:end]) + encode_noop(barrier))
-            self._collect(barrier, first_seq, len(requests), failed)
-            start = end
+        barrier = self.reserve(1)
+        first = barrier + 1
+        pack, flags = _HDR.pack, _ROUTE_FLAGS
+        chunk: list[bytes] = []
+        size = count = 0
+        for cmd, image in requests:
+            length = 16 + len(image)
+            chunk.append(pack(length, cmd, flags[cmd], first + count, 0))
+            chunk.append(image)
+            size += length
+            count += 1
+            if size >= CHUNK:
+                self._seq = first + count - 1
+                self._send_chunk(chunk, barrier, first, count, failed)
+                chunk, size = [], 0
+        self._seq = first + count - 1
+        if chunk:
+            self._send_chunk(chunk, barrier, first, count, failed)
         return failed
 
-    def _collect(self, barrier: int, first_seq: int, count: int, failed: dict) -> None:
-        while True:
-            data = self.recv()
-            for seq, code, text in parse_errors(data):
+    def _send_chunk(self, chunk: list[bytes], barrier: int, first: int, count: int,
+                    failed: dict[int, NetlinkFailure]) -> None:
+        chunk.append(encode_noop(barrier))
+        self.sock.send(b"".join(chunk))
+        while True:  # the kernel has handled the whole chunk when send returns: read its answers
+            for seq, code, text in parse_errors(self.recv()):
                 if seq == barrier:
                     if code:
                         raise AssertionError(f"Bug: the barrier NOOP failed: {code} {text}")
                     return
-                if code and 0 <= seq - first_seq < count:
-                    failed[seq - first_seq] = NetlinkFailure(code, text)
+                if code and 0 <= seq - first < count:
+                    failed[seq - first] = NetlinkFailure(code, text)
 
     def dump_routes(self, table: int = 0, proto: int = 0) -> RouteDump:
         """The AF_INET routes of ``table`` (0: all tables), ours being those of ``proto``."""
