@@ -5,3 +5,8 @@ Does I/O: netlink and /proc/sys in the node's namespace and the pod's, exec of t
 invocation per ADD / DEL / CHECK / VERSION, result or error JSON on stdout, logs on stderr.
 ``cni.names`` (interface, endpoint and handle names) is purely computational.
 """
+# Before anything imports pyroute2: load only the parts we use (hostio.lean: 6 MB less per node).
+from hostio.lean import lean_pyroute2 as _lean_pyroute2  # noqa: E402
+
+_lean_pyroute2()
+

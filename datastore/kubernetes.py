@@ -32,9 +32,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import urllib3
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
+
+from hostio.lean import lean_kubernetes
+
+lean_kubernetes()  # before the first kubernetes import: only the client parts we use (hostio.lean)
+from kubernetes import client as k8s  # noqa: E402
+from kubernetes import config as k8s_config  # noqa: E402
+from kubernetes.client.exceptions import ApiException  # noqa: E402
 
 from crds import API_VERSION, Resource, kind_class, load
 from datastore.base import (

@@ -30,3 +30,8 @@ Example (pure part)::
     >>> sorted((str(d), r.type) for d, r in desired_routes(inp).items())
     [('10.244.1.0/26', 'blackhole'), ('10.244.1.5/32', 'unicast')]
 """
+# Before anything imports pyroute2: load only the parts we use (hostio.lean: 6 MB less per node).
+from hostio.lean import lean_pyroute2 as _lean_pyroute2  # noqa: E402
+
+_lean_pyroute2()
+
