@@ -164,7 +164,7 @@ class RouteTable:
     async def kernel_routes(self) -> dict[IPv4Network, KernelRoute]:
         """IPv4 routes of our proto in our table (from a full dump)."""
         async with self._lock:
-            return await asyncio.to_thread(self._kernel_routes)
+            return await _in_thread(self._kernel_routes)
 
     async def apply(
         self,
@@ -178,12 +178,12 @@ class RouteTable:
         an agent restart, until BGP has re-synced, so traffic keeps flowing).
         """
         async with self._lock:
-            return await asyncio.to_thread(self._apply, desired, delete_unknown_gateway_routes)
+            return await _in_thread(self._apply, desired, delete_unknown_gateway_routes)
 
     async def set_route(self, route: DesiredRoute) -> None:
         """Write one route now, no diff, no sweep (the CNI plugin's ADD). Raises NetlinkError."""
         async with self._lock:
-            await asyncio.to_thread(self._set_route, route)
+            await _in_thread(self._set_route, route)
 
     # -- the blocking halves (run in a thread, under the lock) ----------------------------------
 
@@ -357,6 +357,20 @@ class RouteTable:
         for dst in self._failing.keys() - failed.keys():
             log.info("route programmed after earlier failure: %s", dst)
         self._failing = dict(failed)
+
+
+async def _in_thread(fn, *args):
+    """``fn(*args)`` in a worker thread; if we are cancelled meanwhile, wait for the thread to end
+    before passing the cancellation on: the lock stays held, and nobody closes the socket under a
+    batch that is still being written."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait({work})
+        if not work.cancelled():
+            work.exception()  # retrieved: the cancellation is what the caller gets
+        raise
 
 
 _CMD = {"delete": rtnl.RTM_DELROUTE, "add": rtnl.RTM_NEWROUTE, "replace": rtnl.RTM_NEWROUTE}

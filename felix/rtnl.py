@@ -30,10 +30,12 @@ True
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import socket
 import struct
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from typing import NamedTuple
@@ -57,6 +59,8 @@ RTN_UNICAST, RTN_LOCAL, RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT = 1, 2, 6, 
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST, RT_SCOPE_NOWHERE = 0, 253, 254, 255
 RTNH_F_ONLINK = 0x4
 RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE = 1, 7
+RTMGRP_LINK, RTMGRP_IPV4_ROUTE = 1 << (RTNLGRP_LINK - 1), 1 << (RTNLGRP_IPV4_ROUTE - 1)
+SO_ATTACH_FILTER, SO_RCVBUFFORCE = 26, 33
 
 TYPES = {"unicast": RTN_UNICAST, "local": RTN_LOCAL, "blackhole": RTN_BLACKHOLE,
          "unreachable": RTN_UNREACHABLE, "prohibit": RTN_PROHIBIT}
@@ -331,6 +335,18 @@ def parse_link(buf: bytes, off: int, length: int) -> tuple[int, int, str]:
     return index, ifi_flags, name
 
 
+def parse_events(buf: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(nlmsg_type, nlmsg_flags, payload) of each message in a notification ``buf``; the payload of
+    an RTM_NEWROUTE/RTM_DELROUTE is a route image (``decode_route``)."""
+    off, size = 0, len(buf)
+    while off + 16 <= size:
+        length, mtype, flags = _HDR.unpack_from(buf, off)[:3]
+        if length < 16:
+            break
+        yield mtype, flags, bytes(buf[off + 16:off + length])
+        off += _align(length)
+
+
 def _align(n: int) -> int:
     return (n + 3) & ~3
 
@@ -367,7 +383,7 @@ class RtnlSocket:
             except OSError:
                 pass  # older kernels: longer errors, no text, filters applied by us instead
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE: root only
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)  # root only
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * CHUNK)
@@ -375,6 +391,36 @@ class RtnlSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+    @property
+    def port_id(self) -> int:
+        """The netlink port id the kernel gave this socket (``nlmsg_pid`` of what it causes)."""
+        return self.sock.getsockname()[0]
+
+    def ignore_sender(self, port_id: int) -> None:
+        """Drop, in the kernel, notifications caused by the socket ``port_id`` (our own writes:
+        the writer already knows what it did, and 100k echoes would cost a resync via ENOBUFS).
+
+        A classic BPF filter on nlmsg_pid; BPF loads words big-endian, the field is host order.
+        """
+        pid = int.from_bytes(port_id.to_bytes(4, sys.byteorder), "big")
+        program = b"".join(struct.pack("=HBBI", *insn) for insn in (
+            (0x20, 0, 0, 12),  # ld [12]: nlmsg_pid
+            (0x15, 0, 1, pid),  # jeq #pid, drop, accept
+            (0x06, 0, 0, 0),  # drop
+            (0x06, 0, 0, 0xFFFFFFFF),  # accept
+        ))
+        code = ctypes.create_string_buffer(program)
+        fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(code))
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+    def recv_nowait(self) -> bytes | None:
+        """One pending message batch, or None when nothing is queued. Raises OSError(ENOBUFS)
+        when the kernel dropped notifications (the receive buffer overflowed): resync."""
+        try:
+            return self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
 
     def fileno(self) -> int:
         return self.sock.fileno()
