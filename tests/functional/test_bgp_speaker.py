@@ -317,3 +317,15 @@ def test_hung_exabgp_is_detected_and_restarted(pair, loop_thread):
                 os.kill(stopped, signal.SIGCONT)  # if it survived, let it die normally
             except ProcessLookupError:
                 pass
+
+
+def test_exabgp_runs_without_openssl_mapped(pair, loop_thread):
+    """Memory (issue 7): the speaker's ExaBGP runs through bgp/exabgp_main.py, which keeps ssl out
+    (asyncio would load OpenSSL: 4 MB per node) and still speaks BGP (the pair is Established)."""
+    lt = loop_thread
+    sa, _sb = pair("nossl")
+    wait_for(lambda: _up(lt, sa), 20, what="a's session Established")
+    pid = lt.call(lambda: sa.child_pid)
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "exabgp_main.py" in Path(f"/proc/{pid}/cmdline").read_text()
+    assert "libssl" not in maps and "_ssl" not in maps
