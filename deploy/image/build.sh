@@ -73,6 +73,8 @@ started=$SECONDS
 # Documentation, man pages and locales are of no use in the image; copyright files stay. The
 # build host's resolv.conf and hostname (mmdebstrap copies them in for apt and pip) do not stay:
 # a container engine provides both at run time.
+# The hooks' "$1" is the chroot's path, expanded by mmdebstrap's `sh -c`, not by us.
+# shellcheck disable=SC2016
 mmdebstrap --variant=minbase --include="$packages" \
     --aptopt='Acquire::Retries "3"' \
     --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -86,8 +88,10 @@ mmdebstrap --variant=minbase --include="$packages" \
     "$suite" "$tmp/rootfs.tar.gz" \
     "deb $mirror $suite main" "deb $mirror $suite-updates main" \
     "deb $security_mirror $suite-security main"
+# Into place by rename, so an interrupted build never leaves a truncated tarball to be reused.
 install -d -m 0755 "$out"
-install -m 0644 "$tmp/rootfs.tar.gz" "$out/rootfs.tar.gz"
+install -m 0644 "$tmp/rootfs.tar.gz" "$out/.rootfs.tar.gz.new"
+mv -f "$out/.rootfs.tar.gz.new" "$out/rootfs.tar.gz"
 install -m 0644 "$here/Containerfile" "$out/Containerfile"
 say "wrote $out/rootfs.tar.gz ($(du -h "$out/rootfs.tar.gz" | cut -f1), $((SECONDS - started))s)"
 
