@@ -19,13 +19,28 @@ Lessons from Felix's ``routetable/route_table.go``, each of which has bitten som
 
 Speed: "already as desired" is decided by comparing the dumped route's bytes with the bytes we would
 write (``rtnl.route_image``); only routes that differ are decoded into fields.
+
+Incremental mode (``RouteTable(incremental=True)``): instead of a dump per apply, a cache of our
+routes -- a full dump, then our own writes and the kernel's notifications of everyone else's changes
+(a second socket on RTNLGRP_IPV4_ROUTE and RTNLGRP_LINK; a BPF filter drops the echoes of our own
+writes) -- and ``apply`` diffs desired against it. A full dump is done at the first apply, after
+``resync()``, after ENOBUFS on the event socket, and whenever the notifications cannot say exactly
+what changed: another owner's route went away (which copy?), a route of ours changed while we were
+writing, a link went down or away while the cache holds gateway routes we wrote without a device
+(IPv4 sends no RTM_DELROUTE for the routes a link takes with it, and which link the kernel chose for
+those only a dump says). Otherwise a lost link just drops the cached routes through it. When someone else changes our routes, or a device a failing route
+waits for appears, the table tells the agent: ``drifted`` (an ``asyncio.Event``) is set and
+``on_drift()`` is called, on the event loop; ``apply`` clears ``drifted`` when it starts.
 """
 from __future__ import annotations
 
 import asyncio
 import errno
 import logging
+import socket
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -86,6 +101,11 @@ class _Snapshot:
     strays: list[bytes]  # second copies of ours at one dst (another metric/tos): never matchable
     foreign: dict[int, int]  # key -> proto of the other owner
     names: dict[int, str]  # ifindex -> name
+    up: set[int] = field(default_factory=set)  # ifindexes with IFF_UP
+
+    def copy(self) -> _Snapshot:
+        return _Snapshot(dict(self.ours), list(self.strays), dict(self.foreign), dict(self.names),
+                         set(self.up))
 
 
 class _Plan:
@@ -118,8 +138,10 @@ class RouteTable:
         table: int = 254,
         grace_period: float = CNI_GRACE_PERIOD,
         clock: Callable[[], float] = time.monotonic,
+        incremental: bool = False,
+        on_drift: Callable[[], None] | None = None,
     ) -> None:
-        self.netns, self.proto, self.table = netns, proto, table
+        self.netns, self.proto, self.table, self.incremental = netns, proto, table, incremental
         self._grace, self._clock = grace_period, clock
         self._sock: rtnl.RtnlSocket | None = None
         self._pyroute2 = None
@@ -131,12 +153,38 @@ class RouteTable:
         # Cumulative, for the status socket: an idle agent must not move them between resyncs.
         self.dumps = 0
         self.writes = 0
+        # Incremental mode: the cache and what feeds it (see the module docstring).
+        self.drifted = asyncio.Event()
+        self._on_drift = on_drift
+        self._events: rtnl.RtnlSocket | None = None
+        self._cache: _Snapshot | None = None
+        self._cache_lock = threading.Lock()  # the loop's event reader vs the apply thread
+        self._stale = True  # a full dump is needed before the next diff
+        self._dumping = self._writing = False
+        self._pending: deque[bytes] = deque()  # notifications read during a full dump
+        self._waiting_devs: set[str] = set()  # devices of routes that failed with ENODEV
+        self._blocked: set[int] = set()  # keys held by another owner's route
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
         # In a thread: entering the namespace is a per-thread setns, and the socket keeps it.
         self._sock = await asyncio.to_thread(rtnl.RtnlSocket, self.netns)
+        if self.incremental:
+            self._events = await asyncio.to_thread(
+                rtnl.RtnlSocket, self.netns, rtnl.RTMGRP_IPV4_ROUTE | rtnl.RTMGRP_LINK)
+            self._events.ignore_sender(self._sock.port_id)
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._events.fileno(), self._on_readable)
+
+    def resync(self) -> None:
+        """Make the next apply start from a full dump (incremental mode; e.g. on a timer)."""
+        self._stale = True
 
     async def close(self) -> None:
+        if self._events is not None:
+            self._loop.remove_reader(self._events.fileno())
+            self._events.close()
+            self._events = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -178,6 +226,7 @@ class RouteTable:
         an agent restart, until BGP has re-synced, so traffic keeps flowing).
         """
         async with self._lock:
+            self.drifted.clear()  # what drifted so far, this apply sees
             return await _in_thread(self._apply, desired, delete_unknown_gateway_routes)
 
     async def set_route(self, route: DesiredRoute) -> None:
@@ -188,14 +237,22 @@ class RouteTable:
     # -- the blocking halves (run in a thread, under the lock) ----------------------------------
 
     def _apply(self, desired: Mapping[IPv4Network, DesiredRoute], delete_gateway_routes: bool):
-        snap = self._snapshot()
+        snap = self._cached_snapshot() if self.incremental else self._snapshot()
         result, plan = ApplyResult(), _Plan()
-        for image in snap.strays:
-            plan.add("delete", rtnl.decode_route(image).key, image)
-        unwanted = self._diff(desired, snap, plan, result)
-        for key, image in self._stale(unwanted, snap.names, delete_gateway_routes, result):
-            plan.add("delete", key, image)  # the dumped route itself: the kernel matches it exactly
-        self._write(plan, result)
+        try:
+            for image in snap.strays:
+                plan.add("delete", rtnl.decode_route(image).key, image)
+            unwanted = self._diff(desired, snap, plan, result)
+            for key, image in self._unwanted(unwanted, snap.names, delete_gateway_routes, result):
+                plan.add("delete", key, image)  # the dumped route itself: the kernel matches it exactly
+            failed = self._write(plan, result)
+        except BaseException:
+            if self.incremental:
+                with self._cache_lock:
+                    self._writing, self._stale = False, True  # what was written is unknown
+            raise
+        if self.incremental:
+            self._commit(plan, failed)
         self._last_desired = self._desired_workloads
         self._note_failures(result.failed)
         self.writes += result.writes
@@ -210,6 +267,9 @@ class RouteTable:
         if failed:
             raise NetlinkError(failed[0].errno, failed[0].strerror)
         self.writes += 1
+        with self._cache_lock:
+            if self._cache is not None:
+                self._cache.ours[int(route.dst.network_address) << 8 | route.dst.prefixlen] = image
 
     def _kernel_routes(self) -> dict[IPv4Network, KernelRoute]:
         snap = self._snapshot()
@@ -220,7 +280,8 @@ class RouteTable:
 
     def _snapshot(self) -> _Snapshot:
         self.dumps += 1
-        names = self._sock.dump_links()
+        flags: dict[int, int] = {}
+        names = self._sock.dump_links(flags)
         dump = self._sock.dump_routes(self.table, self.proto)
         strays = []
         for image in dump.dups:  # rare: several routes of ours at one dst
@@ -228,7 +289,8 @@ class RouteTable:
             if _clean(route) and not _clean(first):  # the matchable copy is "ours"; the rest go
                 dump.ours[route.key], image = image, dump.ours[route.key]
             strays.append(image)
-        return _Snapshot(dump.ours, strays, dump.foreign, names)
+        up = {index for index, f in flags.items() if f & rtnl.IFF_UP}
+        return _Snapshot(dump.ours, strays, dump.foreign, names, up)
 
     # -- deciding ----------------------------------------------------------------------------
 
@@ -241,7 +303,7 @@ class RouteTable:
         routes they were half the time of a no-op resync.
         """
         ours, ifindex, shapes = snap.ours, {n: i for i, n in snap.names.items()}, {}
-        pop, workload = ours.pop, set()  # what stays in ``ours`` is not desired
+        pop, workload, waiting, blocked = ours.pop, set(), set(), set()  # ours: left = unwanted
         for want in desired.values():
             dst, gateway = want.dst, want.gateway
             address, plen = dst.network_address._ip, dst._prefixlen
@@ -267,15 +329,17 @@ class RouteTable:
             if key in snap.foreign:
                 result.failed[dst] = (
                     f"destination held by a route of proto {snap.foreign[key]} (not ours, left alone)")
+                blocked.add(key)
             elif image is None:
                 # Usual for a workload whose veth the CNI plugin has not made yet; retried next time.
                 result.failed[dst] = f"ENODEV: device {want.dev} does not exist"
+                waiting.add(want.dev)
             else:
                 plan.add("add" if have is None else "replace", key, image)
-        self._desired_workloads = workload
+        self._desired_workloads, self._waiting_devs, self._blocked = workload, waiting, blocked
         return ours
 
-    def _stale(self, unwanted: dict[int, bytes], names: dict[int, str], delete_gateway_routes: bool,
+    def _unwanted(self, unwanted: dict[int, bytes], names: dict[int, str], delete_gateway_routes: bool,
                result: ApplyResult) -> list[tuple[int, bytes]]:
         """(key, image) of our routes to delete among those not desired: strays always, the rest
         unless kept (gateway routes until BGP resynced; unknown workload routes in their grace)."""
@@ -313,6 +377,143 @@ class RouteTable:
                       extra={"dst": str(_network(key)), "dev": dev})
         return max(left, 0.0)
 
+    # -- the cache (incremental mode) -------------------------------------------------------------
+
+    def _cached_snapshot(self) -> _Snapshot:
+        """A private copy of the cache, brought up to date (a full dump if it cannot be trusted)."""
+        with self._cache_lock:
+            self._pump()  # everything that happened before this apply
+            dump = self._cache is None or self._stale
+            self._dumping = dump
+        if dump:
+            try:
+                fresh = self._snapshot()
+            finally:
+                with self._cache_lock:
+                    self._dumping = False
+            with self._cache_lock:
+                self._cache, self._stale = fresh, False
+                while self._pending:  # read during the dump: in order, on top of it
+                    self._on_buffer(self._pending.popleft())
+                self._pump()
+        with self._cache_lock:
+            self._writing = True
+            return self._cache.copy()
+
+    def _commit(self, plan: _Plan, failed: dict[int, rtnl.NetlinkFailure]) -> None:
+        """Our own writes into the cache (the kernel does not echo them to us)."""
+        with self._cache_lock:
+            ours, gone = self._cache.ours, set()
+            for i, (kind, key, image) in enumerate(zip(plan.kinds, plan.keys, plan.images)):
+                err = failed.get(i)
+                if err is not None and not (kind == "delete" and err.errno == errno.ESRCH):
+                    continue
+                if kind != "delete":
+                    ours[key] = image
+                elif ours.get(key) is image:
+                    del ours[key]
+                else:
+                    gone.add(id(image))
+            if gone:
+                self._cache.strays = [s for s in self._cache.strays if id(s) not in gone]
+            self._writing = False
+
+    def _on_readable(self) -> None:
+        """The event socket has notifications (on the loop): fold them in, tell the agent."""
+        with self._cache_lock:
+            drift = self._pump()
+        if drift:
+            self.drifted.set()
+            if self._on_drift is not None:
+                self._on_drift()
+
+    def _pump(self) -> bool:
+        """Read every queued notification (cache lock held); True if our routes drifted."""
+        drift = False
+        while self._events is not None:
+            try:
+                buf = self._events.recv_nowait()
+            except OSError as err:
+                if err.errno != errno.ENOBUFS:
+                    raise
+                log.warning("route notifications lost (ENOBUFS): full resync on the next apply")
+                self._stale = drift = True
+                continue
+            if buf is None:
+                break
+            if self._dumping:
+                self._pending.append(buf)
+            elif self._cache is not None:
+                drift |= self._on_buffer(buf)
+        return drift
+
+    def _on_buffer(self, buf: bytes) -> bool:
+        drift = False
+        for mtype, flags, msg in rtnl.parse_events(buf):
+            if mtype in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE) and msg[16] == socket.AF_INET:
+                route = rtnl.decode_route(msg[16:])
+                if route.table == self.table:
+                    drift |= self._on_route(mtype == rtnl.RTM_NEWROUTE, flags, route, msg[16:])
+            elif mtype in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK):
+                drift |= self._on_link(mtype == rtnl.RTM_NEWLINK, *rtnl.parse_link(msg, 0, len(msg)))
+        return drift
+
+    def _on_route(self, new: bool, flags: int, route: rtnl.Route, image: bytes) -> bool:
+        """Someone else added, replaced or deleted a route in our table; True if it touches ours."""
+        cache, key = self._cache, route.key
+        if route.proto == self.proto:
+            if self._writing or not _clean(route) or (
+                    new and key in cache.ours and not flags & rtnl.NLM_F_REPLACE):
+                self._stale = True  # racing our writes, or a second copy: ask the kernel
+            elif new:
+                cache.ours[key] = image
+            else:
+                cache.ours.pop(key, None)
+            return True
+        if new:
+            cache.foreign.setdefault(key, route.proto)
+            if key in cache.ours:  # beside ours, or in its place (a replace): ask the kernel
+                self._stale = True
+                return True
+            return False
+        self._stale = True  # one of possibly several copies went: which one, only a dump says
+        return key in self._blocked  # a destination we wait for may be free now
+
+    def _on_link(self, new: bool, index: int, ifi_flags: int, name: str) -> bool:
+        """A link appeared, changed or went; True if routes of ours went with it or may now work."""
+        cache = self._cache
+        was_up = index in cache.up
+        if new and ifi_flags & rtnl.IFF_UP:
+            cache.up.add(index)
+        else:
+            cache.up.discard(index)
+        old_name = cache.names.pop(index, None) if not new else cache.names.get(index)
+        if new:
+            cache.names[index] = name
+        if was_up and index not in cache.up:  # down or deleted: the kernel took its routes, silently
+            return self._lost_link(index)
+        came_up = not was_up and index in cache.up
+        return (name in self._waiting_devs and name != old_name) or (came_up and bool(self._failing))
+
+    def _lost_link(self, index: int) -> bool:
+        """Drop the cached routes through a link that went down or away; True if there were any.
+
+        Dumped images end with their RTA_OIF. A gateway route we wrote without a device has none
+        in the cache (the kernel chose it): then only a full dump can say whether it went too.
+        """
+        suffix, through, unresolved = rtnl.oif_attr(index), [], False
+        for key, image in self._cache.ours.items():
+            if image.endswith(suffix):
+                through.append(key)
+            elif image[7] == rtnl.RTN_UNICAST and image[-6:-4] != _OIF_TYPE:
+                unresolved = True
+        if unresolved:
+            self._stale = True
+            return True
+        for key in through:
+            del self._cache.ours[key]
+        return bool(through)
+
     # -- writing -----------------------------------------------------------------------------
 
     def _image(self, want: DesiredRoute, ifindex: dict[str, int]) -> bytes | None:
@@ -330,9 +531,9 @@ class RouteTable:
                       scope=rtnl.SCOPES[want.scope], onlink=want.onlink, oif=oif,
                       gateway=None if want.gateway is None else int(want.gateway))
 
-    def _write(self, plan: _Plan, result: ApplyResult) -> None:
+    def _write(self, plan: _Plan, result: ApplyResult) -> dict[int, rtnl.NetlinkFailure]:
         if not plan.kinds:
-            return
+            return {}
         failed = self._sock.write(zip(map(_CMD.__getitem__, plan.kinds), plan.images))
         counts = {"add": 0, "replace": 0, "delete": 0}
         for kind in plan.kinds:
@@ -348,6 +549,7 @@ class RouteTable:
         if log.isEnabledFor(logging.DEBUG):
             for kind, key in zip(plan.kinds, plan.keys):
                 log.debug("route %s", kind, extra={"dst": str(_network(key))})
+        return failed
 
     def _note_failures(self, failed: dict[IPv4Network, str]) -> None:
         """Warn once per new failure, note recoveries; repeats of a known failure stay quiet."""

@@ -152,6 +152,11 @@ def encode_route(cmd: int, seq: int, **route) -> bytes:
     return encode_request(cmd, seq, route_image(**route))
 
 
+def oif_attr(oif: int) -> bytes:
+    """RTA_OIF as it ends the image of a route through ``oif`` (kernel order: it comes last)."""
+    return _U32_ATTR.pack(8, RTA_OIF, oif)
+
+
 def encode_noop(seq: int) -> bytes:
     """The barrier: NLMSG_NOOP with NLM_F_ACK is answered (error 0) after everything sent before it."""
     return _HDR.pack(16, NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, seq, 0)
@@ -336,14 +341,15 @@ def parse_link(buf: bytes, off: int, length: int) -> tuple[int, int, str]:
 
 
 def parse_events(buf: bytes) -> Iterator[tuple[int, int, bytes]]:
-    """(nlmsg_type, nlmsg_flags, payload) of each message in a notification ``buf``; the payload of
-    an RTM_NEWROUTE/RTM_DELROUTE is a route image (``decode_route``)."""
+    """(nlmsg_type, nlmsg_flags, message) of each message in a notification ``buf``. The message
+    keeps its header: ``message[16:]`` of an RTM_NEWROUTE/RTM_DELROUTE is a route image
+    (``decode_route``); ``parse_link(message, 0, len(message))`` reads an RTM_NEWLINK/DELLINK."""
     off, size = 0, len(buf)
     while off + 16 <= size:
         length, mtype, flags = _HDR.unpack_from(buf, off)[:3]
         if length < 16:
             break
-        yield mtype, flags, bytes(buf[off + 16:off + length])
+        yield mtype, flags, bytes(buf[off:off + length])
         off += _align(length)
 
 
@@ -365,12 +371,12 @@ class RtnlSocket:
     ``groups``: a bitmask of RTMGRP_* for an event socket (then use ``recv`` only).
     """
 
-    def __init__(self, netns: str | None = None, groups: int = 0, rcvbuf: int = RCVBUF) -> None:
+    def __init__(self, netns: str | None = None, groups: int = 0, rcvbuf: int | None = None) -> None:
         with _entered(netns):
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                       NETLINK_ROUTE)
         try:
-            self._configure(groups, rcvbuf)
+            self._configure(groups, rcvbuf or RCVBUF)
         except BaseException:
             self.sock.close()
             raise

@@ -13,6 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from felix.calc import DesiredRoute, workload_route
+from felix import rtnl
 from felix.dataplane import PROTO, RouteTable, route_is_ours
 from felix.inspect import compare
 from tests.helpers import veth_between, wait_for
@@ -234,3 +235,143 @@ def test_route_is_ours_reads_the_proto_of_a_dumped_route(node):
     assert route_is_ours(by_dst[("10.244.1.0", 26)])
     assert not route_is_ours(by_dst[("10.244.6.0", 26)])
     assert route_is_ours(by_dst[("10.244.6.0", 26)], proto=4)
+
+
+# -- incremental mode: a cache fed by our writes and the kernel's notifications --------------------
+
+
+async def drift_seen(table: RouteTable, timeout: float = 5.0) -> bool:
+    """Let the loop read the notifications; True once the table said something drifted."""
+    try:
+        await asyncio.wait_for(table.drifted.wait(), timeout)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+def test_incremental_applies_diff_against_the_cache_without_dumping(node):
+    calls = []
+
+    async def scenario():
+        async with RouteTable(netns=node, incremental=True, on_drift=lambda: calls.append(1)) as table:
+            first = await table.apply(ALL)
+            again = await table.apply(ALL)
+            quiet = not await drift_seen(table, 0.3)  # our own writes are not echoed back to us
+            changed = await table.apply({BH.dst: BH, GW.dst: GW})
+            return first, again, changed, quiet, table.dumps
+
+    first, again, changed, quiet, dumps = run(scenario())
+    assert (first.added, again.writes, changed.deleted, changed.writes) == (3, 0, 1, 1)
+    assert quiet and calls == [] and dumps == 1
+    assert ours_in_kernel(node) == ["10.244.2.0/26 via 192.168.5.2 dev eth0", "blackhole 10.244.1.0/26"]
+
+
+def test_incremental_repairs_a_route_someone_else_deleted_or_replaced(node):
+    calls = []
+
+    async def scenario():
+        async with RouteTable(netns=node, incremental=True, on_drift=lambda: calls.append(1)) as table:
+            await table.apply(ALL)
+            ip(node, "route", "del", "10.244.2.0/26", "proto", str(PROTO))
+            deleted = await drift_seen(table)
+            repaired = await table.apply(ALL)
+            dumps_after_repair = table.dumps
+            ip(node, "route", "replace", "10.244.2.0/26", "via", "192.168.5.2", "proto", "static")
+            replaced = await drift_seen(table)
+            blocked = await table.apply(ALL)
+            return deleted, repaired, dumps_after_repair, replaced, blocked, table.dumps
+
+    deleted, repaired, dumps_after_repair, replaced, blocked, dumps = run(scenario())
+    assert deleted and (repaired.added, repaired.writes) == (1, 1) and dumps_after_repair == 1
+    assert replaced and len(calls) >= 2
+    assert list(blocked.failed) == [GW.dst] and "proto 4" in blocked.failed[GW.dst]
+    assert dumps == 2  # another owner took our place: the kernel is asked, once
+    assert "10.244.2.0/26 via 192.168.5.2 dev eth0 proto static" in ip(node, "route")
+
+
+def test_incremental_notices_routes_that_went_with_their_link(node):
+    run(apply_once(node, ALL))  # the cache then starts from a dump: it knows every route's device
+
+    async def scenario():
+        async with RouteTable(netns=node, incremental=True) as table:
+            adopted = await table.apply(ALL)
+            ip(node, "link", "del", CALI)  # its route goes with it, and no RTM_DELROUTE says so
+            workload_gone = await drift_seen(table)
+            without_wl = await table.apply(ALL)
+            ip(node, "link", "set", "eth0", "down")
+            eth0_down = await drift_seen(table)
+            down = await table.apply(ALL)
+            ip(node, "link", "set", "eth0", "up")
+            eth0_up = await drift_seen(table)  # a failing route may work now
+            up = await table.apply(ALL)
+            return adopted, workload_gone, without_wl, eth0_down, down, eth0_up, up, table.dumps
+
+    adopted, workload_gone, without_wl, eth0_down, down, eth0_up, up, dumps = run(scenario())
+    assert adopted.writes == 0
+    assert workload_gone and list(without_wl.failed) == [WL.dst]
+    assert without_wl.failed[WL.dst].startswith("ENODEV")
+    assert eth0_down and set(down.failed) == {WL.dst, GW.dst}
+    assert down.failed[GW.dst].startswith("ENETUNREACH")
+    assert eth0_up and (up.added, list(up.failed)) == (1, [WL.dst])
+    assert dumps == 1  # the notifications said exactly which routes went
+    assert ours_in_kernel(node) == ["10.244.2.0/26 via 192.168.5.2 dev eth0", "blackhole 10.244.1.0/26"]
+
+
+def test_incremental_dumps_when_a_lost_link_may_have_carried_gateway_routes_we_wrote(node):
+    async def scenario():
+        async with RouteTable(netns=node, incremental=True) as table:
+            await table.apply(ALL)  # GW written without a device: which one the kernel chose, unknown
+            ip(node, "link", "set", "eth0", "down")
+            eth0_down = await drift_seen(table)
+            down = await table.apply(ALL)
+            return eth0_down, down, table.dumps
+
+    eth0_down, down, dumps = run(scenario())
+    assert eth0_down and dumps == 2 and list(down.failed) == [GW.dst]
+
+
+def test_incremental_resyncs_after_lost_notifications_and_when_asked(node, monkeypatch):
+    monkeypatch.setattr(rtnl, "RCVBUF", 4096)  # tiny: a burst of notifications overflows it
+
+    async def scenario():
+        async with RouteTable(netns=node, incremental=True) as table:
+            await table.apply(ALL)
+            batch = "".join(f"route add 10.98.{i // 256}.{i % 256}/32 dev eth0 proto static\n"
+                            for i in range(500))
+            subprocess.run(["ip", "-n", node, "-batch", "-"], input=batch, text=True, check=True)
+            ip(node, "route", "del", "10.244.1.0/26", "proto", str(PROTO))
+            lost = await drift_seen(table)
+            after_loss = await table.apply(ALL)
+            dumps_after_loss = table.dumps
+            table.resync()
+            asked = await table.apply(ALL)
+            return lost, after_loss, dumps_after_loss, asked, table.dumps
+
+    lost, after_loss, dumps_after_loss, asked, dumps = run(scenario())
+    assert lost and (after_loss.added, after_loss.writes) == (1, 1) and dumps_after_loss == 2
+    assert asked.writes == 0 and dumps == 3
+
+
+def test_incremental_cni_route_gets_grace_and_a_device_appearing_wakes_the_agent(node):
+    late = workload_route(A("10.244.1.7"), "cali00000000001", "default/late")
+    now = [100.0]
+
+    async def scenario():
+        async with RouteTable(netns=node, incremental=True, clock=lambda: now[0]) as table:
+            missing = await table.apply({late.dst: late})
+            ip(node, "link", "add", "cali00000000001", "type", "veth", "peer", "name", "wl1")
+            appeared = await drift_seen(table)
+            ip(node, "link", "set", "cali00000000001", "up")
+            ip(node, "link", "set", "wl1", "up")
+            added = await table.apply({late.dst: late})
+            await table.set_route(WL)  # the CNI plugin's, before its workload reached the agent
+            kept = await table.apply({late.dst: late})
+            now[0] += 11
+            swept = await table.apply({late.dst: late})
+            return missing, appeared, added, kept, swept, table.dumps
+
+    missing, appeared, added, kept, swept, dumps = run(scenario())
+    assert list(missing.failed) == [late.dst] and appeared and added.added == 1
+    assert (kept.writes, kept.recheck_after) == (0, 10.0)
+    assert swept.deleted == 1 and dumps == 1
+    assert ours_in_kernel(node) == ["10.244.1.7 dev cali00000000001 scope link"]
