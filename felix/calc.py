@@ -8,7 +8,15 @@ Rules (Calico's, see CALICO-REFERENCE.md "Routes Felix and BIRD write"):
 - every learned BGP route: ``<prefix> via <gateway>`` (no dev: the kernel resolves the next hop),
   unless the prefix is not inside any pool (import filter) or is equal to or inside one of our own
   blocks (ours wins);
-- workloads of other nodes produce nothing (their blocks arrive as learned routes).
+- workloads of other nodes produce nothing (their blocks arrive as learned routes, or from affinities);
+- encapsulation per pool (``PoolEncap``; Calico's ``ipipMode`` / ``vxlanMode``): a learned route in an
+  IPIP pool goes ``via <gw> dev tunl0 onlink`` (CrossSubnet: only when the gateway is outside our
+  subnet); VXLAN pools ignore learned routes: every remote block affine to a node becomes
+  ``<block> via <its VTEP> dev vxlan.calico onlink`` (CrossSubnet: ``via <its IP>`` inside our
+  subnet), from the datastore's affinities as Calico does. A node without a VTEP yet gets no route
+  (``unroutable`` says why) rather than a broken one. Without BGP (``bgp=False``: Calico's
+  ``CALICO_NETWORKING_BACKEND`` none / vxlan) every remote block comes from its affinity: direct
+  ``via <node IP>`` (flannel's host-gw), or the pool's tunnel.
 
 Conflicts are resolved by value, never by input order, so the result is a function of the *set* of
 inputs: a local workload beats a blackhole beats a learned route on the same destination; between
@@ -18,11 +26,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from types import MappingProxyType
 
 PROTO = 80
 """Route protocol number on every route we write (Felix's own number); ``route_is_ours`` tests it."""
+
+NEVER, ALWAYS, CROSS_SUBNET = "Never", "Always", "CrossSubnet"
+VXLAN_DEV, IPIP_DEV = "vxlan.calico", "tunl0"
 
 TYPES = frozenset({"unicast", "blackhole"})
 SCOPES = frozenset({"link", "universe"})
@@ -56,12 +67,35 @@ class RemoteRoute:
 
 
 @dataclass(frozen=True)
+class PoolEncap:
+    """A pool's encapsulation (``ipipMode`` / ``vxlanMode``: Never | Always | CrossSubnet)."""
+
+    cidr: IPv4Network
+    ipip: str = NEVER
+    vxlan: str = NEVER
+
+
+@dataclass(frozen=True)
+class Host:
+    """A node's addresses as the routes need them: its IP with prefix (CrossSubnet compares
+    subnets) and its VXLAN tunnel endpoint (address and MAC), once it has one."""
+
+    name: str
+    ip: IPv4Interface | None
+    vtep_ip: IPv4Address | None = None
+    vtep_mac: str | None = None
+
+
+@dataclass(frozen=True)
 class CalcInput:
     node: str
     pools: frozenset[IPv4Network]
     blocks: frozenset[Block]
     workloads: frozenset[Workload]
     learned: frozenset[RemoteRoute]
+    encap: frozenset[PoolEncap] = frozenset()  # a pool missing here is Never / Never
+    hosts: frozenset[Host] = frozenset()
+    bgp: bool = True  # False: no BGP (backend none / vxlan), remote blocks from affinities
 
 
 @dataclass(frozen=True)
@@ -84,12 +118,80 @@ class DesiredRoute:
 def desired_routes(inp: CalcInput) -> Mapping[IPv4Network, DesiredRoute]:
     """The routes this node should have, keyed by destination (read-only mapping, sorted by dst)."""
     own_blocks = [b.cidr for b in inp.blocks if b.node == inp.node]
+    ctx = _Context(inp)
     routes: dict[IPv4Network, DesiredRoute] = {}
     # Lowest precedence first; a later layer overwrites an earlier one on the same dst.
-    _merge(routes, _learned_routes(inp.learned, inp.pools, own_blocks))
+    _merge(routes, _learned_routes(inp.learned, inp.pools, own_blocks, ctx))
+    _merge(routes, ctx.affinity_routes())
     _merge(routes, _blackhole_routes(own_blocks))
     _merge(routes, _workload_routes(inp.workloads, inp.node))
     return MappingProxyType(dict(sorted(routes.items())))
+
+
+def unroutable(inp: CalcInput) -> dict[IPv4Network, str]:
+    """Remote blocks that should be routed from their affinity but cannot be yet, and why (e.g. a
+    node without a VTEP MAC): shown by ``node routes``, retried when the Node changes."""
+    ctx = _Context(inp)
+    ctx.affinity_routes()
+    return dict(sorted(ctx.problems.items()))
+
+
+class _Context:
+    """Pools, hosts and our own subnet, indexed once per calculation."""
+
+    def __init__(self, inp: CalcInput) -> None:
+        self.inp = inp
+        self.encap = {p.cidr: p for p in inp.encap}
+        self.hosts = {h.name: h for h in inp.hosts}
+        me = self.hosts.get(inp.node)
+        self.subnet = me.ip.network if me is not None and me.ip is not None else None
+        self.problems: dict[IPv4Network, str] = {}
+
+    def pool_of(self, prefix: IPv4Network) -> PoolEncap:
+        for cidr in self.inp.pools:
+            if prefix.subnet_of(cidr):
+                return self.encap.get(cidr, PoolEncap(cidr))
+        return PoolEncap(prefix)
+
+    def same_subnet(self, ip: IPv4Address) -> bool:
+        return self.subnet is not None and ip in self.subnet
+
+    def tunnelled(self, mode: str, ip: IPv4Address) -> bool:
+        return mode == ALWAYS or (mode == CROSS_SUBNET and not self.same_subnet(ip))
+
+    def affinity_routes(self) -> list[DesiredRoute]:
+        out = []
+        remote = _first_per_key((b for b in self.inp.blocks if b.node != self.inp.node),
+                                key=lambda b: b.cidr, order=lambda b: b.node)
+        for block in sorted(remote, key=lambda b: b.cidr):
+            if not any(block.cidr.subnet_of(p) for p in self.inp.pools):
+                continue  # outside every pool: never routed (the import filter's rule)
+            route = self._affinity_route(block, self.pool_of(block.cidr))
+            if route is not None:
+                out.append(route)
+        return out
+
+    def _affinity_route(self, block: Block, pool: PoolEncap) -> DesiredRoute | None:
+        if pool.vxlan == NEVER and self.inp.bgp:
+            return None  # BGP brings it
+        host = self.hosts.get(block.node)
+        if host is None or host.ip is None:
+            self.problems[block.cidr] = f"node {block.node} has no IPv4 address yet"
+            return None
+        node_ip = host.ip.ip
+        if pool.vxlan != NEVER and self.tunnelled(pool.vxlan, node_ip):
+            if host.vtep_ip is None or host.vtep_mac is None:
+                self.problems[block.cidr] = f"node {block.node} has no VXLAN tunnel address and MAC yet"
+                return None
+            return _via(block.cidr, host.vtep_ip, VXLAN_DEV, f"vxlan to {block.node}")
+        if pool.vxlan == NEVER and pool.ipip != NEVER and self.tunnelled(pool.ipip, node_ip):
+            return _via(block.cidr, node_ip, IPIP_DEV, f"ipip to {block.node}")
+        return _via(block.cidr, node_ip, None, f"direct to {block.node} (block affinity)")
+
+
+def _via(dst: IPv4Network, gateway: IPv4Address, tunnel: str | None, reason: str) -> DesiredRoute:
+    return DesiredRoute(dst=dst, type="unicast", dev=tunnel, gateway=gateway, scope="universe",
+                        reason=reason, onlink=tunnel is not None)
 
 
 def _merge(routes: dict[IPv4Network, DesiredRoute], layer: Iterable[DesiredRoute]) -> None:
@@ -128,17 +230,20 @@ def _learned_routes(
     learned: Iterable[RemoteRoute],
     pools: frozenset[IPv4Network],
     own_blocks: list[IPv4Network],
+    ctx: _Context,
 ) -> list[DesiredRoute]:
     accepted = [r for r in learned if _importable(r.prefix, pools, own_blocks)]
     # Several peers may send one prefix; bgp/rib picks best paths, here we only need determinism.
     winners = _first_per_key(accepted, key=lambda r: r.prefix, order=lambda r: (r.gateway, r.source))
-    return [
-        DesiredRoute(
-            dst=r.prefix, type="unicast", dev=None, gateway=r.gateway, scope="universe",
-            reason=f"learned from {r.source}",
-        )
-        for r in winners
-    ]
+    out = []
+    for r in winners:
+        pool = ctx.pool_of(r.prefix)
+        if pool.vxlan != NEVER:
+            continue  # VXLAN pools are routed from affinities, never from BGP (Calico's rule)
+        tunnel = IPIP_DEV if pool.ipip != NEVER and ctx.tunnelled(pool.ipip, r.gateway) else None
+        out.append(_via(r.prefix, r.gateway, tunnel, f"learned from {r.source}"
+                        + (" (ipip)" if tunnel else "")))
+    return out
 
 
 def _importable(

@@ -14,7 +14,7 @@ from bgp.peers import BGPGlobal, NodeInfo
 from crds import BGPConfiguration, IPAMBlock, IPPool, Node, Resource, WorkloadEndpoint
 from crds.duration import parse_duration
 from datastore.syncer import Connection, InSync, Update
-from felix.calc import Block, CalcInput, RemoteRoute, Workload
+from felix.calc import Block, CalcInput, Host, PoolEncap, RemoteRoute, Workload
 
 WATCHED_KINDS = ("IPPool", "BGPConfiguration", "Node", "WorkloadEndpoint", "IPAMBlock")
 
@@ -111,7 +111,29 @@ def local_workloads(state: ClusterState, node: str) -> frozenset[Workload]:
     return frozenset(out)
 
 
-def calc_input(state: ClusterState, node: str, learned: Iterable) -> CalcInput:
+def pool_encaps(state: ClusterState) -> frozenset[PoolEncap]:
+    return frozenset(PoolEncap(p.spec.network, p.spec.ipip_mode, p.spec.vxlan_mode)
+                     for p in ipv4_pools(state))
+
+
+def hosts(state: ClusterState) -> frozenset[Host]:
+    """Every node's IPv4 address (with prefix) and VXLAN tunnel endpoint, as far as known."""
+    out = set()
+    for n in state.of_kind(Node):
+        info = node_info(n)
+        vtep = n.spec.ipv4_vxlan_tunnel_addr
+        out.add(Host(name=n.name, ip=info.ipv4,
+                     vtep_ip=ipaddress.IPv4Address(vtep) if vtep else None,
+                     vtep_mac=n.spec.vxlan_tunnel_mac_addr or None))
+    return frozenset(out)
+
+
+def nat_pools(state: ClusterState) -> list[tuple[IPv4Network, bool]]:
+    """(cidr, natOutgoing) of every pool, disabled ones included (their pods still exist)."""
+    return [(p.spec.network, p.spec.nat_outgoing) for p in state.of_kind(IPPool)]
+
+
+def calc_input(state: ClusterState, node: str, learned: Iterable, *, bgp: bool = True) -> CalcInput:
     """``learned``: bgp.rib.LearnedRoute values (prefix, nexthop, peer)."""
     blocks = frozenset(Block(cidr=b.spec.network, node=b.spec.affine_node)
                        for b in state.of_kind(IPAMBlock)
@@ -119,4 +141,5 @@ def calc_input(state: ClusterState, node: str, learned: Iterable) -> CalcInput:
     remote = frozenset(RemoteRoute(prefix=r.prefix, gateway=r.nexthop, source=str(r.peer))
                        for r in learned)
     return CalcInput(node=node, pools=pool_cidrs(state), blocks=blocks,
-                     workloads=local_workloads(state, node), learned=remote)
+                     workloads=local_workloads(state, node), learned=remote,
+                     encap=pool_encaps(state), hosts=hosts(state), bgp=bgp)
