@@ -10,10 +10,13 @@ Measured, each once:
 - install into an empty table: ``RouteTable.apply(desired)`` vs ``ip -batch`` of ``route replace``;
 - no-op: ``apply`` of the same desired (a full dump and diff; its writes must be 0) vs
   ``ip route show`` to /dev/null on the same number of routes, best of 3 each;
-- delete all: ``apply({})`` vs ``ip -batch`` of ``route del``.
+- delete all: ``apply({})`` vs ``ip -batch`` of ``route del``;
+- the incremental mode (``RouteTable(incremental=True)``) on the installed routes: its first apply
+  adopts them (one dump, no writes), then a no-op apply diffs against the cache (no dump).
 
 JSON keys: routes, install_s, install_ip_batch_s, ratio_install_vs_ip_batch, noop_s, noop_ip_show_s,
-ratio_noop_vs_ip_show, noop_writes, delete_s, delete_ip_batch_s, ratio_delete_vs_ip_batch,
+ratio_noop_vs_ip_show, noop_writes, adopt_incremental_s, adopt_incremental_writes,
+noop_incremental_s, noop_incremental_writes, noop_incremental_dumps, delete_s, delete_ip_batch_s, ratio_delete_vs_ip_batch,
 peak_rss_mb (VmHWM of this process, read before plotting; ``ip`` runs as a child and is not in it),
 rss_before_desired_mb / rss_with_desired_mb (VmRSS before and after building the desired routes:
 100k ``DesiredRoute`` with their ``IPv4Network`` keys are the caller's, ~40 MB of it),
@@ -92,6 +95,7 @@ async def through_route_table(ns: str, desired) -> dict:
         install_s, installed = await timed(table.apply(desired))
         noop_s, noop = min([await timed(table.apply(desired)) for _ in range(REPEAT)],
                            key=lambda pair: pair[0])
+        incremental = await through_cache(ns, desired)
         delete_s, deleted = await timed(table.apply({}))
     for name, res in (("install", installed), ("noop", noop), ("delete", deleted)):
         if res.failed:
@@ -99,7 +103,19 @@ async def through_route_table(ns: str, desired) -> dict:
     if installed.added != len(desired) or deleted.deleted != len(desired):
         raise SystemExit(f"bad counts: install {installed}, delete {deleted.deleted}")
     return {"install_s": round(install_s, 3), "noop_s": round(noop_s, 3),
-            "noop_writes": noop.writes, "delete_s": round(delete_s, 3)}
+            "noop_writes": noop.writes, "delete_s": round(delete_s, 3), **incremental}
+
+
+async def through_cache(ns: str, desired) -> dict:
+    """The incremental mode's no-op: its first apply adopts (one dump), the next use the cache."""
+    async with RouteTable(netns=ns, incremental=True) as table:
+        adopt_s, adopted = await timed(table.apply(desired))
+        dumps = table.dumps
+        noop_s, noop = min([await timed(table.apply(desired)) for _ in range(REPEAT)],
+                           key=lambda pair: pair[0])
+        return {"adopt_incremental_s": round(adopt_s, 3), "adopt_incremental_writes": adopted.writes,
+                "noop_incremental_s": round(noop_s, 3), "noop_incremental_writes": noop.writes,
+                "noop_incremental_dumps": table.dumps - dumps}
 
 
 async def timed(coro):

@@ -109,18 +109,25 @@ class _Snapshot:
 
 
 class _Plan:
-    """The writes of one apply, in order (deletes first), as parallel lists: kinds[i] is "delete",
-    "add" or "replace", keys[i] the destination's key, images[i] the request's body."""
+    """The writes of one apply as parallel lists (kinds[i] "delete", "add" or "replace", keys[i]
+    the destination's key, images[i] the request's body), deletes kept apart so they go first."""
 
     def __init__(self) -> None:
         self.kinds: list[str] = []
         self.keys: list[int] = []
         self.images: list[bytes] = []
+        self._deletes: tuple[list[str], list[int], list[bytes]] = ([], [], [])
 
     def add(self, kind: str, key: int, image: bytes) -> None:
-        self.kinds.append(kind)
-        self.keys.append(key)
-        self.images.append(image)
+        lists = self._deletes if kind == "delete" else (self.kinds, self.keys, self.images)
+        for column, value in zip(lists, (kind, key, image)):
+            column.append(value)
+
+    def deletes_first(self) -> None:
+        """Put the deletes in front, in the order they were planned; call once, before writing."""
+        self.kinds, self.keys, self.images = (
+            first + then for first, then in zip(self._deletes, (self.kinds, self.keys, self.images)))
+        self._deletes = ([], [], [])
 
 
 class RouteTable:
@@ -245,6 +252,7 @@ class RouteTable:
             unwanted = self._diff(desired, snap, plan, result)
             for key, image in self._unwanted(unwanted, snap.names, delete_gateway_routes, result):
                 plan.add("delete", key, image)  # the dumped route itself: the kernel matches it exactly
+            plan.deletes_first()
             failed = self._write(plan, result)
         except BaseException:
             if self.incremental:
@@ -421,7 +429,11 @@ class RouteTable:
     def _on_readable(self) -> None:
         """The event socket has notifications (on the loop): fold them in, tell the agent."""
         with self._cache_lock:
-            drift = self._pump()
+            try:
+                drift = self._pump()
+            except OSError as err:  # not ENOBUFS (handled): still, the cache can no longer be trusted
+                log.error("reading route notifications failed: %s; full resync next", err)
+                self._stale = drift = True
         if drift:
             self.drifted.set()
             if self._on_drift is not None:

@@ -258,3 +258,13 @@ def test_link_dump_parser():
     assert rtnl.parse_link_dump(link(1, "lo", 9) + link(7, "cali0123456789a", 0), names, flags) is False
     assert rtnl.parse_link_dump(DONE, names) is True
     assert names == {1: "lo", 7: "cali0123456789a"} and flags == {1: 9, 7: 0}
+
+
+def test_notifications_keep_their_header_and_route_images_end_with_their_oif():
+    new = pyroute2_route("10.244.1.0", 26, gateway="192.168.5.2", oif=3)
+    gone = bytearray(pyroute2_route("10.244.1.5", 32, oif=7, scope=rtnl.RT_SCOPE_LINK))
+    struct.pack_into("=HH", gone, 4, rtnl.RTM_DELROUTE, 0)
+    events = list(rtnl.parse_events(new + bytes(gone)))
+    assert [(t, f) for t, f, _ in events] == [(rtnl.RTM_NEWROUTE, rtnl.NLM_F_MULTI), (rtnl.RTM_DELROUTE, 0)]
+    assert [rtnl.decode_route(m[16:]).oif for _, _, m in events] == [3, 7]
+    assert events[0][2][16:].endswith(rtnl.oif_attr(3)) and events[1][2][16:].endswith(rtnl.oif_attr(7))
