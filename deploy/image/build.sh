@@ -68,6 +68,7 @@ wheel=$(cd "$tmp/stage" && ls pycalico-"$version"-*.whl)
     || say "no pins from $PYTHON's environment: taking the newest versions setup.cfg allows"
 chmod 0644 "$tmp/stage"/*
 
+constraints=/tmp/stage/constraints.txt  # as the chroot sees it
 say "rootfs: Debian $suite minbase + $packages + /opt/pycalico"
 started=$SECONDS
 # Documentation, man pages and locales are of no use in the image; copyright files stay. The
@@ -82,7 +83,7 @@ mmdebstrap --variant=minbase --include="$packages" \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --customize-hook="copy-in '$tmp/stage' /tmp" \
-    --customize-hook="'$here/customize-rootfs.sh' \"\$1\" /tmp/stage/$wheel /tmp/stage/constraints.txt" \
+    --customize-hook="'$here/customize-rootfs.sh' \"\$1\" /tmp/stage/$wheel $constraints" \
     --customize-hook='rm -rf "$1/tmp/stage"' \
     --customize-hook='rm -f "$1/etc/resolv.conf" "$1/etc/hostname"' \
     "$suite" "$tmp/rootfs.tar.gz" \

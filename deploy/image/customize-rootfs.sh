@@ -33,5 +33,6 @@ for script in "$rootfs$venv"/bin/pycalico*; do
     ln -sfn "$venv/bin/$name" "$rootfs/usr/local/bin/$name"
 done
 # What the image holds, for anyone who asks it (`cat /opt/pycalico/requirements.txt`).
-chroot "$rootfs" env -i "$venv/bin/pip" freeze --disable-pip-version-check >"$rootfs$venv/requirements.txt"
+chroot "$rootfs" env -i "$venv/bin/pip" freeze --disable-pip-version-check \
+    >"$rootfs$venv/requirements.txt"
 chmod 0644 "$rootfs$venv/requirements.txt"

@@ -193,7 +193,8 @@ def test_image_runs_the_manifests_commands():
     """The tag we build is the one the manifest runs, and both containers run our scripts."""
     pod = find(documents(), "DaemonSet", "pycalico-node")["spec"]["template"]["spec"]
     containers = pod["initContainers"] + pod["containers"]
-    assert {c["image"] for c in containers} == {f"pycalico/node:{importlib.metadata.version('pycalico')}"}
+    version = importlib.metadata.version("pycalico")
+    assert {c["image"] for c in containers} == {f"pycalico/node:{version}"}
     assert [c["command"] for c in containers] == [["pycalico-install-cni"], ["pycalico-node"]]
 
 
@@ -223,7 +224,8 @@ def test_install_cni_puts_the_thin_plugin_and_conflist_on_the_host(run_image, ho
     conf = json.loads((net_dir / CONFLIST_NAME).read_text())
     plugin = conf["plugins"][0]
     assert (plugin["type"], plugin["nodename"], plugin["mtu"]) == ("pycalico-cni", "node-a", 1440)
-    # The path the plugin reads on the host: the manifest mounts the host's directory at its own path.
+    # The path the plugin reads on the host: the manifest mounts each host directory at its own
+    # path, so the container's path is the host's.
     assert plugin["kubernetes"]["kubeconfig"] == f"{env['CNI_NET_DIR']}/{KUBECONFIG_NAME}"
     assert json.loads((net_dir / KUBECONFIG_NAME).read_text())["users"][0]["user"]["token"] \
         == "sa-token"
