@@ -9,9 +9,10 @@ Lessons from Felix's ``routetable/route_table.go``, each of which has bitten som
   so even a bug in the diff cannot make the kernel remove another owner's route.
 - A destination held by a route of another proto is left alone: ``replace`` would overwrite it, so we
   report it in ``ApplyResult.failed`` instead and retry on the next apply (it may go away).
-- Every apply starts from a full dump (the kernel sends no RTM_DELROUTE for routes removed with their
-  link, so a cache drifts). Deletes first, then ``replace``. Identical => zero writes: a restarted
-  agent adopts its routes without a flap.
+- By default every apply starts from a full dump (the kernel sends no RTM_DELROUTE for routes removed
+  with their link, so a naive cache drifts; the incremental mode below copes with that). Deletes
+  first, then ``replace``. Identical => zero writes: a restarted agent adopts its routes without a
+  flap.
 - A failure on one route (device not there yet, gateway unreachable) is recorded and the rest go on;
   nothing is remembered as "done", so the next apply retries exactly what still differs.
 - A route of ours on a ``cali*`` device that we did not ask for may be the CNI plugin's, written
@@ -135,6 +136,14 @@ class RouteTable:
 
     ``netns`` given: work inside that named namespace (tests, the lab). ``None``: the current one
     (the agent runs inside its node's namespace).
+
+    ``incremental=True``: keep a cache of our routes (module docstring) instead of a dump per apply.
+    The owner then calls ``resync()`` on its resync timer, and re-applies when told that something
+    drifted: ``on_drift`` is called (on the event loop, from the notification reader; never while
+    an apply of its own is running its writes) and ``drifted`` is set. For the agent::
+
+        RouteTable(proto=p, incremental=True, on_drift=lambda: self._request("drift"))
+        ...  # and on the periodic resync: self.routes.resync() before the apply
     """
 
     def __init__(
@@ -176,12 +185,18 @@ class RouteTable:
     async def open(self) -> None:
         # In a thread: entering the namespace is a per-thread setns, and the socket keeps it.
         self._sock = await asyncio.to_thread(rtnl.RtnlSocket, self.netns)
-        if self.incremental:
+        if not self.incremental:
+            return
+        try:
+            # Subscribed before the first dump, so nothing between the two is missed.
             self._events = await asyncio.to_thread(
                 rtnl.RtnlSocket, self.netns, rtnl.RTMGRP_IPV4_ROUTE | rtnl.RTMGRP_LINK)
             self._events.ignore_sender(self._sock.port_id)
             self._loop = asyncio.get_running_loop()
             self._loop.add_reader(self._events.fileno(), self._on_readable)
+        except BaseException:
+            await self.close()
+            raise
 
     def resync(self) -> None:
         """Make the next apply start from a full dump (incremental mode; e.g. on a timer)."""
@@ -189,7 +204,8 @@ class RouteTable:
 
     async def close(self) -> None:
         if self._events is not None:
-            self._loop.remove_reader(self._events.fileno())
+            if self._loop is not None:
+                self._loop.remove_reader(self._events.fileno())
             self._events.close()
             self._events = None
         if self._sock is not None:
