@@ -8,6 +8,7 @@ routes in place, so traffic keeps flowing while it restarts; the next agent adop
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import asyncio
 import ipaddress
 import itertools
@@ -35,8 +36,9 @@ from datastore.base import AlreadyExists, Conflict, Datastore, NotFound, Unavail
 from datastore.syncer import Connection, Syncer, is_fatal
 from felix import cluster, logs
 from felix.autodetect import detect
-from felix.calc import PROTO, desired_routes
+from felix.calc import PROTO, desired_routes, unroutable
 from felix.dataplane import RouteTable
+from felix.encap import Encap
 from felix.health import HEALTH_PORT, METRICS_PORT, AgentHealth, HealthServer
 from felix.metrics import count_route_kinds
 from felix.inspect import compare
@@ -52,6 +54,9 @@ COALESCE = 0.05  # let a burst of events land before reconciling once
 CAUSES = ("event", "retry", "resync")
 
 
+NETWORKING_BACKENDS = ("bird", "vxlan", "none")
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     node: str
@@ -65,6 +70,7 @@ class AgentConfig:
     health_port: int | None = HEALTH_PORT  # FELIX_HEALTHPORT; None: off
     metrics_host: str = "0.0.0.0"  # FELIX_PROMETHEUSMETRICSHOST
     metrics_port: int | None = None  # FELIX_PROMETHEUSMETRICSPORT when ...ENABLED (Felix: off)
+    bgp: bool = True  # CALICO_NETWORKING_BACKEND: bird (BGP on), vxlan / none (routes from affinities)
 
 
 class Backoff:
@@ -87,6 +93,9 @@ class Agent:
         self.cfg, self.ds = cfg, ds
         self.state = cluster.ClusterState()
         self.routes = RouteTable(proto=cfg.route_proto)
+        self.encap = Encap(ds, cfg.node)  # tunnels and NAT, applied before the routes
+        self._encap_problems: dict[str, str] = {}
+        self._unroutable: dict = {}
         self.speaker: Speaker | None = None
         self._wake = asyncio.Event()
         self._causes: set[str] = set()
@@ -118,6 +127,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         await self.routes.open()
+        await self.encap.open()
         await self._status.start()
         await self.health.start()  # probes answer "datastore connecting" until in sync
         await self.cni.start()
@@ -143,6 +153,7 @@ class Agent:
         await self.cni.stop()
         await self.health.stop()
         await self.routes.close()
+        await self.encap.close()
         self.ds.close()
 
     def _die(self, exc: BaseException) -> None:
@@ -225,17 +236,26 @@ class Agent:
             log.warning("own Node resource missing or without ipv4Address; waiting",
                         extra={"node": node})
             return
-        speaker = self.speaker or await self._start_speaker(me.asn or glob.asn, glob.listen_port)
-        await speaker.set_peers(mesh_peers(me, infos, glob))
-        speaker.set_import_filter(cluster.pool_cidrs(self.state),
-                                  cluster.local_blocks(self.state, node))
-        await speaker.set_advertisements(cluster.export_prefixes(self.state, node))
-        inp = cluster.calc_input(self.state, node, speaker.learned_routes())
+        learned, bgp_in_sync = [], True
+        if self.cfg.bgp:
+            speaker = self.speaker or await self._start_speaker(me.asn or glob.asn, glob.listen_port)
+            await speaker.set_peers(mesh_peers(me, infos, glob))
+            speaker.set_import_filter(cluster.pool_cidrs(self.state),
+                                      cluster.local_blocks(self.state, node))
+            await speaker.set_advertisements(cluster.export_prefixes(self.state, node))
+            learned, bgp_in_sync = speaker.learned_routes(), speaker.routes_in_sync
+        # Tunnel devices and NAT first: a VXLAN route needs vxlan.calico to exist.
+        encap = await self.encap.apply(self.state, me.ipv4)
+        if encap.problems != self._encap_problems:
+            for why in encap.problems.values():
+                log.warning("encapsulation not ready: %s", why)
+        self._encap_problems = encap.problems
+        inp = cluster.calc_input(self.state, node, learned, bgp=self.cfg.bgp)
         self._desired = dict(desired_routes(inp))
+        self._unroutable = unroutable(inp)
         # Until BGP has re-synced after a restart, learned routes we no longer know are kept (the
         # speaker tells us when it is in sync: it notifies, and we come back here).
-        result = await self.routes.apply(
-            self._desired, delete_unknown_gateway_routes=speaker.routes_in_sync)
+        result = await self.routes.apply(self._desired, delete_unknown_gateway_routes=bgp_in_sync)
         self._schedule_route_retries(result)
 
     def _schedule_route_retries(self, result) -> None:
@@ -274,7 +294,7 @@ class Agent:
         sp = self.speaker
         return AgentHealth(
             loop_tick=self._tick, datastore_in_sync=self.state.in_sync,
-            connection=self.state.connection, bgp_enabled=True,
+            connection=self.state.connection, bgp_enabled=self.cfg.bgp,
             speaker=sp.status() if sp else None, peers=tuple(sp.peer_status()) if sp else (),
             routes_applied=self._routes_applied, route_failures=self._route_failures,
             reconcile_error=self.last_error[0] if self._error_backoff.failures else None,
@@ -298,6 +318,9 @@ class Agent:
             "counters": sp.counters() if sp is not None else {},
             "reconciles": sum(self.reconciles.values()),
             "reconciles_by_cause": dict(self.reconciles),
+            "networking_backend": "bird" if self.cfg.bgp else "none",
+            "encap_problems": dict(self._encap_problems),
+            "unroutable": {str(k): v for k, v in self._unroutable.items()},
             "reconcile_errors": self.reconcile_errors,
             "last_error": None if self.last_error is None else {
                 "message": self.last_error[0], "since": self.last_error[1].isoformat()},
@@ -399,9 +422,16 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
                    help="serve Prometheus /metrics (env FELIX_PROMETHEUSMETRICSENABLED; default off)")
     p.add_argument("--metrics-host", default=env.get("FELIX_PROMETHEUSMETRICSHOST", "0.0.0.0"))
     p.add_argument("--route-proto", type=int, default=PROTO)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--networking-backend", default=env.get("CALICO_NETWORKING_BACKEND") or "bird",
+                   help="bird: BGP on (default); vxlan | none: no BGP, remote blocks routed from "
+                        "their affinities (env CALICO_NETWORKING_BACKEND)")
     p.add_argument("--log-level", default=env.get("LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
     logs.setup(a.log_level)
+    if a.networking_backend not in NETWORKING_BACKENDS:
+        raise ValueError(f"CALICO_NETWORKING_BACKEND: {a.networking_backend!r} is not one of "
+                         f"{', '.join(NETWORKING_BACKENDS)}")
     if a.ip in (None, "", "autodetect"):  # calico-node's IP=autodetect
         ipv4 = detect(env.get("IP_AUTODETECTION_METHOD") or "first-found")
     else:
@@ -412,7 +442,15 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
                        etcd_endpoints=a.etcd_endpoints, run_dir=run_dir, route_proto=a.route_proto,
                        kubeconfig=a.kubeconfig, health_host=a.health_host,
                        health_port=a.health_port or None, metrics_host=a.metrics_host,
-                       metrics_port=a.metrics_port if a.metrics else None)
+                       metrics_port=a.metrics_port if a.metrics else None,
+                       bgp=a.networking_backend == "bird")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("pycalico")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree, not installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
