@@ -445,6 +445,7 @@ class RtnlSocket:
         each closed by a NOOP barrier. Returns {index in requests: failure} for those that failed;
         the others are done when this returns."""
         failed: dict[int, NetlinkFailure] = {}
+        self._discard_pending()
         barrier = self.reserve(1)
         first = barrier + 1
         pack, flags = _HDR.pack, _ROUTE_FLAGS
@@ -470,7 +471,14 @@ class RtnlSocket:
         chunk.append(encode_noop(barrier))
         self.sock.send(b"".join(chunk))
         while True:  # the kernel has handled the whole chunk when send returns: read its answers
-            for seq, code, text in parse_errors(self.recv()):
+            try:
+                answers = self.recv()
+            except OSError as err:
+                if err.errno == errno.ENOBUFS:  # answers were dropped, maybe the barrier's too
+                    self._discard_pending()
+                    raise NetlinkFailure(errno.ENOBUFS, "answers to a route batch were lost") from err
+                raise
+            for seq, code, text in parse_errors(answers):
                 if seq == barrier:
                     if code:
                         raise AssertionError(f"Bug: the barrier NOOP failed: {code} {text}")
@@ -480,30 +488,33 @@ class RtnlSocket:
 
     def dump_routes(self, table: int = 0, proto: int = 0) -> RouteDump:
         """The AF_INET routes of ``table`` (0: all tables), ours being those of ``proto``."""
+        self._discard_pending()
         self.sock.send(encode_route_dump(self.reserve(1), table))
         dump = RouteDump(table, proto)
         try:
             while not parse_route_dump(self.recv(), dump):
                 pass
         except NetlinkFailure as err:
-            self._drain_dump()
+            self._discard_pending()
             if err.errno == errno.ENOENT and table:  # the table does not exist yet: it is empty
                 return RouteDump(table, proto)
             raise
         return dump
 
-    def _drain_dump(self) -> None:
-        self.sock.setblocking(False)
+    def _discard_pending(self) -> None:
+        """Drop whatever an earlier, failed operation left queued: answers are read in order."""
         try:
             while True:
-                self.sock.recv(RECV_SIZE)
-        except BlockingIOError:
+                self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
             pass
-        finally:
-            self.sock.setblocking(True)
+        except OSError as err:
+            if err.errno != errno.ENOBUFS:
+                raise
 
     def dump_links(self, flags: dict[int, int] | None = None) -> dict[int, str]:
         """{ifindex: name} of every link (and their ifi_flags into ``flags`` when given)."""
+        self._discard_pending()
         self.sock.send(encode_link_dump(self.reserve(1)))
         names: dict[int, str] = {}
         while not parse_link_dump(self.recv(), names, flags):

@@ -184,8 +184,13 @@ class FakeKernel:
             off += length
         return len(data)
 
-    def recv(self, size: int) -> bytes:
-        return self.queue.pop(0)
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if not self.queue and flags & socket.MSG_DONTWAIT:
+            raise BlockingIOError
+        answer = self.queue.pop(0)
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
 
 
 def test_write_maps_each_error_to_its_request_by_seq(monkeypatch):
@@ -268,3 +273,24 @@ def test_notifications_keep_their_header_and_route_images_end_with_their_oif():
     assert [(t, f) for t, f, _ in events] == [(rtnl.RTM_NEWROUTE, rtnl.NLM_F_MULTI), (rtnl.RTM_DELROUTE, 0)]
     assert [rtnl.decode_route(m[16:]).oif for _, _, m in events] == [3, 7]
     assert events[0][2][16:].endswith(rtnl.oif_attr(3)) and events[1][2][16:].endswith(rtnl.oif_attr(7))
+
+
+def test_write_ignores_answers_left_by_an_earlier_failed_operation():
+    kernel = FakeKernel({})
+    kernel.queue.append(error(3, errno.EEXIST, "left over"))  # e.g. from a batch that raised
+    sock = object.__new__(rtnl.RtnlSocket)
+    sock.sock, sock._seq = kernel, 2
+    assert sock.write([(rtnl.RTM_NEWROUTE, rtnl.route_image(dst=DST, dst_len=24, table=254, proto=80))]) == {}
+
+
+def test_lost_answers_raise_instead_of_waiting_for_a_barrier_that_may_never_come():
+    class Overflowing(FakeKernel):
+        def send(self, data: bytes) -> int:
+            self.queue.append(OSError(errno.ENOBUFS, "No buffer space available"))
+            return len(data)
+
+    sock = object.__new__(rtnl.RtnlSocket)
+    sock.sock, sock._seq = Overflowing({}), 0
+    with pytest.raises(rtnl.NetlinkFailure) as info:
+        sock.write([(rtnl.RTM_NEWROUTE, rtnl.route_image(dst=DST, dst_len=24, table=254, proto=80))])
+    assert info.value.errno == errno.ENOBUFS
