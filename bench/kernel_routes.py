@@ -186,16 +186,18 @@ def plot(result: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = ["install", "no-op", "delete all"]
-    ours = [result["install_s"], result["noop_s"], result["delete_s"]]
-    ip = [result["install_ip_batch_s"], result["noop_ip_show_s"], result["delete_ip_batch_s"]]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = ["install", "no-op (full dump)", "no-op (incremental)", "delete all"]
+    ours = [result["install_s"], result["noop_s"], result["noop_incremental_s"], result["delete_s"]]
+    ip = [result["install_ip_batch_s"], result["noop_ip_show_s"], result["noop_ip_show_s"],
+          result["delete_ip_batch_s"]]
+    fig, ax = plt.subplots(figsize=(8, 4))
     xs = range(len(labels))
     ax.bar([x - 0.2 for x in xs], ours, width=0.4, label="RouteTable (felix.rtnl)")
     ax.bar([x + 0.2 for x in xs], ip, width=0.4, label="ip -batch / ip route show")
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("seconds")
-    ax.set_title(f"{result['routes']} routes, peak RSS {result['peak_rss_mb']} MB")
+    ax.set_title(f"{result['routes']} routes; peak RSS {result['peak_rss_mb']} MB, "
+                 f"{result['route_table_rss_mb']} MB of it RouteTable's")
     ax.legend()
     save_figure(fig, "kernel_routes.png")
     plt.close(fig)
