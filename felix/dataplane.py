@@ -408,7 +408,9 @@ class RouteTable:
         with self._cache_lock:
             self._pump()  # everything that happened before this apply
             dump = self._cache is None or self._stale
-            self._dumping = dump
+            if dump:
+                self._dumping = True
+                self._pending.clear()  # older than the dump about to start
         if dump:
             try:
                 fresh = self._snapshot()

@@ -375,3 +375,23 @@ def test_incremental_cni_route_gets_grace_and_a_device_appearing_wakes_the_agent
     assert (kept.writes, kept.recheck_after) == (0, 10.0)
     assert swept.deleted == 1 and dumps == 1
     assert ours_in_kernel(node) == ["10.244.1.7 dev cali00000000001 scope link"]
+
+
+def test_a_cancelled_apply_finishes_its_batch_before_the_table_moves_on(node):
+    desired = {r.dst: r for r in (
+        DesiredRoute(N((int(A("100.64.0.0")) + 4 * i, 30)), "blackhole", None, None, "universe", "b")
+        for i in range(20_000))}
+
+    async def scenario():
+        async with RouteTable(netns=node) as table:
+            task = asyncio.create_task(table.apply(desired))
+            await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not table._lock.locked()  # released only once the worker thread was done
+            return await table.apply(desired), await table.apply(desired)
+
+    after, again = run(scenario())
+    assert after.failed == {} and again.writes == 0
+    assert len(ours_in_kernel(node)) == 20_000
