@@ -228,8 +228,9 @@ def parse_route_dump(buf: bytes, into: RouteDump) -> bool:
     """Sort the AF_INET routes in ``buf`` into ``into``; True once NLMSG_DONE is seen.
 
     The hot loop: one unpack of the headers per message; other tables are skipped there; the key
-    comes from RTA_DST at its fixed place (right after RTA_TABLE) and the route stays an undecoded
-    image. Raises NetlinkFailure for an error inside the dump.
+    comes from RTA_DST at its fixed place (right after RTA_TABLE), no attribute is decoded, and a
+    route of ours stays an undecoded image (of another owner's, only the key and proto are kept).
+    ``buf`` must be ``bytes`` (slices are kept). Raises NetlinkFailure for an error in the dump.
     """
     unpack, from_bytes, dst_attr = _HDR_RTMSG.unpack_from, int.from_bytes, _DST_ATTR
     table, proto, ours, dups, foreign = into.table, into.proto, into.ours, into.dups, into.foreign
@@ -242,24 +243,30 @@ def parse_route_dump(buf: bytes, into: RouteDump) -> bool:
                 table > 255 and _U32.unpack_from(buf, off + 32)[0] != table))):
             if mtype == NLMSG_DONE or mtype == NLMSG_ERROR or length < 16:
                 return _dump_end(buf, off, length)
-        elif rproto == proto and buf[off + 36:off + 40] == dst_attr:  # the usual: ours, a dst
+        elif buf[off + 36:off + 40] == dst_attr:  # the usual layout: RTA_DST right after RTA_TABLE
             key = from_bytes(buf[off + 40:off + 44], "big") << 8 | dst_len
-            if key in ours:
+            if rproto != proto:
+                foreign.setdefault(key, rproto)  # another owner's: only its key matters
+            elif key in ours:
                 dups.append(buf[off + 16:end])
             else:
                 ours[key] = buf[off + 16:end]
-        else:  # another owner's, a default route, an unusual layout: decode it properly
-            route = decode_route(bytes(buf[off + 16:end]))
-            if rproto != proto:
-                foreign.setdefault(route.key, rproto)
-            elif route.key in ours:
-                dups.append(bytes(buf[off + 16:end]))
-            else:
-                ours[route.key] = bytes(buf[off + 16:end])
+        else:  # a default route (no RTA_DST), an unusual layout: decode it properly
+            _add_decoded(buf[off + 16:end], into)
         off = (end + 3) & ~3
     if off + 16 <= size:  # a bare NLMSG_DONE (20 bytes) at the end
         return _dump_end(buf, off, _HDR.unpack_from(buf, off)[0])
     return False
+
+
+def _add_decoded(image: bytes, into: RouteDump) -> None:
+    route = decode_route(image)
+    if route.proto != into.proto:
+        into.foreign.setdefault(route.key, route.proto)
+    elif route.key in into.ours:
+        into.dups.append(image)
+    else:
+        into.ours[route.key] = image
 
 
 def _dump_end(buf: bytes, off: int, length: int) -> bool:
