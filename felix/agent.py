@@ -250,6 +250,8 @@ class Agent:
             for why in encap.problems.values():
                 log.warning("encapsulation not ready: %s", why)
         self._encap_problems = encap.problems
+        if encap.recheck_after:  # an unused tunnel waits out its grace before it goes
+            self._retry_in(encap.recheck_after)
         inp = cluster.calc_input(self.state, node, learned, bgp=self.cfg.bgp)
         self._desired = dict(desired_routes(inp))
         self._unroutable = unroutable(inp)

@@ -11,10 +11,11 @@ Rules (Calico's, see CALICO-REFERENCE.md "Routes Felix and BIRD write"):
 - workloads of other nodes produce nothing (their blocks arrive as learned routes, or from affinities);
 - encapsulation per pool (``PoolEncap``; Calico's ``ipipMode`` / ``vxlanMode``): a learned route in an
   IPIP pool goes ``via <gw> dev tunl0 onlink`` (CrossSubnet: only when the gateway is outside our
-  subnet); VXLAN pools ignore learned routes: every remote block affine to a node becomes
+  subnet); in VXLAN pools every remote block affine to a node becomes
   ``<block> via <its VTEP> dev vxlan.calico onlink`` (CrossSubnet: ``via <its IP>`` inside our
-  subnet), from the datastore's affinities as Calico does. A node without a VTEP yet gets no route
-  (``unroutable`` says why) rather than a broken one. Without BGP (``bgp=False``: Calico's
+  subnet), from the datastore's affinities as Calico does, overriding a learned route. A node
+  without a VTEP yet keeps its learned route if there is one, else gets none (``unroutable`` says
+  why), never a broken one. Without BGP (``bgp=False``: Calico's
   ``CALICO_NETWORKING_BACKEND`` none / vxlan) every remote block comes from its affinity: direct
   ``via <node IP>`` (flannel's host-gw), or the pool's tunnel.
 
@@ -238,8 +239,9 @@ def _learned_routes(
     out = []
     for r in winners:
         pool = ctx.pool_of(r.prefix)
-        if pool.vxlan != NEVER:
-            continue  # VXLAN pools are routed from affinities, never from BGP (Calico's rule)
+        # A VXLAN pool's blocks are routed from affinities (Calico's rule), which override this
+        # layer; a learned route stays only as the fallback while the node has no VTEP yet (a live
+        # switch to VXLAN then keeps the old path instead of dropping the block's traffic).
         tunnel = IPIP_DEV if pool.ipip != NEVER and ctx.tunnelled(pool.ipip, r.gateway) else None
         out.append(_via(r.prefix, r.gateway, tunnel, f"learned from {r.source}"
                         + (" (ipip)" if tunnel else "")))

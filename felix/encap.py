@@ -12,7 +12,9 @@ synchronous), ``felix.tunnels`` (netlink) and ``felix.nat`` (nft). Decisions are
   across re-creations); both are recorded on the Node (``ipv4VXLANTunnelAddr``,
   ``vxlanTunnelMACAddr``), which is how other nodes learn them. Every other node with a VTEP gets
   a permanent neighbour and FDB entry. No VXLAN pool any more: the device is removed, the address
-  released and the Node's fields cleared.
+  released and the Node's fields cleared, but only ``TEARDOWN_GRACE`` seconds after the last VXLAN
+  pool went: other nodes switch at their own pace and may still send us VXLAN packets meanwhile
+  (removing it at once lost packets in a live switch from VXLAN to direct routing).
 - IPIP: the same with ``ipip-tunnel-addr-<node>`` and the Node's ``bgp.ipv4IPIPTunnelAddr``;
   ``tunl0`` is the kernel's, never created: where the kernel has no ipip, that is a problem
   reported in status, not a crash.
@@ -24,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 
@@ -39,20 +43,28 @@ from ipam.errors import IPAMError
 log = logging.getLogger(__name__)
 
 VXLAN_HANDLE, IPIP_HANDLE = "vxlan-tunnel-addr-{node}", "ipip-tunnel-addr-{node}"
+TEARDOWN_GRACE = 10.0  # seconds a tunnel no pool uses stays up: the other nodes are switching too
 
 
 @dataclass
 class EncapResult:
     problems: dict[str, str] = field(default_factory=dict)  # "vxlan" | "ipip" | "nat" -> why
     writes: int = 0
+    recheck_after: float | None = None  # a tunnel waits out its teardown grace: apply again then
 
 
 class Encap:
-    def __init__(self, ds: Datastore, node: str, *, netns: str | None = None) -> None:
+    def __init__(self, ds: Datastore, node: str, *, netns: str | None = None,
+                 teardown_grace: float = TEARDOWN_GRACE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ds, self.node = ds, node
+        self._grace, self._clock = teardown_grace, clock
+        self._unused_since: dict[str, float] = {}
         self.tunnels = tunnels.TunnelManager(netns=netns)
         self.nat = NatTable(netns=netns)
-        self._vxlan_was_on = self._ipip_was_on = True  # at start: clean up what a past run left
+        # True: in use, or maybe left by a past run (the first apply cleans that up at once).
+        self._vxlan_was_on = self._ipip_was_on = True
+        self._first = True  # no grace in the first apply: nothing of ours is switching yet
 
     async def open(self) -> None:
         await self.tunnels.open()
@@ -71,6 +83,7 @@ class Encap:
         node = state.resources.get(("Node", None, self.node))
         await self._vxlan(state, [p for p in pools if p.spec.vxlan_mode != NEVER], node, me, result)
         await self._ipip([p for p in pools if p.spec.ipip_mode != NEVER], node, me, result)
+        self._first = False
         return result
 
     # -- VXLAN --
@@ -79,13 +92,14 @@ class Encap:
                      result: EncapResult) -> None:
         handle = VXLAN_HANDLE.format(node=self.node)
         if not vxlan_pools:
-            if self._vxlan_was_on:
+            if self._vxlan_was_on and self._grace_over("vxlan", result):
                 removed = await self.tunnels.remove_vxlan()
                 await asyncio.to_thread(self._release, handle, vxlan=True)
                 result.writes += int(removed)
                 self._vxlan_was_on = False
             return
         self._vxlan_was_on = True
+        self._unused_since.pop("vxlan", None)
         try:
             vtep = await asyncio.to_thread(self._tunnel_address, handle, vxlan_pools,
                                            node.spec.ipv4_vxlan_tunnel_addr if node else None)
@@ -116,12 +130,13 @@ class Encap:
                     result: EncapResult) -> None:
         handle = IPIP_HANDLE.format(node=self.node)
         if not ipip_pools:
-            if self._ipip_was_on:
+            if self._ipip_was_on and self._grace_over("ipip", result):
                 await self.tunnels.remove_ipip()
                 await asyncio.to_thread(self._release, handle, vxlan=False)
                 self._ipip_was_on = False
             return
         self._ipip_was_on = True
+        self._unused_since.pop("ipip", None)
         current = node.spec.bgp.ipv4_ipip_tunnel_addr if node and node.spec.bgp else None
         try:
             addr = await asyncio.to_thread(self._tunnel_address, handle, ipip_pools, current)
@@ -133,6 +148,17 @@ class Encap:
         result.writes += res.writes
         if res.problem:
             result.problems["ipip"] = f"ipip: {res.problem}"
+
+    def _grace_over(self, tunnel: str, result: EncapResult) -> bool:
+        if self._first:
+            return True
+        now = self._clock()
+        left = self._unused_since.setdefault(tunnel, now) + self._grace - now
+        if left <= 0:
+            del self._unused_since[tunnel]
+            return True
+        result.recheck_after = min(left, result.recheck_after or left)
+        return False
 
     # -- datastore (worker thread) --
 
