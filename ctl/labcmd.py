@@ -10,7 +10,11 @@ from lab import lab
 def run(args) -> int:
     try:
         if args.lab_cmd == "up":
-            lab.up(args.name, args.nodes, args.pods_per_node, datastore=args.datastore)
+            lab.up(args.name, args.nodes, args.pods_per_node, datastore=args.datastore,
+                   encap=args.encap)
+            return 0
+        if args.lab_cmd == "set-encap":
+            lab.set_encap(args.name, args.mode)
             return 0
         if args.lab_cmd == "kubeconfig":
             print(lab.kubeconfig(args.name), end="")

@@ -12,6 +12,10 @@ from collections.abc import Sequence
 from ctl import node as node_cmds
 from ctl import resources as res_cmds
 
+# lab.lab.ENCAPS's keys (a unit test keeps them equal): importing lab.lab here would load the lab's
+# dependencies for every pycalicoctl command.
+LAB_ENCAPS = ("none", "vxlan", "vxlan-crosssubnet", "ipip", "ipip-crosssubnet")
+
 
 def _datastore_args(p: argparse.ArgumentParser) -> None:
     # Defaults come from ctl.config (flags, --config file, environment, calicoctl.cfg), not here.
@@ -71,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--pods-per-node", type=int, default=2)
     u.add_argument("--datastore", choices=["kubernetes", "etcdv3"], default="kubernetes",
                    help="kubernetes: the API server stand-in over the lab's etcd (default)")
+    u.add_argument("--encap", choices=LAB_ENCAPS, default="none",
+                   help="the pool's encapsulation (default none); *-crosssubnet puts the nodes on "
+                        "two subnets behind a router")
+    se = ls.add_parser("set-encap", help="change the lab's pools to another encapsulation in place "
+                                         "(on the same topology)")
+    se.add_argument("--name", required=True)
+    se.add_argument("mode", metavar="MODE", choices=LAB_ENCAPS, help=", ".join(LAB_ENCAPS))
     for name in ("ping", "down", "kubeconfig"):
         ls.add_parser(name).add_argument("--name", required=True)
     r = ls.add_parser("restart")

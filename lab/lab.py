@@ -5,8 +5,21 @@ Topology: ``<L>-fabric`` holds the bridge ``br0`` (the segment, 10.99.0.0/24) an
 10.99.0.254; ``<L>-nodeI`` joins it by a veth (``eth0`` = 10.99.0.I/24, default route onlink via
 the fabric so proxy ARP for 169.254.1.1 works) and runs ``pycalico-node``; pods are namespaces
 ``<L>-nodeI-podJ`` wired by ``pycalico-cni``. All addresses live only inside these namespaces.
-State (PIDs, pods) is kept in ``/run/pycalico-lab/<L>/state.json``; ``down`` also cleans up after a
-crash by the namespace names alone.
+State (PIDs, pods, encapsulation) is kept in ``/run/pycalico-lab/<L>/state.json``; ``down`` also
+cleans up after a crash by the namespace names alone.
+
+``--encap`` sets the seeded pool's ``ipipMode``/``vxlanMode``. The ``*-crosssubnet`` modes also
+change the topology, which is fixed at ``up``: odd nodes stay on 10.99.0.0/24 (``br0``), even nodes
+go on 10.99.1.0/24 (a second bridge ``br1`` in the fabric), and ``<L>-router`` joins the two
+(``.253`` on each, ip_forward=1). Every node's default route is its subnet's router (etcd and the
+API server stay on subnet A; subnet-B nodes reach them through the router), so each agent
+autodetects its own address with its /24, which is what CrossSubnet compares.
+
+>>> pool_modes("vxlan-crosssubnet")
+{'ipipMode': 'Never', 'vxlanMode': 'CrossSubnet'}
+>>> [(node_link("ipip-crosssubnet", i).address, node_link("ipip-crosssubnet", i).gateway)
+...  for i in (1, 2)]
+[('10.99.0.1/24', '10.99.0.253'), ('10.99.1.2/24', '10.99.1.253')]
 """
 from __future__ import annotations
 
@@ -27,12 +40,15 @@ import hostio
 from felix.status import RUN_ROOT, query
 from lab import kube, manifest
 from lab.netns import (
-    add_netns, in_netns, ip, kill_and_delete_netns, list_netns, netns_pids, veth_into,
+    add_bridge, add_netns, in_netns, ip, kill_and_delete_netns, list_netns, netns_pids,
+    port_into_bridge, sysctl,
 )
 
 LAB_ROOT = Path(os.environ.get("PYCALICO_LAB_ROOT", "/run/pycalico-lab"))
 FABRIC_NET = "10.99.0"
+SUBNET_B = "10.99.1"  # the second subnet of a *-crosssubnet lab
 ETCD_IP = f"{FABRIC_NET}.254"
+ROUTER_HOST = 253  # the router's host part on each subnet
 POOL = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
         "metadata": {"name": "default-ipv4-ippool"},
         "spec": {"cidr": "10.244.0.0/16", "blockSize": 26, "ipipMode": "Never",
@@ -41,6 +57,11 @@ BGPCONFIG = {"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
              "metadata": {"name": "default"},
              "spec": {"asNumber": 64512, "nodeToNodeMeshEnabled": True, "logSeverityScreen": "Info"}}
 DATASTORES = ("kubernetes", "etcdv3")
+# --encap MODE -> the pool's (ipipMode, vxlanMode). The ctl parser's choices must match (unit test).
+ENCAPS = {"none": ("Never", "Never"), "vxlan": ("Never", "Always"),
+          "vxlan-crosssubnet": ("Never", "CrossSubnet"), "ipip": ("Always", "Never"),
+          "ipip-crosssubnet": ("CrossSubnet", "Never")}
+DATAPLANE_GRACE = 10.0  # seconds an --encap lab waits for its routes once the sessions are up
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 
 
@@ -56,6 +77,52 @@ def check_name(name: str) -> str:
         raise LabError(f"--name: {name!r} must be 1-6 lowercase letters/digits starting with a "
                        "letter (namespace and interface names are built from it)")
     return name
+
+
+def check_encap(mode: str, what: str = "--encap") -> str:
+    if mode not in ENCAPS:
+        raise LabError(f"{what}: {mode!r} is not one of {', '.join(ENCAPS)}")
+    return mode
+
+
+def pool_modes(mode: str) -> dict[str, str]:
+    """The IPPool fields ``--encap mode`` sets."""
+    ipip, vxlan = ENCAPS[check_encap(mode)]
+    return {"ipipMode": ipip, "vxlanMode": vxlan}
+
+
+def pool_for(mode: str) -> dict:
+    """The lab's default pool as seeded under ``--encap mode``."""
+    return {**POOL, "spec": {**POOL["spec"], **pool_modes(mode)}}
+
+
+def two_subnets(mode: str) -> bool:
+    """Whether ``mode`` runs on the two-subnet topology (the only one where CrossSubnet differs)."""
+    return check_encap(mode).endswith("-crosssubnet")
+
+
+def check_encap_change(old: str, new: str) -> None:
+    """``set-encap`` may change the pool, never the topology: that is built once, by ``up``."""
+    if two_subnets(check_encap(new, "MODE")) != two_subnets(old):
+        have, need = ("two subnets", "one subnet") if two_subnets(old) else ("one subnet", "two subnets")
+        raise LabError(f"set-encap {new}: {new} runs on {need}, but this lab was brought up with "
+                       f"--encap {old} on {have}; the topology is fixed at 'lab up' (lab down, "
+                       f"then lab up --encap {new})")
+
+
+@dataclass(frozen=True)
+class NodeLink:
+    """Where node I is wired: its fabric bridge, its eth0 address and its default gateway."""
+    bridge: str
+    address: str
+    gateway: str
+
+
+def node_link(mode: str, i: int) -> NodeLink:
+    if not two_subnets(mode):  # the gateway is only for proxy ARP: onlink, nothing forwards
+        return NodeLink("br0", f"{FABRIC_NET}.{i}/24", ETCD_IP)
+    net, bridge = (FABRIC_NET, "br0") if i % 2 else (SUBNET_B, "br1")
+    return NodeLink(bridge, f"{net}.{i}/24", f"{net}.{ROUTER_HOST}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +142,7 @@ class LabState:
     pods: list[Pod] = field(default_factory=list)
     datastore: str = "etcdv3"  # etcdv3 | kubernetes (then the API server stand-in runs too)
     apiserver_pid: int | None = None
+    encap: str = "none"  # an ENCAPS key; *-crosssubnet: the two-subnet topology
 
     @property
     def endpoint(self) -> str:
@@ -139,20 +207,22 @@ def _log(msg: str) -> None:
 # -- up --
 
 def up(name: str, nodes: int, pods_per_node: int, timeout: float = 90.0,
-       datastore: str = "kubernetes") -> LabState:
+       datastore: str = "kubernetes", encap: str = "none") -> LabState:
     check_name(name)
+    check_encap(encap)
     if datastore not in DATASTORES:
         raise LabError(f"--datastore: {datastore!r} is not one of {', '.join(DATASTORES)}")
     if not 1 <= nodes <= 200 or not 0 <= pods_per_node <= 60:
         raise LabError("--nodes must be 1-200 and --pods-per-node 0-60")
     if (LAB_ROOT / name / "state.json").exists() or _lab_namespaces(name):
         raise LabError(f"lab {name!r} already exists; run 'pycalicoctl lab down --name {name}' first")
-    state = LabState(name=name, datastore=datastore)
+    state = LabState(name=name, datastore=datastore, encap=encap)
     try:
         _make_fabric(state)
         if state.datastore == "kubernetes":  # kubelets register their Nodes; agents annotate them
             in_netns(f"{name}-fabric", kube.create_nodes, str(state.kubeconfig),
-                     [(f"{name}-node{i}", f"{FABRIC_NET}.{i}") for i in range(1, nodes + 1)])
+                     [(f"{name}-node{i}", node_link(encap, i).address.split("/")[0])
+                      for i in range(1, nodes + 1)])
         for i in range(1, nodes + 1):
             _make_node(state, i)
         state.save()
@@ -168,9 +238,9 @@ def up(name: str, nodes: int, pods_per_node: int, timeout: float = 90.0,
 def _make_fabric(state: LabState) -> None:
     fabric = f"{state.name}-fabric"
     add_netns(fabric)
-    ip("-n", fabric, "link", "add", "br0", "type", "bridge")
-    ip("-n", fabric, "addr", "add", f"{ETCD_IP}/24", "dev", "br0")
-    ip("-n", fabric, "link", "set", "br0", "up")
+    add_bridge(fabric, "br0", f"{ETCD_IP}/24")
+    if two_subnets(state.encap):
+        _make_router(state.name)
     lab_dir(state.name)
     url = state.endpoint
     proc = _spawn(state.dir / "etcd.log",
@@ -184,7 +254,22 @@ def _make_fabric(state: LabState) -> None:
     _log(f"etcd      {url} (in {fabric}, pid {proc.pid})")
     if state.datastore == "kubernetes":
         _start_apiserver(state)
-    in_netns(fabric, _seed_datastore, state.datastore_env())
+    in_netns(fabric, _seed_datastore, state.datastore_env(), pool_for(state.encap))
+
+
+def _make_router(name: str) -> None:
+    """Subnet B's bridge ``br1`` beside ``br0`` in the fabric, and ``<L>-router`` forwarding
+    between them. The fabric (etcd, API server) reaches subnet B through the router too."""
+    fabric, router = f"{name}-fabric", f"{name}-router"
+    add_bridge(fabric, "br1")
+    add_netns(router)
+    for dev, bridge, port, net in (("eth0", "br0", "ra", FABRIC_NET), ("eth1", "br1", "rb", SUBNET_B)):
+        port_into_bridge(fabric, bridge, router, dev, port)
+        ip("-n", router, "addr", "add", f"{net}.{ROUTER_HOST}/24", "dev", dev)
+        ip("-n", router, "link", "set", dev, "up")
+    sysctl(router, "net.ipv4.ip_forward", "1")
+    ip("-n", fabric, "route", "add", f"{SUBNET_B}.0/24", "via", f"{FABRIC_NET}.{ROUTER_HOST}")
+    _log(f"router    {router:<14} {FABRIC_NET}.{ROUTER_HOST} (br0) <-> {SUBNET_B}.{ROUTER_HOST} (br1)")
 
 
 def _start_apiserver(state: LabState) -> None:
@@ -201,18 +286,23 @@ def _start_apiserver(state: LabState) -> None:
          f"kubeconfig {config})")
 
 
-def _seed_datastore(env: dict[str, str]) -> None:
-    """Runs inside the fabric namespace: wait for the datastore, then store the pool and BGP config."""
+def _connect(env: dict[str, str]):
     import datastore
+
+    return datastore.connect(env["DATASTORE_TYPE"], etcd_endpoints=env.get("ETCD_ENDPOINTS"),
+                             kubeconfig=env.get("KUBECONFIG"))
+
+
+def _seed_datastore(env: dict[str, str], pool: dict) -> None:
+    """Runs inside the fabric namespace: wait for the datastore, then store the pool and BGP config."""
     from crds import load
     from datastore.base import DatastoreError
 
     deadline = time.monotonic() + 30
     while True:
         try:
-            ds = datastore.connect(env["DATASTORE_TYPE"], etcd_endpoints=env.get("ETCD_ENDPOINTS"),
-                                   kubeconfig=env.get("KUBECONFIG"))
-            for doc in (POOL, BGPCONFIG):
+            ds = _connect(env)
+            for doc in (pool, BGPCONFIG):
                 ds.apply(load(doc))
             ds.close()
             return
@@ -224,14 +314,15 @@ def _seed_datastore(env: dict[str, str]) -> None:
 
 def _make_node(state: LabState, i: int) -> None:
     node, fabric = f"{state.name}-node{i}", f"{state.name}-fabric"
-    addr = f"{FABRIC_NET}.{i}/24"
+    link = node_link(state.encap, i)
+    addr = link.address
     add_netns(node)
-    veth_into(node, "eth0", fabric, f"n{i}")
-    ip("-n", fabric, "link", "set", f"n{i}", "master", "br0", "up")
+    port_into_bridge(fabric, link.bridge, node, "eth0", f"n{i}")
     ip("-n", node, "addr", "add", addr, "dev", "eth0")
     ip("-n", node, "link", "set", "eth0", "up")
-    # A default route is what lets the host side of each cali* answer proxy ARP for 169.254.1.1.
-    ip("-n", node, "route", "add", "default", "via", ETCD_IP, "dev", "eth0", "onlink")
+    # A default route is what lets the host side of each cali* answer proxy ARP for 169.254.1.1;
+    # on two subnets it is also the way to the other subnet (and, from subnet B, to etcd).
+    ip("-n", node, "route", "add", "default", "via", link.gateway, "dev", "eth0", "onlink")
     state.nodes[node] = addr
     _install_cni(state, node)
     state.agent_pids[node] = _start_agent(state, node)
@@ -364,36 +455,76 @@ def _cni_error_code(stdout: str) -> int | None:
 
 
 def wait_converged(state: LabState, timeout: float) -> None:
-    """Until every agent has all its mesh peers Established and a learned route per other node
-    that has pods (each such node owns at least one block)."""
-    deadline = time.monotonic() + timeout
+    """Until every agent has all its mesh peers Established, a route in the kernel per other node
+    that has pods (each such node owns at least one block), and passes its readiness probe.
+
+    With ``--encap`` only the sessions are required; the routes and the probe are waited for
+    DATAPLANE_GRACE seconds, then reported. This kernel has no ipip module (no ``tunl0``: an IPIP
+    route can never be written), and a VXLAN route needs the other node's VTEP: an agent without
+    it leaves the block unroutable (and a plain route to another subnet is not on-link). The
+    lab must still come up, so that pools and agents can be inspected and switched."""
     with_pods = {p.node for p in state.pods}
-    pending = dict.fromkeys(state.nodes, "not asked yet")
+
+    def lag(node: str, dataplane: bool) -> str | None:
+        return _node_lag(node, len(state.nodes) - 1, len(with_pods - {node}), dataplane)
+
+    required = state.encap == "none"
+    pending = _wait_nodes(state.nodes, lambda n: lag(n, required), timeout)
+    if pending:
+        raise LabError(f"not converged after {timeout:.0f}s: {pending}")
+    if required:
+        _log("converged: every node has its mesh peers Established and routes to every other block")
+        return
+    _log(f"converged: every node has its mesh peers Established (--encap {state.encap})")
+    lagging = _wait_nodes(state.nodes, lambda n: lag(n, True), DATAPLANE_GRACE)
+    _log(f"warning: --encap {state.encap}: routes not all in the kernel after "
+         f"{DATAPLANE_GRACE:.0f}s; not waiting: {lagging}" if lagging
+         else "converged: routes to every other block are in the kernel")
+
+
+def _wait_nodes(nodes, lag, timeout: float) -> dict[str, str]:
+    """Poll ``lag(node)`` until it is None for every node; what still lags at the deadline."""
+    deadline = time.monotonic() + timeout
+    pending = dict.fromkeys(nodes, "not asked yet")
     while pending:
         for node in list(pending):
-            pending[node] = _node_lag(node, len(state.nodes) - 1, len(with_pods - {node}))
+            pending[node] = lag(node)
             if pending[node] is None:
                 del pending[node]
-        if not pending:
+        if not pending or time.monotonic() > deadline:
             break
-        if time.monotonic() > deadline:
-            raise LabError(f"not converged after {timeout:.0f}s: {pending}")
         time.sleep(0.2)
-    _log("converged: every node has its mesh peers Established and routes to every other block")
+    return pending
 
 
-def _node_lag(node: str, n_peers: int, n_remote: int) -> str | None:
+def remote_block_routes(routes: list[dict]) -> int:
+    """How many of a node's routes (``query(node, "routes")``) go to another node's block and are
+    in the kernel as wanted: whatever brought them (BGP, an affinity, a tunnel), not local, not a
+    /32 (a pod, a VTEP).
+
+    >>> r = {"dst": "10.244.1.0/26", "reason": "vxlan to n2", "state": "ok", "in_sync": True}
+    >>> remote_block_routes([r, {**r, "in_sync": False}, {**r, "reason": "local block"}])
+    1
+    """
+    return sum(1 for r in routes if r["in_sync"] and r["state"] != "not-desired"
+               and not r["reason"].startswith("local") and not r["dst"].endswith("/32"))
+
+
+def _node_lag(node: str, n_peers: int, n_remote: int, dataplane: bool = True) -> str | None:
+    """What node still lacks (None: nothing); ``dataplane=False`` asks only for the sessions."""
     try:
         status = query(node, "status")
         routes = query(node, "routes")
     except (OSError, RuntimeError) as exc:
         return f"agent not answering ({exc.__class__.__name__})"
     up_peers = [p for p in status["peers"] if p["state"] == "up"]
-    learned = [r for r in routes if r["reason"].startswith("learned") and r["in_sync"]]
     if len(up_peers) < n_peers:
         return f"{len(up_peers)}/{n_peers} peers up"
-    if len(learned) < n_remote:
-        return f"{len(learned)}/{n_remote} remote block routes"
+    if not dataplane:
+        return None
+    in_kernel = remote_block_routes(routes)
+    if in_kernel < n_remote:
+        return f"{in_kernel}/{n_remote} remote block routes in the kernel"
     status_code = in_netns(node, _http_status, manifest.readiness_url(manifest.documents()))
     if status_code != 200:  # kubelet's readiness probe, from the manifest
         return f"readiness probe answered {status_code}"
@@ -452,6 +583,54 @@ def kubeconfig(name: str) -> str:
     return state.kubeconfig.read_text()
 
 
+# -- set-encap --
+
+def set_encap(name: str, mode: str) -> list[str]:
+    """Set every IPv4 pool of lab ``name`` to ``mode``'s ipipMode/vxlanMode, in place: the agents
+    watch the pools, nothing is restarted. Returns the names of the pools it changed."""
+    state = LabState.load(name)
+    check_encap_change(state.encap, mode)
+    changed = in_netns(f"{name}-fabric", _patch_pools, state.datastore_env(), pool_modes(mode))
+    old, state.encap = state.encap, mode
+    state.save()
+    what = ", ".join(changed) if changed else "no pool needed a change"
+    _log(f"lab {name}: --encap {old} -> {mode} ({what})")
+    return changed
+
+
+def _patch_pools(env: dict[str, str], modes: dict[str, str]) -> list[str]:
+    """Runs inside the fabric namespace: each IPv4 pool's modes set, the names of those changed."""
+    from datastore.base import DatastoreError
+
+    ds = _connect(env)
+    try:
+        names = [p.name for p in ds.list("IPPool").items if ":" not in p.spec.cidr]
+        return [name for name in names if _patch_pool(ds, name, modes)]
+    except DatastoreError as exc:
+        raise LabError(f"set-encap: {exc.__class__.__name__}: {exc}") from None
+    finally:
+        ds.close()
+
+
+def _patch_pool(ds, name: str, modes: dict[str, str]) -> bool:
+    """Compare-and-swap (a concurrent writer makes us re-read); a pool that already has the modes
+    is not written. True if it was written."""
+    from crds import load
+    from datastore.base import Conflict
+
+    for _ in range(5):
+        pool = ds.get("IPPool", name)
+        if {"ipipMode": pool.spec.ipip_mode, "vxlanMode": pool.spec.vxlan_mode} == modes:
+            return False
+        doc = pool.to_dict()
+        try:
+            ds.update(load({**doc, "spec": {**doc["spec"], **modes}}))
+            return True
+        except Conflict:
+            continue
+    raise LabError(f"IPPool {name} kept changing under set-encap (5 conflicts); try again")
+
+
 # -- restart --
 
 def restart(name: str, node: str) -> int:
@@ -491,14 +670,14 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> None:
 # -- down --
 
 def _lab_namespaces(name: str) -> list[str]:
-    pattern = re.compile(rf"^{re.escape(name)}-(fabric|node\d+(-pod\d+)?)$")
+    pattern = re.compile(rf"^{re.escape(name)}-(fabric|router|node\d+(-pod\d+)?)$")
     return [ns for ns in list_netns() if pattern.match(ns)]
 
 
 def down(name: str) -> None:
     """Remove every namespace, process and file of lab ``name``. Idempotent; works after a crash."""
     namespaces = _lab_namespaces(check_name(name))
-    # Pods first, then nodes (their agents), then the fabric (etcd).
+    # Pods first, then nodes (their agents), then the router and the fabric (etcd).
     namespaces.sort(key=lambda ns: (0 if "-pod" in ns else 1 if "-node" in ns else 2, ns))
     for ns in namespaces:
         killed = kill_and_delete_netns(ns)

@@ -34,6 +34,27 @@ def add_netns(name: str) -> None:
     ip("-n", name, "link", "set", "lo", "up")
 
 
+def add_bridge(ns: str, name: str, address: str | None = None) -> None:
+    """A Linux bridge ``name`` in ``ns`` (an L2 segment), up, with ``address`` (CIDR) if given."""
+    ip("-n", ns, "link", "add", name, "type", "bridge")
+    if address is not None:
+        ip("-n", ns, "addr", "add", address, "dev", name)
+    ip("-n", ns, "link", "set", name, "up")
+
+
+def port_into_bridge(ns: str, bridge: str, ns_b: str, name_b: str, port: str) -> None:
+    """A veth from ``ns_b`` (end ``name_b``, left down) to bridge ``bridge`` in ``ns`` (end
+    ``port``, enslaved and up)."""
+    veth_into(ns_b, name_b, ns, port)
+    ip("-n", ns, "link", "set", port, "master", bridge, "up")
+
+
+def sysctl(ns: str, key: str, value: str) -> None:
+    """Set ``key`` (dotted, e.g. ``net.ipv4.ip_forward``) inside ``ns``: /proc/sys is per network
+    namespace for net.*, so this needs the namespace's view of it."""
+    sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{key}={value}")
+
+
 def netns_pids(name: str) -> list[int]:
     return [int(p) for p in ip("netns", "pids", name, check=False).stdout.split()]
 
