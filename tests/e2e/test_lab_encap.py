@@ -17,7 +17,6 @@ from tests.helpers import wait_for
 CTL = str(Path(sys.executable).parent / "pycalicoctl")
 LAB = f"x{secrets.token_hex(2)}"  # lab names are short: namespace/interface names derive from them
 SUBNET_A, SUBNET_B = ipaddress.ip_network("10.99.0.0/24"), ipaddress.ip_network("10.99.1.0/24")
-VXLAN_ROUTES_PENDING = pytest.mark.xfail(reason="agent VXLAN routes land separately", strict=False)
 
 
 def ctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -113,7 +112,6 @@ def test_the_pool_is_vxlan_crosssubnet(lab):
     assert (spec.get("ipipMode", "Never"), spec["vxlanMode"]) == ("Never", "CrossSubnet")
 
 
-@VXLAN_ROUTES_PENDING
 def test_pods_on_the_same_subnet_reach_each_other(lab):
     """node1 and node3 share subnet A: CrossSubnet routes them directly, without VXLAN."""
     by_node = {p["node"]: p for p in lab["pods"]}
@@ -122,7 +120,6 @@ def test_pods_on_the_same_subnet_reach_each_other(lab):
              timeout=20, interval=0.5, what="pods on node1 and node3 to reach each other")
 
 
-@VXLAN_ROUTES_PENDING
 def test_every_pod_reaches_every_other_pod_across_subnets(lab):
     out = ctl("lab", "ping", "--name", LAB, check=False)
     assert out.returncode == 0 and "6/6 pod pairs reachable" in out.stdout, out.stdout
@@ -158,7 +155,6 @@ def test_set_encap_switches_the_pool_in_place(lab):
                                           text=True).stdout.split()
 
 
-@VXLAN_ROUTES_PENDING
 def test_pods_reach_each_other_again_after_switching_back(lab):
     out = ctl("lab", "ping", "--name", LAB, check=False)
     assert out.returncode == 0 and "6/6 pod pairs reachable" in out.stdout, out.stdout
