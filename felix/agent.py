@@ -49,9 +49,11 @@ log = logging.getLogger("pycalico.agent")
 
 RETRY_DELAY = 1.0  # first retry of routes that failed (e.g. their cali* device is not there yet)
 MAX_RETRY_DELAY = 30.0  # retries back off (jittered) up to this while the failure lasts
-RESYNC_INTERVAL = 60.0  # full kernel dump and diff even without events (drift, missed link events)
+# Full kernel dump and diff even without events (Felix's routeRefreshInterval, 90 s; env
+# FELIX_ROUTEREFRESHINTERVAL). Between them the route table's cache is kept by netlink notifications.
+RESYNC_INTERVAL = float(os.environ.get("FELIX_ROUTEREFRESHINTERVAL") or 90.0)
 COALESCE = 0.05  # let a burst of events land before reconciling once
-CAUSES = ("event", "retry", "resync")
+CAUSES = ("event", "retry", "resync", "drift")  # drift: the kernel changed our routes (netlink)
 
 
 NETWORKING_BACKENDS = ("bird", "vxlan", "none")
@@ -92,7 +94,10 @@ class Agent:
     def __init__(self, cfg: AgentConfig, ds: Datastore) -> None:
         self.cfg, self.ds = cfg, ds
         self.state = cluster.ClusterState()
-        self.routes = RouteTable(proto=cfg.route_proto)
+        # Incremental: a cache fed by our writes and netlink notifications; a route of ours that
+        # someone deletes or alters is repaired at once ("drift"), a full dump only on resync.
+        self.routes = RouteTable(proto=cfg.route_proto, incremental=True,
+                                 on_drift=lambda: self._request("drift"))
         self.encap = Encap(ds, cfg.node)  # tunnels and NAT, applied before the routes
         self._encap_problems: dict[str, str] = {}
         self._unroutable: dict = {}
@@ -206,6 +211,8 @@ class Agent:
         for cause in causes:
             self.reconciles[cause] += 1
         started = time.monotonic()
+        if "resync" in causes:
+            self.routes.resync()  # the next apply starts from a full dump
         try:
             await self._reconcile()
         except Exception as exc:  # noqa: BLE001 - classified right here

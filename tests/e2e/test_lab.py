@@ -213,6 +213,29 @@ def test_live_switch_to_vxlan_and_back_keeps_pods_talking(lab, tmp_path):
     assert "30/30 pod pairs reachable" in ctl("lab", "ping", "--name", LAB).stdout
 
 
+def test_drift_is_repaired_from_netlink_events_and_foreign_routes_are_kept(lab):
+    """Issue 8 item 6: a route of ours deleted or altered behind the agent's back comes back from
+    the netlink notification (a "drift" reconcile, not the 90 s resync); a route of another
+    protocol, even inside our pool, is never touched."""
+    node = sorted(lab["nodes"])[0]
+    ours = [ln for ln in routes(node) if "proto 80" in ln and " via " in ln]
+    assert len(ours) == 2, routes(node)
+    victim, altered = ours[0].split()[0], ours[1].split()[0]
+    before = node_status(node)["reconciles_by_cause"]["drift"]
+    foreign = "10.244.250.0/24 via 10.99.0.254 dev eth0 proto static"
+    subprocess.run(["ip", "-n", node, "route", "add", *foreign.split()], check=True)
+    try:
+        subprocess.run(["ip", "-n", node, "route", "del", victim, "proto", "80"], check=True)
+        subprocess.run(["ip", "-n", node, "route", "replace", altered, "via", "10.99.0.254",
+                        "dev", "eth0", "proto", "80"], check=True)
+        wait_for(lambda: sorted(ln for ln in routes(node) if "proto 80" in ln and " via " in ln)
+                 == sorted(ours), timeout=10, what="the deleted and the altered route repaired")
+        assert node_status(node)["reconciles_by_cause"]["drift"] > before
+        assert any(ln.startswith("10.244.250.0/24") and "proto static" in ln for ln in routes(node))
+    finally:
+        subprocess.run(["ip", "-n", node, "route", "del", *foreign.split()], capture_output=True)
+
+
 def _relay_of(node: str) -> int:
     """PID of the relay (socat) that the node's ExaBGP runs (found in the node's namespace)."""
     pids = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True).stdout.split()

@@ -46,7 +46,7 @@ def test_a_failing_reconcile_is_retried_with_backoff_counted_and_shown(tmp_path)
         await until(lambda: len(calls) == 3)
         assert agent.reconcile_errors == 2 and agent.fatal is None
         assert agent.last_error[0] == "OSError: netlink busy"
-        assert agent.reconciles == {"event": 1, "retry": 2, "resync": 0}
+        assert agent.reconciles == {"event": 1, "retry": 2, "resync": 0, "drift": 0}
         status = await agent._status_topic()
         assert status["reconcile_errors"] == 2 and status["last_error"]["message"] == "OSError: netlink busy"
         assert status["datastore"]["state"] == "connecting"
@@ -86,7 +86,7 @@ def test_a_burst_of_events_is_one_reconcile_and_then_nothing(tmp_path):
             agent._request("event")
         await until(lambda: calls)
         await asyncio.sleep(0.3)  # a measurement window: nothing may happen in it
-        assert calls == [1] and agent.reconciles == {"event": 1, "retry": 0, "resync": 0}
+        assert calls == [1] and agent.reconciles == {"event": 1, "retry": 0, "resync": 0, "drift": 0}
         agent._stop.set()
         await loop_task
 
