@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import ipaddress
 import logging
 import os
 import threading
@@ -56,11 +57,17 @@ def socket_path(run_root: Path, node: str) -> Path:
 class CNIServer:
     def __init__(self, path: Path, datastore: DatastoreSource, node_name: str | None = None, *,
                  executor: Executor | None = None,
-                 observe: Callable[[str, float, bool], None] | None = None) -> None:
+                 observe: Callable[[str, float, bool], None] | None = None,
+                 on_added: Callable[[str, ipaddress.IPv4Address], None] | None = None) -> None:
         """``node_name``: if given, requests whose netconf names another node are refused.
         ``executor``: where the blocking handlers run (default: a pool of ``MAX_WORKERS`` threads,
         shut down at ``stop``); the process's network namespace must be the node's.
-        ``observe(command, seconds, ok)``: called after every request (metrics)."""
+        ``observe(command, seconds, ok)``: called after every request (metrics).
+        ``on_added(host_ifname, address)``: called (in the worker thread) after a successful ADD,
+        before kubelet hears of it: the agent writes the pod's ``/32 dev cali*`` route there, as
+        Calico's CNI plugin does, so the pod is reachable when its containers start rather than
+        when its WorkloadEndpoint has gone round the datastore. A failure there is logged, not an
+        ADD failure: the agent writes the route from the WorkloadEndpoint anyway."""
         self._path, self._node = Path(path), node_name
         self._source = datastore
         self._shared = datastore if isinstance(datastore, Datastore) else None
@@ -75,6 +82,7 @@ class CNIServer:
             ("ADD", plugin.cmd_add), ("DEL", plugin.cmd_del), ("CHECK", plugin.cmd_check))}
         self.requests = 0  # served (all outcomes); for metrics and tests
         self._observe = observe
+        self._on_added = on_added
         inproc.install()
 
     async def start(self) -> None:
@@ -152,8 +160,20 @@ class CNIServer:
             if self._node is not None and conf.nodename != self._node:
                 raise CNIError(INVALID_CONFIG, f"nodename {conf.nodename!r}: this agent serves "
                                f"node {self._node!r}")
-            return handler(inv, conf)
+            result = handler(inv, conf)
+            if self._on_added is not None and inv.command == "ADD":
+                self._tell_added(result)
+            return result
         return run
+
+    def _tell_added(self, result: dict) -> None:
+        try:
+            host = result["interfaces"][0]["name"]
+            address = ipaddress.ip_interface(result["ips"][0]["address"]).ip
+            self._on_added(host, address)
+        except Exception:  # noqa: BLE001 — the route also follows from the WorkloadEndpoint
+            log.warning("cni: writing the pod route at ADD failed; the agent writes it from the "
+                        "workload endpoint", exc_info=True)
 
     def _node_lock(self, node: str) -> threading.Lock:
         with self._ds_lock:

@@ -47,8 +47,15 @@ class Agent:
         self.path = socket_path(run_root, NODE)
         self.loop = LoopThread()
         self.loop.call(pyroute2_netns.setns, lab.node, 0)
-        self.server = CNIServer(self.path, self.ds, NODE)
+        self.added: list = []  # on_added calls: where the agent writes the pod's /32
+        self.fail_added = False
+        self.server = CNIServer(self.path, self.ds, NODE, on_added=self._on_added)
         self.loop.run(self.server.start())
+
+    def _on_added(self, host: str, address) -> None:
+        if self.fail_added:
+            raise OSError("route write failed (test)")
+        self.added.append((host, address))
 
     def close(self) -> None:
         try:
@@ -96,6 +103,7 @@ def test_add_check_del_through_the_agent(agent, lab):
     addr = ipaddress.ip_interface(result["ips"][0]["address"])
     assert addr.ip in ipaddress.ip_network("10.244.0.0/16") and addr.network.prefixlen == 32
     assert [i["name"] for i in result["interfaces"]] == [host, "eth0"]
+    assert agent.added == [(host, addr.ip)]  # the agent writes the /32 before kubelet hears back
     # The veth is in the node's namespace (not the test's), the pod end has the address.
     assert host in lab.links(lab.node) and host not in _root_links()
     assert f"inet {addr}" in _ip(pod_ns, "addr", "show", "eth0")
@@ -108,8 +116,10 @@ def test_add_check_del_through_the_agent(agent, lab):
 
     # A repeated ADD: same answer, same veth, still one address.
     ifindex = lab.links(lab.node)[host]["ifindex"]
+    agent.fail_added = True  # a failed route write at ADD is not an ADD failure
     rc, again, err = agent.cni("ADD", "c1", path)
     assert (rc, again) == (0, result), err
+    agent.fail_added = False
     assert lab.links(lab.node)[host]["ifindex"] == ifindex and _allocations(lab.ds) == 1
 
     assert agent.cni("CHECK", "c1", path)[:2] == (0, None)
