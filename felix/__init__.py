@@ -8,11 +8,19 @@ Contract of the modules:
 - ``felix.inspect`` -- purely computational: ``compare(desired, kernel)`` explains every route (its
   reason, whether the kernel matches). Used by ``pycalicoctl node routes``. ``KernelRoute`` lives here
   so that inspection needs no netlink.
-- ``felix.dataplane`` -- the only kernel I/O (pyroute2 ``AsyncIPRoute``, never NDB/IPDB).
-  ``RouteTable.apply(desired)`` full-dumps, diffs against the routes it owns (``route_is_ours``: our
-  ``proto`` number, 80), deletes what is not desired, then ``replace``s what is missing or different.
-  Routes of any other proto are never touched. Identical state means zero writes, which is how a
-  restarted agent adopts its routes without a flap.
+- ``felix.dataplane`` -- the route writer. ``RouteTable.apply(desired)`` diffs against the routes it
+  owns (``route_is_ours``: our ``proto`` number, 80) and writes only the difference: deletes, then
+  ``replace``. Routes of any other proto are never touched; identical state means zero writes, which
+  is how a restarted agent adopts its routes without a flap. Incremental mode keeps a cache of our
+  routes fed by our own writes and netlink notifications (a full dump at start, on the refresh
+  timer and after lost notifications) and reports drift, which the agent repairs at once. The hot
+  path is ``felix.rtnl``: our own ``struct``-packed netlink (batched sends, errors mapped back by
+  sequence number, a dump reader that skips other tables), stdlib only; pyroute2 stays for links,
+  addresses, neighbours and namespaces.
+- ``felix.encap`` -- the tunnels and NAT a node needs for its pools, applied before the routes:
+  ``felix.tunnels`` (``vxlan.calico`` with its VTEP, a permanent neighbour and FDB entry per remote
+  VTEP; ``tunl0`` where the kernel has ipip) and ``felix.nat`` (one nftables table, replaced
+  atomically, masquerading natOutgoing pools' traffic leaving all pools).
 - ``felix.cluster`` -- purely computational: the agent's view of the datastore (syncer batches in)
   and its conversion into ``CalcInput`` and the BGP inputs (nodes, global config, exports).
 - ``felix.agent`` -- ``pycalico-node``: wires datastore, BGP and the two stages together (one
