@@ -114,13 +114,30 @@ def routes(node: str | None) -> int:
         return 1
     rows = []
     for r in rows_in:
-        target = f"via {r['gateway']}" if r["gateway"] else (f"dev {r['dev']}" if r["dev"] else "")
-        rows.append([r["dst"], r["type"], target, r["reason"], route_state(r)])
+        rows.append([r["dst"], r["type"], route_target(r), r["reason"], route_state(r)])
     print(f"Routes owned by the agent on {name}:")
     print(output.columns(["DESTINATION", "TYPE", "TARGET", "REASON", "KERNEL"], rows))
     out_of_sync = sum(1 for r in rows_in if route_state(r) != "ok")
     print(f"\n{len(rows_in)} routes, {out_of_sync} not matching the kernel")
-    return 0 if out_of_sync == 0 else 1
+    st = _ask(name, "status")
+    st = st if isinstance(st, dict) else {}
+    waiting = st.get("unroutable") or {}
+    if waiting:  # e.g. a remote node without a VTEP yet: no route rather than a broken one
+        print("\nNot routed yet:")
+        print(output.columns(["DESTINATION", "WHY"], sorted([d, w] for d, w in waiting.items())))
+    for why in sorted((st.get("encap_problems") or {}).values()):
+        print(f"Encapsulation: {_one_line(why)}")
+    return 0 if out_of_sync == 0 and not waiting else 1
+
+
+def route_target(r: dict) -> str:
+    """``via <gw>``, ``dev <dev>``, or ``via <gw> dev <tunnel>`` for IPIP / VXLAN routes."""
+    parts = []
+    if r.get("gateway"):
+        parts.append(f"via {r['gateway']}")
+    if r.get("dev"):
+        parts.append(f"dev {r['dev']}")
+    return " ".join(parts)
 
 
 def route_state(r: dict) -> str:

@@ -302,6 +302,23 @@ def test_node_routes_prints_the_agents_state_word(monkeypatch, capsys):
     assert states == ["ok", "not-desired", "missing", "differs"]
 
 
+def test_node_routes_shows_tunnel_routes_and_blocks_not_routed_yet(monkeypatch, capsys):
+    """Issue 8: a VXLAN route shows its device; a remote node without a VTEP yet is listed with
+    the reason (no route rather than a broken one), and that is not a clean bill of health."""
+    rows = [{"dst": "10.244.2.0/26", "type": "unicast", "dev": "vxlan.calico",
+             "gateway": "10.244.2.1", "reason": "vxlan to n2", "in_sync": True, "kernel": {},
+             "state": "ok"}]
+    status = {"unroutable": {"10.244.3.0/26": "node n3 has no VXLAN tunnel address and MAC yet"},
+              "encap_problems": {"ipip": "ipip: the kernel has no ipip support"}}
+    monkeypatch.setattr(node_cmds, "query",
+                        lambda node, topic, **kw: rows if topic == "routes" else status)
+    assert node_cmds.routes("n1") == 1
+    out = capsys.readouterr().out
+    assert "via 10.244.2.1 dev vxlan.calico" in out
+    assert "Not routed yet:" in out and "node n3 has no VXLAN tunnel address and MAC yet" in out
+    assert "Encapsulation: ipip: the kernel has no ipip support" in out
+
+
 def test_node_routes_of_an_older_agent_fall_back_to_in_sync():
     assert node_cmds.route_state({"in_sync": True, "kernel": None, "reason": "stale"}) == "ok"
     assert node_cmds.route_state({"in_sync": False, "kernel": {}, "reason": ""}) == "out-of-sync"
