@@ -236,16 +236,17 @@ def _learned_routes(
     accepted = [r for r in learned if _importable(r.prefix, pools, own_blocks)]
     # Several peers may send one prefix; bgp/rib picks best paths, here we only need determinism.
     winners = _first_per_key(accepted, key=lambda r: r.prefix, order=lambda r: (r.gateway, r.source))
-    out = []
-    for r in winners:
-        pool = ctx.pool_of(r.prefix)
-        # A VXLAN pool's blocks are routed from affinities (Calico's rule), which override this
-        # layer; a learned route stays only as the fallback while the node has no VTEP yet (a live
-        # switch to VXLAN then keeps the old path instead of dropping the block's traffic).
-        tunnel = IPIP_DEV if pool.ipip != NEVER and ctx.tunnelled(pool.ipip, r.gateway) else None
-        out.append(_via(r.prefix, r.gateway, tunnel, f"learned from {r.source}"
-                        + (" (ipip)" if tunnel else "")))
-    return out
+    return [_learned_route(r, ctx) for r in winners]
+
+
+def _learned_route(r: RemoteRoute, ctx: _Context) -> DesiredRoute:
+    pool = ctx.pool_of(r.prefix)
+    # A VXLAN pool's blocks are routed from affinities (Calico's rule), which override this
+    # layer; a learned route stays only as the fallback while the node has no VTEP yet (a live
+    # switch to VXLAN then keeps the old path instead of dropping the block's traffic).
+    tunnel = IPIP_DEV if pool.ipip != NEVER and ctx.tunnelled(pool.ipip, r.gateway) else None
+    return _via(r.prefix, r.gateway, tunnel, f"learned from {r.source}"
+                + (" (ipip)" if tunnel else ""))
 
 
 def _importable(
@@ -265,3 +266,127 @@ def _first_per_key(items, *, key, order):
         if k not in best or order(item) < order(best[k]):
             best[k] = item
     return list(best.values())
+
+
+def _workload_order(w: Workload) -> tuple[str, str]:
+    return (w.iface, w.name)
+
+
+def _learned_order(r: RemoteRoute) -> tuple[IPv4Address, str]:
+    return (r.gateway, r.source)
+
+
+class RouteCalc:
+    """``desired_routes`` kept up to date incrementally, for the events that come by the thousand.
+
+    Per destination it keeps the candidates of each layer: local workloads and accepted learned
+    routes (changed by ``update``), and the route fixed by the rare inputs, a blackhole or an
+    affinity route (changed only by ``rebuild``: pools, encapsulation, hosts, blocks, BGP on/off).
+    A destination's winner is decided from its own candidates alone, by the same precedence and
+    the same tie-breaks as ``desired_routes``, so ``desired`` always equals ``desired_routes`` of
+    the same input however it was reached (tests/unit/test_felix_calc_incremental.py checks that).
+    Both methods return the destinations whose route changed: what the route table must write.
+
+    >>> calc = RouteCalc()
+    >>> calc.rebuild(CalcInput(node="n1", pools=frozenset({IPv4Network("10.244.0.0/16")}),
+    ...     blocks=frozenset(), workloads=frozenset(), learned=frozenset()))
+    set()
+    >>> w = Workload(IPv4Address("10.244.1.5"), "cali0123456789a", "n1", "default/web")
+    >>> calc.update(workloads_added=[w])
+    {IPv4Network('10.244.1.5/32')}
+    >>> calc.desired[IPv4Network("10.244.1.5/32")].dev
+    'cali0123456789a'
+    """
+
+    def __init__(self) -> None:
+        self._desired: dict[IPv4Network, DesiredRoute] = {}
+        self.desired: Mapping[IPv4Network, DesiredRoute] = MappingProxyType(self._desired)
+        self.problems: dict[IPv4Network, str] = {}  # ``unroutable`` of the input last rebuilt
+        self._node: str | None = None
+        self._ctx: _Context | None = None
+        self._own: list[IPv4Network] = []
+        self._fixed: dict[IPv4Network, DesiredRoute] = {}  # blackholes over affinity routes
+        self._workloads: dict[IPv4Network, set[Workload]] = {}  # local ones, by /32
+        self._learned: dict[IPv4Network, set[RemoteRoute]] = {}  # accepted ones, by prefix
+
+    def rebuild(self, inp: CalcInput) -> set[IPv4Network]:
+        """Start again from a whole input (a rare global change); return what changed."""
+        ctx = _Context(inp)
+        self._node, self._ctx = inp.node, ctx
+        self._own = [b.cidr for b in inp.blocks if b.node == inp.node]
+        self._fixed = {r.dst: r for r in ctx.affinity_routes()}
+        self._fixed.update((r.dst, r) for r in _blackhole_routes(self._own))
+        self.problems = dict(sorted(ctx.problems.items()))
+        self._workloads, self._learned = {}, {}
+        for w in inp.workloads:
+            if w.node == inp.node:
+                self._workloads.setdefault(IPv4Network(w.ip), set()).add(w)
+        for r in inp.learned:
+            if _importable(r.prefix, inp.pools, self._own):
+                self._learned.setdefault(r.prefix, set()).add(r)
+        dsts = self._desired.keys() | self._fixed.keys() | self._workloads.keys() | self._learned.keys()
+        return {dst for dst in dsts if self._resolve(dst)}
+
+    def update(
+        self,
+        *,
+        workloads_added: Iterable[Workload] = (),
+        workloads_removed: Iterable[Workload] = (),
+        learned_added: Iterable[RemoteRoute] = (),
+        learned_removed: Iterable[RemoteRoute] = (),
+    ) -> set[IPv4Network]:
+        """Take workloads and learned routes that appeared or went (set semantics: adding what is
+        there or removing what is not does nothing); return the destinations whose route changed.
+        Removals are applied before additions."""
+        if self._ctx is None:
+            raise AssertionError("Bug: RouteCalc.update before the first rebuild")
+        touched: set[IPv4Network] = set()
+        for w in workloads_removed:
+            if w.node == self._node:
+                touched.add(_discard(self._workloads, IPv4Network(w.ip), w))
+        for r in learned_removed:
+            touched.add(_discard(self._learned, r.prefix, r))
+        for w in workloads_added:
+            if w.node == self._node:
+                dst = IPv4Network(w.ip)
+                self._workloads.setdefault(dst, set()).add(w)
+                touched.add(dst)
+        pools = self._ctx.inp.pools
+        for r in learned_added:
+            if _importable(r.prefix, pools, self._own):
+                self._learned.setdefault(r.prefix, set()).add(r)
+                touched.add(r.prefix)
+        return {dst for dst in touched if self._resolve(dst)}
+
+    def _resolve(self, dst: IPv4Network) -> bool:
+        """Recompute ``dst``'s winner from its candidates; True if it changed."""
+        route = self._winner(dst)
+        if route is None:
+            return self._desired.pop(dst, None) is not None
+        if self._desired.get(dst) == route:
+            return False
+        self._desired[dst] = route
+        return True
+
+    def _winner(self, dst: IPv4Network) -> DesiredRoute | None:
+        local = self._workloads.get(dst)
+        if local:
+            w = min(local, key=_workload_order)
+            return workload_route(w.ip, w.iface, w.name)
+        fixed = self._fixed.get(dst)
+        if fixed is not None:
+            return fixed
+        learned = self._learned.get(dst)
+        if learned:
+            return _learned_route(min(learned, key=_learned_order), self._ctx)
+        return None
+
+
+def _discard(index: dict, key, item):
+    """Remove ``item`` from ``index[key]`` (dropping an empty set); return ``key``."""
+    found = index.get(key)
+    if found is not None:
+        found.discard(item)
+        if not found:
+            del index[key]
+    return key

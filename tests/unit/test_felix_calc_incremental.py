@@ -1,0 +1,149 @@
+"""felix.calc.RouteCalc: incremental updates always equal the reference ``desired_routes`` of the
+final input, whatever the order of the events; each update reports exactly what changed."""
+from __future__ import annotations
+
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from felix.calc import (
+    ALWAYS, CROSS_SUBNET, NEVER, Block, CalcInput, Host, PoolEncap, RemoteRoute, RouteCalc, Workload,
+    desired_routes, unroutable,
+)
+
+N, A = IPv4Network, IPv4Address
+POOLS = [N("10.244.0.0/16"), N("10.245.0.0/16")]
+NODES = ["n1", "n2", "n3"]
+BLOCK_CIDRS = [N(c) for c in ("10.244.1.0/26", "10.244.2.0/26", "10.244.1.0/30", "10.245.0.0/26",
+                               "10.244.3.7/32", "10.99.0.0/26")]
+IPS = [A(a) for a in ("10.244.1.5", "10.244.1.1", "10.244.2.7", "10.244.3.7", "10.245.0.1")]
+PREFIXES = [N(p) for p in ("10.244.1.0/26", "10.244.2.0/26", "10.244.1.5/32", "10.244.2.7/32",
+                           "10.245.0.0/26", "10.244.3.7/32", "10.0.0.0/8")]
+GATEWAYS = [A("10.99.0.2"), A("10.99.1.3")]
+MODES = st.sampled_from([NEVER, ALWAYS, CROSS_SUBNET])
+
+workloads = st.builds(Workload, ip=st.sampled_from(IPS), iface=st.sampled_from(["calia", "calib"]),
+                      node=st.sampled_from(["n1", "n2"]), name=st.sampled_from(["ns/x", "ns/y"]))
+learned_routes = st.builds(RemoteRoute, prefix=st.sampled_from(PREFIXES),
+                           gateway=st.sampled_from(GATEWAYS), source=st.sampled_from(["p1", "p2"]))
+hosts = st.builds(
+    Host, name=st.sampled_from(NODES),
+    ip=st.sampled_from([None, IPv4Interface("10.99.0.1/24"), IPv4Interface("10.99.0.2/24"),
+                        IPv4Interface("10.99.1.3/24")]),
+    vtep_ip=st.sampled_from([None, A("10.244.9.1"), A("10.244.9.2")]),
+    vtep_mac=st.sampled_from([None, "66:00:00:00:00:01"]))
+
+
+@st.composite
+def global_inputs(draw) -> CalcInput:
+    """Everything but workloads and learned routes: what only ``rebuild`` takes."""
+    pools = frozenset(draw(st.lists(st.sampled_from(POOLS), unique=True)))
+    encap = frozenset(PoolEncap(p, draw(MODES), draw(MODES)) for p in pools if draw(st.booleans()))
+    blocks = draw(st.frozensets(st.builds(Block, cidr=st.sampled_from(BLOCK_CIDRS),
+                                          node=st.sampled_from(NODES)), max_size=6))
+    host_list = draw(st.lists(hosts, max_size=3, unique_by=lambda h: h.name))
+    return CalcInput(node="n1", pools=pools, blocks=blocks, workloads=frozenset(),
+                     learned=frozenset(), encap=encap, hosts=frozenset(host_list),
+                     bgp=draw(st.booleans()))
+
+
+# (True: added / False: removed, the item)
+events = st.lists(st.tuples(st.booleans(), st.one_of(workloads, learned_routes)), max_size=25)
+
+
+def with_event(inp: CalcInput, added: bool, item) -> CalcInput:
+    field = "workloads" if isinstance(item, Workload) else "learned"
+    items = getattr(inp, field)
+    return replace(inp, **{field: items | {item} if added else items - {item}})
+
+
+def feed(calc: RouteCalc, added: bool, item) -> set[IPv4Network]:
+    if isinstance(item, Workload):
+        return calc.update(**{"workloads_added" if added else "workloads_removed": [item]})
+    return calc.update(**{"learned_added" if added else "learned_removed": [item]})
+
+
+def changed_between(before, after) -> set[IPv4Network]:
+    return {d for d in before.keys() | after.keys() if before.get(d) != after.get(d)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(global_inputs(), st.frozensets(workloads), st.frozensets(learned_routes), events)
+def test_every_update_equals_the_reference_and_reports_exactly_what_changed(base, wls, lrs, evs):
+    inp = replace(base, workloads=wls, learned=lrs)
+    calc = RouteCalc()
+    assert calc.rebuild(inp) == set(desired_routes(inp))
+    assert calc.problems == unroutable(inp)
+    for added, item in evs:
+        before = desired_routes(inp)
+        inp = with_event(inp, added, item)
+        after = desired_routes(inp)
+        assert feed(calc, added, item) == changed_between(before, after)
+        assert dict(calc.desired) == dict(after)
+
+
+@settings(max_examples=200, deadline=None)
+@given(global_inputs(), st.frozensets(workloads), st.frozensets(learned_routes),
+       st.frozensets(st.one_of(workloads, learned_routes)), st.randoms(use_true_random=False))
+def test_any_order_of_the_same_events_gives_the_same_state(base, wls, lrs, extra, rnd):
+    """Adds of ``extra`` and removals of half the initial items, one event at a time in two
+    random orders, and all at once in one batch: the same routes, equal to the reference."""
+    initial = list(wls) + list(lrs)
+    gone = set(initial[::2]) - extra
+    evs = [(True, i) for i in extra] + [(False, i) for i in gone]
+    final = replace(base, workloads=(wls | {i for i in extra if isinstance(i, Workload)})
+                    - gone, learned=(lrs | {i for i in extra if isinstance(i, RemoteRoute)}) - gone)
+    results = []
+    for _ in range(2):
+        calc = RouteCalc()
+        calc.rebuild(replace(base, workloads=wls, learned=lrs))
+        rnd.shuffle(evs)
+        for added, item in evs:
+            feed(calc, added, item)
+        results.append(dict(calc.desired))
+    batch = RouteCalc()
+    batch.rebuild(replace(base, workloads=wls, learned=lrs))
+    batch.update(workloads_added=[i for i in extra if isinstance(i, Workload)],
+                 learned_added=[i for i in extra if isinstance(i, RemoteRoute)],
+                 workloads_removed=[i for i in gone if isinstance(i, Workload)],
+                 learned_removed=[i for i in gone if isinstance(i, RemoteRoute)])
+    assert results[0] == results[1] == dict(batch.desired) == dict(desired_routes(final))
+
+
+@settings(max_examples=150, deadline=None)
+@given(global_inputs(), global_inputs(), st.frozensets(workloads), st.frozensets(learned_routes),
+       events)
+def test_a_rebuild_in_the_middle_reports_its_changes_and_updates_go_on(a, b, wls, lrs, evs):
+    first = replace(a, workloads=wls, learned=lrs)
+    calc = RouteCalc()
+    calc.rebuild(first)
+    half = len(evs) // 2
+    inp = first
+    for added, item in evs[:half]:
+        inp = with_event(inp, added, item)
+        feed(calc, added, item)
+    switched = replace(b, workloads=inp.workloads, learned=inp.learned)
+    assert calc.rebuild(switched) == changed_between(desired_routes(inp), desired_routes(switched))
+    inp = switched
+    for added, item in evs[half:]:
+        inp = with_event(inp, added, item)
+        feed(calc, added, item)
+    assert dict(calc.desired) == dict(desired_routes(inp))
+    assert calc.problems == unroutable(inp)
+
+
+def test_update_before_rebuild_is_a_bug():
+    with pytest.raises(AssertionError, match="Bug"):
+        RouteCalc().update(workloads_added=[Workload(IPS[0], "calia", "n1", "ns/x")])
+
+
+def test_removing_what_is_not_there_changes_nothing():
+    calc = RouteCalc()
+    calc.rebuild(CalcInput(node="n1", pools=frozenset(POOLS), blocks=frozenset(),
+                           workloads=frozenset(), learned=frozenset()))
+    assert calc.update(workloads_removed=[Workload(IPS[0], "calia", "n1", "ns/x")],
+                       learned_removed=[RemoteRoute(PREFIXES[0], GATEWAYS[0], "p1")]) == set()
+    assert dict(calc.desired) == {}
