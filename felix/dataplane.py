@@ -34,6 +34,13 @@ writing, a link went down or away while the cache holds gateway routes we wrote 
 those only a dump says). Otherwise a lost link just drops the cached routes through it. When someone else changes our routes, or a device a failing route
 waits for appears, the table tells the agent: ``drifted`` (an ``asyncio.Event``) is set and
 ``on_drift()`` is called, on the event loop; ``apply`` clears ``drifted`` when it starts.
+
+Dirty destinations (``apply(desired, changed=dsts)``, incremental mode): the caller's calculation
+knows which destinations changed since the last apply, so only those are diffed and written (an
+event at 100k routes costs its own routes, not a walk of the whole table). This is trusted only
+while the cache is: no resync pending, nothing drifted since the last apply, no strays of ours;
+otherwise the apply is a full diff as always. What the last applies said about the other
+destinations (their failures, their devices awaited, their blockers) is carried over.
 """
 from __future__ import annotations
 
@@ -45,7 +52,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -182,7 +189,8 @@ class RouteTable:
         self._stale = True  # a full dump is needed before the next diff
         self._dumping = self._writing = False
         self._pending: deque[bytes] = deque()  # notifications read during a full dump
-        self._waiting_devs: set[str] = set()  # devices of routes that failed with ENODEV
+        self._waiting: dict[int, str] = {}  # key -> device of a route that failed with ENODEV
+        self._waiting_devs: set[str] = set()  # their devices
         self._blocked: set[int] = set()  # keys held by another owner's route
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -252,15 +260,21 @@ class RouteTable:
         desired: Mapping[IPv4Network, DesiredRoute],
         *,
         delete_unknown_gateway_routes: bool = True,
+        changed: Iterable[IPv4Network] | None = None,
     ) -> ApplyResult:
         """Make our routes equal ``desired``; see the module docstring for the rules.
 
         ``delete_unknown_gateway_routes=False`` keeps our gateway routes that are not desired (after
         an agent restart, until BGP has re-synced, so traffic keeps flowing).
+        ``changed``: the only destinations that may differ since the last apply (incremental mode:
+        diff and write just those, if the cache can be trusted; a full diff otherwise).
         """
         async with self._lock:
+            if self.drifted.is_set():
+                changed = None  # someone changed routes we were not told about: look at them all
             self.drifted.clear()  # what drifted so far, this apply sees
-            return await self._in_thread(self._apply, desired, delete_unknown_gateway_routes)
+            dirty = None if changed is None or not self.incremental else _keys(changed)
+            return await self._in_thread(self._apply, desired, delete_unknown_gateway_routes, dirty)
 
     async def set_route(self, route: DesiredRoute) -> None:
         """Write one route now, no diff, no sweep (the CNI plugin's ADD). Raises NetlinkError."""
@@ -269,14 +283,22 @@ class RouteTable:
 
     # -- the blocking halves (run in a thread, under the lock) ----------------------------------
 
-    def _apply(self, desired: Mapping[IPv4Network, DesiredRoute], delete_gateway_routes: bool):
-        snap = self._cached_snapshot() if self.incremental else self._snapshot()
+    def _apply(self, desired: Mapping[IPv4Network, DesiredRoute], delete_gateway_routes: bool,
+               dirty: dict[int, IPv4Network] | None = None):
+        if self.incremental:
+            snap, partial = self._cached_snapshot(dirty)
+            dirty = dirty if partial else None  # the cache could not be trusted: a full diff
+        else:
+            snap, dirty = self._snapshot(), None
+        if dirty is not None:
+            desired = {dst: desired[dst] for dst in dirty.values() if dst in desired}
         result, plan = ApplyResult(), _Plan()
         try:
             for image in snap.strays:
                 plan.add("delete", rtnl.decode_route(image).key, image)
-            unwanted = self._diff(desired, snap, plan, result)
-            for key, image in self._unwanted(unwanted, snap.names, delete_gateway_routes, result):
+            unwanted = self._diff(desired, snap, plan, result, dirty)
+            for key, image in self._unwanted(unwanted, snap.names, delete_gateway_routes, result,
+                                             dirty):
                 plan.add("delete", key, image)  # the dumped route itself: the kernel matches it exactly
             plan.deletes_first()
             failed = self._write(plan, result)
@@ -288,6 +310,10 @@ class RouteTable:
         if self.incremental:
             self._commit(plan, failed)
         self._last_desired = self._desired_workloads
+        if dirty is not None:  # the other destinations' failures stand until they are retried
+            dsts = set(dirty.values())
+            result.failed = {**{d: r for d, r in self._failing.items() if d not in dsts},
+                             **result.failed}
         self._note_failures(result.failed)
         self.writes += result.writes
         return result
@@ -328,8 +354,11 @@ class RouteTable:
 
     # -- deciding ----------------------------------------------------------------------------
 
-    def _diff(self, desired, snap: _Snapshot, plan: _Plan, result: ApplyResult) -> dict[int, bytes]:
+    def _diff(self, desired, snap: _Snapshot, plan: _Plan, result: ApplyResult,
+              dirty: dict[int, IPv4Network] | None = None) -> dict[int, bytes]:
         """Queue the adds/replaces of ``desired``; return our routes that are not desired.
+        ``dirty`` given: ``desired`` and ``snap.ours`` hold only those keys; what is known of the
+        other keys is kept.
 
         The hot loop of every resync: per route one key, one image (from a cached shape), one
         ``bytes`` comparison; only routes that differ are decoded. It reads ipaddress's own slots
@@ -337,7 +366,7 @@ class RouteTable:
         routes they were half the time of a no-op resync.
         """
         ours, ifindex, shapes = snap.ours, {n: i for i, n in snap.names.items()}, {}
-        pop, workload, waiting, blocked = ours.pop, set(), set(), set()  # ours: left = unwanted
+        pop, workload, waiting, blocked = ours.pop, set(), {}, set()  # ours: left = unwanted
         for want in desired.values():
             dst, gateway = want.dst, want.gateway
             address, plen = dst.network_address._ip, dst._prefixlen
@@ -367,19 +396,27 @@ class RouteTable:
             elif image is None:
                 # Usual for a workload whose veth the CNI plugin has not made yet; retried next time.
                 result.failed[dst] = f"ENODEV: device {want.dev} does not exist"
-                waiting.add(want.dev)
+                waiting[key] = want.dev
             else:
                 plan.add("add" if have is None else "replace", key, image)
-        self._desired_workloads, self._waiting_devs, self._blocked = workload, waiting, blocked
+        if dirty is not None:
+            workload |= {kd for kd in self._last_desired if kd[0] not in dirty}
+            waiting.update((k, d) for k, d in self._waiting.items() if k not in dirty)
+            blocked |= self._blocked - dirty.keys()
+        self._desired_workloads, self._waiting, self._blocked = workload, waiting, blocked
+        self._waiting_devs = set(waiting.values())
         return ours
 
     def _unwanted(self, unwanted: dict[int, bytes], names: dict[int, str], delete_gateway_routes: bool,
-               result: ApplyResult) -> list[tuple[int, bytes]]:
+               result: ApplyResult, dirty: dict[int, IPv4Network] | None = None
+               ) -> list[tuple[int, bytes]]:
         """(key, image) of our routes to delete among those not desired: strays always, the rest
-        unless kept (gateway routes until BGP resynced; unknown workload routes in their grace)."""
+        unless kept (gateway routes until BGP resynced; unknown workload routes in their grace).
+        ``dirty`` given: only those keys were looked at; the grace of the others runs on."""
         workload_oifs = {i for i, name in names.items() if name.startswith(WORKLOAD_PREFIX)}
+        kept = {} if dirty is None else {k: t for k, t in self._first_seen.items() if k[0] not in dirty}
         if delete_gateway_routes and not workload_oifs:
-            self._first_seen = {}
+            self._first_seen = kept
             return list(unwanted.items())  # nothing to keep: no need to decode 100k deletes
         now, stale, present = self._clock(), [], set()
         for key, image in unwanted.items():
@@ -394,7 +431,7 @@ class RouteTable:
                         result.recheck_after = min(remaining, result.recheck_after or remaining)
                         continue
             stale.append((key, image))
-        self._first_seen = {k: t for k, t in self._first_seen.items() if k in present}
+        self._first_seen = {**kept, **{k: t for k, t in self._first_seen.items() if k in present}}
         return stale
 
     def _grace_left(self, key: int, dev: str, now: float) -> float:
@@ -413,11 +450,18 @@ class RouteTable:
 
     # -- the cache (incremental mode) -------------------------------------------------------------
 
-    def _cached_snapshot(self) -> _Snapshot:
-        """A private copy of the cache, brought up to date (a full dump if it cannot be trusted)."""
+    def _cached_snapshot(self, dirty: dict | None = None) -> tuple[_Snapshot, bool]:
+        """A private copy of the cache, brought up to date (a full dump if it cannot be trusted),
+        and whether it is partial: with ``dirty`` given and the cache trusted (no dump needed,
+        nothing drifted, no strays), only those keys of ``ours`` are copied."""
         with self._cache_lock:
-            self._pump()  # everything that happened before this apply
+            drift = self._pump()  # everything that happened before this apply
             dump = self._cache is None or self._stale
+            if dirty is not None and not (dump or drift or self._cache.strays):
+                self._writing = True
+                c = self._cache
+                ours = {key: c.ours[key] for key in dirty if key in c.ours}
+                return _Snapshot(ours, [], dict(c.foreign), dict(c.names), set(c.up)), True
             if dump:
                 self._dumping = True
                 self._pending.clear()  # older than the dump about to start
@@ -434,7 +478,7 @@ class RouteTable:
                 self._pump()
         with self._cache_lock:
             self._writing = True
-            return self._cache.copy()
+            return self._cache.copy(), False
 
     def _commit(self, plan: _Plan, failed: dict[int, rtnl.NetlinkFailure]) -> None:
         """Our own writes into the cache (the kernel does not echo them to us)."""
@@ -620,6 +664,10 @@ _CMD = {"delete": rtnl.RTM_DELROUTE, "add": rtnl.RTM_NEWROUTE, "replace": rtnl.R
 
 def _key_of(image: bytes) -> int:
     return rtnl.decode_route(image).key
+
+
+def _keys(dsts: Iterable[IPv4Network]) -> dict[int, IPv4Network]:
+    return {int(d.network_address) << 8 | d.prefixlen: d for d in dsts}
 
 
 class _Shape:

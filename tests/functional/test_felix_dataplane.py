@@ -377,6 +377,80 @@ def test_incremental_cni_route_gets_grace_and_a_device_appearing_wakes_the_agent
     assert ours_in_kernel(node) == ["10.244.1.7 dev cali00000000001 scope link"]
 
 
+# -- dirty destinations: apply(desired, changed=...) diffs and writes only those ------------------
+
+
+def test_changed_diffs_only_the_dirty_destinations_while_the_cache_is_trusted(node):
+    moved = DesiredRoute(GW.dst, "unicast", None, A("192.168.5.3"), "universe", "learned from n3")
+    extra = DesiredRoute(N("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "x")
+
+    async def scenario():
+        async with RouteTable(netns=node, incremental=True) as table:
+            await table.apply(ALL)
+            # GW moved too, but only ``extra`` is said to have changed: GW is not looked at
+            partial = await table.apply({**ALL, GW.dst: moved, extra.dst: extra}, changed=[extra.dst])
+            kernel_then = ours_in_kernel(node)
+            full = await table.apply({**ALL, GW.dst: moved, extra.dst: extra})
+            gone = await table.apply({WL.dst: WL, BH.dst: BH, GW.dst: moved},
+                                     changed={extra.dst, WL.dst})
+            nothing = await table.apply({WL.dst: WL, BH.dst: BH, GW.dst: moved}, changed=())
+            return partial, kernel_then, full, gone, nothing, table.dumps
+
+    partial, kernel_then, full, gone, nothing, dumps = run(scenario())
+    assert (partial.added, partial.writes) == (1, 1)
+    assert "10.244.2.0/26 via 192.168.5.2 dev eth0" in kernel_then
+    assert (full.replaced, full.writes) == (1, 1)
+    assert (gone.deleted, gone.writes) == (1, 1) and nothing.writes == 0 and dumps == 1
+    assert ours_in_kernel(node) == ["10.244.1.5 dev cali0123456789a scope link",
+                                    "10.244.2.0/26 via 192.168.5.3 dev eth0",
+                                    "blackhole 10.244.1.0/26"]
+
+
+def test_changed_is_ignored_after_drift_or_resync_and_without_a_cache(node):
+    async def scenario():
+        async with RouteTable(netns=node, incremental=True) as table:
+            await table.apply(ALL)
+            ip(node, "route", "del", "10.244.2.0/26", "proto", str(PROTO))
+            await drift_seen(table)
+            repaired = await table.apply(ALL, changed=[])  # drifted: a full diff repairs it
+            ip(node, "route", "del", "10.244.1.0/26", "proto", str(PROTO))
+            table.resync()
+            resynced = await table.apply(ALL, changed=[])
+            return repaired, resynced, table.dumps
+
+    repaired, resynced, dumps = run(scenario())
+    assert (repaired.added, resynced.added, dumps) == (1, 1, 2)
+    ip(node, "route", "del", "10.244.1.0/26", "proto", str(PROTO))
+    assert run(apply_once(node, ALL, changed=[])).added == 1  # not incremental: always full
+
+
+def test_changed_keeps_the_failures_and_grace_of_the_other_destinations(node):
+    missing = workload_route(A("10.244.1.9"), "cali00000000009", "default/late")
+    now = [100.0]
+
+    async def scenario():
+        async with RouteTable(netns=node, incremental=True, clock=lambda: now[0]) as table:
+            first = await table.apply({**ALL, missing.dst: missing})
+            other = await table.apply({BH.dst: BH, GW.dst: GW, missing.dst: missing},
+                                      changed=[WL.dst])  # WL was desired: gone without grace
+            await table.set_route(workload_route(A("10.244.1.6"), CALI, "cni"))  # unknown: grace
+            kept = await table.apply({BH.dst: BH, GW.dst: GW, missing.dst: missing},
+                                     changed=[N("10.244.1.6/32")])
+            now[0] += 5
+            still = await table.apply({BH.dst: BH, GW.dst: GW, missing.dst: missing}, changed=[BH.dst])
+            now[0] += 6
+            swept = await table.apply({BH.dst: BH, GW.dst: GW, missing.dst: missing},
+                                      changed=[N("10.244.1.6/32")])
+            return first, other, kept, still, swept
+
+    first, other, kept, still, swept = run(scenario())
+    assert list(first.failed) == [missing.dst] and list(other.failed) == [missing.dst]
+    assert other.deleted == 1
+    assert (kept.writes, kept.recheck_after) == (0, 10.0) and still.writes == 0
+    assert swept.deleted == 1 and list(swept.failed) == [missing.dst]
+    assert ours_in_kernel(node) == ["10.244.2.0/26 via 192.168.5.2 dev eth0", "blackhole 10.244.1.0/26"]
+
+
 def test_a_cancelled_apply_finishes_its_batch_before_the_table_moves_on(node):
     desired = {r.dst: r for r in (
         DesiredRoute(N((int(A("100.64.0.0")) + 4 * i, 30)), "blackhole", None, None, "universe", "b")
