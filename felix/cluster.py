@@ -1,11 +1,14 @@
 """The agent's view of the datastore, and its conversion into the pure inputs of calc and BGP.
 
-Purely computational; no I/O. ``ClusterState.apply`` takes syncer batches (memory only, marks dirty);
-the functions below derive frozen values from the current state alone, never from history.
+Purely computational; no I/O. ``ClusterState.apply`` takes syncer batches (memory only, marks dirty:
+``take_changes`` says which resources changed since it was last called, so the agent can update its
+calculation incrementally); the functions below derive frozen values from the current state alone,
+never from history.
 """
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
@@ -19,12 +22,19 @@ from felix.calc import Block, CalcInput, Host, PoolEncap, RemoteRoute, Workload
 WATCHED_KINDS = ("IPPool", "BGPConfiguration", "Node", "WorkloadEndpoint", "IPAMBlock")
 
 
+Key = tuple[str, str | None, str]  # (kind, namespace, name)
+IN_SYNC = "InSync"  # in ``take_changes``: the first complete snapshot arrived
+
+
 @dataclass
 class ClusterState:
-    resources: dict[tuple[str, str | None, str], Resource] = field(default_factory=dict)
+    resources: dict[Key, Resource] = field(default_factory=dict)
     in_sync: bool = False  # a complete snapshot arrived once (stays true while the datastore is away)
     revision: int = 0
     connection: Connection | None = None  # the datastore connection's latest state
+    # kind -> key -> resource: ``of_kind`` walks one kind, not 100k blocks to find three pools
+    _by_kind: dict[str, dict[Key, Resource]] = field(default_factory=dict, repr=False)
+    _changes: dict[str, set[Key]] = field(default_factory=dict, repr=False)
 
     def apply(self, batch: Iterable[Update | InSync | Connection]) -> bool:
         """Take a batch; return whether anything the agent uses changed. An update that differs
@@ -33,7 +43,9 @@ class ClusterState:
         changed = False
         for item in batch:
             if isinstance(item, InSync):
-                changed |= not self.in_sync
+                if not self.in_sync:
+                    changed = True
+                    self._changes.setdefault(IN_SYNC, set())
                 self.in_sync, self.revision = True, item.revision
             elif isinstance(item, Connection):
                 changed |= self.connection is None or item.state != self.connection.state
@@ -42,18 +54,29 @@ class ClusterState:
                 changed |= self._update(item)
         return changed
 
+    def take_changes(self) -> dict[str, set[Key]]:
+        """The keys of the resources that changed since the last call, by kind (``IN_SYNC`` once
+        the first snapshot is complete); the record starts again empty."""
+        changes, self._changes = self._changes, {}
+        return changes
+
     def _update(self, item: Update) -> bool:
         key = (item.kind, item.namespace, item.name)
         old = self.resources.get(key)
         if item.resource is None:
             self.resources.pop(key, None)
-            return old is not None
-        self.resources[key] = item.resource
-        return old is None or old.with_revision(None) != item.resource.with_revision(None)
+            self._by_kind.get(item.kind, {}).pop(key, None)
+            changed = old is not None
+        else:
+            self.resources[key] = item.resource
+            self._by_kind.setdefault(item.kind, {})[key] = item.resource
+            changed = old is None or old.with_revision(None) != item.resource.with_revision(None)
+        if changed:
+            self._changes.setdefault(item.kind, set()).add(key)
+        return changed
 
     def of_kind(self, cls: type[Resource]) -> list:
-        return sorted((r for (k, _, _), r in self.resources.items() if k == cls.KIND),
-                      key=lambda r: r.key)
+        return sorted(self._by_kind.get(cls.KIND, {}).values(), key=lambda r: r.key)
 
 
 def ipv4_pools(state: ClusterState) -> list[IPPool]:
@@ -101,14 +124,59 @@ def node_infos(state: ClusterState) -> list[NodeInfo]:
 def local_workloads(state: ClusterState, node: str) -> frozenset[Workload]:
     out = set()
     for wep in state.of_kind(WorkloadEndpoint):
-        if wep.spec.node != node:
-            continue
-        for net in wep.spec.ip_networks:
-            ip = ipaddress.ip_network(net).network_address
-            if ip.version == 4:
-                out.add(Workload(ip=ip, iface=wep.spec.interface_name, node=node,
-                                 name=f"{wep.metadata.namespace}/{wep.spec.pod}"))
+        out |= endpoint_workloads(wep, node)
     return frozenset(out)
+
+
+def endpoint_workloads(wep: WorkloadEndpoint | None, node: str) -> frozenset[Workload]:
+    """The IPv4 workloads of one endpoint if it is on ``node`` (none for ``None``: deleted)."""
+    if wep is None or wep.spec.node != node:
+        return frozenset()
+    out = set()
+    for net in wep.spec.ip_networks:
+        ip = ipaddress.ip_network(net).network_address
+        if ip.version == 4:
+            out.add(Workload(ip=ip, iface=wep.spec.interface_name, node=node,
+                             name=f"{wep.metadata.namespace}/{wep.spec.pod}"))
+    return frozenset(out)
+
+
+class LocalWorkloads:
+    """``local_workloads`` kept per endpoint, so a changed endpoint yields the workloads that
+    appeared and went. Counted: two endpoints may yield one identical workload, which goes only
+    with the last of them."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self._by_key: dict[Key, frozenset[Workload]] = {}
+        self._count: Counter[Workload] = Counter()
+
+    def reset(self, state: ClusterState) -> frozenset[Workload]:
+        """Start again from the whole state; return every local workload."""
+        self._by_key, self._count = {}, Counter()
+        for wep in state.of_kind(WorkloadEndpoint):
+            self.update(state, [(WorkloadEndpoint.KIND, wep.metadata.namespace, wep.name)])
+        return frozenset(self._count)
+
+    def update(self, state: ClusterState, keys: Iterable[Key]
+               ) -> tuple[set[Workload], set[Workload]]:
+        """Take the endpoints at ``keys`` as they are now; return (workloads gone, appeared)."""
+        before: dict[Workload, bool] = {}  # touched workload -> was it there
+        for key in keys:
+            new = endpoint_workloads(state.resources.get(key), self.node)
+            old = self._by_key.pop(key, frozenset())
+            if new:
+                self._by_key[key] = new
+            for w in old ^ new:
+                before.setdefault(w, w in self._count)
+                self._count[w] += 1 if w in new else -1
+                if not self._count[w]:
+                    del self._count[w]
+        gone = {w for w, was in before.items() if was and w not in self._count}
+        return gone, {w for w, was in before.items() if not was and w in self._count}
+
+    def __iter__(self):
+        return iter(self._count)
 
 
 def pool_encaps(state: ClusterState) -> frozenset[PoolEncap]:
@@ -133,13 +201,17 @@ def nat_pools(state: ClusterState) -> list[tuple[IPv4Network, bool]]:
     return [(p.spec.network, p.spec.nat_outgoing) for p in state.of_kind(IPPool)]
 
 
+def remote_routes(learned: Iterable) -> frozenset[RemoteRoute]:
+    """``learned``: bgp.rib.LearnedRoute values (prefix, nexthop, peer)."""
+    return frozenset(RemoteRoute(prefix=r.prefix, gateway=r.nexthop, source=str(r.peer))
+                     for r in learned)
+
+
 def calc_input(state: ClusterState, node: str, learned: Iterable, *, bgp: bool = True) -> CalcInput:
     """``learned``: bgp.rib.LearnedRoute values (prefix, nexthop, peer)."""
     blocks = frozenset(Block(cidr=b.spec.network, node=b.spec.affine_node)
                        for b in state.of_kind(IPAMBlock)
                        if b.spec.affine_node and b.spec.network.version == 4 and not b.spec.deleted)
-    remote = frozenset(RemoteRoute(prefix=r.prefix, gateway=r.nexthop, source=str(r.peer))
-                       for r in learned)
     return CalcInput(node=node, pools=pool_cidrs(state), blocks=blocks,
-                     workloads=local_workloads(state, node), learned=remote,
+                     workloads=local_workloads(state, node), learned=remote_routes(learned),
                      encap=pool_encaps(state), hosts=hosts(state), bgp=bgp)

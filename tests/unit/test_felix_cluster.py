@@ -123,3 +123,43 @@ def test_an_update_that_changes_only_the_revision_is_no_change():
     assert s.apply([upd(moved)])
     assert s.apply([Update("Node", None, "n1", None)])
     assert not s.apply([Update("Node", None, "n1", None)])  # deleting what is gone: nothing
+
+
+def test_take_changes_names_the_changed_resources_by_kind_once():
+    s = state_of(RESOURCES)
+    first = s.take_changes()
+    assert first[cluster.IN_SYNC] == set() and len(first["WorkloadEndpoint"]) == 2
+    assert s.take_changes() == {}
+    node = res("Node", "n1", {"bgp": {"ipv4Address": "10.99.0.1/24"}})
+    assert not s.apply([upd(node.with_revision("9"))])  # only the revision: no change recorded
+    assert s.take_changes() == {}
+    s.apply([Update("IPAMBlock", None, "10-244-1-0-26", None), Update("IPAMBlock", None, "x", None)])
+    assert s.take_changes() == {"IPAMBlock": {("IPAMBlock", None, "10-244-1-0-26")}}
+    assert [b.name for b in s.of_kind(RESOURCES[5].__class__)] == ["10-244-2-0-26", "10-250-0-0-26"]
+
+
+def wep(name, node, ip, pod="p", iface="cali0123456789a"):
+    return res("WorkloadEndpoint", name, {"node": node, "pod": pod, "interfaceName": iface,
+                                          "ipNetworks": [ip]}, namespace="default")
+
+
+endpoints = st.builds(
+    wep, name=st.sampled_from(["a", "b", "c"]), node=st.sampled_from(["n1", "n2"]),
+    ip=st.sampled_from(["10.244.1.5/32", "10.244.1.6/32", "fd00::1/128"]),
+    pod=st.sampled_from(["p", "q"]))
+
+
+@given(st.lists(st.lists(st.one_of(endpoints, st.sampled_from(["a", "b", "c"])), max_size=4),
+                max_size=8))
+def test_local_workloads_index_tracks_local_workloads_through_any_batches(batches):
+    """Endpoints (a name alone: its deletion) in batches: the index's deltas, applied to a set,
+    always give ``local_workloads``; two endpoints with one identical workload count twice."""
+    s, index, seen = cluster.ClusterState(), cluster.LocalWorkloads("n1"), set()
+    for batch in batches:
+        s.apply([upd(item) if not isinstance(item, str)
+                 else Update("WorkloadEndpoint", "default", item, None) for item in batch])
+        gone, appeared = index.update(s, s.take_changes().get("WorkloadEndpoint", ()))
+        assert not gone & appeared and gone <= seen and not appeared & seen
+        seen = (seen - gone) | appeared
+        assert seen == set(index) == cluster.local_workloads(s, "n1")
+    assert cluster.LocalWorkloads("n1").reset(s) == cluster.local_workloads(s, "n1")
