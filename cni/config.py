@@ -39,6 +39,7 @@ class NetConf:
     log_level: str = "WARNING"
     log_file_path: str | None = None
     kubeconfig: str | None = None  # Calico's "kubernetes": {"kubeconfig": ...}
+    mtu: int | None = None  # both veth ends (Calico's "mtu"; the manifest's veth_mtu); None: kernel's
     raw: bytes = field(default=b"", repr=False)  # passed unchanged to the delegated IPAM plugin
 
 
@@ -88,6 +89,9 @@ def parse_netconf(raw: bytes) -> NetConf:
     kubernetes = data.get("kubernetes") or {}
     if not isinstance(kubernetes, dict):
         raise CNIError(INVALID_CONFIG, "kubernetes: must be an object like {\"kubeconfig\": PATH}")
+    mtu = data.get("mtu")
+    if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535):
+        raise CNIError(INVALID_CONFIG, f"mtu: {mtu!r} is not an integer from 68 to 65535")
     return NetConf(
         cni_version=version, name=_required_str(data, "name"), type=_required_str(data, "type"),
         datastore_type=datastore_type, etcd_endpoints=endpoints,
@@ -95,6 +99,7 @@ def parse_netconf(raw: bytes) -> NetConf:
         ipv4_pools=tuple(pools), log_level=_log_level(data.get("log_level")),
         log_file_path=_optional_str(data, "log_file_path"),
         kubeconfig=_optional_str(kubernetes, "kubeconfig", "kubernetes.kubeconfig"), raw=raw,
+        mtu=mtu,
     )
 
 

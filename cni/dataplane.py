@@ -47,14 +47,18 @@ class Wired:
     pod_mac: str
 
 
-def wire_pod(host_ifname: str, netns: str, pod_ifname: str, address: ipaddress.IPv4Address) -> Wired:
-    """Create and configure the veth pair. On failure, removes whatever it created, then raises."""
+def wire_pod(host_ifname: str, netns: str, pod_ifname: str, address: ipaddress.IPv4Address,
+             mtu: int | None = None) -> Wired:
+    """Create and configure the veth pair (both ends ``mtu`` when given). On failure, removes
+    whatever it created, then raises."""
     if not os.path.exists(netns):
         raise CNIError(UNKNOWN_CONTAINER, f"network namespace {netns} does not exist")
     tmp_host, tmp_pod = f"pch{secrets.token_hex(5)}", f"pcp{secrets.token_hex(5)}"
     with _netlink("create the veth pair"), IPRoute() as host:
         _remove_stale(host, host_ifname)
-        host.link("add", ifname=tmp_host, kind="veth", peer={"ifname": tmp_pod, "net_ns_fd": netns})
+        mtu_attr = {"mtu": mtu} if mtu else {}
+        host.link("add", ifname=tmp_host, kind="veth", **mtu_attr,
+                  peer={"ifname": tmp_pod, "net_ns_fd": netns, **mtu_attr})
         try:
             host_mac = _configure_host(host, tmp_host, host_ifname)
             pod_mac = _configure_pod(netns, tmp_pod, pod_ifname, address)

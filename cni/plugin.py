@@ -55,7 +55,7 @@ def cmd_add(inv: Invocation, conf: NetConf) -> dict[str, Any]:
         address = _single_ipv4(ipam_result)
         wired = dataplane.wired_pod(host, inv.netns, inv.ifname, address)
         if wired is None:  # not wired yet, or only half: wire it (again) with this address
-            wired = dataplane.wire_pod(host, inv.netns, inv.ifname, address)
+            wired = dataplane.wire_pod(host, inv.netns, inv.ifname, address, mtu=conf.mtu)
             undo.callback(_best_effort, "remove the veth", dataplane.unwire_pod, inv.netns,
                           inv.ifname, host)
         wep = workload_endpoint(inv, conf, wired, address)

@@ -321,7 +321,7 @@ def test_failed_add_releases_its_address_after_an_etcd_outage(lab, monkeypatch, 
     thawed = threading.Event()
     thaw = threading.Timer(FREEZE, lambda: (os.kill(lab.etcd_pid, signal.SIGCONT), thawed.set()))
 
-    def wire_while_etcd_freezes(*args):
+    def wire_while_etcd_freezes(*args, **kwargs):
         os.kill(lab.etcd_pid, signal.SIGSTOP)
         thaw.start()
         raise CNIError(DATAPLANE_FAILURE, "injected: wiring failed")
@@ -354,7 +354,7 @@ def _exhaust_tiny(lab):
 
 @pytest.mark.parametrize("case,code", [
     ("missing-netns", 3), ("unknown-pool", 7), ("exhausted-pool", 100), ("ifname-taken", 101),
-    ("bad-nodename", 7),
+    ("bad-nodename", 7), ("bad-mtu", 7),
 ])
 def test_failed_add_leaves_nothing(lab, case, code):
     pod_ns = lab.netns("pod")
@@ -369,6 +369,8 @@ def test_failed_add_leaves_nothing(lab, case, code):
         _ip(pod_ns, "link", "add", "eth0", "type", "veth", "peer", "name", "other")
     elif case == "bad-nodename":
         conf = {**lab.conf(), "nodename": "L-node1"}
+    elif case == "bad-mtu":
+        conf = lab.conf(mtu="1440")  # a string: Calico's conflist has a number here
     before = {b.name: b.spec.allocations for b in lab.ds.list("IPAMBlock").items}
     rc, result, err = lab.cni("ADD", "c1", path, conf=conf)
     assert rc != 0 and result["code"] == code, (result, err)
@@ -379,6 +381,16 @@ def test_failed_add_leaves_nothing(lab, case, code):
     assert lab.ds.list("WorkloadEndpoint").items == []
     after = {b.name: b.spec.allocations for b in lab.ds.list("IPAMBlock").items}
     assert {k: v for k, v in after.items() if k in before} == before
+
+
+def test_conflist_mtu_sets_both_veth_ends(lab):
+    """Issue 7 leftover: the conflist's "mtu" (the manifest's veth_mtu) was ignored."""
+    pod_ns = lab.netns("pod")
+    rc, result, err = lab.cni("ADD", "c1", f"/var/run/netns/{pod_ns}", conf=lab.conf(mtu=1410))
+    assert rc == 0, (result, err)
+    host = result["interfaces"][0]["name"]
+    assert lab.links(lab.node)[host]["mtu"] == 1410 and lab.links(pod_ns)["eth0"]["mtu"] == 1410
+    assert lab.cni("DEL", "c1", f"/var/run/netns/{pod_ns}")[0] == 0
 
 
 def test_version_and_ipam_plugin_alone(lab):
