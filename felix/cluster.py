@@ -20,6 +20,11 @@ from datastore.syncer import Connection, InSync, Update
 from felix.calc import Block, CalcInput, Host, PoolEncap, RemoteRoute, Workload
 
 WATCHED_KINDS = ("IPPool", "BGPConfiguration", "Node", "WorkloadEndpoint", "IPAMBlock")
+# Of some kinds the agent uses a few fields only: an IPAM block's allocations change with every pod
+# ADD and DEL on its node, which must not cost a reconcile (nor, at 100k blocks, a rebuild).
+_USED_FIELDS = {
+    "IPAMBlock": lambda b: (b.spec.network, b.spec.affine_node, b.spec.deleted),
+}
 
 
 Key = tuple[str, str | None, str]  # (kind, namespace, name)
@@ -39,7 +44,8 @@ class ClusterState:
     def apply(self, batch: Iterable[Update | InSync | Connection]) -> bool:
         """Take a batch; return whether anything the agent uses changed. An update that differs
         only in resourceVersion is no change: on Kubernetes every kubelet heartbeat rewrites its
-        Node, and reconciling for each would keep every agent busy forever."""
+        Node, and reconciling for each would keep every agent busy forever. Nor is an IPAM block
+        whose allocations alone changed (every pod ADD and DEL does that)."""
         changed = False
         for item in batch:
             if isinstance(item, InSync):
@@ -70,7 +76,13 @@ class ClusterState:
         else:
             self.resources[key] = item.resource
             self._by_kind.setdefault(item.kind, {})[key] = item.resource
-            changed = old is None or old.with_revision(None) != item.resource.with_revision(None)
+            used = _USED_FIELDS.get(item.kind)
+            if old is None:
+                changed = True
+            elif used is not None:
+                changed = used(old) != used(item.resource)
+            else:
+                changed = old.with_revision(None) != item.resource.with_revision(None)
         if changed:
             self._changes.setdefault(item.kind, set()).add(key)
         return changed

@@ -163,3 +163,16 @@ def test_local_workloads_index_tracks_local_workloads_through_any_batches(batche
         seen = (seen - gone) | appeared
         assert seen == set(index) == cluster.local_workloads(s, "n1")
     assert cluster.LocalWorkloads("n1").reset(s) == cluster.local_workloads(s, "n1")
+
+
+def test_a_block_whose_allocations_alone_changed_is_no_change():
+    """Every pod ADD and DEL rewrites its block: at 100k blocks a rebuild per pod would be ruinous."""
+    spec = {"cidr": "10.244.1.0/26", "affinity": "host:n1"}
+    s = state_of(RESOURCES)
+    s.take_changes()
+    used = res("IPAMBlock", "10-244-1-0-26", {**spec, "allocations": [0] + [None] * 63,
+                                              "unallocated": list(range(1, 64))})
+    assert not s.apply([upd(used)]) and s.take_changes() == {}
+    assert s.resources[("IPAMBlock", None, "10-244-1-0-26")] == used  # kept current
+    moved = res("IPAMBlock", "10-244-1-0-26", {**spec, "affinity": "host:n2"})
+    assert s.apply([upd(moved)]) and list(s.take_changes()) == ["IPAMBlock"]
