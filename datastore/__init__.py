@@ -9,8 +9,8 @@ write raises ``Conflict``, never a silent overwrite.
 from __future__ import annotations
 
 from datastore.base import (
-    AlreadyExists, Compacted, Conflict, Datastore, DatastoreError, Listing, NotFound, Rejected,
-    Unavailable, WatchEvent,
+    AlreadyExists, Compacted, Conflict, Datastore, DatastoreError, Forbidden, Listing, NotFound,
+    Rejected, Unavailable, WatchEvent,
 )
 
 
@@ -39,6 +39,7 @@ def connect(datastore_type: str = "etcdv3", *, etcd_endpoints: str | None = None
 
 
 __all__ = [
-    "AlreadyExists", "Compacted", "Conflict", "Datastore", "DatastoreError", "Listing", "NotFound",
+    "AlreadyExists", "Compacted", "Conflict", "Datastore", "DatastoreError", "Forbidden", "Listing",
+    "NotFound",
     "Rejected", "Unavailable", "WatchEvent", "connect",
 ]

@@ -41,6 +41,12 @@ class Unavailable(DatastoreError):
     """Transient: the backend could not be reached. Retry after a delay."""
 
 
+class Forbidden(Unavailable):
+    """The credentials may not do this (HTTP 401/403: RBAC). Retried like ``Unavailable`` (a role
+    binding may be on its way), but a caller that has another way (e.g. wait for kubelet to
+    register the Node instead of creating it) should take it."""
+
+
 class Rejected(DatastoreError):
     """Permanent: the backend refused the request or the object as invalid (HTTP 400/415/422)."""
 

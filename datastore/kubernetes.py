@@ -42,8 +42,8 @@ from kubernetes.client.exceptions import ApiException  # noqa: E402
 
 from crds import API_VERSION, Resource, kind_class, load
 from datastore.base import (
-    AlreadyExists, Compacted, Conflict, Datastore, DatastoreError, Listing, NotFound, Rejected,
-    Unavailable, WatchEvent,
+    AlreadyExists, Compacted, Conflict, Datastore, DatastoreError, Forbidden, Listing, NotFound,
+    Rejected, Unavailable, WatchEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -530,4 +530,6 @@ def _error(method: str, path: str, status: int, data: bytes | None) -> Datastore
         return Compacted(text)
     if status in (400, 415, 422):
         return Rejected(text)
+    if status in (401, 403):
+        return Forbidden(text)
     return Unavailable(text)

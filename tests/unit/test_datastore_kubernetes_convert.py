@@ -6,7 +6,9 @@ import json
 import pytest
 
 from crds import load
-from datastore.base import AlreadyExists, Compacted, Conflict, NotFound, Rejected, Unavailable
+from datastore.base import (
+    AlreadyExists, Compacted, Conflict, Forbidden, NotFound, Rejected, Unavailable,
+)
 from datastore.kubernetes import (
     POD_IP, POD_IPS, _error, _usable, from_k8s, new_node_k8s, node_from_k8s, node_to_k8s, place_of,
     to_k8s, wep_from_k8s,
@@ -90,7 +92,7 @@ def test_workload_endpoint_is_derived_from_the_pods_annotations():
 @pytest.mark.parametrize("status,reason,error", [
     (404, "NotFound", NotFound), (409, "AlreadyExists", AlreadyExists), (409, "Conflict", Conflict),
     (410, "Expired", Compacted), (422, "Invalid", Rejected), (500, "InternalError", Unavailable),
-    (503, "", Unavailable),
+    (503, "", Unavailable), (403, "Forbidden", Forbidden), (401, "Unauthorized", Forbidden),
 ])
 def test_status_codes_become_our_errors(status, reason, error):
     body = json.dumps({"kind": "Status", "reason": reason, "message": "the server says"}).encode()
