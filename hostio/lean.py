@@ -91,3 +91,12 @@ def lean_kubernetes() -> None:
             "ApiException": "kubernetes.client.exceptions",
         })
         lean("kubernetes.client.models")
+        # In a cluster the agent uses the in-cluster loader only; kube_config (a kubeconfig file)
+        # brings requests and oauthlib along: 6 MB, loaded only when a kubeconfig is used.
+        lean("kubernetes.config", {
+            "load_incluster_config": "kubernetes.config.incluster_config",
+            "ConfigException": "kubernetes.config.config_exception",
+            "new_client_from_config": "kubernetes.config.kube_config",
+            "load_kube_config": "kubernetes.config.kube_config",
+            "KUBE_CONFIG_DEFAULT_LOCATION": "kubernetes.config.kube_config",
+        })
