@@ -1,7 +1,10 @@
 """``pycalico-node``: the per-node agent. Wires datastore -> calc -> kernel and BGP.
 
 One asyncio loop. The syncer thread only posts batches (memory, mark dirty); one level-triggered
-reconcile applies a burst. Nothing is written to the kernel, and no BGP peer is configured, before
+reconcile applies a burst. A reconcile after a quiet spell starts at once; under a burst they come
+at most every ``COALESCE`` seconds. The frequent events (workload endpoints, learned BGP routes)
+update the route calculation incrementally and write only the destinations that changed; any other
+change rebuilds it (``_reconcile``). Nothing is written to the kernel, and no BGP peer is configured, before
 the datastore is in sync. On exit (SIGTERM) the agent stops its ExaBGP child but leaves its kernel
 routes in place, so traffic keeps flowing while it restarts; the next agent adopts them.
 """
@@ -18,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,7 +39,7 @@ from datastore.base import AlreadyExists, Conflict, Datastore, NotFound, Unavail
 from datastore.syncer import Connection, Syncer, is_fatal
 from felix import cluster, logs
 from felix.autodetect import detect
-from felix.calc import PROTO, desired_routes, unroutable
+from felix.calc import PROTO, RouteCalc
 from felix.dataplane import RouteTable
 from felix.encap import Encap
 from felix.health import HEALTH_PORT, METRICS_PORT, AgentHealth, HealthServer
@@ -52,7 +55,9 @@ MAX_RETRY_DELAY = 30.0  # retries back off (jittered) up to this while the failu
 # Full kernel dump and diff even without events (Felix's routeRefreshInterval, 90 s; env
 # FELIX_ROUTEREFRESHINTERVAL). Between them the route table's cache is kept by netlink notifications.
 RESYNC_INTERVAL = float(os.environ.get("FELIX_ROUTEREFRESHINTERVAL") or 90.0)
-COALESCE = 0.05  # let a burst of events land before reconciling once
+# Under a burst, at most one reconcile per COALESCE (the rest of the burst lands meanwhile). After
+# a quiet spell there is no wait: one pod event reaches the kernel in milliseconds, not 50 ms.
+COALESCE = 0.05
 CAUSES = ("event", "retry", "resync", "drift")  # drift: the kernel changed our routes (netlink)
 
 
@@ -105,7 +110,16 @@ class Agent:
         self._wake = asyncio.Event()
         self._causes: set[str] = set()
         self._stop = asyncio.Event()
-        self._desired: dict = {}
+        self._desired: dict = {}  # the full desired mapping (status, health): calc.desired
+        # The route calculation, kept incrementally (see _reconcile); valid only once rebuilt.
+        self.calc = RouteCalc()
+        self._calc_ready = False
+        self._workloads = cluster.LocalWorkloads(cfg.node)
+        self._learned: frozenset = frozenset()  # RemoteRoutes the calculation holds
+        self._learned_dirty = True  # the speaker said something changed since we last read it
+        self._full_apply = True  # the next route apply diffs every destination
+        self._causes_now: set[str] = set()
+        self._last_reconcile = -RESYNC_INTERVAL  # loop time the latest reconcile ended
         self._syncer: Syncer | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._route_backoff = Backoff(RETRY_DELAY, MAX_RETRY_DELAY)
@@ -199,11 +213,19 @@ class Agent:
             stopper.cancel()
             if self._stop.is_set():
                 return
-            await asyncio.sleep(COALESCE)  # coalesce a burst into one reconcile
+            await self._coalesce()
             causes, self._causes = self._causes or {"resync"}, set()
             self._wake.clear()
             if self.state.in_sync:
                 await self._guarded_reconcile(causes)
+                self._last_reconcile = asyncio.get_running_loop().time()
+
+    async def _coalesce(self) -> None:
+        """Let a burst land: wait out what is left of COALESCE since the last reconcile ended.
+        After a quiet spell that is nothing but one turn of the loop (callbacks already queued,
+        e.g. the rest of a syncer batch, still land), so an isolated event costs no sleep."""
+        left = self._last_reconcile + COALESCE - asyncio.get_running_loop().time()
+        await asyncio.sleep(max(left, 0.0))
 
     async def _guarded_reconcile(self, causes: set[str]) -> None:
         """One reconcile; a failure is temporary (retried with backoff, counted, shown in node
@@ -213,6 +235,7 @@ class Agent:
         started = time.monotonic()
         if "resync" in causes:
             self.routes.resync()  # the next apply starts from a full dump
+        self._causes_now = causes
         try:
             await self._reconcile()
         except Exception as exc:  # noqa: BLE001 - classified right here
@@ -235,6 +258,45 @@ class Agent:
 
     # -- the reconcile: current state in, kernel and BGP brought to match --
     async def _reconcile(self) -> None:
+        """Incremental when only workload endpoints and/or the speaker's learned routes changed:
+        the calculation takes their deltas and the route table writes just the destinations that
+        changed (speaker, tunnels and NAT depend on neither, and are left alone). Anything else
+        (pools, Nodes, blocks, BGP configuration, the first reconcile, one after a failure)
+        rebuilds the calculation. A resync, a drift or a retry always diffs every route (a retry
+        also re-applies tunnels and NAT: their recheck comes as a retry)."""
+        causes, changes = self._causes_now, self.state.take_changes()
+        rebuild = not self._calc_ready or bool(changes.keys() - {"WorkloadEndpoint"})
+        self._calc_ready = False  # until this reconcile succeeds: a failed one leaves a rebuild
+        configure = rebuild or bool(causes & {"retry", "resync"}) or bool(self._encap_problems)
+        if configure and not await self._configure():
+            return
+        learned_changed, bgp_in_sync = self._learned_dirty, True
+        if self.cfg.bgp:
+            self._learned_dirty = False  # a change from here on asks for another reconcile
+            bgp_in_sync = self.speaker.routes_in_sync
+        learned = self._read_learned() if rebuild or learned_changed else self._learned
+        if rebuild:
+            changed = self._rebuild(learned)
+        else:
+            gone, appeared = self._workloads.update(self.state, changes.get("WorkloadEndpoint", ()))
+            changed = self.calc.update(workloads_removed=gone, workloads_added=appeared,
+                                       learned_removed=self._learned - learned,
+                                       learned_added=learned - self._learned)
+        self._learned = learned
+        # Until BGP has re-synced after a restart, learned routes we no longer know are kept (the
+        # speaker tells us when it is in sync: it notifies, and we come back here, for a full diff).
+        full = (rebuild or self._full_apply or not bgp_in_sync
+                or bool(causes & {"resync", "drift", "retry"}))
+        self._full_apply = True
+        result = await self.routes.apply(self.calc.desired, delete_unknown_gateway_routes=bgp_in_sync,
+                                         changed=None if full else changed)
+        self._full_apply = not bgp_in_sync
+        self._calc_ready = True
+        self._schedule_route_retries(result)
+
+    async def _configure(self) -> bool:
+        """BGP peers, import filter and advertisements, then tunnels and NAT, from the datastore;
+        False while our own Node is not there yet."""
         node = self.cfg.node
         glob = cluster.bgp_global(self.state)
         infos = cluster.node_infos(self.state)
@@ -242,15 +304,13 @@ class Agent:
         if me is None or me.ipv4 is None:
             log.warning("own Node resource missing or without ipv4Address; waiting",
                         extra={"node": node})
-            return
-        learned, bgp_in_sync = [], True
+            return False
         if self.cfg.bgp:
             speaker = self.speaker or await self._start_speaker(me.asn or glob.asn, glob.listen_port)
             await speaker.set_peers(mesh_peers(me, infos, glob))
             speaker.set_import_filter(cluster.pool_cidrs(self.state),
                                       cluster.local_blocks(self.state, node))
             await speaker.set_advertisements(cluster.export_prefixes(self.state, node))
-            learned, bgp_in_sync = speaker.learned_routes(), speaker.routes_in_sync
         # Tunnel devices and NAT first: a VXLAN route needs vxlan.calico to exist.
         encap = await self.encap.apply(self.state, me.ipv4)
         if encap.problems != self._encap_problems:
@@ -259,13 +319,19 @@ class Agent:
         self._encap_problems = encap.problems
         if encap.recheck_after:  # an unused tunnel waits out its grace before it goes
             self._retry_in(encap.recheck_after)
-        inp = cluster.calc_input(self.state, node, learned, bgp=self.cfg.bgp)
-        self._desired = dict(desired_routes(inp))
-        self._unroutable = unroutable(inp)
-        # Until BGP has re-synced after a restart, learned routes we no longer know are kept (the
-        # speaker tells us when it is in sync: it notifies, and we come back here).
-        result = await self.routes.apply(self._desired, delete_unknown_gateway_routes=bgp_in_sync)
-        self._schedule_route_retries(result)
+        return True
+
+    def _read_learned(self) -> frozenset:
+        if not self.cfg.bgp or self.speaker is None:
+            return frozenset()
+        return cluster.remote_routes(self.speaker.learned_routes())
+
+    def _rebuild(self, learned: frozenset) -> set:
+        inp = cluster.calc_input(self.state, self.cfg.node, (), bgp=self.cfg.bgp)
+        workloads = self._workloads.reset(self.state)
+        changed = self.calc.rebuild(replace(inp, workloads=workloads, learned=learned))
+        self._desired, self._unroutable = self.calc.desired, self.calc.problems
+        return changed
 
     def _schedule_route_retries(self, result) -> None:
         self._routes_applied, self._route_failures = True, dict(result.failed)
@@ -288,7 +354,7 @@ class Agent:
         speaker = Speaker(
             node_name=self.cfg.node, router_id=self.cfg.ipv4.ip, local_address=self.cfg.ipv4.ip,
             local_asn=asn, listen_port=port, run_dir=self.cfg.run_dir,
-            on_change=lambda: self._request("event"),
+            on_change=self._on_speaker_change,
         )
         try:
             await speaker.start()
@@ -297,6 +363,10 @@ class Agent:
             raise
         self.speaker = speaker
         return speaker
+
+    def _on_speaker_change(self) -> None:
+        self._learned_dirty = True
+        self._request("event")
 
     # -- health and metrics (felix/health.py reads this on every probe and scrape) --
     def _health(self) -> AgentHealth:

@@ -193,3 +193,61 @@ def test_ip_autodetect_as_the_manifest_sets_it(netns, procs, tmp_path):
                                    stdout=log, stderr=log))
     wait_for(lambda: "ipv4=10.98.0.1/24" in (tmp_path / "auto.log").read_text(), timeout=20,
              what="the agent to start with the autodetected address")
+
+
+def test_pod_events_write_only_their_routes_and_a_global_change_rebuilds(netns, procs, tmp_path):
+    """Issue 8: a workload endpoint appearing or going updates the calculation incrementally and
+    writes its one route, without a dump (the route table's cache is trusted); a new block of ours
+    (a global change) rebuilds the calculation and is applied in full."""
+    import datastore
+    from crds import load
+
+    node_ns, node = node_namespace(netns, "incr")
+    subprocess.run(["ip", "-n", node_ns, "link", "add", "cali0123456789b", "type", "veth",
+                    "peer", "name", "podside2"], check=True)
+    subprocess.run(["ip", "-n", node_ns, "link", "set", "cali0123456789b", "up"], check=True)
+    url = f"http://127.0.0.1:{free_port()}"
+    start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
+    in_netns(node_ns, _seed, url, node)
+    start_agent(procs, node_ns, node, url, tmp_path)
+    wait_for(lambda: "10.244.1.5 dev cali0123456789a proto 80" in routes(node_ns), timeout=30,
+             what="the agent to converge")
+
+    def settled():
+        first = status_of(node, tmp_path)
+        time.sleep(0.3)
+        second = status_of(node, tmp_path)
+        return first["reconciles"] == second["reconciles"] and second
+
+    v3 = "projectcalico.org/v3"
+    wep = load({"apiVersion": v3, "kind": "WorkloadEndpoint",
+                "metadata": {"name": f"{node}-k8s-pod--b-eth0", "namespace": "default"},
+                "spec": {"node": node, "pod": "pod-b", "interfaceName": "cali0123456789b",
+                         "ipNetworks": ["10.244.1.6/32"]}})
+    block = load({"apiVersion": v3, "kind": "IPAMBlock", "metadata": {"name": "10-244-7-0-26"},
+                  "spec": {"cidr": "10.244.7.0/26", "affinity": f"host:{node}"}})
+
+    def write(fn, *args):
+        ds = datastore.connect("etcdv3", etcd_endpoints=url)
+        try:
+            fn(ds, *args)
+        finally:
+            ds.close()
+
+    before = wait_for(settled, timeout=20, what="the agent to settle")
+    in_netns(node_ns, write, lambda ds: ds.create(wep))
+    wait_for(lambda: "10.244.1.6 dev cali0123456789b proto 80" in routes(node_ns), timeout=10,
+             what="the new workload's route")
+    added = wait_for(settled, timeout=20, what="the agent to settle")
+    in_netns(node_ns, write, lambda ds: ds.delete("WorkloadEndpoint", wep.name, "default"))
+    wait_for(lambda: "10.244.1.6 " not in routes(node_ns), timeout=10, what="the route to go")
+    deleted = wait_for(settled, timeout=20, what="the agent to settle")
+    assert (added["route_writes"] - before["route_writes"],
+            deleted["route_writes"] - added["route_writes"]) == (1, 1)
+    resyncs = deleted["reconciles_by_cause"]["resync"] - before["reconciles_by_cause"]["resync"]
+    assert deleted["route_dumps"] - before["route_dumps"] == resyncs
+
+    in_netns(node_ns, write, lambda ds: ds.create(block))
+    wait_for(lambda: "blackhole 10.244.7.0/26 proto 80" in routes(node_ns), timeout=10,
+             what="the new block's blackhole")
+    assert "10.244.1.5 dev cali0123456789a proto 80" in routes(node_ns)

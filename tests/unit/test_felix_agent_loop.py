@@ -93,6 +93,40 @@ def test_a_burst_of_events_is_one_reconcile_and_then_nothing(tmp_path):
     asyncio.run(main())
 
 
+def test_an_event_after_a_quiet_spell_is_reconciled_at_once_a_burst_is_spaced(tmp_path, monkeypatch):
+    """Issue 8: a fixed 50 ms coalescing sleep alone broke a 10 ms pod-event latency. Now the
+    wait is what is left of COALESCE since the last reconcile: nothing after a quiet spell."""
+    import felix.agent
+
+    monkeypatch.setattr(felix.agent, "COALESCE", 1.0)  # large, so the test does not race the clock
+
+    async def main() -> None:
+        agent = make_agent(tmp_path)
+        loop = asyncio.get_running_loop()
+        ran: list[float] = []
+
+        async def reconcile() -> None:
+            ran.append(loop.time())
+
+        agent._reconcile = reconcile
+        loop_task = asyncio.create_task(agent._loop())
+        await asyncio.sleep(0.05)
+        asked = loop.time()
+        agent._request("event")
+        await until(lambda: ran)
+        assert ran[0] - asked < 0.5  # at once, not after COALESCE
+        agent._request("event")  # right after one: a burst, spaced by COALESCE
+        agent._request("event")
+        await until(lambda: len(ran) == 2)
+        assert ran[1] - ran[0] >= 0.9
+        await asyncio.sleep(0.2)
+        assert len(ran) == 2 and agent.reconciles["event"] == 2
+        agent._stop.set()
+        await loop_task
+
+    asyncio.run(main())
+
+
 def test_the_datastore_type_follows_the_endpoints_given_anywhere(monkeypatch):
     """Regression: --etcd-endpoints on the command line still meant the kubernetes default."""
     from felix.agent import parse_args
