@@ -13,7 +13,11 @@ JSON keys: add_p50_ms, add_p99_ms, del_p50_ms, del_p99_ms (thin), exec_add_p50_m
 exec_del_p50_ms, exec_del_p99_ms, ratio_add_p50_vs_exec (thin / exec), server_add_p50_ms (time
 inside the agent), python_start_p50_ms (``/usr/bin/python3 -IS -c pass``: the floor under the
 thin plugin).
-Pod-to-pod reachability (reachable_p50_ms / reachable_p99_ms) needs the multi-node lab: not here.
+Pod-to-pod reachability (reachable_p50_ms / reachable_p99_ms, over ``--reachable-pods`` pods): a
+3-node lab (``lab.up``: the manifest's agents, the Kubernetes API stand-in, BGP full mesh) with one
+prober pod per node; each new pod is timed from its Pod object's creation to the moment the probers
+on both other nodes get an answer to ping (one ``ping -c1`` per prober per round: ~10 ms of
+resolution).
 """
 from __future__ import annotations
 
@@ -42,11 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pods", type=int, default=200)
     p.add_argument("--exec-pods", type=int, default=40,
                    help="pods through the old exec path (about 1.5 s per ADD+DEL)")
+    p.add_argument("--reachable-pods", type=int, default=30,
+                   help="pods timed until pingable from every other node of a 3-node lab (0: skip)")
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         p.error("needs root (network namespaces)")
     result: dict = {"pods": a.pods, "exec_pods": min(a.exec_pods, a.pods), "node": "one"}
     samples: dict[str, list[float]] = {}
+    if a.reachable_pods:  # first: node_lab below moves this process into its node's namespace
+        samples["reachable"] = reachable_ms(a.reachable_pods)
     with node_lab(max(a.pods, a.exec_pods)) as lab:
         samples["python_start"] = [lab.python_start_ms() for _ in range(20)]
         with lab.server() as server_ms:
@@ -64,10 +72,45 @@ def main(argv: list[str] | None = None) -> int:
             result[f"{key}_p99_ms"] = round(percentile(samples[key], 99), 1)
     result["ratio_add_p50_vs_exec"] = round(result["add_p50_ms"] / result["exec_add_p50_ms"], 3)
     result["goal_add_p50_ms"], result["goal_add_p99_ms"] = 60, 150
-    result["reachable"] = "skipped: needs the multi-node lab (felix + BGP)"
+    if a.reachable_pods:
+        result["reachable_pods"] = a.reachable_pods
+        result["reachable_p50_ms"] = round(percentile(samples["reachable"], 50), 1)
+        result["reachable_p99_ms"] = round(percentile(samples["reachable"], 99), 1)
     plot(result, samples)
     emit(result)
     return 0
+
+
+def reachable_ms(pods: int, nodes: int = 3, timeout: float = 30.0) -> list[float]:
+    """Milliseconds from Pod creation to answering pings from a pod on every other node."""
+    import secrets
+
+    from lab import lab
+
+    name = f"ps{secrets.token_hex(2)}"
+    try:
+        state = lab.up(name, nodes, 1)  # one prober pod per node
+        probers = {p.node: p for p in state.pods}
+        order = sorted(probers)
+        samples = []
+        for i in range(pods):
+            node = order[i % nodes]
+            t0 = time.perf_counter()
+            pod = lab.add_pod(state, node, 2 + i // nodes)
+            pending = [probers[n] for n in order if n != node]
+            deadline = t0 + timeout
+            while pending:
+                pending = [src for src in pending if subprocess.run(
+                    ["ip", "netns", "exec", src.netns, "ping", "-c1", "-W", "0.2", pod.ip],
+                    capture_output=True).returncode != 0]
+                if pending and time.perf_counter() > deadline:
+                    raise RuntimeError(f"{pod.netns} ({pod.ip}) unreachable from "
+                                       f"{[p.netns for p in pending]} after {timeout:.0f}s")
+            samples.append((time.perf_counter() - t0) * 1000)
+        print(f"reachable: {pods} pods, p50 {percentile(samples, 50):.1f} ms", flush=True)
+        return samples
+    finally:
+        lab.down(name)
 
 
 class NodeLab:
@@ -183,7 +226,10 @@ def plot(result: dict, samples: dict[str, list[float]]) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for key, label in (("add", "ADD thin + agent"), ("del", "DEL thin + agent"),
                        ("exec_add", "ADD exec (pycalico-cni + pycalico-ipam)"),
-                       ("exec_del", "DEL exec")):
+                       ("exec_del", "DEL exec"),
+                       ("reachable", "Pod created -> pingable from every other node")):
+        if key not in samples:
+            continue
         ordered = sorted(samples[key])
         ax.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label)
     ax.axvline(result["goal_add_p50_ms"], color="grey", linestyle=":", label="ADD p50 goal")

@@ -401,6 +401,19 @@ def _add_pods(state: LabState, per_node: int) -> None:
             state.save()  # whatever was made, so 'lab down' and the logs know of it
 
 
+def add_pod(state: LabState, node: str, j: int) -> Pod:
+    """One more pod ``j`` on ``node`` of a running lab, as the scheduler and kubelet make it: the
+    Pod object (on the Kubernetes datastore), then the CNI ADD; recorded in the lab's state."""
+    uid = None
+    if state.datastore == "kubernetes":
+        uid = in_netns(f"{state.name}-fabric", kube.create_pods, str(state.kubeconfig),
+                       [(_pod_name(node, j), node)])[_pod_name(node, j)]
+    pod = _add_pod(state, node, j, uid)
+    state.pods.append(pod)
+    state.save()
+    return pod
+
+
 def _pod_name(node: str, j: int) -> str:
     return f"pod-{node.rsplit('-', 1)[1]}-{j}"
 
