@@ -1,8 +1,10 @@
 """``pycalico-node``: the per-node agent. Wires datastore -> calc -> kernel and BGP.
 
 One asyncio loop. The syncer thread only posts batches (memory, mark dirty); one level-triggered
-reconcile applies a burst. A reconcile after a quiet spell starts at once; under a burst they come
-at most every ``COALESCE`` seconds. The frequent events (workload endpoints, learned BGP routes)
+reconcile applies a burst. Before a reconcile the loop waits as long as the previous one took (at
+most ``COALESCE``) since it ended: an event after a quiet spell is reconciled at once, cheap
+incremental reconciles follow each other closely, and a burst of expensive ones (rebuilds) leaves
+the process at least half idle while the burst lands. The frequent events (workload endpoints, learned BGP routes)
 update the route calculation incrementally and write only the destinations that changed; any other
 change rebuilds it (``_reconcile``). Nothing is written to the kernel, and no BGP peer is configured, before
 the datastore is in sync. On exit (SIGTERM) the agent stops its ExaBGP child but leaves its kernel
@@ -55,8 +57,8 @@ MAX_RETRY_DELAY = 30.0  # retries back off (jittered) up to this while the failu
 # Full kernel dump and diff even without events (Felix's routeRefreshInterval, 90 s; env
 # FELIX_ROUTEREFRESHINTERVAL). Between them the route table's cache is kept by netlink notifications.
 RESYNC_INTERVAL = float(os.environ.get("FELIX_ROUTEREFRESHINTERVAL") or 90.0)
-# Under a burst, at most one reconcile per COALESCE (the rest of the burst lands meanwhile). After
-# a quiet spell there is no wait: one pod event reaches the kernel in milliseconds, not 50 ms.
+# The most the loop waits between two reconciles for a burst to land; it waits only as long as the
+# previous reconcile took, so one pod event reaches the kernel in milliseconds, not 50 ms.
 COALESCE = 0.05
 CAUSES = ("event", "retry", "resync", "drift")  # drift: the kernel changed our routes (netlink)
 
@@ -120,6 +122,7 @@ class Agent:
         self._full_apply = True  # the next route apply diffs every destination
         self._causes_now: set[str] = set()
         self._last_reconcile = -RESYNC_INTERVAL  # loop time the latest reconcile ended
+        self._last_cost = 0.0  # and how long it took
         self._syncer: Syncer | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._route_backoff = Backoff(RETRY_DELAY, MAX_RETRY_DELAY)
@@ -217,14 +220,19 @@ class Agent:
             causes, self._causes = self._causes or {"resync"}, set()
             self._wake.clear()
             if self.state.in_sync:
+                started = asyncio.get_running_loop().time()
                 await self._guarded_reconcile(causes)
                 self._last_reconcile = asyncio.get_running_loop().time()
+                self._last_cost = self._last_reconcile - started
 
     async def _coalesce(self) -> None:
-        """Let a burst land: wait out what is left of COALESCE since the last reconcile ended.
-        After a quiet spell that is nothing but one turn of the loop (callbacks already queued,
-        e.g. the rest of a syncer batch, still land), so an isolated event costs no sleep."""
-        left = self._last_reconcile + COALESCE - asyncio.get_running_loop().time()
+        """Let a burst land: since the last reconcile ended, wait as long as it took (at most
+        COALESCE). After a quiet spell that is nothing but one turn of the loop (callbacks already
+        queued, e.g. the rest of a syncer batch, still land): an isolated event costs no sleep,
+        and a 1 ms incremental reconcile delays the next event by 1 ms at most. Events arriving
+        during a reconcile are taken together by the next one anyway."""
+        pause = min(self._last_cost, COALESCE)
+        left = self._last_reconcile + pause - asyncio.get_running_loop().time()
         await asyncio.sleep(max(left, 0.0))
 
     async def _guarded_reconcile(self, causes: set[str]) -> None:

@@ -95,7 +95,8 @@ def test_a_burst_of_events_is_one_reconcile_and_then_nothing(tmp_path):
 
 def test_an_event_after_a_quiet_spell_is_reconciled_at_once_a_burst_is_spaced(tmp_path, monkeypatch):
     """Issue 8: a fixed 50 ms coalescing sleep alone broke a 10 ms pod-event latency. Now the
-    wait is what is left of COALESCE since the last reconcile: nothing after a quiet spell."""
+    loop waits, since the last reconcile ended, as long as it took (at most COALESCE): nothing
+    after a quiet spell, little after a cheap reconcile, more after an expensive one."""
     import felix.agent
 
     monkeypatch.setattr(felix.agent, "COALESCE", 1.0)  # large, so the test does not race the clock
@@ -103,10 +104,13 @@ def test_an_event_after_a_quiet_spell_is_reconciled_at_once_a_burst_is_spaced(tm
     async def main() -> None:
         agent = make_agent(tmp_path)
         loop = asyncio.get_running_loop()
-        ran: list[float] = []
+        ran: list[tuple[float, float]] = []
+        cost = [0.0]
 
         async def reconcile() -> None:
-            ran.append(loop.time())
+            start = loop.time()
+            await asyncio.sleep(cost[0])
+            ran.append((start, loop.time()))
 
         agent._reconcile = reconcile
         loop_task = asyncio.create_task(agent._loop())
@@ -114,13 +118,19 @@ def test_an_event_after_a_quiet_spell_is_reconciled_at_once_a_burst_is_spaced(tm
         asked = loop.time()
         agent._request("event")
         await until(lambda: ran)
-        assert ran[0] - asked < 0.5  # at once, not after COALESCE
-        agent._request("event")  # right after one: a burst, spaced by COALESCE
-        agent._request("event")
+        assert ran[0][0] - asked < 0.3  # at once, not after COALESCE
+        agent._request("event")  # right after a cheap one: at once again
         await until(lambda: len(ran) == 2)
-        assert ran[1] - ran[0] >= 0.9
+        assert ran[1][0] - ran[0][1] < 0.3
+        cost[0] = 0.4  # an expensive reconcile: the next waits as long as it took
+        agent._request("event")
+        await until(lambda: len(ran) == 3)
+        agent._request("event")
+        agent._request("event")
+        await until(lambda: len(ran) == 4)
+        assert ran[3][0] - ran[2][1] >= 0.35
         await asyncio.sleep(0.2)
-        assert len(ran) == 2 and agent.reconciles["event"] == 2
+        assert len(ran) == 4 and agent.reconciles["event"] == 4
         agent._stop.set()
         await loop_task
 
