@@ -1,6 +1,22 @@
-"""Which BGP sessions a node should have: a pure function of the node list and the global config.
+"""Which BGP sessions a node should have: a pure function of the nodes, the global config and the
+BGPPeers (Calico's confd rules).
 
 Purely computational; no I/O.
+
+- Mesh (``nodeToNodeMeshEnabled``): every other node, except route reflectors (a node with a
+  ``routeReflectorClusterID``), which leave the mesh on both sides.
+- BGPPeers apply to this node when ``node`` names it, ``nodeSelector`` matches its labels, or
+  neither is set (a global peer). ``peerIP`` is one session (to a router outside the cluster, say);
+  ``peerSelector`` is one session per selected node (never to ourselves), and, unless
+  ``reversePeering: Manual``, the selected node gets the reverse session to each node the peer
+  applies to (so a reflector selected by its clients peers with them). To a selected node, a
+  route reflector has a *client* when the node has no cluster ID or another one; reflectors sharing
+  an ID peer as non-clients (RFC 4456).
+- One session per address: node-specific BGPPeers win over global ones, which win over the mesh;
+  ties go to the smallest name, so the result never depends on input order.
+- Between two of our nodes only the lower address connects (the other is passive): two
+  simultaneous connections collide, and resolving the collision tears down the session a restarting
+  peer just opened, which defeats graceful restart. External peers are connected to.
 
 >>> from ipaddress import IPv4Interface
 >>> a = NodeInfo("a", IPv4Interface("10.0.0.1/24"), None)
@@ -15,7 +31,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from crds.selector import Selector
+
 MESH_PEER_TYPE = "node-to-node mesh"
+GLOBAL_PEER_TYPE = "global"
+NODE_PEER_TYPE = "node specific"
+_PRECEDENCE = {NODE_PEER_TYPE: 0, GLOBAL_PEER_TYPE: 1, MESH_PEER_TYPE: 2}
 _MAX_ASN = 2**32 - 1
 
 
@@ -31,6 +52,8 @@ class NodeInfo:
     name: str
     ipv4: ipaddress.IPv4Interface | None
     asn: int | None
+    labels: frozenset[tuple[str, str]] = frozenset()
+    rr_cluster_id: str | None = None  # set: this node is a route reflector
 
     def __post_init__(self) -> None:
         _check_asn(f"NodeInfo({self.name}).asn", self.asn)
@@ -64,6 +87,39 @@ class PeerSpec:
     # The longest we keep this peer's routes after it goes down (graceful restart helper),
     # whatever restart time its OPEN offers.
     max_restart_time: float = 120.0
+    rr_client: bool = False  # we reflect to it as a route-reflector client (RFC 4456)
+    port: int = 179
+
+
+@dataclass(frozen=True)
+class ExplicitPeer:
+    """A BGPPeer resource as the peer computation needs it (selectors already parsed)."""
+
+    name: str
+    node: str | None = None
+    node_selector: Selector | None = None
+    peer_ip: IPv4Address | None = None
+    peer_port: int | None = None
+    peer_selector: Selector | None = None
+    asn: int | None = None
+    max_restart_time: float = 120.0
+    reverse: bool = True  # reversePeering Auto (Calico's default); Manual: no reverse sessions
+
+    def __post_init__(self) -> None:
+        _check_asn(f"BGPPeer {self.name}: asNumber", self.asn)
+        if (self.peer_ip is None) == (self.peer_selector is None):
+            raise ValueError(f"BGPPeer {self.name}: exactly one of peerIP and peerSelector is needed")
+        if self.node is not None and self.node_selector is not None:
+            raise ValueError(f"BGPPeer {self.name}: node and nodeSelector cannot both be set")
+
+    def applies_to(self, node: NodeInfo) -> bool:
+        if self.node is not None:
+            return self.node == node.name
+        return self.node_selector is None or self.node_selector.matches(dict(node.labels))
+
+    @property
+    def peer_type(self) -> str:
+        return NODE_PEER_TYPE if self.node is not None else GLOBAL_PEER_TYPE
 
 
 def mesh_peers(local: NodeInfo, nodes: Iterable[NodeInfo], cfg: BGPGlobal) -> frozenset[PeerSpec]:
@@ -73,7 +129,7 @@ def mesh_peers(local: NodeInfo, nodes: Iterable[NodeInfo], cfg: BGPGlobal) -> fr
     because two simultaneous connections collide, and the collision resolution tears down the
     session a restarting peer just opened, which defeats graceful restart.
     """
-    if not cfg.mesh_enabled or local.ipv4 is None:
+    if not cfg.mesh_enabled or local.ipv4 is None or local.rr_cluster_id is not None:
         return frozenset()
     me = local.ipv4.ip
     local_asn = local.asn if local.asn is not None else cfg.asn
@@ -84,6 +140,8 @@ def mesh_peers(local: NodeInfo, nodes: Iterable[NodeInfo], cfg: BGPGlobal) -> fr
     for node in sorted(nodes, key=lambda n: n.name):
         if node.name == local.name or node.ipv4 is None or node.ipv4.ip in seen:
             continue
+        if node.rr_cluster_id is not None:
+            continue  # route reflectors leave the mesh
         seen.add(node.ipv4.ip)
         peers.append(
             PeerSpec(
@@ -97,3 +155,78 @@ def mesh_peers(local: NodeInfo, nodes: Iterable[NodeInfo], cfg: BGPGlobal) -> fr
             )
         )
     return frozenset(peers)
+
+
+def bgp_peers(local: NodeInfo, nodes: Iterable[NodeInfo], cfg: BGPGlobal,
+              explicit: Iterable[ExplicitPeer] = ()) -> frozenset[PeerSpec]:
+    """Every session this node should have: the mesh and its BGPPeers, one per address (see the
+    module docstring for the rules)."""
+    if local.ipv4 is None:
+        return frozenset()
+    nodes = sorted(nodes, key=lambda n: n.name)
+    local_asn = local.asn if local.asn is not None else cfg.asn
+    candidates = list(mesh_peers(local, nodes, cfg))
+    for peer in sorted(explicit, key=lambda p: p.name):
+        if peer.applies_to(local):
+            candidates.extend(_explicit_sessions(local, local_asn, nodes, cfg, peer))
+        if peer.peer_selector is not None and peer.reverse and peer.peer_selector.matches(dict(local.labels)):
+            # Selected by this peer: the reverse session to every node it applies to.
+            selected_by = [n for n in nodes if peer.applies_to(n)]
+            candidates.extend(_node_sessions(local, local_asn, selected_by, cfg, peer))
+    best: dict[IPv4Address, PeerSpec] = {}
+    for spec in candidates:
+        have = best.get(spec.address)
+        if have is None or (_PRECEDENCE[spec.peer_type], spec.name) < (_PRECEDENCE[have.peer_type], have.name):
+            best[spec.address] = spec
+    best.pop(local.ipv4.ip, None)  # never a session to ourselves, whatever a BGPPeer says
+    return frozenset(best.values())
+
+
+def _explicit_sessions(local: NodeInfo, local_asn: int, nodes: list[NodeInfo], cfg: BGPGlobal,
+                       peer: ExplicitPeer) -> list[PeerSpec]:
+    if peer.peer_ip is not None:
+        return [PeerSpec(address=peer.peer_ip, asn=peer.asn if peer.asn is not None else cfg.asn,
+                         local_asn=local_asn, passive=False, peer_type=peer.peer_type,
+                         name=peer.name, max_restart_time=peer.max_restart_time,
+                         port=peer.peer_port or 179)]
+    selected = [n for n in nodes if peer.peer_selector.matches(dict(n.labels))]
+    return _node_sessions(local, local_asn, selected, cfg, peer)
+
+
+def _node_sessions(local: NodeInfo, local_asn: int, nodes: list[NodeInfo], cfg: BGPGlobal,
+                   peer: ExplicitPeer) -> list[PeerSpec]:
+    me = local.ipv4.ip
+    out = []
+    for node in nodes:
+        if node.name == local.name or node.ipv4 is None:
+            continue
+        asn = node.asn if node.asn is not None else cfg.asn
+        client = (local.rr_cluster_id is not None and asn == local_asn
+                  and node.rr_cluster_id != local.rr_cluster_id)
+        out.append(PeerSpec(address=node.ipv4.ip, asn=asn, local_asn=local_asn,
+                            passive=me > node.ipv4.ip, peer_type=peer.peer_type,
+                            name=f"{peer.name}/{node.name}", max_restart_time=peer.max_restart_time,
+                            rr_client=client, port=cfg.listen_port))
+    return out
+
+
+def explicit_peer(name: str, spec, max_restart_time: float) -> ExplicitPeer:
+    """An ``ExplicitPeer`` from a BGPPeer's spec (``crds.bgp.BGPPeerSpec``, already validated);
+    IPv6 peers are not ours yet (IPv4 only): ValueError naming the field."""
+    from crds.bgp import parse_peer_ip
+    from crds.selector import parse_selector
+
+    peer_ip = port = None
+    if spec.peer_ip is not None:
+        host, port = parse_peer_ip(spec.peer_ip)
+        address = ipaddress.ip_address(host)
+        if address.version != 4:
+            raise ValueError(f"BGPPeer {name}: peerIP: {spec.peer_ip} is IPv6, not supported yet")
+        peer_ip = address
+    return ExplicitPeer(
+        name=name, node=spec.node,
+        node_selector=parse_selector(spec.node_selector) if spec.node_selector else None,
+        peer_ip=peer_ip, peer_port=port,
+        peer_selector=parse_selector(spec.peer_selector) if spec.peer_selector else None,
+        asn=spec.as_number, max_restart_time=max_restart_time,
+        reverse=spec.reverse_peering != "Manual")
