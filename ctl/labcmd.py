@@ -16,6 +16,15 @@ def run(args) -> int:
         if args.lab_cmd == "set-encap":
             lab.set_encap(args.name, args.mode)
             return 0
+        if args.lab_cmd == "add-host":
+            ns, addr = lab.add_host(args.name, args.host)
+            print(f"namespace {ns}\naddress {addr}")
+            for key, value in lab.LabState.load(args.name).datastore_env().items():
+                print(f"{key}={value}")
+            return 0
+        if args.lab_cmd == "apply":
+            from ctl.resources import reexec_in_lab
+            return reexec_in_lab(args.name, ["apply", "-f", args.filename])
         if args.lab_cmd == "kubeconfig":
             print(lab.kubeconfig(args.name), end="")
             return 0

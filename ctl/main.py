@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(on the same topology)")
     se.add_argument("--name", required=True)
     se.add_argument("mode", metavar="MODE", choices=LAB_ENCAPS, help=", ".join(LAB_ENCAPS))
+    ah = ls.add_parser("add-host", help="an extra namespace on the lab's L2 segment (an external "
+                                        "router, a client); prints its address and the datastore")
+    ah.add_argument("--name", required=True)
+    ah.add_argument("host", metavar="HOST", help="1-6 lowercase letters/digits")
+    la = ls.add_parser("apply", help="apply resources to the lab's datastore (as --lab L apply)")
+    la.add_argument("--name", required=True)
+    la.add_argument("-f", "--filename", required=True)
     for name in ("ping", "down", "kubeconfig"):
         ls.add_parser(name).add_argument("--name", required=True)
     r = ls.add_parser("restart")

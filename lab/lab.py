@@ -68,6 +68,7 @@ class LabState:
     datastore: str = "etcdv3"  # etcdv3 | kubernetes (then the API server stand-in runs too)
     apiserver_pid: int | None = None
     encap: str = "none"  # an ENCAPS key; *-crosssubnet: the two-subnet topology
+    hosts: dict[str, str] = field(default_factory=dict)  # add-host: host name -> ipv4/24
 
     @property
     def endpoint(self) -> str:
@@ -607,8 +608,37 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> None:
 
 # -- down --
 
+HOST_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
+FIRST_HOST = 200  # add-host addresses: <subnet A>.200, .201, ... (nodes count up from .1)
+
+
+def add_host(name: str, host: str) -> tuple[str, str]:
+    """An extra namespace ``<L>-h-<host>`` on the lab's L2 segment (subnet A), for an external
+    router or a test client: returns (namespace, its address/24). Nothing runs in it."""
+    if not HOST_RE.match(host):
+        raise LabError(f"HOST: {host!r} must be 1-6 lowercase letters/digits starting with a letter")
+    state = LabState.load(name)
+    if host in state.hosts:
+        raise LabError(f"HOST: {host!r} already exists in lab {name!r} ({state.hosts[host]})")
+    used = {int(a.split("/")[0].rsplit(".", 1)[1]) for a in state.hosts.values()}
+    k = next(i for i in range(FIRST_HOST, ROUTER_HOST) if i not in used)
+    ns, addr = f"{name}-h-{host}", f"{FABRIC_NET}.{k}/24"
+    add_netns(ns)
+    try:
+        port_into_bridge(f"{name}-fabric", "br0", ns, "eth0", f"h{k}")
+        ip("-n", ns, "addr", "add", addr, "dev", "eth0")
+        ip("-n", ns, "link", "set", "eth0", "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+    except BaseException:
+        kill_and_delete_netns(ns)
+        raise
+    state.hosts[host] = addr
+    state.save()
+    return ns, addr
+
+
 def _lab_namespaces(name: str) -> list[str]:
-    pattern = re.compile(rf"^{re.escape(name)}-(fabric|router|node\d+(-pod\d+)?)$")
+    pattern = re.compile(rf"^{re.escape(name)}-(fabric|router|node\d+(-pod\d+)?|h-[a-z0-9]+)$")
     return [ns for ns in list_netns() if pattern.match(ns)]
 
 

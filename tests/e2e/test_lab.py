@@ -236,6 +236,30 @@ def test_drift_is_repaired_from_netlink_events_and_foreign_routes_are_kept(lab):
         subprocess.run(["ip", "-n", node, "route", "del", *foreign.split()], capture_output=True)
 
 
+def test_add_host_and_apply(lab, tmp_path):
+    """Issue 9 item 7: `lab add-host` puts an extra namespace on the lab's segment (an external
+    router's place) and prints where the datastore is; `lab apply` writes to that datastore."""
+    out = ctl("lab", "add-host", "--name", LAB, "rtr").stdout
+    fields = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    assert fields["namespace"] == f"{LAB}-h-rtr" and fields["address"].startswith("10.99.0.")
+    assert "DATASTORE_TYPE=kubernetes" in out
+    node1 = lab["nodes"][sorted(lab["nodes"])[0]].split("/")[0]
+    assert subprocess.run(["ip", "netns", "exec", f"{LAB}-h-rtr", "ping", "-c1", "-W2", node1],
+                          capture_output=True).returncode == 0
+    assert ctl("lab", "add-host", "--name", LAB, "rtr", check=False).returncode == 1  # taken
+    assert ctl("lab", "add-host", "--name", LAB, "../x", check=False).returncode == 1
+    peer = tmp_path / "peer.yaml"
+    peer.write_text(json.dumps({"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
+                                "metadata": {"name": "office"},
+                                "spec": {"peerIP": fields["address"].split("/")[0],
+                                         "asNumber": 65001, "node": sorted(lab["nodes"])[0]}}))
+    ctl("lab", "apply", "--name", LAB, "-f", str(peer))
+    try:
+        assert "office" in ctl("--lab", LAB, "get", "bgppeers").stdout
+    finally:
+        ctl("--lab", LAB, "delete", "bgppeer", "office")
+
+
 def _relay_of(node: str) -> int:
     """PID of the relay (socat) that the node's ExaBGP runs (found in the node's namespace)."""
     pids = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True).stdout.split()
