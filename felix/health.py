@@ -52,7 +52,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from bgp.speaker import PeerStatus, SpeakerStatus
 from datastore.syncer import Connection
-from felix.metrics import AgentMetrics, count_route_kinds  # noqa: F401  (part of the wiring contract)
+from felix.metrics import count_route_kinds  # noqa: F401  (part of the wiring contract)
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,20 @@ def _routes_check(h: AgentHealth) -> Check:
 Snapshot = Callable[[], "AgentHealth | Awaitable[AgentHealth]"]
 
 
+class NullMetrics:
+    """What the agent observes, dropped: metrics are off (Felix's default), so prometheus-client is
+    not even imported."""
+
+    def observe_reconcile(self, seconds: float, cause: str) -> None:
+        pass
+
+    def observe_cni(self, command: str, seconds: float, ok: bool) -> None:
+        pass
+
+    def set_ipam_in_use(self, pool: str, addresses: int) -> None:
+        pass
+
+
 class HealthServer:
     """Serves /liveness and /readiness on ``health_port`` and /metrics on ``metrics_port`` (``None``
     disables one; ``0`` picks a free port, read back from the attribute after ``start()``)."""
@@ -210,7 +224,13 @@ class HealthServer:
         # Felix binds health to localhost (FELIX_HEALTHHOST) and metrics to all addresses.
         self.metrics_host = host if metrics_host is None else metrics_host
         self.health_port, self.metrics_port = health_port, metrics_port
-        self.metrics = metrics if metrics is not None else AgentMetrics()
+        if metrics is not None:
+            self.metrics = metrics
+        elif metrics_port is not None:
+            from felix.metrics import AgentMetrics  # prometheus-client: only when metrics are served
+            self.metrics = AgentMetrics()
+        else:
+            self.metrics = NullMetrics()
         self._timeout, self._stall_after, self._clock = snapshot_timeout, stall_after, clock
         self._servers: list[asyncio.Server] = []
 

@@ -130,9 +130,23 @@ def test_route_kinds_come_from_calc_reasons():
     assert route_kind("local workload default/pod-1") == "local_workload"
     assert route_kind("local block") == "local_block"
     assert route_kind("learned from 10.0.0.2") == "learned"
+    assert route_kind("vxlan to n2") == "vxlan" and route_kind("ipip to n2") == "ipip"
+    assert route_kind("direct to n2 (block affinity)") == "direct"
     assert route_kind("something new") == "other"
     assert count_route_kinds(["local block", "learned from a", "learned from b"]) == {
-        "local_workload": 0, "local_block": 1, "learned": 2}
+        "local_workload": 0, "local_block": 1, "learned": 2, "vxlan": 0, "ipip": 0, "direct": 0}
+
+
+def test_metrics_off_imports_no_prometheus_client():
+    """Memory (issue 7): with metrics off (Felix's default) the agent never loads prometheus-client
+    (2.3 MB per node); observations go to a no-op, and the metrics port is not served."""
+    import subprocess
+    import sys
+    code = ("import sys; from felix.health import HealthServer, NullMetrics; "
+            "s = HealthServer(lambda: None, metrics_port=None); s.metrics.observe_reconcile(0.1, 'event'); "
+            "print(isinstance(s.metrics, NullMetrics), 'prometheus_client' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
 
 
 def test_module_docstrings_run():
