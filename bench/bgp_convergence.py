@@ -1,0 +1,459 @@
+"""``python -m bench.bgp_convergence --prefixes 100000``: how long N prefixes announced by a BGP
+peer take to reach a pycalico node's kernel, and to leave it, against BIRD as the receiving node in
+the same run (BIRD -> iBGP -> BIRD -> kernel: the anchor).
+
+Setup (root), per receiver, in fresh uniquely named namespaces deleted in ``finally``:
+
+- a "source" BIRD announcing N static /26s out of ``POOL`` (``protocol static`` of ``route P
+  blackhole;`` lines, started ``disabled``; iBGP AS 64512 with ``next hop self``), on a veth to
+- (a) a pycalico node: the real agent subprocess (``python -m felix.agent``) with a real etcd in its
+  namespace holding the IPPool and a Node resource for the source BIRD, so the agent's full mesh
+  peers with it (BGPPeer is not wired into the agent); or
+- (b) a receiving BIRD with a kernel protocol exporting to its namespace's main table.
+
+t0 = ``birdc enable st`` once the session is Established (no connect delay in the figure); learn
+ends when all N prefixes are in the receiver's kernel; then t0 = ``birdc disable st`` and withdraw
+ends when none is left. The kernel is watched through route notifications (a set of destinations
+of the receiver's proto in table main, so a replace is not counted twice), and the end is confirmed
+with a dump.
+
+JSON keys: prefixes, learn_s, withdraw_s, learn_bird_s, withdraw_bird_s, ratio_learn_vs_bird,
+ratio_withdraw_vs_bird, agent_cpu_s / exabgp_cpu_s (user+system CPU spent during the learn and
+withdraw phases), agent_rss_mb / exabgp_rss_mb (peak: VmHWM over the whole run), goal_ratio.
+``--profile FILE`` runs the agent under cProfile (written when it stops; slower).
+PNG: ``bench/out/bgp_convergence.png`` (routes in the kernel over time, both receivers).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from bench.common import emit, save_figure
+
+POOL = IPv4Network("10.128.0.0/9")  # 131072 /26s
+ASN = 64512
+RECEIVER, SOURCE = "10.98.0.1", "10.98.0.2"  # mesh rule: the lower address connects
+AGENT_PROTO = 80
+BIRD_PROTO = 12  # RTPROT_BIRD
+TIMEOUT = 600.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.bgp_convergence", description=__doc__)
+    p.add_argument("--prefixes", type=int, default=100_000)
+    p.add_argument("--profile", type=Path, default=None, help="cProfile output of the agent")
+    p.add_argument("--skip-bird", action="store_true", help="only the pycalico node")
+    a = p.parse_args(argv)
+    if os.geteuid() != 0:
+        p.error("needs root (network namespaces)")
+    if not 0 < a.prefixes <= POOL.num_addresses // 64:
+        p.error(f"--prefixes: 1 .. {POOL.num_addresses // 64}")
+    result: dict = {"prefixes": a.prefixes, "goal_ratio": 3.0}
+    series: dict[str, tuple] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-bgp-") as tmp:
+        if not a.skip_bird:
+            bird = run_bird_receiver(a.prefixes, Path(tmp) / "bird")
+            result.update(learn_bird_s=bird["learn_s"], withdraw_bird_s=bird["withdraw_s"])
+            series["BIRD -> BIRD -> kernel"] = bird["series"]
+        ours = run_pycalico(a.prefixes, Path(tmp) / "pycalico", a.profile)
+        series["BIRD -> pycalico (ExaBGP + agent) -> kernel"] = ours.pop("series")
+        result.update(ours)
+    if not a.skip_bird:
+        result["ratio_learn_vs_bird"] = round(result["learn_s"] / result["learn_bird_s"], 2)
+        result["ratio_withdraw_vs_bird"] = round(result["withdraw_s"] / result["withdraw_bird_s"], 2)
+    plot(result, series)
+    emit(result)
+    return 0
+
+
+# -- the two receivers -----------------------------------------------------------------------------
+
+
+def run_bird_receiver(n: int, work: Path) -> dict:
+    work.mkdir()
+    with namespaces("bb") as (src_ns, dst_ns), Procs() as procs:
+        source = Bird.source(procs, src_ns, work / "src", n)
+        Bird(procs, dst_ns, work / "dst", RECEIVER_BIRD_CONF.format(us=RECEIVER, peer=SOURCE))
+        source.wait_established()
+        with KernelWatch(dst_ns, BIRD_PROTO) as watch:
+            return measure(source, watch, n)
+
+
+def run_pycalico(n: int, work: Path, profile: Path | None) -> dict:
+    from lab.netns import in_netns
+    from tests.helpers import free_port
+
+    work.mkdir()
+    with namespaces("bp") as (src_ns, node_ns), Procs() as procs:
+        url = f"http://127.0.0.1:{free_port()}"
+        start_etcd_in(procs, node_ns, url, work / "etcd")
+        in_netns(node_ns, seed, url)
+        source = Bird.source(procs, src_ns, work / "src", n)
+        agent = start_agent(procs, node_ns, url, work, profile)
+        source.wait_established(timeout=60)
+        exabgp = wait(lambda: exabgp_pid(agent.pid), 10, "the ExaBGP child")
+        time.sleep(1.0)  # End-of-RIB both ways and the agent's reconcile after it
+        cpu0 = cpu_s(agent.pid), cpu_s(exabgp)
+        with KernelWatch(node_ns, AGENT_PROTO) as watch:
+            out = measure(source, watch, n)
+        out["agent_cpu_s"] = round(cpu_s(agent.pid) - cpu0[0], 2)
+        out["exabgp_cpu_s"] = round(cpu_s(exabgp) - cpu0[1], 2)
+        out["agent_rss_mb"] = hwm_mb(agent.pid)
+        out["exabgp_rss_mb"] = hwm_mb(exabgp)
+        agent.send_signal(signal.SIGTERM)  # a clean exit writes the profile
+        agent.wait(timeout=60)
+        return out
+
+
+def measure(source: Bird, watch: KernelWatch, n: int) -> dict:
+    if watch.count() != 0:
+        raise SystemExit("the receiver's kernel has routes of its proto before the start")
+    t0 = time.monotonic()
+    source.cli("enable", "st")
+    learn = watch.until(n, t0)
+    t1 = time.monotonic()
+    source.cli("disable", "st")
+    withdraw = watch.until(0, t1)
+    print(f"{watch.ns}: learn {learn:.2f} s, withdraw {withdraw:.2f} s", flush=True)
+    return {"learn_s": round(learn, 2), "withdraw_s": round(withdraw, 2),
+            "series": (t0, list(watch.series))}
+
+
+# -- BIRD ------------------------------------------------------------------------------------------
+
+SOURCE_BIRD_CONF = """\
+router id {us};
+log "{log}" {{ warning, error, fatal }};
+protocol device {{}}
+protocol static st {{
+    ipv4;
+    disabled;
+{routes}
+}}
+protocol bgp peer {{
+    local {us} as {asn};
+    neighbor {peer} as {asn};
+    direct;
+    passive on;              # the mesh rule: the higher address only accepts
+    hold time 9;
+    ipv4 {{
+        import none;
+        export where source = RTS_STATIC;
+        next hop self;       # iBGP: a static blackhole has no next hop of its own
+    }};
+}}
+"""
+
+RECEIVER_BIRD_CONF = """\
+router id {us};
+protocol device {{}}
+protocol kernel {{
+    ipv4 {{ import none; export all; }};
+}}
+protocol bgp peer {{
+    local {us} as 64512;
+    neighbor {peer} as 64512;
+    direct;
+    connect delay time 1;
+    hold time 9;
+    ipv4 {{ import all; export none; }};
+}}
+"""
+
+
+def prefixes(n: int) -> list[IPv4Network]:
+    base = int(POOL.network_address)
+    return [IPv4Network((base + 64 * i, 26)) for i in range(n)]
+
+
+class Bird:
+    def __init__(self, procs: Procs, ns: str, work: Path, conf_text: str) -> None:
+        work.mkdir()
+        self.sock, conf = work / "bird.ctl", work / "bird.conf"
+        conf.write_text(conf_text)
+        self.proc = procs.add(subprocess.Popen(
+            ["ip", "netns", "exec", ns, "bird", "-f", "-c", str(conf), "-s", str(self.sock)],
+            stdout=subprocess.DEVNULL, stderr=open(work / "bird.stderr", "wb")))
+        wait(lambda: self.proc.poll() is None and self.sock.exists(), 20, f"bird in {ns}")
+
+    @classmethod
+    def source(cls, procs: Procs, ns: str, work: Path, n: int) -> Bird:
+        routes = "\n".join(f"    route {p} blackhole;" for p in prefixes(n))
+        return cls(procs, ns, work, SOURCE_BIRD_CONF.format(
+            us=SOURCE, peer=RECEIVER, asn=ASN, routes=routes, log=work / "bird.log"))
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(["birdc", "-s", str(self.sock), *args], capture_output=True, text=True)
+        return out.stdout
+
+    def wait_established(self, timeout: float = 30.0) -> None:
+        wait(lambda: "Established" in self.cli("show", "protocols", "peer"), timeout,
+             "the source's BGP session")
+
+
+# -- the receiver's kernel -------------------------------------------------------------------------
+
+
+class KernelWatch:
+    """The destinations of one proto in a namespace's main table, from route notifications.
+
+    A notification socket with a 256 MiB buffer (root): 100k events never overflow it. Should the
+    kernel drop some anyway (ENOBUFS), the count falls back to a dump every 0.1 s.
+    """
+
+    def __init__(self, ns: str, proto: int) -> None:
+        self.ns, self.proto = ns, proto
+        self.dsts: set[bytes] = set()
+        self.series: list[tuple[float, int]] = []
+        self.changed = threading.Condition()
+        self.last_change = time.monotonic()
+        self.lossy = False
+        self.stopping = False
+
+    def __enter__(self) -> KernelWatch:
+        from felix import rtnl
+
+        self.events = rtnl.RtnlSocket(self.ns, groups=rtnl.RTMGRP_IPV4_ROUTE, rcvbuf=256 << 20)
+        self.events.sock.settimeout(0.2)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping = True
+        self.thread.join()
+        self.events.close()
+
+    def _read(self) -> None:
+        while not self.stopping:
+            try:
+                buf = self.events.recv()
+            except TimeoutError:
+                continue
+            except OSError as err:  # ENOBUFS: events were lost
+                print(f"{self.ns}: route events lost ({err}); counting by dumps", flush=True)
+                self.lossy = True
+                continue
+            with self.changed:
+                if self._apply(buf):
+                    self.last_change = now = time.monotonic()
+                    if not self.series or now - self.series[-1][0] >= 0.01:
+                        self.series.append((now, len(self.dsts)))
+                        self.changed.notify_all()
+
+    def _apply(self, buf: bytes) -> bool:
+        """Fold one batch of RTM_NEWROUTE/RTM_DELROUTE into ``dsts``; whether any was ours."""
+        off, size, touched = 0, len(buf), False
+        while off + 28 <= size:
+            length, mtype, dst_len, table, proto = _EVENT.unpack_from(buf, off)
+            if length < 16:
+                break
+            if mtype in (24, 25) and table == 254 and proto == self.proto:
+                key = _dst(buf, off + 28, off + length) + bytes([dst_len])
+                (self.dsts.add if mtype == 24 else self.dsts.discard)(key)
+                touched = True
+            off += (length + 3) & ~3
+        return touched
+
+    def until(self, n: int, t0: float) -> float:
+        """Seconds from t0 until exactly n destinations were seen (a dump agrees)."""
+        deadline = t0 + TIMEOUT
+        while time.monotonic() < deadline:
+            with self.changed:
+                self.changed.wait(0.05 if not self.lossy else 0.1)
+                seen, when = len(self.dsts), self.last_change
+            if self.lossy and self.count() == n:
+                when = time.monotonic()
+                self.series.append((when, n))
+                return when - t0
+            if seen == n and self.count() == n:
+                self.series.append((when, n))
+                return when - t0
+        raise SystemExit(f"{self.ns}: {self.count()} routes of proto {self.proto}, not {n}, "
+                         f"after {TIMEOUT:.0f}s")
+
+    def count(self) -> int:
+        from felix import rtnl
+
+        sock = rtnl.RtnlSocket(self.ns)
+        try:
+            return len(sock.dump_routes(table=254, proto=self.proto).ours)
+        finally:
+            sock.close()
+
+
+_EVENT = struct.Struct("=IH11xBxxBB")  # nlmsg_len, nlmsg_type; rtm_dst_len, rtm_table, rtm_protocol
+
+
+def _dst(buf: bytes, pos: int, end: int) -> bytes:
+    while pos + 4 <= end:
+        alen, atype = struct.unpack_from("=HH", buf, pos)
+        if alen < 4:
+            break
+        if atype == 1:  # RTA_DST
+            return bytes(buf[pos + 4:pos + 8])
+        pos += (alen + 3) & ~3
+    return b"\0\0\0\0"  # the default route
+
+
+# -- the pycalico node -----------------------------------------------------------------------------
+
+
+def seed(url: str) -> None:
+    """The pool, and the source BIRD as a mesh node (so the agent peers with it)."""
+    import datastore
+    from crds import load
+
+    ds = datastore.connect("etcdv3", etcd_endpoints=url)
+    v3 = "projectcalico.org/v3"
+    for doc in (
+        {"kind": "IPPool", "metadata": {"name": "bench-pool"},
+         "spec": {"cidr": str(POOL), "blockSize": 26}},
+        {"kind": "Node", "metadata": {"name": "bird-source"},
+         "spec": {"bgp": {"ipv4Address": f"{SOURCE}/24"}}},
+    ):
+        ds.create(load({"apiVersion": v3, **doc}))
+    ds.close()
+
+
+def start_etcd_in(procs: Procs, ns: str, url: str, data_dir: Path) -> None:
+    from lab.netns import in_netns
+    from tests.helpers import etcd_healthy, free_port
+
+    procs.add(subprocess.Popen(
+        ["ip", "netns", "exec", ns, "etcd", "--data-dir", str(data_dir),
+         "--listen-client-urls", url, "--advertise-client-urls", url,
+         "--listen-peer-urls", f"http://127.0.0.1:{free_port()}", "--log-level", "error"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait(lambda: in_netns(ns, etcd_healthy, url), 20, "etcd in the node namespace")
+
+
+def start_agent(procs: Procs, ns: str, url: str, work: Path, profile: Path | None) -> subprocess.Popen:
+    python = ([sys.executable, "-m", "cProfile", "-o", str(profile.resolve())] if profile
+              else [sys.executable])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return procs.add(subprocess.Popen(
+        ["ip", "netns", "exec", ns, *python, "-m", "felix.agent", "--name", "bench-node",
+         "--ip", f"{RECEIVER}/24", "--etcd-endpoints", url, "--run-dir", str(work / "run"),
+         "--health-port", "0"],
+        stdout=open(work / "agent.log", "wb"), stderr=subprocess.STDOUT, env=env))
+
+
+def exabgp_pid(parent: int) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if stat_fields(int(entry.name))[1] == str(parent) and \
+                        b"exabgp" in (entry / "cmdline").read_bytes():
+                    return int(entry.name)
+    return None
+
+
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: [state, ppid, ...] (field 3 onwards)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def cpu_s(pid: int) -> float:
+    fields = stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmHWM for {pid}")
+
+
+# -- plumbing --------------------------------------------------------------------------------------
+
+
+class Procs:
+    """The processes this benchmark started, killed by their PID on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def add(self, proc: subprocess.Popen) -> subprocess.Popen:
+        self.procs.append(proc)
+        return proc
+
+    def __enter__(self) -> Procs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@contextlib.contextmanager
+def namespaces(short: str) -> Iterator[tuple[str, str]]:
+    """(source, receiver): two fresh namespaces joined by a veth, SOURCE and RECEIVER on eth0."""
+    from tests.helpers import veth_between
+
+    tag = secrets.token_hex(3)
+    src, dst = f"bench-{short}s-{tag}", f"bench-{short}r-{tag}"
+    try:
+        for ns in (src, dst):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        veth_between(src, "eth0", f"{SOURCE}/24", dst, "eth0", f"{RECEIVER}/24")
+        yield src, dst
+    finally:
+        for ns in (src, dst):
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+
+
+def wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def plot(result: dict, series: dict[str, tuple]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for label, (t0, points) in series.items():
+        ax.step([t - t0 for t, _ in points], [c for _, c in points], where="post", label=label)
+    ax.set_xlabel("seconds since `birdc enable st` (the withdrawal follows the learn)")
+    ax.set_ylabel("routes in the receiver's kernel")
+    title = f"{result['prefixes']} /26 prefixes: learn {result['learn_s']} s, withdraw {result['withdraw_s']} s"
+    if "learn_bird_s" in result:
+        title += f" (BIRD {result['learn_bird_s']} s / {result['withdraw_bird_s']} s)"
+    ax.set_title(title)
+    ax.legend()
+    path = save_figure(fig, "bgp_convergence.png")
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
