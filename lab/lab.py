@@ -69,6 +69,7 @@ class LabState:
     apiserver_pid: int | None = None
     encap: str = "none"  # an ENCAPS key; *-crosssubnet: the two-subnet topology
     hosts: dict[str, str] = field(default_factory=dict)  # add-host: host name -> ipv4/24
+    metrics: bool = True  # agents serve /metrics (the lab scrapes it; the manifest leaves it off)
 
     @property
     def endpoint(self) -> str:
@@ -133,7 +134,7 @@ def _log(msg: str) -> None:
 # -- up --
 
 def up(name: str, nodes: int, pods_per_node: int, timeout: float = 90.0,
-       datastore: str = "kubernetes", encap: str = "none") -> LabState:
+       datastore: str = "kubernetes", encap: str = "none", metrics: bool = True) -> LabState:
     check_name(name)
     check_encap(encap)
     if datastore not in DATASTORES:
@@ -142,7 +143,7 @@ def up(name: str, nodes: int, pods_per_node: int, timeout: float = 90.0,
         raise LabError("--nodes must be 1-200 and --pods-per-node 0-60")
     if (LAB_ROOT / name / "state.json").exists() or _lab_namespaces(name):
         raise LabError(f"lab {name!r} already exists; run 'pycalicoctl lab down --name {name}' first")
-    state = LabState(name=name, datastore=datastore, encap=encap)
+    state = LabState(name=name, datastore=datastore, encap=encap, metrics=metrics)
     try:
         _make_fabric(state)
         if state.datastore == "kubernetes":  # kubelets register their Nodes; agents annotate them
@@ -284,10 +285,12 @@ def _start_agent(state: LabState, node: str) -> int:
     """The DaemonSet's main container for this node, as kubelet runs it (deploy/pycalico.yaml):
     its command and environment, field references resolved for the node. The lab adds only what
     a kubelet and a service account would give it: the API's kubeconfig (or, for an etcd lab,
-    the etcd endpoints) and metrics on, which the lab scrapes."""
+    the etcd endpoints) and, unless the lab was made with ``metrics=False``, metrics on, which
+    the lab scrapes."""
     argv, env = manifest.container_command(manifest.documents(), node)
-    env |= state.datastore_env() | {"FELIX_PROMETHEUSMETRICSENABLED": "true",
-                                    "PYCALICO_RUN_ROOT": str(RUN_ROOT)}  # the hostPath, mapped
+    env |= state.datastore_env() | {"PYCALICO_RUN_ROOT": str(RUN_ROOT)}  # the hostPath, mapped
+    if state.metrics:
+        env["FELIX_PROMETHEUSMETRICSENABLED"] = "true"
     proc = _spawn(state.dir / f"{node}.log", ["ip", "netns", "exec", node, _bin(argv[0]), *argv[1:]],
                   env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env})
     return proc.pid
