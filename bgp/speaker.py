@@ -136,6 +136,7 @@ def exabgp_env(local_address: IPv4Address, port: int) -> dict[str, str]:
         "exabgp.daemon.daemonize": "false",
         "exabgp.api.cli": "false",
         "exabgp.api.ack": "true",
+        "exabgp.api.compact": "true",  # an IPv4 NLRI as "P", not {"nlri": "P"}: shorter lines
         "exabgp.api.respawn": "false",
         "exabgp.api.terminate": "true",  # no relay, no agent: exit, and let the speaker restart us
         "exabgp.log.destination": "stdout",

@@ -30,9 +30,10 @@ def test_state_and_fsm_events():
 
 
 def test_update_announce_withdraw_and_eor():
-    assert events_of(p.RouteAnnounced)[:2] == [
-        p.RouteAnnounced(PEER, N("10.244.2.0/26"), PEER), p.RouteAnnounced(PEER, N("10.244.3.0/26"), PEER)]
-    assert p.RouteWithdrawn(PEER, N("10.244.4.0/26")) in events_of(p.RouteWithdrawn)
+    announced = [(e.peer, e.nexthop, prefix) for e in events_of(p.RoutesAnnounced) for prefix in e.prefixes]
+    assert announced[:2] == [(PEER, PEER, N("10.244.2.0/26")), (PEER, PEER, N("10.244.3.0/26"))]
+    withdrawn = [(e.peer, prefix) for e in events_of(p.RoutesWithdrawn) for prefix in e.prefixes]
+    assert (PEER, N("10.244.4.0/26")) in withdrawn
     assert p.EndOfRib(PEER, "ipv4 unicast") in events_of(p.EndOfRib)
 
 
@@ -70,6 +71,49 @@ def test_acks_match_commands_in_order_and_text_is_not_an_ack():
 ])
 def test_malformed_input_becomes_an_event_never_an_exception(line, reason):
     [event] = p.Channel().feed(line)
+    assert isinstance(event, p.Malformed) and reason in event.reason, event
+
+
+def _update(announce: str = "", withdraw: str = "") -> str:
+    parts = [f'"announce": {{"ipv4 unicast": {announce}}}' if announce else "",
+             f'"withdraw": {{"ipv4 unicast": {withdraw}}}' if withdraw else ""]
+    return ('{"type": "update", "neighbor": {"address": {"peer": "10.0.0.1"}, "message": {"update": {'
+            + ", ".join(x for x in parts if x) + '}}}}')
+
+
+def test_one_event_per_next_hop_and_compact_nlri_accepted():
+    """ExaBGP packs many prefixes per UPDATE: one event per next hop, not per route; with
+    exabgp.api.compact=true an NLRI is a bare string."""
+    line = _update(announce='{"10.0.0.1": [{"nlri": "10.244.2.0/26"}, "10.244.3.0/26"],'
+                            ' "10.0.0.9": ["10.244.5.0/26"]}',
+                   withdraw='["10.244.4.0/26", {"nlri": "10.244.6.0/26"}]')
+    peer = A("10.0.0.1")
+    assert p.Channel().feed(line) == [
+        p.RoutesWithdrawn(peer, (N("10.244.4.0/26"), N("10.244.6.0/26"))),
+        p.RoutesAnnounced(peer, peer, (N("10.244.2.0/26"), N("10.244.3.0/26"))),
+        p.RoutesAnnounced(peer, A("10.0.0.9"), (N("10.244.5.0/26"),))]
+    assert p.Channel().feed(_update(announce='{"10.0.0.1": []}', withdraw="[]")) == []
+
+
+def test_prefix_cache_reuses_objects_and_stays_bounded(monkeypatch):
+    ch = p.Channel()
+    [first] = ch.feed(_update(withdraw='["10.244.4.0/26"]'))
+    [again] = ch.feed(_update(announce='{"10.0.0.1": ["10.244.4.0/26"]}'))
+    assert again.prefixes[0] is first.prefixes[0]
+    monkeypatch.setattr(p, "PREFIX_CACHE_SIZE", 2)
+    ch.feed(_update(withdraw='["10.244.5.0/26", "10.244.6.0/26", "10.244.7.0/26"]'))
+    [later] = ch.feed(_update(withdraw='["10.244.8.0/26"]'))  # the full cache was emptied first
+    assert later.prefixes == (N("10.244.8.0/26"),) and len(ch._prefixes) == 1
+
+
+@pytest.mark.parametrize("entries,reason", [
+    ('["10.244.1.1/26"]', "not an IPv4 prefix"),  # host bits set
+    ('[{"nlri": 5}]', "not an IPv4 prefix"),  # IPv4Network(5) would be 0.0.0.5/32
+    ('[{"prefix": "10.244.1.0/26"}]', "missing field nlri"),
+    ('[["10.244.1.0/26"]]', "missing field nlri"),
+])
+def test_bad_nlri_in_a_batch_is_malformed(entries, reason):
+    [event] = p.Channel().feed(_update(withdraw=entries))
     assert isinstance(event, p.Malformed) and reason in event.reason, event
 
 

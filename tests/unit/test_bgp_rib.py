@@ -1,3 +1,4 @@
+import random
 from ipaddress import IPv4Address as A, IPv4Network as N
 
 from hypothesis import given, settings
@@ -53,10 +54,10 @@ def test_malformed_is_dropped_and_counted_never_raised():
 
 def test_withdraw_and_best_prefers_lowest_peer():
     rib = make_rib()
-    rib.apply(p.RouteAnnounced(P2, N("10.244.2.0/26"), P2))
-    rib.apply(p.RouteAnnounced(P1, N("10.244.2.0/26"), P1))
+    rib.apply(p.RoutesAnnounced(P2, P2, (N("10.244.2.0/26"),)))
+    rib.apply(p.RoutesAnnounced(P1, P1, (N("10.244.2.0/26"),)))
     assert rib.best() == {LearnedRoute(N("10.244.2.0/26"), P1, P1)}
-    rib.apply(p.RouteWithdrawn(P1, N("10.244.2.0/26")))
+    rib.apply(p.RoutesWithdrawn(P1, (N("10.244.2.0/26"),)))
     assert rib.best() == {LearnedRoute(N("10.244.2.0/26"), P2, P2)}
 
 
@@ -70,7 +71,7 @@ def test_graceful_restart_keeps_stale_until_eor_then_drops_what_was_not_reannoun
     clock.now += 60
     assert {r.prefix for r in rib.best()} == {a, b}, "stale routes kept while the peer restarts"
     rib.apply(p.PeerStateChanged(P1, "up"))
-    rib.apply(p.RouteAnnounced(P1, a, P1))
+    rib.apply(p.RoutesAnnounced(P1, P1, (a,)))
     assert {r.prefix for r in rib.best()} == {a, b}, "still stale until End-of-RIB"
     rib.apply(p.EndOfRib(P1, "ipv4 unicast"))
     assert rib.best() == {LearnedRoute(a, P1, P1)}
@@ -156,7 +157,7 @@ def test_result_does_not_depend_on_announcement_order(anns, rnd, down):
     def feed(items):
         rib = make_rib()
         for (peer, prefix), nexthop in items:
-            rib.apply(p.RouteAnnounced(peer, prefix, nexthop))
+            rib.apply(p.RoutesAnnounced(peer, nexthop, (prefix,)))
         for peer in sorted(down):
             rib.peer_down(peer)
         return rib.best(), dict(rib.counters)
@@ -168,3 +169,167 @@ def test_result_does_not_depend_on_announcement_order(anns, rnd, down):
     assert feed(list(reversed(items))) == expected
     best, _ = expected
     assert len({r.prefix for r in best}) == len(best), "one route per prefix"
+
+
+# -- the incremental best path against a reference that recomputes everything ----------------
+
+
+class ReferenceRib:
+    """The RIB as it was before it became incremental: one dict of paths per peer, best() a full
+    pass. Slow and obviously right; the fast Rib must answer exactly as it does."""
+
+    def __init__(self, clock, restart: dict) -> None:
+        self.clock, self.restart = clock, restart
+        self.paths: dict = {}  # {peer: {prefix: (nexthop, stale_until or None)}}
+        self.pools, self.own = frozenset({POOL}), frozenset({OWN})
+
+    def accepted(self, prefix) -> bool:
+        return (prefix.prefixlen > 0 and not any(prefix.subnet_of(o) for o in self.own)
+                and any(prefix.subnet_of(p) for p in self.pools))
+
+    def announce(self, peer, nexthop, prefixes) -> None:
+        for prefix in prefixes:
+            self.paths.setdefault(peer, {})[prefix] = (nexthop, None)
+
+    def withdraw(self, peer, prefixes) -> None:
+        for prefix in prefixes:
+            self.paths.get(peer, {}).pop(prefix, None)
+
+    def peer_down(self, peer) -> None:
+        paths = self.paths.get(peer, {})
+        if not self.restart.get(peer, 120):
+            paths.clear()
+            return
+        deadline = self.clock() + self.restart.get(peer, 120)
+        for prefix, (nexthop, until) in paths.items():
+            if until is None:
+                paths[prefix] = (nexthop, deadline)
+
+    def end_of_rib(self, peer) -> None:
+        paths = self.paths.get(peer, {})
+        for prefix in [p for p, (_, until) in paths.items() if until is not None]:
+            del paths[prefix]
+
+    def expire(self) -> None:
+        for paths in self.paths.values():
+            for prefix in [p for p, (_, u) in paths.items() if u is not None and u <= self.clock()]:
+                del paths[prefix]
+
+    def best(self) -> frozenset:
+        chosen: dict = {}
+        for peer, paths in self.paths.items():
+            for prefix, (nexthop, until) in paths.items():
+                if (until is not None and until <= self.clock()) or not self.accepted(prefix):
+                    continue
+                key = (until is not None, peer)
+                if prefix not in chosen or key < chosen[prefix][0]:
+                    chosen[prefix] = (key, LearnedRoute(prefix, nexthop, peer))
+        return frozenset(route for _, route in chosen.values())
+
+    def next_deadline(self):
+        return min((u for paths in self.paths.values() for _, u in paths.values() if u is not None),
+                   default=None)
+
+
+# Few prefixes and peers, so that operations collide on the same prefix (a wide space hides bugs).
+few = st.sampled_from([N("10.244.2.0/26"), N("10.244.3.0/26"), N("10.245.0.0/26"), OWN])
+batch = st.lists(few, min_size=1, max_size=3)
+some_peers = st.sampled_from([A("10.0.0.1"), A("10.0.0.2"), A("10.0.0.3")])
+operations = st.lists(st.one_of(
+    st.tuples(st.just("announce"), some_peers, st.sampled_from([A("10.9.0.1"), A("10.9.0.2")]), batch),
+    st.tuples(st.just("announce"), some_peers, st.sampled_from([A("10.9.0.1"), A("10.9.0.2")]), batch),
+    st.tuples(st.just("withdraw"), some_peers, batch),
+    st.tuples(st.just("down"), some_peers),
+    st.tuples(st.just("eor"), some_peers),
+    st.tuples(st.just("remove"), some_peers),
+    st.tuples(st.just("tick"), st.sampled_from([10.0, 30.0, 60.0])),
+    st.tuples(st.just("expire")),
+    st.tuples(st.just("filter"), st.booleans()),
+), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations)
+def test_incremental_best_matches_a_full_recomputation(ops):
+    replay_against_reference(ops)
+
+
+def test_incremental_best_matches_a_full_recomputation_on_long_random_walks():
+    """Hypothesis keeps its lists short; long seeded walks reach sequences like announce, down,
+    tick, announce from a higher peer, expire, which the short lists rarely combine."""
+    peer_list = [A("10.0.0.1"), A("10.0.0.2"), A("10.0.0.3")]
+    pfx = [N("10.244.2.0/26"), N("10.244.3.0/26"), N("10.245.0.0/26"), OWN]
+    for seed in range(200):
+        rnd = random.Random(seed)
+
+        def one():
+            kind = rnd.choice(["announce", "announce", "withdraw", "down", "eor", "remove", "tick",
+                               "expire", "filter"])
+            ps = rnd.sample(pfx, rnd.randint(1, 3))
+            return {"announce": ("announce", rnd.choice(peer_list), rnd.choice([A("10.9.0.1"), A("10.9.0.2")]), ps),
+                    "withdraw": ("withdraw", rnd.choice(peer_list), ps), "down": ("down", rnd.choice(peer_list)),
+                    "eor": ("eor", rnd.choice(peer_list)), "remove": ("remove", rnd.choice(peer_list)),
+                    "tick": ("tick", rnd.choice([10.0, 30.0, 60.0])), "expire": ("expire",),
+                    "filter": ("filter", rnd.random() < 0.5)}[kind]
+
+        replay_against_reference([one() for _ in range(60)])
+
+
+def replay_against_reference(ops) -> None:
+    clock = FakeClock()
+    restart = {A("10.0.0.1"): 30, A("10.0.0.2"): 0}  # one short restart time, one without GR
+    rib, ref = make_rib(clock), ReferenceRib(clock, restart)
+    for peer, seconds in restart.items():
+        rib.set_restart_time(peer, seconds or None)
+    for op in ops:
+        match op:
+            case ("announce", peer, nexthop, ps):
+                rib.apply(p.RoutesAnnounced(peer, nexthop, tuple(ps)))
+                ref.announce(peer, nexthop, ps)
+            case ("withdraw", peer, ps):
+                rib.apply(p.RoutesWithdrawn(peer, tuple(ps)))
+                ref.withdraw(peer, ps)
+            case ("down", peer):
+                rib.apply(p.PeerStateChanged(peer, "down"))
+                ref.peer_down(peer)
+            case ("eor", peer):
+                rib.apply(p.EndOfRib(peer, p.IPV4_UNICAST))
+                ref.end_of_rib(peer)
+            case ("remove", peer):
+                rib.remove_peer(peer)
+                ref.paths.pop(peer, None)
+                for address, seconds in restart.items():  # forgotten with the peer: offer it again
+                    rib.set_restart_time(address, seconds or None)
+            case ("tick", seconds):
+                clock.now += seconds
+            case ("expire",):
+                rib.expire()
+                ref.expire()
+            case ("filter", wide):
+                pools = frozenset({POOL, N("10.245.0.0/16")} if wide else {POOL})
+                rib.set_import_filter(pools, frozenset({OWN}))
+                ref.pools = pools
+        assert rib.best() == ref.best(), op
+        assert rib.next_deadline() == ref.next_deadline(), op
+    assert sum(rib.route_count(peer) for peer in {A(f"10.0.0.{i}") for i in range(1, 5)}) == sum(
+        len(paths) for paths in ref.paths.values())
+
+
+def test_best_is_cached_until_something_changes():
+    rib = make_rib()
+    rib.announce_many(P1, P1, [N("10.244.2.0/26"), N("10.244.3.0/26")])
+    first = rib.best()
+    assert rib.best() is first, "no change: the same frozenset, not a rebuilt one"
+    rib.announce_many(P2, P2, [N("10.244.2.0/26")])  # a higher peer: best unchanged, but re-read
+    assert rib.best() == first
+    rib.withdraw_many(P1, [N("10.244.2.0/26")])
+    assert rib.best() == {LearnedRoute(N("10.244.2.0/26"), P2, P2), LearnedRoute(N("10.244.3.0/26"), P1, P1)}
+
+
+def test_one_update_of_many_prefixes_counts_each_rejection():
+    rib = make_rib()
+    rib.apply(p.RoutesAnnounced(P1, P1, (N("10.244.2.0/26"), N("192.0.2.0/24"), N("10.244.1.0/26"))))
+    assert rib.best() == {LearnedRoute(N("10.244.2.0/26"), P1, P1)}
+    assert dict(rib.counters) == {"rejected_outside_pools": 1, "rejected_own_block": 1}
+    rib.apply(p.RoutesAnnounced(P1, A("0.0.0.0"), (N("10.244.3.0/26"), N("10.244.4.0/26"))))
+    assert rib.counters["malformed"] == 2 and len(rib.best()) == 1
