@@ -63,6 +63,8 @@ def _neighbor(cfg: ExaBGPConfig, peer: PeerSpec) -> str:
     # Bare boolean keywords can mean false in ExaBGP: every boolean is written with its value.
     # manual-eor: we send End-of-RIB ourselves once we re-announced everything after a session
     # comes up; an early automatic EoR makes a graceful-restart helper flush our routes.
+    # adj-rib-in false: bgp/rib keeps what peers sent; ExaBGP's copy (an object and an index string
+    # per received route) was only memory and CPU we never read.
     return (
         f"neighbor {peer.address} {{\n"
         f"    # {_comment(peer.name)} ({_comment(peer.peer_type)})\n"
@@ -74,6 +76,7 @@ def _neighbor(cfg: ExaBGPConfig, peer: PeerSpec) -> str:
         f"    passive {'true' if peer.passive else 'false'};\n"
         f"    connect {cfg.port};\n"
         f"    manual-eor true;\n"
+        f"    adj-rib-in false;\n"
         f"    adj-rib-out true;\n"
         f"    family {{\n"
         f"        ipv4 unicast;\n"

@@ -183,13 +183,22 @@ class Rib:
         peer = self._peer_ids.get(peer, peer)
         fresh, stale = self._fresh.get(peer, {}), self._stale.get(peer)
         best = self._best
+        # With no other peer holding paths (one upstream, the bench), a withdrawn best path simply
+        # goes: fresh and stale paths of one peer never share a prefix.
+        alone = not any(paths for other, paths in (*self._fresh.items(), *self._stale.items())
+                        if other is not peer)
         for prefix in prefixes:
             gone = fresh.pop(prefix, None) is not None
             if stale:
                 gone |= self._unstale(peer, stale, prefix)
             current = best.get(prefix) if gone else None
-            if current is not None and current.route.peer is peer:
-                self._choose(prefix)
+            if current is None or current.route.peer is not peer:
+                continue
+            if alone:
+                del best[prefix]
+                self._frozen = None
+            else:
+                self._choose(prefix, accepted=True)
 
     def _malformed(self, peer: object, prefix: object) -> None:
         self.counters["malformed"] += 1
@@ -281,17 +290,18 @@ class Rib:
         for prefix in prefixes:
             self._choose(prefix)
 
-    def _choose(self, prefix: IPv4Network, now: float | None = None) -> None:
-        """Pick ``prefix``'s best path again from every peer's paths (after its best one changed)."""
+    def _choose(self, prefix: IPv4Network, accepted: bool = False) -> None:
+        """Pick ``prefix``'s best path again from every peer's paths (after its best one changed).
+        ``accepted``: the import filter is known to accept it (it had a best path)."""
         self._frozen = None
-        chosen = self._candidate(prefix, now)
+        chosen = self._candidate(prefix, None, accepted)
         if chosen is None:
             self._best.pop(prefix, None)
         else:
             self._best[prefix] = chosen
 
-    def _candidate(self, prefix: IPv4Network, now: float | None) -> _Best | None:
-        if self.rejection(prefix) is not None:
+    def _candidate(self, prefix: IPv4Network, now: float | None, accepted: bool = False) -> _Best | None:
+        if not accepted and self.rejection(prefix) is not None:
             return None
         found: tuple[IPv4Address, IPv4Address] | None = None
         for peer, paths in self._fresh.items():
