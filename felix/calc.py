@@ -147,12 +147,23 @@ class _Context:
         me = self.hosts.get(inp.node)
         self.subnet = me.ip.network if me is not None and me.ip is not None else None
         self.problems: dict[IPv4Network, str] = {}
+        # (address, mask, length, cidr) per pool, in the frozenset's order: ``subnet_of`` in
+        # integers (ipaddress's own was most of a rebuild's time at 100k blocks)
+        self._pools = [(int(p.network_address), int(p.netmask), p.prefixlen, p) for p in inp.pools]
+
+    def pool_cidr(self, prefix: IPv4Network) -> IPv4Network | None:
+        """The first pool (in ``inp.pools`` order) that ``prefix`` is inside, if any."""
+        address, length = int(prefix.network_address), prefix.prefixlen
+        for pool_address, mask, pool_length, cidr in self._pools:
+            if length >= pool_length and address & mask == pool_address:
+                return cidr
+        return None
 
     def pool_of(self, prefix: IPv4Network) -> PoolEncap:
-        for cidr in self.inp.pools:
-            if prefix.subnet_of(cidr):
-                return self.encap.get(cidr, PoolEncap(cidr))
-        return PoolEncap(prefix)
+        cidr = self.pool_cidr(prefix)
+        if cidr is None:
+            return PoolEncap(prefix)
+        return self.encap.get(cidr, PoolEncap(cidr))
 
     def same_subnet(self, ip: IPv4Address) -> bool:
         return self.subnet is not None and ip in self.subnet
@@ -164,10 +175,11 @@ class _Context:
         out = []
         remote = _first_per_key((b for b in self.inp.blocks if b.node != self.inp.node),
                                 key=lambda b: b.cidr, order=lambda b: b.node)
-        for block in sorted(remote, key=lambda b: b.cidr):
-            if not any(block.cidr.subnet_of(p) for p in self.inp.pools):
+        for block in sorted(remote, key=lambda b: (int(b.cidr.network_address), b.cidr.prefixlen)):
+            cidr = self.pool_cidr(block.cidr)
+            if cidr is None:
                 continue  # outside every pool: never routed (the import filter's rule)
-            route = self._affinity_route(block, self.pool_of(block.cidr))
+            route = self._affinity_route(block, self.encap.get(cidr, PoolEncap(cidr)))
             if route is not None:
                 out.append(route)
         return out
@@ -324,8 +336,19 @@ class RouteCalc:
         for r in inp.learned:
             if _importable(r.prefix, inp.pools, self._own):
                 self._learned.setdefault(r.prefix, set()).add(r)
-        dsts = self._desired.keys() | self._fixed.keys() | self._workloads.keys() | self._learned.keys()
-        return {dst for dst in dsts if self._resolve(dst)}
+        # Layer by layer into a new mapping, then compare: each IPv4Network hash is a Python call,
+        # and a rebuild at 100k routes spent most of its time in them.
+        new = dict(self._fixed)
+        for dst in self._learned.keys() - new.keys():
+            new[dst] = self._winner(dst)
+        for dst in self._workloads:
+            new[dst] = self._winner(dst)
+        old = self._desired
+        changed = {dst for dst, route in old.items() if new.get(dst) != route}
+        changed.update(new.keys() - old.keys())
+        old.clear()
+        old.update(new)
+        return changed
 
     def update(
         self,
