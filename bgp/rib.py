@@ -29,7 +29,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from bgp import protocol
@@ -39,16 +39,18 @@ log = logging.getLogger(__name__)
 DEFAULT_RESTART_TIME = 120.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LearnedRoute:
     prefix: IPv4Network
     nexthop: IPv4Address
     peer: IPv4Address
+    # Cached: best() builds a frozenset of every route, and the fields' hashes are Python code
+    # (~1.5 us per route); a route object lives as long as it stays the best path. Slots: 100k
+    # routes take 15 MB instead of 25.
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __hash__(self) -> int:
-        # Cached: best() builds a frozenset of every route, and the fields' hashes are Python code
-        # (~1.5 us per route); a route object lives as long as it stays the best path.
-        cached = self.__dict__.get("_hash")
+        cached = self._hash
         if cached is None:
             cached = hash((self.prefix, self.nexthop, self.peer))
             object.__setattr__(self, "_hash", cached)
