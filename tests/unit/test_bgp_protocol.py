@@ -3,6 +3,8 @@ from ipaddress import IPv4Address as A, IPv4Network as N
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bgp import protocol as p
 
@@ -141,3 +143,24 @@ def test_command_builders_batch_sorted_and_never_empty():
 def test_command_rejects_multiline():
     with pytest.raises(ValueError, match="command"):
         p.Channel().command("reload\nshutdown")
+
+
+octet = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["01", "00", "0x1", " 1", "", "1e1"]))
+prefix_text = st.builds(lambda a, b, c, d, slash, length: f"{a}.{b}.{c}.{d}{slash}{length}",
+                        octet, octet, octet, octet, st.sampled_from(["/", "", "//"]),
+                        st.one_of(st.integers(-1, 40).map(str),
+                                  st.sampled_from(["026", "", " 8", "255.255.255.0", "٣"])))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(prefix_text, st.text(max_size=20)))
+def test_fast_prefix_parse_accepts_exactly_what_ipaddress_accepts(text):
+    try:
+        expected = N(text)
+    except ValueError:
+        expected = None
+    try:
+        got = p._prefix(text, "nlri")
+    except p._Bad:
+        got = None
+    assert got == expected
