@@ -19,7 +19,8 @@ one sample. ``--gap-ms`` waits between events (default 0: the next event right a
 JSON keys: event_p50_ms, event_p99_ms, event_max_ms, routes, events, install_s, seed_s,
 write_p50_ms / write_p99_ms (until etcd acknowledged the write: etcd's own share, its WAL fsync),
 agent_rss_mb (VmRSS after the events), agent_peak_rss_mb (VmHWM), agent_cpu_s (user + system over
-the whole run), agent_cpu_events_s (during the events only), goal_event_p99_ms.
+the whole run), agent_cpu_events_s (during the events only), events_reconciles_by_cause and
+events_route_dumps (the agent's own counters over the events), load_avg_1m, goal_event_p99_ms.
 PNG: ``bench/out/event_latency.png`` (CDF of the samples).
 """
 from __future__ import annotations
@@ -90,7 +91,7 @@ def run(a, tmp: Path, result: dict) -> list[float]:
         print(f"{expected} routes in the kernel {result['install_s']} s after the agent started",
               flush=True)
         time.sleep(1.0)  # the agent settles (its reconcile after the install)
-        cpu_before = cpu_seconds(agent.pid)
+        cpu_before, status_before = cpu_seconds(agent.pid), agent_status(tmp)
         watcher = RouteWatcher()
         pairs = [one_event(ds, watcher, i, a.gap_ms) for i in range(a.events)]
         samples, writes = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -99,6 +100,12 @@ def run(a, tmp: Path, result: dict) -> list[float]:
         print("slowest events (ms to the route, ms of it until etcd acknowledged the write):",
               sorted(((round(t, 1), round(w, 1)) for t, w in pairs), reverse=True)[:8], flush=True)
         result["agent_cpu_events_s"] = round(cpu_seconds(agent.pid) - cpu_before, 2)
+        status = agent_status(tmp)
+        result["events_reconciles_by_cause"] = {  # during the events: "event" only, no dump
+            cause: n - status_before["reconciles_by_cause"][cause]
+            for cause, n in status["reconciles_by_cause"].items()}
+        result["events_route_dumps"] = status["route_dumps"] - status_before["route_dumps"]
+        result["load_avg_1m"] = os.getloadavg()[0]  # a shared machine: other work skews the tail
         result["agent_cpu_s"] = round(cpu_seconds(agent.pid), 2)
         result["agent_rss_mb"] = round(proc_status_mb(agent.pid, "VmRSS"), 1)
         result["agent_peak_rss_mb"] = round(proc_status_mb(agent.pid, "VmHWM"), 1)
@@ -250,6 +257,12 @@ def start_agent(url: str, tmp: Path) -> subprocess.Popen:
              "--etcd-endpoints", url, "--run-dir", str(tmp / "run"), "--health-port", "0",
              "--log-level", "WARNING"],
             stdout=log, stderr=log, env=env, cwd=Path(__file__).resolve().parents[1])
+
+
+def agent_status(tmp: Path) -> dict:
+    from felix.status import query
+
+    return query(NODE, "status", path=tmp / "run" / "status.sock")
 
 
 def cpu_seconds(pid: int) -> float:
