@@ -80,6 +80,9 @@ class Rib:
         self._peer_ids: dict[IPv4Address, IPv4Address] = {}  # one object per peer: `is` compares
         self._best: dict[IPv4Network, _Best] = {}  # accepted prefixes only; expiry not applied
         self._frozen: frozenset[LearnedRoute] | None = None
+        # For take_changes(): the best route each prefix had at the last call, recorded when the
+        # prefix first changes after it; None until the first call (nobody asked: record nothing).
+        self._before: dict[IPv4Network, LearnedRoute | None] | None = None
         self._pools: frozenset[IPv4Network] = frozenset()
         self._own: frozenset[IPv4Network] = frozenset()
         self._pool_bits: tuple[tuple[int, int], ...] = ()
@@ -158,7 +161,7 @@ class Rib:
         peer = self._peer_ids.setdefault(peer, peer)
         fresh = self._fresh.setdefault(peer, {})
         stale = self._stale.get(peer)
-        best, rejection, counters = self._best, self.rejection, self.counters
+        best, rejection, counters, before = self._best, self.rejection, self.counters, self._before
         for prefix in prefixes:
             if type(prefix) is not IPv4Network:
                 self._malformed(peer, prefix)
@@ -175,6 +178,8 @@ class Rib:
             current = best.get(prefix)
             # A fresh path wins over a stale one, then the lowest peer address (same peer: replace).
             if current is None or current.stale or current.route.peer is peer or peer < current.route.peer:
+                if before is not None and prefix not in before:
+                    before[prefix] = current.route if current is not None else None
                 best[prefix] = _Best(LearnedRoute(prefix, nexthop, peer), False)
                 self._frozen = None
 
@@ -197,6 +202,7 @@ class Rib:
             if current is None or current.route.peer is not peer:
                 continue
             if alone:
+                self._record(prefix, current)
                 del best[prefix]
                 self._frozen = None
             else:
@@ -297,10 +303,17 @@ class Rib:
         ``accepted``: the import filter is known to accept it (it had a best path)."""
         self._frozen = None
         chosen = self._candidate(prefix, None, accepted)
+        self._record(prefix, self._best.get(prefix))
         if chosen is None:
             self._best.pop(prefix, None)
         else:
             self._best[prefix] = chosen
+
+    def _record(self, prefix: IPv4Network, current: _Best | None) -> None:
+        """Before ``prefix``'s best path changes: remember what take_changes() last reported."""
+        before = self._before
+        if before is not None and prefix not in before:
+            before[prefix] = current.route if current is not None else None
 
     def _candidate(self, prefix: IPv4Network, now: float | None, accepted: bool = False) -> _Best | None:
         if not accepted and self.rejection(prefix) is not None:
@@ -320,6 +333,8 @@ class Rib:
 
     def _rebuild_best(self) -> None:
         prefixes = {p for paths in (*self._fresh.values(), *self._stale.values()) for p in paths}
+        for prefix in prefixes | self._best.keys():
+            self._record(prefix, self._best.get(prefix))
         self._best = {}
         self._frozen = None
         for prefix in prefixes:
@@ -353,6 +368,30 @@ class Rib:
             else:
                 out.append(chosen.route)
         return frozenset(out)
+
+    def take_changes(self) -> tuple[list[LearnedRoute], list[LearnedRoute]]:
+        """(removed, added) best routes since the last call, for a consumer that keeps its own copy
+        (the first call: everything is added). Work is per changed prefix, not per route held.
+
+        Applying them in that order to the previous answer gives ``best()``, except for a stale
+        route past its deadline: ``best()`` hides it at once, here it goes when ``expire()`` runs
+        (the speaker's timer calls it at the deadline).
+        """
+        if self._before is None:
+            self._before = {}
+            return [], [b.route for b in self._best.values()]
+        removed, added = [], []
+        for prefix, old in self._before.items():
+            current = self._best.get(prefix)
+            new = current.route if current is not None else None
+            if old is new or old == new:
+                continue
+            if old is not None:
+                removed.append(old)
+            if new is not None:
+                added.append(new)
+        self._before = {}
+        return removed, added
 
     def route_count(self, peer: IPv4Address) -> int:
         peer = self._peer_ids.get(peer, peer)

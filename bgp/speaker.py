@@ -253,7 +253,14 @@ class Speaker:
             self._notify()
 
     def learned_routes(self) -> frozenset[LearnedRoute]:
+        """Every best route (cached: the same object until something changes)."""
         return self._rib.best()
+
+    def learned_changes(self) -> tuple[list[LearnedRoute], list[LearnedRoute]]:
+        """(removed, added) since the last call (the first: all added), for one consumer that keeps
+        its own copy: work per changed route, where diffing two ``learned_routes()`` is per route
+        held (100k routes: ~0.3 s per reconcile). See ``Rib.take_changes``."""
+        return self._rib.take_changes()
 
     def peer_status(self) -> list[PeerStatus]:
         return [self._peers[a].status() for a in sorted(self._peers)]

@@ -72,6 +72,7 @@ def test_two_speakers_exchange_blocks_filter_and_withdraw(netns, loop_thread, tm
 
         wait_for(lambda: _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}, 10, what="a learns b's block")
         wait_for(lambda: _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A)}, 10, what="b learns a's block")
+        assert lt.call(sa.learned_changes) == ([], [LearnedRoute(BLOCK_B, B, B)])
         wait_for(lambda: lt.call(lambda: sa.routes_in_sync), 10, what="a in sync after EoR")
         assert changes_a, "on_change was never called"
 
@@ -82,6 +83,7 @@ def test_two_speakers_exchange_blocks_filter_and_withdraw(netns, loop_thread, tm
 
         lt.run(sb.set_advertisements(frozenset({OUTSIDE})))
         wait_for(lambda: _learned(lt, sa) == frozenset(), 10, what="withdrawn block gone on a")
+        assert lt.call(sa.learned_changes) == ([LearnedRoute(BLOCK_B, B, B)], []), "only the change"
         assert _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A)}
     finally:
         lt.run(sa.stop())

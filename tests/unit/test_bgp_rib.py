@@ -279,6 +279,7 @@ def replay_against_reference(ops) -> None:
     clock = FakeClock()
     restart = {A("10.0.0.1"): 30, A("10.0.0.2"): 0}  # one short restart time, one without GR
     rib, ref = make_rib(clock), ReferenceRib(clock, restart)
+    view = set(rib.take_changes()[1])  # a consumer's copy, kept by the deltas alone
     for peer, seconds in restart.items():
         rib.set_restart_time(peer, seconds or None)
     for op in ops:
@@ -311,6 +312,13 @@ def replay_against_reference(ops) -> None:
                 ref.pools = pools
         assert rib.best() == ref.best(), op
         assert rib.next_deadline() == ref.next_deadline(), op
+        deadline = rib.next_deadline()
+        if deadline is None or deadline > clock.now:  # take_changes() shows expiry once expire() ran
+            removed, added = rib.take_changes()
+            assert not view.isdisjoint(removed) or not removed
+            view.difference_update(removed)
+            view.update(added)
+            assert view == rib.best(), (op, removed, added)
     assert sum(rib.route_count(peer) for peer in {A(f"10.0.0.{i}") for i in range(1, 5)}) == sum(
         len(paths) for paths in ref.paths.values())
 
@@ -333,3 +341,18 @@ def test_one_update_of_many_prefixes_counts_each_rejection():
     assert dict(rib.counters) == {"rejected_outside_pools": 1, "rejected_own_block": 1}
     rib.apply(p.RoutesAnnounced(P1, A("0.0.0.0"), (N("10.244.3.0/26"), N("10.244.4.0/26"))))
     assert rib.counters["malformed"] == 2 and len(rib.best()) == 1
+
+
+def test_take_changes_reports_only_what_changed_since_the_last_call():
+    rib = make_rib()
+    a, b = N("10.244.2.0/26"), N("10.244.3.0/26")
+    rib.announce_many(P2, P2, [a, b])
+    assert rib.take_changes() == ([], [LearnedRoute(a, P2, P2), LearnedRoute(b, P2, P2)])
+    assert rib.take_changes() == ([], [])
+    rib.announce_many(P1, P1, [a])  # a lower peer wins a
+    rib.announce_many(P2, P2, [b])  # the same route again: no change
+    assert rib.take_changes() == ([LearnedRoute(a, P2, P2)], [LearnedRoute(a, P1, P1)])
+    rib.withdraw_many(P1, [a])
+    rib.announce_many(P1, P1, [a])  # gone and back within one interval: nothing to report
+    rib.withdraw_many(P2, [b])
+    assert rib.take_changes() == ([LearnedRoute(b, P2, P2)], [])
