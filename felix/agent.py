@@ -46,7 +46,7 @@ from felix.calc import PROTO, RouteCalc
 from felix.dataplane import RouteTable
 from felix.encap import Encap
 from felix.health import HEALTH_PORT, METRICS_PORT, AgentHealth, HealthServer
-from felix.metrics import count_route_kinds
+from felix.metrics import count_route_kinds, route_kind
 from felix.inspect import compare
 from felix.startup import default_pool, ensure_default_pool
 from felix.status import RUN_ROOT, StatusServer
@@ -396,10 +396,21 @@ class Agent:
             routes_applied=self._routes_applied, route_failures=self._route_failures,
             reconcile_error=self.last_error[0] if self._error_backoff.failures else None,
             reconciles=dict(self.reconciles), reconcile_errors=self.reconcile_errors,
-            routes_by_kind=count_route_kinds(r.reason for r in self._desired.values()),
+            routes_by_kind=self._route_kinds(),
             route_writes=self.routes.writes, route_dumps=self.routes.dumps,
             bgp_counters=sp.counters() if sp else {},
             prefixes_accepted=len(sp.learned_routes()) if sp else 0)
+
+    def _route_kinds(self) -> dict[str, int]:
+        """Desired routes by kind, for every probe and scrape: from the calculation's count per
+        reason (a walk of 100k routes stalled the loop ~70 ms per probe)."""
+        if self._desired is not self.calc.desired:  # not calculated here (set directly)
+            return count_route_kinds(r.reason for r in self._desired.values())
+        counts = count_route_kinds(())
+        for reason, n in self.calc.reasons.items():
+            kind = route_kind(reason)
+            counts[kind] = counts.get(kind, 0) + n
+        return counts
 
     # -- status endpoint topics --
     async def _status_topic(self) -> dict:

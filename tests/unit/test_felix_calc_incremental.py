@@ -2,6 +2,7 @@
 final input, whatever the order of the events; each update reports exactly what changed."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -83,6 +84,7 @@ def test_every_update_equals_the_reference_and_reports_exactly_what_changed(base
         after = desired_routes(inp)
         assert feed(calc, added, item) == changed_between(before, after)
         assert dict(calc.desired) == dict(after)
+        assert calc.reasons == Counter(r.reason for r in after.values())
 
 
 @settings(max_examples=200, deadline=None)
