@@ -122,7 +122,6 @@ class Agent:
         self.calc = RouteCalc()
         self._calc_ready = False
         self._workloads = cluster.LocalWorkloads(cfg.node)
-        self._learned: frozenset = frozenset()  # RemoteRoutes the calculation holds
         self._learned_dirty = True  # the speaker said something changed since we last read it
         self._full_apply = True  # the next route apply diffs every destination
         self._causes_now: set[str] = set()
@@ -276,7 +275,7 @@ class Agent:
     # -- the reconcile: current state in, kernel and BGP brought to match --
     async def _reconcile(self) -> None:
         """Incremental when only workload endpoints and/or the speaker's learned routes changed:
-        the calculation takes their deltas and the route table writes just the destinations that
+        the calculation takes their deltas (the speaker's own record of what changed) and the route table writes just the destinations that
         changed (speaker, tunnels and NAT depend on neither, and are left alone). Anything else
         (pools, Nodes, blocks, BGP configuration, the first reconcile, one after a failure)
         rebuilds the calculation. A resync, a drift or a retry always diffs every route (a retry
@@ -291,15 +290,13 @@ class Agent:
         if self.cfg.bgp:
             self._learned_dirty = False  # a change from here on asks for another reconcile
             bgp_in_sync = self.speaker.routes_in_sync
-        learned = self._read_learned() if rebuild or learned_changed else self._learned
         if rebuild:
-            changed = self._rebuild(learned)
+            changed = self._rebuild(self._read_learned())
         else:
             gone, appeared = self._workloads.update(self.state, changes.get("WorkloadEndpoint", ()))
+            removed, added = self._learned_changes() if learned_changed else ((), ())
             changed = self.calc.update(workloads_removed=gone, workloads_added=appeared,
-                                       learned_removed=self._learned - learned,
-                                       learned_added=learned - self._learned)
-        self._learned = learned
+                                       learned_removed=removed, learned_added=added)
         # Until BGP has re-synced after a restart, learned routes we no longer know are kept (the
         # speaker tells us when it is in sync: it notifies, and we come back here, for a full diff).
         full = (rebuild or self._full_apply or not bgp_in_sync
@@ -339,9 +336,20 @@ class Agent:
         return True
 
     def _read_learned(self) -> frozenset:
+        """Every learned route, for a rebuild; the speaker's change record starts again from here
+        (no await in between: both see the same RIB)."""
         if not self.cfg.bgp or self.speaker is None:
             return frozenset()
+        self.speaker.learned_changes()
         return cluster.remote_routes(self.speaker.learned_routes())
+
+    def _learned_changes(self) -> tuple[frozenset, frozenset]:
+        """(removed, added) learned routes since the last read: work per changed route (a set
+        difference of two 100k-route lists cost ~0.3 s per reconcile)."""
+        if not self.cfg.bgp or self.speaker is None:
+            return frozenset(), frozenset()
+        removed, added = self.speaker.learned_changes()
+        return cluster.remote_routes(removed), cluster.remote_routes(added)
 
     def _rebuild(self, learned: frozenset) -> set:
         inp = cluster.calc_input(self.state, self.cfg.node, (), bgp=self.cfg.bgp)
