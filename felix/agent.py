@@ -42,7 +42,7 @@ from datastore.base import AlreadyExists, Conflict, Datastore, NotFound, Unavail
 from datastore.syncer import Connection, Syncer, is_fatal
 from felix import cluster, logs
 from felix.autodetect import detect
-from felix.calc import PROTO, RouteCalc
+from felix.calc import PROTO, RouteCalc, workload_route
 from felix.dataplane import RouteTable
 from felix.encap import Encap
 from felix.health import HEALTH_PORT, METRICS_PORT, AgentHealth, HealthServer
@@ -65,6 +65,7 @@ COALESCE = 0.05
 # ~20 full collections of up to 1 s each, collecting nothing. The first rebuild collects once and
 # freezes (_freeze_long_lived); should the datastore take longer than this, the GC comes back on.
 LOAD_GC_OFF = 300.0
+CNI_ROUTE_WAIT = 5.0  # at most this long a CNI ADD waits for its pod route to be written
 CAUSES = ("event", "retry", "resync", "drift")  # drift: the kernel changed our routes (netlink)
 
 
@@ -143,13 +144,14 @@ class Agent:
         # The CNI path: the thin host plugin forwards kubelet's requests here (cni/thin.py); the
         # agent is warm, connected, and the node's single IPAM writer.
         self.cni = CNIServer(cfg.run_dir / "cni.sock", ds, cfg.node,
-                             observe=self.health.metrics.observe_cni)
+                             observe=self.health.metrics.observe_cni, on_added=self._on_cni_added)
+        self._aio: asyncio.AbstractEventLoop | None = None
         self._status = StatusServer(cfg.run_dir / "status.sock",
                                     {"status": self._status_topic, "routes": self._routes_topic})
 
     # -- lifecycle --
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._aio = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         await self.routes.open()
@@ -389,6 +391,16 @@ class Agent:
             raise
         self.speaker = speaker
         return speaker
+
+    def _on_cni_added(self, ifname: str, address: ipaddress.IPv4Address) -> None:
+        """After a successful CNI ADD (in its worker thread, before kubelet hears of it): the pod's
+        ``/32 dev cali*`` now, as Calico's CNI plugin does, rather than once its WorkloadEndpoint
+        went round the datastore; the reconcile then finds it as desired (same bytes: no write).
+        Not before our first apply: nothing is written before the datastore is in sync."""
+        if self._aio is None or not self._routes_applied:
+            return
+        route = workload_route(address, ifname, "cni")
+        asyncio.run_coroutine_threadsafe(self.routes.set_route(route), self._aio).result(CNI_ROUTE_WAIT)
 
     def _on_speaker_change(self) -> None:
         self._learned_dirty = True

@@ -169,3 +169,23 @@ def test_route_kinds_come_from_the_calculations_counts(tmp_path):
     assert kinds == count_route_kinds(r.reason for r in agent._desired.values())
     assert (kinds["local_workload"], kinds["local_block"], kinds["direct"], kinds["learned"]) == (
         1, 1, 1, 1)
+
+
+def test_a_cni_add_writes_the_pod_route_at_once_but_never_before_the_first_apply(tmp_path):
+    written = []
+
+    class Routes:
+        async def set_route(self, route) -> None:
+            written.append((str(route.dst), route.dev, route.scope))
+
+    async def main() -> None:
+        agent = make_agent(tmp_path)
+        agent.routes, agent._aio = Routes(), asyncio.get_running_loop()
+        address = ipaddress.IPv4Address("10.244.1.9")
+        await asyncio.to_thread(agent._on_cni_added, "cali0123456789a", address)
+        assert written == []  # not in sync with the kernel yet: the rule of the data flow
+        agent._routes_applied = True
+        await asyncio.to_thread(agent._on_cni_added, "cali0123456789a", address)
+        assert written == [("10.244.1.9/32", "cali0123456789a", "link")]
+
+    asyncio.run(main())
