@@ -11,7 +11,7 @@ def run(args) -> int:
     try:
         if args.lab_cmd == "up":
             lab.up(args.name, args.nodes, args.pods_per_node, datastore=args.datastore,
-                   encap=args.encap)
+                   encap=args.encap, route_reflectors=args.route_reflectors)
             return 0
         if args.lab_cmd == "set-encap":
             lab.set_encap(args.name, args.mode)

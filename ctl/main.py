@@ -15,6 +15,7 @@ from ctl import resources as res_cmds
 # lab.lab.ENCAPS's keys (a unit test keeps them equal): importing lab.lab here would load the lab's
 # dependencies for every pycalicoctl command.
 LAB_ENCAPS = ("none", "vxlan", "vxlan-crosssubnet", "ipip", "ipip-crosssubnet")
+RR_CLUSTER_ID = "244.0.0.1"  # lab.topology.RR_CLUSTER_ID (the parser does not import the lab; a unit test ties them)
 
 
 def _datastore_args(p: argparse.ArgumentParser) -> None:
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--encap", choices=LAB_ENCAPS, default="none",
                    help="the pool's encapsulation (default none); *-crosssubnet puts the nodes on "
                         "two subnets behind a router")
+    u.add_argument("--route-reflectors", type=int, default=0, metavar="K",
+                   help=f"K extra nodes as route reflectors (cluster ID {RR_CLUSTER_ID}, label "
+                        "route-reflector=true), the mesh off, and one BGPPeer from every node to them")
     se = ls.add_parser("set-encap", help="change the lab's pools to another encapsulation in place "
                                          "(on the same topology)")
     se.add_argument("--name", required=True)

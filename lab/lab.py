@@ -41,6 +41,7 @@ from felix.status import RUN_ROOT, query
 from lab import kube, manifest
 from lab.topology import (  # noqa: F401  (re-exported: lab.lab is the lab's API)
     FABRIC_NET, SUBNET_B, ETCD_IP, ROUTER_HOST, POOL, BGPCONFIG, DATASTORES, ENCAPS, LabError,
+    RR_CLUSTER_ID, RR_LABEL, RR_PEER, expected_peers,
     NodeLink, check_encap, check_encap_change, check_name, node_link, pool_for, pool_modes, two_subnets,
 )
 from lab.netns import (
@@ -70,6 +71,7 @@ class LabState:
     encap: str = "none"  # an ENCAPS key; *-crosssubnet: the two-subnet topology
     hosts: dict[str, str] = field(default_factory=dict)  # add-host: host name -> ipv4/24
     metrics: bool = True  # agents serve /metrics (the lab scrapes it; the manifest leaves it off)
+    route_reflectors: int = 0  # the last K nodes reflect; no mesh (lab up --route-reflectors K)
 
     @property
     def endpoint(self) -> str:
@@ -134,25 +136,33 @@ def _log(msg: str) -> None:
 # -- up --
 
 def up(name: str, nodes: int, pods_per_node: int, timeout: float = 90.0,
-       datastore: str = "kubernetes", encap: str = "none", metrics: bool = True) -> LabState:
+       datastore: str = "kubernetes", encap: str = "none", metrics: bool = True,
+       route_reflectors: int = 0) -> LabState:
     check_name(name)
     check_encap(encap)
     if datastore not in DATASTORES:
         raise LabError(f"--datastore: {datastore!r} is not one of {', '.join(DATASTORES)}")
     if not 1 <= nodes <= 200 or not 0 <= pods_per_node <= 60:
         raise LabError("--nodes must be 1-200 and --pods-per-node 0-60")
+    if not 0 <= route_reflectors <= 4:
+        raise LabError(f"--route-reflectors: {route_reflectors} is not 0-4")
     if (LAB_ROOT / name / "state.json").exists() or _lab_namespaces(name):
         raise LabError(f"lab {name!r} already exists; run 'pycalicoctl lab down --name {name}' first")
-    state = LabState(name=name, datastore=datastore, encap=encap, metrics=metrics)
+    state = LabState(name=name, datastore=datastore, encap=encap, metrics=metrics,
+                     route_reflectors=route_reflectors)
+    total = nodes + route_reflectors
     try:
         _make_fabric(state)
         if state.datastore == "kubernetes":  # kubelets register their Nodes; agents annotate them
             in_netns(f"{name}-fabric", kube.create_nodes, str(state.kubeconfig),
                      [(f"{name}-node{i}", node_link(encap, i).address.split("/")[0])
-                      for i in range(1, nodes + 1)])
-        for i in range(1, nodes + 1):
+                      for i in range(1, total + 1)])
+        for i in range(1, total + 1):
             _make_node(state, i)
         state.save()
+        if route_reflectors:
+            in_netns(f"{name}-fabric", _make_reflectors, state.datastore_env(),
+                     [f"{name}-node{i}" for i in range(nodes + 1, total + 1)])
         _add_pods(state, pods_per_node)
         wait_converged(state, timeout)
     except BaseException:
@@ -181,7 +191,8 @@ def _make_fabric(state: LabState) -> None:
     _log(f"etcd      {url} (in {fabric}, pid {proc.pid})")
     if state.datastore == "kubernetes":
         _start_apiserver(state)
-    in_netns(fabric, _seed_datastore, state.datastore_env(), pool_for(state.encap))
+    in_netns(fabric, _seed_datastore, state.datastore_env(), pool_for(state.encap),
+             state.route_reflectors > 0)
 
 
 def _make_router(name: str) -> None:
@@ -220,16 +231,20 @@ def _connect(env: dict[str, str]):
                              kubeconfig=env.get("KUBECONFIG"))
 
 
-def _seed_datastore(env: dict[str, str], pool: dict) -> None:
-    """Runs inside the fabric namespace: wait for the datastore, then store the pool and BGP config."""
+def _seed_datastore(env: dict[str, str], pool: dict, reflectors: bool = False) -> None:
+    """Runs inside the fabric namespace: wait for the datastore, then store the pool and BGP config
+    (with reflectors: the mesh off and the BGPPeer to them)."""
     from crds import load
     from datastore.base import DatastoreError
 
+    bgp = BGPCONFIG
+    if reflectors:
+        bgp = {**BGPCONFIG, "spec": {**BGPCONFIG["spec"], "nodeToNodeMeshEnabled": False}}
     deadline = time.monotonic() + 30
     while True:
         try:
             ds = _connect(env)
-            for doc in (pool, BGPCONFIG):
+            for doc in (pool, bgp, *([RR_PEER] if reflectors else [])):
                 ds.apply(load(doc))
             ds.close()
             return
@@ -237,6 +252,34 @@ def _seed_datastore(env: dict[str, str], pool: dict) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def _make_reflectors(env: dict[str, str], names: list[str]) -> None:
+    """Runs inside the fabric namespace: as the article does (calicoctl patch node, kubectl label
+    node), give each of ``names`` the cluster ID and the route-reflector label (CAS, once each
+    has registered its Node)."""
+    from datastore.base import Conflict, NotFound
+
+    ds = _connect(env)
+    try:
+        for name in names:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    node = ds.get("Node", name)
+                    bgp = node.spec.bgp.model_copy(update={"route_reflector_cluster_id": RR_CLUSTER_ID})
+                    meta = node.metadata.model_copy(update={"labels": {**node.metadata.labels,
+                                                                       RR_LABEL[0]: RR_LABEL[1]}})
+                    ds.update(node.model_copy(update={
+                        "metadata": meta, "spec": node.spec.model_copy(update={"bgp": bgp})}))
+                    break
+                except (NotFound, Conflict, AttributeError):  # not registered (or no bgp) yet
+                    if time.monotonic() > deadline:
+                        raise LabError(f"{name}: never registered its Node with a BGP address")
+                    time.sleep(0.2)
+            _log(f"reflector {name:<14} cluster {RR_CLUSTER_ID}, label {'='.join(RR_LABEL)}")
+    finally:
+        ds.close()
 
 
 def _make_node(state: LabState, i: int) -> None:
@@ -314,7 +357,8 @@ def _spawn(log_path: Path, argv: list[str], env: dict[str, str] | None = None) -
 def _add_pods(state: LabState, per_node: int) -> None:
     """As kubelets do: every node starts its pods at once, in parallel with the other nodes (each
     agent is its node's single IPAM writer; nodes race each other for blocks by CAS)."""
-    jobs = [(node, j) for j in range(1, per_node + 1) for node in state.nodes]
+    regular = list(state.nodes)[:len(state.nodes) - state.route_reflectors]  # reflectors: no pods
+    jobs = [(node, j) for j in range(1, per_node + 1) for node in regular]
     uids: dict[str, str] = {}
     if state.datastore == "kubernetes" and jobs:  # the Pod objects first, as the scheduler does
         uids = in_netns(f"{state.name}-fabric", kube.create_pods, str(state.kubeconfig),
@@ -407,8 +451,11 @@ def wait_converged(state: LabState, timeout: float) -> None:
     lab must still come up, so that pools and agents can be inspected and switched."""
     with_pods = {p.node for p in state.pods}
 
+    regular = len(state.nodes) - state.route_reflectors
+
     def lag(node: str, dataplane: bool) -> str | None:
-        return _node_lag(node, len(state.nodes) - 1, len(with_pods - {node}), dataplane)
+        peers = expected_peers(int(node.rsplit("node", 1)[1]), regular, state.route_reflectors)
+        return _node_lag(node, peers, len(with_pods - {node}), dataplane)
 
     required = state.encap == "none"
     pending = _wait_nodes(state.nodes, lambda n: lag(n, required), timeout)

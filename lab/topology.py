@@ -18,6 +18,13 @@ BGPCONFIG = {"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
              "metadata": {"name": "default"},
              "spec": {"asNumber": 64512, "nodeToNodeMeshEnabled": True, "logSeverityScreen": "Info"}}
 DATASTORES = ("kubernetes", "etcdv3")
+# --route-reflectors: the source article's setup. The reflectors are extra nodes with this cluster
+# ID and label; one global BGPPeer makes every node peer with them; the mesh is turned off.
+RR_CLUSTER_ID = "244.0.0.1"
+RR_LABEL = ("route-reflector", "true")
+RR_PEER = {"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
+           "metadata": {"name": "peer-with-route-reflectors"},
+           "spec": {"nodeSelector": "all()", "peerSelector": "route-reflector == 'true'"}}
 # --encap MODE -> the pool's (ipipMode, vxlanMode). The ctl parser's choices must match (unit test).
 ENCAPS = {"none": ("Never", "Never"), "vxlan": ("Never", "Always"),
           "vxlan-crosssubnet": ("Never", "CrossSubnet"), "ipip": ("Always", "Never"),
@@ -83,3 +90,10 @@ def node_link(mode: str, i: int) -> NodeLink:
         return NodeLink("br0", f"{FABRIC_NET}.{i}/24", ETCD_IP)
     net, bridge = (FABRIC_NET, "br0") if i % 2 else (SUBNET_B, "br1")
     return NodeLink(bridge, f"{net}.{i}/24", f"{net}.{ROUTER_HOST}")
+
+
+def expected_peers(i: int, nodes: int, reflectors: int) -> int:
+    """Sessions node ``i`` (1-based; the reflectors are the last ``reflectors``) should have up."""
+    if not reflectors:
+        return nodes - 1
+    return nodes + reflectors - 1 if i > nodes else reflectors

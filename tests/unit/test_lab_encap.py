@@ -179,3 +179,20 @@ def test_remote_block_routes_count_any_way_of_routing_a_remote_block():
         _route("10.244.1.130/32", "vxlan to n6"),  # a VTEP, not a block
     ]
     assert lab.remote_block_routes(routes) == 3
+
+
+def test_route_reflector_topology_expected_sessions_and_cli():
+    """lab up --route-reflectors K: the last K nodes reflect; clients peer with the K reflectors,
+    a reflector with every other node (the other reflectors as non-clients)."""
+    from ctl import main as ctl_main
+    from lab import topology
+
+    assert [topology.expected_peers(i, 3, 2) for i in range(1, 6)] == [2, 2, 2, 4, 4]
+    assert [topology.expected_peers(i, 3, 0) for i in range(1, 4)] == [2, 2, 2]
+    assert ctl_main.RR_CLUSTER_ID == topology.RR_CLUSTER_ID
+    args = build_parser().parse_args(["lab", "up", "--name", "x", "--route-reflectors", "2"])
+    assert args.route_reflectors == 2
+    with pytest.raises(lab.LabError, match="--route-reflectors"):
+        lab.up("x", 3, 0, route_reflectors=9)
+    peer = load(topology.RR_PEER)  # the article's BGPPeer is a valid resource
+    assert peer.spec.peer_selector == "route-reflector == 'true'"
