@@ -33,7 +33,7 @@ import tenacity
 
 import datastore
 import hostio
-from bgp.peers import mesh_peers
+from bgp.peers import bgp_peers
 from bgp.speaker import Speaker
 from cni.server import CNIServer
 from crds import Node, ObjectMeta
@@ -323,7 +323,7 @@ class Agent:
             return False
         if self.cfg.bgp:
             speaker = self.speaker or await self._start_speaker(me.asn or glob.asn, glob.listen_port)
-            await speaker.set_peers(mesh_peers(me, infos, glob))
+            await speaker.set_peers(bgp_peers(me, infos, glob, cluster.explicit_peers(self.state)))
             speaker.set_import_filter(cluster.pool_cidrs(self.state),
                                       cluster.local_blocks(self.state, node))
             await speaker.set_advertisements(cluster.export_prefixes(self.state, node))

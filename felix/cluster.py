@@ -8,18 +8,21 @@ never from history.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
-from bgp.peers import BGPGlobal, NodeInfo
-from crds import BGPConfiguration, IPAMBlock, IPPool, Node, Resource, WorkloadEndpoint
+from bgp.peers import BGPGlobal, ExplicitPeer, NodeInfo, explicit_peer
+from crds import BGPConfiguration, BGPPeer, IPAMBlock, IPPool, Node, Resource, WorkloadEndpoint
 from crds.duration import parse_duration
 from datastore.syncer import Connection, InSync, Update
 from felix.calc import Block, CalcInput, Host, PoolEncap, RemoteRoute, Workload
 
-WATCHED_KINDS = ("IPPool", "BGPConfiguration", "Node", "WorkloadEndpoint", "IPAMBlock")
+log = logging.getLogger(__name__)
+
+WATCHED_KINDS = ("IPPool", "BGPConfiguration", "Node", "WorkloadEndpoint", "IPAMBlock", "BGPPeer")
 # Of some kinds the agent uses a few fields only: an IPAM block's allocations change with every pod
 # ADD and DEL on its node, which must not cost a reconcile (nor, at 100k blocks, a rebuild).
 _USED_FIELDS = {
@@ -126,7 +129,21 @@ def bgp_global(state: ClusterState) -> BGPGlobal:
 def node_info(node: Node) -> NodeInfo:
     bgp = node.spec.bgp
     addr = ipaddress.IPv4Interface(bgp.ipv4_address) if bgp and bgp.ipv4_address else None
-    return NodeInfo(name=node.name, ipv4=addr, asn=bgp.as_number if bgp else None)
+    return NodeInfo(name=node.name, ipv4=addr, asn=bgp.as_number if bgp else None,
+                    labels=frozenset(node.metadata.labels.items()),
+                    rr_cluster_id=bgp.route_reflector_cluster_id if bgp else None)
+
+
+def explicit_peers(state: ClusterState) -> list[ExplicitPeer]:
+    """Every BGPPeer this agent can use; one it cannot (an IPv6 peer for now) is logged and left
+    out, never a reason to drop the others."""
+    out = []
+    for peer in state.of_kind(BGPPeer):
+        try:
+            out.append(explicit_peer(peer.name, peer.spec, parse_duration(peer.spec.max_restart_time)))
+        except ValueError as exc:
+            log.warning("BGPPeer not used: %s", exc)
+    return out
 
 
 def node_infos(state: ClusterState) -> list[NodeInfo]:

@@ -260,6 +260,71 @@ def test_add_host_and_apply(lab, tmp_path):
         ctl("--lab", LAB, "delete", "bgppeer", "office")
 
 
+GOBGP_EXTERNAL = """
+[global.config]
+  as = 65001
+  router-id = "{me}"
+{neighbors}
+"""
+GOBGP_NEIGHBOR = """
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "{peer}"
+    peer-as = 64512
+  [neighbors.transport.config]
+    passive-mode = true
+"""
+
+
+def test_external_gobgp_router_learns_every_pod_block_over_ebgp(lab, tmp_path):
+    """Issue 9 items 2 and 8: a global BGPPeer (peerIP, asNumber) gives every node an eBGP session
+    to a router outside the cluster -- GoBGP on a lab host -- which then holds every node's pod
+    block with that node as next hop; `node status` calls the session global. Deleting the BGPPeer
+    ends the sessions without restarting anything."""
+    out = ctl("lab", "add-host", "--name", LAB, "gob").stdout
+    me = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)["address"].split("/")[0]
+    nodes = {n: a.split("/")[0] for n, a in lab["nodes"].items()}
+    conf = tmp_path / "gobgpd.toml"
+    conf.write_text(GOBGP_EXTERNAL.format(me=me, neighbors="".join(
+        GOBGP_NEIGHBOR.format(peer=ip) for ip in sorted(nodes.values()))))
+    ns, port = f"{LAB}-h-gob", "50077"
+    gobgpd = subprocess.Popen(["ip", "netns", "exec", ns, "gobgpd", "-f", str(conf), "-t", "toml",
+                               "--api-hosts", f"127.0.0.1:{port}", "--pprof-disable"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peer = tmp_path / "peer.yaml"
+    peer.write_text(json.dumps({"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
+                                "metadata": {"name": "office-router"},
+                                "spec": {"peerIP": me, "asNumber": 65001}}))
+
+    def rib() -> dict[str, set[str]]:
+        got = subprocess.run(["ip", "netns", "exec", ns, "gobgp", "-p", port, "global", "rib", "-j"],
+                             capture_output=True, text=True)
+        if got.returncode != 0 or not got.stdout.strip():
+            return {}
+        return {prefix: {a["nexthop"] for path in paths for a in path["attrs"] if a["type"] == 3}
+                for prefix, paths in json.loads(got.stdout).items()}
+
+    blocks = {}
+    for node in nodes:
+        for ln in routes(node):
+            if ln.startswith("blackhole 10.244."):
+                blocks[ln.split()[1]] = nodes[node]
+    try:
+        ctl("lab", "apply", "--name", LAB, "-f", str(peer))
+        wait_for(lambda: rib() == {b: {ip} for b, ip in blocks.items()}, timeout=30,
+                 what="GoBGP holding every pod block with its node as next hop")
+        for node in nodes:
+            [ext] = [p for p in node_status(node)["peers"] if p["address"] == me]
+            assert ext["peer_type"] == "global" and ext["state"] == "up", ext
+    finally:
+        ctl("--lab", LAB, "delete", "bgppeer", "office-router", check=False)
+        gobgpd.terminate()
+        gobgpd.wait(timeout=10)
+    for node in nodes:
+        wait_for(lambda: all(p["address"] != me for p in node_status(node)["peers"]), timeout=15,
+                 what=f"{node} dropping the deleted BGPPeer's session")
+
+
 def _relay_of(node: str) -> int:
     """PID of the relay (socat) that the node's ExaBGP runs (found in the node's namespace)."""
     pids = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True).stdout.split()

@@ -176,3 +176,29 @@ def test_a_block_whose_allocations_alone_changed_is_no_change():
     assert s.resources[("IPAMBlock", None, "10-244-1-0-26")] == used  # kept current
     moved = res("IPAMBlock", "10-244-1-0-26", {**spec, "affinity": "host:n2"})
     assert s.apply([upd(moved)]) and list(s.take_changes()) == ["IPAMBlock"]
+
+
+def test_bgp_peers_and_reflector_fields_reach_the_peer_computation():
+    """Issue 9: the agent watches BGPPeers; a Node's labels and routeReflectorClusterID feed
+    bgp.peers; a BGPPeer the agent cannot use is left out, the others kept."""
+    from crds import load
+    from datastore.syncer import InSync, Update
+    from felix import cluster
+
+    def res(doc):
+        r = load({"apiVersion": "projectcalico.org/v3", **doc})
+        return Update(r.KIND, None, r.name, r)
+
+    state = cluster.ClusterState()
+    state.apply([
+        res({"kind": "Node", "metadata": {"name": "rr1", "labels": {"route-reflector": "true"}},
+             "spec": {"bgp": {"ipv4Address": "10.0.0.9/24", "routeReflectorClusterID": "244.0.0.1"}}}),
+        res({"kind": "BGPPeer", "metadata": {"name": "to-rr"},
+             "spec": {"nodeSelector": "all()", "peerSelector": "route-reflector == 'true'"}}),
+        res({"kind": "BGPPeer", "metadata": {"name": "v6"}, "spec": {"peerIP": "fd00::1", "asNumber": 65001}}),
+        InSync(1),
+    ])
+    assert "BGPPeer" in cluster.WATCHED_KINDS
+    [info] = cluster.node_infos(state)
+    assert info.rr_cluster_id == "244.0.0.1" and ("route-reflector", "true") in info.labels
+    assert [p.name for p in cluster.explicit_peers(state)] == ["to-rr"]
