@@ -38,7 +38,7 @@ from bgp.speaker import Speaker
 from cni.server import CNIServer
 from crds import Node, ObjectMeta
 from crds.models import NodeBGPSpec, NodeSpec
-from datastore.base import AlreadyExists, Conflict, Datastore, NotFound, Unavailable
+from datastore.base import AlreadyExists, Conflict, Datastore, Forbidden, NotFound, Unavailable
 from datastore.syncer import Connection, Syncer, is_fatal
 from felix import cluster, logs
 from felix.autodetect import detect
@@ -510,7 +510,11 @@ def _route_status_dict(s) -> dict:
 # -- start-up helpers --
 
 def register_node(ds: Datastore, name: str, ipv4: ipaddress.IPv4Interface) -> Node:
-    """Create or update our Node with its BGP address (CAS; a concurrent writer makes us re-read)."""
+    """Create or update our Node with its BGP address (CAS; a concurrent writer makes us re-read).
+
+    On Kubernetes the Node is kubelet's to create, and our ClusterRole does not allow it: a missing
+    Node there is "wait for kubelet" (an ``Unavailable``, retried by the caller, saying so), not a
+    bare 403."""
     for _ in range(10):
         try:
             current = ds.get("Node", name)
@@ -521,6 +525,9 @@ def register_node(ds: Datastore, name: str, ipv4: ipaddress.IPv4Interface) -> No
                 return ds.create(node)
             except AlreadyExists:
                 continue
+            except Forbidden as exc:
+                raise Unavailable(f"Node {name} does not exist yet and this service account may "
+                                  f"not create Nodes (kubelet registers them): waiting ({exc})") from exc
         bgp = (current.spec.bgp or NodeBGPSpec()).model_copy(update={"ipv4_address": str(ipv4)})
         if current.spec.bgp == bgp:
             return current
