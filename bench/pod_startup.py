@@ -15,7 +15,8 @@ inside the agent), python_start_p50_ms (``/usr/bin/python3 -IS -c pass``: the fl
 thin plugin).
 Pod-to-pod reachability (reachable_p50_ms / reachable_p99_ms, over ``--reachable-pods`` pods): a
 3-node lab (``lab.up``: the manifest's agents, the Kubernetes API stand-in, BGP full mesh) with one
-prober pod per node; each new pod is timed from its Pod object's creation to the moment the probers
+prober pod per node; each new pod is timed from its Pod object's existence (the lab's own cost of
+creating it, a fork that imports the client, is not kubelet's and is left out) to the moment the probers
 on both other nodes get an answer to ping (one ``ping -c1`` per prober per round: ~10 ms of
 resolution).
 """
@@ -95,8 +96,9 @@ def reachable_ms(pods: int, nodes: int = 3, timeout: float = 30.0) -> list[float
         samples = []
         for i in range(pods):
             node = order[i % nodes]
-            t0 = time.perf_counter()
-            pod = lab.add_pod(state, node, 2 + i // nodes)
+            uid = lab.pod_object(state, node, 2 + i // nodes)  # a fork + client import: not timed
+            t0 = time.perf_counter()  # the Pod object exists: kubelet starts from here
+            pod = lab.add_pod(state, node, 2 + i // nodes, uid)
             pending = [probers[n] for n in order if n != node]
             deadline = t0 + timeout
             while pending:

@@ -374,13 +374,20 @@ def _add_pods(state: LabState, per_node: int) -> None:
             state.save()  # whatever was made, so 'lab down' and the logs know of it
 
 
-def add_pod(state: LabState, node: str, j: int) -> Pod:
-    """One more pod ``j`` on ``node`` of a running lab, as the scheduler and kubelet make it: the
-    Pod object (on the Kubernetes datastore), then the CNI ADD; recorded in the lab's state."""
-    uid = None
-    if state.datastore == "kubernetes":
-        uid = in_netns(f"{state.name}-fabric", kube.create_pods, str(state.kubeconfig),
-                       [(_pod_name(node, j), node)])[_pod_name(node, j)]
+def pod_object(state: LabState, node: str, j: int) -> str | None:
+    """The scheduler's part of pod ``j`` on ``node``: its Pod object (Kubernetes datastore only;
+    None on etcd). Returns its uid, for ``add_pod``."""
+    if state.datastore != "kubernetes":
+        return None
+    return in_netns(f"{state.name}-fabric", kube.create_pods, str(state.kubeconfig),
+                    [(_pod_name(node, j), node)])[_pod_name(node, j)]
+
+
+def add_pod(state: LabState, node: str, j: int, uid: str | None = None) -> Pod:
+    """One more pod ``j`` on ``node`` of a running lab, as kubelet starts it: the CNI ADD (after
+    ``pod_object``, when ``uid`` is not given); recorded in the lab's state."""
+    if uid is None:
+        uid = pod_object(state, node, j)
     pod = _add_pod(state, node, j, uid)
     state.pods.append(pod)
     state.save()
