@@ -13,7 +13,6 @@ routes in place, so traffic keeps flowing while it restarts; the next agent adop
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import asyncio
 import gc
 import ipaddress
@@ -594,6 +593,8 @@ def parse_args(argv: list[str] | None) -> AgentConfig:
 
 
 def _version() -> str:
+    import importlib.metadata  # here, not at the top: it loads email, csv, zipfile (2.8 MB RSS)
+
     try:
         return importlib.metadata.version("pycalico")
     except importlib.metadata.PackageNotFoundError:  # running from a source tree, not installed
