@@ -6,7 +6,10 @@ every node has its mesh up and its routes, lets it idle ``--settle`` seconds, th
 ExaBGP and its API relay (socat). The lab is taken down in ``finally``. Agents run as the manifest
 ships them (metrics off, Felix's default); a second lab with metrics on (as ``lab up`` runs them,
 to scrape) gives ``node_rss_mb_metrics_on``.
-JSON keys: node_rss_mb (the largest node's sum), node_rss_mb_mean, agent_rss_mb, exabgp_rss_mb,
+JSON keys: node_rss_mb (the largest node's sum of VmRSS), node_pages_once_mb (the same processes with
+each file-backed page counted once per node -- libpython, libcrypto and friends are mapped by the
+agent, ExaBGP and socat alike; a pod's cgroup, which a DaemonSet's memory limit is enforced on,
+charges a page once too), node_rss_mb_mean, agent_rss_mb, exabgp_rss_mb,
 relay_rss_mb (largest of each), agent_anon_rss_mb / agent_file_rss_mb (where the agent's memory
 is: its own heap vs shared library pages), budget_mb (80), nodes, pods_per_node.
 """
@@ -44,6 +47,32 @@ def _component(cmdline: bytes) -> str:
     return "other"
 
 
+def pages_once_mb(node: str) -> float:
+    """Anonymous RSS of the node's processes plus, per mapped file, the largest RSS any of them has
+    of it (the pages of one file they share are counted once)."""
+    pids = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True).stdout
+    anon, files = 0, {}
+    for pid in pids.split():
+        try:
+            lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+        except OSError:
+            continue
+        mapped: dict[str, int] = {}
+        current = ""
+        for line in lines:
+            parts = line.split()
+            if parts and "-" in parts[0] and len(parts) >= 5 and ":" in parts[3]:
+                current = parts[5] if len(parts) > 5 and parts[5].startswith("/") else ""
+            elif line.startswith("Rss:"):
+                if current:
+                    mapped[current] = mapped.get(current, 0) + int(parts[1])
+                else:
+                    anon += int(parts[1])
+        for path, kb in mapped.items():
+            files[path] = max(files.get(path, 0), kb)
+    return (anon + sum(files.values())) / 1024
+
+
 def measure_node(node: str) -> dict[str, dict[str, float]]:
     pids = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True).stdout
     found: dict[str, dict[str, float]] = {}
@@ -61,7 +90,10 @@ def measure_lab(a, *, metrics: bool) -> dict[str, dict[str, dict[str, float]]]:
     try:
         lab.up(name, a.nodes, a.pods, metrics=metrics)
         time.sleep(a.settle)  # the figure wanted is the idle, converged node, not start-up peaks
-        return {f"{name}-node{i}": measure_node(f"{name}-node{i}") for i in range(1, a.nodes + 1)}
+        nodes = {f"{name}-node{i}": measure_node(f"{name}-node{i}") for i in range(1, a.nodes + 1)}
+        for node, comps in nodes.items():
+            comps["_pages_once"] = {"VmRSS": 0.0, "once": pages_once_mb(node)}
+        return nodes
     finally:
         lab.down(name)
 
@@ -76,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("needs root (network namespaces)")
     nodes = measure_lab(a, metrics=False)
     with_metrics = measure_lab(a, metrics=True)
+    once = max(comps.pop("_pages_once")["once"] for comps in nodes.values())
+    for comps in with_metrics.values():
+        comps.pop("_pages_once")
     sums = {n: sum(c["VmRSS"] for c in comps.values()) for n, comps in nodes.items()}
 
     def largest(kind: str, key: str = "VmRSS") -> float:
@@ -86,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "nodes": a.nodes, "pods_per_node": a.pods, "budget_mb": BUDGET_MB,
         "node_rss_mb": round(max(sums.values()), 1),
         "node_rss_mb_mean": round(sum(sums.values()) / len(sums), 1),
+        "node_pages_once_mb": round(once, 1),
         "agent_rss_mb": round(largest("agent"), 1),
         "agent_anon_rss_mb": round(largest("agent", "RssAnon"), 1),
         "agent_file_rss_mb": round(largest("agent", "RssFile"), 1),
