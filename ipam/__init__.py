@@ -2,8 +2,9 @@
 
 I/O only through a ``Datastore`` (every write compare-and-swap on the revision); the block arithmetic
 in ``ipam.blocks`` is purely computational. Calico's algorithm, minimal: assign from the node's affine
-blocks, else claim the next free block of an eligible pool (pending affinity -> create block -> confirm).
-No borrowing from other nodes' blocks yet (see ``IPAM.assign``).
+blocks, else claim the next free block of an eligible pool (pending affinity -> create block -> confirm),
+else, unless IPAMConfig ``strictAffinity``, borrow an address from another node's block (the
+allocation records ``node`` in its attributes, so the owner's agent routes it to the borrower).
 
     >>> from datastore.memory import MemoryDatastore
     >>> from crds import IPPool, ObjectMeta

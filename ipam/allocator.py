@@ -12,6 +12,10 @@ Writes, in the order that keeps a crash harmless:
            at most one proceeds; a block that overlaps another is never allocated from.
   assign:  a handle that already holds an address gets it back (a repeated CNI ADD); otherwise
            update(block) with the revision we read; Conflict -> re-read, retry (bounded).
+  borrow:  no block of ours has room and none is left to claim: unless IPAMConfig strictAffinity
+           (or the block's own strictAffinity), take an address from another node's block, lowest
+           CIDR first. Every allocation records ``node`` in its attributes (Calico's secondary
+           ``node``): the block's owner routes a borrowed address to that node, never blackholes it.
   release: the same per block holding the handle.
 A pending affinity left by a crash is reused by the same node's next claim of that block.
 """
@@ -24,7 +28,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 
-from crds import BlockAffinity, IPAMBlock, IPPool
+from crds import BlockAffinity, IPAMBlock, IPAMConfig, IPPool
 from datastore import AlreadyExists, Conflict, Datastore, NotFound
 from ipam import blocks
 from ipam.errors import IPAMError, NoEligiblePool, PoolExhausted, RetriesExhausted
@@ -49,14 +53,16 @@ class IPAM:
         """One IPv4 address for ``handle`` on ``node``, from the node's blocks or a newly claimed one.
 
         Idempotent per handle: if ``handle`` already holds an address, that address is returned and
-        nothing is written (a retried CNI ADD must not take a second one).
+        nothing is written (a retried CNI ADD must not take a second one). The allocation's
+        attributes always carry ``node`` (``attrs`` cannot name another one).
         Raises NoEligiblePool, PoolExhausted (nothing written), RetriesExhausted (lost every race).
         """
         _check_node(node)
         eligible = self.eligible_pools(pools)
+        attrs = {**(attrs or {}), "node": node}
         for attempt in range(self._max_retries):
             try:
-                return self._assign_once(node, handle, attrs or {}, eligible)
+                return self._assign_once(node, handle, attrs, eligible)
             except _Retry as why:
                 log.debug("ipam assign retry", extra={"node": node, "attempt": attempt, "why": str(why)})
                 _backoff(attempt)
@@ -113,9 +119,24 @@ class IPAM:
                 if not index.overlaps(cidr):
                     block = self._claim(node, cidr)
                     return self._allocate_in(block, handle, attrs)
+        strict = self.strict_affinity()
+        block = None if strict else next(self._borrowable_blocks(existing, node, pools, index), None)
+        if block is not None:
+            log.info("ipam borrowing from another node's block",
+                     extra={"node": node, "block": block.name, "owner": block.spec.affine_node})
+            return self._allocate_in(block, handle, attrs)
         raise PoolExhausted(
             f"no free address for node {node} in pool(s) {', '.join(p.name for p in pools)}: "
-            "the node's blocks are full and no unclaimed block is left")
+            "the node's blocks are full and no unclaimed block is left"
+            + (" (strictAffinity: no borrowing)" if strict else ", nor a free address in any block"))
+
+    def strict_affinity(self) -> bool:
+        """IPAMConfig ``default``'s strictAffinity (false when there is none, as in Calico)."""
+        try:
+            config = self._ds.get("IPAMConfig", "default")
+        except NotFound:
+            return False
+        return isinstance(config, IPAMConfig) and config.spec.strict_affinity
 
     @staticmethod
     def _held(existing: list[IPAMBlock], handle: str) -> ipaddress.IPv4Address | None:
@@ -141,6 +162,20 @@ class IPAM:
                             extra={"block": block.name, "node": node})
                 continue
             yield block
+
+    @staticmethod
+    def _borrowable_blocks(existing: list[IPAMBlock], node: str, pools: list[IPPool],
+                           index: blocks.BlockIndex) -> Iterator[IPAMBlock]:
+        """Other nodes' blocks (or unaffine ones) with a free address inside an eligible pool,
+        lowest CIDR first; never one with its own strictAffinity, nor one overlapping another."""
+        nets = [p.spec.network for p in pools]
+        candidates = [b for b in existing
+                      if b.spec.affine_node != node and not b.spec.deleted and b.spec.unallocated
+                      and not b.spec.strict_affinity and b.spec.network.version == 4
+                      and b.spec.network not in index.conflicted
+                      and any(b.spec.network.subnet_of(n) for n in nets)]
+        yield from sorted(candidates, key=lambda b: (int(b.spec.network.network_address),
+                                                     b.spec.network.prefixlen))
 
     def _allocate_in(self, block: IPAMBlock, handle: str, attrs: dict[str, str]
                      ) -> ipaddress.IPv4Address:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crds import IPPool, ObjectMeta
+from crds import IPAMConfig, IPPool, ObjectMeta
 from datastore.memory import MemoryDatastore
 from ipam import IPAM, IPAMError, NoEligiblePool, PoolExhausted, blocks
 
@@ -53,19 +53,84 @@ def test_full_block_claims_a_new_block():
     assert sorted(b.spec.cidr for b in ipam.blocks()) == ["10.244.0.0/30", "10.244.0.4/30"]
 
 
+def strict(ds, on: bool = True) -> None:
+    ds.create(IPAMConfig(metadata=ObjectMeta(name="default"), spec={"strictAffinity": on}))
+
+
+def node_of(ds, ip) -> str:
+    """The ``node`` attribute recorded for the allocation of ``ip``."""
+    for b in ds.list("IPAMBlock").items:
+        if ip in b.spec.network:
+            idx = b.spec.allocations[int(ip) - int(b.spec.network.network_address)]
+            return b.spec.attributes[idx].secondary["node"]
+    raise KeyError(ip)
+
+
 def test_pool_exhausted_writes_nothing():
     ds = make_ds(("tiny", "10.9.0.0/29", 30))
+    strict(ds)  # no borrowing: node a's full block is the end for a
     ipam = IPAM(ds)
     ipam.assign(node="a", handle="x")
     ipam.assign(node="b", handle="y")
     for i in range(3):
         ipam.assign(node="a", handle=f"a{i}")
     before = ds.snapshot(["IPAMBlock", "BlockAffinity"])
-    with pytest.raises(PoolExhausted, match="tiny"):
+    with pytest.raises(PoolExhausted, match="strictAffinity"):
         ipam.assign(node="a", handle="z")
     with pytest.raises(PoolExhausted):
         ipam.assign(node="c", handle="z")
     assert ds.snapshot(["IPAMBlock", "BlockAffinity"]) == before
+
+
+def test_borrows_from_another_nodes_block_when_none_is_left():
+    ds = make_ds(("tiny", "10.9.0.0/29", 30))
+    ipam = IPAM(ds)
+    a = ipam.assign(node="a", handle="x")
+    ipam.assign(node="b", handle="y")
+    borrowed = [ipam.assign(node="c", handle=f"c{i}") for i in range(3)]
+    # The lowest block first (a's, 3 free), then b's; no new block, no affinity for c.
+    assert borrowed == [ipaddress.ip_address(f"10.9.0.{i}") for i in (1, 2, 3)]
+    assert {blk.spec.affine_node for blk in ipam.blocks()} == {"a", "b"}
+    assert all(node_of(ds, ip) == "c" for ip in borrowed) and node_of(ds, a) == "a"
+    assert ipam.assign(node="c", handle="c3") == ipaddress.ip_address("10.9.0.5")
+    assert ipam.release("c0") == [borrowed[0]]  # a borrowed address is released like any other
+    assert ipam.assign(node="a", handle="again") == borrowed[0]
+
+
+def test_borrows_only_when_no_block_can_be_claimed():
+    ds = make_ds(("p", "10.9.0.0/28", 30))
+    ipam = IPAM(ds)
+    ipam.assign(node="a", handle="x")
+    assert ipam.assign(node="b", handle="y") in ipaddress.ip_network("10.9.0.4/30")
+
+
+def test_pool_exhausted_when_every_block_is_full():
+    ds = make_ds(("tiny", "10.9.0.0/29", 30))
+    ipam = IPAM(ds)
+    for i in range(8):
+        ipam.assign(node="a" if i < 4 else "b", handle=f"h{i}")
+    with pytest.raises(PoolExhausted, match="nor a free address"):
+        ipam.assign(node="c", handle="z")
+
+
+def test_a_blocks_own_strict_affinity_is_never_borrowed_from():
+    ds = make_ds(("tiny", "10.9.0.0/30", 30))
+    ipam = IPAM(ds)
+    ipam.assign(node="a", handle="x")
+    [blk] = ipam.blocks()
+    ds.update(blk.model_copy(update={"spec": blk.spec.model_copy(update={"strict_affinity": True})}))
+    with pytest.raises(PoolExhausted):
+        ipam.assign(node="c", handle="z")
+    strict(ds, False)
+    with pytest.raises(PoolExhausted):
+        ipam.assign(node="c", handle="z")
+
+
+def test_the_node_attribute_is_always_recorded():
+    ds = make_ds(("default", "10.244.0.0/16", 26))
+    ipam = IPAM(ds)
+    ip = ipam.assign(node="n1", handle="h", attrs={"pod": "p", "node": "elsewhere"})
+    assert node_of(ds, ip) == "n1"
 
 
 def test_release_then_reassign_uses_the_fifo_tail():

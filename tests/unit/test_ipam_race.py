@@ -89,9 +89,12 @@ def check_race(ds: Datastore, nodes: list[str], got: dict, pool_cidr: str = "10.
 
     blocks = {b.spec.cidr: b for b in ds.list("IPAMBlock").items}
     assert sorted(blocks) == sorted(str(s) for s in pool.subnets(new_prefix=26))
-    for i, h, ip in handed:  # each IP lies in a block affine to the node that asked for it
-        owner = [b for b in blocks.values() if ip in b.spec.network]
-        assert owner[0].spec.affine_node == nodes[i]
+    for i, h, ip in handed:  # each IP lies in a block affine to the node that asked for it, or
+        # was borrowed (the pool had no block left to claim) and records that node
+        [owner] = [b for b in blocks.values() if ip in b.spec.network]
+        idx = owner.spec.allocations[int(ip) - int(owner.spec.network.network_address)]
+        assert owner.spec.attributes[idx].secondary["node"] == nodes[i]
+        assert owner.spec.affine_node in {n for n in nodes}
     # The datastore agrees: each handle holds exactly the address its thread received.
     stored = {}
     for b in blocks.values():
