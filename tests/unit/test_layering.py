@@ -16,19 +16,26 @@ LOWER = {"hostio": OURS - {"hostio"},
          "bgp": {"felix", "ipam", "cni", "ctl", "lab"}}
 
 
-def imported_roots(path: Path) -> set[str]:
+# Conversions the socket module happens to hold (no I/O): a pure module may take these by name.
+PURE_SOCKET_NAMES = {"AF_INET", "AF_INET6", "inet_pton", "inet_ntop", "inet_aton", "inet_ntoa"}
+
+
+def imported_roots(path: Path, *, allow_pure_socket: bool = False) -> set[str]:
     roots = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             roots.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if allow_pure_socket and node.module == "socket" and \
+                    {a.name for a in node.names} <= PURE_SOCKET_NAMES:
+                continue
             roots.add(node.module.split(".")[0])
     return roots
 
 
 @pytest.mark.parametrize("module", PURE)
 def test_pure_modules_do_no_io(module):
-    assert not imported_roots(ROOT / module) & IO_LIBS
+    assert not imported_roots(ROOT / module, allow_pure_socket=True) & IO_LIBS
 
 
 @pytest.mark.parametrize("package", sorted(LOWER))
