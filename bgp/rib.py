@@ -198,14 +198,14 @@ class Rib:
             gone = fresh.pop(prefix, None) is not None
             if stale:
                 gone |= self._unstale(peer, stale, prefix)
-            current = best.get(prefix) if gone else None
-            if current is None or current.route.peer is not peer:
+            if alone:  # every best path is this peer's, and one it no longer has must go
+                current = best.pop(prefix, None)
+                if current is not None:
+                    self._record(prefix, current)
+                    self._frozen = None
                 continue
-            if alone:
-                self._record(prefix, current)
-                del best[prefix]
-                self._frozen = None
-            else:
+            current = best.get(prefix) if gone else None
+            if current is not None and current.route.peer is peer:
                 self._choose(prefix, accepted=True)
 
     def _malformed(self, peer: object, prefix: object) -> None:
@@ -384,8 +384,8 @@ class Rib:
         for prefix, old in self._before.items():
             current = self._best.get(prefix)
             new = current.route if current is not None else None
-            if old is new or old == new:
-                continue
+            if old is new or (old is not None and new is not None and old == new):
+                continue  # (None == route would go through the dataclass's __eq__ for nothing)
             if old is not None:
                 removed.append(old)
             if new is not None:
