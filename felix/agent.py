@@ -291,6 +291,7 @@ class Agent:
         if self.cfg.bgp:
             self._learned_dirty = False  # a change from here on asks for another reconcile
             bgp_in_sync = self.speaker.routes_in_sync
+        gone, appeared = set(), set()
         if rebuild:
             changed = self._rebuild(self._read_learned())
         else:
@@ -298,6 +299,11 @@ class Agent:
             removed, added = self._learned_changes() if learned_changed else ((), ())
             changed = self.calc.update(workloads_removed=gone, workloads_added=appeared,
                                        learned_removed=removed, learned_added=added)
+        if self.cfg.bgp and (rebuild or gone or appeared):
+            # Our blocks, and the /32s of local workloads borrowed from others' blocks: those come
+            # and go with pods, so they are set here, not only with the peers (a no-op if unchanged).
+            await self.speaker.set_advertisements(cluster.export_prefixes(
+                self.state, self.cfg.node, self._workloads, own=self.calc.own_blocks))
         # Until BGP has re-synced after a restart, learned routes we no longer know are kept (the
         # speaker tells us when it is in sync: it notifies, and we come back here, for a full diff).
         full = (rebuild or self._full_apply or not bgp_in_sync
@@ -310,7 +316,7 @@ class Agent:
         self._schedule_route_retries(result)
 
     async def _configure(self) -> bool:
-        """BGP peers, import filter and advertisements, then tunnels and NAT, from the datastore;
+        """BGP peers and import filter (advertisements follow the calculation), then tunnels and NAT;
         False while our own Node is not there yet."""
         node = self.cfg.node
         glob = cluster.bgp_global(self.state)
@@ -325,7 +331,6 @@ class Agent:
             await speaker.set_peers(bgp_peers(me, infos, glob, cluster.explicit_peers(self.state)))
             speaker.set_import_filter(cluster.pool_cidrs(self.state),
                                       cluster.local_blocks(self.state, node))
-            await speaker.set_advertisements(cluster.export_prefixes(self.state, node))
         # Tunnel devices and NAT first: a VXLAN route needs vxlan.calico to exist.
         encap = await self.encap.apply(self.state, me.ipv4)
         if encap.problems != self._encap_problems:

@@ -5,9 +5,15 @@ Rules (Calico's, see CALICO-REFERENCE.md "Routes Felix and BIRD write"):
 - every workload on this node: ``<ip>/32 dev <iface> scope link``;
 - every block affine to this node: ``blackhole <block>``, except /32 blocks (a blackhole /32 would
   swallow the one address it covers);
+- every address borrowed from one of our blocks by another node X (``Borrowed``: IPAM found no
+  block for X and took a free address of ours): ``<ip>/32 via <X>`` from the datastore, direct or
+  through the pool's tunnel as an affinity route would go, so the blackhole never swallows it.
+  BGP cannot bring it here: the import filter drops what lies in our own blocks, and
+  ``in_own_block`` is that one rule, for both. Elsewhere a borrowed /32 is like a remote block:
+  learned over BGP (X advertises it), or from the datastore in VXLAN pools and without BGP;
 - every learned BGP route: ``<prefix> via <gateway>`` (no dev: the kernel resolves the next hop),
   unless the prefix is not inside any pool (import filter) or is equal to or inside one of our own
-  blocks (ours wins);
+  blocks (ours wins: ``in_own_block``);
 - workloads of other nodes produce nothing (their blocks arrive as learned routes, or from affinities);
 - encapsulation per pool (``PoolEncap``; Calico's ``ipipMode`` / ``vxlanMode``): a learned route in an
   IPIP pool goes ``via <gw> dev tunl0 onlink`` (CrossSubnet: only when the gateway is outside our
@@ -20,8 +26,8 @@ Rules (Calico's, see CALICO-REFERENCE.md "Routes Felix and BIRD write"):
   ``via <node IP>`` (flannel's host-gw), or the pool's tunnel.
 
 Conflicts are resolved by value, never by input order, so the result is a function of the *set* of
-inputs: a local workload beats a blackhole beats a learned route on the same destination; between
-equals the smallest (sorted) candidate wins.
+inputs: a local workload beats a blackhole beats a borrowed /32 beats an affinity route beats a
+learned route on the same destination; between equals the smallest (sorted) candidate wins.
 """
 from __future__ import annotations
 
@@ -57,6 +63,15 @@ class Workload:
     iface: str
     node: str
     name: str
+
+
+@dataclass(frozen=True)
+class Borrowed:
+    """An address of a block affine to one node, allocated to a workload on another, ``node``
+    (the allocation's recorded ``node`` attribute differs from the block's affinity)."""
+
+    ip: IPv4Address
+    node: str
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,7 @@ class CalcInput:
     encap: frozenset[PoolEncap] = frozenset()  # a pool missing here is Never / Never
     hosts: frozenset[Host] = frozenset()
     bgp: bool = True  # False: no BGP (backend none / vxlan), remote blocks from affinities
+    borrowed: frozenset[Borrowed] = frozenset()  # of every node's blocks
 
 
 @dataclass(frozen=True)
@@ -119,12 +135,13 @@ class DesiredRoute:
 
 def desired_routes(inp: CalcInput) -> Mapping[IPv4Network, DesiredRoute]:
     """The routes this node should have, keyed by destination (read-only mapping, sorted by dst)."""
-    own_blocks = [b.cidr for b in inp.blocks if b.node == inp.node]
+    own_blocks = _own_blocks(inp)
     ctx = _Context(inp)
     routes: dict[IPv4Network, DesiredRoute] = {}
     # Lowest precedence first; a later layer overwrites an earlier one on the same dst.
     _merge(routes, _learned_routes(inp.learned, inp.pools, own_blocks, ctx))
     _merge(routes, ctx.affinity_routes())
+    _merge(routes, ctx.borrowed_routes(own_blocks))
     _merge(routes, _blackhole_routes(own_blocks))
     _merge(routes, _workload_routes(inp.workloads, inp.node))
     return MappingProxyType(dict(sorted(routes.items())))
@@ -135,7 +152,20 @@ def unroutable(inp: CalcInput) -> dict[IPv4Network, str]:
     node without a VTEP MAC): shown by ``node routes``, retried when the Node changes."""
     ctx = _Context(inp)
     ctx.affinity_routes()
+    ctx.borrowed_routes(_own_blocks(inp))
     return dict(sorted(ctx.problems.items()))
+
+
+def in_own_block(prefix: IPv4Network, own_blocks: Iterable[IPv4Network]) -> bool:
+    """Equal to or inside one of our blocks: then the datastore, not BGP, says where it goes (a
+    blackhole, a local workload, or a /32 to the node that borrowed it). The import filter
+    (``bgp`` ``set_import_filter``, ``_importable``) drops such a prefix; ``borrowed_routes``
+    supplies it; ``cluster.export_prefixes`` advertises a local workload's /32 outside them."""
+    return any(prefix.subnet_of(block) for block in own_blocks)
+
+
+def _own_blocks(inp: CalcInput) -> list[IPv4Network]:
+    return [b.cidr for b in inp.blocks if b.node == inp.node]
 
 
 class _Context:
@@ -180,27 +210,55 @@ class _Context:
             cidr = self.pool_cidr(block.cidr)
             if cidr is None:
                 continue  # outside every pool: never routed (the import filter's rule)
-            route = self._affinity_route(block, self.encap.get(cidr, PoolEncap(cidr)))
+            route = self._route_to(block.cidr, block.node, self.encap.get(cidr, PoolEncap(cidr)),
+                                   "block affinity", bgp_brings_it=self.inp.bgp)
             if route is not None:
                 out.append(route)
         return out
 
-    def _affinity_route(self, block: Block, pool: PoolEncap) -> DesiredRoute | None:
-        if pool.vxlan == NEVER and self.inp.bgp:
-            return None  # BGP brings it
-        host = self.hosts.get(block.node)
+    def borrowed_routes(self, own_blocks: list[IPv4Network]) -> list[DesiredRoute]:
+        """A /32 to the node holding each address borrowed by another node: always for one in
+        our own blocks (BGP's copy is filtered out here), elsewhere as for an affinity."""
+        out = []
+        others = (b for b in self.inp.borrowed if b.node != self.inp.node)
+        for b in sorted(_first_per_key(others, key=lambda b: b.ip, order=lambda b: b.node),
+                        key=lambda b: b.ip):
+            dst = IPv4Network(b.ip)
+            cidr = self.pool_cidr(dst)
+            if cidr is None:
+                continue  # outside every pool: never routed (the import filter's rule)
+            ours = in_own_block(dst, own_blocks)
+            route = self._route_to(dst, b.node, self.encap.get(cidr, PoolEncap(cidr)),
+                                   "borrowed from our block" if ours else "borrowed",
+                                   bgp_brings_it=self.inp.bgp and not ours)
+            if route is not None:
+                out.append(route)
+        return out
+
+    def _route_to(self, dst: IPv4Network, node: str, pool: PoolEncap, why: str, *,
+                  bgp_brings_it: bool) -> DesiredRoute | None:
+        """``dst`` via ``node``, directly or through the pool's tunnel; None when BGP brings it
+        (a pool without VXLAN) or when the node's addresses are not known yet (``problems``)."""
+        if pool.vxlan == NEVER and bgp_brings_it:
+            return None
+        host = self.hosts.get(node)
         if host is None or host.ip is None:
-            self.problems[block.cidr] = f"node {block.node} has no IPv4 address yet"
+            self.problems[dst] = f"node {node} has no IPv4 address yet"
             return None
         node_ip = host.ip.ip
         if pool.vxlan != NEVER and self.tunnelled(pool.vxlan, node_ip):
             if host.vtep_ip is None or host.vtep_mac is None:
-                self.problems[block.cidr] = f"node {block.node} has no VXLAN tunnel address and MAC yet"
+                self.problems[dst] = f"node {node} has no VXLAN tunnel address and MAC yet"
                 return None
-            return _via(block.cidr, host.vtep_ip, VXLAN_DEV, f"vxlan to {block.node}")
+            return _via(dst, host.vtep_ip, VXLAN_DEV, f"vxlan to {node}" + _suffix(why))
         if pool.vxlan == NEVER and pool.ipip != NEVER and self.tunnelled(pool.ipip, node_ip):
-            return _via(block.cidr, node_ip, IPIP_DEV, f"ipip to {block.node}")
-        return _via(block.cidr, node_ip, None, f"direct to {block.node} (block affinity)")
+            return _via(dst, node_ip, IPIP_DEV, f"ipip to {node}" + _suffix(why))
+        return _via(dst, node_ip, None, f"direct to {node} ({why})")
+
+
+def _suffix(why: str) -> str:
+    # Affinity routes keep their reasons ("vxlan to n2"): tests and status output know them.
+    return "" if why == "block affinity" else f" ({why})"
 
 
 def _via(dst: IPv4Network, gateway: IPv4Address, tunnel: str | None, reason: str) -> DesiredRoute:
@@ -266,9 +324,7 @@ def _importable(
     prefix: IPv4Network, pools: frozenset[IPv4Network], own_blocks: list[IPv4Network]
 ) -> bool:
     """Inside some pool, and not equal to or inside one of our own blocks (ours wins)."""
-    in_pool = any(prefix.subnet_of(pool) for pool in pools)
-    in_own_block = any(prefix.subnet_of(block) for block in own_blocks)
-    return in_pool and not in_own_block
+    return any(prefix.subnet_of(pool) for pool in pools) and not in_own_block(prefix, own_blocks)
 
 
 def _first_per_key(items, *, key, order):
@@ -293,8 +349,9 @@ class RouteCalc:
     """``desired_routes`` kept up to date incrementally, for the events that come by the thousand.
 
     Per destination it keeps the candidates of each layer: local workloads and accepted learned
-    routes (changed by ``update``), and the route fixed by the rare inputs, a blackhole or an
-    affinity route (changed only by ``rebuild``: pools, encapsulation, hosts, blocks, BGP on/off).
+    routes (changed by ``update``), and the route fixed by the rare inputs, a blackhole, a
+    borrowed /32 or an affinity route (changed only by ``rebuild``: pools, encapsulation, hosts,
+    blocks and the addresses borrowed from them, BGP on/off).
     A destination's winner is decided from its own candidates alone, by the same precedence and
     the same tie-breaks as ``desired_routes``, so ``desired`` always equals ``desired_routes`` of
     the same input however it was reached (tests/unit/test_felix_calc_incremental.py checks that).
@@ -329,8 +386,9 @@ class RouteCalc:
         """Start again from a whole input (a rare global change); return what changed."""
         ctx = _Context(inp)
         self._node, self._ctx = inp.node, ctx
-        self._own = [b.cidr for b in inp.blocks if b.node == inp.node]
+        self._own = _own_blocks(inp)
         self._fixed = {r.dst: r for r in ctx.affinity_routes()}
+        self._fixed.update((r.dst, r) for r in ctx.borrowed_routes(self._own))
         self._fixed.update((r.dst, r) for r in _blackhole_routes(self._own))
         self.problems = dict(sorted(ctx.problems.items()))
         self._workloads, self._learned = {}, {}
@@ -354,6 +412,11 @@ class RouteCalc:
         old.update(new)
         self.reasons = Counter(route.reason for route in new.values())
         return changed
+
+    @property
+    def own_blocks(self) -> frozenset[IPv4Network]:
+        """This node's blocks as of the last rebuild (what ``in_own_block`` compares with)."""
+        return frozenset(self._own)
 
     def update(
         self,

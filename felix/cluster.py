@@ -18,16 +18,34 @@ from bgp.peers import BGPGlobal, ExplicitPeer, NodeInfo, explicit_peer
 from crds import BGPConfiguration, BGPPeer, IPAMBlock, IPPool, Node, Resource, WorkloadEndpoint
 from crds.duration import parse_duration
 from datastore.syncer import Connection, InSync, Update
-from felix.calc import Block, CalcInput, Host, PoolEncap, RemoteRoute, Workload
+from felix.calc import Block, Borrowed, CalcInput, Host, PoolEncap, RemoteRoute, Workload, in_own_block
 
 log = logging.getLogger(__name__)
 
 WATCHED_KINDS = ("IPPool", "BGPConfiguration", "Node", "WorkloadEndpoint", "IPAMBlock", "BGPPeer")
 # Of some kinds the agent uses a few fields only: an IPAM block's allocations change with every pod
-# ADD and DEL on its node, which must not cost a reconcile (nor, at 100k blocks, a rebuild).
+# ADD and DEL on its node, which must not cost a reconcile (nor, at 100k blocks, a rebuild). Its
+# borrowed addresses are used (the owner routes each to its holder), but a borrow is rare.
 _USED_FIELDS = {
-    "IPAMBlock": lambda b: (b.spec.network, b.spec.affine_node, b.spec.deleted),
+    "IPAMBlock": lambda b: (b.spec.network, b.spec.affine_node, b.spec.deleted, block_borrowed(b)),
 }
+
+
+def block_borrowed(block: IPAMBlock) -> frozenset[Borrowed]:
+    """The block's addresses allocated to another node than its affine one (the allocation's
+    ``node`` attribute, which IPAM records; an allocation without one is the owner's). Cheap in
+    the usual case: the attributes are looked at first, and hold no other node."""
+    spec = block.spec
+    if spec.deleted or spec.network.version != 4:
+        return frozenset()
+    owner = spec.affine_node
+    holders = {i: a.secondary["node"] for i, a in enumerate(spec.attributes)
+               if a.secondary.get("node") and a.secondary["node"] != owner}
+    if not holders:
+        return frozenset()
+    base = spec.network.network_address
+    return frozenset(Borrowed(ip=base + ordinal, node=holders[idx])
+                     for ordinal, idx in enumerate(spec.allocations) if idx in holders)
 
 
 Key = tuple[str, str | None, str]  # (kind, namespace, name)
@@ -43,6 +61,9 @@ class ClusterState:
     # kind -> key -> resource: ``of_kind`` walks one kind, not 100k blocks to find three pools
     _by_kind: dict[str, dict[Key, Resource]] = field(default_factory=dict, repr=False)
     _changes: dict[str, set[Key]] = field(default_factory=dict, repr=False)
+    _used: dict[Key, tuple] = field(default_factory=dict, repr=False)  # _USED_FIELDS of each
+    # IPAM blocks with borrowed addresses only: a rebuild must not walk 100k blocks' allocations
+    _borrowed: dict[Key, frozenset[Borrowed]] = field(default_factory=dict, repr=False)
 
     def apply(self, batch: Iterable[Update | InSync | Connection]) -> bool:
         """Take a batch; return whether anything the agent uses changed. An update that differs
@@ -72,26 +93,40 @@ class ClusterState:
     def _update(self, item: Update) -> bool:
         key = (item.kind, item.namespace, item.name)
         old = self.resources.get(key)
+        used = _USED_FIELDS.get(item.kind)
         if item.resource is None:
             self.resources.pop(key, None)
             self._by_kind.get(item.kind, {}).pop(key, None)
+            self._used.pop(key, None)
+            self._borrowed.pop(key, None)
             changed = old is not None
         else:
             self.resources[key] = item.resource
             self._by_kind.setdefault(item.kind, {})[key] = item.resource
-            used = _USED_FIELDS.get(item.kind)
-            if old is None:
-                changed = True
-            elif used is not None:
-                changed = used(old) != used(item.resource)
+            if used is not None:  # derived once per update, compared with the last one's
+                now = used(item.resource)
+                changed = old is None or self._used.get(key) != now
+                self._used[key] = now
+                if item.kind == IPAMBlock.KIND:
+                    self._note_borrowed(key, now[3])
             else:
-                changed = old.with_revision(None) != item.resource.with_revision(None)
+                changed = old is None or old.with_revision(None) != item.resource.with_revision(None)
         if changed:
             self._changes.setdefault(item.kind, set()).add(key)
         return changed
 
+    def _note_borrowed(self, key: Key, borrowed: frozenset[Borrowed]) -> None:
+        if borrowed:
+            self._borrowed[key] = borrowed
+        else:
+            self._borrowed.pop(key, None)
+
     def of_kind(self, cls: type[Resource]) -> list:
         return sorted(self._by_kind.get(cls.KIND, {}).values(), key=lambda r: r.key)
+
+    def borrowed(self) -> frozenset[Borrowed]:
+        """Every address borrowed from a block affine to another node than its holder."""
+        return frozenset().union(*self._borrowed.values())
 
 
 def ipv4_pools(state: ClusterState) -> list[IPPool]:
@@ -110,11 +145,20 @@ def local_blocks(state: ClusterState, node: str) -> frozenset[IPv4Network]:
                      and b.spec.network.version == 4)
 
 
-def export_prefixes(state: ClusterState, node: str) -> frozenset[IPv4Network]:
-    """Our own blocks, except those in pools marked disableBGPExport (Calico's rule)."""
+def export_prefixes(state: ClusterState, node: str, workloads: Iterable[Workload] | None = None,
+                    own: Iterable[IPv4Network] | None = None) -> frozenset[IPv4Network]:
+    """Our own blocks, and the /32 of every local workload outside them (an address borrowed
+    from another node's block), except in pools marked disableBGPExport (Calico's rules); a /32
+    outside every pool is not exported (no peer would import it). ``workloads`` and ``own``
+    default to ``local_workloads`` and ``local_blocks`` (the agent passes its own, kept ones)."""
+    own = local_blocks(state, node) if own is None else frozenset(own)
+    workloads = local_workloads(state, node) if workloads is None else workloads
+    pools = [p.spec.network for p in ipv4_pools(state)]
     hidden = [p.spec.network for p in ipv4_pools(state) if p.spec.disable_bgp_export]
-    return frozenset(b for b in local_blocks(state, node)
-                     if not any(b.subnet_of(h) for h in hidden))
+    borrowed = {IPv4Network(w.ip) for w in workloads if w.node == node}
+    borrowed = {n for n in borrowed
+                if not in_own_block(n, own) and any(n.subnet_of(p) for p in pools)}
+    return frozenset(b for b in own | borrowed if not any(b.subnet_of(h) for h in hidden))
 
 
 def bgp_global(state: ClusterState) -> BGPGlobal:
@@ -243,4 +287,5 @@ def calc_input(state: ClusterState, node: str, learned: Iterable, *, bgp: bool =
                        if b.spec.affine_node and b.spec.network.version == 4 and not b.spec.deleted)
     return CalcInput(node=node, pools=pool_cidrs(state), blocks=blocks,
                      workloads=local_workloads(state, node), learned=remote_routes(learned),
-                     encap=pool_encaps(state), hosts=hosts(state), bgp=bgp)
+                     encap=pool_encaps(state), hosts=hosts(state), bgp=bgp,
+                     borrowed=state.borrowed())

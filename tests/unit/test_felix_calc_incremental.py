@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from felix.calc import (
-    ALWAYS, CROSS_SUBNET, NEVER, Block, CalcInput, Host, PoolEncap, RemoteRoute, RouteCalc, Workload,
+    ALWAYS, CROSS_SUBNET, NEVER, Block, Borrowed, CalcInput, Host, PoolEncap, RemoteRoute, RouteCalc, Workload,
     desired_routes, unroutable,
 )
 
@@ -24,6 +24,7 @@ IPS = [A(a) for a in ("10.244.1.5", "10.244.1.1", "10.244.2.7", "10.244.3.7", "1
 PREFIXES = [N(p) for p in ("10.244.1.0/26", "10.244.2.0/26", "10.244.1.5/32", "10.244.2.7/32",
                            "10.245.0.0/26", "10.244.3.7/32", "10.0.0.0/8")]
 GATEWAYS = [A("10.99.0.2"), A("10.99.1.3")]
+BORROWED_IPS = [A("10.244.1.5"), A("10.244.1.9"), A("10.244.2.7"), A("10.244.3.7"), A("10.99.0.5")]
 MODES = st.sampled_from([NEVER, ALWAYS, CROSS_SUBNET])
 
 workloads = st.builds(Workload, ip=st.sampled_from(IPS), iface=st.sampled_from(["calia", "calib"]),
@@ -46,9 +47,13 @@ def global_inputs(draw) -> CalcInput:
     blocks = draw(st.frozensets(st.builds(Block, cidr=st.sampled_from(BLOCK_CIDRS),
                                           node=st.sampled_from(NODES)), max_size=6))
     host_list = draw(st.lists(hosts, max_size=3, unique_by=lambda h: h.name))
+    # Addresses held by a node other than their block's (IPAM borrowed them); some collide with
+    # workloads, learned /32s and a /32 block, one is outside every pool.
+    borrowed = draw(st.frozensets(st.builds(Borrowed, ip=st.sampled_from(BORROWED_IPS),
+                                            node=st.sampled_from(NODES)), max_size=4))
     return CalcInput(node="n1", pools=pools, blocks=blocks, workloads=frozenset(),
                      learned=frozenset(), encap=encap, hosts=frozenset(host_list),
-                     bgp=draw(st.booleans()))
+                     bgp=draw(st.booleans()), borrowed=borrowed)
 
 
 # (True: added / False: removed, the item)

@@ -8,6 +8,7 @@ from bgp.rib import LearnedRoute
 from crds import load
 from datastore.syncer import InSync, Update
 from felix import cluster
+from felix.calc import Borrowed
 
 V3 = "projectcalico.org/v3"
 
@@ -202,3 +203,58 @@ def test_bgp_peers_and_reflector_fields_reach_the_peer_computation():
     [info] = cluster.node_infos(state)
     assert info.rr_cluster_id == "244.0.0.1" and ("route-reflector", "true") in info.labels
     assert [p.name for p in cluster.explicit_peers(state)] == ["to-rr"]
+
+
+def block_with(allocated: dict[int, str | None], affinity="host:n1", cidr="10.244.1.0/26"):
+    """A /26 block with ``allocated`` ordinals, each recording the given node (None: no attribute)."""
+    allocations, attributes = [None] * 64, []
+    for ordinal, node in sorted(allocated.items()):
+        allocations[ordinal] = len(attributes)
+        attributes.append({"handle_id": f"h{ordinal}", "secondary": {"node": node} if node else {}})
+    spec = {"cidr": cidr, "affinity": affinity, "allocations": allocations,
+            "unallocated": [o for o in range(64) if o not in allocated], "attributes": attributes}
+    return res("IPAMBlock", cidr.replace(".", "-").replace("/", "-"), spec)
+
+
+def test_a_borrow_and_its_release_are_changes_plain_pod_churn_is_not():
+    """Issue 8 item 5: the owner routes a borrowed address to its holder, so an allocation whose
+    node differs from the block's affinity is used; the owner's own pods coming and going are not."""
+    s = state_of(RESOURCES)
+    s.take_changes()
+    assert not s.apply([upd(block_with({0: "n1", 1: "n1"}))]) and s.take_changes() == {}
+    assert not s.apply([upd(block_with({0: "n1", 1: None, 2: "n1"}))])  # no attribute: the owner's
+    assert s.apply([upd(block_with({0: "n1", 5: "n2"}))])  # borrowed by n2
+    assert list(s.take_changes()) == ["IPAMBlock"]
+    assert s.borrowed() == {Borrowed(ipaddress.ip_address("10.244.1.5"), "n2")}
+    assert not s.apply([upd(block_with({5: "n2", 7: "n1"}))])  # the owner's churn, still no change
+    assert s.apply([upd(block_with({5: "n2", 6: "n3"}))])  # a second borrow
+    assert s.apply([upd(block_with({6: "n3"}))]) and s.borrowed() == {  # one released
+        Borrowed(ipaddress.ip_address("10.244.1.6"), "n3")}
+    inp = cluster.calc_input(s, "n1", [])
+    assert inp.borrowed == s.borrowed()
+    assert s.apply([Update("IPAMBlock", None, "10-244-1-0-26", None)]) and s.borrowed() == set()
+
+
+def test_borrowed_addresses_of_deleted_or_unaffine_blocks():
+    s = state_of(RESOURCES + [block_with({3: "n2"}, affinity=None)])
+    assert s.borrowed() == {Borrowed(ipaddress.ip_address("10.244.1.3"), "n2")}
+    gone = block_with({3: "n2"})
+    gone = gone.model_copy(update={"spec": gone.spec.model_copy(update={"deleted": True})})
+    s.apply([upd(gone)])
+    assert s.borrowed() == set()
+
+
+def test_export_prefixes_add_the_borrowed_slash32s_of_local_workloads():
+    """Rule 1: a local workload outside our blocks (borrowed) is advertised as a /32; one inside
+    them is not (the block covers it), nor one outside every pool or in a disableBGPExport pool."""
+    extra = [wep("borrowed", "n1", "10.244.2.9/32", pod="b1", iface="cali0000000000b"),
+             wep("outside", "n1", "10.9.0.1/32", pod="o", iface="cali0000000000c"),
+             wep("hidden", "n1", "10.250.7.1/32", pod="h", iface="cali0000000000d")]
+    s = state_of(RESOURCES + extra)
+    net = ipaddress.ip_network
+    assert cluster.export_prefixes(s, "n1") == {net("10.244.1.0/26"), net("10.244.2.9/32")}
+    assert cluster.export_prefixes(s, "n2") == {net("10.244.2.0/26")}
+    kept = cluster.LocalWorkloads("n1")
+    kept.reset(s)
+    assert cluster.export_prefixes(s, "n1", kept, own=cluster.local_blocks(s, "n1")) == \
+        cluster.export_prefixes(s, "n1")
