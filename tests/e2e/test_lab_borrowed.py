@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from felix.status import query
 from lab import lab
 from tests.helpers import wait_for
 
@@ -65,9 +66,12 @@ def test_a_borrowed_address_is_routed_to_its_holder_and_reachable(tmp_path):
         blackholes = subprocess.run(["ip", "-n", node1, "route", "show", "type", "blackhole"],
                                     capture_output=True, text=True, check=True).stdout
         assert str(block) in blackholes and f"{second.ip} " not in blackholes, blackholes
-        # node2 (the holder): the local /32 on its cali interface
+        # node2 (the holder): the local /32 on its cali interface, advertised over BGP; node1's
+        # import filter drops it (inside node1's own block: the datastore's /32 above is the one)
         local = routes_to(node2, second.ip)
         assert "dev cali" in local and "scope link" in local, local
+        wait_for(lambda: query(node1, "status")["counters"].get("rejected_own_block", 0) >= 1,
+                 timeout=30, what=f"{node2}'s /32 to reach {node1} over BGP")
 
         wait_for(lambda: pings(first, second) and pings(second, first), timeout=30,
                  what="the two pods to ping each other both ways")
