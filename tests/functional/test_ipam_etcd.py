@@ -6,7 +6,7 @@ import ipaddress
 import pytest
 
 import datastore
-from crds import IPPool, ObjectMeta
+from crds import IPAMConfig, IPPool, ObjectMeta
 from ipam import IPAM, PoolExhausted
 from tests.unit.test_ipam_race import check_overlap_race, check_race, run_overlap_race, run_race
 
@@ -32,6 +32,9 @@ def test_assign_claim_release_against_etcd(clients):
     b = ipam.assign(node="node2", handle="b")
     assert a == list(ipaddress.ip_network("10.66.0.0/30"))
     assert b == ipaddress.ip_address("10.66.0.4")
+    # No block left to claim: node1 borrows from node2's block (strictAffinity is off by default).
+    assert ipam.assign(node="node1", handle="borrowed") == ipaddress.ip_address("10.66.0.5")
+    ds.create(IPAMConfig(metadata=ObjectMeta(name="default"), spec={"strictAffinity": True}))
     with pytest.raises(PoolExhausted):
         ipam.assign(node="node1", handle="more")
     assert ipam.release("a1") == [a[1]]
