@@ -38,11 +38,14 @@ BATCH_SIZE = 500
 
 @dataclass(frozen=True)
 class RoutesAnnounced:
-    """``prefixes`` announced by ``peer`` with one next hop (in the order of the UPDATE)."""
+    """``prefixes`` announced by ``peer`` with one next hop (in the order of the UPDATE), and the
+    UPDATE's route-reflection attributes (RFC 4456): ORIGINATOR_ID and CLUSTER_LIST, if present."""
 
     peer: IPv4Address
     nexthop: IPv4Address
     prefixes: tuple[IPv4Network, ...]
+    originator_id: IPv4Address | None = None
+    cluster_list: tuple[IPv4Address, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,34 @@ def withdraw_commands(prefixes: Iterable[IPv4Network], neighbor: IPv4Address | N
     return [f"{sel}withdraw attributes nlri {' '.join(c)}" for c in _chunks(prefixes)]
 
 
+def _neighbors(targets: Iterable[IPv4Address]) -> str:
+    """``neighbor A , neighbor B `` (ExaBGP's syntax for one command to several neighbors)."""
+    return " , ".join(f"neighbor {t}" for t in sorted(targets)) + " "
+
+
+def reflect_commands(targets: Iterable[IPv4Address], nexthop: IPv4Address, originator_id: IPv4Address,
+                     cluster_list: Iterable[IPv4Address], prefixes: Iterable[IPv4Network]) -> list[str]:
+    """Reflected routes (RFC 4456) to ``targets``: the next hop unchanged, ORIGINATOR_ID and
+    CLUSTER_LIST as given, batched like ``announce_commands``.
+
+    >>> from ipaddress import IPv4Address as A, IPv4Network as N
+    >>> [line] = reflect_commands([A("10.0.0.3"), A("10.0.0.2")], A("10.0.0.1"), A("10.0.0.1"),
+    ...                           [A("244.0.0.1")], [N("10.244.1.0/26")])
+    >>> line.split(" announce ")
+    ['neighbor 10.0.0.2 , neighbor 10.0.0.3', 'attributes next-hop 10.0.0.1 originator-id 10.0.0.1 cluster-list [ 244.0.0.1 ] nlri 10.244.1.0/26']
+    """
+    sel = _neighbors(targets)
+    clusters = " ".join(str(c) for c in cluster_list)
+    attrs = f"next-hop {nexthop} originator-id {originator_id} cluster-list [ {clusters} ]"
+    return [f"{sel}announce attributes {attrs} nlri {' '.join(c)}" for c in _chunks(prefixes)]
+
+
+def withdraw_from_commands(targets: Iterable[IPv4Address], prefixes: Iterable[IPv4Network]) -> list[str]:
+    """Withdraw ``prefixes`` from several neighbors at once."""
+    sel = _neighbors(targets)
+    return [f"{sel}withdraw attributes nlri {' '.join(c)}" for c in _chunks(prefixes)]
+
+
 def eor_command(neighbor: IPv4Address | None = None) -> str:
     return f"{_selector(neighbor)}announce eor {IPV4_UNICAST}"
 
@@ -322,12 +353,29 @@ def _announcements(peer: IPv4Address, update: dict, cache: dict[str, IPv4Network
     if not isinstance(by_nexthop, dict):
         raise _Bad("announce.ipv4 unicast: not an object")
     events: list[Event] = []
+    reflection = None
     for nexthop, entries in by_nexthop.items():
         hop = _ipv4(nexthop, "announce.ipv4 unicast next-hop")
         prefixes = _nlris(entries, "announce.ipv4 unicast", cache)
         if prefixes:
-            events.append(RoutesAnnounced(peer, hop, prefixes))
+            if reflection is None:
+                reflection = _reflection(update.get("attribute", {}))
+            events.append(RoutesAnnounced(peer, hop, prefixes, *reflection))
     return events
+
+
+def _reflection(attributes: object) -> tuple[IPv4Address | None, tuple[IPv4Address, ...]]:
+    """ORIGINATOR_ID and CLUSTER_LIST of an UPDATE. ExaBGP 5 writes them as
+    ``"originator-id": "10.0.0.1"`` and ``"cluster-list": [ "244.0.0.1" ]``."""
+    if not isinstance(attributes, dict):
+        raise _Bad("message.update.attribute: not an object")
+    originator = attributes.get("originator-id")
+    if originator is not None:
+        originator = _ipv4(originator, "attribute.originator-id")
+    clusters = attributes.get("cluster-list", [])
+    if not isinstance(clusters, list):
+        raise _Bad("attribute.cluster-list: not a list")
+    return originator, tuple(_ipv4(c, "attribute.cluster-list") for c in clusters)
 
 
 _PARSERS = {

@@ -1,10 +1,16 @@
-"""Adj-RIB-In per peer, import filter, best path and graceful-restart (RFC 4724 helper) retention.
+"""Adj-RIB-In per peer, import filter, best path, route-reflection loop checks (RFC 4456 8) and
+graceful-restart (RFC 4724 helper) retention.
 
 Purely computational; no I/O. Time comes from an injected clock, so stale-route expiry is tested
 with a fake one.
 
 ExaBGP keeps none of this for us (no best path, no retention of a restarting peer's routes), so
 the speaker feeds every parsed event here and asks ``best()`` for what may reach the kernel.
+
+Loop checks run on receipt, on every node: a route whose ORIGINATOR_ID is our router id, or whose
+CLUSTER_LIST holds our cluster id, is dropped (counted) and replaces, i.e. withdraws, what that
+peer sent before for the prefix. ``bgp.reflect`` reflects the best paths; ``take_dirty()`` tells
+it which prefixes' best paths may have changed.
 
 The Adj-RIB-In keeps what peers sent before filtering, and ``best()`` filters against the current
 pools: a pool created after a peer announced a block then takes effect without a route refresh.
@@ -44,6 +50,8 @@ class LearnedRoute:
     prefix: IPv4Network
     nexthop: IPv4Address
     peer: IPv4Address
+    originator_id: IPv4Address | None = None  # set when it came through a route reflector
+    cluster_list: tuple[IPv4Address, ...] = ()
     # Cached: best() builds a frozenset of every route, and the fields' hashes are Python code
     # (~1.5 us per route); a route object lives as long as it stays the best path. Slots: 100k
     # routes take 15 MB instead of 25.
@@ -57,6 +65,18 @@ class LearnedRoute:
         return cached
 
 
+@dataclass(frozen=True, slots=True)
+class _Path:
+    """What one UPDATE said about its prefixes (shared by all of them: one object per UPDATE)."""
+
+    nexthop: IPv4Address
+    originator_id: IPv4Address | None = None
+    cluster_list: tuple[IPv4Address, ...] = ()
+
+    def route(self, prefix: IPv4Network, peer: IPv4Address) -> LearnedRoute:
+        return LearnedRoute(prefix, self.nexthop, peer, self.originator_id, self.cluster_list)
+
+
 class _Best:
     """The chosen path of one prefix; ``stale``: from a peer that went down (fresh wins)."""
 
@@ -68,14 +88,18 @@ class _Best:
 
 class Rib:
     def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 restart_time: float = DEFAULT_RESTART_TIME) -> None:
+                 restart_time: float = DEFAULT_RESTART_TIME, router_id: IPv4Address | None = None) -> None:
         self._clock = clock
+        self.router_id = router_id  # loop check: a route with it as ORIGINATOR_ID came back to us
+        self.cluster_id: IPv4Address | None = None
+        self.router_ids: dict[IPv4Address, IPv4Address] = {}  # each peer's BGP identifier (its OPEN)
+        self._dirty: set[IPv4Network] | None = None  # for take_dirty(); None: nobody asked
         self._default_restart = restart_time
         self._restart_time: dict[IPv4Address, float | None] = {}
         self._restart_cap: dict[IPv4Address, float] = {}
-        # Adj-RIB-In, unfiltered: {peer: {prefix: nexthop}} and {peer: {prefix: (nexthop, deadline)}}.
-        self._fresh: dict[IPv4Address, dict[IPv4Network, IPv4Address]] = {}
-        self._stale: dict[IPv4Address, dict[IPv4Network, tuple[IPv4Address, float]]] = {}
+        # Adj-RIB-In, unfiltered: {peer: {prefix: path}} and {peer: {prefix: (path, deadline)}}.
+        self._fresh: dict[IPv4Address, dict[IPv4Network, _Path]] = {}
+        self._stale: dict[IPv4Address, dict[IPv4Network, tuple[_Path, float]]] = {}
         self._deadlines: dict[IPv4Address, Counter[float]] = {}  # stale paths per deadline
         self._peer_ids: dict[IPv4Address, IPv4Address] = {}  # one object per peer: `is` compares
         self._best: dict[IPv4Network, _Best] = {}  # accepted prefixes only; expiry not applied
@@ -105,6 +129,20 @@ class Rib:
         self._rebuild_best()
         return True
 
+    def set_cluster_id(self, cluster_id: IPv4Address | None) -> bool:
+        """Our route-reflector cluster id (None: not a reflector). Paths already held that carry
+        the new id in their CLUSTER_LIST are dropped as loops. Returns whether it changed."""
+        if cluster_id == self.cluster_id:
+            return False
+        self.cluster_id = cluster_id
+        if cluster_id is not None:
+            for peer, paths in list(self._fresh.items()):
+                looped = [p for p, path in paths.items() if cluster_id in path.cluster_list]
+                if looped:
+                    self.counters["rejected_cluster_loop"] += len(looped)
+                    self.withdraw_many(peer, looped)
+        return True
+
     def set_restart_cap(self, peer: IPv4Address, seconds: float) -> None:
         """The longest we keep ``peer``'s routes after it goes down, whatever its OPEN offered
         (``nodeMeshMaxRestartTime`` / BGPPeer ``maxRestartTime``): a dead peer that offered 4095 s
@@ -130,13 +168,14 @@ class Rib:
     def apply(self, event: protocol.Event) -> bool:
         """Feed one parsed protocol event; return whether best() may have changed."""
         match event:
-            case protocol.RoutesAnnounced(peer, nexthop, prefixes):
-                self.announce_many(peer, nexthop, prefixes)
+            case protocol.RoutesAnnounced(peer, nexthop, prefixes, originator_id, cluster_list):
+                self.announce_many(peer, nexthop, prefixes, originator_id, cluster_list)
             case protocol.RoutesWithdrawn(peer, prefixes):
                 self.withdraw_many(peer, prefixes)
             case protocol.EndOfRib(peer, family) if family == protocol.IPV4_UNICAST:
                 self.end_of_rib(peer)
-            case protocol.OpenReceived(peer, _, _, restart):
+            case protocol.OpenReceived(peer, router_id, _, restart):
+                self.router_ids[peer] = router_id
                 self.set_restart_time(peer, restart)
                 return False
             case protocol.PeerStateChanged(peer, "down", _):
@@ -151,22 +190,33 @@ class Rib:
     def announce(self, peer: IPv4Address, prefix: IPv4Network, nexthop: IPv4Address) -> None:
         self.announce_many(peer, nexthop, (prefix,))
 
-    def announce_many(self, peer: IPv4Address, nexthop: IPv4Address, prefixes: Iterable[IPv4Network]) -> None:
+    def announce_many(self, peer: IPv4Address, nexthop: IPv4Address, prefixes: Iterable[IPv4Network],
+                      originator_id: IPv4Address | None = None,
+                      cluster_list: tuple[IPv4Address, ...] = ()) -> None:
         """``prefixes`` from ``peer`` via ``nexthop``: the hot loop of learning (one UPDATE)."""
         if not (isinstance(peer, IPv4Address) and isinstance(nexthop, IPv4Address)
                 and not nexthop.is_unspecified):
             for prefix in prefixes:
                 self._malformed(peer, prefix)
             return
+        loop = self._loop(originator_id, cluster_list)
+        if loop is not None:  # RFC 4456 8: drop it; it replaces (withdraws) the peer's last path
+            prefixes = tuple(prefixes)
+            self.counters[loop] += len(prefixes)
+            log.debug("route dropped: reflection loop", extra={"peer": str(peer), "reason": loop})
+            self.withdraw_many(peer, prefixes)
+            return
+        path = _Path(nexthop, originator_id, tuple(cluster_list))
         peer = self._peer_ids.setdefault(peer, peer)
         fresh = self._fresh.setdefault(peer, {})
         stale = self._stale.get(peer)
         best, rejection, counters, before = self._best, self.rejection, self.counters, self._before
+        dirty = self._dirty
         for prefix in prefixes:
             if type(prefix) is not IPv4Network:
                 self._malformed(peer, prefix)
                 continue
-            fresh[prefix] = nexthop
+            fresh[prefix] = path
             if stale:
                 self._unstale(peer, stale, prefix)
             reason = rejection(prefix)
@@ -180,7 +230,9 @@ class Rib:
             if current is None or current.stale or current.route.peer is peer or peer < current.route.peer:
                 if before is not None and prefix not in before:
                     before[prefix] = current.route if current is not None else None
-                best[prefix] = _Best(LearnedRoute(prefix, nexthop, peer), False)
+                if dirty is not None:
+                    dirty.add(prefix)
+                best[prefix] = _Best(path.route(prefix, peer), False)
                 self._frozen = None
 
     def withdraw(self, peer: IPv4Address, prefix: IPv4Network) -> None:
@@ -207,6 +259,14 @@ class Rib:
             current = best.get(prefix) if gone else None
             if current is not None and current.route.peer is peer:
                 self._choose(prefix, accepted=True)
+
+    def _loop(self, originator_id: IPv4Address | None, cluster_list: tuple[IPv4Address, ...]) -> str | None:
+        """The counter of the RFC 4456 loop a route's attributes show, or None."""
+        if originator_id is not None and originator_id == self.router_id:
+            return "rejected_originator_loop"
+        if self.cluster_id is not None and self.cluster_id in cluster_list:
+            return "rejected_cluster_loop"
+        return None
 
     def _malformed(self, peer: object, prefix: object) -> None:
         self.counters["malformed"] += 1
@@ -245,9 +305,9 @@ class Rib:
         deadline = self._clock() + restart
         stale = self._stale.setdefault(peer, {})
         before = len(stale)
-        for prefix, nexthop in fresh.items():
+        for prefix, path in fresh.items():
             if prefix not in stale:  # a path already stale keeps its earlier deadline
-                stale[prefix] = (nexthop, deadline)
+                stale[prefix] = (path, deadline)
         if len(stale) > before:  # never a zero count: next_deadline() reads the keys
             self._deadlines.setdefault(peer, Counter())[deadline] += len(stale) - before
         self._rechoose(fresh)
@@ -264,6 +324,7 @@ class Rib:
         self._forget(peer, keep_ids=False)
         self._restart_time.pop(peer, None)
         self._restart_cap.pop(peer, None)
+        self.router_ids.pop(peer, None)
 
     def _forget(self, peer: IPv4Address, *, keep_ids: bool) -> None:
         peer = self._peer_ids.get(peer, peer)
@@ -314,22 +375,24 @@ class Rib:
         before = self._before
         if before is not None and prefix not in before:
             before[prefix] = current.route if current is not None else None
+        if self._dirty is not None:
+            self._dirty.add(prefix)
 
     def _candidate(self, prefix: IPv4Network, now: float | None, accepted: bool = False) -> _Best | None:
         if not accepted and self.rejection(prefix) is not None:
             return None
-        found: tuple[IPv4Address, IPv4Address] | None = None
+        found: tuple[IPv4Address, _Path] | None = None
         for peer, paths in self._fresh.items():
-            nexthop = paths.get(prefix)
-            if nexthop is not None and (found is None or peer < found[0]):
-                found = (peer, nexthop)
+            path = paths.get(prefix)
+            if path is not None and (found is None or peer < found[0]):
+                found = (peer, path)
         if found is not None:
-            return _Best(LearnedRoute(prefix, found[1], found[0]), False)
+            return _Best(found[1].route(prefix, found[0]), False)
         for peer, stale in self._stale.items():
             entry = stale.get(prefix)
             if entry is not None and (now is None or entry[1] > now) and (found is None or peer < found[0]):
                 found = (peer, entry[0])
-        return None if found is None else _Best(LearnedRoute(prefix, found[1], found[0]), True)
+        return None if found is None else _Best(found[1].route(prefix, found[0]), True)
 
     def _rebuild_best(self) -> None:
         prefixes = {p for paths in (*self._fresh.values(), *self._stale.values()) for p in paths}
@@ -392,6 +455,31 @@ class Rib:
                 added.append(new)
         self._before = {}
         return removed, added
+
+    def track_dirty(self, on: bool) -> None:
+        """Record, for ``take_dirty()``, which prefixes' best paths change (only a route reflector
+        needs it: the rest of the time it would be a set add per route for nobody)."""
+        if on and self._dirty is None:
+            self._dirty = set()
+        elif not on:
+            self._dirty = None
+
+    def take_dirty(self) -> set[IPv4Network]:
+        """Prefixes whose best path may have changed since the last call (for the reflector, a
+        second consumer beside take_changes()); nothing unless ``track_dirty(True)``."""
+        if not self._dirty:
+            return set()
+        dirty, self._dirty = self._dirty, set()
+        return dirty
+
+    def best_routes(self) -> list[LearnedRoute]:
+        """Every best path, stale ones included until ``expire()`` drops them."""
+        return [b.route for b in self._best.values()]
+
+    def best_route(self, prefix: IPv4Network) -> LearnedRoute | None:
+        """The best path of ``prefix`` (a stale one too, until ``expire()`` drops it)."""
+        chosen = self._best.get(prefix)
+        return chosen.route if chosen is not None else None
 
     def route_count(self, peer: IPv4Address) -> int:
         peer = self._peer_ids.get(peer, peer)

@@ -11,6 +11,9 @@ Why things are the way they are:
   time, and the writer keeps at most ``ACK_WINDOW`` commands unacknowledged.
 - After a session comes up the peer gets every current prefix again and then End-of-RIB
   (``manual-eor true``): a graceful-restart helper drops our routes at EoR, so EoR must come last.
+- A route reflector (``set_peers(..., cluster_id=...)``) sends each best path ``bgp.reflect``
+  picks to exactly its targets, with the next hop unchanged; a session that comes up gets its
+  whole Adj-RIB-Out (reflected routes too) before End-of-RIB.
 - Prefix changes go to all neighbors at once; ExaBGP's adj-rib-out keeps them for a neighbor
   that is down, so a withdrawal made while it was down is not replayed as an announcement.
 - The child gets PR_SET_PDEATHSIG=SIGKILL: it never outlives the agent, even a SIGKILLed one.
@@ -42,7 +45,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import hostio
-from bgp import exabgp_conf, exabgp_main, protocol
+from bgp import exabgp_conf, exabgp_main, protocol, reflect
 from bgp.peers import PeerSpec
 from bgp.rib import LearnedRoute, Rib
 
@@ -187,7 +190,9 @@ class Speaker:
             relay_command=relay_command(self._sock_path),
             hold_time=hold_time, gr_restart_time=gr_restart_time, port=listen_port)
         self._env = exabgp_env(local_address, listen_port)
-        self._rib = Rib(restart_time=gr_restart_time)
+        self._rib = Rib(restart_time=gr_restart_time, router_id=router_id)
+        self._reflector = reflect.Reflector()
+        self._cluster_id: IPv4Address | None = None
         self._peers: dict[IPv4Address, _Peer] = {}
         self._advertised: frozenset[IPv4Network] = frozenset()
         self._outbox: deque[str] = deque()
@@ -220,12 +225,17 @@ class Speaker:
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"bgp-supervise-{self._node}")
 
-    async def set_peers(self, peers: frozenset[PeerSpec]) -> None:
-        """Configure exactly ``peers``. Given what it already has, it does nothing and tells no one
-        (a notification on no change turns the agent's level-triggered loop into a busy loop)."""
+    async def set_peers(self, peers: frozenset[PeerSpec],
+                        cluster_id: IPv4Address | str | None = None) -> None:
+        """Configure exactly ``peers``; ``cluster_id``: our ``routeReflectorClusterID`` (we reflect
+        to peers whose ``rr_client`` is set, RFC 4456), None when we are no route reflector.
+        Given what it already has, it does nothing and tells no one (a notification on no change
+        turns the agent's level-triggered loop into a busy loop)."""
+        cluster = IPv4Address(cluster_id) if cluster_id is not None else None
         wanted = {p.address: p for p in peers}
-        if wanted == {a: p.spec for a, p in self._peers.items()}:
+        if wanted == {a: p.spec for a, p in self._peers.items()} and cluster == self._cluster_id:
             return
+        self._cluster_id = cluster
         for address in set(self._peers) - set(wanted):
             del self._peers[address]
             self._rib.remove_peer(address)
@@ -237,6 +247,7 @@ class Speaker:
             self._rib.set_restart_cap(address, spec.max_restart_time)
         if self._started_at is not None and self._write_config() and self._conn is not None:
             self._send([protocol.reload_command()])
+        self._configure_reflection()
         self._notify()
 
     async def set_advertisements(self, prefixes: frozenset[IPv4Network]) -> None:
@@ -250,6 +261,7 @@ class Speaker:
 
     def set_import_filter(self, pools: frozenset[IPv4Network], own_blocks: frozenset[IPv4Network]) -> None:
         if self._rib.set_import_filter(pools, own_blocks):
+            self._reflect()
             self._notify()
 
     def learned_routes(self) -> frozenset[LearnedRoute]:
@@ -261,6 +273,10 @@ class Speaker:
         its own copy: work per changed route, where diffing two ``learned_routes()`` is per route
         held (100k routes: ~0.3 s per reconcile). See ``Rib.take_changes``."""
         return self._rib.take_changes()
+
+    def reflected(self) -> dict[IPv4Address, dict[IPv4Network, reflect.Reflected]]:
+        """What we reflect to each peer (our Adj-RIB-Out of reflected routes)."""
+        return self._reflector.sent()
 
     def peer_status(self) -> list[PeerStatus]:
         return [self._peers[a].status() for a in sorted(self._peers)]
@@ -497,6 +513,32 @@ class Speaker:
         self._cancel_timer("liveness")
         self._timers["liveness"] = asyncio.get_running_loop().call_later(interval, check)
 
+    # -- reflection -----------------------------------------------------------------------------
+
+    def _configure_reflection(self) -> None:
+        """After a change of peers or cluster id: every best path's targets again."""
+        rib, cluster = self._rib, self._rib.cluster_id
+        if rib.set_cluster_id(self._cluster_id) or cluster is not None or self._cluster_id is not None:
+            rib.track_dirty(self._cluster_id is not None)
+            ibgp = {a: p.spec.rr_client for a, p in self._peers.items() if p.spec.asn == p.spec.local_asn}
+            self._send_reflected(self._reflector.configure(
+                self._cluster_id, ibgp, rib.best_routes(), rib.router_ids))
+        self._reflect()
+
+    def _reflect(self) -> None:
+        """Send what the best paths that changed mean for each reflection target."""
+        dirty = self._rib.take_dirty()
+        if dirty:
+            rib = self._rib
+            self._send_reflected(self._reflector.update(
+                ((p, rib.best_route(p)) for p in dirty), rib.router_ids))
+
+    def _send_reflected(self, changes: reflect.Changes) -> None:
+        # Without a relay nothing is sent: the next ExaBGP starts empty, and each session that
+        # comes up gets its whole Adj-RIB-Out then.
+        if changes and self._conn is not None:
+            self._send(changes.commands())
+
     # -- events ---------------------------------------------------------------------------------
 
     def _handle(self, events: list[protocol.Event]) -> None:
@@ -504,6 +546,7 @@ class Speaker:
         for event in events:
             changed |= self._dispatch(event)
         if changed:
+            self._reflect()
             self._schedule_expiry()
             self._notify()
 
@@ -547,6 +590,7 @@ class Speaker:
             peer.state, peer.since, peer.reason = "up", _now(), ""
             log.info("bgp session up", extra={"node": self._node, "peer": str(address)})
             self._send(protocol.announce_commands(self._advertised, address)
+                       + self._reflector.out(address).commands()
                        + [protocol.eor_command(address)])
         elif state == "down":
             if peer.state == "up":
@@ -568,6 +612,7 @@ class Speaker:
                 self._rib.peer_down(peer.spec.address)
             peer.reason = reason
             self._leave_up(peer, "idle")
+        self._reflect()
         self._schedule_expiry()
         self._notify()
 
@@ -582,6 +627,7 @@ class Speaker:
     def _expire(self) -> None:
         self._timers.pop("expiry", None)
         if self._rib.expire():
+            self._reflect()
             self._notify()
         self._schedule_expiry()
 

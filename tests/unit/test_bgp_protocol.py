@@ -164,3 +164,43 @@ def test_fast_prefix_parse_accepts_exactly_what_ipaddress_accepts(text):
     except p._Bad:
         got = None
     assert got == expected
+
+
+# ExaBGP 5's encoding of the RFC 4456 attributes (bgp/message/update/attribute/attributes.py:
+# ORIGINATOR_ID is 'inet', a string; CLUSTER_LIST is 'list', a JSON array of strings).
+REFLECTED_UPDATE = (
+    '{ "exabgp": "5.0.0", "type": "update", "neighbor": { "address": { "local": "10.250.0.1", '
+    '"peer": "10.250.0.9" }, "asn": { "local": 64512, "peer": 64512 }, "direction": "receive", '
+    '"message": { "update": { "attribute": { "origin": "igp", "local-preference": 100, '
+    '"originator-id": "10.250.0.2", "cluster-list": [ "244.0.0.1", "244.0.0.2" ] }, '
+    '"announce": { "ipv4 unicast": { "10.250.0.2": [ "10.244.2.0/26" ] } } } } } }')
+
+
+def test_update_with_originator_id_and_cluster_list():
+    [event] = p.Channel().feed(REFLECTED_UPDATE)
+    assert event == p.RoutesAnnounced(A("10.250.0.9"), A("10.250.0.2"), (N("10.244.2.0/26"),),
+                                      A("10.250.0.2"), (A("244.0.0.1"), A("244.0.0.2")))
+
+
+def test_update_without_reflection_attributes_has_none():
+    event = events_of(p.RoutesAnnounced)[0]
+    assert (event.originator_id, event.cluster_list) == (None, ())
+
+
+@pytest.mark.parametrize("good,bad", [
+    ('"originator-id": "10.250.0.2"', '"originator-id": "x"'),
+    ('"cluster-list": [ "244.0.0.1", "244.0.0.2" ]', '"cluster-list": "244.0.0.1"'),
+    ('"cluster-list": [ "244.0.0.1", "244.0.0.2" ]', '"cluster-list": [ "244.0.0.300" ]')])
+def test_bad_reflection_attributes_are_malformed(good, bad):
+    line = REFLECTED_UPDATE.replace(good, bad)
+    [event] = p.Channel().feed(line)
+    assert isinstance(event, p.Malformed)
+
+
+def test_reflect_and_withdraw_commands_to_several_neighbors():
+    assert p.reflect_commands([A("10.0.0.3"), A("10.0.0.2")], A("10.0.0.1"), A("10.0.0.1"),
+                              [A("244.0.0.1"), A("244.0.0.2")], [N("10.244.1.0/26"), N("10.244.0.0/26")]) == [
+        "neighbor 10.0.0.2 , neighbor 10.0.0.3 announce attributes next-hop 10.0.0.1 originator-id "
+        "10.0.0.1 cluster-list [ 244.0.0.1 244.0.0.2 ] nlri 10.244.0.0/26 10.244.1.0/26"]
+    assert p.withdraw_from_commands([A("10.0.0.2")], [N("10.244.1.0/26")]) == [
+        "neighbor 10.0.0.2 withdraw attributes nlri 10.244.1.0/26"]
