@@ -349,13 +349,13 @@ class Agent:
         self.speaker.learned_changes()
         return cluster.remote_routes(self.speaker.learned_routes())
 
-    def _learned_changes(self) -> tuple[frozenset, frozenset]:
+    def _learned_changes(self) -> tuple[list, list]:
         """(removed, added) learned routes since the last read: work per changed route (a set
         difference of two 100k-route lists cost ~0.3 s per reconcile)."""
         if not self.cfg.bgp or self.speaker is None:
-            return frozenset(), frozenset()
+            return [], []
         removed, added = self.speaker.learned_changes()
-        return cluster.remote_routes(removed), cluster.remote_routes(added)
+        return cluster.remote_route_list(removed), cluster.remote_route_list(added)
 
     def _rebuild(self, learned: frozenset) -> set:
         inp = cluster.calc_input(self.state, self.cfg.node, (), bgp=self.cfg.bgp)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from types import MappingProxyType
 
@@ -74,13 +74,23 @@ class Borrowed:
     node: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteRoute:
     """A route learned over BGP; ``source`` names the peer it came from (for the reason string)."""
 
     prefix: IPv4Network
     gateway: IPv4Address
     source: str
+    # Cached, from the addresses' integers: the fields' own hashes are Python code, and a route
+    # is hashed several times on its way from the speaker into the calculation (100k per burst).
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        cached = self._hash
+        if cached is None:
+            cached = hash((_key(self.prefix), self.gateway._ip, self.source))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
 
 @dataclass(frozen=True)
@@ -116,7 +126,7 @@ class CalcInput:
     borrowed: frozenset[Borrowed] = frozenset()  # of every node's blocks
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredRoute:
     """One route as we want it in the kernel. ``dev is None`` for gateway and blackhole routes."""
 
@@ -164,6 +174,28 @@ def in_own_block(prefix: IPv4Network, own_blocks: Iterable[IPv4Network]) -> bool
     return any(prefix.subnet_of(block) for block in own_blocks)
 
 
+def _key(dst: IPv4Network) -> int:
+    """One int per destination (address << 8 | length, as ``felix.rtnl.route_key``): the indexes
+    of the incremental calculation use it, since an ``IPv4Network`` hash is three Python calls
+    and a learned route's destination was hashed ~15 times on its way to the kernel. It reads
+    ipaddress's own slots (``_ip``, ``_prefixlen``), as ``felix.dataplane`` does."""
+    return dst.network_address._ip << 8 | dst._prefixlen
+
+
+def _bits(networks: Iterable[IPv4Network]) -> list[tuple[int, int, int, IPv4Network]]:
+    """(address, mask, length, network) of each: ``subnet_of`` in integers."""
+    return [(n.network_address._ip, n.netmask._ip, n._prefixlen, n) for n in networks]
+
+
+def _inside(address: int, length: int, bits: list[tuple[int, int, int, IPv4Network]]
+            ) -> IPv4Network | None:
+    """The first of ``bits`` that (address, length) is equal to or inside, if any."""
+    for net_address, mask, net_length, net in bits:
+        if length >= net_length and address & mask == net_address:
+            return net
+    return None
+
+
 def _own_blocks(inp: CalcInput) -> list[IPv4Network]:
     return [b.cidr for b in inp.blocks if b.node == inp.node]
 
@@ -180,21 +212,25 @@ class _Context:
         self.problems: dict[IPv4Network, str] = {}
         # (address, mask, length, cidr) per pool, in the frozenset's order: ``subnet_of`` in
         # integers (ipaddress's own was most of a rebuild's time at 100k blocks)
-        self._pools = [(int(p.network_address), int(p.netmask), p.prefixlen, p) for p in inp.pools]
+        self._pools = _bits(inp.pools)
+        # each pool's encapsulation by its position in _pools: no IPv4Network hash per route
+        self._pool_encap = {id(cidr): self.encap.get(cidr, PoolEncap(cidr)) for cidr in inp.pools}
 
     def pool_cidr(self, prefix: IPv4Network) -> IPv4Network | None:
         """The first pool (in ``inp.pools`` order) that ``prefix`` is inside, if any."""
-        address, length = int(prefix.network_address), prefix.prefixlen
-        for pool_address, mask, pool_length, cidr in self._pools:
-            if length >= pool_length and address & mask == pool_address:
-                return cidr
-        return None
+        return _inside(prefix.network_address._ip, prefix._prefixlen, self._pools)
 
     def pool_of(self, prefix: IPv4Network) -> PoolEncap:
         cidr = self.pool_cidr(prefix)
         if cidr is None:
             return PoolEncap(prefix)
-        return self.encap.get(cidr, PoolEncap(cidr))
+        return self._pool_encap[id(cidr)]
+
+    def importable(self, prefix: IPv4Network, own: list[tuple[int, int, int, IPv4Network]]) -> bool:
+        """``_importable`` in integers; ``own``: ``_bits`` of our own blocks."""
+        address, length = prefix.network_address._ip, prefix._prefixlen
+        return (_inside(address, length, self._pools) is not None
+                and _inside(address, length, own) is None)
 
     def same_subnet(self, ip: IPv4Address) -> bool:
         return self.subnet is not None and ip in self.subnet
@@ -378,33 +414,38 @@ class RouteCalc:
         self._node: str | None = None
         self._ctx: _Context | None = None
         self._own: list[IPv4Network] = []
-        self._fixed: dict[IPv4Network, DesiredRoute] = {}  # blackholes over affinity routes
-        self._workloads: dict[IPv4Network, set[Workload]] = {}  # local ones, by /32
-        self._learned: dict[IPv4Network, set[RemoteRoute]] = {}  # accepted ones, by prefix
+        self._own_bits: list[tuple[int, int, int, IPv4Network]] = []
+        # The indexes are keyed by ``_key(dst)``, not by the IPv4Network (see ``_key``).
+        self._fixed: dict[int, DesiredRoute] = {}  # blackholes over affinity routes
+        self._workloads: dict[int, set[Workload]] = {}  # local ones, by /32
+        self._learned: dict[int, set[RemoteRoute]] = {}  # accepted ones, by prefix
 
     def rebuild(self, inp: CalcInput) -> set[IPv4Network]:
         """Start again from a whole input (a rare global change); return what changed."""
         ctx = _Context(inp)
         self._node, self._ctx = inp.node, ctx
         self._own = _own_blocks(inp)
-        self._fixed = {r.dst: r for r in ctx.affinity_routes()}
-        self._fixed.update((r.dst, r) for r in ctx.borrowed_routes(self._own))
-        self._fixed.update((r.dst, r) for r in _blackhole_routes(self._own))
+        self._own_bits = _bits(self._own)
+        fixed = ctx.affinity_routes()
+        fixed += ctx.borrowed_routes(self._own)
+        fixed += _blackhole_routes(self._own)
+        self._fixed = {_key(r.dst): r for r in fixed}
         self.problems = dict(sorted(ctx.problems.items()))
         self._workloads, self._learned = {}, {}
         for w in inp.workloads:
             if w.node == inp.node:
-                self._workloads.setdefault(IPv4Network(w.ip), set()).add(w)
+                self._workloads.setdefault(_key(IPv4Network(w.ip)), set()).add(w)
         for r in inp.learned:
-            if _importable(r.prefix, inp.pools, self._own):
-                self._learned.setdefault(r.prefix, set()).add(r)
+            if ctx.importable(r.prefix, self._own_bits):
+                self._learned.setdefault(_key(r.prefix), set()).add(r)
         # Layer by layer into a new mapping, then compare: each IPv4Network hash is a Python call,
         # and a rebuild at 100k routes spent most of its time in them.
-        new = dict(self._fixed)
-        for dst in self._learned.keys() - new.keys():
-            new[dst] = self._winner(dst)
-        for dst in self._workloads:
-            new[dst] = self._winner(dst)
+        by_key = dict(self._fixed)
+        for key in self._learned.keys() - by_key.keys():
+            by_key[key] = self._winner(key)
+        for key in self._workloads:
+            by_key[key] = self._winner(key)
+        new = {route.dst: route for route in by_key.values()}
         old = self._desired
         changed = {dst for dst, route in old.items() if new.get(dst) != route}
         changed.update(new.keys() - old.keys())
@@ -429,53 +470,67 @@ class RouteCalc:
         """Take workloads and learned routes that appeared or went (set semantics: adding what is
         there or removing what is not does nothing); return the destinations whose route changed.
         Removals are applied before additions."""
-        if self._ctx is None:
+        ctx = self._ctx
+        if ctx is None:
             raise AssertionError("Bug: RouteCalc.update before the first rebuild")
-        touched: set[IPv4Network] = set()
+        touched: dict[int, IPv4Network] = {}
+        node, workloads, learned = self._node, self._workloads, self._learned
         for w in workloads_removed:
-            if w.node == self._node:
-                touched.add(_discard(self._workloads, IPv4Network(w.ip), w))
-        for r in learned_removed:
-            touched.add(_discard(self._learned, r.prefix, r))
-        for w in workloads_added:
-            if w.node == self._node:
+            if w.node == node:
                 dst = IPv4Network(w.ip)
-                self._workloads.setdefault(dst, set()).add(w)
-                touched.add(dst)
-        pools = self._ctx.inp.pools
+                touched[_discard(workloads, _key(dst), w)] = dst
+        for r in learned_removed:
+            touched[_discard(learned, _key(r.prefix), r)] = r.prefix
+        for w in workloads_added:
+            if w.node == node:
+                dst = IPv4Network(w.ip)
+                key = _key(dst)
+                workloads.setdefault(key, set()).add(w)
+                touched[key] = dst
+        own, importable = self._own_bits, ctx.importable
         for r in learned_added:
-            if _importable(r.prefix, pools, self._own):
-                self._learned.setdefault(r.prefix, set()).add(r)
-                touched.add(r.prefix)
-        return {dst for dst in touched if self._resolve(dst)}
+            prefix = r.prefix
+            if importable(prefix, own):
+                key = _key(prefix)
+                found = learned.get(key)
+                if found is None:
+                    learned[key] = {r}
+                else:
+                    found.add(r)
+                touched[key] = prefix
+        resolve = self._resolve
+        return {dst for key, dst in touched.items() if resolve(key, dst)}
 
-    def _resolve(self, dst: IPv4Network) -> bool:
+    def _resolve(self, key: int, dst: IPv4Network) -> bool:
         """Recompute ``dst``'s winner from its candidates; True if it changed."""
-        route, old = self._winner(dst), self._desired.get(dst)
+        route = self._winner(key)
+        old = self._desired.get(dst)
         if route == old:
             return False
+        reasons = self.reasons
         if old is not None:
-            self.reasons[old.reason] -= 1
-            if not self.reasons[old.reason]:
-                del self.reasons[old.reason]
+            reasons[old.reason] -= 1
+            if not reasons[old.reason]:
+                del reasons[old.reason]
         if route is None:
             del self._desired[dst]
         else:
             self._desired[dst] = route
-            self.reasons[route.reason] += 1
+            reasons[route.reason] += 1
         return True
 
-    def _winner(self, dst: IPv4Network) -> DesiredRoute | None:
-        local = self._workloads.get(dst)
+    def _winner(self, key: int) -> DesiredRoute | None:
+        local = self._workloads.get(key)
         if local:
             w = min(local, key=_workload_order)
             return workload_route(w.ip, w.iface, w.name)
-        fixed = self._fixed.get(dst)
+        fixed = self._fixed.get(key)
         if fixed is not None:
             return fixed
-        learned = self._learned.get(dst)
+        learned = self._learned.get(key)
         if learned:
-            return _learned_route(min(learned, key=_learned_order), self._ctx)
+            best = next(iter(learned)) if len(learned) == 1 else min(learned, key=_learned_order)
+            return _learned_route(best, self._ctx)
         return None
 
 

@@ -276,8 +276,22 @@ def nat_pools(state: ClusterState) -> list[tuple[IPv4Network, bool]]:
 
 def remote_routes(learned: Iterable) -> frozenset[RemoteRoute]:
     """``learned``: bgp.rib.LearnedRoute values (prefix, nexthop, peer)."""
-    return frozenset(RemoteRoute(prefix=r.prefix, gateway=r.nexthop, source=str(r.peer))
-                     for r in learned)
+    return frozenset(remote_route_list(learned))
+
+
+def remote_route_list(learned: Iterable) -> list[RemoteRoute]:
+    """``remote_routes`` as a list (the speaker's changes hold one route per prefix: nothing to
+    deduplicate). A peer's name is made once per call, not per route (``str`` of an address is
+    Python code, and a burst is 100k routes from one or two peers)."""
+    names: dict[int, str] = {}  # by the address's integer: its own hash is Python code too
+    out = []
+    for r in learned:
+        peer = r.peer
+        source = names.get(peer._ip)
+        if source is None:
+            source = names[peer._ip] = str(peer)
+        out.append(RemoteRoute(prefix=r.prefix, gateway=r.nexthop, source=source))
+    return out
 
 
 def calc_input(state: ClusterState, node: str, learned: Iterable, *, bgp: bool = True) -> CalcInput:

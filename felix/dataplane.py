@@ -290,8 +290,10 @@ class RouteTable:
             dirty = dirty if partial else None  # the cache could not be trusted: a full diff
         else:
             snap, dirty = self._snapshot(), None
-        if dirty is not None:
-            desired = {dst: desired[dst] for dst in dirty.values() if dst in desired}
+        if dirty is not None:  # one lookup per destination (an IPv4Network hash is Python code)
+            desired = [r for r in map(desired.get, dirty.values()) if r is not None]
+        else:
+            desired = desired.values()
         result, plan = ApplyResult(), _Plan()
         try:
             for image in snap.strays:
@@ -354,9 +356,9 @@ class RouteTable:
 
     # -- deciding ----------------------------------------------------------------------------
 
-    def _diff(self, desired, snap: _Snapshot, plan: _Plan, result: ApplyResult,
-              dirty: dict[int, IPv4Network] | None = None) -> dict[int, bytes]:
-        """Queue the adds/replaces of ``desired``; return our routes that are not desired.
+    def _diff(self, desired: Iterable[DesiredRoute], snap: _Snapshot, plan: _Plan,
+              result: ApplyResult, dirty: dict[int, IPv4Network] | None = None) -> dict[int, bytes]:
+        """Queue the adds/replaces of ``desired`` (routes); return our routes that are not desired.
         ``dirty`` given: ``desired`` and ``snap.ours`` hold only those keys; what is known of the
         other keys is kept.
 
@@ -367,7 +369,7 @@ class RouteTable:
         """
         ours, ifindex, shapes = snap.ours, {n: i for i, n in snap.names.items()}, {}
         pop, workload, waiting, blocked = ours.pop, set(), {}, set()  # ours: left = unwanted
-        for want in desired.values():
+        for want in desired:
             dst, gateway = want.dst, want.gateway
             address, plen = dst.network_address._ip, dst._prefixlen
             key = address << 8 | plen
@@ -667,7 +669,8 @@ def _key_of(image: bytes) -> int:
 
 
 def _keys(dsts: Iterable[IPv4Network]) -> dict[int, IPv4Network]:
-    return {int(d.network_address) << 8 | d.prefixlen: d for d in dsts}
+    # ipaddress's own slots: int() and .prefixlen are Python-level calls (see ``_diff``)
+    return {d.network_address._ip << 8 | d._prefixlen: d for d in dsts}
 
 
 class _Shape:
