@@ -1,0 +1,192 @@
+"""Our Speaker as an RFC 4456 route reflector (real ExaBGP), with our Speakers and BIRD as clients.
+
+The reflector's namespace holds a bridge (its address on it); every client joins the bridge by a
+veth, so a reflected next hop (the originating client's address) is on-link for every client, as
+on a Calico node network. Sessions come from ``bgp_peers`` with the source article's setup: no
+mesh, the reflector has cluster ID 244.0.0.1 and the label route-reflector=true, and one BGPPeer
+(nodeSelector all(), peerSelector route-reflector == 'true').
+"""
+from __future__ import annotations
+
+import secrets
+import subprocess
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from bgp.peers import BGPGlobal, ExplicitPeer, NodeInfo, PeerSpec, bgp_peers
+from bgp.rib import LearnedRoute
+from bgp.speaker import Speaker
+from crds.selector import parse_selector
+from tests.helpers import LoopThread, wait_for
+
+pytestmark = pytest.mark.root
+
+R, A, B, BIRD = (IPv4Address(f"10.251.0.{i}") for i in (100, 1, 2, 3))
+CLUSTER = IPv4Address("244.0.0.1")
+POOL = IPv4Network("10.244.0.0/16")
+BLOCK_A, BLOCK_B, BLOCK_BIRD = (IPv4Network(f"10.244.{i}.0/26") for i in (1, 2, 7))
+ARTICLE_PEER = ExplicitPeer(name="peer-with-route-reflectors", node_selector=parse_selector("all()"),
+                            peer_selector=parse_selector("route-reflector == 'true'"))
+NODES = [NodeInfo("r", IPv4Interface(f"{R}/24"), None, frozenset({("route-reflector", "true")}),
+                  rr_cluster_id=str(CLUSTER)),
+         NodeInfo("a", IPv4Interface(f"{A}/24"), None), NodeInfo("b", IPv4Interface(f"{B}/24"), None)]
+NO_MESH = BGPGlobal(mesh_enabled=False)
+
+
+def _sessions(name: str) -> frozenset[PeerSpec]:
+    me = next(n for n in NODES if n.name == name)
+    return bgp_peers(me, NODES, NO_MESH, [ARTICLE_PEER])
+
+
+def _fabric(netns) -> str:
+    """The reflector's namespace, with br0 carrying its address."""
+    ns = netns("rrr")
+    subprocess.run(["ip", "-n", ns, "link", "add", "br0", "type", "bridge"], check=True)
+    subprocess.run(["ip", "-n", ns, "addr", "add", f"{R}/24", "dev", "br0"], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "set", "br0", "up"], check=True)
+    return ns
+
+
+def _join(fabric: str, ns: str, address: IPv4Address) -> None:
+    outer, inner = f"v{secrets.token_hex(5)}", f"v{secrets.token_hex(5)}"
+    subprocess.run(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner], check=True)
+    subprocess.run(["ip", "link", "set", outer, "netns", fabric], check=True)
+    subprocess.run(["ip", "-n", fabric, "link", "set", outer, "master", "br0", "up"], check=True)
+    subprocess.run(["ip", "link", "set", inner, "netns", ns], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "set", inner, "name", "eth0"], check=True)
+    subprocess.run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0"], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+
+
+def _speaker(lt: LoopThread, ns: str, me: IPv4Address, run_dir: Path, peers: frozenset[PeerSpec],
+             own: frozenset[IPv4Network], cluster_id: IPv4Address | None = None) -> Speaker:
+    async def make() -> Speaker:
+        sp = Speaker(node_name=ns, router_id=me, local_address=me, local_asn=64512, run_dir=run_dir,
+                     on_change=lambda: None, netns=ns, hold_time=9, sync_deadline=60.0)
+        sp.set_import_filter(frozenset({POOL}), own)
+        await sp.set_peers(peers, cluster_id=cluster_id)
+        await sp.set_advertisements(own)
+        await sp.start()
+        return sp
+    return lt.run(make())
+
+
+def _learned(lt: LoopThread, sp: Speaker) -> frozenset[LearnedRoute]:
+    return lt.call(sp.learned_routes)
+
+
+def _all_up(lt: LoopThread, sp: Speaker, count: int) -> bool:
+    states = [s.state for s in lt.call(sp.peer_status)]
+    return states == ["up"] * count
+
+
+def test_reflector_carries_a_clients_block_to_the_other_client(netns, loop_thread, tmp_path):
+    lt = loop_thread
+    fabric, ns_a, ns_b = _fabric(netns), netns("rra"), netns("rrb")
+    _join(fabric, ns_a, A)
+    _join(fabric, ns_b, B)
+    assert {(p.address, p.rr_client) for p in _sessions("r")} == {(A, True), (B, True)}
+    speakers = []
+    try:
+        r = _speaker(lt, fabric, R, tmp_path / "r", _sessions("r"), frozenset(), CLUSTER)
+        speakers.append(r)
+        a = _speaker(lt, ns_a, A, tmp_path / "a", _sessions("a"), frozenset({BLOCK_A}))
+        speakers.append(a)
+        b = _speaker(lt, ns_b, B, tmp_path / "b", _sessions("b"), frozenset({BLOCK_B}))
+        speakers.append(b)
+        wait_for(lambda: _all_up(lt, r, 2) and _all_up(lt, a, 1) and _all_up(lt, b, 1), 30,
+                 what="both clients' sessions to the reflector up")
+
+        via_r = LearnedRoute(BLOCK_A, A, R, originator_id=A, cluster_list=(CLUSTER,))
+        wait_for(lambda: _learned(lt, b) == {via_r}, 15, what="b learns a's block through r")
+        wait_for(lambda: _learned(lt, a) == {LearnedRoute(BLOCK_B, B, R, B, (CLUSTER,))}, 15,
+                 what="a learns b's block through r")
+        assert _learned(lt, r) == {LearnedRoute(BLOCK_A, A, A), LearnedRoute(BLOCK_B, B, B)}
+        assert set(lt.call(r.reflected)) == {A, B}
+        assert lt.call(a.counters).get("rejected_originator_loop", 0) == 0  # never sent back to a
+
+        lt.run(a.set_advertisements(frozenset()))
+        wait_for(lambda: _learned(lt, b) == frozenset(), 15, what="a's withdrawal reaches b")
+        assert lt.call(r.reflected) == {A: {BLOCK_B: lt.call(r.reflected)[A][BLOCK_B]}}
+
+        lt.run(a.set_advertisements(frozenset({BLOCK_A})))
+        wait_for(lambda: _learned(lt, b) == {via_r}, 15, what="a's block back on b")
+    finally:
+        for sp in speakers:
+            lt.run(sp.stop())
+
+
+BIRD_CONF = """\
+router id {bird};
+log "{log}" all;
+protocol device {{}}
+protocol static originated {{
+    ipv4;
+    route {block} blackhole;
+}}
+protocol bgp reflector {{
+    local {bird} as 64512;
+    neighbor {r} as 64512;   # a plain iBGP session: `rr client` belongs on the reflector's side
+    direct;
+    passive on;
+    hold time 9;
+    ipv4 {{
+        import all;
+        export where source = RTS_STATIC;
+        next hop self;
+    }};
+}}
+"""
+
+
+def _bird(ns: str, workdir: Path, procs) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf, sock = workdir / "bird.conf", workdir / "bird.ctl"
+    conf.write_text(BIRD_CONF.format(bird=BIRD, r=R, block=BLOCK_BIRD, log=workdir / "bird.log"))
+    subprocess.run(["bird", "-p", "-c", str(conf)], check=True)
+    procs.add(subprocess.Popen(["ip", "netns", "exec", ns, "bird", "-f", "-c", str(conf), "-s", str(sock),
+                                "-P", str(workdir / "bird.pid")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait_for(sock.exists, 10, what="bird control socket")
+    return sock
+
+
+def _birdc(sock: Path, *args: str) -> str:
+    return subprocess.run(["birdc", "-s", str(sock), *args], capture_output=True, text=True,
+                          timeout=10, check=False).stdout
+
+
+def test_bird_as_a_client_of_our_reflector(netns, procs, loop_thread, tmp_path):
+    lt = loop_thread
+    fabric, ns_a, ns_bird = _fabric(netns), netns("rra"), netns("rrbird")
+    _join(fabric, ns_a, A)
+    _join(fabric, ns_bird, BIRD)
+    sock = _bird(ns_bird, tmp_path / "bird", procs)
+    bird_peer = PeerSpec(address=BIRD, asn=64512, local_asn=64512, passive=False, peer_type="global",
+                         name="bird", rr_client=True)
+    speakers = []
+    try:
+        r = _speaker(lt, fabric, R, tmp_path / "r", frozenset({*_sessions("r"), bird_peer})
+                     - {p for p in _sessions("r") if p.address == B}, frozenset(), CLUSTER)
+        speakers.append(r)
+        a = _speaker(lt, ns_a, A, tmp_path / "a", _sessions("a"), frozenset({BLOCK_A}))
+        speakers.append(a)
+        wait_for(lambda: _all_up(lt, r, 2) and _all_up(lt, a, 1), 30, what="a's and BIRD's sessions up")
+
+        def bird_route() -> str:
+            text = _birdc(sock, "show", "route", "for", str(BLOCK_A), "all")
+            return text if str(BLOCK_A) in text else ""
+        route = wait_for(bird_route, 15, what="BIRD learns a's block through our reflector")
+        assert f"via {A} on eth0" in route, route  # next hop unchanged: a, not the reflector
+        assert f"BGP.originator_id: {A}" in route, route
+        assert f"BGP.cluster_list: {CLUSTER}" in route, route
+        wait_for(lambda: _learned(lt, a) == {LearnedRoute(BLOCK_BIRD, BIRD, R, BIRD, (CLUSTER,))}, 15,
+                 what="a learns BIRD's block through r")
+
+        lt.run(a.set_advertisements(frozenset()))
+        wait_for(lambda: bird_route() == "", 15, what="BIRD drops a's withdrawn block")
+    finally:
+        for sp in speakers:
+            lt.run(sp.stop())
