@@ -46,6 +46,9 @@ class RoutesAnnounced:
     prefixes: tuple[IPv4Network, ...]
     originator_id: IPv4Address | None = None
     cluster_list: tuple[IPv4Address, ...] = ()
+    # The attributes a reflector passes on unchanged (origin, AS path, LOCAL_PREF, MED,
+    # communities), already in ExaBGP's command syntax: nothing else reads them.
+    attributes: str = ""
 
 
 @dataclass(frozen=True)
@@ -194,19 +197,25 @@ def _neighbors(targets: Iterable[IPv4Address]) -> str:
 
 
 def reflect_commands(targets: Iterable[IPv4Address], nexthop: IPv4Address, originator_id: IPv4Address,
-                     cluster_list: Iterable[IPv4Address], prefixes: Iterable[IPv4Network]) -> list[str]:
-    """Reflected routes (RFC 4456) to ``targets``: the next hop unchanged, ORIGINATOR_ID and
-    CLUSTER_LIST as given, batched like ``announce_commands``.
+                     cluster_list: Iterable[IPv4Address], prefixes: Iterable[IPv4Network],
+                     attributes: str = "") -> list[str]:
+    """Reflected routes (RFC 4456) to ``targets``: the next hop unchanged, ``attributes`` (as
+    ``RoutesAnnounced.attributes`` gives them) passed on, ORIGINATOR_ID and CLUSTER_LIST as
+    given, batched like ``announce_commands``.
 
     >>> from ipaddress import IPv4Address as A, IPv4Network as N
     >>> [line] = reflect_commands([A("10.0.0.3"), A("10.0.0.2")], A("10.0.0.1"), A("10.0.0.1"),
     ...                           [A("244.0.0.1")], [N("10.244.1.0/26")])
-    >>> line.split(" announce ")
-    ['neighbor 10.0.0.2 , neighbor 10.0.0.3', 'attributes next-hop 10.0.0.1 originator-id 10.0.0.1 cluster-list [ 244.0.0.1 ] nlri 10.244.1.0/26']
+    >>> selector, command = line.split(" announce ")
+    >>> selector
+    'neighbor 10.0.0.2 , neighbor 10.0.0.3'
+    >>> command.split(" nlri ")
+    ['attributes next-hop 10.0.0.1 originator-id 10.0.0.1 cluster-list [ 244.0.0.1 ]', '10.244.1.0/26']
     """
     sel = _neighbors(targets)
     clusters = " ".join(str(c) for c in cluster_list)
-    attrs = f"next-hop {nexthop} originator-id {originator_id} cluster-list [ {clusters} ]"
+    passed = f"{attributes} " if attributes else ""
+    attrs = f"next-hop {nexthop} {passed}originator-id {originator_id} cluster-list [ {clusters} ]"
     return [f"{sel}announce attributes {attrs} nlri {' '.join(c)}" for c in _chunks(prefixes)]
 
 
@@ -364,9 +373,9 @@ def _announcements(peer: IPv4Address, update: dict, cache: dict[str, IPv4Network
     return events
 
 
-def _reflection(attributes: object) -> tuple[IPv4Address | None, tuple[IPv4Address, ...]]:
-    """ORIGINATOR_ID and CLUSTER_LIST of an UPDATE. ExaBGP 5 writes them as
-    ``"originator-id": "10.0.0.1"`` and ``"cluster-list": [ "244.0.0.1" ]``."""
+def _reflection(attributes: object) -> tuple[IPv4Address | None, tuple[IPv4Address, ...], str]:
+    """ORIGINATOR_ID, CLUSTER_LIST and the passed-on attributes of an UPDATE. ExaBGP 5 writes
+    ``"originator-id": "10.0.0.1"``, ``"cluster-list": [ "244.0.0.1" ]`` (see ``_passed_on``)."""
     if not isinstance(attributes, dict):
         raise _Bad("message.update.attribute: not an object")
     originator = attributes.get("originator-id")
@@ -375,7 +384,65 @@ def _reflection(attributes: object) -> tuple[IPv4Address | None, tuple[IPv4Addre
     clusters = attributes.get("cluster-list", [])
     if not isinstance(clusters, list):
         raise _Bad("attribute.cluster-list: not a list")
-    return originator, tuple(_ipv4(c, "attribute.cluster-list") for c in clusters)
+    return (originator, tuple(_ipv4(c, "attribute.cluster-list") for c in clusters),
+            _passed_on(attributes))
+
+
+_ORIGINS = ("igp", "egp", "incomplete")
+_SEGMENTS = {"as-sequence": ("[", "]"), "as-set": ("(", ")")}
+
+
+def _passed_on(attributes: dict) -> str:
+    """Origin, AS path, LOCAL_PREF, MED and communities in ExaBGP's command syntax. ExaBGP 5 JSON:
+    ``"origin": "igp"``, ``"as-path": {"0": {"element": "as-sequence", "value": [65001]}}``,
+    ``"local-preference": 100``, ``"med": 5``, ``"community": [[64512, 100]]``. Confederation
+    segments are not passed on (they never leave a confederation); large and extended
+    communities are not carried yet."""
+    out = []
+    origin = attributes.get("origin")
+    if origin is not None:
+        if origin not in _ORIGINS:
+            raise _Bad(f"attribute.origin: {origin!r} is not one of {_ORIGINS}")
+        out.append(f"origin {origin}")
+    path = _as_path(attributes.get("as-path", {}))
+    if path:
+        out.append(f"as-path {path}")
+    for name in ("local-preference", "med"):
+        value = attributes.get(name)
+        if value is not None:
+            out.append(f"{name} {_uint(value, 32, f'attribute.{name}')}")
+    communities = attributes.get("community", [])
+    if not isinstance(communities, list):
+        raise _Bad("attribute.community: not a list")
+    if communities:
+        pairs = [f"{_uint(c[0], 16, 'community')}:{_uint(c[1], 16, 'community')}"
+                 if isinstance(c, list) and len(c) == 2 else _uint(None, 16, "attribute.community")
+                 for c in communities]
+        out.append(f"community [ {' '.join(pairs)} ]")
+    return " ".join(out)
+
+
+def _as_path(segments: object) -> str:
+    if not isinstance(segments, dict):
+        raise _Bad("attribute.as-path: not an object")
+    out = []
+    for _, segment in sorted(segments.items(), key=lambda kv: int(kv[0])):
+        kind = _get(segment, "element")
+        asns = _get(segment, "value")
+        if not isinstance(asns, list):
+            raise _Bad("attribute.as-path.value: not a list")
+        brackets = _SEGMENTS.get(kind)
+        if brackets is None:
+            continue  # confederation segments
+        numbers = " ".join(str(_uint(a, 32, "attribute.as-path")) for a in asns)
+        out.append(f"{brackets[0]} {numbers} {brackets[1]}")
+    return " ".join(out)
+
+
+def _uint(value: object, bits: int, field: str) -> int:
+    if type(value) is not int or not 0 <= value < 2**bits:
+        raise _Bad(f"{field}: {value!r} is not a {bits}-bit unsigned integer")
+    return value
 
 
 _PARSERS = {

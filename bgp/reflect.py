@@ -7,7 +7,8 @@ Rules (RFC 4456 6-8), for a node with a cluster id (a route reflector) and iBGP 
 - a best path learned from a client goes to every other iBGP peer, clients and non-clients;
   one learned from a non-client goes to clients only; never back to the peer it came from;
 - ORIGINATOR_ID: the source's router id (from its OPEN; its address until we saw one) unless the
-  path already has one; CLUSTER_LIST: our cluster id prepended; the next hop is unchanged.
+  path already has one; CLUSTER_LIST: our cluster id prepended; the next hop, origin, AS path,
+  LOCAL_PREF, MED and communities are unchanged.
 - The Adj-RIB-Out (``out``) is what each target was sent: a best path that goes away, moves to
   another peer, or must no longer reach a target is withdrawn from exactly the targets that had it.
 
@@ -19,9 +20,10 @@ The result depends only on the current best paths and peers, never on the order 
 >>> _ = r.configure(A("244.0.0.1"), {A("10.0.0.1"): True, A("10.0.0.2"): True}, ())
 >>> route = LearnedRoute(N("10.244.1.0/26"), A("10.0.0.1"), A("10.0.0.1"))
 >>> changes = r.update([(route.prefix, route)], {})
->>> changes.announce[A("10.0.0.2")]
-{Reflected(nexthop=IPv4Address('10.0.0.1'), originator_id=IPv4Address('10.0.0.1'), \
-cluster_list=(IPv4Address('244.0.0.1'),)): [IPv4Network('10.244.1.0/26')]}
+>>> [line] = changes.commands()
+>>> line.split(" nlri ")
+['neighbor 10.0.0.2 announce attributes next-hop 10.0.0.1 originator-id 10.0.0.1 \
+cluster-list [ 244.0.0.1 ]', '10.244.1.0/26']
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class Reflected:
     nexthop: IPv4Address
     originator_id: IPv4Address
     cluster_list: tuple[IPv4Address, ...]
+    attributes: str = ""  # origin, AS path, LOCAL_PREF, MED, communities: passed on unchanged
 
 
 @dataclass
@@ -73,7 +76,7 @@ class Changes:
             lines += protocol.withdraw_from_commands(targets, prefixes)
         for (attrs, prefixes), targets in sorted(announce.items(), key=lambda kv: sorted(kv[1])):
             lines += protocol.reflect_commands(targets, attrs.nexthop, attrs.originator_id,
-                                               attrs.cluster_list, prefixes)
+                                               attrs.cluster_list, prefixes, attrs.attributes)
         return lines
 
 
@@ -132,7 +135,8 @@ class Reflector:
         if not targets:
             return frozenset(), None
         originator = route.originator_id or router_ids.get(source, source)
-        return targets, Reflected(route.nexthop, originator, (self.cluster_id, *route.cluster_list))
+        return targets, Reflected(route.nexthop, originator, (self.cluster_id, *route.cluster_list),
+                                  route.attributes)
 
     def out(self, target: IPv4Address) -> Changes:
         """Everything ``target`` should have (for a session that just came up)."""

@@ -134,7 +134,12 @@ protocol bgp reflector {{
     hold time 9;
     ipv4 {{
         import all;
-        export where source = RTS_STATIC;
+        export filter {{
+            if source != RTS_STATIC then reject;
+            bgp_community.add((64512, 100));  # passed on unchanged by the reflector
+            bgp_local_pref = 200;
+            accept;
+        }};
         next hop self;
     }};
 }}
@@ -184,6 +189,10 @@ def test_bird_as_a_client_of_our_reflector(netns, procs, loop_thread, tmp_path):
         assert f"BGP.cluster_list: {CLUSTER}" in route, route
         wait_for(lambda: _learned(lt, a) == {LearnedRoute(BLOCK_BIRD, BIRD, R, BIRD, (CLUSTER,))}, 15,
                  what="a learns BIRD's block through r")
+        [learned] = _learned(lt, a)
+        assert "local-preference 200" in learned.attributes, learned.attributes
+        assert "community [ 64512:100 ]" in learned.attributes, learned.attributes
+        assert "BGP.local_pref: 100" in route, route  # ours: ExaBGP's iBGP default, passed on
 
         lt.run(a.set_advertisements(frozenset()))
         wait_for(lambda: bird_route() == "", 15, what="BIRD drops a's withdrawn block")

@@ -179,7 +179,18 @@ REFLECTED_UPDATE = (
 def test_update_with_originator_id_and_cluster_list():
     [event] = p.Channel().feed(REFLECTED_UPDATE)
     assert event == p.RoutesAnnounced(A("10.250.0.9"), A("10.250.0.2"), (N("10.244.2.0/26"),),
-                                      A("10.250.0.2"), (A("244.0.0.1"), A("244.0.0.2")))
+                                      A("10.250.0.2"), (A("244.0.0.1"), A("244.0.0.2")),
+                                      "origin igp local-preference 100")
+
+
+def test_attributes_passed_on_by_a_reflector_in_exabgp_syntax():
+    line = REFLECTED_UPDATE.replace('"local-preference": 100', (
+        '"as-path": { "0": { "element": "as-sequence", "value": [ 65001, 65002 ] }, '
+        '"1": { "element": "as-set", "value": [ 65003, 65004 ] } }, "local-preference": 200, '
+        '"med": 5, "community": [ [ 64512, 100 ], [ 65535, 65281 ] ]'))
+    [event] = p.Channel().feed(line)
+    assert event.attributes == ("origin igp as-path [ 65001 65002 ] ( 65003 65004 ) "
+                                "local-preference 200 med 5 community [ 64512:100 65535:65281 ]")
 
 
 def test_update_without_reflection_attributes_has_none():
@@ -190,7 +201,10 @@ def test_update_without_reflection_attributes_has_none():
 @pytest.mark.parametrize("good,bad", [
     ('"originator-id": "10.250.0.2"', '"originator-id": "x"'),
     ('"cluster-list": [ "244.0.0.1", "244.0.0.2" ]', '"cluster-list": "244.0.0.1"'),
-    ('"cluster-list": [ "244.0.0.1", "244.0.0.2" ]', '"cluster-list": [ "244.0.0.300" ]')])
+    ('"cluster-list": [ "244.0.0.1", "244.0.0.2" ]', '"cluster-list": [ "244.0.0.300" ]'),
+    ('"origin": "igp"', '"origin": "best"'), ('"local-preference": 100', '"local-preference": -1'),
+    ('"local-preference": 100', '"community": [ [ 1, 70000 ] ]'),
+    ('"local-preference": 100', '"as-path": { "0": { "element": "as-sequence", "value": "1" } }')])
 def test_bad_reflection_attributes_are_malformed(good, bad):
     line = REFLECTED_UPDATE.replace(good, bad)
     [event] = p.Channel().feed(line)
