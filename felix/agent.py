@@ -65,6 +65,11 @@ COALESCE = 0.05
 # freezes (_freeze_long_lived); should the datastore take longer than this, the GC comes back on.
 LOAD_GC_OFF = 300.0
 CNI_ROUTE_WAIT = 5.0  # at most this long a CNI ADD waits for its pod route to be written
+# From this many destinations changed by one reconcile (a burst of learned routes) its route apply
+# is left running while the loop goes on: the next reconcile takes and calculates what arrived
+# meanwhile (and the speaker reads ExaBGP) while the kernel takes this one, and waits for it only
+# before its own apply. Smaller changes are written before the reconcile returns, as always.
+PIPELINE_MIN = 2048
 CAUSES = ("event", "retry", "resync", "drift")  # drift: the kernel changed our routes (netlink)
 
 
@@ -85,6 +90,10 @@ class AgentConfig:
     metrics_host: str = "0.0.0.0"  # FELIX_PROMETHEUSMETRICSHOST
     metrics_port: int | None = None  # FELIX_PROMETHEUSMETRICSPORT when ...ENABLED (Felix: off)
     bgp: bool = True  # CALICO_NETWORKING_BACKEND: bird (BGP on), vxlan / none (routes from affinities)
+
+
+class RouteApplyFailed(Exception):
+    """The route apply a previous reconcile left running failed (already counted and retried)."""
 
 
 class Backoff:
@@ -138,6 +147,7 @@ class Agent:
         self._tick = time.monotonic()  # liveness: the loop's latest iteration
         self._routes_applied = False
         self._route_failures: dict = {}
+        self._applying: asyncio.Future | None = None  # a route apply left running (PIPELINE_MIN)
         self.health = HealthServer(self._health, host=cfg.health_host, health_port=cfg.health_port,
                                    metrics_host=cfg.metrics_host, metrics_port=cfg.metrics_port)
         # The CNI path: the thin host plugin forwards kubelet's requests here (cni/thin.py); the
@@ -176,6 +186,8 @@ class Agent:
         log.info("stopping; kernel routes are left in place for the next agent to adopt")
         if self._retry is not None:
             self._retry.cancel()
+        if self._applying is not None:  # a route apply still writing: let it end first
+            await asyncio.wait({self._applying})
         if self._syncer is not None:
             await asyncio.to_thread(self._syncer.stop)
         if self.speaker is not None:
@@ -255,23 +267,29 @@ class Agent:
         self._causes_now = causes
         try:
             await self._reconcile()
+        except RouteApplyFailed:
+            pass  # counted and retried when the apply failed (_apply_in_background)
         except Exception as exc:  # noqa: BLE001 - classified right here
-            if is_fatal(exc):
-                log.critical("reconcile hit a broken invariant; stopping", exc_info=True)
-                self._die(exc)
-                return
-            first = self._error_backoff.failures == 0
-            delay = self._error_backoff.next_delay()
-            self.reconcile_errors += 1
-            self.last_error = (f"{type(exc).__name__}: {exc}", _now())
-            log.warning("reconcile failed, retrying in %.1fs: %s", delay, self.last_error[0],
-                        exc_info=first)
-            self._retry_in(delay)
+            self._reconcile_failed(exc)
         else:
-            self._error_backoff.reset()
+            if self._applying is None:  # else: reset once its apply succeeded
+                self._error_backoff.reset()
         finally:
             self.health.metrics.observe_reconcile(time.monotonic() - started,
                                                   "+".join(sorted(causes)))
+
+    def _reconcile_failed(self, exc: Exception) -> None:
+        if is_fatal(exc):
+            log.critical("reconcile hit a broken invariant; stopping", exc_info=True)
+            self._die(exc)
+            return
+        first = self._error_backoff.failures == 0
+        delay = self._error_backoff.next_delay()
+        self.reconcile_errors += 1
+        self.last_error = (f"{type(exc).__name__}: {exc}", _now())
+        log.warning("reconcile failed, retrying in %.1fs: %s", delay, self.last_error[0],
+                    exc_info=first)
+        self._retry_in(delay)
 
     # -- the reconcile: current state in, kernel and BGP brought to match --
     async def _reconcile(self) -> None:
@@ -309,10 +327,34 @@ class Agent:
         full = (rebuild or self._full_apply or not bgp_in_sync
                 or bool(causes & {"resync", "drift", "retry"}))
         self._full_apply = True
-        result = await self.routes.apply(self.calc.desired, delete_unknown_gateway_routes=bgp_in_sync,
-                                         changed=None if full else changed)
+        await self._routes_written()  # the previous reconcile's apply, if it still runs
+        applying = self.routes.apply(self.calc.desired, delete_unknown_gateway_routes=bgp_in_sync,
+                                     changed=None if full else changed)  # reads desired now
+        if full or len(changed) < PIPELINE_MIN:
+            result = await applying
+        else:  # written while the next reconcile takes and calculates what arrived meanwhile
+            self._applying = asyncio.ensure_future(self._apply_in_background(applying))
         self._full_apply = not bgp_in_sync
         self._calc_ready = True
+        if self._applying is None:
+            self._schedule_route_retries(result)
+
+    async def _routes_written(self) -> None:
+        """Wait for the route apply a previous reconcile left running (its outcome is handled
+        by ``_apply_in_background``; a failure there makes this reconcile fail too)."""
+        if self._applying is not None:
+            await asyncio.wait({self._applying})
+            self._applying = None
+            if not self._calc_ready:
+                raise RouteApplyFailed("the previous reconcile's route apply failed")
+
+    async def _apply_in_background(self, applying) -> None:
+        try:
+            result = await applying
+        except Exception as exc:  # noqa: BLE001 - classified as a failed reconcile's would be
+            self._calc_ready, self._full_apply = False, True  # next: rebuild and full diff
+            self._reconcile_failed(exc)
+            return
         self._schedule_route_retries(result)
 
     async def _configure(self) -> bool:
@@ -328,7 +370,8 @@ class Agent:
             return False
         if self.cfg.bgp:
             speaker = self.speaker or await self._start_speaker(me.asn or glob.asn, glob.listen_port)
-            await speaker.set_peers(bgp_peers(me, infos, glob, cluster.explicit_peers(self.state)))
+            await speaker.set_peers(bgp_peers(me, infos, glob, cluster.explicit_peers(self.state)),
+                                    cluster_id=me.rr_cluster_id)  # set: we reflect (RFC 4456)
             speaker.set_import_filter(cluster.pool_cidrs(self.state),
                                       cluster.local_blocks(self.state, node))
         # Tunnel devices and NAT first: a VXLAN route needs vxlan.calico to exist.
@@ -366,6 +409,7 @@ class Agent:
         return changed
 
     def _schedule_route_retries(self, result) -> None:
+        self._error_backoff.reset()
         self._routes_applied, self._route_failures = True, dict(result.failed)
         if result.failed:
             delay = self._route_backoff.next_delay()
