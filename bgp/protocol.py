@@ -233,6 +233,16 @@ def reload_command() -> str:
     return "reload"
 
 
+CEASE_PEER_DECONFIGURED = 3  # RFC 4486 Cease subcode: a graceful-restart helper drops at once
+
+
+def teardown_command(address: IPv4Address, subcode: int = CEASE_PEER_DECONFIGURED) -> str:
+    """NOTIFICATION Cease/``subcode`` to an Established neighbor, and close its session."""
+    if not 1 <= subcode <= 255:
+        raise ValueError(f"subcode: {subcode} is not a Cease subcode (1..255)")
+    return f"neighbor {IPv4Address(address)} teardown {subcode}"
+
+
 def probe_command() -> str:
     """A no-op ExaBGP acknowledges (``#`` starts a comment): proof that it still reads its API."""
     return "# pycalico liveness probe"

@@ -60,7 +60,8 @@ _RESTART_BACKOFF = (1.0, 30.0)
 RELAY_CONNECT_TIMEOUT = 10.0
 # socat closes the moment ExaBGP dies: a closed relay waits this long for the child's exit, so the
 # reason reported is the real cause (the supervisor's "exabgp exited") and not its echo.
-CHILD_EXIT_GRACE = 0.5  # a started ExaBGP whose relay never connects is restarted
+CHILD_EXIT_GRACE = 0.5
+CEASE_TIMEOUT = 3.0  # a removed peer's Cease: how long to wait for its session to go down  # a started ExaBGP whose relay never connects is restarted
 
 
 async def _exits_within(proc: asyncio.subprocess.Process, seconds: float) -> bool:
@@ -197,6 +198,7 @@ class Speaker:
         self._advertised: frozenset[IPv4Network] = frozenset()
         self._outbox: deque[str] = deque()
         self._wake = asyncio.Event()
+        self._state_changed = asyncio.Event()  # a session changed state (_cease waits on it)
         self._conn: _Conn | None = None
         self._server: asyncio.AbstractServer | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -235,6 +237,7 @@ class Speaker:
         wanted = {p.address: p for p in peers}
         if wanted == {a: p.spec for a, p in self._peers.items()} and cluster == self._cluster_id:
             return
+        await self._cease([a for a, p in self._peers.items() if a not in wanted and p.state == "up"])
         self._cluster_id = cluster
         for address in set(self._peers) - set(wanted):
             del self._peers[address]
@@ -249,6 +252,27 @@ class Speaker:
             self._send([protocol.reload_command()])
         self._configure_reflection()
         self._notify()
+
+    async def _cease(self, addresses: list[IPv4Address]) -> None:
+        """A removed peer gets a NOTIFICATION Cease (Peer De-configured) and its session is seen
+        down before the reload drops it from ExaBGP's config. A reload alone closes the TCP session
+        without a word, and a graceful-restart helper (BIRD) then keeps our routes as stale for
+        its whole restart time. Waits at most ``CEASE_TIMEOUT``."""
+        if not addresses or self._conn is None:
+            return
+        self._send([protocol.teardown_command(a) for a in addresses])
+        deadline = time.monotonic() + CEASE_TIMEOUT
+        while any(a in self._peers and self._peers[a].state == "up" for a in addresses):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("peers did not go down after Cease; reloading anyway",
+                            extra={"node": self._node, "peers": [str(a) for a in addresses]})
+                return
+            self._state_changed.clear()
+            try:
+                await asyncio.wait_for(self._state_changed.wait(), left)
+            except TimeoutError:
+                pass
 
     async def set_advertisements(self, prefixes: frozenset[IPv4Network]) -> None:
         for prefix in prefixes:
@@ -585,6 +609,7 @@ class Speaker:
         return True
 
     def _on_state(self, peer: _Peer, state: str, reason: str) -> None:
+        self._state_changed.set()
         address = peer.spec.address
         if state == "up":
             peer.state, peer.since, peer.reason = "up", _now(), ""

@@ -172,11 +172,10 @@ def test_bird_ibgp_exchange_filter_and_withdraw(netns, procs, loop_thread, tmp_p
     wait_for(lambda: bird.bgp_state() != "Established", 10, what="BIRD sees our session close")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bgp/: removing a peer reloads ExaBGP, which closes the TCP session without a NOTIFICATION "
-    "(Cease); a graceful-restart helper takes that for a restart and keeps our routes stale for "
-    "the whole restart time (120 s) instead of dropping them"))
 def test_bird_drops_our_routes_when_we_remove_the_peer(netns, procs, loop_thread, tmp_path):
+    """Issue 9: removing a peer reloaded ExaBGP, which closed the TCP session without a NOTIFICATION;
+    BIRD (a graceful-restart helper) took that for a restart and kept our routes stale for 120 s.
+    Now the speaker sends Cease (Peer De-configured) and waits for the session to go down."""
     lt = loop_thread
     ns_us, ns_bird = netns("iru"), netns("irb")
     veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")

@@ -218,3 +218,13 @@ def test_reflect_and_withdraw_commands_to_several_neighbors():
         "10.0.0.1 cluster-list [ 244.0.0.1 244.0.0.2 ] nlri 10.244.0.0/26 10.244.1.0/26"]
     assert p.withdraw_from_commands([A("10.0.0.2")], [N("10.244.1.0/26")]) == [
         "neighbor 10.0.0.2 withdraw attributes nlri 10.244.1.0/26"]
+
+
+def test_teardown_command_is_a_cease_with_a_valid_subcode():
+    from ipaddress import IPv4Address
+
+    from bgp.protocol import CEASE_PEER_DECONFIGURED, teardown_command
+    assert teardown_command(IPv4Address("10.0.0.2")) == "neighbor 10.0.0.2 teardown 3"
+    assert CEASE_PEER_DECONFIGURED == 3  # RFC 4486: Peer De-configured
+    with pytest.raises(ValueError, match="subcode: 0"):
+        teardown_command(IPv4Address("10.0.0.2"), 0)
