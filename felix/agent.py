@@ -92,10 +92,6 @@ class AgentConfig:
     bgp: bool = True  # CALICO_NETWORKING_BACKEND: bird (BGP on), vxlan / none (routes from affinities)
 
 
-class RouteApplyFailed(Exception):
-    """The route apply a previous reconcile left running failed (already counted and retried)."""
-
-
 class Backoff:
     """Jittered exponential delays (tenacity's strategy) for work retried outside a call."""
 
@@ -267,8 +263,6 @@ class Agent:
         self._causes_now = causes
         try:
             await self._reconcile()
-        except RouteApplyFailed:
-            pass  # counted and retried when the apply failed (_apply_in_background)
         except Exception as exc:  # noqa: BLE001 - classified right here
             self._reconcile_failed(exc)
         else:
@@ -298,7 +292,9 @@ class Agent:
         changed (speaker, tunnels and NAT depend on neither, and are left alone). Anything else
         (pools, Nodes, blocks, BGP configuration, the first reconcile, one after a failure)
         rebuilds the calculation. A resync, a drift or a retry always diffs every route (a retry
-        also re-applies tunnels and NAT: their recheck comes as a retry)."""
+        also re-applies tunnels and NAT: their recheck comes as a retry). The route apply of a
+        burst (``PIPELINE_MIN``) is left running: the kernel takes it while the next reconcile
+        calculates, which waits for it before its own apply."""
         causes, changes = self._causes_now, self.state.take_changes()
         rebuild = not self._calc_ready or bool(changes.keys() - {"WorkloadEndpoint"})
         self._calc_ready = False  # until this reconcile succeeds: a failed one leaves a rebuild
@@ -327,7 +323,8 @@ class Agent:
         full = (rebuild or self._full_apply or not bgp_in_sync
                 or bool(causes & {"resync", "drift", "retry"}))
         self._full_apply = True
-        await self._routes_written()  # the previous reconcile's apply, if it still runs
+        if not await self._routes_written():  # the previous reconcile's apply, if it still runs
+            full = True  # it failed (counted, logged, a retry is due): what it wrote is unknown
         applying = self.routes.apply(self.calc.desired, delete_unknown_gateway_routes=bgp_in_sync,
                                      changed=None if full else changed)  # reads desired now
         if full or len(changed) < PIPELINE_MIN:
@@ -339,23 +336,26 @@ class Agent:
         if self._applying is None:
             self._schedule_route_retries(result)
 
-    async def _routes_written(self) -> None:
-        """Wait for the route apply a previous reconcile left running (its outcome is handled
-        by ``_apply_in_background``; a failure there makes this reconcile fail too)."""
-        if self._applying is not None:
-            await asyncio.wait({self._applying})
-            self._applying = None
-            if not self._calc_ready:
-                raise RouteApplyFailed("the previous reconcile's route apply failed")
+    async def _routes_written(self) -> bool:
+        """Wait for the route apply a previous reconcile left running, if any (its outcome is
+        handled by ``_apply_in_background``); False if it failed."""
+        if self._applying is None:
+            return True
+        await asyncio.wait({self._applying})
+        applying, self._applying = self._applying, None
+        return applying.result()
 
-    async def _apply_in_background(self, applying) -> None:
+    async def _apply_in_background(self, applying) -> bool:
+        """A failure counts and retries as a failed reconcile's would; the next reconcile
+        rebuilds and diffs every route (or, if one is under way, diffs every route)."""
         try:
             result = await applying
-        except Exception as exc:  # noqa: BLE001 - classified as a failed reconcile's would be
-            self._calc_ready, self._full_apply = False, True  # next: rebuild and full diff
+        except Exception as exc:  # noqa: BLE001 - classified right here
+            self._calc_ready, self._full_apply = False, True
             self._reconcile_failed(exc)
-            return
+            return False
         self._schedule_route_retries(result)
+        return True
 
     async def _configure(self) -> bool:
         """BGP peers and import filter (advertisements follow the calculation), then tunnels and NAT;

@@ -52,7 +52,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -255,26 +255,40 @@ class RouteTable:
         async with self._lock:
             return await self._in_thread(self._kernel_routes)
 
-    async def apply(
+    def apply(
         self,
         desired: Mapping[IPv4Network, DesiredRoute],
         *,
         delete_unknown_gateway_routes: bool = True,
         changed: Iterable[IPv4Network] | None = None,
-    ) -> ApplyResult:
+    ) -> Awaitable[ApplyResult]:
         """Make our routes equal ``desired``; see the module docstring for the rules.
 
         ``delete_unknown_gateway_routes=False`` keeps our gateway routes that are not desired (after
         an agent restart, until BGP has re-synced, so traffic keeps flowing).
         ``changed``: the only destinations that may differ since the last apply (incremental mode:
         diff and write just those, if the cache can be trusted; a full diff otherwise).
+
+        ``desired`` is read when this is called, not when the returned awaitable runs: the caller
+        may go on changing its mapping while this apply waits for an earlier one or writes (the
+        agent calculates the next burst while the kernel takes this one).
         """
+        routes = list(desired.values())  # a full diff's input, should the cache not be trusted
+        dirty = dirty_routes = None
+        if changed is not None and self.incremental:
+            dirty = _keys(changed)
+            dirty_routes = [r for r in map(desired.get, dirty.values()) if r is not None]
+        return self._apply_when_free(routes, delete_unknown_gateway_routes, dirty, dirty_routes)
+
+    async def _apply_when_free(self, routes: list[DesiredRoute], delete_gateway_routes: bool,
+                               dirty: dict[int, IPv4Network] | None,
+                               dirty_routes: list[DesiredRoute] | None) -> ApplyResult:
         async with self._lock:
             if self.drifted.is_set():
-                changed = None  # someone changed routes we were not told about: look at them all
+                dirty = None  # someone changed routes we were not told about: look at them all
             self.drifted.clear()  # what drifted so far, this apply sees
-            dirty = None if changed is None or not self.incremental else _keys(changed)
-            return await self._in_thread(self._apply, desired, delete_unknown_gateway_routes, dirty)
+            return await self._in_thread(self._apply, routes, delete_gateway_routes, dirty,
+                                         dirty_routes)
 
     async def set_route(self, route: DesiredRoute) -> None:
         """Write one route now, no diff, no sweep (the CNI plugin's ADD). Raises NetlinkError."""
@@ -283,17 +297,16 @@ class RouteTable:
 
     # -- the blocking halves (run in a thread, under the lock) ----------------------------------
 
-    def _apply(self, desired: Mapping[IPv4Network, DesiredRoute], delete_gateway_routes: bool,
-               dirty: dict[int, IPv4Network] | None = None):
+    def _apply(self, routes: list[DesiredRoute], delete_gateway_routes: bool,
+               dirty: dict[int, IPv4Network] | None = None,
+               dirty_routes: list[DesiredRoute] | None = None):
+        """``routes``: every desired route; ``dirty_routes``: those of the ``dirty`` keys."""
         if self.incremental:
             snap, partial = self._cached_snapshot(dirty)
             dirty = dirty if partial else None  # the cache could not be trusted: a full diff
         else:
             snap, dirty = self._snapshot(), None
-        if dirty is not None:  # one lookup per destination (an IPv4Network hash is Python code)
-            desired = [r for r in map(desired.get, dirty.values()) if r is not None]
-        else:
-            desired = desired.values()
+        desired = routes if dirty is None else dirty_routes
         result, plan = ApplyResult(), _Plan()
         try:
             for image in snap.strays:
@@ -313,8 +326,7 @@ class RouteTable:
             self._commit(plan, failed)
         self._last_desired = self._desired_workloads
         if dirty is not None:  # the other destinations' failures stand until they are retried
-            dsts = set(dirty.values())
-            result.failed = {**{d: r for d, r in self._failing.items() if d not in dsts},
+            result.failed = {**{d: r for d, r in self._failing.items() if _dst_key(d) not in dirty},
                              **result.failed}
         self._note_failures(result.failed)
         self.writes += result.writes
@@ -671,6 +683,10 @@ def _key_of(image: bytes) -> int:
 def _keys(dsts: Iterable[IPv4Network]) -> dict[int, IPv4Network]:
     # ipaddress's own slots: int() and .prefixlen are Python-level calls (see ``_diff``)
     return {d.network_address._ip << 8 | d._prefixlen: d for d in dsts}
+
+
+def _dst_key(dst: IPv4Network) -> int:
+    return dst.network_address._ip << 8 | dst._prefixlen
 
 
 class _Shape:

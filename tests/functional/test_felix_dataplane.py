@@ -406,6 +406,27 @@ def test_changed_diffs_only_the_dirty_destinations_while_the_cache_is_trusted(no
                                     "blackhole 10.244.1.0/26"]
 
 
+def test_apply_reads_desired_when_called_so_the_caller_may_go_on_changing_it(node):
+    """The agent calculates the next burst while this apply waits for the table or writes."""
+    extra = DesiredRoute(N("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "x")
+
+    async def scenario():
+        async with RouteTable(netns=node, incremental=True) as table:
+            desired = dict(ALL)
+            first = table.apply(desired)
+            desired[extra.dst] = extra  # after the call: the next apply's business
+            second = table.apply(desired, changed=[extra.dst])
+            del desired[BH.dst]  # not in either apply's changes, nor in what either read
+            return await first, await second
+
+    first, second = run(scenario())
+    assert (first.added, second.added, second.deleted) == (3, 1, 0)
+    assert ours_in_kernel(node) == ["10.244.1.5 dev cali0123456789a scope link",
+                                    "10.244.2.0/26 via 192.168.5.2 dev eth0",
+                                    "10.244.3.0/26 via 192.168.5.2 dev eth0",
+                                    "blackhole 10.244.1.0/26"]
+
+
 def test_changed_is_ignored_after_drift_or_resync_and_without_a_cache(node):
     async def scenario():
         async with RouteTable(netns=node, incremental=True) as table:

@@ -189,3 +189,37 @@ def test_a_cni_add_writes_the_pod_route_at_once_but_never_before_the_first_apply
         assert written == [("10.244.1.9/32", "cali0123456789a", "link")]
 
     asyncio.run(main())
+
+
+def test_a_route_apply_left_running_is_waited_for_and_its_failure_counted_and_retried(tmp_path):
+    """A big burst's apply runs while the next reconcile calculates (PIPELINE_MIN): that one waits
+    for it before its own apply, and a failure is counted, retried, and makes the next diff full."""
+    from felix.dataplane import ApplyResult
+
+    async def main() -> None:
+        agent = make_agent(tmp_path)
+        agent._retry_in = lambda delay: None
+        gate = asyncio.Event()
+
+        async def writes() -> ApplyResult:
+            await gate.wait()
+            return ApplyResult(added=5000)
+
+        agent._calc_ready = agent._full_apply = True
+        agent._applying = asyncio.ensure_future(agent._apply_in_background(writes()))
+        waiting = asyncio.ensure_future(agent._routes_written())
+        await asyncio.sleep(0.01)
+        assert not waiting.done() and not agent._routes_applied  # still writing
+        gate.set()
+        assert await waiting is True and agent._routes_applied and agent._applying is None
+
+        async def fails() -> ApplyResult:
+            raise OSError("ENOBUFS")
+
+        agent._full_apply = False
+        agent._applying = asyncio.ensure_future(agent._apply_in_background(fails()))
+        assert await agent._routes_written() is False
+        assert agent.reconcile_errors == 1 and agent.last_error[0] == "OSError: ENOBUFS"
+        assert agent._full_apply and not agent._calc_ready  # next: rebuild and diff every route
+
+    asyncio.run(main())
