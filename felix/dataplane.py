@@ -130,9 +130,11 @@ class _Plan:
         self._deletes: tuple[list[str], list[int], list[bytes]] = ([], [], [])
 
     def add(self, kind: str, key: int, image: bytes) -> None:
-        lists = self._deletes if kind == "delete" else (self.kinds, self.keys, self.images)
-        for column, value in zip(lists, (kind, key, image)):
-            column.append(value)
+        kinds, keys, images = self._deletes if kind == "delete" else (self.kinds, self.keys,
+                                                                     self.images)
+        kinds.append(kind)
+        keys.append(key)
+        images.append(image)
 
     def deletes_first(self) -> None:
         """Put the deletes in front, in the order they were planned; call once, before writing."""
