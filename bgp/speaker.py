@@ -16,7 +16,8 @@ Why things are the way they are:
   whole Adj-RIB-Out (reflected routes too) before End-of-RIB.
 - Prefix changes go to all neighbors at once; ExaBGP's adj-rib-out keeps them for a neighbor
   that is down, so a withdrawal made while it was down is not replayed as an announcement.
-- The child gets PR_SET_PDEATHSIG=SIGKILL: it never outlives the agent, even a SIGKILLed one.
+- The child gets PR_SET_PDEATHSIG=SIGKILL (through setpriv, no preexec_fn): it never outlives the
+  agent, even a SIGKILLed one.
 - The relay is our only way to ExaBGP, and ExaBGP does not exit when it loses it (it only drops
   the API process). A lost relay connection, or a relay that never connects, therefore restarts
   the child: peers are shown down at once and their routes are kept as stale (graceful restart)
@@ -29,12 +30,10 @@ Why things are the way they are:
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
 import logging
 import os
 import shutil
-import signal
 import sys
 import time
 from collections import deque
@@ -55,7 +54,6 @@ ACK_WINDOW = 64
 LINE_LIMIT = 64 * 2**20  # one UPDATE of many prefixes is one long JSON line
 STOP_TIMEOUT = 5.0
 _MAX_UNIX_PATH = 107
-_PR_SET_PDEATHSIG = 1
 _RESTART_BACKOFF = (1.0, 30.0)
 RELAY_CONNECT_TIMEOUT = 10.0
 # socat closes the moment ExaBGP dies: a closed relay waits this long for the child's exit, so the
@@ -147,13 +145,6 @@ def exabgp_env(local_address: IPv4Address, port: int) -> dict[str, str]:
         "exabgp.tcp.bind": str(local_address),  # listen for passive peers on our address
         "exabgp.tcp.port": str(port),
     }
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: SIGKILL the child when the thread that started it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 def _now() -> datetime:
@@ -357,15 +348,18 @@ class Speaker:
 
     async def _spawn(self) -> None:
         # exabgp_main: ExaBGP's own __main__, without OpenSSL loaded (4 MB per node; see there).
-        argv = [sys.executable, exabgp_main.__file__, "server", str(self._run_dir / "exabgp.conf")]
+        # setpriv (util-linux) sets PR_SET_PDEATHSIG=SIGKILL and execs: the child dies with the agent,
+        # even a SIGKILLed one, without a preexec_fn running Python between fork and exec in a
+        # process whose gRPC and syncer threads may hold locks.
+        argv = ["setpriv", "--pdeathsig", "KILL", "--",
+                sys.executable, exabgp_main.__file__, "server", str(self._run_dir / "exabgp.conf")]
         if self._netns is not None:
             argv = ["ip", "netns", "exec", self._netns, *argv]  # execs: the PID stays ExaBGP's
         logfd = hostio.open_private(self._run_dir / "exabgp.log")
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv, env={**os.environ, **self._env}, cwd=self._run_dir,
-                stdin=asyncio.subprocess.DEVNULL, stdout=logfd, stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_die_with_parent)
+                stdin=asyncio.subprocess.DEVNULL, stdout=logfd, stderr=asyncio.subprocess.STDOUT)
         finally:
             os.close(logfd)
         self._spawned_text = self._config_text

@@ -331,3 +331,45 @@ def test_exabgp_runs_without_openssl_mapped(pair, loop_thread):
     maps = Path(f"/proc/{pid}/maps").read_text()
     assert "exabgp_main.py" in Path(f"/proc/{pid}/cmdline").read_text()
     assert "libssl" not in maps and "_ssl" not in maps
+
+
+OWNER = r"""
+import asyncio, sys
+from ipaddress import IPv4Address
+from pathlib import Path
+from bgp.speaker import Speaker
+
+async def main():
+    me = IPv4Address(sys.argv[2])
+    sp = Speaker(node_name="owner", router_id=me, local_address=me, local_asn=64512,
+                 run_dir=Path(sys.argv[3]), on_change=lambda: None, netns=sys.argv[1])
+    await sp.start()
+    print(sp.child_pid, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_exabgp_dies_with_a_sigkilled_agent(netns, procs, tmp_path):
+    """The child never outlives the agent, even a SIGKILLed one. PR_SET_PDEATHSIG is now set by
+    setpriv at exec instead of a preexec_fn running Python in a threaded process after fork; the
+    test checks the property (the lost relay would also end ExaBGP, more slowly) and that
+    setpriv exec'd into ExaBGP, keeping the PID the relay check relies on."""
+    import subprocess
+    import sys
+
+    ns = netns("owner")
+    subprocess.run(["ip", "-n", ns, "addr", "add", f"{A}/24", "dev", "lo"], check=True)
+    run_dir = tmp_path / "run"
+    owner = procs.add(subprocess.Popen([sys.executable, "-c", OWNER, ns, str(A), str(run_dir)],
+                                       stdout=subprocess.PIPE, text=True))
+    with owner.stdout:
+        child = int(owner.stdout.readline())
+    cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+    assert b"exabgp_main.py" in cmdline and not cmdline.startswith(b"setpriv")  # exec'd through
+    owner.kill()
+    owner.wait()
+    wait_for(lambda: not Path(f"/proc/{child}").exists() or
+             Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[0] == "Z",
+             10, what="exabgp to die with its owner")
