@@ -142,9 +142,28 @@ def exabgp_env(local_address: IPv4Address, port: int) -> dict[str, str]:
         "exabgp.api.respawn": "false",
         "exabgp.api.terminate": "true",  # no relay, no agent: exit, and let the speaker restart us
         "exabgp.log.destination": "stdout",
+        # Not one line per keepalive, counter change or API command (100k routes were 100k lines):
+        # the log keeps sessions, reloads and errors; what the speaker does is in the agent's log.
+        "exabgp.log.statistics": "false",
+        "exabgp.log.processes": "false",
         "exabgp.tcp.bind": str(local_address),  # listen for passive peers on our address
         "exabgp.tcp.port": str(port),
     }
+
+
+LOG_MAX_BYTES = 16 * 2**20
+
+
+def rotate_log(path: Path, max_bytes: int) -> bool:
+    """Before ExaBGP (re)starts: a log over ``max_bytes`` becomes ``<name>.1`` (replacing the last
+    one), so a node keeps at most two, whatever the uptime and the number of restarts."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    os.replace(path, path.with_name(path.name + ".1"))
+    return True
 
 
 def _now() -> datetime:
@@ -355,6 +374,7 @@ class Speaker:
                 sys.executable, exabgp_main.__file__, "server", str(self._run_dir / "exabgp.conf")]
         if self._netns is not None:
             argv = ["ip", "netns", "exec", self._netns, *argv]  # execs: the PID stays ExaBGP's
+        rotate_log(self._run_dir / "exabgp.log", LOG_MAX_BYTES)
         logfd = hostio.open_private(self._run_dir / "exabgp.log")
         try:
             self._proc = await asyncio.create_subprocess_exec(

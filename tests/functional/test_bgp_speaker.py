@@ -366,8 +366,11 @@ def test_exabgp_dies_with_a_sigkilled_agent(netns, procs, tmp_path):
                                        stdout=subprocess.PIPE, text=True))
     with owner.stdout:
         child = int(owner.stdout.readline())
-    cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-    assert b"exabgp_main.py" in cmdline and not cmdline.startswith(b"setpriv")  # exec'd through
+    # ip netns exec, then setpriv, exec into ExaBGP: same PID, its parent death signal set.
+    def exec_done() -> bool:
+        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")  # empty while exec'ing
+        return len(argv) > 1 and argv[1].endswith(b"exabgp_main.py")
+    wait_for(exec_done, 10, what="setpriv to exec into exabgp")
     owner.kill()
     owner.wait()
     wait_for(lambda: not Path(f"/proc/{child}").exists() or

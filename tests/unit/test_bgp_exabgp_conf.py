@@ -64,3 +64,21 @@ def test_the_relay_is_socat_and_refuses_paths_socat_would_split(tmp_path):
     assert argv[0].endswith("/socat") and argv[-1] == f"UNIX-CONNECT:{tmp_path}/exabgp.sock"
     with pytest.raises(ValueError, match="run_dir"):
         relay_command(tmp_path / "a,b" / "exabgp.sock")
+
+
+def test_exabgp_logs_sessions_not_every_keepalive_and_is_rotated(tmp_path):
+    """Issue 9: the ExaBGP log grew without bound (a line per keepalive, counter and API command);
+    now those categories are off, and a log over the cap is rotated to .1 at each (re)start."""
+    from ipaddress import IPv4Address
+
+    from bgp.speaker import exabgp_env, rotate_log
+    env = exabgp_env(IPv4Address("10.0.0.1"), 179)
+    assert env["exabgp.log.statistics"] == "false" and env["exabgp.log.processes"] == "false"
+    log = tmp_path / "exabgp.log"
+    assert rotate_log(log, 10) is False  # none yet
+    log.write_bytes(b"x" * 10)
+    assert rotate_log(log, 10) is False and log.exists()  # at the cap: kept
+    log.write_bytes(b"y" * 11)
+    (tmp_path / "exabgp.log.1").write_bytes(b"old")
+    assert rotate_log(log, 10) is True
+    assert not log.exists() and (tmp_path / "exabgp.log.1").read_bytes() == b"y" * 11
