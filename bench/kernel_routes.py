@@ -18,6 +18,7 @@ JSON keys: routes, install_s, install_ip_batch_s, ratio_install_vs_ip_batch, noo
 ratio_noop_vs_ip_show, noop_writes, adopt_incremental_s, adopt_incremental_writes,
 noop_incremental_s, noop_incremental_writes, noop_incremental_dumps, delete_s, delete_ip_batch_s, ratio_delete_vs_ip_batch,
 peak_rss_mb (VmHWM of this process, read before plotting; ``ip`` runs as a child and is not in it),
+peak_rss_route_table_mb (VmHWM right after the RouteTable half, before the ``ip`` half),
 rss_before_desired_mb / rss_with_desired_mb (VmRSS before and after building the desired routes:
 100k ``DesiredRoute`` with their ``IPv4Network`` keys are the caller's, ~40 MB of it),
 route_table_rss_mb (peak minus rss_with_desired_mb: what RouteTable itself added at its peak),
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     result["rss_with_desired_mb"] = round(rss_mb("VmRSS"), 1)
     with namespace("rt") as ns:
         result.update(asyncio.run(through_route_table(ns, desired)))
+    result["peak_rss_route_table_mb"] = round(rss_mb("VmHWM"), 1)  # before the ``ip`` half
     with namespace("ip") as ns, tempfile.TemporaryDirectory() as tmp:
         result.update(through_ip(ns, desired, tmp))
     result["peak_rss_mb"] = round(rss_mb("VmHWM"), 1)
@@ -132,12 +134,21 @@ def through_ip(ns: str, desired, tmp: str) -> dict:
         out.writelines(f"route del {ip_spec(r)} proto {PROTO}\n" for r in desired.values())
     install = run_timed(["ip", "-n", ns, "-batch", add])
     show = min(run_timed(["ip", "-n", ns, "route", "show"]) for _ in range(REPEAT))
-    count = subprocess.run(["ip", "-n", ns, "route", "show", "proto", str(PROTO)],
-                           capture_output=True, text=True, check=True).stdout.count("\n")
+    count = count_lines(["ip", "-n", ns, "route", "show", "proto", str(PROTO)])
     if count != len(desired):
         raise SystemExit(f"ip -batch installed {count} of {len(desired)} routes")
     return {"install_ip_batch_s": round(install, 3), "noop_ip_show_s": round(show, 3),
             "delete_ip_batch_s": round(run_timed(["ip", "-n", ns, "-batch", delete]), 3)}
+
+
+def count_lines(cmd: list[str]) -> int:
+    """Lines of ``cmd``'s output, read in chunks: 100k routes' text held whole (bytes and str)
+    was ~10 MB of this process's peak, charged to RouteTable by ``route_table_rss_mb``."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE) as proc:
+        count = sum(chunk.count(b"\n") for chunk in iter(lambda: proc.stdout.read(1 << 16), b""))
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return count
 
 
 def ip_spec(route: DesiredRoute) -> str:

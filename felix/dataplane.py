@@ -113,10 +113,7 @@ class _Snapshot:
     foreign: dict[int, int]  # key -> proto of the other owner
     names: dict[int, str]  # ifindex -> name
     up: set[int] = field(default_factory=set)  # ifindexes with IFF_UP
-
-    def copy(self) -> _Snapshot:
-        return _Snapshot(dict(self.ours), list(self.strays), dict(self.foreign), dict(self.names),
-                         set(self.up))
+    shared: bool = False  # ``ours`` is the cache's own dict: read it, never change it
 
 
 class _Plan:
@@ -138,8 +135,10 @@ class _Plan:
 
     def deletes_first(self) -> None:
         """Put the deletes in front, in the order they were planned; call once, before writing."""
-        self.kinds, self.keys, self.images = (
-            first + then for first, then in zip(self._deletes, (self.kinds, self.keys, self.images)))
+        columns = (self.kinds, self.keys, self.images)
+        for first, then in zip(self._deletes, columns):
+            first += then  # in place: at 100k deletes a concatenation copied every column
+        self.kinds, self.keys, self.images = self._deletes
         self._deletes = ([], [], [])
 
 
@@ -380,14 +379,23 @@ class RouteTable:
         ``bytes`` comparison; only routes that differ are decoded. It reads ipaddress's own slots
         (``_ip``, ``_prefixlen``): ``int()`` and ``.prefixlen`` are Python-level calls, and at 100k
         routes they were half the time of a no-op resync.
+
+        A private ``snap.ours`` is consumed (what is left is unwanted). A shared one (the cache
+        itself: copying 100k entries per apply was a fifth of the route table's memory) is only
+        read: when every route of ours was desired nothing is unwanted, else a second pass finds
+        what was not. Meanwhile only a lost link changes the cache, and that is drift: a full
+        diff follows.
         """
         ours, ifindex, shapes = snap.ours, {n: i for i, n in snap.names.items()}, {}
-        pop, workload, waiting, blocked = ours.pop, set(), {}, set()  # ours: left = unwanted
+        take, workload, waiting, blocked = ours.get if snap.shared else ours.pop, set(), {}, set()
+        found = 0  # desired routes of ours
         for want in desired:
             dst, gateway = want.dst, want.gateway
             address, plen = dst.network_address._ip, dst._prefixlen
             key = address << 8 | plen
-            have = pop(key, None)
+            have = take(key, None)
+            if have is not None:
+                found += 1
             shape_key = (want.type, want.scope, want.onlink, want.dev,
                          None if gateway is None else gateway._ip)
             shape = shapes.get(shape_key, False)
@@ -421,11 +429,16 @@ class RouteTable:
             blocked |= self._blocked - dirty.keys()
         self._desired_workloads, self._waiting, self._blocked = workload, waiting, blocked
         self._waiting_devs = set(waiting.values())
-        return ours
+        if not snap.shared:
+            return ours
+        if found == len(ours):
+            return {}
+        wanted = {want.dst.network_address._ip << 8 | want.dst._prefixlen for want in desired}
+        return {key: image for key, image in list(ours.items()) if key not in wanted}
 
     def _unwanted(self, unwanted: dict[int, bytes], names: dict[int, str], delete_gateway_routes: bool,
                result: ApplyResult, dirty: dict[int, IPv4Network] | None = None
-               ) -> list[tuple[int, bytes]]:
+               ) -> Iterable[tuple[int, bytes]]:
         """(key, image) of our routes to delete among those not desired: strays always, the rest
         unless kept (gateway routes until BGP resynced; unknown workload routes in their grace).
         ``dirty`` given: only those keys were looked at; the grace of the others runs on."""
@@ -433,7 +446,7 @@ class RouteTable:
         kept = {} if dirty is None else {k: t for k, t in self._first_seen.items() if k[0] not in dirty}
         if delete_gateway_routes and not workload_oifs:
             self._first_seen = kept
-            return list(unwanted.items())  # nothing to keep: no need to decode 100k deletes
+            return unwanted.items()  # nothing to keep: no need to decode (nor copy) 100k deletes
         now, stale, present = self._clock(), [], set()
         for key, image in unwanted.items():
             route = rtnl.decode_route(image)
@@ -494,7 +507,9 @@ class RouteTable:
                 self._pump()
         with self._cache_lock:
             self._writing = True
-            return self._cache.copy(), False
+            c = self._cache  # ours shared, not copied: _diff only reads it
+            return _Snapshot(c.ours, list(c.strays), dict(c.foreign), dict(c.names), set(c.up),
+                             shared=True), False
 
     def _commit(self, plan: _Plan, failed: dict[int, rtnl.NetlinkFailure]) -> None:
         """Our own writes into the cache (the kernel does not echo them to us)."""
