@@ -59,6 +59,8 @@ RELAY_CONNECT_TIMEOUT = 10.0
 # socat closes the moment ExaBGP dies: a closed relay waits this long for the child's exit, so the
 # reason reported is the real cause (the supervisor's "exabgp exited") and not its echo.
 CHILD_EXIT_GRACE = 0.5
+RELOAD_DEBOUNCE = 0.1  # seconds of quiet after a peer change before ExaBGP reloads its config
+RELOAD_MAX_DELAY = 1.0  # ... but at most this long after the first change of a burst
 CEASE_TIMEOUT = 3.0  # a removed peer's Cease: how long to wait for its session to go down  # a started ExaBGP whose relay never connects is restarted
 
 
@@ -209,6 +211,7 @@ class Speaker:
         self._outbox: deque[str] = deque()
         self._wake = asyncio.Event()
         self._state_changed = asyncio.Event()  # a session changed state (_cease waits on it)
+        self._reload_first: float | None = None  # loop time of the first peer change not reloaded
         self._conn: _Conn | None = None
         self._server: asyncio.AbstractServer | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -258,10 +261,30 @@ class Speaker:
             else:
                 self._peers[address] = _Peer(spec)
             self._rib.set_restart_cap(address, spec.max_restart_time)
-        if self._started_at is not None and self._write_config() and self._conn is not None:
-            self._send([protocol.reload_command()])
+        self._reload_soon()
         self._configure_reflection()
         self._notify()
+
+    def _reload_soon(self) -> None:
+        """One ExaBGP reload for a burst of peer changes (50 nodes joining is one reload, not 50:
+        each reload re-reads the whole config and re-evaluates every neighbor)."""
+        if self._started_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._reload_first = self._reload_first or loop.time()
+        # Trailing: RELOAD_DEBOUNCE after the last change, but never later than RELOAD_MAX_DELAY
+        # after the first one (a steady trickle of changes must still reach ExaBGP).
+        when = min(loop.time() + RELOAD_DEBOUNCE, self._reload_first + RELOAD_MAX_DELAY)
+        self._cancel_timer("reload")
+        self._timers["reload"] = loop.call_at(when, self._reload_now)
+
+    def _reload_now(self) -> None:
+        self._timers.pop("reload", None)
+        self._reload_first = None
+        if self._stopping:
+            return
+        if self._write_config() and self._conn is not None:
+            self._send([protocol.reload_command()])
 
     async def _cease(self, addresses: list[IPv4Address]) -> None:
         """A removed peer gets a NOTIFICATION Cease (Peer De-configured) and its session is seen

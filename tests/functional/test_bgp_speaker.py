@@ -5,6 +5,8 @@ shared (synchronous) ``wait_for`` helper.
 """
 from __future__ import annotations
 
+import asyncio
+
 import os
 import signal
 import socket
@@ -376,3 +378,28 @@ def test_exabgp_dies_with_a_sigkilled_agent(netns, procs, tmp_path):
     wait_for(lambda: not Path(f"/proc/{child}").exists() or
              Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[0] == "Z",
              10, what="exabgp to die with its owner")
+
+
+def test_a_burst_of_peer_changes_is_one_exabgp_reload(pair, loop_thread, tmp_path):
+    """Issue 9: every peer change reloaded ExaBGP at once (50 nodes joining: 50 reloads, each
+    re-reading the whole config). Changes within RELOAD_DEBOUNCE of each other are one reload."""
+    lt = loop_thread
+    sa, _sb = pair("deb")
+    wait_for(lambda: _up(lt, sa), 20, what="a's session Established")
+    log = tmp_path / "a" / "exabgp.log"
+    before = log.read_text().count("performing reload")
+    base = _peer(B, "b", A)
+
+    async def burst() -> None:
+        for i in range(10):  # ten nodes joining one after the other, as watch events arrive
+            extra = {_peer(IPv4Address(f"10.250.0.{100 + j}"), f"n{j}", A) for j in range(i + 1)}
+            await sa.set_peers(frozenset({base, *extra}))
+            await asyncio.sleep(0.02)  # watch events a few ms apart: ExaBGP took each as a reload
+
+    lt.run(burst())
+    wait_for(lambda: "10.250.0.109" in (tmp_path / "a" / "exabgp.conf").read_text(), 5,
+             what="the last change in the config")
+    wait_for(lambda: log.read_text().count("performing reload") > before, 5, what="a reload")
+    assert log.read_text().count("performing reload") - before == 1
+    [b] = [p for p in _state(lt, sa) if p.address == B]
+    assert b.state == "up"  # the unchanged session did not flap
