@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from types import MappingProxyType
@@ -381,6 +382,36 @@ def _learned_order(r: RemoteRoute) -> tuple[IPv4Address, str]:
     return (r.gateway, r.source)
 
 
+class Destinations(AbstractSet):
+    """The destinations an update changed, a set held by ``_key(dst)`` (building a set of 100k
+    ``IPv4Network`` hashed each of them, in Python): compares and iterates as a set does;
+    ``RouteTable.apply(changed=...)`` takes ``by_key`` as it is."""
+
+    __slots__ = ("by_key",)
+
+    def __init__(self, by_key: dict[int, IPv4Network]) -> None:
+        self.by_key = by_key
+
+    @classmethod
+    def _from_iterable(cls, it) -> set:  # what ``&``, ``|``, ``-`` return: a plain set
+        return set(it)
+
+    def __contains__(self, dst) -> bool:
+        try:
+            return dst._version == 4 and _key(dst) in self.by_key
+        except AttributeError:  # not a network at all
+            return False
+
+    def __iter__(self):
+        return iter(self.by_key.values())
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+    def __repr__(self) -> str:
+        return f"Destinations({set(self.by_key.values())!r})"
+
+
 class RoutesByDst(Mapping):
     """A read-only ``{dst: DesiredRoute}`` held by ``_key(dst)``: what ``RouteCalc.desired`` is.
     The calculation writes one entry per changed route, and at 100k learned routes hashing each
@@ -418,6 +449,10 @@ class RoutesByDst(Mapping):
     def values(self):
         return self._routes.values()
 
+    def routes_at(self, keys: Iterable[int]) -> list[DesiredRoute]:
+        """The routes at these ``_key``s (none for a key without one)."""
+        return [route for route in map(self._routes.get, keys) if route is not None]
+
     def __repr__(self) -> str:
         return f"RoutesByDst({dict(self.items())!r})"
 
@@ -439,8 +474,8 @@ class RouteCalc:
     ...     blocks=frozenset(), workloads=frozenset(), learned=frozenset()))
     set()
     >>> w = Workload(IPv4Address("10.244.1.5"), "cali0123456789a", "n1", "default/web")
-    >>> calc.update(workloads_added=[w])
-    {IPv4Network('10.244.1.5/32')}
+    >>> calc.update(workloads_added=[w]) == {IPv4Network('10.244.1.5/32')}
+    True
     >>> calc.desired[IPv4Network("10.244.1.5/32")].dev
     'cali0123456789a'
     """
@@ -506,7 +541,7 @@ class RouteCalc:
         workloads_removed: Iterable[Workload] = (),
         learned_added: Iterable[RemoteRoute] = (),
         learned_removed: Iterable[RemoteRoute] = (),
-    ) -> set[IPv4Network]:
+    ) -> Destinations:
         """Take workloads and learned routes that appeared or went (set semantics: adding what is
         there or removing what is not does nothing); return the destinations whose route changed.
         Removals are applied before additions."""
@@ -539,7 +574,7 @@ class RouteCalc:
                     found.add(r)
                 touched[key] = prefix
         resolve = self._resolve
-        return {dst for key, dst in touched.items() if resolve(key, dst)}
+        return Destinations({key: dst for key, dst in touched.items() if resolve(key, dst)})
 
     def _resolve(self, key: int, dst: IPv4Network) -> bool:
         """Recompute ``dst``'s winner from its candidates; True if it changed."""

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from felix import rtnl
-from felix.calc import PROTO, DesiredRoute
+from felix.calc import PROTO, DesiredRoute, Destinations, RoutesByDst
 from felix.inspect import KernelRoute, route_matches
 
 __all__ = ["PROTO", "ApplyResult", "KernelRoute", "RouteTable", "route_is_ours"]
@@ -277,8 +277,11 @@ class RouteTable:
         routes = list(desired.values())  # a full diff's input, should the cache not be trusted
         dirty = dirty_routes = None
         if changed is not None and self.incremental:
-            dirty = _keys(changed)
-            dirty_routes = [r for r in map(desired.get, dirty.values()) if r is not None]
+            dirty = changed.by_key if isinstance(changed, Destinations) else _keys(changed)
+            if isinstance(desired, RoutesByDst):  # the calculation's: looked up by key
+                dirty_routes = desired.routes_at(dirty)
+            else:
+                dirty_routes = [r for r in map(desired.get, dirty.values()) if r is not None]
         return self._apply_when_free(routes, delete_unknown_gateway_routes, dirty, dirty_routes)
 
     async def _apply_when_free(self, routes: list[DesiredRoute], delete_gateway_routes: bool,

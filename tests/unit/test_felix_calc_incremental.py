@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_network
 
 import pytest
 from hypothesis import given, settings
@@ -154,3 +154,19 @@ def test_removing_what_is_not_there_changes_nothing():
     assert calc.update(workloads_removed=[Workload(IPS[0], "calia", "n1", "ns/x")],
                        learned_removed=[RemoteRoute(PREFIXES[0], GATEWAYS[0], "p1")]) == set()
     assert dict(calc.desired) == {}
+
+
+def test_what_update_returns_and_desired_behave_as_a_set_and_a_mapping_of_networks():
+    """Both are held by an int per destination (no IPv4Network hashes): nothing else may show."""
+    calc = RouteCalc()
+    calc.rebuild(CalcInput(node="n1", pools=frozenset(POOLS), blocks=frozenset(),
+                           workloads=frozenset(), learned=frozenset()))
+    changed = calc.update(learned_added=[RemoteRoute(p, GATEWAYS[0], "p1") for p in PREFIXES[:2]])
+    assert changed == set(PREFIXES[:2]) and set(PREFIXES[:2]) == changed and len(changed) == 2
+    assert PREFIXES[0] in changed and PREFIXES[2] not in changed and "x" not in changed
+    assert changed & {PREFIXES[0]} == {PREFIXES[0]} and isinstance(changed - set(), set)
+    assert set(calc.desired) == set(PREFIXES[:2]) and PREFIXES[0] in calc.desired
+    assert calc.desired.get(ip_network("::/0")) is None and calc.desired.get("x", 1) == 1
+    with pytest.raises(KeyError):
+        calc.desired[PREFIXES[2]]
+    assert calc.desired == {r.dst: r for r in calc.desired.values()}
