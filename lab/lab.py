@@ -710,4 +710,7 @@ def down(name: str) -> None:
     for node_dir in RUN_ROOT.glob(f"{name}-node*"):
         shutil.rmtree(node_dir, ignore_errors=True)
     shutil.rmtree(LAB_ROOT / name, ignore_errors=True)
+    # Daemons this process started and the kills above ended: reap them (no zombies, and no
+    # "still running" warnings from their Popen objects at exit).
+    _CHILDREN[:] = [proc for proc in _CHILDREN if proc.poll() is None]
     _log(f"lab {name} is down")
