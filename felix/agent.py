@@ -56,7 +56,8 @@ RETRY_DELAY = 1.0  # first retry of routes that failed (e.g. their cali* device 
 MAX_RETRY_DELAY = 30.0  # retries back off (jittered) up to this while the failure lasts
 # Full kernel dump and diff even without events (Felix's routeRefreshInterval, 90 s; env
 # FELIX_ROUTEREFRESHINTERVAL). Between them the route table's cache is kept by netlink notifications.
-RESYNC_INTERVAL = float(os.environ.get("FELIX_ROUTEREFRESHINTERVAL") or 90.0)
+RESYNC_INTERVAL = 90.0  # Felix's routeRefreshInterval default
+TICK_INTERVAL = 60.0  # the idle loop still wakes this often (liveness: health.STALL_AFTER is 120 s)
 # The most the loop waits between two reconciles for a burst to land; it waits only as long as the
 # previous reconcile took, so one pod event reaches the kernel in milliseconds, not 50 ms.
 COALESCE = 0.05
@@ -222,17 +223,37 @@ class Agent:
         self._retry = None
         self._request("retry")
 
+    def refresh_interval(self) -> float | None:
+        """Seconds between full kernel resyncs, None for never: FELIX_ROUTEREFRESHINTERVAL, else
+        FelixConfiguration ``routeRefreshInterval`` (ours, else default), else 90 s; 0 turns it off
+        (Felix's meaning)."""
+        env = os.environ.get("FELIX_ROUTEREFRESHINTERVAL")
+        if env:
+            seconds = float(env)
+        else:
+            spec = cluster.felix_settings(self.state, self.cfg.node)
+            seconds = spec.route_refresh_seconds if spec is not None else RESYNC_INTERVAL
+        return seconds if seconds > 0 else None
+
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_resync = loop.time() + (self.refresh_interval() or float("inf"))
         while not self._stop.is_set():
             self._tick = time.monotonic()
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(self._stop.wait())
-            await asyncio.wait({waiter, stopper}, timeout=RESYNC_INTERVAL,
+            await asyncio.wait({waiter, stopper},
+                               timeout=min(TICK_INTERVAL, max(0.0, next_resync - loop.time())),
                                return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             stopper.cancel()
             if self._stop.is_set():
                 return
+            if loop.time() >= next_resync:
+                self._causes.add("resync")
+                next_resync = loop.time() + (self.refresh_interval() or float("inf"))
+            elif not self._wake.is_set():
+                continue  # only the liveness tick
             await self._coalesce()
             causes, self._causes = self._causes or {"resync"}, set()
             self._wake.clear()

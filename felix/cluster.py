@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
 from bgp.peers import BGPGlobal, ExplicitPeer, NodeInfo, explicit_peer
-from crds import BGPConfiguration, BGPPeer, IPAMBlock, IPPool, Node, Resource, WorkloadEndpoint
+from crds import BGPConfiguration, BGPPeer, FelixConfiguration, IPAMBlock, IPPool, Node, Resource, WorkloadEndpoint
 from crds.duration import parse_duration
 from datastore.syncer import Connection, InSync, Update
 from felix.calc import Block, Borrowed, CalcInput, Host, PoolEncap, RemoteRoute, Workload, in_own_block
 
 log = logging.getLogger(__name__)
 
-WATCHED_KINDS = ("IPPool", "BGPConfiguration", "Node", "WorkloadEndpoint", "IPAMBlock", "BGPPeer")
+WATCHED_KINDS = ("IPPool", "BGPConfiguration", "Node", "WorkloadEndpoint", "IPAMBlock", "BGPPeer",
+                 "FelixConfiguration")
 # Of some kinds the agent uses a few fields only: an IPAM block's allocations change with every pod
 # ADD and DEL on its node, which must not cost a reconcile (nor, at 100k blocks, a rebuild). Its
 # borrowed addresses are used (the owner routes each to its holder), but a borrow is rare.
@@ -303,3 +304,13 @@ def calc_input(state: ClusterState, node: str, learned: Iterable, *, bgp: bool =
                      workloads=local_workloads(state, node), learned=remote_routes(learned),
                      encap=pool_encaps(state), hosts=hosts(state), bgp=bgp,
                      borrowed=state.borrowed())
+
+
+def felix_settings(state: ClusterState, node: str):
+    """Our FelixConfiguration: ``node.<name>`` if it exists, else ``default``, else None (Felix's
+    defaults). Felix reads the environment first; the agent does that where it uses a field."""
+    for name in (f"node.{node}", "default"):
+        res = state.resources.get(("FelixConfiguration", None, name))
+        if isinstance(res, FelixConfiguration):
+            return res.spec
+    return None

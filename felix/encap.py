@@ -82,7 +82,9 @@ class Encap:
             result.problems["nat"] = f"nat: {exc}"
         node = state.resources.get(("Node", None, self.node))
         await self._vxlan(state, [p for p in pools if p.spec.vxlan_mode != NEVER], node, me, result)
-        await self._ipip([p for p in pools if p.spec.ipip_mode != NEVER], node, me, result)
+        felix = cluster.felix_settings(state, self.node)
+        await self._ipip([p for p in pools if p.spec.ipip_mode != NEVER], node, me, result,
+                         mtu=felix.ipip_mtu if felix is not None else None)
         self._first = False
         return result
 
@@ -116,8 +118,12 @@ class Encap:
         except ValueError as exc:
             result.problems["vxlan"] = f"vxlan: conflicting VTEPs in the datastore: {exc}"
             return
+        felix = cluster.felix_settings(state, self.node)  # vxlanVNI / vxlanPort / vxlanMTU
+        extra = {k: v for k, v in (("vni", felix and felix.vxlan_vni), ("port", felix and felix.vxlan_port),
+                                   ("mtu", felix and felix.vxlan_mtu)) if v}
         res = await self.tunnels.sync_vxlan(
-            tunnels.VxlanConfig(node=self.node, node_ip=me.ip, vtep_ip=vtep, vtep_mac=mac), desired)
+            tunnels.VxlanConfig(node=self.node, node_ip=me.ip, vtep_ip=vtep, vtep_mac=mac, **extra),
+            desired)
         result.writes += res.writes
         if res.problem or res.failed:
             result.problems["vxlan"] = "vxlan: " + (res.problem or "; ".join(
@@ -127,7 +133,7 @@ class Encap:
     # -- IPIP --
 
     async def _ipip(self, ipip_pools: list[IPPool], node: Node | None, me: IPv4Interface,
-                    result: EncapResult) -> None:
+                    result: EncapResult, mtu: int | None = None) -> None:
         handle = IPIP_HANDLE.format(node=self.node)
         if not ipip_pools:
             if self._ipip_was_on and self._grace_over("ipip", result):
@@ -144,7 +150,7 @@ class Encap:
             result.problems["ipip"] = f"ipip: no tunnel address: {exc}"
             return
         await asyncio.to_thread(self._record, ipip=str(addr))
-        res = await self.tunnels.sync_ipip(tunnels.IpipConfig(tunnel_ip=addr, node_ip=me.ip))
+        res = await self.tunnels.sync_ipip(tunnels.IpipConfig(tunnel_ip=addr, node_ip=me.ip, mtu=mtu or None))
         result.writes += res.writes
         if res.problem:
             result.problems["ipip"] = f"ipip: {res.problem}"

@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 HEALTH_PORT = 9099  # Felix's
 METRICS_PORT = 9091  # Felix's
 SNAPSHOT_TIMEOUT = 2.0  # well inside a kubelet probe's default 1-10 s timeout window
-# The agent's loop wakes at least every RESYNC_INTERVAL (60 s) even when idle; a full resync of a
+# The agent's loop wakes at least every TICK_INTERVAL (60 s) even when idle; a full resync of a
 # large table may add tens of seconds. Beyond this the loop is stuck, not idle.
 STALL_AFTER = 120.0
 # What generate_latest() writes by default, and what every Prometheus parses (the library's

@@ -223,3 +223,31 @@ def test_a_route_apply_left_running_is_waited_for_and_its_failure_counted_and_re
         assert agent._full_apply and not agent._calc_ready  # next: rebuild and diff every route
 
     asyncio.run(main())
+
+
+def test_route_refresh_interval_comes_from_env_then_felixconfiguration(tmp_path, monkeypatch):
+    """Issue 8: FelixConfiguration is watched; routeRefreshInterval (node.<name>, else default,
+    else 90 s) sets the full-resync timer, FELIX_ROUTEREFRESHINTERVAL overrides it, 0 turns it
+    off; the VXLAN/IPIP fields reach the tunnels the same way (cluster.felix_settings)."""
+    from crds import load
+    from datastore.syncer import Update
+    from felix import cluster
+
+    def felixconfig(name: str, spec: dict) -> Update:
+        r = load({"apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
+                  "metadata": {"name": name}, "spec": spec})
+        return Update(r.KIND, None, r.name, r)
+
+    monkeypatch.delenv("FELIX_ROUTEREFRESHINTERVAL", raising=False)
+    agent = make_agent(tmp_path)
+    assert "FelixConfiguration" in cluster.WATCHED_KINDS
+    assert agent.refresh_interval() == 90.0
+    agent.state.apply([felixconfig("default", {"routeRefreshInterval": "30s", "vxlanVNI": 4097})])
+    assert agent.refresh_interval() == 30.0
+    agent.state.apply([felixconfig("node.n1", {"routeRefreshInterval": "2m"})])
+    assert agent.refresh_interval() == 120.0  # ours wins over default
+    assert cluster.felix_settings(agent.state, "n2").vxlan_vni == 4097
+    agent.state.apply([felixconfig("node.n1", {"routeRefreshInterval": "0s"})])
+    assert agent.refresh_interval() is None
+    monkeypatch.setenv("FELIX_ROUTEREFRESHINTERVAL", "5")
+    assert agent.refresh_interval() == 5.0
