@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import secrets
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +126,27 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+# -- the lab, as the e2e tests drive it: the real pycalicoctl in this venv --------------------------
+
+CTL = str(Path(sys.executable).parent / "pycalicoctl")
+
+
+def ctl(*args: str, check: bool = True, umask: int | None = None,
+        timeout: float = 240) -> subprocess.CompletedProcess:
+    """``pycalicoctl ARGS``; with ``check`` a non-zero exit fails the test, showing its output."""
+    out = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=timeout,
+                         preexec_fn=None if umask is None else lambda: os.umask(umask))
+    if check and out.returncode != 0:
+        pytest.fail(f"pycalicoctl {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def lab_state(name: str) -> dict:
+    return json.loads(Path(f"/run/pycalico-lab/{name}/state.json").read_text())
+
+
+def lab_namespaces(name: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(f"{name}-")]

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-import sys
-from pathlib import Path
 
-CTL = str(Path(sys.executable).parent / "pycalicoctl")
+from tests import helpers
+
 LAB = f"k{secrets.token_hex(2)}"  # 1-6 lowercase letters/digits
 
 
 def ctl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CTL, *args], capture_output=True, text=True, timeout=240)
+    return helpers.ctl(*args, check=False)  # the tests read the exit status themselves
 
 
 def test_lab_option_works_for_node_and_datastore_commands():
@@ -26,4 +25,4 @@ def test_lab_option_works_for_node_and_datastore_commands():
         assert nodes.returncode == 0, nodes.stderr
         assert nodes.stdout.split() == ["NAME", f"{LAB}-node1"]
     finally:
-        subprocess.run([CTL, "lab", "down", "--name", LAB], capture_output=True, timeout=120)
+        subprocess.run([helpers.CTL, "lab", "down", "--name", LAB], capture_output=True, timeout=120)

@@ -9,7 +9,6 @@ import stat
 import secrets
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,27 +16,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import wait_for
+from tests import helpers
+from tests.helpers import ctl, wait_for
 
-CTL = str(Path(sys.executable).parent / "pycalicoctl")
 LAB = f"e{secrets.token_hex(2)}"  # lab names are short: namespace/interface names derive from them
 
 
-def ctl(*args: str, check: bool = True, umask: int | None = None) -> subprocess.CompletedProcess:
-    out = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=240,
-                         preexec_fn=None if umask is None else lambda: os.umask(umask))
-    if check and out.returncode != 0:
-        pytest.fail(f"pycalicoctl {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
-    return out
-
-
 def lab_state() -> dict:
-    return json.loads(Path(f"/run/pycalico-lab/{LAB}/state.json").read_text())
+    return helpers.lab_state(LAB)
 
 
 def lab_namespaces() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith(f"{LAB}-")]
+    return helpers.lab_namespaces(LAB)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +37,7 @@ def lab():
         ctl("lab", "up", "--name", LAB, "--nodes", "3", "--pods-per-node", "2", umask=0)
         yield lab_state()
     finally:
-        subprocess.run([CTL, "lab", "down", "--name", LAB], capture_output=True, timeout=120)
+        subprocess.run([helpers.CTL, "lab", "down", "--name", LAB], capture_output=True, timeout=120)
 
 
 def routes(ns: str) -> list[str]:
@@ -515,7 +505,6 @@ def test_down_after_a_crash_needs_only_the_namespaces():
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()
                 and "zombie" not in _proc_state(pid)]
     assert not list(Path("/run/pycalico").glob(f"{name}-*"))
-
 
 
 def test_every_lab_command_refuses_a_name_that_is_a_path():

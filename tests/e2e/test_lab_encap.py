@@ -7,32 +7,23 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_for
+from tests import helpers
+from tests.helpers import ctl, wait_for
 
-CTL = str(Path(sys.executable).parent / "pycalicoctl")
 LAB = f"x{secrets.token_hex(2)}"  # lab names are short: namespace/interface names derive from them
 SUBNET_A, SUBNET_B = ipaddress.ip_network("10.99.0.0/24"), ipaddress.ip_network("10.99.1.0/24")
 
 
-def ctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=240)
-    if check and out.returncode != 0:
-        pytest.fail(f"pycalicoctl {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
-    return out
-
-
 def lab_state() -> dict:
-    return json.loads(Path(f"/run/pycalico-lab/{LAB}/state.json").read_text())
+    return helpers.lab_state(LAB)
 
 
 def lab_namespaces() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith(f"{LAB}-")]
+    return helpers.lab_namespaces(LAB)
 
 
 def pools() -> dict[str, dict]:
@@ -58,7 +49,7 @@ def lab():
         print(up.stdout)
         yield lab_state()
     finally:
-        subprocess.run([CTL, "lab", "down", "--name", LAB], capture_output=True, timeout=120)
+        subprocess.run([helpers.CTL, "lab", "down", "--name", LAB], capture_output=True, timeout=120)
 
 
 def test_the_state_records_the_mode(lab):

@@ -9,20 +9,17 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-CTL = str(Path(sys.executable).parent / "pycalicoctl")
+from tests import helpers
+
 NAME = f"r{secrets.token_hex(2)}"  # short: namespace and interface names derive from it
 
 
-def ctl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    out = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0:
-        pytest.fail(f"pycalicoctl {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
-    return out
+def ctl(*args: str) -> subprocess.CompletedProcess:
+    return helpers.ctl(*args, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +28,7 @@ def reflector_lab():
         ctl("lab", "up", "--name", NAME, "--nodes", "3", "--pods-per-node", "1", "--route-reflectors", "2")
         yield json.loads(Path(f"/run/pycalico-lab/{NAME}/state.json").read_text())
     finally:
-        subprocess.run([CTL, "lab", "down", "--name", NAME], capture_output=True, timeout=120)
+        subprocess.run([helpers.CTL, "lab", "down", "--name", NAME], capture_output=True, timeout=120)
 
 
 def test_lab_with_two_reflectors_converges_and_pods_ping(reflector_lab):
