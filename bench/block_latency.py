@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import emit, percentile, save_figure
+from bench.common import cdf_figure, emit, percentile
 from felix import rtnl
 from lab import lab
 
@@ -178,22 +178,10 @@ def _apply(name: str, doc: dict) -> None:
 
 
 def _plot(result: dict, samples: list[float]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ordered = sorted(samples)
-    ax.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))],
-            label="IPAM commit -> route in every other node's kernel")
-    ax.axvline(result["goal_block_p99_ms"], color="grey", linestyle=":", label="p99 goal")
-    ax.set_xlabel("ms")
-    ax.set_ylabel("fraction of blocks")
-    ax.set_title(f"new block latency, {result['nodes']} nodes: p50 {result['block_p50_ms']} ms, "
-                 f"p99 {result['block_p99_ms']} ms")
-    ax.legend()
-    save_figure(fig, "block_latency.png")
-    plt.close(fig)
-
+    cdf_figure(samples, label="IPAM commit -> route in every other node's kernel",
+               goal=result["goal_block_p99_ms"], ylabel="fraction of blocks", name="block_latency.png",
+               title=f"new block latency, {result['nodes']} nodes: p50 {result['block_p50_ms']} ms, "
+                     f"p99 {result['block_p99_ms']} ms")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,3 +35,23 @@ def save_figure(fig, name: str) -> Path:
     fig.savefig(path, dpi=100, bbox_inches="tight")
     path.chmod(0o600)
     return path
+
+
+def cdf_figure(samples: Sequence[float], *, label: str, goal: float, ylabel: str, title: str,
+               name: str) -> Path:
+    """One latency CDF (ms) with its p99 goal marked, saved as ``bench/out/<name>``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ordered = sorted(samples)
+    ax.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label)
+    ax.axvline(goal, color="grey", linestyle=":", label="p99 goal")
+    ax.set_xlabel("ms")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    try:
+        return save_figure(fig, name)
+    finally:
+        plt.close(fig)

@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from bench.common import emit, percentile, save_figure
+from bench.common import cdf_figure, emit, percentile
 
 NODE, NODE_IP = "node0", "192.168.255.1/16"
 POOL = IPv4Network("10.0.0.0/8")
@@ -307,25 +307,11 @@ def node_namespace(events: int) -> Iterator[tuple[str, Path]]:
 
 
 def plot(result: dict, samples: list[float]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ordered = sorted(samples)
-    ax.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))],
-            label="etcd write -> RTM_NEWROUTE")
-    ax.axvline(result["goal_event_p99_ms"], color="grey", linestyle=":", label="p99 goal")
-    ax.set_xlabel("ms")
-    ax.set_ylabel("fraction of events")
-    ax.set_title(f"pod event latency at {result['routes']} routes: p50 {result['event_p50_ms']} ms, "
-                 f"p99 {result['event_p99_ms']} ms; agent RSS {result['agent_rss_mb']} MB")
-    ax.legend()
-    path = save_figure(fig, "event_latency.png")
-    plt.close(fig)
-    return path
-
+    return cdf_figure(
+        samples, label="etcd write -> RTM_NEWROUTE", goal=result["goal_event_p99_ms"],
+        ylabel="fraction of events", name="event_latency.png",
+        title=f"pod event latency at {result['routes']} routes: p50 {result['event_p50_ms']} ms, "
+              f"p99 {result['event_p99_ms']} ms; agent RSS {result['agent_rss_mb']} MB")
 
 if __name__ == "__main__":
     sys.exit(main())
