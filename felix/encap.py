@@ -60,6 +60,7 @@ class Encap:
         self.ds, self.node = ds, node
         self._grace, self._clock = teardown_grace, clock
         self._unused_since: dict[str, float] = {}
+        self._held: dict[str, IPv4Address] = {}  # tunnel addresses we assigned, by "vxlan"/"ipip"
         self.tunnels = tunnels.TunnelManager(netns=netns)
         self.nat = NatTable(netns=netns)
         # True: in use, or maybe left by a past run (the first apply cleans that up at once).
@@ -97,14 +98,15 @@ class Encap:
             if self._vxlan_was_on and self._grace_over("vxlan", result):
                 removed = await self.tunnels.remove_vxlan()
                 await asyncio.to_thread(self._release, handle, vxlan=True)
+                self._held.pop("vxlan", None)
                 result.writes += int(removed)
                 self._vxlan_was_on = False
             return
         self._vxlan_was_on = True
         self._unused_since.pop("vxlan", None)
         try:
-            vtep = await asyncio.to_thread(self._tunnel_address, handle, vxlan_pools,
-                                           node.spec.ipv4_vxlan_tunnel_addr if node else None)
+            vtep = await self._address("vxlan", handle, vxlan_pools,
+                                       node.spec.ipv4_vxlan_tunnel_addr if node else None)
         except IPAMError as exc:
             result.problems["vxlan"] = f"vxlan: no tunnel address: {exc}"
             return
@@ -128,7 +130,9 @@ class Encap:
         if res.problem or res.failed:
             result.problems["vxlan"] = "vxlan: " + (res.problem or "; ".join(
                 f"{k}: {v}" for k, v in sorted(res.failed.items(), key=str)))
-        await asyncio.to_thread(self._record, vxlan=(str(vtep), res.mac or mac))
+        recorded = (node.spec.ipv4_vxlan_tunnel_addr, node.spec.vxlan_tunnel_mac_addr) if node else None
+        if recorded != (str(vtep), res.mac or mac):
+            await asyncio.to_thread(self._record, vxlan=(str(vtep), res.mac or mac))
 
     # -- IPIP --
 
@@ -139,21 +143,34 @@ class Encap:
             if self._ipip_was_on and self._grace_over("ipip", result):
                 await self.tunnels.remove_ipip()
                 await asyncio.to_thread(self._release, handle, vxlan=False)
+                self._held.pop("ipip", None)
                 self._ipip_was_on = False
             return
         self._ipip_was_on = True
         self._unused_since.pop("ipip", None)
         current = node.spec.bgp.ipv4_ipip_tunnel_addr if node and node.spec.bgp else None
         try:
-            addr = await asyncio.to_thread(self._tunnel_address, handle, ipip_pools, current)
+            addr = await self._address("ipip", handle, ipip_pools, current)
         except IPAMError as exc:
             result.problems["ipip"] = f"ipip: no tunnel address: {exc}"
             return
-        await asyncio.to_thread(self._record, ipip=str(addr))
+        if current != str(addr):
+            await asyncio.to_thread(self._record, ipip=str(addr))
         res = await self.tunnels.sync_ipip(tunnels.IpipConfig(tunnel_ip=addr, node_ip=me.ip, mtu=mtu or None))
         result.writes += res.writes
         if res.problem:
             result.problems["ipip"] = f"ipip: {res.problem}"
+
+    async def _address(self, kind: str, handle: str, pools: list[IPPool],
+                       recorded: str | None) -> IPv4Address:
+        """Our tunnel address. Once assigned and recorded on our Node it costs nothing: asking IPAM
+        reads every block, which every reconcile of a VXLAN node did before."""
+        held = self._held.get(kind)
+        if held is not None and recorded == str(held):
+            return held
+        address = await asyncio.to_thread(self._tunnel_address, handle, pools, recorded)
+        self._held[kind] = address
+        return address
 
     def _grace_over(self, tunnel: str, result: EncapResult) -> bool:
         if self._first:
