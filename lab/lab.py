@@ -317,7 +317,7 @@ def _install_cni(state: LabState, node: str) -> None:
     env |= {"CNI_BIN_DIR": str(bin_dir), "CNI_NET_DIR": str(net_dir),
             "SERVICEACCOUNT_DIR": str(sa_dir), "KUBERNETES_SERVICE_HOST": ETCD_IP,
             "KUBERNETES_SERVICE_PORT": str(kube.API_PORT),
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+            **_host_env()}
     out = subprocess.run(["ip", "netns", "exec", node, _bin(argv[0]), *argv[1:]], env=env,
                          capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
@@ -335,8 +335,17 @@ def _start_agent(state: LabState, node: str) -> int:
     if state.metrics:
         env["FELIX_PROMETHEUSMETRICSENABLED"] = "true"
     proc = _spawn(state.dir / f"{node}.log", ["ip", "netns", "exec", node, _bin(argv[0]), *argv[1:]],
-                  env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env})
+                  env={**_host_env(), **env})
     return proc.pid
+
+
+def _host_env() -> dict[str, str]:
+    """What a lab daemon inherits from the host: PATH, and PYTHONPATH when one is set (a lab run
+    from another checkout of the source then runs that checkout's code, not the installed one)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
 
 
 _CHILDREN: list[subprocess.Popen] = []  # daemons outlive this command; keep them referenced
