@@ -6,13 +6,18 @@ address), so the speaker can compare texts and skip reloads that would change no
 Listening is not in this file: ExaBGP 5.0.15 binds the addresses in the environment variable
 ``exabgp.tcp.bind`` on ``exabgp.tcp.port`` (see ``speaker.exabgp_env``). Outgoing connections use
 ``connect <port>`` per neighbor, so both sides agree on one port as Calico's ``listenPort`` does.
+
+A peer's TCP MD5 password is written base64-encoded with ``md5-base64 true``: ExaBGP's tokeniser
+then never sees quotes, ``;`` or spaces from a Secret, and the key bytes are exactly the password's.
+The file holding it is written 0600 by the speaker (``hostio.write_private``).
 """
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from bgp.peers import PeerSpec
+from bgp.peers import PeerSpec, password_problem
 
 PROCESS_NAME = "pycalico"
 # ExaBGP splits `run` on whitespace and ends statements at ';' - such paths cannot be expressed.
@@ -39,6 +44,10 @@ class ExaBGPConfig:
         for arg in self.relay_command:
             if not arg or _FORBIDDEN_IN_RUN & set(arg):
                 raise ValueError(f"relay_command: argument {arg!r} is empty or has whitespace/quotes/';'")
+        for peer in self.peers:
+            problem = None if peer.password is None else password_problem(peer.password)
+            if problem is not None:
+                raise ValueError(f"peers: the password of {peer.address} ({peer.name}) {problem}")
         addresses = [p.address for p in self.peers]
         if len(addresses) != len(set(addresses)):
             raise ValueError("peers: two sessions to the same address")
@@ -75,6 +84,7 @@ def _neighbor(cfg: ExaBGPConfig, peer: PeerSpec) -> str:
         f"    hold-time {cfg.hold_time};\n"
         f"    passive {'true' if peer.passive else 'false'};\n"
         f"    connect {cfg.port};\n"
+        f"{_md5(peer.password)}"
         f"    manual-eor true;\n"
         f"    adj-rib-in false;\n"
         f"    adj-rib-out true;\n"
@@ -98,6 +108,13 @@ def _neighbor(cfg: ExaBGPConfig, peer: PeerSpec) -> str:
         f"    }}\n"
         f"}}\n"
     )
+
+
+def _md5(password: str | None) -> str:
+    if password is None:
+        return ""
+    encoded = base64.b64encode(password.encode()).decode()
+    return f"    md5-password {encoded};\n    md5-base64 true;\n"
 
 
 def _comment(text: str) -> str:

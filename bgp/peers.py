@@ -14,6 +14,11 @@ Purely computational; no I/O.
   an ID peer as non-clients (RFC 4456).
 - One session per address: node-specific BGPPeers win over global ones, which win over the mesh;
   ties go to the smallest name, so the result never depends on input order.
+- Passwords (TCP MD5, RFC 2385): ``nodeMeshPassword`` for mesh sessions, a BGPPeer's ``password``
+  for its sessions, both Secret references (``SecretRef``) resolved by the caller into
+  ``passwords``. A session whose password cannot be resolved (Secret or key missing, or a value
+  the kernel cannot take) is left out: it must never come up without its password.
+  ``password_problems`` says why, naming the resource, the field and the Secret.
 - Between two of our nodes only the lower address connects (the other is passive): two
   simultaneous connections collide, and resolving the collision tears down the session a restarting
   peer just opened, which defeats graceful restart. External peers are connected to.
@@ -28,7 +33,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 
 from crds.selector import Selector
@@ -38,6 +44,29 @@ GLOBAL_PEER_TYPE = "global"
 NODE_PEER_TYPE = "node specific"
 _PRECEDENCE = {NODE_PEER_TYPE: 0, GLOBAL_PEER_TYPE: 1, MESH_PEER_TYPE: 2}
 _MAX_ASN = 2**32 - 1
+MAX_PASSWORD_BYTES = 80  # TCP_MD5SIG_MAXKEYLEN (linux/tcp.h)
+
+
+@dataclass(frozen=True, order=True)
+class SecretRef:
+    """A password's place: key ``key`` of Secret ``name`` in the agent's own namespace."""
+
+    name: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"secret {self.name!r} key {self.key!r}"
+
+
+def password_problem(value: str | None) -> str | None:
+    """Why ``value`` cannot be a TCP MD5 key (None when it can): missing, empty, or too long."""
+    if value is None:
+        return "not found"
+    if not value:
+        return "is empty"
+    if len(value.encode()) > MAX_PASSWORD_BYTES:
+        return f"is {len(value.encode())} bytes, more than the kernel's {MAX_PASSWORD_BYTES}"
+    return None
 
 
 def _check_asn(field: str, asn: int | None) -> None:
@@ -65,6 +94,7 @@ class BGPGlobal:
     mesh_enabled: bool = True
     listen_port: int = 179
     mesh_max_restart_time: float = 120.0  # nodeMeshMaxRestartTime, seconds
+    mesh_password: SecretRef | None = None  # nodeMeshPassword
 
     def __post_init__(self) -> None:
         _check_asn("BGPGlobal.asn", self.asn)
@@ -89,6 +119,8 @@ class PeerSpec:
     max_restart_time: float = 120.0
     rr_client: bool = False  # we reflect to it as a route-reflector client (RFC 4456)
     port: int = 179
+    # TCP MD5 key; never in a repr (logs), only in ExaBGP's 0600 config.
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -104,6 +136,7 @@ class ExplicitPeer:
     asn: int | None = None
     max_restart_time: float = 120.0
     reverse: bool = True  # reversePeering Auto (Calico's default); Manual: no reverse sessions
+    password: SecretRef | None = None
 
     def __post_init__(self) -> None:
         _check_asn(f"BGPPeer {self.name}: asNumber", self.asn)
@@ -158,28 +191,69 @@ def mesh_peers(local: NodeInfo, nodes: Iterable[NodeInfo], cfg: BGPGlobal) -> fr
 
 
 def bgp_peers(local: NodeInfo, nodes: Iterable[NodeInfo], cfg: BGPGlobal,
-              explicit: Iterable[ExplicitPeer] = ()) -> frozenset[PeerSpec]:
+              explicit: Iterable[ExplicitPeer] = (),
+              passwords: Mapping[SecretRef, str] | None = None) -> frozenset[PeerSpec]:
     """Every session this node should have: the mesh and its BGPPeers, one per address (see the
-    module docstring for the rules)."""
+    module docstring for the rules). ``passwords``: the resolved values of the Secret references
+    (a reference missing from it, or a value the kernel cannot take, leaves its sessions out)."""
     if local.ipv4 is None:
         return frozenset()
+    passwords = passwords or {}
+    blocked: set[PeerSpec] = set()
     nodes = sorted(nodes, key=lambda n: n.name)
     local_asn = local.asn if local.asn is not None else cfg.asn
-    candidates = list(mesh_peers(local, nodes, cfg))
+    candidates = _with_password(mesh_peers(local, nodes, cfg), cfg.mesh_password, passwords, blocked)
     for peer in sorted(explicit, key=lambda p: p.name):
         if peer.applies_to(local):
-            candidates.extend(_explicit_sessions(local, local_asn, nodes, cfg, peer))
+            candidates.extend(_with_password(_explicit_sessions(local, local_asn, nodes, cfg, peer),
+                                             peer.password, passwords, blocked))
         if peer.peer_selector is not None and peer.reverse and peer.peer_selector.matches(dict(local.labels)):
             # Selected by this peer: the reverse session to every node it applies to.
             selected_by = [n for n in nodes if peer.applies_to(n)]
-            candidates.extend(_node_sessions(local, local_asn, selected_by, cfg, peer))
+            candidates.extend(_with_password(_node_sessions(local, local_asn, selected_by, cfg, peer),
+                                             peer.password, passwords, blocked))
     best: dict[IPv4Address, PeerSpec] = {}
     for spec in candidates:
         have = best.get(spec.address)
         if have is None or (_PRECEDENCE[spec.peer_type], spec.name) < (_PRECEDENCE[have.peer_type], have.name):
             best[spec.address] = spec
     best.pop(local.ipv4.ip, None)  # never a session to ourselves, whatever a BGPPeer says
-    return frozenset(best.values())
+    return frozenset(s for s in best.values() if s not in blocked)
+
+
+def _with_password(specs: Iterable[PeerSpec], ref: SecretRef | None,
+                   passwords: Mapping[SecretRef, str], blocked: set[PeerSpec]) -> list[PeerSpec]:
+    """``specs`` with their password. When ``ref`` cannot be resolved they stay candidates (so a
+    lower-precedence session to the same address cannot take their place without the password)
+    and go into ``blocked``: a blocked winner is no session at all."""
+    specs = list(specs)
+    if ref is None:
+        return specs
+    value = passwords.get(ref)
+    if password_problem(value) is not None:
+        blocked.update(specs)
+        return specs
+    return [replace(s, password=value) for s in specs]
+
+
+def password_problems(cfg: BGPGlobal, explicit: Iterable[ExplicitPeer],
+                      passwords: Mapping[SecretRef, str]) -> list[str]:
+    """One line per password that cannot be used, naming the resource, the field and the Secret
+    (never the value); sorted, so a caller can compare and log only changes."""
+    wanted = [("BGPConfiguration default: nodeMeshPassword", cfg.mesh_password)]
+    wanted += [(f"BGPPeer {p.name}: password", p.password) for p in explicit]
+    out = []
+    for where, ref in wanted:
+        problem = None if ref is None else password_problem(passwords.get(ref))
+        if problem is not None:
+            out.append(f"{where}: {ref} {problem}; its sessions are not configured")
+    return sorted(out)
+
+
+def secret_refs(cfg: BGPGlobal, explicit: Iterable[ExplicitPeer]) -> frozenset[SecretRef]:
+    """Every Secret reference the sessions need (what the caller must resolve)."""
+    refs = {cfg.mesh_password} | {p.password for p in explicit}
+    return frozenset(r for r in refs if r is not None)
 
 
 def _explicit_sessions(local: NodeInfo, local_asn: int, nodes: list[NodeInfo], cfg: BGPGlobal,
@@ -229,4 +303,12 @@ def explicit_peer(name: str, spec, max_restart_time: float) -> ExplicitPeer:
         peer_ip=peer_ip, peer_port=port,
         peer_selector=parse_selector(spec.peer_selector) if spec.peer_selector else None,
         asn=spec.as_number, max_restart_time=max_restart_time,
-        reverse=spec.reverse_peering != "Manual")
+        reverse=spec.reverse_peering != "Manual", password=secret_ref(spec.password))
+
+
+def secret_ref(password) -> SecretRef | None:
+    """The ``SecretRef`` of a ``crds.bgp.BGPPassword`` (None for no password)."""
+    if password is None:
+        return None
+    ref = password.secret_key_ref
+    return SecretRef(ref.name, ref.key)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
-from bgp.peers import BGPGlobal, ExplicitPeer, NodeInfo, explicit_peer
+from bgp.peers import BGPGlobal, ExplicitPeer, NodeInfo, explicit_peer, secret_ref
 from crds import BGPConfiguration, BGPPeer, FelixConfiguration, IPAMBlock, IPPool, Node, Resource, WorkloadEndpoint
 from crds.duration import parse_duration
 from datastore.syncer import Connection, InSync, Update
@@ -168,7 +168,8 @@ def bgp_global(state: ClusterState) -> BGPGlobal:
         return BGPGlobal()
     return BGPGlobal(asn=cfg.spec.as_number, mesh_enabled=cfg.spec.node_to_node_mesh_enabled,
                      listen_port=cfg.spec.listen_port,
-                     mesh_max_restart_time=parse_duration(cfg.spec.node_mesh_max_restart_time))
+                     mesh_max_restart_time=parse_duration(cfg.spec.node_mesh_max_restart_time),
+                     mesh_password=secret_ref(cfg.spec.node_mesh_password))
 
 
 def node_info(node: Node) -> NodeInfo:

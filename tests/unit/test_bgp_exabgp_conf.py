@@ -1,4 +1,5 @@
 """Golden file for the rendered ExaBGP config. Regenerate with PYCALICO_UPDATE_GOLDEN=1."""
+import base64
 import os
 from ipaddress import IPv4Address as A
 from pathlib import Path
@@ -14,7 +15,8 @@ GOLDEN = Path(__file__).parent / "testdata" / "bgp" / "exabgp.conf.golden"
 def sample_config() -> ExaBGPConfig:
     """Also used by tests/functional/test_bgp_config.py, which loads the golden file in ExaBGP."""
     peers = frozenset({
-        PeerSpec(A("10.0.0.3"), 64513, 64512, False, "node-to-node mesh", "node-c"),
+        PeerSpec(A("10.0.0.3"), 64513, 64512, False, "node-to-node mesh", "node-c",
+                 password='s3cret "quoted"; {braces}'),
         PeerSpec(A("10.0.0.1"), 64512, 64512, True, "node-to-node mesh", "node-a"),
     })
     return ExaBGPConfig(router_id=A("10.0.0.2"), local_address=A("10.0.0.2"),
@@ -36,6 +38,20 @@ def test_render_is_deterministic_and_peers_sorted():
     assert text.count("manual-eor true;") == 2
 
 
+def test_password_is_base64_for_its_peer_only_and_never_in_a_repr():
+    """A Secret's value may hold quotes, ';' or braces that ExaBGP's tokeniser would split on:
+    it is written base64-encoded, and only in the neighbor it belongs to."""
+    cfg = sample_config()
+    text = render(cfg)
+    with_pw = text[text.index("neighbor 10.0.0.3 "):]
+    without = text[text.index("neighbor 10.0.0.1 "):text.index("neighbor 10.0.0.3 ")]
+    encoded = base64.b64encode('s3cret "quoted"; {braces}'.encode()).decode()
+    assert f"    md5-password {encoded};\n    md5-base64 true;\n" in with_pw
+    assert "md5" not in without
+    assert "s3cret" not in text
+    assert all("s3cret" not in repr(p) for p in cfg.peers), "a PeerSpec's repr (logs) shows no password"
+
+
 def test_no_peers_renders_only_the_process():
     text = render(ExaBGPConfig(A("10.0.0.2"), A("10.0.0.2"), ("/bin/relay",)))
     assert "neighbor" not in text and "run /bin/relay;" in text
@@ -47,6 +63,9 @@ def test_no_peers_renders_only_the_process():
     ({"hold_time": 2}, "hold_time"),
     ({"gr_restart_time": 5000}, "gr_restart_time"),
     ({"port": 0}, "port"),
+    ({"peers": frozenset({PeerSpec(A("10.0.0.1"), 1, 1, True, "t", "x", password="p" * 81)})},
+     "peers: the password of 10.0.0.1"),
+    ({"peers": frozenset({PeerSpec(A("10.0.0.1"), 1, 1, True, "t", "x", password="")})}, "empty"),
     ({"peers": frozenset({PeerSpec(A("10.0.0.1"), 1, 1, True, "t", "x"),
                           PeerSpec(A("10.0.0.1"), 2, 1, True, "t", "y")})}, "peers"),
 ])
