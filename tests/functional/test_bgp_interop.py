@@ -104,8 +104,7 @@ class Bird:
         self.sock = workdir / "bird.ctl"
         self.log = workdir / "bird.log"
         conf = workdir / "bird.conf"
-        conf.write_text(BIRD_CONF.format(peer=PEER, us=US, peer_block=PEER_BLOCK, outside=OUTSIDE,
-                                         log=self.log))
+        conf.write_text(self._conf())
         subprocess.run(["bird", "-p", "-c", str(conf)], check=True)  # parse only: clear errors
         with open(workdir / "bird.stderr", "wb") as stderr:
             self.proc = procs.add(subprocess.Popen(
@@ -113,6 +112,9 @@ class Bird:
                  "-P", str(workdir / "bird.pid")],
                 stdout=subprocess.DEVNULL, stderr=stderr))
         wait_for(lambda: self._alive() and self.sock.exists(), 10, what="bird control socket")
+
+    def _conf(self) -> str:
+        return BIRD_CONF.format(peer=PEER, us=US, peer_block=PEER_BLOCK, outside=OUTSIDE, log=self.log)
 
     def _alive(self) -> bool:
         if self.proc.poll() is not None:
