@@ -32,11 +32,12 @@ import tenacity
 
 import datastore
 import hostio
-from bgp.peers import bgp_peers
+from bgp.peers import bgp_peers, password_problems, secret_refs
 from bgp.speaker import Speaker
 from cni.server import CNIServer
 from crds import Node, ObjectMeta
 from crds.models import NodeBGPSpec, NodeSpec
+from datastore import secrets
 from datastore.base import AlreadyExists, Conflict, Datastore, Forbidden, NotFound, Unavailable
 from datastore.syncer import Connection, Syncer, is_fatal
 from felix import cluster, logs
@@ -120,6 +121,8 @@ class Agent:
         self._encap_problems: dict[str, str] = {}
         self._unroutable: dict = {}
         self.speaker: Speaker | None = None
+        self.secrets = None  # BGP password Secrets (datastore.secrets), made in run()
+        self._secrets_changed, self._password_problems = False, []
         self._wake = asyncio.Event()
         self._causes: set[str] = set()
         self._stop = asyncio.Event()
@@ -165,6 +168,8 @@ class Agent:
         await self._status.start()
         await self.health.start()  # probes answer "datastore connecting" until in sync
         await self.cni.start()
+        self.secrets = secrets.for_agent(self.ds, self.cfg.kubeconfig,
+                                         lambda: loop.call_soon_threadsafe(self._on_secret_change))
         self._syncer = Syncer(
             self.ds, cluster.WATCHED_KINDS,
             lambda batch: loop.call_soon_threadsafe(self._on_batch, batch),
@@ -189,6 +194,8 @@ class Agent:
             await asyncio.to_thread(self._syncer.stop)
         if self.speaker is not None:
             await self.speaker.stop()
+        if self.secrets is not None:
+            await asyncio.to_thread(self.secrets.close)
         await self._status.stop()
         await self.cni.stop()
         await self.health.stop()
@@ -199,6 +206,10 @@ class Agent:
     def _die(self, exc: BaseException) -> None:
         self.fatal = exc
         self._stop.set()
+
+    def _on_secret_change(self) -> None:
+        self._secrets_changed = True
+        self._request("event")
 
     def _on_batch(self, batch) -> None:
         if self.state.apply(batch):
@@ -319,7 +330,9 @@ class Agent:
         causes, changes = self._causes_now, self.state.take_changes()
         rebuild = not self._calc_ready or bool(changes.keys() - {"WorkloadEndpoint"})
         self._calc_ready = False  # until this reconcile succeeds: a failed one leaves a rebuild
-        configure = rebuild or bool(causes & {"retry", "resync"}) or bool(self._encap_problems)
+        configure = (rebuild or bool(causes & {"retry", "resync"}) or bool(self._encap_problems)
+                     or self._secrets_changed)
+        self._secrets_changed = False
         if configure and not await self._configure():
             return
         learned_changed, bgp_in_sync = self._learned_dirty, True
@@ -391,7 +404,8 @@ class Agent:
             return False
         if self.cfg.bgp:
             speaker = self.speaker or await self._start_speaker(me.asn or glob.asn, glob.listen_port)
-            await speaker.set_peers(bgp_peers(me, infos, glob, cluster.explicit_peers(self.state)),
+            explicit = cluster.explicit_peers(self.state)
+            await speaker.set_peers(bgp_peers(me, infos, glob, explicit, self._passwords(glob, explicit)),
                                     cluster_id=me.rr_cluster_id)  # set: we reflect (RFC 4456)
             speaker.set_import_filter(cluster.pool_cidrs(self.state),
                                       cluster.local_blocks(self.state, node))
@@ -404,6 +418,16 @@ class Agent:
         if encap.recheck_after:  # an unused tunnel waits out its grace before it goes
             self._retry_in(encap.recheck_after)
         return True
+
+    def _passwords(self, glob, explicit) -> dict:
+        """The BGP passwords' values; each one that cannot be used is logged when that changes."""
+        found = self.secrets.resolve(secret_refs(glob, explicit)) if self.secrets else {}
+        problems = password_problems(glob, explicit, found)
+        if problems != self._password_problems:
+            for problem in problems:
+                log.warning("BGP password: %s", problem)
+            self._password_problems = problems
+        return found
 
     def _read_learned(self) -> frozenset:
         """Every learned route, for a rebuild; the speaker's change record starts again from here

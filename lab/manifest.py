@@ -62,7 +62,7 @@ def _main_container(docs: list[dict[str, Any]], init: bool = False) -> dict[str,
 def container_command(docs: list[dict[str, Any]], node: str,
                       init: bool = False) -> tuple[list[str], dict[str, str]]:
     """The main (or init) container's argv and environment as kubelet gives them on ``node``:
-    values, ``fieldRef`` (spec.nodeName) and ``configMapKeyRef`` (the manifest's ConfigMap)."""
+    values, ``fieldRef`` (spec.nodeName, metadata.namespace) and ``configMapKeyRef`` (the manifest's ConfigMap)."""
     container = _main_container(docs, init)
     config = find(docs, "ConfigMap", "pycalico-config").get("data") or {}
     env = {e["name"]: _env_value(e, node, config) for e in container.get("env") or []}
@@ -76,11 +76,13 @@ def _env_value(entry: dict[str, Any], node: str, config: dict[str, str]) -> str:
     field = (source.get("fieldRef") or {}).get("fieldPath")
     if field == "spec.nodeName":
         return node
+    if field == "metadata.namespace":
+        return "kube-system"  # the DaemonSet's namespace
     ref = source.get("configMapKeyRef") or {}
     if ref.get("name") == "pycalico-config" and ref.get("key") in config:
         return str(config[ref["key"]])
     raise ValueError(f"manifest: env {entry.get('name')}: cannot resolve {source or entry} "
-                     "(the lab knows values, spec.nodeName and the pycalico-config ConfigMap)")
+                     "(the lab knows values, spec.nodeName, metadata.namespace and the pycalico-config ConfigMap)")
 
 
 def readiness_url(docs: list[dict[str, Any]]) -> str:

@@ -155,7 +155,7 @@ def test_rbac_is_least_privilege():
     assert set(cluster) == crds | {("", "nodes"), ("", "pods")}
     # Secrets (BGP passwords) only in the agent's own namespace, read only.
     assert ("", "secrets") not in cluster
-    assert rules("Role", "pycalico-node-bgp-secrets") == {("", "secrets"): {"get"}}
+    assert rules("Role", "pycalico-node-bgp-secrets") == {("", "secrets"): {"list", "watch"}}
     assert find(DOCS, "Role", "pycalico-node-bgp-secrets")["metadata"]["namespace"] == "kube-system"
 
 
