@@ -2,8 +2,10 @@
 
 Contract (what felix/agent.py uses):
 - ``peers.mesh_peers(local, nodes, cfg) -> frozenset[PeerSpec]``: the desired sessions.
-- ``speaker.Speaker``: ``start``/``stop``, ``set_peers(peers, cluster_id=None)`` (a cluster id
-  makes us an RFC 4456 route reflector for the peers whose ``rr_client`` is set),
+- ``speaker.Speaker``: ``start``/``stop``, ``set_peers(peers, cluster_id=None)`` (exactly these
+  sessions, at once; a cluster id makes us an RFC 4456 route reflector for the peers whose
+  ``rr_client`` is set), ``want_peers(peers, cluster_id=None)`` (the same, make-before-break:
+  sessions no longer wanted stay until others cover their routes, ``transition``),
   ``set_advertisements`` (only the diff is sent; a session that comes up gets everything, reflected
   routes included, then End-of-RIB), ``set_import_filter``,
   ``learned_routes`` (best paths inside enabled pools, graceful-restart stale routes included),
@@ -12,7 +14,7 @@ Contract (what felix/agent.py uses):
 
 I/O: only ``speaker`` (files in run_dir, the ExaBGP child, a unix socket) and ``relay`` (the tiny
 process ExaBGP runs as its API process, relaying its pipes to the speaker's socket).
-Pure, no I/O: ``peers``, ``rib`` (Adj-RIB-In, import filter, best path, reflection loop checks,
+Pure, no I/O: ``peers``, ``transition`` (make-before-break between two sets of sessions), ``rib`` (Adj-RIB-In, import filter, best path, reflection loop checks,
 RFC 4724 helper, injected clock), ``reflect`` (RFC 4456 reflection: targets, attributes, Adj-RIB-Out),
 ``exabgp_conf`` (config rendering), ``protocol`` (sans-I/O ExaBGP 5 line protocol).
 """

@@ -486,6 +486,13 @@ class Rib:
         chosen = self._best.get(prefix)
         return chosen.route if chosen is not None else None
 
+    def provided(self, peer: IPv4Address) -> frozenset[IPv4Network]:
+        """The prefixes ``peer`` gives us that the import filter accepts, stale ones included
+        (what we would lose without it; ``bgp.transition`` waits for another session to cover them)."""
+        peer = self._peer_ids.get(peer, peer)
+        held = self._fresh.get(peer, {}).keys() | self._stale.get(peer, {}).keys()
+        return frozenset(p for p in held if self.rejection(p) is None)
+
     def route_count(self, peer: IPv4Address) -> int:
         peer = self._peer_ids.get(peer, peer)
         return len(self._fresh.get(peer, {})) + len(self._stale.get(peer, {}))

@@ -14,6 +14,9 @@ Why things are the way they are:
 - A route reflector (``set_peers(..., cluster_id=...)``) sends each best path ``bgp.reflect``
   picks to exactly its targets, with the next hop unchanged; a session that comes up gets its
   whole Adj-RIB-Out (reflected routes too) before End-of-RIB.
+- ``want_peers`` (what the agent calls) changes sessions make-before-break (``bgp.transition``):
+  it re-plans on every session change and End-of-RIB while something drains, and on a timer for
+  the plan's deadlines; ``set_peers`` underneath configures exactly what it is given.
 - Prefix changes go to all neighbors at once; ExaBGP's adj-rib-out keeps them for a neighbor
   that is down, so a withdrawal made while it was down is not replayed as an announcement.
 - The child gets PR_SET_PDEATHSIG=SIGKILL (through setpriv, no preexec_fn): it never outlives the
@@ -44,7 +47,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import hostio
-from bgp import exabgp_conf, exabgp_main, protocol, reflect
+from bgp import exabgp_conf, exabgp_main, protocol, reflect, transition
 from bgp.peers import PeerSpec
 from bgp.rib import LearnedRoute, Rib
 
@@ -114,6 +117,7 @@ class _Peer:
     since: datetime | None = None
     reason: str = ""
     synced: bool = False  # has been up and sent End-of-RIB at least once
+    eor: bool = False  # sent End-of-RIB since it last came up
 
     def status(self) -> PeerStatus:
         info = "Established" if self.state == "up" else " ".join(
@@ -187,7 +191,8 @@ class Speaker:
                  local_asn: int, run_dir: Path, on_change: Callable[[], None],
                  listen_port: int = 179, netns: str | None = None, hold_time: int = 9,
                  gr_restart_time: int = 120, sync_deadline: float = 30.0,
-                 liveness_interval: float = 10.0, liveness_timeout: float = 30.0) -> None:
+                 liveness_interval: float = 10.0, liveness_timeout: float = 30.0,
+                 drain_deadline: float = transition.DEADLINE) -> None:
         self._node = node_name
         self._local_asn = local_asn
         self._run_dir = Path(run_dir)
@@ -226,6 +231,13 @@ class Speaker:
         self.refused_connections = 0
         self._status = SpeakerStatus("stopped", None, "not started")
         self._restart_cause = ""  # why the current child replaced the last one, until it is up
+        # Make-before-break (want_peers): the sessions wanted, and the unwanted ones still kept.
+        self._wanted: tuple[frozenset[PeerSpec], IPv4Address | None] | None = None
+        self._draining: dict[IPv4Address, transition.Drain] = {}
+        self._drain_deadline = drain_deadline
+        self._transition_lock = asyncio.Lock()
+        self._transition_task: asyncio.Task | None = None
+        self._transition_again = False
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -264,6 +276,62 @@ class Speaker:
         self._reload_soon()
         self._configure_reflection()
         self._notify()
+
+    async def want_peers(self, peers: frozenset[PeerSpec],
+                         cluster_id: IPv4Address | str | None = None) -> None:
+        """Move to exactly ``peers`` without losing routes (``bgp.transition``): new sessions are
+        configured at once; a session no longer wanted stays until wanted sessions that are up and
+        sent End-of-RIB provide every prefix it provides, or ``transition.DEADLINE`` passes. Session
+        changes and End-of-RIB re-evaluate it. ``cluster_id`` as in ``set_peers`` (at once)."""
+        cluster = IPv4Address(cluster_id) if cluster_id is not None else None
+        self._wanted = (frozenset(peers), cluster)
+        await self._advance()
+
+    async def _advance(self) -> None:
+        if self._wanted is None or self._stopping:
+            return
+        async with self._transition_lock:
+            wanted, cluster = self._wanted
+            by_address = {p.address: p for p in wanted}
+            if not self._draining and all(a in by_address and (by_address[a].rr_client or not p.spec.rr_client)
+                                          for a, p in self._peers.items()):
+                await self.set_peers(wanted, cluster)  # nothing to drain: the common case, no RIB walk
+                return
+            now = time.monotonic()
+            plan = transition.plan(wanted, {a: p.spec for a, p in self._peers.items()},
+                                   self._sessions(), self._draining, now, deadline=self._drain_deadline)
+            for address in plan.draining.keys() - self._draining.keys():
+                log.info("keeping a session no longer wanted until its routes are covered",
+                         extra={"node": self._node, "peer": str(address)})
+            self._draining = dict(plan.draining)
+            self._cancel_timer("transition")
+            if plan.recheck_at is not None:
+                self._timers["transition"] = asyncio.get_running_loop().call_later(
+                    max(0.0, plan.recheck_at - now), self._advance_soon)
+            if cluster is None and any(p.rr_client for p in plan.configure):
+                cluster = self._cluster_id  # still reflecting to former clients (bgp.transition)
+            await self.set_peers(plan.configure, cluster)
+
+    def _sessions(self) -> dict[IPv4Address, transition.Session]:
+        return {a: transition.Session(p.state == "up", p.state == "up" and p.eor, self._rib.provided(a))
+                for a, p in self._peers.items()}
+
+    def _advance_soon(self) -> None:
+        """Re-evaluate the transition after an event (one task; events meanwhile run it again)."""
+        self._timers.pop("transition", None)
+        if self._wanted is None or self._stopping:
+            return
+        if self._transition_task is not None and not self._transition_task.done():
+            self._transition_again = True
+            return
+        self._transition_task = asyncio.create_task(self._advance_while_asked(),
+                                                    name=f"bgp-transition-{self._node}")
+
+    async def _advance_while_asked(self) -> None:
+        self._transition_again = True
+        while self._transition_again and not self._stopping:
+            self._transition_again = False
+            await self._advance()
 
     def _reload_soon(self) -> None:
         """One ExaBGP reload for a burst of peer changes (50 nodes joining is one reload, not 50:
@@ -364,6 +432,9 @@ class Speaker:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        if self._transition_task is not None:
+            self._transition_task.cancel()
+            await asyncio.gather(self._transition_task, return_exceptions=True)
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
@@ -610,6 +681,8 @@ class Speaker:
             self._reflect()
             self._schedule_expiry()
             self._notify()
+            if self._draining:
+                self._advance_soon()
 
     def _dispatch(self, event: protocol.Event) -> bool:
         match event:
@@ -641,7 +714,7 @@ class Speaker:
             case protocol.NotificationReceived(_, code, subcode, message):
                 peer.reason = f"notification received: {code}/{subcode} {message}".rstrip()
             case protocol.EndOfRib(_, family) if family == protocol.IPV4_UNICAST and peer.state == "up":
-                peer.synced = True
+                peer.synced = peer.eor = True
         self._rib.apply(event)
         return True
 
@@ -649,7 +722,7 @@ class Speaker:
         self._state_changed.set()
         address = peer.spec.address
         if state == "up":
-            peer.state, peer.since, peer.reason = "up", _now(), ""
+            peer.state, peer.since, peer.reason, peer.eor = "up", _now(), "", False
             log.info("bgp session up", extra={"node": self._node, "peer": str(address)})
             self._send(protocol.announce_commands(self._advertised, address)
                        + self._reflector.out(address).commands()
@@ -677,6 +750,8 @@ class Speaker:
         self._reflect()
         self._schedule_expiry()
         self._notify()
+        if self._draining:
+            self._advance_soon()
 
     def _schedule_expiry(self) -> None:
         self._cancel_timer("expiry")

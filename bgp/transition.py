@@ -26,6 +26,11 @@ session that is Established and has sent End-of-RIB since it came up, and has st
   (or in one ``apply -f``), no traffic is lost.
 - A configured session that is not Established and holds no routes (not even graceful-restart
   stale ones) carries nothing either way: it goes at once.
+- A route reflector that stops reflecting to a peer (``rr_client`` turns off: the node is no
+  longer a reflector, or the BGPPeer went) keeps reflecting to it until ``DEADLINE``: what it
+  reflected may be the peer's only route until the peer's own new sessions (the mesh) are up, and
+  the reflector cannot see the peer's Adj-RIB-In to know when they are. Reflected routes stay
+  correct meanwhile (next hop unchanged), so holding them longer costs nothing but their copies.
 
 >>> from ipaddress import IPv4Address
 >>> from bgp.peers import PeerSpec
@@ -39,7 +44,7 @@ session that is Established and has sent End-of-RIB since it came up, and has st
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from bgp.peers import PeerSpec
@@ -67,8 +72,9 @@ class Drain:
 
 @dataclass(frozen=True)
 class Plan:
-    configure: frozenset[PeerSpec]  # the wanted sessions and the draining ones still kept
-    draining: Mapping[IPv4Address, Drain]  # the kept ones; hand back to the next plan()
+    # The wanted sessions (with rr_client still on where reflection drains) and the draining ones kept.
+    configure: frozenset[PeerSpec]
+    draining: Mapping[IPv4Address, Drain]  # what still drains; hand back to the next plan()
     recheck_at: float | None  # when the answer changes by time alone; None: only on new input
 
 
@@ -87,6 +93,15 @@ def plan(wanted: frozenset[PeerSpec], configured: Mapping[IPv4Address, PeerSpec]
     cover = _cover(by_address, sessions)
     kept: dict[IPv4Address, Drain] = {}
     recheck: list[float] = []
+    for address, spec in list(by_address.items()):
+        before = configured.get(address)
+        if before is None or not before.rr_client or spec.rr_client:
+            continue
+        drain = draining.get(address) or Drain(now)
+        if now < drain.since + deadline:  # still reflecting to it: see the module docstring
+            by_address[address] = replace(spec, rr_client=True)
+            kept[address] = Drain(drain.since)
+            recheck.append(drain.since + deadline)
     for address, spec in configured.items():
         if address in by_address:
             continue
@@ -104,7 +119,8 @@ def plan(wanted: frozenset[PeerSpec], configured: Mapping[IPv4Address, PeerSpec]
             continue
         kept[address] = Drain(drain.since, covered_since)
         recheck.append(min(ends))
-    return Plan(frozenset(by_address.values()) | {configured[a] for a in kept}, kept,
+    old = {configured[a] for a in kept if a not in by_address}
+    return Plan(frozenset(by_address.values()) | old, kept,
                 min(recheck) if recheck else None)
 
 

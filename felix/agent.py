@@ -405,7 +405,7 @@ class Agent:
         if self.cfg.bgp:
             speaker = self.speaker or await self._start_speaker(me.asn or glob.asn, glob.listen_port)
             explicit = cluster.explicit_peers(self.state)
-            await speaker.set_peers(bgp_peers(me, infos, glob, explicit, self._passwords(glob, explicit)),
+            await speaker.want_peers(bgp_peers(me, infos, glob, explicit, self._passwords(glob, explicit)),
                                     cluster_id=me.rr_cluster_id)  # set: we reflect (RFC 4456)
             speaker.set_import_filter(cluster.pool_cidrs(self.state),
                                       cluster.local_blocks(self.state, node))
