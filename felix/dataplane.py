@@ -21,7 +21,13 @@ Lessons from Felix's ``routetable/route_table.go``, each of which has bitten som
   before the workload reached us: it gets a grace period before removal (Felix: 10 s).
 
 Speed: "already as desired" is decided by comparing the dumped route's bytes with the bytes we would
-write (``rtnl.route_image``); only routes that differ are decoded into fields.
+write, both as interned templates (``rtnl.route_template``: the image without its destination, one
+``bytes`` object per shape), so a route already as desired costs a dict lookup and a pointer
+comparison; only routes that differ are decoded into fields.
+
+Memory: our routes are held as {key: interned template}, never as 100k images or objects; the writes
+of an apply are planned as (kind, key, template) and their images built chunk by chunk as they are
+sent.
 
 Incremental mode (``RouteTable(incremental=True)``): instead of a dump per apply, a cache of our
 routes -- a full dump, then our own writes and the kernel's notifications of everyone else's changes
@@ -106,19 +112,21 @@ class ApplyResult:
 
 @dataclass
 class _Snapshot:
-    """One full dump: our routes by key (undecoded images), strays of ours, other owners, links."""
+    """One full dump: our routes by key (interned templates), strays of ours, other owners, links."""
 
     ours: dict[int, bytes]
-    strays: list[bytes]  # second copies of ours at one dst (another metric/tos): never matchable
+    strays: list[bytes]  # whole images of second copies of ours at one dst (another metric/tos)
     foreign: dict[int, int]  # key -> proto of the other owner
     names: dict[int, str]  # ifindex -> name
     up: set[int] = field(default_factory=set)  # ifindexes with IFF_UP
     shared: bool = False  # ``ours`` is the cache's own dict: read it, never change it
+    templates: dict[bytes, bytes] = field(default_factory=dict)  # interned: one per shape
 
 
 class _Plan:
-    """The writes of one apply as parallel lists (kinds[i] "delete", "add" or "replace", keys[i]
-    the destination's key, images[i] the request's body), deletes kept apart so they go first."""
+    """The writes of one apply as parallel lists (kinds[i] "delete", "stray", "add" or "replace",
+    keys[i] the destination's key, images[i] its ``rtnl.route_template``), deletes kept apart so
+    they go first. "stray": a second route of ours at a key (``_Snapshot.strays``)."""
 
     def __init__(self) -> None:
         self.kinds: list[str] = []
@@ -127,7 +135,7 @@ class _Plan:
         self._deletes: tuple[list[str], list[int], list[bytes]] = ([], [], [])
 
     def add(self, kind: str, key: int, image: bytes) -> None:
-        kinds, keys, images = self._deletes if kind == "delete" else (self.kinds, self.keys,
+        kinds, keys, images = self._deletes if kind in _DELETES else (self.kinds, self.keys,
                                                                      self.images)
         kinds.append(kind)
         keys.append(key)
@@ -314,7 +322,7 @@ class RouteTable:
         result, plan = ApplyResult(), _Plan()
         try:
             for image in snap.strays:
-                plan.add("delete", rtnl.decode_route(image).key, image)
+                plan.add("stray", _key_of(image), rtnl.route_template(image))
             unwanted = self._diff(desired, snap, plan, result, dirty)
             for key, image in self._unwanted(unwanted, snap.names, delete_gateway_routes, result,
                                              dirty):
@@ -347,11 +355,12 @@ class RouteTable:
         self.writes += 1
         with self._cache_lock:
             if self._cache is not None:
-                self._cache.ours[int(route.dst.network_address) << 8 | route.dst.prefixlen] = image
+                self._cache.ours[_dst_key(route.dst)] = self._intern(rtnl.route_template(image))
 
     def _kernel_routes(self) -> dict[IPv4Network, KernelRoute]:
         snap = self._snapshot()
-        routes = (rtnl.decode_route(image) for image in snap.ours.values())
+        routes = (rtnl.decode_route(image) for image in
+                  map(rtnl.route_from_template, snap.ours.keys(), snap.ours.values()))
         return {k.dst: k for k in (_kernel_route(r, snap.names) for r in routes if _clean(r))}
 
     # -- reading -----------------------------------------------------------------------------
@@ -363,12 +372,14 @@ class RouteTable:
         dump = self._sock.dump_routes(self.table, self.proto)
         strays = []
         for image in dump.dups:  # rare: several routes of ours at one dst
-            route, first = rtnl.decode_route(image), rtnl.decode_route(dump.ours[_key_of(image)])
-            if _clean(route) and not _clean(first):  # the matchable copy is "ours"; the rest go
-                dump.ours[route.key], image = image, dump.ours[route.key]
+            route = rtnl.decode_route(image)
+            first = rtnl.route_from_template(route.key, dump.ours[route.key])
+            if _clean(route) and not _clean(rtnl.decode_route(first)):  # the matchable one is "ours"
+                template = rtnl.route_template(image)
+                dump.ours[route.key], image = dump.templates.setdefault(template, template), first
             strays.append(image)
         up = {index for index, f in flags.items() if f & rtnl.IFF_UP}
-        return _Snapshot(dump.ours, strays, dump.foreign, names, up)
+        return _Snapshot(dump.ours, strays, dump.foreign, names, up, templates=dump.templates)
 
     # -- deciding ----------------------------------------------------------------------------
 
@@ -389,7 +400,8 @@ class RouteTable:
         what was not. Meanwhile only a lost link changes the cache, and that is drift: a full
         diff follows.
         """
-        ours, ifindex, shapes = snap.ours, {n: i for i, n in snap.names.items()}, {}
+        ours, ifindex, shapes, intern = snap.ours, {n: i for i, n in snap.names.items()}, {}, \
+            snap.templates.setdefault
         take, workload, waiting, blocked = ours.get if snap.shared else ours.pop, set(), {}, set()
         found = 0  # desired routes of ours
         for want in desired:
@@ -403,14 +415,14 @@ class RouteTable:
                          None if gateway is None else gateway._ip)
             shape = shapes.get(shape_key, False)
             if shape is False:
-                shape = shapes[shape_key] = self._shape(want, ifindex)
-            image = None if shape is None else shape.image(address, plen)
+                shape = shapes[shape_key] = self._shape(want, ifindex, intern)
+            image = None if shape is None else shape.template(plen)
             if want.dev is not None and want.dev.startswith(WORKLOAD_PREFIX):
                 workload.add((key, want.dev))
             if have is not None:
-                if have == image or image is not None and _same(have, image, want):
+                if have is image or image is not None and _same(have, image, want):
                     continue  # already as desired: no write
-                route = rtnl.decode_route(have)
+                route = rtnl.decode_route(rtnl.route_from_template(key, have))
                 if not _clean(route):  # e.g. a metric set by hand: delete it, then add ours
                     plan.add("delete", key, have)
                     have = None
@@ -452,7 +464,7 @@ class RouteTable:
             return unwanted.items()  # nothing to keep: no need to decode (nor copy) 100k deletes
         now, stale, present = self._clock(), [], set()
         for key, image in unwanted.items():
-            route = rtnl.decode_route(image)
+            route = rtnl.decode_route(rtnl.route_from_template(key, image))
             if _clean(route):
                 if route.gateway and not delete_gateway_routes:
                     continue
@@ -493,7 +505,8 @@ class RouteTable:
                 self._writing = True
                 c = self._cache
                 ours = {key: c.ours[key] for key in dirty if key in c.ours}
-                return _Snapshot(ours, [], dict(c.foreign), dict(c.names), set(c.up)), True
+                return _Snapshot(ours, [], dict(c.foreign), dict(c.names), set(c.up),
+                                 templates=c.templates), True
             if dump:
                 self._dumping = True
                 self._pending.clear()  # older than the dump about to start
@@ -512,25 +525,29 @@ class RouteTable:
             self._writing = True
             c = self._cache  # ours shared, not copied: _diff only reads it
             return _Snapshot(c.ours, list(c.strays), dict(c.foreign), dict(c.names), set(c.up),
-                             shared=True), False
+                             shared=True, templates=c.templates), False
 
     def _commit(self, plan: _Plan, failed: dict[int, rtnl.NetlinkFailure]) -> None:
         """Our own writes into the cache (the kernel does not echo them to us)."""
         with self._cache_lock:
-            ours, gone = self._cache.ours, set()
+            ours, gone, intern = self._cache.ours, set(), self._intern
             for i, (kind, key, image) in enumerate(zip(plan.kinds, plan.keys, plan.images)):
                 err = failed.get(i)
-                if err is not None and not (kind == "delete" and err.errno == errno.ESRCH):
+                if err is not None and not (kind in _DELETES and err.errno == errno.ESRCH):
                     continue
-                if kind != "delete":
-                    ours[key] = image
-                elif ours.get(key) is image:
-                    del ours[key]
+                if kind == "delete":
+                    ours.pop(key, None)
+                elif kind == "stray":
+                    gone.add(rtnl.route_from_template(key, image))
                 else:
-                    gone.add(id(image))
+                    ours[key] = intern(image)
             if gone:
-                self._cache.strays = [s for s in self._cache.strays if id(s) not in gone]
+                self._cache.strays = [s for s in self._cache.strays if s not in gone]
             self._writing = False
+
+    def _intern(self, template: bytes) -> bytes:
+        """``template`` as the cache's one copy of it (the cache must exist)."""
+        return self._cache.templates.setdefault(template, template)
 
     def _on_readable(self) -> None:
         """The event socket has notifications (on the loop): fold them in, tell the agent."""
@@ -584,7 +601,7 @@ class RouteTable:
                     new and key in cache.ours and not flags & rtnl.NLM_F_REPLACE):
                 self._stale = True  # racing our writes, or a second copy: ask the kernel
             elif new:
-                cache.ours[key] = image
+                cache.ours[key] = self._intern(rtnl.route_template(image))
             else:
                 cache.ours.pop(key, None)
             return True
@@ -637,33 +654,37 @@ class RouteTable:
     def _image(self, want: DesiredRoute, ifindex: dict[str, int]) -> bytes | None:
         """What we write for ``want`` (and what the kernel dumps back); None: its device is missing."""
         shape = self._shape(want, ifindex)
-        return None if shape is None else shape.image(int(want.dst.network_address), want.dst.prefixlen)
+        if shape is None:
+            return None
+        return rtnl.route_from_template(_dst_key(want.dst), shape.template(want.dst.prefixlen))
 
-    def _shape(self, want: DesiredRoute, ifindex: dict[str, int]) -> _Shape | None:
+    def _shape(self, want: DesiredRoute, ifindex: dict[str, int],
+               intern: Callable[[bytes, bytes], bytes] | None = None) -> _Shape | None:
         oif = 0
         if want.dev is not None:
             oif = ifindex.get(want.dev)
             if oif is None:
                 return None
-        return _Shape(table=self.table, proto=self.proto, rtype=rtnl.TYPES[want.type],
+        return _Shape(intern, table=self.table, proto=self.proto, rtype=rtnl.TYPES[want.type],
                       scope=rtnl.SCOPES[want.scope], onlink=want.onlink, oif=oif,
                       gateway=None if want.gateway is None else int(want.gateway))
 
     def _write(self, plan: _Plan, result: ApplyResult) -> dict[int, rtnl.NetlinkFailure]:
         if not plan.kinds:
             return {}
-        failed = self._sock.write(zip(map(_CMD.__getitem__, plan.kinds), plan.images))
-        counts = {"add": 0, "replace": 0, "delete": 0}
+        failed = self._sock.write(zip(map(_CMD.__getitem__, plan.kinds), _images(plan)))
+        counts = {"add": 0, "replace": 0, "delete": 0, "stray": 0}
         for kind in plan.kinds:
             counts[kind] += 1
         for i, err in sorted(failed.items()):
             kind, dst = plan.kinds[i], _network(plan.keys[i])
-            if kind != "delete":
+            if kind not in _DELETES:
                 result.failed[dst] = err.describe()
             elif err.errno != errno.ESRCH:  # ESRCH: already gone (e.g. its link went): goal met
                 result.failed[dst] = "delete: " + err.describe()
             counts[kind] -= 1
-        result.added, result.replaced, result.deleted = counts["add"], counts["replace"], counts["delete"]
+        result.added, result.replaced = counts["add"], counts["replace"]
+        result.deleted = counts["delete"] + counts["stray"]
         if log.isEnabledFor(logging.DEBUG):
             for kind, key in zip(plan.kinds, plan.keys):
                 log.debug("route %s", kind, extra={"dst": str(_network(key))})
@@ -693,7 +714,22 @@ async def _in_worker(worker: ThreadPoolExecutor, fn, *args):
         raise
 
 
-_CMD = {"delete": rtnl.RTM_DELROUTE, "add": rtnl.RTM_NEWROUTE, "replace": rtnl.RTM_NEWROUTE}
+_CMD = {"delete": rtnl.RTM_DELROUTE, "stray": rtnl.RTM_DELROUTE, "add": rtnl.RTM_NEWROUTE,
+        "replace": rtnl.RTM_NEWROUTE}
+_DELETES = frozenset({"delete", "stray"})
+
+
+def _images(plan: _Plan) -> Iterable[bytes]:
+    """The request bodies of ``plan``, built one by one as they are sent (100k images held at
+    once were ~8 MB of an install's peak). Each template's halves around the dst are cut once."""
+    halves: dict[bytes, tuple[bytes, bytes] | None] = {}
+    for key, template in zip(plan.keys, plan.images):
+        parts = halves.get(template, False)
+        if parts is False:
+            parts = halves[template] = (
+                (template[:_DST_AT], template[_DST_AT:])
+                if rtnl.route_from_template(0, template) != template else None)
+        yield template if parts is None else parts[0] + (key >> 8).to_bytes(4, "big") + parts[1]
 
 
 def _key_of(image: bytes) -> int:
@@ -710,20 +746,22 @@ def _dst_key(dst: IPv4Network) -> int:
 
 
 class _Shape:
-    """``route_image`` of one shape (type, scope, gateway, device...) precomputed around the dst."""
+    """The ``rtnl.route_template`` of one shape (type, scope, gateway, device...) per prefix
+    length, interned with ``intern`` (``dict.setdefault`` of the templates of the routes it is
+    compared with, so that "the same" is mostly "the same object")."""
 
-    def __init__(self, **spec) -> None:
-        self.spec = spec
-        self.heads: dict[int, bytes] = {}  # by prefix length: rtmsg, RTA_TABLE, RTA_DST's header
-        self.tail = rtnl.route_image(dst=0, dst_len=32, **spec)[_DST_AT + 4:]
+    def __init__(self, intern: Callable[[bytes, bytes], bytes] | None = None, **spec) -> None:
+        self.spec, self._intern = spec, intern
+        self.templates: dict[int, bytes] = {}  # by prefix length
 
-    def image(self, dst: int, dst_len: int) -> bytes:
-        head = self.heads.get(dst_len)
-        if head is None:
-            if not dst_len:
-                return rtnl.route_image(dst=0, dst_len=0, **self.spec)  # no RTA_DST at all
-            head = self.heads[dst_len] = rtnl.route_image(dst=0, dst_len=dst_len, **self.spec)[:_DST_AT]
-        return head + dst.to_bytes(4, "big") + self.tail
+    def template(self, dst_len: int) -> bytes:
+        template = self.templates.get(dst_len)
+        if template is None:
+            template = rtnl.route_template(rtnl.route_image(dst=0, dst_len=dst_len, **self.spec))
+            if self._intern is not None:
+                template = self._intern(template, template)
+            self.templates[dst_len] = template
+        return template
 
 
 _DST_AT = 12 + 8 + 4  # the dst address in an image: after rtmsg, RTA_TABLE and RTA_DST's header

@@ -14,15 +14,20 @@ The route hot path needs three things only, all done here:
 The codec functions are pure (bytes in, bytes/tuples out) and unit-tested against pyroute2's parser;
 ``RtnlSocket`` is blocking: callers in asyncio run it in a thread (``asyncio.to_thread``).
 
-A dumped route stays its undecoded *image* (rtmsg + attributes, ``bytes``) keyed by
-``route_key(dst_int, prefixlen)`` -- one int, no ``ipaddress`` objects in the hot loop; ``decode_route``
-gives the fields of the few that differ:
+A dumped route of ours is kept as its *template*, keyed by ``route_key(dst_int, prefixlen)`` -- one
+int, no ``ipaddress`` objects in the hot loop. The template is the undecoded image (rtmsg + attributes)
+without the 4 bytes of the destination address (``route_template``), interned: the routes of one shape
+(type, scope, gateway, device) share one ``bytes`` object, so 100k dumped routes cost their keys and
+dict slots, not 100k images (~8 MB). ``route_from_template`` gives the image back, ``decode_route`` the
+fields of the few that differ:
 
 >>> image = route_image(dst=0x0AF40100, dst_len=26, table=254, proto=80, rtype=RTN_BLACKHOLE)
 >>> dump = RouteDump(table=254, proto=80)
 >>> parse_route_dump(encode_request(RTM_NEWROUTE, 7, image), dump)
 False
->>> dump.ours == {route_key(0x0AF40100, 26): image}
+>>> dump.ours == {route_key(0x0AF40100, 26): route_template(image)}
+True
+>>> route_from_template(route_key(0x0AF40100, 26), dump.ours[route_key(0x0AF40100, 26)]) == image
 True
 >>> r = decode_route(image)
 >>> (hex(r.key >> 8), r.key & 0xFF, r.proto, r.type)
@@ -141,6 +146,25 @@ def route_image(*, dst: int, dst_len: int, table: int, proto: int, rtype: int = 
     return b"".join(parts)
 
 
+_DST_HDR_AT, _DST_AT = 20, 24  # in a usual image: RTA_DST's header after rtmsg and RTA_TABLE
+
+
+def route_template(image: bytes) -> bytes:
+    """``image`` without its destination address (the 4 bytes of RTA_DST at its usual place),
+    which the key already holds; an image without RTA_DST there (a default route) stays whole.
+    Lossless: ``route_from_template(key, route_template(image)) == image``."""
+    if image[_DST_HDR_AT:_DST_AT] == _DST_ATTR:
+        return image[:_DST_AT] + image[_DST_AT + 4:]
+    return image
+
+
+def route_from_template(key: int, template: bytes) -> bytes:
+    """The route image of ``key`` and a ``route_template``."""
+    if template[_DST_HDR_AT:_DST_AT] == _DST_ATTR:
+        return template[:_DST_AT] + (key >> 8).to_bytes(4, "big") + template[_DST_AT:]
+    return template
+
+
 def encode_request(cmd: int, seq: int, image: bytes) -> bytes:
     """RTM_NEWROUTE (create|replace) or RTM_DELROUTE around a ``route_image``, no NLM_F_ACK: the
     kernel answers only if it fails."""
@@ -210,18 +234,24 @@ def parse_errors(buf: bytes) -> Iterator[tuple[int, int, str | None]]:
 class RouteDump:
     """What a route dump gave, sorted as the writer needs it; filled by ``parse_route_dump``.
 
-    ``ours``: {key: image} of routes of ``proto`` (the first per key); ``dups``: images of further
-    routes of ours at a key already seen (another tos/metric: never matchable, so strays);
-    ``foreign``: {key: proto} of other owners' routes.
+    ``ours``: {key: template} of routes of ``proto`` (the first per key; ``route_template``, each
+    one interned in ``templates``); ``dups``: whole images of further routes of ours at a key
+    already seen (another tos/metric: never matchable, so strays); ``foreign``: {key: proto} of
+    other owners' routes.
     """
 
-    __slots__ = ("table", "proto", "ours", "dups", "foreign")
+    __slots__ = ("table", "proto", "ours", "dups", "foreign", "templates")
 
     def __init__(self, table: int = 0, proto: int = 0) -> None:
         self.table, self.proto = table, proto
         self.ours: dict[int, bytes] = {}
         self.dups: list[bytes] = []
         self.foreign: dict[int, int] = {}
+        self.templates: dict[bytes, bytes] = {}  # each template once
+
+    def images(self) -> dict[int, bytes]:
+        """{key: whole image} of ``ours`` (for tests and the few callers that decode them all)."""
+        return {key: route_from_template(key, t) for key, t in self.ours.items()}
 
 
 def parse_route_dump(buf: bytes, into: RouteDump) -> bool:
@@ -229,11 +259,12 @@ def parse_route_dump(buf: bytes, into: RouteDump) -> bool:
 
     The hot loop: one unpack of the headers per message; other tables are skipped there; the key
     comes from RTA_DST at its fixed place (right after RTA_TABLE), no attribute is decoded, and a
-    route of ours stays an undecoded image (of another owner's, only the key and proto are kept).
-    ``buf`` must be ``bytes`` (slices are kept). Raises NetlinkFailure for an error in the dump.
+    route of ours stays an undecoded template, interned (of another owner's, only the key and
+    proto are kept). Raises NetlinkFailure for an error in the dump.
     """
     unpack, from_bytes, dst_attr = _HDR_RTMSG.unpack_from, int.from_bytes, _DST_ATTR
     table, proto, ours, dups, foreign = into.table, into.proto, into.ours, into.dups, into.foreign
+    intern = into.templates.setdefault
     table_byte = RT_TABLE_COMPAT if table > 255 else table
     off, size = 0, len(buf)
     while off + 28 <= size:
@@ -250,7 +281,8 @@ def parse_route_dump(buf: bytes, into: RouteDump) -> bool:
             elif key in ours:
                 dups.append(buf[off + 16:end])
             else:
-                ours[key] = buf[off + 16:end]
+                template = buf[off + 16:off + 40] + buf[off + 44:end]
+                ours[key] = intern(template, template)
         else:  # a default route (no RTA_DST), an unusual layout: decode it properly
             _add_decoded(buf[off + 16:end], into)
         off = (end + 3) & ~3
@@ -266,7 +298,8 @@ def _add_decoded(image: bytes, into: RouteDump) -> None:
     elif route.key in into.ours:
         into.dups.append(image)
     else:
-        into.ours[route.key] = image
+        template = route_template(image)
+        into.ours[route.key] = into.templates.setdefault(template, template)
 
 
 def _dump_end(buf: bytes, off: int, length: int) -> bool:

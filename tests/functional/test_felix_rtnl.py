@@ -66,7 +66,7 @@ def test_one_bad_route_in_a_batch_fails_alone_and_the_rest_are_installed(node, s
     assert failed[50].errno == errno.ENODEV
     assert failed[151].errno == errno.ENETUNREACH and failed[151].describe().startswith("ENETUNREACH: ")
     dump = sock.dump_routes(254, PROTO)
-    assert sorted(dump.ours.values()) == sorted(good)  # exactly as written, byte for byte
+    assert sorted(dump.images().values()) == sorted(good)  # exactly as written, byte for byte
     assert len(ours_in_kernel(node)) == 200
 
 
@@ -110,7 +110,7 @@ def test_onlink_round_trip(node, sock):
     assert ours_in_kernel(node) == ["100.66.0.0/26 via 172.16.0.1 dev eth0 onlink"]
     assert kernel[onlink.dst].onlink and kernel[onlink.dst].gateway == IPv4Address("172.16.0.1")
     assert again.writes == 0
-    (route,) = (rtnl.decode_route(i) for i in sock.dump_routes(254, PROTO).ours.values())
+    (route,) = (rtnl.decode_route(i) for i in sock.dump_routes(254, PROTO).images().values())
     assert route.flags & rtnl.RTNH_F_ONLINK
 
 
@@ -151,7 +151,7 @@ def test_a_table_above_255_is_written_and_dumped(node):
         assert sock.dump_routes(1000, PROTO).ours == {}  # the table does not exist yet: empty
         assert sock.write([(rtnl.RTM_NEWROUTE, image(0, table=1000))]) == {}
         assert sock.dump_routes(254, PROTO).ours == {}
-        (dumped,) = sock.dump_routes(1000, PROTO).ours.values()
+        (dumped,) = sock.dump_routes(1000, PROTO).images().values()
         assert dumped.startswith(image(0, table=1000))  # + the RTA_OIF the kernel resolved
     finally:
         sock.close()

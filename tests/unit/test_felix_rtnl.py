@@ -124,7 +124,7 @@ def test_dump_parser_reads_what_pyroute2_encodes():
     ])
     dump = rtnl.RouteDump(table=254, proto=80)
     assert rtnl.parse_route_dump(buf, dump) is True
-    routes = {key: rtnl.decode_route(image) for key, image in dump.ours.items()}
+    routes = {key: rtnl.decode_route(image) for key, image in dump.images().items()}
     key = lambda a, n: rtnl.route_key(int(IPv4Address(a)), n)  # noqa: E731
     assert set(routes) == {key("10.244.1.0", 26), key("10.244.2.0", 26), key("10.244.1.5", 32),
                            key("10.244.3.0", 26), 0}
@@ -227,7 +227,8 @@ def test_image_round_trips_through_the_dump_parser_and_pyroute2(spec):
     dump = rtnl.RouteDump(table=spec["table"], proto=spec["proto"])
     rtnl.parse_route_dump(rtnl.encode_request(rtnl.RTM_NEWROUTE, 1, image) + DONE, dump)
     key = rtnl.route_key(spec["dst"], spec["dst_len"])
-    assert dump.ours == {key: image}
+    assert dump.ours == {key: rtnl.route_template(image)} and dump.images() == {key: image}
+    assert rtnl.route_from_template(key, dump.ours[key]) == image
     route = rtnl.decode_route(image)
     assert route == rtnl.Route(key, spec["proto"], spec["rtype"], spec["scope"],
                                rtnl.RTNH_F_ONLINK if spec["onlink"] else 0, spec["tos"],
@@ -294,3 +295,15 @@ def test_lost_answers_raise_instead_of_waiting_for_a_barrier_that_may_never_come
     with pytest.raises(rtnl.NetlinkFailure) as info:
         sock.write([(rtnl.RTM_NEWROUTE, rtnl.route_image(dst=DST, dst_len=24, table=254, proto=80))])
     assert info.value.errno == errno.ENOBUFS
+
+
+def test_routes_of_one_shape_share_one_template_object():
+    """100k dumped routes must not cost 100k images: routes of one shape hold one ``bytes``."""
+    images = [rtnl.route_image(dst=DST + 256 * i, dst_len=24, table=254, proto=80, oif=3)
+              for i in range(3)] + [rtnl.route_image(dst=DST + 1024, dst_len=24, table=254, proto=80,
+                                                     oif=4)]
+    dump = rtnl.RouteDump(table=254, proto=80)
+    rtnl.parse_route_dump(b"".join(rtnl.encode_request(rtnl.RTM_NEWROUTE, 1, i) for i in images)
+                          + DONE, dump)
+    assert len({id(t) for t in dump.ours.values()}) == 2 and len(dump.templates) == 2
+    assert sorted(dump.images().values()) == sorted(images)
