@@ -65,6 +65,11 @@ class SecretWatcher:
             return {r: self._data[r.name][r.key] for r in refs
                     if r.key in self._data.get(r.name, {})}
 
+    def settled(self) -> bool:
+        """Every watched Secret has been read (or failed to be) at least once: only then does a
+        missing one mean missing, and not "not read yet"."""
+        return all(w.settled.is_set() for w in list(self._watches.values()))
+
     def _want(self, names: set[str]) -> None:
         for name in set(self._watches) - names:
             self._watches.pop(name).close()
@@ -73,7 +78,8 @@ class SecretWatcher:
         for name in names - set(self._watches):
             self._watches[name] = _SecretWatch(self, name)
 
-    def _store(self, name: str, data: dict[str, str] | None) -> None:
+    def _store(self, name: str, data: dict[str, str] | None) -> bool:
+        """Keep ``data`` (None: no such Secret); True (and ``on_change`` called) if it changed."""
         with self._lock:
             old = self._data.get(name)
             if data is None:
@@ -85,6 +91,7 @@ class SecretWatcher:
                      extra={"secret": name, "namespace": self._namespace,
                             "keys": sorted(data or {}), "present": data is not None})
             self._on_change()
+        return old != data
 
     def close(self) -> None:
         for watch in self._watches.values():
@@ -107,6 +114,9 @@ class NoSecrets:
                 log.warning("BGP password cannot be read: %s", self._reason,
                             extra={"secret": ref.name, "key": ref.key})
         return {}
+
+    def settled(self) -> bool:
+        return True
 
     def close(self) -> None:
         pass
@@ -133,6 +143,7 @@ class _SecretWatch:
         self._closed = threading.Event()
         self._resp = None
         self._error = ""
+        self.settled = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"secret-{name}", daemon=True)
         self._thread.start()
 
@@ -167,8 +178,14 @@ class _SecretWatch:
                 if self._closed.is_set():
                     return
                 self._say(f"{type(exc).__name__}: {exc}")
+                self._settle()
                 self._closed.wait(delay)
                 delay = min(delay * 2, _RETRY[1])
+
+    def _settle(self) -> None:
+        if not self.settled.is_set():
+            self.settled.set()
+            self._owner._on_change()
 
     def _say(self, error: str) -> None:
         if error != self._error:
@@ -181,7 +198,10 @@ class _SecretWatch:
     def _list(self) -> int:
         listing = self._owner._ds._request("GET", self._path, self._query())
         items = [i for i in listing.get("items") or [] if i["metadata"]["name"] == self._name]
-        self._owner._store(self._name, decode(items[0]) if items else None)
+        first = not self.settled.is_set()
+        self.settled.set()  # before the store: whoever it notifies sees this Secret read
+        if not self._owner._store(self._name, decode(items[0]) if items else None) and first:
+            self._owner._on_change()  # read and absent: the caller may now say so
         return int(listing["metadata"]["resourceVersion"])
 
     def _watch(self, revision: int) -> int:

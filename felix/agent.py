@@ -423,7 +423,7 @@ class Agent:
         """The BGP passwords' values; each one that cannot be used is logged when that changes."""
         found = self.secrets.resolve(secret_refs(glob, explicit)) if self.secrets else {}
         problems = password_problems(glob, explicit, found)
-        if problems != self._password_problems:
+        if problems != self._password_problems and (self.secrets is None or self.secrets.settled()):
             for problem in problems:
                 log.warning("BGP password: %s", problem)
             self._password_problems = problems

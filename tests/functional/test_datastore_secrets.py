@@ -57,7 +57,10 @@ def watcher(fresh_apiserver):  # noqa: F811
 
 def test_a_password_is_read_watched_and_dropped_with_its_secret(core, watcher):
     w, changed, calls = watcher
-    assert w.resolve([REF]) == {}  # not there (yet): nothing, never an empty password
+    assert w.resolve([REF]) == {}  # not read yet: nothing, never an empty password
+    # Read and absent: settled, and on_change says so (the caller may now report it missing).
+    wait_for(lambda: changed.is_set() and w.settled(), 10, what="the first read of a missing secret")
+    assert w.resolve([REF]) == {}
     core.create_namespaced_secret(NS, secret("bgp-secrets", {"mesh": "first"}))
     core.create_namespaced_secret(NS, secret("unrelated", {"mesh": "not ours"}))
     wait_for(lambda: w.resolve([REF, OTHER_KEY]) == {REF: "first"}, 10, what="the secret is read")
