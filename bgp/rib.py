@@ -218,7 +218,7 @@ class Rib:
         best, rejection, counters, before = self._best, self.rejection, self.counters, self._before
         dirty = self._dirty
         for prefix in prefixes:
-            if type(prefix) is not IPv4Network:
+            if type(prefix) is not protocol.Prefix and type(prefix) is not IPv4Network:
                 self._malformed(peer, prefix)
                 continue
             fresh[prefix] = path

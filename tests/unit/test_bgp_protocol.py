@@ -228,3 +228,56 @@ def test_teardown_command_is_a_cease_with_a_valid_subcode():
     assert CEASE_PEER_DECONFIGURED == 3  # RFC 4486: Peer De-configured
     with pytest.raises(ValueError, match="subcode: 0"):
         teardown_command(IPv4Address("10.0.0.2"), 0)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_prefix_of_is_the_ipv4network_of_the_same_value(address, length):
+    """prefix_of sets ipaddress's attributes itself: the result must be indistinguishable from
+    the constructor's (equal, same hash both ways, same attributes, str, repr, order, pickle)."""
+    import pickle
+
+    network = address & (2**32 - 1 - (2 ** (32 - length) - 1))
+    expected = N((network, length))
+    got = p.prefix_of(network, length)
+    assert type(got) is p.Prefix and got == expected and expected == got
+    assert hash(got) == hash(expected) and {expected: 1}[got] == 1 and {got: 1}[expected] == 1
+    def plain(net):  # /31 and /32 hold `hosts`, a method bound to the instance
+        return {k: v for k, v in vars(net).items() if k != "hosts"}
+
+    assert plain(got) == plain(expected) and vars(got).keys() == vars(expected).keys()
+    assert (str(got), repr(got)) == (str(expected), repr(expected))
+    if length >= 30:
+        assert list(got.hosts()) == list(expected.hosts())
+    assert got.num_addresses == expected.num_addresses and got.hostmask == expected.hostmask
+    assert not got < expected and not expected < got and got.supernet(0) == expected.supernet(0)
+    assert pickle.loads(pickle.dumps(got)) == got
+    if network != address:
+        with pytest.raises(ValueError, match="host bits"):
+            p.prefix_of(address, length)
+
+
+def test_prefix_fast_path_is_on_for_this_python():
+    """The import-time self-check passed: parsed prefixes are built without ipaddress's parser
+    (should a Python release change ipaddress's internals, this says so; parsing stays right)."""
+    assert p._FAST
+
+
+def test_parsed_prefixes_hash_once():
+    """The RIB hashes each learned prefix ~11 times; a parsed prefix computes its hash once."""
+    [event] = p.Channel().feed(_update(withdraw='["10.244.4.0/26", {"nlri": "10.244.1.0/24"}]'))
+    assert [type(x) for x in event.prefixes] == [p.Prefix, p.Prefix]
+    prefix = event.prefixes[0]
+    object.__setattr__(prefix, "network_address", A("10.9.9.0"))  # what __hash__ would read
+    assert hash(prefix) == hash(N("10.244.4.0/26"))
+
+
+def test_parsed_prefixes_reach_the_rib_best_paths():
+    from bgp.rib import Rib
+
+    rib = Rib(clock=lambda: 0.0)
+    rib.set_import_filter(frozenset({N("10.244.0.0/16")}), frozenset())
+    for event in p.Channel().feed(_update(announce='{"10.0.0.1": ["10.244.2.0/26", "10.244.3.0/26"]}')):
+        rib.apply(event)
+    assert sorted(str(r.prefix) for r in rib.best()) == ["10.244.2.0/26", "10.244.3.0/26"]
+    assert rib.counters["malformed"] == 0
