@@ -9,7 +9,11 @@ Setup (root), per receiver, in fresh uniquely named namespaces deleted in ``fina
 - (a) a pycalico node: the real agent subprocess (``python -m felix.agent``) with a real etcd in its
   namespace holding the IPPool and a Node resource for the source BIRD, so the agent's full mesh
   peers with it (BGPPeer is not wired into the agent); or
-- (b) a receiving BIRD with a kernel protocol exporting to its namespace's main table.
+- (b) a receiving BIRD with a kernel protocol exporting to its namespace's main table;
+- (c) "ExaBGP receiving alone": ExaBGP started as the speaker starts it (same rendered config,
+  environment and entry point) whose API process only drains its output into a file (``cat``); the
+  bench counts the prefixes in that file as they arrive. This is the design's floor: ExaBGP parsing
+  the UPDATEs, with nobody programming anything.
 
 t0 = ``birdc enable st`` once the session is Established (no connect delay in the figure); learn
 ends when all N prefixes are in the receiver's kernel; then t0 = ``birdc disable st`` and withdraw
@@ -18,8 +22,10 @@ of the receiver's proto in table main, so a replace is not counted twice), and t
 with a dump.
 
 JSON keys: prefixes, learn_s, withdraw_s, learn_bird_s, withdraw_bird_s, ratio_learn_vs_bird,
-ratio_withdraw_vs_bird, agent_cpu_s / exabgp_cpu_s (user+system CPU spent during the learn and
-withdraw phases), agent_rss_mb / exabgp_rss_mb (peak: VmHWM over the whole run), goal_ratio.
+ratio_withdraw_vs_bird, learn_exabgp_alone_s, withdraw_exabgp_alone_s, exabgp_alone_cpu_s,
+ratio_learn_vs_exabgp_alone, ratio_withdraw_vs_exabgp_alone, agent_cpu_s / exabgp_cpu_s (user+system CPU spent during the learn and
+withdraw phases), agent_rss_mb / exabgp_rss_mb (peak: VmHWM over the whole run), goal_ratio (vs
+BIRD), goal_ratio_exabgp_alone.
 ``--profile FILE`` runs the agent under cProfile (written when it stops; slower).
 PNG: ``bench/out/bgp_convergence.png`` (routes in the kernel over time, both receivers).
 """
@@ -37,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from bench.common import emit, save_figure
@@ -55,25 +61,35 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bgp_convergence", description=__doc__)
     p.add_argument("--prefixes", type=int, default=100_000)
     p.add_argument("--profile", type=Path, default=None, help="cProfile output of the agent")
-    p.add_argument("--skip-bird", action="store_true", help="only the pycalico node")
+    p.add_argument("--skip-bird", action="store_true", help="no BIRD receiver")
+    p.add_argument("--skip-exabgp-alone", action="store_true", help="no ExaBGP-alone receiver")
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         p.error("needs root (network namespaces)")
     if not 0 < a.prefixes <= POOL.num_addresses // 64:
         p.error(f"--prefixes: 1 .. {POOL.num_addresses // 64}")
-    result: dict = {"prefixes": a.prefixes, "goal_ratio": 3.0}
+    result: dict = {"prefixes": a.prefixes, "goal_ratio": 3.0, "goal_ratio_exabgp_alone": 1.25}
     series: dict[str, tuple] = {}
     with tempfile.TemporaryDirectory(prefix="bench-bgp-") as tmp:
         if not a.skip_bird:
             bird = run_bird_receiver(a.prefixes, Path(tmp) / "bird")
             result.update(learn_bird_s=bird["learn_s"], withdraw_bird_s=bird["withdraw_s"])
             series["BIRD -> BIRD -> kernel"] = bird["series"]
+        if not a.skip_exabgp_alone:
+            alone = run_exabgp_alone(a.prefixes, Path(tmp) / "exabgp")
+            result.update(learn_exabgp_alone_s=alone["learn_s"], withdraw_exabgp_alone_s=alone["withdraw_s"],
+                          exabgp_alone_cpu_s=alone["cpu_s"])
+            series["BIRD -> ExaBGP alone (parsed, not programmed)"] = alone["series"]
         ours = run_pycalico(a.prefixes, Path(tmp) / "pycalico", a.profile)
         series["BIRD -> pycalico (ExaBGP + agent) -> kernel"] = ours.pop("series")
         result.update(ours)
     if not a.skip_bird:
         result["ratio_learn_vs_bird"] = round(result["learn_s"] / result["learn_bird_s"], 2)
         result["ratio_withdraw_vs_bird"] = round(result["withdraw_s"] / result["withdraw_bird_s"], 2)
+    if not a.skip_exabgp_alone:
+        for phase in ("learn", "withdraw"):
+            result[f"ratio_{phase}_vs_exabgp_alone"] = round(
+                result[f"{phase}_s"] / result[f"{phase}_exabgp_alone_s"], 2)
     plot(result, series)
     emit(result)
     return 0
@@ -90,6 +106,79 @@ def run_bird_receiver(n: int, work: Path) -> dict:
         source.wait_established()
         with KernelWatch(dst_ns, BIRD_PROTO) as watch:
             return measure(source, watch, n)
+
+
+def run_exabgp_alone(n: int, work: Path) -> dict:
+    from bgp import exabgp_conf, exabgp_main
+    from bgp.peers import PeerSpec
+    from bgp.speaker import exabgp_env
+
+    work.mkdir()
+    out, drain = work / "api.out", work / "drain"
+    # cat into a file; fd 3 keeps the pipe to ExaBGP open (ExaBGP drops a process whose stdout
+    # hangs up, which is why `dd of=` cannot do it: dd reopens its stdout as the file).
+    drain.write_text(f"#!/bin/sh\nexec cat 3>&1 >{out}\n")
+    drain.chmod(0o700)
+    cfg = exabgp_conf.ExaBGPConfig(
+        router_id=IPv4Address(RECEIVER), local_address=IPv4Address(RECEIVER),
+        relay_command=(str(drain),),
+        peers=frozenset({PeerSpec(IPv4Address(SOURCE), ASN, ASN, False, "node-to-node mesh",
+                                  "bird-source")}))
+    conf = work / "exabgp.conf"
+    conf.write_text(exabgp_conf.render(cfg))
+    env = {**os.environ, **exabgp_env(IPv4Address(RECEIVER), 179)}
+    with namespaces("be") as (src_ns, dst_ns), Procs() as procs:
+        source = Bird.source(procs, src_ns, work / "src", n)
+        exabgp = procs.add(subprocess.Popen(
+            ["ip", "netns", "exec", dst_ns, sys.executable, exabgp_main.__file__, "server", str(conf)],
+            env=env, cwd=work, stdout=open(work / "exabgp.log", "wb"), stderr=subprocess.STDOUT))
+        source.wait_established(timeout=60)
+        watch = ApiOutputWatch(out)
+        time.sleep(1.0)  # End-of-RIB both ways, as for the pycalico node
+        cpu0 = cpu_s(exabgp.pid)
+        t0 = time.monotonic()
+        source.cli("enable", "st")
+        learn = watch.until(n, t0)
+        t1 = time.monotonic()
+        source.cli("disable", "st")
+        withdraw = watch.until(2 * n, t1)
+        cpu = round(cpu_s(exabgp.pid) - cpu0, 2)
+        print(f"exabgp alone: learn {learn:.2f} s, withdraw {withdraw:.2f} s", flush=True)
+        series = [(t, c if c <= n else 2 * n - c) for t, c in watch.series]
+        return {"learn_s": round(learn, 2), "withdraw_s": round(withdraw, 2), "cpu_s": cpu,
+                "series": (t0, series)}
+
+
+class ApiOutputWatch:
+    """Counts the IPv4 NLRIs ExaBGP wrote to its API process (a file): announced and withdrawn
+    ones alike (``"P/26"``, compact JSON), so a withdrawal of N ends at 2N."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.pos, self.seen, self.tail = path, 0, 0, b""
+        self.series: list[tuple[float, int]] = []
+
+    def poll(self) -> int:
+        with contextlib.suppress(FileNotFoundError), open(self.path, "rb") as f:
+            f.seek(self.pos)
+            data = f.read()
+            self.pos += len(data)
+            lines = (self.tail + data).split(b"\n")
+            self.tail = lines.pop()  # a line not finished yet
+            for line in lines:
+                if b'"update"' in line:
+                    self.seen += line.count(b'/26"')
+        return self.seen
+
+    def until(self, count: int, t0: float) -> float:
+        deadline = t0 + TIMEOUT
+        while time.monotonic() < deadline:
+            before = self.seen
+            if self.poll() != before:
+                self.series.append((time.monotonic(), self.seen))
+            if self.seen >= count:
+                return self.series[-1][0] - t0
+            time.sleep(0.002)
+        raise SystemExit(f"exabgp alone: {self.seen} prefixes, not {count}, after {TIMEOUT:.0f}s")
 
 
 def run_pycalico(n: int, work: Path, profile: Path | None) -> dict:
@@ -448,6 +537,8 @@ def plot(result: dict, series: dict[str, tuple]) -> Path:
     title = f"{result['prefixes']} /26 prefixes: learn {result['learn_s']} s, withdraw {result['withdraw_s']} s"
     if "learn_bird_s" in result:
         title += f" (BIRD {result['learn_bird_s']} s / {result['withdraw_bird_s']} s)"
+    if "learn_exabgp_alone_s" in result:
+        title += f"\n(ExaBGP alone {result['learn_exabgp_alone_s']} s / {result['withdraw_exabgp_alone_s']} s)"
     ax.set_title(title)
     ax.legend()
     path = save_figure(fig, "bgp_convergence.png")
