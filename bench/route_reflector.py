@@ -29,7 +29,9 @@ JSON keys: clients, blocks_per_client, converge_s, withdraw_s, converge_bird_s,
 withdraw_bird_s, ratio_converge_vs_bird, ratio_withdraw_vs_bird, sessions_up_s /
 sessions_up_bird_s (reflector start -> every session Established), agent_cpu_s / exabgp_cpu_s /
 bird_rr_cpu_s (user+system CPU during converge and withdraw), agent_rss_mb / exabgp_rss_mb /
-reflector_rss_mb (agent + ExaBGP) / bird_rr_rss_mb (peak, VmHWM), goal_ratio.
+reflector_rss_mb (agent + ExaBGP) / bird_rr_rss_mb (peak, VmHWM), goal_ratio, exabgp_as_shipped.
+``--exabgp-as-shipped`` runs our reflector's ExaBGP without ``bgp/exabgp_share.py`` (a deep copy of
+every route per peer, as ExaBGP ships: the "before" figure).
 PNG: ``bench/out/route_reflector.png`` (blocks in all clients' kernels over time, both reflectors).
 """
 from __future__ import annotations
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--blocks-per-client", type=int, default=20)
     p.add_argument("--skip-bird", action="store_true", help="only the pycalico reflector")
+    p.add_argument("--exabgp-as-shipped", action="store_true",
+                   help="our reflector's ExaBGP without bgp/exabgp_share.py")
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         p.error("needs root (network namespaces)")
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= a.blocks_per_client or a.clients * a.blocks_per_client > POOL.num_addresses // 64:
         p.error(f"--blocks-per-client: at least 1, and clients x blocks at most {POOL.num_addresses // 64}")
     result: dict = {"clients": a.clients, "blocks_per_client": a.blocks_per_client,
-                    "goal_ratio": GOAL_RATIO}
+                    "goal_ratio": GOAL_RATIO, "exabgp_as_shipped": a.exabgp_as_shipped}
     series: dict[str, tuple] = {}
     with tempfile.TemporaryDirectory(prefix="bench-rr-") as tmp:
         if not a.skip_bird:
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             result.update({f"{k[:-2]}_bird_s" if k.endswith("_s") and "cpu" not in k else k: v
                            for k, v in bird.items()})
         ours = run(a.clients, a.blocks_per_client, Path(tmp) / "pycalico",
-                   AgentReflector)
+                   lambda *args: AgentReflector(*args, as_shipped=a.exabgp_as_shipped))
         series["pycalico reflector (agent + ExaBGP)"] = ours.pop("series")
         result.update(ours)
     if not a.skip_bird:
@@ -225,7 +229,9 @@ class BirdReflector:
 class AgentReflector:
     name = "pycalico reflector"
 
-    def __init__(self, procs: Procs, ns: str, work: Path, clients: list[str], _blocks) -> None:
+    def __init__(self, procs: Procs, ns: str, work: Path, clients: list[str], _blocks,
+                 as_shipped: bool = False) -> None:
+        from bgp.exabgp_share import ENV_SWITCH
         from lab.netns import in_netns
         from tests.helpers import free_port
 
@@ -234,6 +240,8 @@ class AgentReflector:
         start_etcd_in(procs, ns, url, work / "etcd")
         in_netns(ns, seed, url, clients)
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        if as_shipped:
+            env[ENV_SWITCH] = "0"  # the agent's environment is its ExaBGP's
         self.agent = procs.add(subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "felix.agent", "--name", "bench-rr",
              "--ip", f"{RR}/24", "--etcd-endpoints", url, "--run-dir", str(work / "run"),

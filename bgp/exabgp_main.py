@@ -1,7 +1,8 @@
 """ExaBGP's entry point as the speaker runs it: ``python exabgp_main.py server <conf>``.
 
-Standard library only, run as a script. It makes ``import ssl`` fail, adapts one behaviour (below),
-then runs ExaBGP's own ``__main__`` unchanged.
+Standard library only, run as a script. It makes ``import ssl`` fail, adapts two behaviours (below,
+and ``exabgp_share.py``: one parsed route shared by all the peers an API command names, instead of a
+deep copy per peer), then runs ExaBGP's own ``__main__`` unchanged.
 
 Cease on teardown: ExaBGP 5.0.15 closes a session whose graceful-restart capability was negotiated
 *without* a NOTIFICATION even when the API asked ``neighbor X teardown N`` -- so a peer we remove
@@ -38,8 +39,11 @@ def _cease_on_teardown() -> None:
 
 
 if __name__ == "__main__":
+    from exabgp_share import share_routes  # next to this file: standard library and ExaBGP only
+
     sys.path.pop(0)  # this file's directory (bgp/): its modules must not shadow anything
     sys.modules["ssl"] = None  # type: ignore[assignment]  # `import ssl` now raises ImportError
     _cease_on_teardown()
+    share_routes()
     sys.argv[0] = "exabgp"
     runpy.run_module("exabgp", run_name="__main__", alter_sys=True)

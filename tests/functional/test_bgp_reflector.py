@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bgp.exabgp_share import SHARED_NOTICE
 from bgp.peers import BGPGlobal, ExplicitPeer, NodeInfo, PeerSpec, bgp_peers
 from bgp.rib import LearnedRoute
 from bgp.speaker import Speaker
@@ -23,7 +24,7 @@ from tests.helpers import LoopThread, wait_for
 
 pytestmark = pytest.mark.root
 
-R, A, B, BIRD = (IPv4Address(f"10.251.0.{i}") for i in (100, 1, 2, 3))
+R, A, B, BIRD, C = (IPv4Address(f"10.251.0.{i}") for i in (100, 1, 2, 3, 4))
 CLUSTER = IPv4Address("244.0.0.1")
 POOL = IPv4Network("10.244.0.0/16")
 BLOCK_A, BLOCK_B, BLOCK_BIRD = (IPv4Network(f"10.244.{i}.0/26") for i in (1, 2, 7))
@@ -35,9 +36,9 @@ NODES = [NodeInfo("r", IPv4Interface(f"{R}/24"), None, frozenset({("route-reflec
 NO_MESH = BGPGlobal(mesh_enabled=False)
 
 
-def _sessions(name: str) -> frozenset[PeerSpec]:
-    me = next(n for n in NODES if n.name == name)
-    return bgp_peers(me, NODES, NO_MESH, [ARTICLE_PEER])
+def _sessions(name: str, nodes: list[NodeInfo] = NODES) -> frozenset[PeerSpec]:
+    me = next(n for n in nodes if n.name == name)
+    return bgp_peers(me, nodes, NO_MESH, [ARTICLE_PEER])
 
 
 def _fabric(netns) -> str:
@@ -113,6 +114,54 @@ def test_reflector_carries_a_clients_block_to_the_other_client(netns, loop_threa
 
         lt.run(a.set_advertisements(frozenset({BLOCK_A})))
         wait_for(lambda: _learned(lt, b) == {via_r}, 15, what="a's block back on b")
+    finally:
+        for sp in speakers:
+            lt.run(sp.stop())
+
+
+def test_one_route_to_two_clients_and_a_client_reset(netns, loop_thread, tmp_path):
+    """A's block reaches b and c through one route object in the reflector's ExaBGP
+    (bgp/exabgp_share.py): c's session reset and a's withdrawal still reach each client right."""
+    lt = loop_thread
+    nodes = [*NODES, NodeInfo("c", IPv4Interface(f"{C}/24"), None)]
+    fabric, ns_a, ns_b, ns_c = _fabric(netns), netns("rra"), netns("rrb"), netns("rrc")
+    for ns, address in ((ns_a, A), (ns_b, B), (ns_c, C)):
+        _join(fabric, ns, address)
+    speakers = []
+    try:
+        r = _speaker(lt, fabric, R, tmp_path / "r", _sessions("r", nodes), frozenset(), CLUSTER)
+        speakers.append(r)
+        a = _speaker(lt, ns_a, A, tmp_path / "a", _sessions("a", nodes), frozenset({BLOCK_A}))
+        speakers.append(a)
+        b = _speaker(lt, ns_b, B, tmp_path / "b", _sessions("b", nodes), frozenset())
+        speakers.append(b)
+        c = _speaker(lt, ns_c, C, tmp_path / "c", _sessions("c", nodes), frozenset())
+        speakers.append(c)
+        wait_for(lambda: _all_up(lt, r, 3), 30, what="the three clients' sessions up")
+        assert SHARED_NOTICE in (tmp_path / "r" / "exabgp.log").read_text()
+
+        via_r = LearnedRoute(BLOCK_A, A, R, originator_id=A, cluster_list=(CLUSTER,))
+        for client, name in ((b, "b"), (c, "c")):
+            wait_for(lambda client=client: _learned(lt, client) == {via_r}, 15,
+                     what=f"{name} learns a's block through r")
+
+        lt.run(c.stop())
+        speakers.remove(c)
+        wait_for(lambda: [s.state for s in lt.call(r.peer_status)].count("up") == 2, 30,
+                 what="r sees c's session down")
+        c = _speaker(lt, ns_c, C, tmp_path / "c2", _sessions("c", nodes), frozenset())
+        speakers.append(c)
+        wait_for(lambda: _learned(lt, c) == {via_r}, 30, what="a restarted c learns a's block again")
+        assert _learned(lt, b) == {via_r}
+
+        lt.run(a.set_advertisements(frozenset()))
+        for client, name in ((b, "b"), (c, "c")):
+            wait_for(lambda client=client: _learned(lt, client) == frozenset(), 15,
+                     what=f"a's withdrawal reaches {name}")
+        lt.run(a.set_advertisements(frozenset({BLOCK_A})))
+        for client, name in ((b, "b"), (c, "c")):
+            wait_for(lambda client=client: _learned(lt, client) == {via_r}, 15,
+                     what=f"a's block back on {name}")
     finally:
         for sp in speakers:
             lt.run(sp.stop())
