@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import tenacity
 
@@ -35,7 +36,7 @@ class Update:
     kind: str
     namespace: str | None
     name: str
-    resource: Resource | None  # None: deleted
+    resource: Resource | None  # None: deleted; else the resource, or what ``reduce`` made of it
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ class Connection:
 Batch = list[Update | InSync | Connection]
 
 
+def _same(resource: Resource) -> Resource:
+    return resource
+
+
 def is_fatal(exc: BaseException) -> bool:
     """A broken invariant is fatal; every other failure is temporary (retried with backoff)."""
     return isinstance(exc, AssertionError)
@@ -64,8 +69,13 @@ def is_fatal(exc: BaseException) -> bool:
 class Syncer:
     def __init__(self, ds: Datastore, kinds: Iterable[str], on_batch: Callable[[Batch], None],
                  retry_delay: float = 1.0, max_retry_delay: float = 30.0,
-                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
+                 on_fatal: Callable[[BaseException], None] | None = None,
+                 reduce: Callable[[Resource], Any] | None = None) -> None:
+        """``reduce``: applied to every resource read, in the syncer's thread, before the consumer
+        sees it (the agent keeps only a few fields of an IPAM block: each model is dropped as soon
+        as it is reduced, so 100k of them are not held in the snapshot and the state at once)."""
         self._ds, self._kinds, self._on_batch = ds, tuple(kinds), on_batch
+        self._reduce = reduce or _same
         self._retry_delay, self._max_retry_delay = retry_delay, max_retry_delay
         self._on_fatal = on_fatal
         self._stop = threading.Event()
@@ -136,12 +146,14 @@ class Syncer:
 
     def _resync(self) -> int:
         listing = self._ds.snapshot(self._kinds)
+        items, reduce = listing.items, self._reduce
         batch: Batch = []
         now = set()
-        for res in listing.items:
+        for i, res in enumerate(items):
+            items[i] = None  # the listing's reference goes: a reduced resource is freed here
             key = res.key
             now.add(key)
-            batch.append(Update(*key, res))
+            batch.append(Update(*key, reduce(res)))
         batch.extend(Update(*key, None) for key in sorted(self._known - now, key=str))
         self._known = now
         batch.append(InSync(listing.revision))
@@ -155,4 +167,5 @@ class Syncer:
                 self._known.discard(key)
             else:
                 self._known.add(key)
-            self._on_batch([Update(*key, event.resource)])
+            resource = None if event.resource is None else self._reduce(event.resource)
+            self._on_batch([Update(*key, resource)])

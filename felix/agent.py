@@ -173,7 +173,8 @@ class Agent:
         self._syncer = Syncer(
             self.ds, cluster.WATCHED_KINDS,
             lambda batch: loop.call_soon_threadsafe(self._on_batch, batch),
-            on_fatal=lambda exc: loop.call_soon_threadsafe(self._die, exc))
+            on_fatal=lambda exc: loop.call_soon_threadsafe(self._die, exc),
+            reduce=cluster.reduce_resource)  # an IPAM block's few used fields, not its model
         gc.disable()
         gc_back = loop.call_later(LOAD_GC_OFF, gc.enable)
         self._syncer.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,27 +25,80 @@ log = logging.getLogger(__name__)
 
 WATCHED_KINDS = ("IPPool", "BGPConfiguration", "Node", "WorkloadEndpoint", "IPAMBlock", "BGPPeer",
                  "FelixConfiguration")
-# Of some kinds the agent uses a few fields only: an IPAM block's allocations change with every pod
-# ADD and DEL on its node, which must not cost a reconcile (nor, at 100k blocks, a rebuild). Its
-# borrowed addresses are used (the owner routes each to its holder), but a borrow is rare.
-_USED_FIELDS = {
-    "IPAMBlock": lambda b: (b.spec.network, b.spec.affine_node, b.spec.deleted, block_borrowed(b)),
-}
 
 
-def block_borrowed(block: IPAMBlock) -> frozenset[Borrowed]:
+@dataclass(frozen=True, slots=True)
+class BlockFacts:
+    """What the agent uses of an IPAMBlock: its network, affine node, deleted flag and the
+    addresses other nodes borrowed from it (the owner routes each to its holder). Kept instead of
+    the model: at 100k blocks the models were ~2.5 kB each and most of the agent's memory, for
+    these fields. The allocations, which change with every pod ADD and DEL on the block's node,
+    are left out, so such an update is no change (no reconcile, and at 100k blocks no rebuild)."""
+
+    cidr: IPv4Network | ipaddress.IPv6Network
+    node: str | None  # the affine node (``affinity: host:<node>``)
+    deleted: bool = False
+    borrowed: frozenset[Borrowed] = frozenset()
+    # The tunnel-address handles holding an address here (``holds_handle``). Not compared: they
+    # change no route, so such an update is no change (the facts are still kept current).
+    tunnel_handles: frozenset[str] = field(default=frozenset(), compare=False)
+
+    @classmethod
+    def of(cls, block: IPAMBlock) -> BlockFacts:
+        spec = block.spec
+        cidr = _network(spec.cidr)
+        node = spec.affine_node
+        return cls(cidr=cidr, node=sys.intern(node) if node else None, deleted=spec.deleted,
+                   borrowed=block_borrowed(block, cidr), tunnel_handles=_tunnel_handles(block))
+
+
+TUNNEL_HANDLE_PREFIXES = ("vxlan-tunnel-addr-", "ipip-tunnel-addr-")  # felix.encap's handles
+
+
+def _tunnel_handles(block: IPAMBlock) -> frozenset[str]:
+    spec = block.spec
+    held = {i: a.handle_id for i, a in enumerate(spec.attributes)
+            if a.handle_id and a.handle_id.startswith(TUNNEL_HANDLE_PREFIXES)}
+    if not held:
+        return frozenset()
+    return frozenset(held[i] for i in spec.allocations if i in held)
+
+
+def holds_handle(state: ClusterState, handle: str) -> bool:
+    """Whether any block holds an address for ``handle``, one of ``TUNNEL_HANDLE_PREFIXES``: known
+    from the state, where asking IPAM reads every block from the datastore (at 100k blocks ~15 s)."""
+    if not handle.startswith(TUNNEL_HANDLE_PREFIXES):
+        raise AssertionError(f"Bug: handle {handle!r} is not a tunnel handle: not tracked")
+    return any(handle in held for held in state._tunnel_handles.values())
+
+
+def reduce_resource(resource: Resource) -> Resource | BlockFacts:
+    """What ``ClusterState`` keeps of a resource: an IPAMBlock's ``BlockFacts``, anything else as
+    it is. The agent's syncer applies it as it reads, so each block model is freed at once."""
+    return BlockFacts.of(resource) if isinstance(resource, IPAMBlock) else resource
+
+
+def _network(cidr: str) -> IPv4Network | ipaddress.IPv6Network:
+    return IPv4Network(cidr) if ":" not in cidr else ipaddress.IPv6Network(cidr)
+
+
+def block_borrowed(block: IPAMBlock, network=None) -> frozenset[Borrowed]:
     """The block's addresses allocated to another node than its affine one (the allocation's
     ``node`` attribute, which IPAM records; an allocation without one is the owner's). Cheap in
-    the usual case: the attributes are looked at first, and hold no other node."""
+    the usual case: the attributes are looked at first, and hold no other node. ``network``: the
+    block's, if the caller has it already."""
     spec = block.spec
-    if spec.deleted or spec.network.version != 4:
+    if spec.deleted or not spec.attributes:
+        return frozenset()
+    network = network if network is not None else _network(spec.cidr)
+    if network.version != 4:
         return frozenset()
     owner = spec.affine_node
     holders = {i: a.secondary["node"] for i, a in enumerate(spec.attributes)
                if a.secondary.get("node") and a.secondary["node"] != owner}
     if not holders:
         return frozenset()
-    base = spec.network.network_address
+    base = network.network_address
     return frozenset(Borrowed(ip=base + ordinal, node=holders[idx])
                      for ordinal, idx in enumerate(spec.allocations) if idx in holders)
 
@@ -55,16 +109,20 @@ IN_SYNC = "InSync"  # in ``take_changes``: the first complete snapshot arrived
 
 @dataclass
 class ClusterState:
+    """Every watched resource by key, except IPAM blocks: of those ``blocks`` holds the
+    ``BlockFacts`` (the update may carry the model or, from ``reduce_resource``, the facts)."""
+
     resources: dict[Key, Resource] = field(default_factory=dict)
     in_sync: bool = False  # a complete snapshot arrived once (stays true while the datastore is away)
     revision: int = 0
     connection: Connection | None = None  # the datastore connection's latest state
+    blocks: dict[Key, BlockFacts] = field(default_factory=dict, repr=False)
     # kind -> key -> resource: ``of_kind`` walks one kind, not 100k blocks to find three pools
     _by_kind: dict[str, dict[Key, Resource]] = field(default_factory=dict, repr=False)
     _changes: dict[str, set[Key]] = field(default_factory=dict, repr=False)
-    _used: dict[Key, tuple] = field(default_factory=dict, repr=False)  # _USED_FIELDS of each
-    # IPAM blocks with borrowed addresses only: a rebuild must not walk 100k blocks' allocations
+    # IPAM blocks with borrowed addresses only: a rebuild must not walk 100k blocks
     _borrowed: dict[Key, frozenset[Borrowed]] = field(default_factory=dict, repr=False)
+    _tunnel_handles: dict[Key, frozenset[str]] = field(default_factory=dict, repr=False)  # likewise
 
     def apply(self, batch: Iterable[Update | InSync | Connection]) -> bool:
         """Take a batch; return whether anything the agent uses changed. An update that differs
@@ -93,41 +151,50 @@ class ClusterState:
 
     def _update(self, item: Update) -> bool:
         key = (item.kind, item.namespace, item.name)
-        old = self.resources.get(key)
-        used = _USED_FIELDS.get(item.kind)
-        if item.resource is None:
-            self.resources.pop(key, None)
+        if item.kind == IPAMBlock.KIND:
+            changed = self._update_block(key, item.resource)
+        elif item.resource is None:
+            changed = self.resources.pop(key, None) is not None
             self._by_kind.get(item.kind, {}).pop(key, None)
-            self._used.pop(key, None)
-            self._borrowed.pop(key, None)
-            changed = old is not None
         else:
+            old = self.resources.get(key)
             self.resources[key] = item.resource
             self._by_kind.setdefault(item.kind, {})[key] = item.resource
-            if used is not None:  # derived once per update, compared with the last one's
-                now = used(item.resource)
-                changed = old is None or self._used.get(key) != now
-                self._used[key] = now
-                if item.kind == IPAMBlock.KIND:
-                    self._note_borrowed(key, now[3])
-            else:
-                changed = old is None or old.with_revision(None) != item.resource.with_revision(None)
+            changed = old is None or old.with_revision(None) != item.resource.with_revision(None)
         if changed:
             self._changes.setdefault(item.kind, set()).add(key)
         return changed
 
-    def _note_borrowed(self, key: Key, borrowed: frozenset[Borrowed]) -> None:
-        if borrowed:
-            self._borrowed[key] = borrowed
-        else:
+    def _update_block(self, key: Key, resource: IPAMBlock | BlockFacts | None) -> bool:
+        if resource is None:
             self._borrowed.pop(key, None)
+            self._tunnel_handles.pop(key, None)
+            return self.blocks.pop(key, None) is not None
+        facts = resource if isinstance(resource, BlockFacts) else BlockFacts.of(resource)
+        old = self.blocks.get(key)
+        self.blocks[key] = facts
+        _note(self._tunnel_handles, key, facts.tunnel_handles)
+        if old == facts:
+            return False
+        _note(self._borrowed, key, facts.borrowed)
+        return True
 
     def of_kind(self, cls: type[Resource]) -> list:
+        if cls.KIND == IPAMBlock.KIND:
+            raise AssertionError("Bug: IPAM blocks are kept as BlockFacts: read ClusterState.blocks")
         return sorted(self._by_kind.get(cls.KIND, {}).values(), key=lambda r: r.key)
 
     def borrowed(self) -> frozenset[Borrowed]:
         """Every address borrowed from a block affine to another node than its holder."""
         return frozenset().union(*self._borrowed.values())
+
+
+def _note(index: dict[Key, frozenset], key: Key, items: frozenset) -> None:
+    """Keep ``index`` to the blocks with any ``items`` (a few among 100k)."""
+    if items:
+        index[key] = items
+    else:
+        index.pop(key, None)
 
 
 def ipv4_pools(state: ClusterState) -> list[IPPool]:
@@ -141,9 +208,8 @@ def pool_cidrs(state: ClusterState) -> frozenset[IPv4Network]:
 
 
 def local_blocks(state: ClusterState, node: str) -> frozenset[IPv4Network]:
-    return frozenset(b.spec.network for b in state.of_kind(IPAMBlock)
-                     if b.spec.affine_node == node and not b.spec.deleted
-                     and b.spec.network.version == 4)
+    return frozenset(b.cidr for b in state.blocks.values()
+                     if b.node == node and not b.deleted and b.cidr.version == 4)
 
 
 def export_prefixes(state: ClusterState, node: str, workloads: Iterable[Workload] | None = None,
@@ -298,9 +364,8 @@ def remote_route_list(learned: Iterable) -> list[RemoteRoute]:
 
 def calc_input(state: ClusterState, node: str, learned: Iterable, *, bgp: bool = True) -> CalcInput:
     """``learned``: bgp.rib.LearnedRoute values (prefix, nexthop, peer)."""
-    blocks = frozenset(Block(cidr=b.spec.network, node=b.spec.affine_node)
-                       for b in state.of_kind(IPAMBlock)
-                       if b.spec.affine_node and b.spec.network.version == 4 and not b.spec.deleted)
+    blocks = frozenset(Block(cidr=b.cidr, node=b.node) for b in state.blocks.values()
+                       if b.node and b.cidr.version == 4 and not b.deleted)
     return CalcInput(node=node, pools=pool_cidrs(state), blocks=blocks,
                      workloads=local_workloads(state, node), learned=remote_routes(learned),
                      encap=pool_encaps(state), hosts=hosts(state), bgp=bgp,

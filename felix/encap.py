@@ -84,7 +84,7 @@ class Encap:
         node = state.resources.get(("Node", None, self.node))
         await self._vxlan(state, [p for p in pools if p.spec.vxlan_mode != NEVER], node, me, result)
         felix = cluster.felix_settings(state, self.node)
-        await self._ipip([p for p in pools if p.spec.ipip_mode != NEVER], node, me, result,
+        await self._ipip(state, [p for p in pools if p.spec.ipip_mode != NEVER], node, me, result,
                          mtu=felix.ipip_mtu if felix is not None else None)
         self._first = False
         return result
@@ -97,7 +97,8 @@ class Encap:
         if not vxlan_pools:
             if self._vxlan_was_on and self._grace_over("vxlan", result):
                 removed = await self.tunnels.remove_vxlan()
-                await asyncio.to_thread(self._release, handle, vxlan=True)
+                await asyncio.to_thread(self._release, handle, cluster.holds_handle(state, handle),
+                                        vxlan=True)
                 self._held.pop("vxlan", None)
                 result.writes += int(removed)
                 self._vxlan_was_on = False
@@ -136,13 +137,14 @@ class Encap:
 
     # -- IPIP --
 
-    async def _ipip(self, ipip_pools: list[IPPool], node: Node | None, me: IPv4Interface,
+    async def _ipip(self, state, ipip_pools: list[IPPool], node: Node | None, me: IPv4Interface,
                     result: EncapResult, mtu: int | None = None) -> None:
         handle = IPIP_HANDLE.format(node=self.node)
         if not ipip_pools:
             if self._ipip_was_on and self._grace_over("ipip", result):
                 await self.tunnels.remove_ipip()
-                await asyncio.to_thread(self._release, handle, vxlan=False)
+                await asyncio.to_thread(self._release, handle, cluster.holds_handle(state, handle),
+                                        vxlan=False)
                 self._held.pop("ipip", None)
                 self._ipip_was_on = False
             return
@@ -195,8 +197,11 @@ class Encap:
         return ipam.assign(node=self.node, handle=handle, attrs={"node": self.node, "type": handle.split("-")[0]},
                            pools=[p.name for p in pools if not p.spec.disabled] or None)
 
-    def _release(self, handle: str, *, vxlan: bool) -> None:
-        IPAM(self.ds).release(handle)
+    def _release(self, handle: str, held: bool, *, vxlan: bool) -> None:
+        """Release ``handle``'s addresses if any block ``held`` one (IPAM reads every block to
+        find them: at 100k blocks each release cost ~15 s of start-up), and clear our Node's."""
+        if held:
+            IPAM(self.ds).release(handle)
         self._record(**({"vxlan": None} if vxlan else {"ipip": None}))
 
     def _record(self, **fields) -> None:

@@ -113,3 +113,21 @@ def test_stop_ends_the_retries():
     wait_for(lambda: rec.of(Connection), timeout=5, what="the first failure reported")
     syncer.stop()
     assert not syncer._thread.is_alive()
+
+
+def test_reduce_is_applied_to_every_resource_of_the_snapshot_and_the_watch():
+    """Issue 8: the agent keeps a few fields of each IPAM block; the syncer hands it those, so the
+    models are not all held at once (100k blocks were ~600 MB)."""
+    ds, rec = MemoryDatastore(), Recorder()
+    ds.create(pool("listed"))
+    syncer = run(ds, rec, reduce=lambda res: ("reduced", res.name))
+    try:
+        wait_for(lambda: rec.of(InSync))
+        ds.create(pool("watched"))
+        wait_for(lambda: len(rec.of(Update)) == 2)
+        ds.delete("IPPool", "watched")
+        wait_for(lambda: len(rec.of(Update)) == 3)
+    finally:
+        syncer.stop()
+    assert [u.resource for u in rec.of(Update)] == [
+        ("reduced", "listed"), ("reduced", "watched"), None]
