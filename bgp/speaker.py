@@ -64,6 +64,9 @@ RELAY_CONNECT_TIMEOUT = 10.0
 CHILD_EXIT_GRACE = 0.5
 RELOAD_DEBOUNCE = 0.1  # seconds of quiet after a peer change before ExaBGP reloads its config
 RELOAD_MAX_DELAY = 1.0  # ... but at most this long after the first change of a burst
+# What ``node status`` adds to a session kept by make-before-break (bgp.transition).
+DRAINING_SESSION = "draining: no longer configured, kept until other sessions carry its routes"
+DRAINING_REFLECTION = "draining: no longer a route-reflector client, still reflected to for now"
 CEASE_TIMEOUT = 3.0  # a removed peer's Cease: how long to wait for its session to go down  # a started ExaBGP whose relay never connects is restarted
 
 
@@ -404,7 +407,15 @@ class Speaker:
         return self._reflector.sent()
 
     def peer_status(self) -> list[PeerStatus]:
-        return [self._peers[a].status() for a in sorted(self._peers)]
+        """Each configured session; one kept by make-before-break says so after its state."""
+        return [self._draining_status(self._peers[a].status()) for a in sorted(self._peers)]
+
+    def _draining_status(self, status: PeerStatus) -> PeerStatus:
+        if status.address not in self._draining:
+            return status
+        wanted = self._wanted is not None and any(p.address == status.address for p in self._wanted[0])
+        why = DRAINING_REFLECTION if wanted else DRAINING_SESSION
+        return dataclasses.replace(status, info=f"{status.info}; {why}")
 
     def counters(self) -> dict[str, int]:
         return dict(self._rib.counters)

@@ -7,13 +7,16 @@ clients only by reflection. Then every pod pings every other pod."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests import helpers
+from tests.helpers import wait_for
 
 NAME = f"r{secrets.token_hex(2)}"  # short: namespace and interface names derive from it
 
@@ -48,3 +51,103 @@ def test_clients_route_to_each_other_not_via_the_reflectors(reflector_lab):
                 if " via " in line and not line.startswith("default")}
     assert {nodes[c].split("/")[0] for c in clients[1:]} <= gateways, routes
     assert not {nodes[r].split("/")[0] for r in reflectors} & gateways, routes
+
+
+# -- make-before-break (issue 9 item 3): a 3-node mesh lab switched to a reflector and back ---------
+
+MESH = f"m{secrets.token_hex(2)}"
+RR_PEER = {"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
+           "metadata": {"name": "peer-with-route-reflectors"},
+           "spec": {"nodeSelector": "all()", "peerSelector": "route-reflector == 'true'"}}
+
+
+def bgp_configuration(mesh: bool) -> dict:
+    return {"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration", "metadata": {"name": "default"},
+            "spec": {"asNumber": 64512, "nodeToNodeMeshEnabled": mesh, "logSeverityScreen": "Info"}}
+
+
+@pytest.fixture(scope="module")
+def mesh_lab():
+    try:
+        ctl("lab", "up", "--name", MESH, "--nodes", "3", "--pods-per-node", "1")
+        yield helpers.lab_state(MESH)
+    finally:
+        subprocess.run([helpers.CTL, "lab", "down", "--name", MESH], capture_output=True, timeout=120)
+
+
+class Pings:
+    """Continuous pings between pods (20 a second each, both directions' routes in each reply)."""
+
+    def __init__(self, pairs: list[tuple[dict, dict]]) -> None:
+        self.procs = {f"{a['node']} -> {b['node']}": subprocess.Popen(
+            ["ip", "netns", "exec", a["netns"], "ping", "-q", "-i", "0.05", b["ip"]],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for a, b in pairs}
+
+    def stop(self) -> dict[str, tuple[int, int]]:
+        """(sent, received) per pair; ping prints its summary on SIGINT."""
+        counts = {}
+        for pair, proc in self.procs.items():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            out = proc.communicate(timeout=10)[0]
+            match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+            assert match, f"{pair}: {out}"
+            counts[pair] = (int(match[1]), int(match[2]))
+        return counts
+
+
+def apply(tmp_path: Path, doc: dict) -> None:
+    path = tmp_path / f"{doc['kind']}.json"
+    path.write_text(json.dumps(doc))
+    ctl("lab", "apply", "--name", MESH, "-f", str(path))
+
+
+def make_reflector(tmp_path: Path, node: str, on: bool) -> None:
+    """As the article does it: the node's label route-reflector=true and its routeReflectorClusterID."""
+    doc = json.loads(ctl("--lab", MESH, "get", "node", node, "-o", "json").stdout)
+    labels, bgp = doc["metadata"].setdefault("labels", {}), doc["spec"]["bgp"]
+    if on:
+        labels["route-reflector"], bgp["routeReflectorClusterID"] = "true", "244.0.0.1"
+    else:
+        labels.pop("route-reflector", None)
+        bgp.pop("routeReflectorClusterID", None)
+    apply(tmp_path, doc)
+
+
+def peers(node: str) -> dict[str, tuple[str, str]]:
+    """address -> (peer type, info) of the node's sessions, from its agent's status."""
+    from felix.status import query
+
+    return {p["address"]: (p["peer_type"], p["info"]) for p in query(node, "status")["peers"]}
+
+
+def test_mesh_to_reflector_and_back_loses_no_packet(mesh_lab, tmp_path):
+    """The source article's order (the reflector leaves the mesh first, then the BGPPeer, then the
+    mesh off) and back, while every pod pings every other: not one packet lost, no agent restarted."""
+    nodes = sorted(mesh_lab["nodes"])
+    address = {n: mesh_lab["nodes"][n].split("/")[0] for n in nodes}
+    rr, clients = nodes[2], nodes[:2]
+    pods = {p["node"]: p for p in mesh_lab["pods"]}
+    pids = mesh_lab["agent_pids"]
+    pings = Pings([(pods[a], pods[b]) for a in nodes for b in nodes if a < b])
+    try:
+        make_reflector(tmp_path, rr, True)
+        apply(tmp_path, RR_PEER)
+        apply(tmp_path, bgp_configuration(mesh=False))
+        wait_for(lambda: all(peers(c) == {address[rr]: ("global", "Established")} for c in clients)
+                 and set(peers(rr)) == {address[c] for c in clients}, timeout=60, interval=0.5,
+                 what="the clients' only session is to the reflector")
+
+        apply(tmp_path, bgp_configuration(mesh=True))
+        ctl("--lab", MESH, "delete", "bgppeer", RR_PEER["metadata"]["name"])
+        make_reflector(tmp_path, rr, False)
+        mesh = {n: {address[o]: ("node-to-node mesh", "Established") for o in nodes if o != n} for n in nodes}
+        # The reflector stops reflecting only at its drain deadline (bgp.transition): wait for it.
+        wait_for(lambda: all(peers(n) == mesh[n] for n in nodes), timeout=90, interval=0.5,
+                 what="the full mesh back, nothing draining")
+    finally:
+        counts = pings.stop()
+    assert all(sent > 100 for sent, _ in counts.values()), counts
+    assert {pair: sent - got for pair, (sent, got) in counts.items()} == {pair: 0 for pair in counts}, counts
+    assert helpers.lab_state(MESH)["agent_pids"] == pids
+    ctl("lab", "ping", "--name", MESH)

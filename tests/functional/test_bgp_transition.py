@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bgp.peers import BGPGlobal, NodeInfo, PeerSpec, bgp_peers
-from bgp.speaker import Speaker
+from bgp.speaker import DRAINING_REFLECTION, DRAINING_SESSION, Speaker
 from bgp.transition import DEADLINE
 from tests.functional.test_bgp_reflector import ARTICLE_PEER, CLUSTER, POOL, _fabric, _join
 from tests.helpers import LoopThread, wait_for
@@ -116,6 +116,8 @@ def test_mesh_to_route_reflector_and_back_never_loses_a_route(trio):
     # The article's order: r becomes a reflector (it leaves the mesh), the BGPPeer, the mesh off.
     step(trio, reflector=True, bgppeer=False, mesh=True)
     assert a.configured() == {B, R}, "r left the mesh, but its session must stay while only r has r's block"
+    [to_r] = [s for s in a.lt.call(a.sp.peer_status) if s.address == R]
+    assert to_r.info == f"Established; {DRAINING_SESSION}"
     step(trio, reflector=True, bgppeer=True, mesh=True)
     step(trio, reflector=True, bgppeer=True, mesh=False)
     wait_for(lambda: a.settled({R}) and b.settled({R}) and r.settled({A, B}), 40,
@@ -131,6 +133,8 @@ def test_mesh_to_route_reflector_and_back_never_loses_a_route(trio):
              what="the full mesh again")
     assert a.learned() == {BLOCKS["b"]: B, BLOCKS["r"]: R}
     assert (a.gaps, b.gaps, r.gaps) == ([], [], []), "a block was missing during the switch back"
+    # r still reflects to its former clients (until the drain deadline), and says so
+    assert {s.info for s in r.lt.call(r.sp.peer_status)} == {f"Established; {DRAINING_REFLECTION}"}
 
 
 @pytest.mark.parametrize("trio", [4.0], indirect=True)
