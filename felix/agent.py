@@ -324,10 +324,12 @@ class Agent:
         the calculation takes their deltas (the speaker's own record of what changed) and the route table writes just the destinations that
         changed (speaker, tunnels and NAT depend on neither, and are left alone). Anything else
         (pools, Nodes, blocks, BGP configuration, the first reconcile, one after a failure)
-        rebuilds the calculation. A resync, a drift or a retry always diffs every route (a retry
-        also re-applies tunnels and NAT: their recheck comes as a retry). The route apply of a
-        burst (``PIPELINE_MIN``) is left running: the kernel takes it while the next reconcile
-        calculates, which waits for it before its own apply."""
+        rebuilds the calculation. A resync or a retry always diffs every route (a retry also
+        re-applies tunnels and NAT: their recheck comes as a retry); after a drift the route
+        table adds what the kernel changed to the dirty set itself (a pod's veth gone: its
+        route), or diffs everything when it cannot say (someone else changed a route of ours).
+        The route apply of a burst (``PIPELINE_MIN``) is left running: the kernel takes it while
+        the next reconcile calculates, which waits for it before its own apply."""
         causes, changes = self._causes_now, self.state.take_changes()
         rebuild = not self._calc_ready or bool(changes.keys() - {"WorkloadEndpoint"})
         self._calc_ready = False  # until this reconcile succeeds: a failed one leaves a rebuild
@@ -356,7 +358,7 @@ class Agent:
         # Until BGP has re-synced after a restart, learned routes we no longer know are kept (the
         # speaker tells us when it is in sync: it notifies, and we come back here, for a full diff).
         full = (rebuild or self._full_apply or not bgp_in_sync
-                or bool(causes & {"resync", "drift", "retry"}))
+                or bool(causes & {"resync", "retry"}))  # a drift: the route table knows what moved
         self._full_apply = True
         if not await self._routes_written():  # the previous reconcile's apply, if it still runs
             full = True  # it failed (counted, logged, a retry is due): what it wrote is unknown

@@ -37,16 +37,22 @@ writes) -- and ``apply`` diffs desired against it. A full dump is done at the fi
 what changed: another owner's route went away (which copy?), a route of ours changed while we were
 writing, a link went down or away while the cache holds gateway routes we wrote without a device
 (IPv4 sends no RTM_DELROUTE for the routes a link takes with it, and which link the kernel chose for
-those only a dump says). Otherwise a lost link just drops the cached routes through it. When someone else changes our routes, or a device a failing route
-waits for appears, the table tells the agent: ``drifted`` (an ``asyncio.Event``) is set and
-``on_drift()`` is called, on the event loop; ``apply`` clears ``drifted`` when it starts.
+those only a dump says) or while we were writing. Otherwise a lost link just drops the cached
+routes through it. When someone else changes our routes, a link takes routes of ours with it, or a
+device a failing route waits for appears, the table tells the agent: ``drifted`` (an
+``asyncio.Event``) is set and ``on_drift()`` is called, on the event loop; ``apply`` clears
+``drifted`` when it starts.
 
 Dirty destinations (``apply(desired, changed=dsts)``, incremental mode): the caller's calculation
 knows which destinations changed since the last apply, so only those are diffed and written (an
-event at 100k routes costs its own routes, not a walk of the whole table). This is trusted only
-while the cache is: no resync pending, nothing drifted since the last apply, no strays of ours;
-otherwise the apply is a full diff as always. What the last applies said about the other
-destinations (their failures, their devices awaited, their blockers) is carried over.
+event at 100k routes costs its own routes, not a walk of the whole table). The table adds its own:
+a link that went down or away (a pod deleted: its veth goes, and its ``/32`` with it, silently)
+drops exactly the cached routes through it, and those destinations become dirty; so do those of
+failing routes when a device appears or comes up. ``changed`` is trusted only while the cache is:
+no dump pending, none of our routes changed by someone else since the last apply, no strays of
+ours; otherwise the apply is a full diff (``full_diffs`` counts them, ``partial_diffs`` the others).
+What the last applies said about the other destinations (their failures, their devices awaited,
+their blockers) is carried over.
 """
 from __future__ import annotations
 
@@ -189,6 +195,8 @@ class RouteTable:
         # Cumulative, for the status socket: an idle agent must not move them between resyncs.
         self.dumps = 0
         self.writes = 0
+        self.full_diffs = 0  # applies that diffed every desired route against every route of ours
+        self.partial_diffs = 0  # applies that diffed the dirty destinations only
         # Incremental mode: the cache and what feeds it (see the module docstring).
         self.drifted = asyncio.Event()
         self._on_drift = on_drift
@@ -201,6 +209,8 @@ class RouteTable:
         self._waiting: dict[int, str] = {}  # key -> device of a route that failed with ENODEV
         self._waiting_devs: set[str] = set()  # their devices
         self._blocked: set[int] = set()  # keys held by another owner's route
+        self._touched: set[int] = set()  # keys the notifications made dirty (e.g. a lost link)
+        self._full_diff = False  # someone changed a route of ours: the next apply diffs them all
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
@@ -285,7 +295,12 @@ class RouteTable:
         routes = list(desired.values())  # a full diff's input, should the cache not be trusted
         dirty = dirty_routes = None
         if changed is not None and self.incremental:
-            dirty = changed.by_key if isinstance(changed, Destinations) else _keys(changed)
+            dirty = dict(changed.by_key) if isinstance(changed, Destinations) else _keys(changed)
+            with self._cache_lock:
+                touched = list(self._touched)
+            for key in touched:  # what the kernel's notifications made dirty
+                if key not in dirty:
+                    dirty[key] = _network(key)
             if isinstance(desired, RoutesByDst):  # the calculation's: looked up by key
                 dirty_routes = desired.routes_at(dirty)
             else:
@@ -296,8 +311,6 @@ class RouteTable:
                                dirty: dict[int, IPv4Network] | None,
                                dirty_routes: list[DesiredRoute] | None) -> ApplyResult:
         async with self._lock:
-            if self.drifted.is_set():
-                dirty = None  # someone changed routes we were not told about: look at them all
             self.drifted.clear()  # what drifted so far, this apply sees
             return await self._in_thread(self._apply, routes, delete_gateway_routes, dirty,
                                          dirty_routes)
@@ -318,6 +331,10 @@ class RouteTable:
             dirty = dirty if partial else None  # the cache could not be trusted: a full diff
         else:
             snap, dirty = self._snapshot(), None
+        if dirty is None:
+            self.full_diffs += 1
+        else:
+            self.partial_diffs += 1
         desired = routes if dirty is None else dirty_routes
         result, plan = ApplyResult(), _Plan()
         try:
@@ -335,7 +352,11 @@ class RouteTable:
                     self._writing, self._stale = False, True  # what was written is unknown
             raise
         if self.incremental:
-            self._commit(plan, failed)
+            self._commit(plan, failed, self._resolve_devices(plan, failed))
+            with self._cache_lock:
+                late = bool(self._touched)
+            if late:  # made dirty after this apply was asked for: the next one takes them
+                self._loop.call_soon_threadsafe(self._drift_found)
         self._last_desired = self._desired_workloads
         if dirty is not None:  # the other destinations' failures stand until they are retried
             result.failed = {**{d: r for d, r in self._failing.items() if _dst_key(d) not in dirty},
@@ -397,8 +418,8 @@ class RouteTable:
         A private ``snap.ours`` is consumed (what is left is unwanted). A shared one (the cache
         itself: copying 100k entries per apply was a fifth of the route table's memory) is only
         read: when every route of ours was desired nothing is unwanted, else a second pass finds
-        what was not. Meanwhile only a lost link changes the cache, and that is drift: a full
-        diff follows.
+        what was not. Meanwhile nothing changes the cache: a notification that would marks it
+        stale instead (``_writing``).
         """
         ours, ifindex, shapes, intern = snap.ours, {n: i for i, n in snap.names.items()}, {}, \
             snap.templates.setdefault
@@ -499,14 +520,17 @@ class RouteTable:
         and whether it is partial: with ``dirty`` given and the cache trusted (no dump needed,
         nothing drifted, no strays), only those keys of ``ours`` are copied."""
         with self._cache_lock:
-            drift = self._pump()  # everything that happened before this apply
+            self._pump()  # everything that happened before this apply
             dump = self._cache is None or self._stale
-            if dirty is not None and not (dump or drift or self._cache.strays):
+            if dirty is not None and not (dump or self._full_diff or self._cache.strays):
                 self._writing = True
+                self._touched.difference_update(dirty)  # this apply diffs them
                 c = self._cache
                 ours = {key: c.ours[key] for key in dirty if key in c.ours}
                 return _Snapshot(ours, [], dict(c.foreign), dict(c.names), set(c.up),
                                  templates=c.templates), True
+            self._full_diff = False  # this apply diffs them all
+            self._touched.clear()
             if dump:
                 self._dumping = True
                 self._pending.clear()  # older than the dump about to start
@@ -527,8 +551,29 @@ class RouteTable:
             return _Snapshot(c.ours, list(c.strays), dict(c.foreign), dict(c.names), set(c.up),
                              shared=True, templates=c.templates), False
 
-    def _commit(self, plan: _Plan, failed: dict[int, rtnl.NetlinkFailure]) -> None:
-        """Our own writes into the cache (the kernel does not echo them to us)."""
+    def _resolve_devices(self, plan: _Plan, failed: dict[int, rtnl.NetlinkFailure]
+                         ) -> dict[bytes, bytes]:
+        """{template: the same + the RTA_OIF the kernel chose} of the gateway routes written
+        without a device: what a dump would show, so a lost link says exactly which routes went
+        with it. One ``fibmatch`` per template (routes of one gateway resolve alike); a template
+        whose device the kernel does not tell stays as it is."""
+        first: dict[bytes, int] = {}
+        for i, (kind, key, image) in enumerate(zip(plan.kinds, plan.keys, plan.images)):
+            if (image not in first and kind not in _DELETES and image[7] == rtnl.RTN_UNICAST
+                    and image[-6:-4] != _OIF_TYPE and i not in failed):
+                first[image] = key
+        resolved = {}
+        for image, key in first.items():
+            route = self._sock.fib_match(key)
+            if route is not None and (route.key, route.proto, route.table) == (
+                    key, self.proto, self.table) and route.oif:
+                resolved[image] = image + rtnl.oif_attr(route.oif)
+        return resolved
+
+    def _commit(self, plan: _Plan, failed: dict[int, rtnl.NetlinkFailure],
+                resolved: dict[bytes, bytes]) -> None:
+        """Our own writes into the cache (the kernel does not echo them to us); ``resolved``:
+        templates with the device the kernel chose (``_resolve_devices``)."""
         with self._cache_lock:
             ours, gone, intern = self._cache.ours, set(), self._intern
             for i, (kind, key, image) in enumerate(zip(plan.kinds, plan.keys, plan.images)):
@@ -540,7 +585,7 @@ class RouteTable:
                 elif kind == "stray":
                     gone.add(rtnl.route_from_template(key, image))
                 else:
-                    ours[key] = intern(image)
+                    ours[key] = intern(resolved.get(image, image))
             if gone:
                 self._cache.strays = [s for s in self._cache.strays if s not in gone]
             self._writing = False
@@ -558,12 +603,17 @@ class RouteTable:
                 log.error("reading route notifications failed: %s; full resync next", err)
                 self._stale = drift = True
         if drift:
-            self.drifted.set()
-            if self._on_drift is not None:
-                self._on_drift()
+            self._drift_found()
+
+    def _drift_found(self) -> None:
+        """Tell the agent to apply again (on the loop)."""
+        self.drifted.set()
+        if self._on_drift is not None:
+            self._on_drift()
 
     def _pump(self) -> bool:
-        """Read every queued notification (cache lock held); True if our routes drifted."""
+        """Read every queued notification (cache lock held); True if an apply is needed: our
+        routes drifted (then ``_full_diff`` or ``_stale`` is set) or ``_touched`` grew."""
         drift = False
         while self._events is not None:
             try:
@@ -604,6 +654,7 @@ class RouteTable:
                 cache.ours[key] = self._intern(rtnl.route_template(image))
             else:
                 cache.ours.pop(key, None)
+            self._full_diff = True
             return True
         if new:
             cache.foreign.setdefault(key, route.proto)
@@ -627,14 +678,22 @@ class RouteTable:
             cache.names[index] = name
         if was_up and index not in cache.up:  # down or deleted: the kernel took its routes, silently
             return self._lost_link(index)
-        came_up = not was_up and index in cache.up
-        return (name in self._waiting_devs and name != old_name) or (came_up and bool(self._failing))
+        woken: set[int] = set()
+        if name in self._waiting_devs and name != old_name:  # routes that waited for this device
+            woken.update(key for key, dev in self._waiting.items() if dev == name)
+        if not was_up and index in cache.up:  # came up: failing routes may work now
+            woken.update(map(_dst_key, self._failing))
+        self._touched |= woken
+        return bool(woken)
 
     def _lost_link(self, index: int) -> bool:
-        """Drop the cached routes through a link that went down or away; True if there were any.
+        """Drop the cached routes through a link that went down or away, their destinations made
+        dirty; True if there were any.
 
-        Dumped images end with their RTA_OIF. A gateway route we wrote without a device has none
-        in the cache (the kernel chose it): then only a full dump can say whether it went too.
+        Dumped images end with their RTA_OIF, and so do the cached templates of gateway routes we
+        wrote without a device (``_resolve_devices``). One without (its device not resolved):
+        only a full dump can say whether it went too. Only a dump can say it either while we
+        write (our write through the link may land after its loss).
         """
         suffix, through, unresolved = rtnl.oif_attr(index), [], False
         for key, image in self._cache.ours.items():
@@ -642,11 +701,12 @@ class RouteTable:
                 through.append(key)
             elif image[7] == rtnl.RTN_UNICAST and image[-6:-4] != _OIF_TYPE:
                 unresolved = True
-        if unresolved:
+        if unresolved or (through and self._writing):
             self._stale = True
             return True
         for key in through:
             del self._cache.ours[key]
+        self._touched.update(through)
         return bool(through)
 
     # -- writing -----------------------------------------------------------------------------

@@ -63,6 +63,7 @@ IFF_UP = 0x1
 RTN_UNICAST, RTN_LOCAL, RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT = 1, 2, 6, 7, 8
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST, RT_SCOPE_NOWHERE = 0, 253, 254, 255
 RTNH_F_ONLINK = 0x4
+RTM_F_FIB_MATCH = 0x2000  # RTM_GETROUTE: answer with the FIB entry that matches, not a lookup result
 RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE = 1, 7
 RTMGRP_LINK, RTMGRP_IPV4_ROUTE = 1 << (RTNLGRP_LINK - 1), 1 << (RTNLGRP_IPV4_ROUTE - 1)
 SO_ATTACH_FILTER, SO_RCVBUFFORCE = 26, 33
@@ -191,6 +192,15 @@ def encode_route_dump(seq: int, table: int = 0) -> bytes:
     attrs = _U32_ATTR.pack(8, RTA_TABLE, table) if table else b""
     return (_HDR.pack(28 + len(attrs), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
             + _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0) + attrs)
+
+
+def encode_route_get(seq: int, key: int) -> bytes:
+    """RTM_GETROUTE of the FIB entry matching the address of ``key`` (``ip route get fibmatch``;
+    the policy rules choose the table: strict checking refuses RTA_TABLE here)."""
+    dst, _ = key_parts(key)
+    attrs = _DST_ATTR + _BE32.pack(dst)
+    return (_HDR.pack(28 + len(attrs), RTM_GETROUTE, NLM_F_REQUEST, seq, 0)
+            + _RTMSG.pack(socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, RTM_F_FIB_MATCH) + attrs)
 
 
 def encode_link_dump(seq: int) -> bytes:
@@ -551,6 +561,22 @@ class RtnlSocket:
         except OSError as err:
             if err.errno != errno.ENOBUFS:
                 raise
+
+    def fib_match(self, key: int) -> Route | None:
+        """The route the kernel's FIB matches for the address of ``key`` (None if nothing does):
+        for a gateway route written without a device, the device it resolved."""
+        self._discard_pending()
+        seq = self.reserve(1)
+        self.sock.send(encode_route_get(seq, key))
+        while True:
+            buf = self.recv()
+            for mtype, _, msg in parse_events(buf):
+                if _HDR.unpack_from(msg, 0)[3] != seq:
+                    continue
+                if mtype == RTM_NEWROUTE:
+                    return decode_route(msg[16:])
+                if mtype == NLMSG_ERROR:
+                    return None  # ENETUNREACH and the like: nothing matches
 
     def dump_links(self, flags: dict[int, int] | None = None) -> dict[int, str]:
         """{ifindex: name} of every link (and their ifi_flags into ``flags`` when given)."""

@@ -317,17 +317,27 @@ def test_incremental_notices_routes_that_went_with_their_link(node):
     assert ours_in_kernel(node) == ["10.244.2.0/26 via 192.168.5.2 dev eth0", "blackhole 10.244.1.0/26"]
 
 
-def test_incremental_dumps_when_a_lost_link_may_have_carried_gateway_routes_we_wrote(node):
-    async def scenario():
+def test_incremental_knows_the_device_of_gateway_routes_it_applied_and_dumps_when_it_does_not(node):
+    """A gateway route written without a device: after an apply the table asks the kernel which
+    device it chose, so losing that link drops exactly that route; one written by ``set_route``
+    is not resolved, and then only a full dump can say whether it went with the link."""
+    async def scenario(write):
         async with RouteTable(netns=node, incremental=True) as table:
-            await table.apply(ALL)  # GW written without a device: which one the kernel chose, unknown
+            await table.apply({BH.dst: BH})
+            await write(table)  # GW, without a device: the kernel chooses eth0
             ip(node, "link", "set", "eth0", "down")
             eth0_down = await drift_seen(table)
-            down = await table.apply(ALL)
-            return eth0_down, down, table.dumps
+            down = await table.apply({BH.dst: BH, GW.dst: GW}, changed=[])
+            ip(node, "link", "set", "eth0", "up")
+            return eth0_down, down, table.dumps, table.partial_diffs
 
-    eth0_down, down, dumps = run(scenario())
-    assert eth0_down and dumps == 2 and list(down.failed) == [GW.dst]
+    applied = run(scenario(lambda table: table.apply({BH.dst: BH, GW.dst: GW})))
+    set_alone = run(scenario(lambda table: table.set_route(GW)))
+    for eth0_down, down, _, _ in (applied, set_alone):
+        assert eth0_down and list(down.failed) == [GW.dst]
+        assert down.failed[GW.dst].startswith("ENETUNREACH")
+    assert applied[2:] == (1, 1)  # (dumps, partial diffs): the link's loss was followed exactly
+    assert set_alone[2:] == (2, 0)
 
 
 def test_incremental_resyncs_after_lost_notifications_and_when_asked(node, monkeypatch):
@@ -490,3 +500,40 @@ def test_a_cancelled_apply_finishes_its_batch_before_the_table_moves_on(node):
     after, again = run(scenario())
     assert after.failed == {} and again.writes == 0
     assert len(ours_in_kernel(node)) == 20_000
+
+
+def test_a_deleted_pod_veth_makes_its_route_dirty_not_a_full_diff(node):
+    """A pod's veth goes: the kernel drops its /32 without an RTM_DELROUTE. Only that destination
+    becomes dirty: the next apply stays incremental (at 100k routes a full diff per pod delete
+    was the cost), while a route of ours someone else deletes is still repaired by a full diff."""
+    moved = DesiredRoute(GW.dst, "unicast", None, A("192.168.5.3"), "universe", "learned from n3")
+    calls = []
+
+    async def scenario():
+        async with RouteTable(netns=node, incremental=True, on_drift=lambda: calls.append(1)) as table:
+            await table.apply(ALL)
+            ip(node, "link", "del", CALI)  # the pod is deleted: its veth and its route go
+            told = await drift_seen(table)
+            # The pod's deletion has not reached the calculation yet: nothing changed for it, and
+            # GW moved without being said to (a full diff would rewrite it; a partial one does not)
+            after_veth = await table.apply({**ALL, GW.dst: moved}, changed=[])
+            kernel_then, partial = ours_in_kernel(node), (table.full_diffs, table.partial_diffs)
+            pod_gone = await table.apply({BH.dst: BH, GW.dst: GW}, changed=[WL.dst])
+            kernel_after_pod = ours_in_kernel(node)
+            ip(node, "route", "del", "10.244.1.0/26", "proto", str(PROTO))  # genuine drift
+            drift = await drift_seen(table, timeout=1.0)
+            repaired = await table.apply({BH.dst: BH, GW.dst: GW}, changed=[])
+            return (told, after_veth, kernel_then, partial, pod_gone, kernel_after_pod, drift,
+                    repaired, (table.full_diffs, table.partial_diffs), table.dumps)
+
+    (told, after_veth, kernel_then, partial, pod_gone, kernel_after_pod, drift, repaired,
+     diffs, dumps) = run(scenario())
+    assert told and calls
+    assert list(after_veth.failed) == [WL.dst] and after_veth.failed[WL.dst].startswith("ENODEV")
+    assert after_veth.writes == 0 and partial == (1, 1)  # the first apply was the only full diff
+    assert kernel_then == ["10.244.2.0/26 via 192.168.5.2 dev eth0", "blackhole 10.244.1.0/26"]
+    assert (pod_gone.writes, pod_gone.failed) == (0, {})
+    assert kernel_after_pod == ["10.244.2.0/26 via 192.168.5.2 dev eth0", "blackhole 10.244.1.0/26"]
+    assert drift and (repaired.added, repaired.writes) == (1, 1)
+    assert diffs == (2, 2) and dumps == 1  # the repair diffed everything, from the cache
+    assert ours_in_kernel(node) == ["10.244.2.0/26 via 192.168.5.2 dev eth0", "blackhole 10.244.1.0/26"]
