@@ -16,11 +16,15 @@ is created in etcd, and the time from just before that write to the RTM_NEWROUTE
 ``<ip>/32 dev cali...`` (a netlink socket bound to RTNLGRP_IPV4_ROUTE, read by a thread of ours) is
 one sample. ``--gap-ms`` waits between events (default 0: the next event right after the route).
 
-JSON keys: event_p50_ms, event_p99_ms, event_max_ms, routes, events, install_s, seed_s,
+JSON keys: event_p50_ms, event_p99_ms, event_max_ms, routes, events, install_s (the agent's
+start-up: from its start until every route is in the kernel), install_rss_mb and install_cpu_s
+(the agent's VmRSS and CPU seconds then), seed_s,
 write_p50_ms / write_p99_ms (until etcd acknowledged the write: etcd's own share, its WAL fsync),
 agent_rss_mb (VmRSS after the events), agent_peak_rss_mb (VmHWM), agent_cpu_s (user + system over
 the whole run), agent_cpu_events_s (during the events only), events_reconciles_by_cause and
-events_route_dumps (the agent's own counters over the events), load_avg_1m, goal_event_p99_ms.
+events_route_dumps (the agent's own counters over the events), events_gc_collections,
+events_gc_pause_total_ms, events_gc_pauses_over_1ms and events_gc_pauses_over_5ms (the agent's
+cyclic-GC pauses over the events), load_avg_1m, goal_event_p99_ms.
 PNG: ``bench/out/event_latency.png`` (CDF of the samples).
 """
 from __future__ import annotations
@@ -88,6 +92,8 @@ def run(a, tmp: Path, result: dict) -> list[float]:
         expected = a.routes + own_blocks(a.events)
         wait_installed(agent, expected, tmp)
         result["install_s"] = round(time.monotonic() - started, 2)
+        result["install_rss_mb"] = round(proc_status_mb(agent.pid, "VmRSS"), 1)
+        result["install_cpu_s"] = round(cpu_seconds(agent.pid), 2)
         print(f"{expected} routes in the kernel {result['install_s']} s after the agent started",
               flush=True)
         time.sleep(1.0)  # the agent settles (its reconcile after the install)
@@ -105,6 +111,9 @@ def run(a, tmp: Path, result: dict) -> list[float]:
             cause: n - status_before["reconciles_by_cause"][cause]
             for cause, n in status["reconciles_by_cause"].items()}
         result["events_route_dumps"] = status["route_dumps"] - status_before["route_dumps"]
+        gc_before, gc_after = status_before["gc"], status["gc"]
+        for key in ("collections", "pause_total_ms", "pauses_over_1ms", "pauses_over_5ms"):
+            result[f"events_gc_{key}"] = round(gc_after[key] - gc_before[key], 2)
         result["load_avg_1m"] = os.getloadavg()[0]  # a shared machine: other work skews the tail
         result["agent_cpu_s"] = round(cpu_seconds(agent.pid), 2)
         result["agent_rss_mb"] = round(proc_status_mb(agent.pid, "VmRSS"), 1)
