@@ -1,6 +1,6 @@
 """ExaBGP's entry point as the speaker runs it: ``python exabgp_main.py server <conf>``.
 
-Standard library only, run as a script. It makes ``import ssl`` fail, adapts two behaviours (below,
+Standard library only, run as a script. It makes ``import ssl`` fail, adapts three behaviours (below,
 and ``exabgp_share.py``: one parsed route shared by all the peers an API command names, instead of a
 deep copy per peer), then runs ExaBGP's own ``__main__`` unchanged.
 
@@ -10,7 +10,18 @@ Cease on teardown: ExaBGP 5.0.15 closes a session whose graceful-restart capabil
 its whole restart time. For the exact version this was read in, an API teardown turns that
 neighbor's graceful-restart off first, so the Cease is sent; any other version is left alone with a
 warning (tests/functional/test_bgp_interop.py fails if the behaviour changes under us). An agent
-shutdown or restart never uses teardown, so graceful restart keeps working for those. ExaBGP speaks plain BGP over TCP and never uses TLS, but its reactor imports
+shutdown or restart never uses teardown, so graceful restart keeps working for those.
+
+Why a session is not up (``node status``, as BIRD's ``Active  Socket: Connection refused``):
+ExaBGP 5.0.15 takes a refused connect for an established one (its ``tcp.ready`` reads and so
+clears ``SO_ERROR``, then finds the socket writable), fails on the OPEN it writes, and tells the
+API only ``down: closing connection``; a connect failure while Idle is not told at all. For that
+exact version, a connect that failed raises with the socket's error, and a session reset reports
+its error to the API as the ``down`` reason, Idle included (``Socket: Connection refused``).
+Other versions are left alone with a warning (tests/functional/test_bgp_status.py fails if the
+behaviour changes under us).
+
+ExaBGP speaks plain BGP over TCP and never uses TLS, but its reactor imports
 asyncio, and asyncio imports ssl when it can: OpenSSL mapped and initialised in every node's
 ExaBGP, 4 MB of RSS (issue 7's memory budget, ``python -m bench.node_memory``). asyncio treats a
 failed ``import ssl`` as "no TLS here" by design.
@@ -38,6 +49,56 @@ def _cease_on_teardown() -> None:
     Peer.teardown = teardown
 
 
+def _socket_errors_reported() -> None:
+    import os
+    import select
+    import socket
+
+    from exabgp.reactor.network import outgoing
+    from exabgp.reactor.network.error import NotConnected, error
+    from exabgp.reactor.peer import FSM, Peer
+    from exabgp.version import version
+
+    if version != PINNED_EXABGP:
+        print(f"pycalico: exabgp {version} is not {PINNED_EXABGP}: connect errors left as they are "
+              "(node status shows no socket error)", file=sys.stderr)
+        return
+
+    def ready(io):
+        """tcp.ready, except that a connect the kernel failed raises with its error."""
+        poller = select.poll()
+        poller.register(io, select.POLLOUT | select.POLLNVAL | select.POLLERR)
+        while True:
+            events = 0
+            for _, event in poller.poll(0):
+                events |= event
+            if events & (select.POLLOUT | select.POLLERR | select.POLLHUP):
+                err = io.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if not err:
+                    yield True, "connection established"
+                    return
+                if err in error.block:
+                    yield False, f"connect attempt failed, retrying, reason {err}"
+                    return
+                raise NotConnected(f"Socket: {os.strerror(err)}")
+            if events & select.POLLNVAL:
+                yield False, "connect attempt failed, issue with reading on the network, retrying"
+                return
+            yield False, "waiting for socket to become ready"
+
+    original_close = Peer._close
+
+    def close(self, message="", error=""):
+        if error:
+            message = str(error) if str(error).startswith("Socket: ") else f"{message}: {error}"
+            if self.fsm in (FSM.IDLE, FSM.ACTIVE) and self.neighbor.api["neighbor-changes"]:
+                self.reactor.processes.down(self.neighbor, message)  # the original tells only others
+        original_close(self, message, error)
+
+    outgoing.ready = ready
+    Peer._close = close
+
+
 if __name__ == "__main__":
     from exabgp_share import share_routes  # next to this file: standard library and ExaBGP only
 
@@ -45,5 +106,6 @@ if __name__ == "__main__":
     sys.modules["ssl"] = None  # type: ignore[assignment]  # `import ssl` now raises ImportError
     _cease_on_teardown()
     share_routes()
+    _socket_errors_reported()
     sys.argv[0] = "exabgp"
     runpy.run_module("exabgp", run_name="__main__", alter_sys=True)

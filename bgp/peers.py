@@ -12,6 +12,9 @@ Purely computational; no I/O.
   applies to (so a reflector selected by its clients peers with them). To a selected node, a
   route reflector has a *client* when the node has no cluster ID or another one; reflectors sharing
   an ID peer as non-clients (RFC 4456).
+- Peer types as ``calicoctl node status`` shows them: a BGPPeer with ``node`` or ``nodeSelector``
+  (and every reverse session) is ``node specific``, one with neither ``global``, the mesh
+  ``node-to-node mesh``.
 - One session per address: node-specific BGPPeers win over global ones, which win over the mesh;
   ties go to the smallest name, so the result never depends on input order.
 - Passwords (TCP MD5, RFC 2385): ``nodeMeshPassword`` for mesh sessions, a BGPPeer's ``password``
@@ -152,7 +155,10 @@ class ExplicitPeer:
 
     @property
     def peer_type(self) -> str:
-        return NODE_PEER_TYPE if self.node is not None else GLOBAL_PEER_TYPE
+        """Calico's: a BGPPeer scoped by ``node`` or ``nodeSelector`` is per node ("node specific"
+        in ``calicoctl node status``); only one with neither is global."""
+        scoped = self.node is not None or self.node_selector is not None
+        return NODE_PEER_TYPE if scoped else GLOBAL_PEER_TYPE
 
 
 def mesh_peers(local: NodeInfo, nodes: Iterable[NodeInfo], cfg: BGPGlobal) -> frozenset[PeerSpec]:
@@ -210,7 +216,8 @@ def bgp_peers(local: NodeInfo, nodes: Iterable[NodeInfo], cfg: BGPGlobal,
         if peer.peer_selector is not None and peer.reverse and peer.peer_selector.matches(dict(local.labels)):
             # Selected by this peer: the reverse session to every node it applies to.
             selected_by = [n for n in nodes if peer.applies_to(n)]
-            candidates.extend(_with_password(_node_sessions(local, local_asn, selected_by, cfg, peer),
+            reverse = _node_sessions(local, local_asn, selected_by, cfg, peer, NODE_PEER_TYPE)
+            candidates.extend(_with_password(reverse,
                                              peer.password, passwords, blocked))
     best: dict[IPv4Address, PeerSpec] = {}
     for spec in candidates:
@@ -268,7 +275,9 @@ def _explicit_sessions(local: NodeInfo, local_asn: int, nodes: list[NodeInfo], c
 
 
 def _node_sessions(local: NodeInfo, local_asn: int, nodes: list[NodeInfo], cfg: BGPGlobal,
-                   peer: ExplicitPeer) -> list[PeerSpec]:
+                   peer: ExplicitPeer, peer_type: str | None = None) -> list[PeerSpec]:
+    """Sessions to ``nodes`` for ``peer``; ``peer_type`` overrides the peer's own (a reverse
+    session is configured for this node alone, as Calico does: node specific)."""
     me = local.ipv4.ip
     out = []
     for node in nodes:
@@ -278,7 +287,7 @@ def _node_sessions(local: NodeInfo, local_asn: int, nodes: list[NodeInfo], cfg: 
         client = (local.rr_cluster_id is not None and asn == local_asn
                   and node.rr_cluster_id != local.rr_cluster_id)
         out.append(PeerSpec(address=node.ipv4.ip, asn=asn, local_asn=local_asn,
-                            passive=me > node.ipv4.ip, peer_type=peer.peer_type,
+                            passive=me > node.ipv4.ip, peer_type=peer_type or peer.peer_type,
                             name=f"{peer.name}/{node.name}", max_restart_time=peer.max_restart_time,
                             rr_client=client, port=cfg.listen_port))
     return out

@@ -101,7 +101,14 @@ class PeerStatus:
     peer_type: str
     state: str  # 'up' when established, else the FSM state: start/idle/active/connect/opensent...
     since: datetime | None
-    info: str  # 'Established', or the state and the last reason seen
+    info: str  # BIRD's words: 'Established', or the BGP state and why (Active Socket: Connection refused)
+    reason: str = ""  # why the session is not up ('' while it is): the last that ended it, or failed
+
+
+# ExaBGP's FSM states in BIRD's words (calicoctl node status shows BIRD's). ExaBGP retries its
+# connect, or waits for the peer's, while Idle: what BIRD calls Active.
+_BIRD_STATE = {"start": "Idle", "idle": "Active", "active": "Active", "connect": "Connect",
+               "opensent": "OpenSent", "openconfirm": "OpenConfirm"}
 
 
 @dataclass(frozen=True)
@@ -118,15 +125,21 @@ class _Peer:
     spec: PeerSpec
     state: str = "start"
     since: datetime | None = None
-    reason: str = ""
+    reason: str = ""  # the session's own last down reason (ExaBGP's, or the speaker's)
+    # Why the session was ended, outranking the down reason that follows it, until it is up again:
+    # a NOTIFICATION the peer sent, or a limit we enforce (e.g. "max-prefix exceeded").
+    cause: str = ""
     synced: bool = False  # has been up and sent End-of-RIB at least once
     eor: bool = False  # sent End-of-RIB since it last came up
 
     def status(self) -> PeerStatus:
-        info = "Established" if self.state == "up" else " ".join(
-            part for part in (self.state.capitalize(), self.reason) if part)
         s = self.spec
-        return PeerStatus(s.address, s.name, s.peer_type, self.state, self.since, info)
+        if self.state == "up":
+            return PeerStatus(s.address, s.name, s.peer_type, self.state, self.since, "Established")
+        reason = self.cause or self.reason
+        state = _BIRD_STATE.get(self.state, self.state.capitalize())
+        info = f"{state} {reason}" if reason else state
+        return PeerStatus(s.address, s.name, s.peer_type, self.state, self.since, info, reason)
 
 
 @dataclass
@@ -173,6 +186,28 @@ def rotate_log(path: Path, max_bytes: int) -> bool:
         return False
     os.replace(path, path.with_name(path.name + ".1"))
     return True
+
+
+# RFC 4271 4.5 and 6 (and RFC 4486 for Cease) in BIRD's words, for the codes a session meets.
+_NOTIFICATIONS = {
+    (1, 0): "Message header error", (2, 0): "OPEN message error",
+    (2, 1): "Unsupported version number", (2, 2): "Bad peer AS", (2, 3): "Bad BGP identifier",
+    (2, 4): "Unsupported optional parameter", (2, 6): "Unacceptable hold time",
+    (2, 7): "Required capability missing", (3, 0): "UPDATE message error",
+    (4, 0): "Hold timer expired", (5, 0): "Finite state machine error", (6, 0): "Cease",
+    (6, 1): "Maximum number of prefixes reached", (6, 2): "Administrative shutdown",
+    (6, 3): "Peer de-configured", (6, 4): "Administrative reset", (6, 5): "Connection rejected",
+    (6, 6): "Other configuration change", (6, 7): "Connection collision resolution",
+    (6, 8): "Out of resources", (6, 9): "Hard reset",
+}
+
+
+def notification_reason(code: int, subcode: int, message: str = "") -> str:
+    """``Received: Bad peer AS (2/2)``: a NOTIFICATION from the peer, as BIRD shows it, codes kept
+    (ExaBGP's own text, when it has one, follows)."""
+    name = _NOTIFICATIONS.get((code, subcode)) or _NOTIFICATIONS.get((code, 0)) or "Notification"
+    text = f"Received: {name} ({code}/{subcode})"
+    return f"{text} {message}".rstrip() if message and message.lower() != name.lower() else text
 
 
 def _now() -> datetime:
@@ -723,7 +758,7 @@ class Speaker:
             case protocol.PeerStateChanged(_, state, reason):
                 self._on_state(peer, state, reason)
             case protocol.NotificationReceived(_, code, subcode, message):
-                peer.reason = f"notification received: {code}/{subcode} {message}".rstrip()
+                peer.cause = notification_reason(code, subcode, message)
             case protocol.EndOfRib(_, family) if family == protocol.IPV4_UNICAST and peer.state == "up":
                 peer.synced = peer.eor = True
         self._rib.apply(event)
@@ -733,7 +768,7 @@ class Speaker:
         self._state_changed.set()
         address = peer.spec.address
         if state == "up":
-            peer.state, peer.since, peer.reason, peer.eor = "up", _now(), "", False
+            peer.state, peer.since, peer.reason, peer.cause, peer.eor = "up", _now(), "", "", False
             log.info("bgp session up", extra={"node": self._node, "peer": str(address)})
             self._send(protocol.announce_commands(self._advertised, address)
                        + self._reflector.out(address).commands()
@@ -742,7 +777,8 @@ class Speaker:
             if peer.state == "up":
                 log.warning("bgp session down", extra={"node": self._node, "peer": str(address),
                                                        "reason": reason})
-            peer.reason = f"down: {reason}" if reason else "down"
+            # "Socket: <error>" (a connect that failed, exabgp_main) as BIRD says it; else ExaBGP's words.
+            peer.reason = reason if reason.startswith("Socket: ") else f"down: {reason}" if reason else "down"
             self._leave_up(peer, "idle")
         elif state not in ("established", "connected"):  # 'up' is the signal for established
             self._leave_up(peer, state)

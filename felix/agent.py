@@ -624,7 +624,8 @@ def _speaker_dict(st) -> dict:
 
 def _peer_dict(p) -> dict:
     return {"address": str(p.address), "name": p.name, "peer_type": p.peer_type,
-            "state": p.state, "since": p.since.isoformat() if p.since else None, "info": p.info}
+            "state": p.state, "since": p.since.isoformat() if p.since else None, "info": p.info,
+            "reason": p.reason}
 
 
 def _route_status_dict(s) -> dict:

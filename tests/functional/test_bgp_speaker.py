@@ -104,10 +104,11 @@ def test_peer_status_shows_reason_when_peer_absent(netns, loop_thread, tmp_path)
 
         def failing():
             [status] = _state(lt, sa)
-            return status.state not in ("start", "up") and "down" in status.info and status
+            return status.state not in ("start", "up") and status.reason and status
         status = wait_for(failing, 15, what="a reason for the failing session")
         assert status.since is not None
         assert status.info.split()[0] in ("Idle", "Active", "Connect"), status.info
+        assert status.info.endswith("Socket: Connection refused"), status.info
         assert not lt.call(lambda: sa.routes_in_sync)
     finally:
         lt.run(sa.stop())

@@ -35,15 +35,29 @@ NODES = [node(1), node(2), node(3), node(8, rr="244.0.0.1"), node(9, rr="244.0.0
 NO_MESH = BGPGlobal(mesh_enabled=False)
 
 
+# The article's peer has a nodeSelector: per node in Calico ("Per-node BGP peers apply to one or
+# more nodes ... by the node's name exactly, or using a label selector"), so "node specific" in
+# node status, as are the reflectors' reverse sessions.
 def test_article_route_reflectors_clients_peer_with_both_reflectors():
     assert sessions(NODES[0], NODES, NO_MESH, [ARTICLE_PEER]) == {
-        ("10.0.0.8", GLOBAL_PEER_TYPE, False, False), ("10.0.0.9", GLOBAL_PEER_TYPE, False, False)}
+        ("10.0.0.8", NODE_PEER_TYPE, False, False), ("10.0.0.9", NODE_PEER_TYPE, False, False)}
 
 
 def test_article_reflector_has_every_node_as_client_and_the_other_reflector_as_non_client():
     assert sessions(NODES[3], NODES, NO_MESH, [ARTICLE_PEER]) == {
-        ("10.0.0.1", GLOBAL_PEER_TYPE, True, True), ("10.0.0.2", GLOBAL_PEER_TYPE, True, True),
-        ("10.0.0.3", GLOBAL_PEER_TYPE, True, True), ("10.0.0.9", GLOBAL_PEER_TYPE, False, False)}
+        ("10.0.0.1", NODE_PEER_TYPE, True, True), ("10.0.0.2", NODE_PEER_TYPE, True, True),
+        ("10.0.0.3", NODE_PEER_TYPE, True, True), ("10.0.0.9", NODE_PEER_TYPE, False, False)}
+
+
+def test_peer_types_as_calicoctl_shows_them():
+    """Global only without node and nodeSelector; a reverse session is node specific (it exists
+    for the selected node alone) even when its BGPPeer is global."""
+    by_ip = ExplicitPeer("tor", peer_ip=IPv4Address("192.0.2.1"), asn=65000)
+    to_rr = ExplicitPeer("to-rr", peer_selector=parse_selector("route-reflector == 'true'"))
+    assert sessions(NODES[0], NODES, NO_MESH, [by_ip, to_rr]) == {
+        ("192.0.2.1", GLOBAL_PEER_TYPE, False, False), ("10.0.0.8", GLOBAL_PEER_TYPE, False, False),
+        ("10.0.0.9", GLOBAL_PEER_TYPE, False, False)}
+    assert ("10.0.0.1", NODE_PEER_TYPE, True, True) in sessions(NODES[3], NODES, NO_MESH, [to_rr])
 
 
 def test_reflectors_leave_the_mesh_on_both_sides():
@@ -113,6 +127,6 @@ def test_an_explicit_peer_needs_exactly_one_target_and_one_scope():
 def test_reverse_peering_manual_leaves_the_selected_node_alone():
     manual = ExplicitPeer("manual", node_selector=parse_selector("all()"),
                           peer_selector=parse_selector("route-reflector == 'true'"), reverse=False)
-    assert sessions(NODES[3], NODES, NO_MESH, [manual]) == {("10.0.0.9", GLOBAL_PEER_TYPE, False, False)}
+    assert sessions(NODES[3], NODES, NO_MESH, [manual]) == {("10.0.0.9", NODE_PEER_TYPE, False, False)}
     res = _bgppeer({"peerSelector": "all()", "reversePeering": "Manual"})
     assert explicit_peer("p", res.spec, 120.0).reverse is False

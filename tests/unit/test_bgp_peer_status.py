@@ -1,0 +1,43 @@
+"""What node status says about a session that is not up (bgp.speaker's PeerStatus), in BIRD's words."""
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import pytest
+
+from bgp.peers import PeerSpec
+from bgp.speaker import _Peer, notification_reason
+
+SPEC = PeerSpec(IPv4Address("10.0.0.2"), 64512, 64512, False, "node-to-node mesh", "n2")
+
+
+@pytest.mark.parametrize("state,reason,info", [
+    ("start", "", "Idle"),
+    ("idle", "Socket: Connection refused", "Active Socket: Connection refused"),
+    ("active", "Socket: No route to host", "Active Socket: No route to host"),
+    ("connect", "", "Connect"),
+    ("opensent", "", "OpenSent"),
+    ("openconfirm", "down: hold timer expired", "OpenConfirm down: hold timer expired"),
+])
+def test_state_and_reason(state, reason, info):
+    status = _Peer(SPEC, state=state, reason=reason).status()
+    assert (status.state, status.info, status.reason) == (state, info, reason)
+    assert status.peer_type == "node-to-node mesh"
+
+
+def test_a_cause_outranks_the_down_reason_until_the_session_is_up():
+    """A NOTIFICATION from the peer (or a limit of ours, e.g. max-prefix) is followed by the
+    session's own 'down': the cause is what the user needs to see."""
+    peer = _Peer(SPEC, state="idle", reason="down: closing connection", cause="max-prefix exceeded")
+    assert peer.status().info == "Active max-prefix exceeded"
+    assert peer.status().reason == "max-prefix exceeded"
+    up = _Peer(SPEC, state="up").status()
+    assert (up.info, up.reason) == ("Established", "")
+
+
+def test_notification_reason():
+    assert notification_reason(2, 2) == "Received: Bad peer AS (2/2)"
+    assert notification_reason(6, 3, "") == "Received: Peer de-configured (6/3)"
+    assert notification_reason(3, 11, "") == "Received: UPDATE message error (3/11)"
+    assert notification_reason(9, 9, "odd") == "Received: Notification (9/9) odd"
+    assert notification_reason(2, 2, "bad peer as") == "Received: Bad peer AS (2/2)"
