@@ -22,8 +22,10 @@ from exabgp.configuration.configuration import Configuration, _Configuration  # 
 from exabgp.environment import getenv  # noqa: E402
 from exabgp.logger import log  # noqa: E402
 from exabgp.reactor.api import API  # noqa: E402
+from exabgp.reactor.api.command import announce, limit  # noqa: E402
 
 SHIPPED = _Configuration.inject_change
+SHIPPED_MATCH = announce.match_neighbors
 NEIGHBORS = {"10.0.0.2": "10.0.0.1", "10.0.0.3": "10.0.0.1", "10.0.1.4": "10.0.1.1"}  # peer: local
 
 
@@ -48,6 +50,29 @@ def test_another_release_or_changed_code_is_refused():
 def test_switched_off_leaves_exabgp_as_shipped():
     assert exabgp_share.share_routes({exabgp_share.ENV_SWITCH: "0"}) is False
     assert _Configuration.inject_change is SHIPPED
+    assert announce.match_neighbors is SHIPPED_MATCH is limit.match_neighbors
+
+
+PEER_NAMES = [f"neighbor 10.0.{i // 3}.{i} local-ip 10.0.{i // 3}.1 local-as 64512 peer-as "
+              f"{64512 + i % 2} router-id 10.0.0.1 family-allowed in-open" for i in range(2, 14)]
+
+
+@pytest.mark.parametrize("line", [
+    "announce route 10.244.0.0/26 next-hop self",
+    "neighbor 10.0.0.2 announce route 10.244.0.0/26 next-hop self",
+    "neighbor 10.0.1.3 , neighbor 10.0.0.2 , neighbor 10.0.2.6 announce attributes nlri 10.244.0.0/26",
+    "neighbor 10.0.1.1 announce route 10.244.0.0/26 next-hop self",  # a local address: no peer
+    "neighbor 10.0.1.3 peer-as 64513 , neighbor 10.0.1.4 peer-as 64513 withdraw route 10.244.0.0/26",
+    "neighbor 10.0.1.3 local-as 64512 , neighbor 10.0.2.8 , neighbor 10.0.1.3 withdraw attributes nlri 10.0.0.0/8",
+    "neighbor * announce route 10.244.0.0/26 next-hop self",
+    "neighbor 10.0.0 announce route 10.244.0.0/26 next-hop self",
+])
+def test_the_selector_matches_the_peers_it_matches_as_shipped(line):
+    descriptions, _ = limit.extract_neighbors(line)
+    shipped = limit.match_neighbors(PEER_NAMES, descriptions)
+    assert exabgp_share.memo_match_neighbors(PEER_NAMES, descriptions) == shipped
+    assert exabgp_share.memo_match_neighbors(PEER_NAMES, descriptions) == shipped  # from the table
+    assert exabgp_share.memo_match_neighbors(PEER_NAMES[::-1], descriptions) == shipped[::-1]
 
 
 def test_exabgp_main_loads_it_by_file_name():
@@ -75,6 +100,7 @@ def exabgp(tmp_path):
     names = {n.split()[1]: n for n in configuration.neighbors}
     yield configuration, api, names
     _Configuration.inject_change = SHIPPED
+    announce.match_neighbors = SHIPPED_MATCH
 
 
 def _fresh_ribs(configuration) -> None:
@@ -130,6 +156,7 @@ def test_every_peer_sends_what_it_sends_as_shipped(exabgp, tmp_path):
     shipped = _run(configuration, api, names)
     assert exabgp_share.share_routes() is True
     assert _Configuration.inject_change is exabgp_share.shared_inject_change
+    assert announce.match_neighbors is exabgp_share.memo_match_neighbors
     _fresh_ribs(configuration)
     assert _run(configuration, api, names) == shipped
 
