@@ -26,7 +26,8 @@ class RouteTableRange(_Wire):
 
 
 class FelixConfigurationSpec(_Wire):
-    # Honoured by the agent.
+    # The agent honours routeRefreshInterval, ipipMTU and the vxlan MTU/VNI/port
+    # (felix.cluster.HONOURED_FELIX_FIELDS); it names any other field set here in a warning.
     route_refresh_interval: str = "90s"
     route_table_range: RouteTableRange | None = None  # None: Calico's default, 1-250
     log_severity_screen: Literal["Debug", "Info", "Warning", "Error", "Fatal"] = "Info"

@@ -137,6 +137,7 @@ class Agent:
         self._last_reconcile = -RESYNC_INTERVAL  # loop time the latest reconcile ended
         self._last_cost = 0.0  # and the CPU time it cost (the process's: its worker threads too)
         self.gc_pauses = GcPauses()
+        self._unhonoured_said: tuple[str, list[str]] | None = None  # FelixConfiguration fields
         self._syncer: Syncer | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._route_backoff = Backoff(RETRY_DELAY, MAX_RETRY_DELAY)
@@ -337,6 +338,8 @@ class Agent:
         The route apply of a burst (``PIPELINE_MIN``) is left running: the kernel takes it while
         the next reconcile calculates, which waits for it before its own apply."""
         causes, changes = self._causes_now, self.state.take_changes()
+        if cluster.IN_SYNC in changes or "FelixConfiguration" in changes:
+            self._report_unhonoured()
         rebuild = not self._calc_ready or bool(changes.keys() - {"WorkloadEndpoint"})
         self._calc_ready = False  # until this reconcile succeeds: a failed one leaves a rebuild
         configure = (rebuild or bool(causes & {"retry", "resync"}) or bool(self._encap_problems)
@@ -378,6 +381,17 @@ class Agent:
         self._calc_ready = True
         if self._applying is None:
             self._schedule_route_retries(result)
+
+    def _report_unhonoured(self) -> None:
+        """Name the FelixConfiguration fields set here that have no effect on this agent, so an
+        operator knows: at start and when the resource changes, once per distinct list."""
+        res = cluster.felix_configuration(self.state, self.cfg.node)
+        fields = cluster.unhonoured_felix_fields(res.spec) if res is not None else []
+        said = (res.name, fields) if fields else None
+        if said is not None and said != self._unhonoured_said:
+            log.warning("FelixConfiguration %s: %s not honoured by pycalico (no effect)", res.name,
+                        ", ".join(fields), extra={"fields": fields})
+        self._unhonoured_said = said
 
     async def _routes_written(self) -> bool:
         """Wait for the route apply a previous reconcile left running, if any (its outcome is

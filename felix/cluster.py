@@ -375,8 +375,32 @@ def calc_input(state: ClusterState, node: str, learned: Iterable, *, bgp: bool =
 def felix_settings(state: ClusterState, node: str):
     """Our FelixConfiguration: ``node.<name>`` if it exists, else ``default``, else None (Felix's
     defaults). Felix reads the environment first; the agent does that where it uses a field."""
+    res = felix_configuration(state, node)
+    return res.spec if res is not None else None
+
+
+def felix_configuration(state: ClusterState, node: str) -> FelixConfiguration | None:
+    """The FelixConfiguration resource ``felix_settings`` reads (``node.<name>``, else ``default``)."""
     for name in (f"node.{node}", "default"):
         res = state.resources.get(("FelixConfiguration", None, name))
         if isinstance(res, FelixConfiguration):
-            return res.spec
+            return res
     return None
+
+
+# The FelixConfiguration fields the agent acts on (agent.refresh_interval, encap); every other
+# field the model accepts (Calico users write them) has no effect here.
+HONOURED_FELIX_FIELDS = frozenset({"route_refresh_interval", "ipip_mtu", "vxlan_mtu", "vxlan_vni",
+                                   "vxlan_port"})
+
+
+def unhonoured_felix_fields(spec) -> list[str]:
+    """The fields of a FelixConfiguration spec set to anything but their default that the agent
+    does not act on, by the names operators write (camelCase), sorted. A field is compared with
+    its default rather than asked whether it was given: a stored resource carries every default."""
+    out = []
+    for name, info in type(spec).model_fields.items():
+        if name not in HONOURED_FELIX_FIELDS and getattr(spec, name) != info.get_default(
+                call_default_factory=True):
+            out.append(info.alias or name)
+    return sorted(out)

@@ -197,6 +197,41 @@ def test_gc_pauses_are_counted_and_shown_in_status(tmp_path):
     asyncio.run(main())
 
 
+def test_unhonoured_felix_fields_are_logged_at_start_and_when_they_change(tmp_path, caplog):
+    """Issue 8: once at start and once per change of the list, naming each field; not again for
+    a change that leaves the list as it was."""
+    import logging
+
+    from crds import load
+    from datastore.syncer import Update
+
+    def felixconfig(spec: dict):
+        r = load({"apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
+                  "metadata": {"name": "default"}, "spec": spec})
+        return Update(r.KIND, None, r.name, r)
+
+    agent = make_agent(tmp_path)
+    caplog.set_level(logging.WARNING, logger="pycalico.agent")
+
+    def said() -> list[str]:
+        lines = [r.getMessage() for r in caplog.records if "not honoured" in r.getMessage()]
+        caplog.clear()
+        return lines
+
+    agent._report_unhonoured()  # no FelixConfiguration at all
+    assert said() == []
+    agent.state.apply([felixconfig({"bpfEnabled": True, "ipipMTU": 1400})])
+    agent._report_unhonoured()
+    assert said() == ["FelixConfiguration default: bpfEnabled not honoured by pycalico (no effect)"]
+    agent.state.apply([felixconfig({"bpfEnabled": True, "ipipMTU": 1300})])  # honoured field only
+    agent._report_unhonoured()
+    assert said() == []
+    agent.state.apply([felixconfig({"bpfEnabled": True, "interfacePrefix": "veth"})])
+    agent._report_unhonoured()
+    assert said() == ["FelixConfiguration default: bpfEnabled, interfacePrefix not honoured by "
+                      "pycalico (no effect)"]
+
+
 def test_the_datastore_type_follows_the_endpoints_given_anywhere(monkeypatch):
     """Regression: --etcd-endpoints on the command line still meant the kubernetes default."""
     from felix.agent import parse_args

@@ -308,3 +308,28 @@ def test_tunnel_handles_are_known_from_the_state_without_a_change_or_asking_ipam
     assert cluster.holds_handle(s, "ipip-tunnel-addr-n1")
     s.apply([Update("IPAMBlock", None, "10-244-1-0-26", None)])
     assert not cluster.holds_handle(s, "ipip-tunnel-addr-n1")
+
+
+def felixconfig(spec: dict, name="default"):
+    return res("FelixConfiguration", name, spec)
+
+
+def test_unhonoured_felix_fields_are_named_as_operators_write_them():
+    """Issue 8: a FelixConfiguration field the agent does not act on is named (camelCase), so an
+    operator knows it has no effect; honoured ones and defaults are not, also after a round trip
+    through the datastore (which stores every default)."""
+    every = felixconfig({
+        "routeRefreshInterval": "30s", "ipipMTU": 1400, "vxlanMTU": 1400, "vxlanVNI": 4097,
+        "vxlanPort": 4790, "routeTableRange": {"min": 1, "max": 100}, "logSeverityScreen": "Debug",
+        "interfacePrefix": "veth", "ipipEnabled": True, "vxlanEnabled": False,
+        "deviceRouteProtocol": 3, "bpfEnabled": False, "iptablesBackend": "NFT"})
+    unhonoured = ["bpfEnabled", "deviceRouteProtocol", "interfacePrefix", "ipipEnabled",
+                  "iptablesBackend", "logSeverityScreen", "routeTableRange", "vxlanEnabled"]
+    assert cluster.unhonoured_felix_fields(every.spec) == unhonoured
+    assert cluster.unhonoured_felix_fields(load(every.to_dict()).spec) == unhonoured
+    honoured = felixconfig({"routeRefreshInterval": "30s", "ipipMTU": 1400, "vxlanVNI": 4097})
+    assert cluster.unhonoured_felix_fields(honoured.spec) == []
+    assert cluster.unhonoured_felix_fields(load(felixconfig({}).to_dict()).spec) == []
+    # every field of the model is either honoured or reported: a new field needs a decision
+    fields = type(every.spec).model_fields
+    assert {fields[n].alias for n in fields if n not in cluster.HONOURED_FELIX_FIELDS} == set(unhonoured)
