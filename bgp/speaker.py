@@ -255,6 +255,7 @@ class Speaker:
         self._wake = asyncio.Event()
         self._state_changed = asyncio.Event()  # a session changed state (_cease waits on it)
         self._reload_first: float | None = None  # loop time of the first peer change not reloaded
+        self._restart_for: str | None = None  # set_local changes the next reload restarts ExaBGP for
         self._conn: _Conn | None = None
         self._server: asyncio.AbstractServer | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -384,12 +385,40 @@ class Speaker:
         self._cancel_timer("reload")
         self._timers["reload"] = loop.call_at(when, self._reload_now)
 
+    def set_local(self, asn: int, listen_port: int) -> None:
+        """Our AS number and listen port, changed live. ExaBGP reads its listen port only when it
+        starts, and changes a session's AS number only by closing it with a Cease, on which a
+        graceful-restart helper (BIRD) drops our routes at once. Either change therefore restarts
+        the child instead, as a crash would: peers keep our routes as stale and we keep theirs
+        (graceful restart) until the sessions are back with the new settings. The sessions' own
+        ``local_asn`` comes with ``set_peers``; a burst of both is one restart (debounced)."""
+        if not 1 <= asn <= 2**32 - 1:
+            raise ValueError(f"asn: {asn} is outside 1..{2**32 - 1}")
+        changes = []
+        if asn != self._local_asn:
+            changes.append(f"local AS number {self._local_asn} -> {asn}")
+        if listen_port != self._base.port:
+            changes.append(f"listen port {self._base.port} -> {listen_port}")
+        if not changes:
+            return
+        self._base = dataclasses.replace(self._base, port=listen_port)  # validates the port
+        self._local_asn = asn
+        self._env = exabgp_env(self._base.local_address, listen_port)
+        log.info("bgp settings changed", extra={"node": self._node, "changes": changes})
+        if self._started_at is not None:  # before start(), the first child gets them anyway
+            self._restart_for = ", ".join(changes)
+            self._reload_soon()
+
     def _reload_now(self) -> None:
         self._timers.pop("reload", None)
         self._reload_first = None
         if self._stopping:
             return
-        if self._write_config() and self._conn is not None:
+        changed = self._write_config()
+        restart_for, self._restart_for = self._restart_for, None
+        if restart_for and self._proc is not None:
+            self._restart_child(self._proc, f"{restart_for}: exabgp restarted to apply it")
+        elif changed and self._conn is not None:
             self._send([protocol.reload_command()])
 
     async def _cease(self, addresses: list[IPv4Address]) -> None:

@@ -426,7 +426,9 @@ class Agent:
                         extra={"node": node})
             return False
         if self.cfg.bgp:
-            speaker = self.speaker or await self._start_speaker(me.asn or glob.asn, glob.listen_port)
+            local_asn = me.asn if me.asn is not None else glob.asn
+            speaker = self.speaker or await self._start_speaker(local_asn, glob.listen_port)
+            speaker.set_local(local_asn, glob.listen_port)  # a change restarts ExaBGP, gracefully
             explicit = cluster.explicit_peers(self.state)
             await speaker.want_peers(bgp_peers(me, infos, glob, explicit, self._passwords(glob, explicit)),
                                     cluster_id=me.rr_cluster_id)  # set: we reflect (RFC 4456)
@@ -493,8 +495,8 @@ class Agent:
             self._retry_in(result.recheck_after)
 
     async def _start_speaker(self, asn: int, port: int) -> Speaker:
-        # Started only once in sync: the AS number, port and peers come from the datastore.
-        # (A later change of AS or port needs an agent restart; noted for the BGP issues.)
+        # Started only once in sync: the AS number, port and peers come from the datastore
+        # (later changes reach it through set_local and want_peers).
         speaker = Speaker(
             node_name=self.cfg.node, router_id=self.cfg.ipv4.ip, local_address=self.cfg.ipv4.ip,
             local_asn=asn, listen_port=port, run_dir=self.cfg.run_dir,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from felix.status import RUN_ROOT
 from tests import helpers
 from tests.helpers import wait_for
 
@@ -61,9 +62,12 @@ RR_PEER = {"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
            "spec": {"nodeSelector": "all()", "peerSelector": "route-reflector == 'true'"}}
 
 
-def bgp_configuration(mesh: bool) -> dict:
+def bgp_configuration(mesh: bool, asn: int = 64512, port: int | None = None) -> dict:
+    spec = {"asNumber": asn, "nodeToNodeMeshEnabled": mesh, "logSeverityScreen": "Info"}
+    if port is not None:
+        spec["listenPort"] = port
     return {"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration", "metadata": {"name": "default"},
-            "spec": {"asNumber": 64512, "nodeToNodeMeshEnabled": mesh, "logSeverityScreen": "Info"}}
+            "spec": spec}
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +155,46 @@ def test_mesh_to_reflector_and_back_loses_no_packet(mesh_lab, tmp_path):
     assert {pair: sent - got for pair, (sent, got) in counts.items()} == {pair: 0 for pair in counts}, counts
     assert helpers.lab_state(MESH)["agent_pids"] == pids
     ctl("lab", "ping", "--name", MESH)
+
+
+def exabgp_pid(node: str) -> int | None:
+    from felix.status import query
+
+    reason = query(node, "status")["bgp_speaker"]["reason"]  # "exabgp pid N" while running
+    match = re.fullmatch(r"exabgp pid (\d+)", reason)
+    return int(match[1]) if match else None
+
+
+def listening(node: str, address: str) -> set[int]:
+    out = subprocess.run(["ip", "netns", "exec", node, "ss", "-ltnH"], capture_output=True, text=True,
+                         check=True).stdout
+    return {int(ln.split()[3].rpartition(":")[2]) for ln in out.splitlines()
+            if ln.split()[3].startswith(f"{address}:")}
+
+
+def test_as_number_and_listen_port_change_live_losing_no_packet(mesh_lab, tmp_path):
+    """BGPConfiguration asNumber, then listenPort, changed while every pod pings every other: each
+    agent restarts its ExaBGP (graceful restart on both sides), no agent restarts, no packet lost."""
+    nodes = sorted(mesh_lab["nodes"])
+    address = {n: mesh_lab["nodes"][n].split("/")[0] for n in nodes}
+    pods = {p["node"]: p for p in mesh_lab["pods"]}
+    pids = helpers.lab_state(MESH)["agent_pids"]
+    mesh = {n: {address[o]: ("node-to-node mesh", "Established") for o in nodes if o != n} for n in nodes}
+    pings = Pings([(pods[a], pods[b]) for a in nodes for b in nodes if a < b])
+    try:
+        for asn, port in ((64600, None), (64600, 1790), (64512, None)):
+            before = {n: exabgp_pid(n) for n in nodes}
+            apply(tmp_path, bgp_configuration(mesh=True, asn=asn, port=port))
+            wait_for(lambda: all(exabgp_pid(n) not in (None, before[n]) for n in nodes), timeout=30,
+                     interval=0.5, what=f"every node's ExaBGP restarted for AS {asn} port {port}")
+            wait_for(lambda: all(peers(n) == mesh[n] for n in nodes), timeout=60, interval=0.5,
+                     what=f"the mesh back with AS {asn} port {port}")
+            for n in nodes:
+                assert listening(n, address[n]) == {port or 179}
+                conf = (RUN_ROOT / n / "exabgp.conf").read_text()
+                assert f"local-as {asn};" in conf and f"connect {port or 179};" in conf
+    finally:
+        counts = pings.stop()
+    assert all(sent > 100 for sent, _ in counts.values()), counts
+    assert {pair: sent - got for pair, (sent, got) in counts.items()} == {pair: 0 for pair in counts}, counts
+    assert helpers.lab_state(MESH)["agent_pids"] == pids
