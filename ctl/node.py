@@ -47,7 +47,8 @@ def status(node: str | None) -> int:
     peers = [p for p in st.get("peers", []) if ":" not in p["address"]]
     print("IPv4 BGP status")
     if peers:
-        rows = [[p["address"], p["peer_type"], p["state"], output.since(p["since"]), p["info"]]
+        rows = [[p["address"], p["peer_type"], protocol_state(p["state"]), output.since(p["since"]),
+                 p["info"]]
                 for p in sorted(peers, key=lambda p: tuple(int(x) for x in p["address"].split(".")))]
         print(output.boxed(["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"], rows))
     else:
@@ -57,6 +58,12 @@ def status(node: str | None) -> int:
         print(line)
     healthy = all(p["state"] == "up" for p in peers) and datastore_connected(st)
     return 0 if healthy else 1
+
+
+def protocol_state(state: str) -> str:
+    """calicoctl's STATE column is BIRD's protocol state: ``up``, or ``start`` while the session
+    is being brought up (the BGP state and the reason are in INFO: ``Active Socket: ...``)."""
+    return "up" if state == "up" else "start"
 
 
 def datastore_connected(st: dict) -> bool:

@@ -288,6 +288,22 @@ def test_node_status_of_an_older_agent_still_renders(monkeypatch, capsys):
     assert "| 10.99.0.2    | node-to-node mesh | up    | 10:01:02 | Established |" in out
 
 
+def test_node_status_shows_why_a_session_is_not_up_as_calicoctl_does(monkeypatch, capsys):
+    peers = [{"address": "10.99.0.3", "name": "n3", "peer_type": "node specific", "state": "idle",
+              "since": TODAY.isoformat(), "info": "Active Socket: Connection refused",
+              "reason": "Socket: Connection refused"},
+             {"address": "192.0.2.1", "name": "tor", "peer_type": "global", "state": "opensent",
+              "since": TODAY.isoformat(), "info": "OpenSent Received: Bad peer AS (2/2)",
+              "reason": "Received: Bad peer AS (2/2)"}]
+    reply = status_reply()
+    rc, out = run_status(monkeypatch, capsys, {**reply, "peers": reply["peers"] + peers})
+    assert "| 10.99.0.3    | node specific     | start | 10:01:02 | Active Socket: Connection refused    |" \
+        in out.splitlines(), out
+    assert "| 192.0.2.1    | global            | start | 10:01:02 | OpenSent Received: Bad peer AS (2/2) |" \
+        in out.splitlines(), out
+    assert rc == 1  # any session not up makes the exit status 1
+
+
 def test_node_routes_prints_the_agents_state_word(monkeypatch, capsys):
     def route(dst, state, in_sync, reason="local block"):
         return {"dst": dst, "type": "blackhole", "dev": None, "gateway": None, "reason": reason,
