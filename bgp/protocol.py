@@ -38,8 +38,12 @@ BATCH_SIZE = 500
 
 @dataclass(frozen=True)
 class RoutesAnnounced:
-    """``prefixes`` announced by ``peer`` with one next hop (in the order of the UPDATE), and the
-    UPDATE's route-reflection attributes (RFC 4456): ORIGINATOR_ID and CLUSTER_LIST, if present."""
+    """``prefixes`` announced by ``peer`` with one next hop (in the order of the UPDATE), the
+    UPDATE's route-reflection attributes (RFC 4456): ORIGINATOR_ID and CLUSTER_LIST, if present,
+    and what best-path selection compares (RFC 4271 9.1): ``origin`` (0 igp, 1 egp, 2 incomplete),
+    ``as_path_len`` (an AS_SET counts as one), ``neighbor_as`` (the first AS of the AS_PATH, None
+    when it is empty or starts with an AS_SET: then it is the local AS), LOCAL_PREF and MED (None:
+    absent)."""
 
     peer: IPv4Address
     nexthop: IPv4Address
@@ -47,8 +51,13 @@ class RoutesAnnounced:
     originator_id: IPv4Address | None = None
     cluster_list: tuple[IPv4Address, ...] = ()
     # The attributes a reflector passes on unchanged (origin, AS path, LOCAL_PREF, MED,
-    # communities), already in ExaBGP's command syntax: nothing else reads them.
+    # communities), already in ExaBGP's command syntax; the RIB reads the typed fields below.
     attributes: str = ""
+    origin: int = 0
+    as_path_len: int = 0
+    neighbor_as: int | None = None
+    local_pref: int | None = None
+    med: int | None = None
 
 
 @dataclass(frozen=True)
@@ -300,6 +309,7 @@ def reload_command() -> str:
 
 
 CEASE_PEER_DECONFIGURED = 3  # RFC 4486 Cease subcode: a graceful-restart helper drops at once
+CEASE_MAX_PREFIXES = 1  # RFC 4486: Maximum Number of Prefixes Reached
 
 
 def teardown_command(address: IPv4Address, subcode: int = CEASE_PEER_DECONFIGURED) -> str:
@@ -449,9 +459,11 @@ def _announcements(peer: IPv4Address, update: dict, cache: dict[str, Prefix]) ->
     return events
 
 
-def _reflection(attributes: object) -> tuple[IPv4Address | None, tuple[IPv4Address, ...], str]:
-    """ORIGINATOR_ID, CLUSTER_LIST and the passed-on attributes of an UPDATE. ExaBGP 5 writes
-    ``"originator-id": "10.0.0.1"``, ``"cluster-list": [ "244.0.0.1" ]`` (see ``_passed_on``)."""
+def _reflection(attributes: object) -> tuple:
+    """The fields of RoutesAnnounced after ``prefixes``, in order: ORIGINATOR_ID, CLUSTER_LIST,
+    the passed-on attributes, then origin, AS_PATH length, neighbouring AS, LOCAL_PREF and MED.
+    ExaBGP 5 writes ``"originator-id": "10.0.0.1"``, ``"cluster-list": [ "244.0.0.1" ]`` (the
+    rest: see ``_passed_on``). Parsed once per UPDATE, shared by all its prefixes."""
     if not isinstance(attributes, dict):
         raise _Bad("message.update.attribute: not an object")
     originator = attributes.get("originator-id")
@@ -460,8 +472,27 @@ def _reflection(attributes: object) -> tuple[IPv4Address | None, tuple[IPv4Addre
     clusters = attributes.get("cluster-list", [])
     if not isinstance(clusters, list):
         raise _Bad("attribute.cluster-list: not a list")
-    return (originator, tuple(_ipv4(c, "attribute.cluster-list") for c in clusters),
-            _passed_on(attributes))
+    passed = _passed_on(attributes)  # validates origin, AS path, LOCAL_PREF and MED
+    origin = _ORIGINS.index(attributes.get("origin", "igp"))
+    length, neighbor = _path_length(attributes.get("as-path", {}))
+    return (originator, tuple(_ipv4(c, "attribute.cluster-list") for c in clusters), passed,
+            origin, length, neighbor, attributes.get("local-preference"), attributes.get("med"))
+
+
+def _path_length(segments: dict) -> tuple[int, int | None]:
+    """(AS_PATH length as RFC 4271 9.1.2.2 a) counts it: an AS_SET is one, confederation
+    segments nothing; the neighbouring AS: the first of a leading AS_SEQUENCE, else None).
+    ``segments`` was checked by ``_as_path``."""
+    length, neighbor = 0, None
+    for position, (_, segment) in enumerate(sorted(segments.items(), key=lambda kv: int(kv[0]))):
+        kind, asns = segment["element"], segment["value"]
+        if kind == "as-sequence":
+            length += len(asns)
+            if position == 0 and asns:
+                neighbor = asns[0]
+        elif kind == "as-set":
+            length += 1
+    return length, neighbor
 
 
 _ORIGINS = ("igp", "egp", "incomplete")

@@ -1,5 +1,5 @@
-"""Adj-RIB-In per peer, import filter, best path, route-reflection loop checks (RFC 4456 8) and
-graceful-restart (RFC 4724 helper) retention.
+"""Adj-RIB-In per peer, import filter and origin validation, best path, per-peer max-prefix,
+route-reflection loop checks (RFC 4456 8) and graceful-restart (RFC 4724 helper) retention.
 
 Purely computational; no I/O. Time comes from an injected clock, so stale-route expiry is tested
 with a fake one.
@@ -13,13 +13,21 @@ peer sent before for the prefix. ``bgp.reflect`` reflects the best paths; ``take
 it which prefixes' best paths may have changed.
 
 The Adj-RIB-In keeps what peers sent before filtering, and ``best()`` filters against the current
-pools: a pool created after a peer announced a block then takes effect without a route refresh.
-The rejection counters count announcements when they arrive, against the filter of that moment.
+pools and origins (``bgp.policy`` has the rules and the best-path steps): a pool created, or a
+block claimed, after a peer announced it then takes effect without a route refresh. The
+rejection counters count announcements when they arrive, against the policy of that moment.
+
+Max-prefix: a peer whose Adj-RIB-In would hold more than its limit (``set_max_prefixes``) loses
+every route it sent, its further announcements are dropped (``rejected_max_prefix``) until its
+session goes down, and ``take_exceeded()`` tells the speaker to tear the session down (Cease,
+RFC 4486 subcode 1). The limit counts what the peer sent, accepted or not: it bounds our memory
+as well as our kernel.
 
 Work per route is constant: the best path of a prefix is kept up to date as its paths change
-(only that prefix's candidates are looked at), ``best()`` returns a cached frozenset until the
-next change, and each route's hash is computed once. A route learned from 100k prefixes no
-longer costs a full pass over the table per UPDATE or per reconcile.
+(only that prefix's candidates are looked at, and not even those when it had no accepted path
+or only one peer holds paths), the attributes selection compares are ranked once per UPDATE,
+``best()`` returns a cached frozenset until the next change, and each route's hash is computed
+once.
 
 >>> from ipaddress import IPv4Address as A, IPv4Network as N
 >>> rib = Rib(clock=lambda: 0.0)
@@ -39,6 +47,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from bgp import protocol
+from bgp.policy import Candidate, ImportPolicy, rank, select
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +79,22 @@ class LearnedRoute:
 
 @dataclass(frozen=True, slots=True)
 class _Path:
-    """What one UPDATE said about its prefixes (shared by all of them: one object per UPDATE)."""
+    """What one UPDATE said about its prefixes (shared by all of them: one object per UPDATE).
+    ``rank``: ``policy.rank`` of its LOCAL_PREF, AS_PATH length and ORIGIN."""
 
     nexthop: IPv4Address
     originator_id: IPv4Address | None = None
     cluster_list: tuple[IPv4Address, ...] = ()
     attributes: str = ""
+    rank: tuple[int, int, int] = (-100, 0, 0)
+    med: int = 0
+    neighbor_as: int | None = None
+
+    @property
+    def origin_node(self) -> IPv4Address:
+        """The node the path claims to come from: ORIGINATOR_ID through a reflector, else the
+        next hop."""
+        return self.originator_id if self.originator_id is not None else self.nexthop
 
     def route(self, prefix: IPv4Network, peer: IPv4Address) -> LearnedRoute:
         return LearnedRoute(prefix, self.nexthop, peer, self.originator_id, self.cluster_list,
@@ -112,10 +131,11 @@ class Rib:
         # For take_changes(): the best route each prefix had at the last call, recorded when the
         # prefix first changes after it; None until the first call (nobody asked: record nothing).
         self._before: dict[IPv4Network, LearnedRoute | None] | None = None
-        self._pools: frozenset[IPv4Network] = frozenset()
-        self._own: frozenset[IPv4Network] = frozenset()
-        self._pool_bits: tuple[tuple[int, int], ...] = ()
-        self._own_bits: tuple[tuple[int, int], ...] = ()
+        self.policy = ImportPolicy()
+        self._ebgp: dict[IPv4Address, bool] = {}  # by peer; absent: iBGP
+        self._max_prefixes: dict[IPv4Address, int] = {}
+        self._exceeded: set[IPv4Address] = set()  # over the limit; cleared when the session goes down
+        self._to_tear_down: list[IPv4Address] = []  # for take_exceeded()
         self.counters: Counter[str] = Counter()
 
     # -- configuration ----------------------------------------------------------------------
@@ -126,13 +146,46 @@ class Rib:
         ``pools`` are all pools, disabled ones included: disabling a pool only stops new allocations,
         its pods keep their routes. Returns whether the filter changed (nothing to redo if not).
         """
-        pools, own_blocks = frozenset(pools), frozenset(own_blocks)
-        if (pools, own_blocks) == (self._pools, self._own):
+        if not self.policy.set_filter(pools, own_blocks):
             return False
-        self._pools, self._own = pools, own_blocks
-        self._pool_bits, self._own_bits = _bits(pools), _bits(own_blocks)
         self._rebuild_best()
         return True
+
+    def set_origins(self, blocks: dict[IPv4Network, IPv4Address] | None,
+                    borrowed: dict[IPv4Address, IPv4Address]) -> bool:
+        """Who may originate what (``bgp.policy``): each block with an affinity -> its node's
+        address, each borrowed address -> its holder's; ``blocks`` None: no origin validation.
+        Only the prefixes whose owner changed are chosen again. Returns whether anything changed."""
+        changed = self.policy.set_origins(blocks, borrowed)
+        if changed is None:
+            self._rebuild_best()
+            return True
+        for prefix in changed:
+            self._choose(prefix)
+        return bool(changed)
+
+    def set_peer_as(self, peer: IPv4Address, asn: int, local_asn: int) -> None:
+        """The peer's AS and ours on that session: eBGP when they differ (best path prefers eBGP,
+        and ignores an eBGP peer's LOCAL_PREF). Set before its routes arrive (session config)."""
+        self._ebgp[peer] = asn != local_asn
+
+    def set_max_prefixes(self, peer: IPv4Address, limit: int | None) -> None:
+        """At most ``limit`` prefixes held from ``peer`` (None or 0: no limit)."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"max prefixes for {peer}: {limit} is negative")
+        if limit:
+            self._max_prefixes[peer] = limit
+        else:
+            self._max_prefixes.pop(peer, None)
+
+    def take_exceeded(self) -> list[IPv4Address]:
+        """Peers that went over their max-prefix limit since the last call (tear them down)."""
+        out, self._to_tear_down = self._to_tear_down, []
+        return out
+
+    def exceeded(self, peer: IPv4Address) -> bool:
+        """Whether ``peer``'s current session went over its limit."""
+        return peer in self._exceeded
 
     def set_cluster_id(self, cluster_id: IPv4Address | None) -> bool:
         """Our route-reflector cluster id (None: not a reflector). Paths already held that carry
@@ -156,25 +209,21 @@ class Rib:
             raise ValueError(f"restart cap for {peer}: {seconds} is negative")
         self._restart_cap[peer] = float(seconds)
 
-    def rejection(self, prefix: IPv4Network) -> str | None:
-        """Why the import filter rejects ``prefix`` (a counter name), or None when it accepts it."""
-        length = prefix.prefixlen
-        if length == 0:
-            return "rejected_default_route"
-        address = int(prefix.network_address)
-        if _inside(address, length, self._own_bits):
-            return "rejected_own_block"
-        if not _inside(address, length, self._pool_bits):
-            return "rejected_outside_pools"
-        return None
+    def rejection(self, prefix: IPv4Network, origin: IPv4Address | None = None) -> str | None:
+        """Why the import policy rejects ``prefix`` from the node ``origin`` (a counter name), or
+        None when it accepts it (``bgp.policy``)."""
+        return self.policy.rejection(prefix, origin)
 
     # -- events -----------------------------------------------------------------------------
 
     def apply(self, event: protocol.Event) -> bool:
         """Feed one parsed protocol event; return whether best() may have changed."""
         match event:
-            case protocol.RoutesAnnounced(peer, nexthop, prefixes, originator_id, cluster_list, attrs):
-                self.announce_many(peer, nexthop, prefixes, originator_id, cluster_list, attrs)
+            case protocol.RoutesAnnounced():
+                e = event
+                self.announce_many(e.peer, e.nexthop, e.prefixes, e.originator_id, e.cluster_list,
+                                   e.attributes, origin=e.origin, as_path_len=e.as_path_len,
+                                   neighbor_as=e.neighbor_as, local_pref=e.local_pref, med=e.med)
             case protocol.RoutesWithdrawn(peer, prefixes):
                 self.withdraw_many(peer, prefixes)
             case protocol.EndOfRib(peer, family) if family == protocol.IPV4_UNICAST:
@@ -197,7 +246,9 @@ class Rib:
 
     def announce_many(self, peer: IPv4Address, nexthop: IPv4Address, prefixes: Iterable[IPv4Network],
                       originator_id: IPv4Address | None = None,
-                      cluster_list: tuple[IPv4Address, ...] = (), attributes: str = "") -> None:
+                      cluster_list: tuple[IPv4Address, ...] = (), attributes: str = "", *,
+                      origin: int = 0, as_path_len: int = 0, neighbor_as: int | None = None,
+                      local_pref: int | None = None, med: int | None = None) -> None:
         """``prefixes`` from ``peer`` via ``nexthop``: the hot loop of learning (one UPDATE)."""
         if not (isinstance(peer, IPv4Address) and isinstance(nexthop, IPv4Address)
                 and not nexthop.is_unspecified):
@@ -211,12 +262,21 @@ class Rib:
             log.debug("route dropped: reflection loop", extra={"peer": str(peer), "reason": loop})
             self.withdraw_many(peer, prefixes)
             return
-        path = _Path(nexthop, originator_id, tuple(cluster_list), attributes)
+        if peer in self._exceeded:
+            self.counters["rejected_max_prefix"] += len(tuple(prefixes))
+            return
+        ebgp = self._ebgp.get(peer, False)
+        path = _Path(nexthop, originator_id, tuple(cluster_list), attributes,
+                     rank(local_pref, as_path_len, origin, ebgp), med or 0, neighbor_as)
         peer = self._peer_ids.setdefault(peer, peer)
         fresh = self._fresh.setdefault(peer, {})
         stale = self._stale.get(peer)
-        best, rejection, counters, before = self._best, self.rejection, self.counters, self._before
-        dirty = self._dirty
+        best, rejection, counters, before = self._best, self.policy.rejection, self.counters, self._before
+        dirty, source = self._dirty, path.origin_node._ip
+        # With no other peer holding paths (one upstream, the bench), this peer's path is the only
+        # candidate: it replaces whatever best path the prefix had (its own, or its own stale one).
+        alone = not any(paths for other, paths in (*self._fresh.items(), *self._stale.items())
+                        if other is not peer)
         for prefix in prefixes:
             if type(prefix) is not protocol.Prefix and type(prefix) is not IPv4Network:
                 self._malformed(peer, prefix)
@@ -224,21 +284,43 @@ class Rib:
             fresh[prefix] = path
             if stale:
                 self._unstale(peer, stale, prefix)
-            reason = rejection(prefix)
+            reason = rejection(prefix, source)
             if reason is not None:
                 counters[reason] += 1
-                log.debug("route rejected by import filter",
+                log.debug("route rejected by import policy",
                           extra={"peer": str(peer), "prefix": str(prefix), "reason": reason})
+                if not alone and prefix in best and best[prefix].route.peer is peer:
+                    self._choose(prefix)  # it replaced (withdrew) this peer's accepted path
+                elif alone and prefix in best:
+                    self._record(prefix, best.pop(prefix))
+                    self._frozen = None
                 continue
             current = best.get(prefix)
-            # A fresh path wins over a stale one, then the lowest peer address (same peer: replace).
-            if current is None or current.stale or current.route.peer is peer or peer < current.route.peer:
+            # No accepted path yet, or only a stale one: this fresh one is best. Otherwise every
+            # candidate of the prefix is weighed again (per route: the peers holding it, at most).
+            if current is None or current.stale or alone:
                 if before is not None and prefix not in before:
                     before[prefix] = current.route if current is not None else None
                 if dirty is not None:
                     dirty.add(prefix)
                 best[prefix] = _Best(path.route(prefix, peer), False)
                 self._frozen = None
+            else:
+                self._choose(prefix)
+        limit = self._max_prefixes.get(peer)
+        if limit is not None and len(fresh) + len(stale or ()) > limit:
+            self._exceed(peer, limit)
+
+    def _exceed(self, peer: IPv4Address, limit: int) -> None:
+        """``peer`` sent more than ``limit`` prefixes: drop them all, ignore it until it goes down."""
+        held = len(self._fresh.get(peer, ())) + len(self._stale.get(peer, ()))
+        log.warning("peer exceeded its max-prefix limit; tearing the session down",
+                    extra={"peer": str(peer), "limit": limit, "held": held})
+        self.counters["max_prefix_exceeded"] += 1
+        self.counters["rejected_max_prefix"] += held
+        self._exceeded.add(peer)
+        self._to_tear_down.append(peer)
+        self._forget(peer, keep_ids=True)
 
     def withdraw(self, peer: IPv4Address, prefix: IPv4Network) -> None:
         self.withdraw_many(peer, (prefix,))
@@ -263,7 +345,7 @@ class Rib:
                 continue
             current = best.get(prefix) if gone else None
             if current is not None and current.route.peer is peer:
-                self._choose(prefix, accepted=True)
+                self._choose(prefix)
 
     def _loop(self, originator_id: IPv4Address | None, cluster_list: tuple[IPv4Address, ...]) -> str | None:
         """The counter of the RFC 4456 loop a route's attributes show, or None."""
@@ -301,6 +383,7 @@ class Rib:
     def peer_down(self, peer: IPv4Address) -> None:
         """Keep the peer's routes as stale for its restart time (drop them if it offered none)."""
         peer = self._peer_ids.get(peer, peer)
+        self._exceeded.discard(peer)  # a new session starts a new count
         fresh = self._fresh.pop(peer, {})
         restart = self.restart_time(peer)
         if not restart:
@@ -330,6 +413,9 @@ class Rib:
         self._restart_time.pop(peer, None)
         self._restart_cap.pop(peer, None)
         self.router_ids.pop(peer, None)
+        self._ebgp.pop(peer, None)
+        self._max_prefixes.pop(peer, None)
+        self._exceeded.discard(peer)
 
     def _forget(self, peer: IPv4Address, *, keep_ids: bool) -> None:
         peer = self._peer_ids.get(peer, peer)
@@ -364,11 +450,10 @@ class Rib:
         for prefix in prefixes:
             self._choose(prefix)
 
-    def _choose(self, prefix: IPv4Network, accepted: bool = False) -> None:
-        """Pick ``prefix``'s best path again from every peer's paths (after its best one changed).
-        ``accepted``: the import filter is known to accept it (it had a best path)."""
+    def _choose(self, prefix: IPv4Network) -> None:
+        """Pick ``prefix``'s best path again from every peer's paths (after one of them changed)."""
         self._frozen = None
-        chosen = self._candidate(prefix, None, accepted)
+        chosen = self._candidate(prefix, None)
         self._record(prefix, self._best.get(prefix))
         if chosen is None:
             self._best.pop(prefix, None)
@@ -383,21 +468,25 @@ class Rib:
         if self._dirty is not None:
             self._dirty.add(prefix)
 
-    def _candidate(self, prefix: IPv4Network, now: float | None, accepted: bool = False) -> _Best | None:
-        if not accepted and self.rejection(prefix) is not None:
-            return None
-        found: tuple[IPv4Address, _Path] | None = None
-        for peer, paths in self._fresh.items():
-            path = paths.get(prefix)
-            if path is not None and (found is None or peer < found[0]):
-                found = (peer, path)
-        if found is not None:
-            return _Best(found[1].route(prefix, found[0]), False)
-        for peer, stale in self._stale.items():
-            entry = stale.get(prefix)
-            if entry is not None and (now is None or entry[1] > now) and (found is None or peer < found[0]):
-                found = (peer, entry[0])
-        return None if found is None else _Best(found[1].route(prefix, found[0]), True)
+    def _candidate(self, prefix: IPv4Network, now: float | None) -> _Best | None:
+        """The best accepted path of ``prefix``: fresh ones first, then unexpired stale ones."""
+        rejection = self.policy.rejection
+        fresh = [self._as_candidate(peer, path) for peer, paths in self._fresh.items()
+                 if (path := paths.get(prefix)) is not None
+                 and rejection(prefix, path.origin_node) is None]
+        if fresh:
+            chosen = select(fresh)
+            return _Best(chosen.path.route(prefix, chosen.peer), False)
+        stale = [self._as_candidate(peer, entry[0]) for peer, paths in self._stale.items()
+                 if (entry := paths.get(prefix)) is not None and (now is None or entry[1] > now)
+                 and rejection(prefix, entry[0].origin_node) is None]
+        if stale:
+            chosen = select(stale)
+            return _Best(chosen.path.route(prefix, chosen.peer), True)
+        return None
+
+    def _as_candidate(self, peer: IPv4Address, path: _Path) -> Candidate:
+        return Candidate(peer, path, self._ebgp.get(peer, False), self.router_ids.get(peer, peer))
 
     def _rebuild_best(self) -> None:
         prefixes = {p for paths in (*self._fresh.values(), *self._stale.values()) for p in paths}
@@ -497,15 +586,3 @@ class Rib:
         peer = self._peer_ids.get(peer, peer)
         return len(self._fresh.get(peer, {})) + len(self._stale.get(peer, {}))
 
-
-def _bits(networks: Iterable[IPv4Network]) -> tuple[tuple[int, int], ...]:
-    """(network, prefix length) as integers, for ``_inside``."""
-    return tuple((int(n.network_address), n.prefixlen) for n in networks)
-
-
-def _inside(address: int, length: int, networks: tuple[tuple[int, int], ...]) -> bool:
-    """Whether the prefix ``address/length`` is equal to or inside one of ``networks``."""
-    for network, net_len in networks:
-        if net_len <= length and (address ^ network) >> (32 - net_len) == 0:
-            return True
-    return False

@@ -180,7 +180,7 @@ def test_update_with_originator_id_and_cluster_list():
     [event] = p.Channel().feed(REFLECTED_UPDATE)
     assert event == p.RoutesAnnounced(A("10.250.0.9"), A("10.250.0.2"), (N("10.244.2.0/26"),),
                                       A("10.250.0.2"), (A("244.0.0.1"), A("244.0.0.2")),
-                                      "origin igp local-preference 100")
+                                      "origin igp local-preference 100", local_pref=100)
 
 
 def test_attributes_passed_on_by_a_reflector_in_exabgp_syntax():

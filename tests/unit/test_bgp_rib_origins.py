@@ -1,0 +1,175 @@
+"""Import rules, origin validation and max-prefix in bgp.rib / bgp.policy (issue 9, "Bad input"):
+the rogue mesh peer's routes are dropped and counted by reason; the owner's are kept; a change
+of ownership is applied to the routes already held."""
+from ipaddress import IPv4Address as A, IPv4Network as N
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bgp import protocol as p
+from bgp.rib import LearnedRoute, Rib
+from bgp.speaker import max_prefixes_from_env, origin_validation_from_env
+
+POOL = N("10.244.0.0/16")
+ME, OWNER, ROGUE, HOLDER = A("10.0.0.1"), A("10.0.0.2"), A("10.0.0.3"), A("10.0.0.4")
+MY_BLOCK, OWNER_BLOCK, ROGUE_BLOCK = N("10.244.1.0/26"), N("10.244.2.0/26"), N("10.244.3.0/26")
+POD = A("10.244.2.5")  # a pod in OWNER's block
+BORROWED_FROM_ME = A("10.244.1.9")  # held by HOLDER, in my block
+BORROWED_FROM_OWNER = A("10.244.2.60")  # held by HOLDER, in OWNER's block
+
+
+def make_rib() -> Rib:
+    rib = Rib(clock=lambda: 0.0, router_id=ME)
+    rib.set_import_filter(frozenset({POOL}), frozenset({MY_BLOCK}))
+    rib.set_origins({MY_BLOCK: ME, OWNER_BLOCK: OWNER, ROGUE_BLOCK: ROGUE},
+                    {BORROWED_FROM_ME: HOLDER, BORROWED_FROM_OWNER: HOLDER})
+    return rib
+
+
+def prefixes(rib: Rib) -> set[str]:
+    return {str(r.prefix) for r in rib.best()}
+
+
+def test_the_rogue_peer_of_the_issue_gets_nothing_in_and_every_route_counted():
+    rib = make_rib()
+    rogue = [N(f"{POD}/32"), N("10.244.0.0/16"), N("10.244.0.0/17")]
+    rogue += [N(f"10.244.{128 + i // 256}.{i % 256}/32") for i in range(20_000)]
+    rib.announce_many(ROGUE, ROGUE, rogue)
+    rib.announce_many(ROGUE, ROGUE, [ROGUE_BLOCK])  # its own block is fine
+    assert prefixes(rib) == {str(ROGUE_BLOCK)}
+    assert dict(rib.counters) == {"rejected_origin_mismatch": 1, "rejected_origin_unknown": 20_002}
+
+
+def test_a_block_is_accepted_only_from_its_owner_and_the_owner_wins_over_an_earlier_rogue():
+    rib = make_rib()
+    rib.announce_many(ROGUE, ROGUE, [OWNER_BLOCK])
+    rib.announce_many(OWNER, OWNER, [OWNER_BLOCK])
+    assert rib.best() == {LearnedRoute(OWNER_BLOCK, OWNER, OWNER)}
+    assert rib.counters["rejected_origin_mismatch"] == 1
+    # a rogue pointing the next hop at the owner harms no one: the traffic goes to the owner
+    rib.announce_many(ROGUE, OWNER, [OWNER_BLOCK])
+    assert {r.peer for r in rib.best()} == {OWNER}
+
+
+def test_through_a_reflector_the_originator_id_is_the_origin():
+    rib = make_rib()
+    rr = A("10.0.0.9")
+    rib.announce_many(rr, OWNER, [OWNER_BLOCK], originator_id=OWNER, cluster_list=(A("244.0.0.1"),))
+    rib.announce_many(rr, OWNER, [ROGUE_BLOCK], originator_id=OWNER, cluster_list=(A("244.0.0.1"),))
+    assert prefixes(rib) == {str(OWNER_BLOCK)}
+    assert rib.counters["rejected_origin_mismatch"] == 1
+
+
+def test_a_borrowed_32_is_accepted_from_its_holder_only_even_inside_our_block():
+    rib = make_rib()
+    for peer in (HOLDER, OWNER, ROGUE):
+        rib.announce_many(peer, peer, [N(f"{BORROWED_FROM_ME}/32"), N(f"{BORROWED_FROM_OWNER}/32")])
+    assert rib.best() == {LearnedRoute(N(f"{BORROWED_FROM_ME}/32"), HOLDER, HOLDER),
+                          LearnedRoute(N(f"{BORROWED_FROM_OWNER}/32"), HOLDER, HOLDER)}
+    assert rib.counters["rejected_origin_mismatch"] == 4
+    # any other more-specific of our block stays ours; of another node's block: a mismatch
+    rib.announce_many(HOLDER, HOLDER, [N("10.244.1.10/32"), N("10.244.1.0/28"), N("10.244.2.0/28")])
+    assert rib.counters["rejected_own_block"] == 2 and rib.counters["rejected_origin_mismatch"] == 5
+
+
+def test_a_change_of_ownership_is_applied_to_routes_already_held():
+    rib = make_rib()
+    new_block = N("10.244.9.0/26")
+    rib.announce_many(ROGUE, ROGUE, [new_block])  # announced before the claim reached us
+    rib.announce_many(OWNER, OWNER, [new_block])
+    assert rib.best_route(new_block) is None  # nobody owns it yet
+    rib.take_changes()
+    blocks = {MY_BLOCK: ME, OWNER_BLOCK: OWNER, ROGUE_BLOCK: ROGUE, new_block: OWNER}
+    borrowed = {BORROWED_FROM_ME: HOLDER, BORROWED_FROM_OWNER: HOLDER}
+    assert rib.set_origins(blocks, borrowed) is True
+    assert rib.best_route(new_block) == LearnedRoute(new_block, OWNER, OWNER)
+    assert rib.take_changes() == ([], [LearnedRoute(new_block, OWNER, OWNER)])
+    assert rib.set_origins(dict(blocks), dict(borrowed)) is False  # the same: nothing to do
+    blocks[new_block] = ROGUE  # the block moved (released and claimed by another node)
+    rib.set_origins(blocks, borrowed)
+    assert rib.best_route(new_block) == LearnedRoute(new_block, ROGUE, ROGUE)
+    rib.set_origins(None, {})  # validation off: the import filter alone, lowest peer wins
+    assert rib.best_route(new_block) == LearnedRoute(new_block, OWNER, OWNER)
+
+
+def test_a_peer_that_re_announces_its_path_with_a_foreign_next_hop_loses_it():
+    rib = make_rib()
+    rib.announce_many(OWNER, OWNER, [OWNER_BLOCK])
+    rib.announce_many(A("10.0.0.8"), A("10.0.0.8"), [OWNER_BLOCK])  # a second peer, rejected
+    rib.announce_many(OWNER, ROGUE, [OWNER_BLOCK])  # implicit replace by a path it may not use
+    assert rib.best_route(OWNER_BLOCK) is None
+    alone = make_rib()  # the same with one peer only (the RIB's shortcut for a single upstream)
+    alone.announce_many(OWNER, OWNER, [OWNER_BLOCK])
+    alone.take_changes()
+    alone.announce_many(OWNER, ROGUE, [OWNER_BLOCK])
+    assert alone.best() == frozenset()
+    assert alone.take_changes() == ([LearnedRoute(OWNER_BLOCK, OWNER, OWNER)], [])
+
+
+# -- max-prefix --------------------------------------------------------------------------------
+
+
+def test_a_peer_over_its_max_prefix_limit_loses_its_routes_until_its_session_goes_down():
+    rib = make_rib()
+    rib.set_max_prefixes(ROGUE, 10)
+    rib.set_max_prefixes(OWNER, 10)
+    rib.announce_many(OWNER, OWNER, [OWNER_BLOCK])
+    rib.announce_many(ROGUE, ROGUE, [ROGUE_BLOCK])
+    rib.announce_many(ROGUE, ROGUE, [N(f"10.244.200.{i}/32") for i in range(10)])  # 11 held
+    assert rib.take_exceeded() == [ROGUE] and rib.take_exceeded() == []
+    assert prefixes(rib) == {str(OWNER_BLOCK)} and rib.exceeded(ROGUE)
+    assert rib.route_count(ROGUE) == 0
+    assert rib.counters["max_prefix_exceeded"] == 1 and rib.counters["rejected_max_prefix"] == 11
+    rib.announce_many(ROGUE, ROGUE, [ROGUE_BLOCK])  # still the same session: ignored
+    assert prefixes(rib) == {str(OWNER_BLOCK)} and rib.counters["rejected_max_prefix"] == 12
+    rib.apply(p.PeerStateChanged(ROGUE, "down"))
+    rib.announce_many(ROGUE, ROGUE, [ROGUE_BLOCK])  # a new session starts a new count
+    assert prefixes(rib) == {str(OWNER_BLOCK), str(ROGUE_BLOCK)} and not rib.exceeded(ROGUE)
+
+
+def test_max_prefix_counts_what_is_held_not_what_is_re_sent():
+    rib = make_rib()
+    rib.set_max_prefixes(OWNER, 1)
+    for _ in range(5):
+        rib.announce_many(OWNER, OWNER, [OWNER_BLOCK])
+    assert rib.take_exceeded() == [] and prefixes(rib) == {str(OWNER_BLOCK)}
+    with pytest.raises(ValueError, match="negative"):
+        rib.set_max_prefixes(OWNER, -1)
+
+
+def test_the_environment_knobs_are_checked_and_name_the_variable():
+    assert max_prefixes_from_env({}) == 200_000
+    assert max_prefixes_from_env({"PYCALICO_BGP_MAX_PREFIXES": "0"}) is None
+    assert max_prefixes_from_env({"PYCALICO_BGP_MAX_PREFIXES": "50"}) == 50
+    with pytest.raises(ValueError, match="PYCALICO_BGP_MAX_PREFIXES: '-5'"):
+        max_prefixes_from_env({"PYCALICO_BGP_MAX_PREFIXES": "-5"})
+    assert origin_validation_from_env({}) is True
+    assert origin_validation_from_env({"PYCALICO_BGP_ORIGIN_VALIDATION": "False"}) is False
+    with pytest.raises(ValueError, match="PYCALICO_BGP_ORIGIN_VALIDATION: 'no'"):
+        origin_validation_from_env({"PYCALICO_BGP_ORIGIN_VALIDATION": "no"})
+
+
+# -- property: the verdict follows the current origins, however they were reached ---------------
+
+owners = st.sampled_from([OWNER, ROGUE, HOLDER, None])
+blocks = st.sampled_from([N(f"10.244.{i}.0/26") for i in range(4, 8)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(blocks, owners), min_size=1, max_size=5))
+def test_incremental_origin_changes_match_a_fresh_rib(histories):
+    announcers = (OWNER, ROGUE, HOLDER)
+    rib = make_rib()
+    for peer in announcers:
+        rib.announce_many(peer, peer, [N(f"10.244.{i}.0/26") for i in range(4, 8)])
+    for step in histories:
+        origins = {b: o for b, o in step.items() if o is not None}
+        rib.set_origins(origins, {})
+    fresh = Rib(clock=lambda: 0.0, router_id=ME)
+    fresh.set_import_filter(frozenset({POOL}), frozenset({MY_BLOCK}))
+    fresh.set_origins(origins, {})
+    for peer in announcers:
+        fresh.announce_many(peer, peer, [N(f"10.244.{i}.0/26") for i in range(4, 8)])
+    assert rib.best() == fresh.best()
+    assert all(r.peer == origins[r.prefix] for r in rib.best())
