@@ -7,13 +7,14 @@ Rules (Calico's, see CALICO-REFERENCE.md "Routes Felix and BIRD write"):
   swallow the one address it covers);
 - every address borrowed from one of our blocks by another node X (``Borrowed``: IPAM found no
   block for X and took a free address of ours): ``<ip>/32 via <X>`` from the datastore, direct or
-  through the pool's tunnel as an affinity route would go, so the blackhole never swallows it.
-  BGP cannot bring it here: the import filter drops what lies in our own blocks, and
-  ``in_own_block`` is that one rule, for both. Elsewhere a borrowed /32 is like a remote block:
-  learned over BGP (X advertises it), or from the datastore in VXLAN pools and without BGP;
-- every learned BGP route: ``<prefix> via <gateway>`` (no dev: the kernel resolves the next hop),
-  unless the prefix is not inside any pool (import filter) or is equal to or inside one of our own
-  blocks (ours wins: ``in_own_block``);
+  through the pool's tunnel as an affinity route would go, so the blackhole never swallows it
+  (and wins over BGP's copy of it, which the import policy accepts from X alone). Elsewhere a
+  borrowed /32 is like a remote block: learned over BGP (X advertises it), or from the datastore
+  in VXLAN pools and without BGP;
+- every learned BGP route: ``<prefix> via <gateway>`` (no dev: the kernel resolves the next hop).
+  Learned routes arrive filtered: ``bgp.rib`` (rules in ``bgp.policy``) is the one import filter
+  (inside a pool, not a default route, not in our own blocks, from the node that owns the
+  prefix); the calculation takes what it is given;
 - workloads of other nodes produce nothing (their blocks arrive as learned routes, or from affinities);
 - encapsulation per pool (``PoolEncap``; Calico's ``ipipMode`` / ``vxlanMode``): a learned route in an
   IPIP pool goes ``via <gw> dev tunl0 onlink`` (CrossSubnet: only when the gateway is outside our
@@ -150,7 +151,7 @@ def desired_routes(inp: CalcInput) -> Mapping[IPv4Network, DesiredRoute]:
     ctx = _Context(inp)
     routes: dict[IPv4Network, DesiredRoute] = {}
     # Lowest precedence first; a later layer overwrites an earlier one on the same dst.
-    _merge(routes, _learned_routes(inp.learned, inp.pools, own_blocks, ctx))
+    _merge(routes, _learned_routes(inp.learned, ctx))
     _merge(routes, ctx.affinity_routes())
     _merge(routes, ctx.borrowed_routes(own_blocks))
     _merge(routes, _blackhole_routes(own_blocks))
@@ -169,9 +170,10 @@ def unroutable(inp: CalcInput) -> dict[IPv4Network, str]:
 
 def in_own_block(prefix: IPv4Network, own_blocks: Iterable[IPv4Network]) -> bool:
     """Equal to or inside one of our blocks: then the datastore, not BGP, says where it goes (a
-    blackhole, a local workload, or a /32 to the node that borrowed it). The import filter
-    (``bgp`` ``set_import_filter``, ``_importable``) drops such a prefix; ``borrowed_routes``
-    supplies it; ``cluster.export_prefixes`` advertises a local workload's /32 outside them."""
+    blackhole, a local workload, or a /32 to the node that borrowed it). The import policy
+    (``bgp.policy``, configured with the same blocks) drops such a prefix, except a borrowed /32
+    from its holder, which ``borrowed_routes`` supplies as well (and wins); ``cluster.export_prefixes``
+    advertises a local workload's /32 outside them."""
     return any(prefix.subnet_of(block) for block in own_blocks)
 
 
@@ -226,12 +228,6 @@ class _Context:
         if cidr is None:
             return PoolEncap(prefix)
         return self._pool_encap[id(cidr)]
-
-    def importable(self, prefix: IPv4Network, own: list[tuple[int, int, int, IPv4Network]]) -> bool:
-        """``_importable`` in integers; ``own``: ``_bits`` of our own blocks."""
-        address, length = prefix.network_address._ip, prefix._prefixlen
-        return (_inside(address, length, self._pools) is not None
-                and _inside(address, length, own) is None)
 
     def same_subnet(self, ip: IPv4Address) -> bool:
         return self.subnet is not None and ip in self.subnet
@@ -335,15 +331,10 @@ def _blackhole_routes(own_blocks: Iterable[IPv4Network]) -> list[DesiredRoute]:
     ]
 
 
-def _learned_routes(
-    learned: Iterable[RemoteRoute],
-    pools: frozenset[IPv4Network],
-    own_blocks: list[IPv4Network],
-    ctx: _Context,
-) -> list[DesiredRoute]:
-    accepted = [r for r in learned if _importable(r.prefix, pools, own_blocks)]
-    # Several peers may send one prefix; bgp/rib picks best paths, here we only need determinism.
-    winners = _first_per_key(accepted, key=lambda r: r.prefix, order=lambda r: (r.gateway, r.source))
+def _learned_routes(learned: Iterable[RemoteRoute], ctx: _Context) -> list[DesiredRoute]:
+    # bgp.rib filtered them and gives one best path per prefix; a set holding two for one prefix
+    # (only a caller other than the agent) still gives one answer, whatever the order.
+    winners = _first_per_key(learned, key=lambda r: r.prefix, order=lambda r: (r.gateway, r.source))
     return [_learned_route(r, ctx) for r in winners]
 
 
@@ -355,13 +346,6 @@ def _learned_route(r: RemoteRoute, ctx: _Context) -> DesiredRoute:
     tunnel = IPIP_DEV if pool.ipip != NEVER and ctx.tunnelled(pool.ipip, r.gateway) else None
     return _via(r.prefix, r.gateway, tunnel, f"learned from {r.source}"
                 + (" (ipip)" if tunnel else ""))
-
-
-def _importable(
-    prefix: IPv4Network, pools: frozenset[IPv4Network], own_blocks: list[IPv4Network]
-) -> bool:
-    """Inside some pool, and not equal to or inside one of our own blocks (ours wins)."""
-    return any(prefix.subnet_of(pool) for pool in pools) and not in_own_block(prefix, own_blocks)
 
 
 def _first_per_key(items, *, key, order):
@@ -490,7 +474,6 @@ class RouteCalc:
         self._node: str | None = None
         self._ctx: _Context | None = None
         self._own: list[IPv4Network] = []
-        self._own_bits: list[tuple[int, int, int, IPv4Network]] = []
         # The indexes are keyed by ``_key(dst)``, not by the IPv4Network (see ``_key``).
         self._fixed: dict[int, DesiredRoute] = {}  # blackholes over affinity routes
         self._workloads: dict[int, set[Workload]] = {}  # local ones, by /32
@@ -501,7 +484,6 @@ class RouteCalc:
         ctx = _Context(inp)
         self._node, self._ctx = inp.node, ctx
         self._own = _own_blocks(inp)
-        self._own_bits = _bits(self._own)
         fixed = ctx.affinity_routes()
         fixed += ctx.borrowed_routes(self._own)
         fixed += _blackhole_routes(self._own)
@@ -512,8 +494,7 @@ class RouteCalc:
             if w.node == inp.node:
                 self._workloads.setdefault(_key(IPv4Network(w.ip)), set()).add(w)
         for r in inp.learned:
-            if ctx.importable(r.prefix, self._own_bits):
-                self._learned.setdefault(_key(r.prefix), set()).add(r)
+            self._learned.setdefault(_key(r.prefix), set()).add(r)
         # Layer by layer into a new mapping, then compare, all by key: each IPv4Network hash is a
         # Python call, and a rebuild at 100k routes spent most of its time in them.
         new = dict(self._fixed)
@@ -562,17 +543,15 @@ class RouteCalc:
                 key = _key(dst)
                 workloads.setdefault(key, set()).add(w)
                 touched[key] = dst
-        own, importable = self._own_bits, ctx.importable
         for r in learned_added:
             prefix = r.prefix
-            if importable(prefix, own):
-                key = _key(prefix)
-                found = learned.get(key)
-                if found is None:
-                    learned[key] = {r}
-                else:
-                    found.add(r)
-                touched[key] = prefix
+            key = _key(prefix)
+            found = learned.get(key)
+            if found is None:
+                learned[key] = {r}
+            else:
+                found.add(r)
+            touched[key] = prefix
         resolve = self._resolve
         return Destinations({key: dst for key, dst in touched.items() if resolve(key, dst)})
 

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bgp.rib import Rib
 from felix.calc import Block, CalcInput, DesiredRoute, RemoteRoute, Workload, desired_routes
 
 N = IPv4Network
@@ -54,10 +55,18 @@ def test_learned_route_via_gateway_without_dev():
         "unicast", None, A("192.168.5.2"), "universe", "learned from 192.168.5.2")
 
 
+def through_rib(prefix: str, own=()) -> list[RemoteRoute]:
+    """What reaches the calculation of a route a peer sent: bgp.rib is the one import filter."""
+    rib = Rib()
+    rib.set_import_filter(frozenset({POOL}), frozenset(own))
+    rib.announce(A("192.168.5.2"), N(prefix), A("192.168.5.2"))
+    return [RemoteRoute(r.prefix, r.nexthop, "peer") for r in rib.best()]
+
+
 @pytest.mark.parametrize("prefix", ["10.244.1.0/26", "10.244.1.8/29", "10.244.1.9/32"])
 def test_learned_prefix_equal_to_or_inside_own_block_is_ignored(prefix):
     routes = calc(blocks=[Block(N("10.244.1.0/26"), "n1")],
-                  learned=[RemoteRoute(N(prefix), A("192.168.5.2"), "peer")])
+                  learned=through_rib(prefix, own=[N("10.244.1.0/26")]))
     assert list(routes) == [N("10.244.1.0/26")]
     assert routes[N("10.244.1.0/26")].type == "blackhole"
 
@@ -70,7 +79,7 @@ def test_learned_prefix_inside_another_nodes_block_is_kept():
 
 @pytest.mark.parametrize("prefix", ["0.0.0.0/0", "10.0.0.0/8", "172.16.0.0/26"])
 def test_learned_route_outside_every_pool_is_ignored(prefix):
-    assert dict(calc(learned=[RemoteRoute(N(prefix), A("192.168.5.2"), "peer")])) == {}
+    assert dict(calc(learned=through_rib(prefix))) == {}
 
 
 def test_local_workload_beats_learned_route_on_same_dst():
