@@ -40,7 +40,7 @@ import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from ipaddress import IPv4Address, IPv4Network
@@ -62,6 +62,12 @@ RELAY_CONNECT_TIMEOUT = 10.0
 # socat closes the moment ExaBGP dies: a closed relay waits this long for the child's exit, so the
 # reason reported is the real cause (the supervisor's "exabgp exited") and not its echo.
 CHILD_EXIT_GRACE = 0.5
+# Per-peer max-prefix (Calico's BGPPeer has no such field): one limit for every session, set by
+# the agent (env PYCALICO_BGP_MAX_PREFIXES; 0: none). A route reflector legitimately sends every
+# block of the cluster, so the default is far above any cluster's block count (5,000 nodes x 20
+# blocks) and the 100k-prefix benchmark; it stops a peer that floods us, not a big cluster.
+DEFAULT_MAX_PREFIXES = 200_000
+MAX_PREFIX_REASON = "max-prefix exceeded"
 RELOAD_DEBOUNCE = 0.1  # seconds of quiet after a peer change before ExaBGP reloads its config
 RELOAD_MAX_DELAY = 1.0  # ... but at most this long after the first change of a burst
 # What ``node status`` adds to a session kept by make-before-break (bgp.transition).
@@ -152,6 +158,25 @@ class _Conn:
     waiting_since: float | None = None  # monotonic time since which ExaBGP owes us an ack
 
 
+def max_prefixes_from_env(env: Mapping[str, str] = os.environ) -> int | None:
+    """PYCALICO_BGP_MAX_PREFIXES: the per-peer limit (0: none; default DEFAULT_MAX_PREFIXES)."""
+    text = env.get("PYCALICO_BGP_MAX_PREFIXES", "").strip()
+    if not text:
+        return DEFAULT_MAX_PREFIXES
+    if not text.isdigit():
+        raise ValueError(f"PYCALICO_BGP_MAX_PREFIXES: {text!r} is not a non-negative integer")
+    return int(text) or None
+
+
+def origin_validation_from_env(env: Mapping[str, str] = os.environ) -> bool:
+    """PYCALICO_BGP_ORIGIN_VALIDATION: true (default) or false. Off only where BGP brings pool
+    prefixes no IPAM block records (bench.bgp_convergence: 100k /26s from one BIRD)."""
+    text = env.get("PYCALICO_BGP_ORIGIN_VALIDATION", "true").strip().lower()
+    if text not in ("true", "false"):
+        raise ValueError(f"PYCALICO_BGP_ORIGIN_VALIDATION: {text!r} is not true or false")
+    return text == "true"
+
+
 def exabgp_env(local_address: IPv4Address, port: int) -> dict[str, str]:
     """ExaBGP settings that cannot be put in its config file (see LIBRARY-NOTES)."""
     return {
@@ -230,7 +255,8 @@ class Speaker:
                  listen_port: int = 179, netns: str | None = None, hold_time: int = 9,
                  gr_restart_time: int = 120, sync_deadline: float = 30.0,
                  liveness_interval: float = 10.0, liveness_timeout: float = 30.0,
-                 drain_deadline: float = transition.DEADLINE) -> None:
+                 drain_deadline: float = transition.DEADLINE,
+                 max_prefixes: int | None = DEFAULT_MAX_PREFIXES) -> None:
         self._node = node_name
         self._local_asn = local_asn
         self._run_dir = Path(run_dir)
@@ -247,6 +273,7 @@ class Speaker:
             hold_time=hold_time, gr_restart_time=gr_restart_time, port=listen_port)
         self._env = exabgp_env(local_address, listen_port)
         self._rib = Rib(restart_time=gr_restart_time, router_id=router_id)
+        self._max_prefixes = max_prefixes
         self._reflector = reflect.Reflector()
         self._cluster_id: IPv4Address | None = None
         self._peers: dict[IPv4Address, _Peer] = {}
@@ -312,6 +339,8 @@ class Speaker:
             else:
                 self._peers[address] = _Peer(spec)
             self._rib.set_restart_cap(address, spec.max_restart_time)
+            self._rib.set_peer_as(address, spec.asn, spec.local_asn)
+            self._rib.set_max_prefixes(address, self._max_prefixes)
         self._reload_soon()
         self._configure_reflection()
         self._notify()
@@ -453,6 +482,13 @@ class Speaker:
 
     def set_import_filter(self, pools: frozenset[IPv4Network], own_blocks: frozenset[IPv4Network]) -> None:
         if self._rib.set_import_filter(pools, own_blocks):
+            self._reflect()
+            self._notify()
+
+    def set_origins(self, blocks: dict[IPv4Network, IPv4Address] | None,
+                    borrowed: dict[IPv4Address, IPv4Address]) -> None:
+        """Who may originate which pool prefix (``Rib.set_origins``; None: no origin validation)."""
+        if self._rib.set_origins(blocks, borrowed):
             self._reflect()
             self._notify()
 
@@ -753,11 +789,21 @@ class Speaker:
         for event in events:
             changed |= self._dispatch(event)
         if changed:
+            self._tear_down_over_limit()
             self._reflect()
             self._schedule_expiry()
             self._notify()
             if self._draining:
                 self._advance_soon()
+
+    def _tear_down_over_limit(self) -> None:
+        """Cease (Maximum Number of Prefixes Reached) to each peer the RIB found over its limit;
+        the RIB already dropped its routes and ignores it until the session is down."""
+        for address in self._rib.take_exceeded():
+            peer = self._peers.get(address)
+            if peer is not None:
+                peer.cause = MAX_PREFIX_REASON  # outranks the down reason until it is up again
+            self._send([protocol.teardown_command(address, protocol.CEASE_MAX_PREFIXES)])
 
     def _dispatch(self, event: protocol.Event) -> bool:
         match event:

@@ -33,7 +33,7 @@ import tenacity
 import datastore
 import hostio
 from bgp.peers import bgp_peers, password_problems, secret_refs
-from bgp.speaker import Speaker
+from bgp.speaker import Speaker, max_prefixes_from_env, origin_validation_from_env
 from cni.server import CNIServer
 from crds import Node, ObjectMeta
 from crds.models import NodeBGPSpec, NodeSpec
@@ -434,6 +434,8 @@ class Agent:
                                     cluster_id=me.rr_cluster_id)  # set: we reflect (RFC 4456)
             speaker.set_import_filter(cluster.pool_cidrs(self.state),
                                       cluster.local_blocks(self.state, node))
+            if origin_validation_from_env():  # see bgp.policy
+                speaker.set_origins(*cluster.bgp_origins(self.state))
         # Tunnel devices and NAT first: a VXLAN route needs vxlan.calico to exist.
         encap = await self.encap.apply(self.state, me.ipv4)
         if encap.problems != self._encap_problems:
@@ -500,7 +502,7 @@ class Agent:
         speaker = Speaker(
             node_name=self.cfg.node, router_id=self.cfg.ipv4.ip, local_address=self.cfg.ipv4.ip,
             local_asn=asn, listen_port=port, run_dir=self.cfg.run_dir,
-            on_change=self._on_speaker_change,
+            on_change=self._on_speaker_change, max_prefixes=max_prefixes_from_env(),
         )
         try:
             await speaker.start()

@@ -228,6 +228,19 @@ def export_prefixes(state: ClusterState, node: str, workloads: Iterable[Workload
     return frozenset(b for b in own | borrowed if not any(b.subnet_of(h) for h in hidden))
 
 
+def bgp_origins(state: ClusterState) -> tuple[dict[IPv4Network, ipaddress.IPv4Address],
+                                               dict[ipaddress.IPv4Address, ipaddress.IPv4Address]]:
+    """Who may announce what over BGP (``bgp.rib`` origin validation): each IPv4 block with an
+    affinity -> its node's address, each borrowed address -> its holder's address. A node whose
+    address is not known yet owns nothing here (its routes wait until its Node says where it is)."""
+    addresses = {n.name: n.ipv4.ip for n in node_infos(state) if n.ipv4 is not None}
+    blocks = {b.spec.network: addresses[b.spec.affine_node] for b in state.of_kind(IPAMBlock)
+              if b.spec.affine_node in addresses and not b.spec.deleted
+              and b.spec.network.version == 4}
+    borrowed = {b.ip: addresses[b.node] for b in state.borrowed() if b.node in addresses}
+    return blocks, borrowed
+
+
 def bgp_global(state: ClusterState) -> BGPGlobal:
     cfg = state.resources.get(("BGPConfiguration", None, "default"))
     if not isinstance(cfg, BGPConfiguration):
