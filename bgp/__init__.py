@@ -7,14 +7,19 @@ Contract (what felix/agent.py uses):
   ``rr_client`` is set), ``want_peers(peers, cluster_id=None)`` (the same, make-before-break:
   sessions no longer wanted stay until others cover their routes, ``transition``),
   ``set_advertisements`` (only the diff is sent; a session that comes up gets everything, reflected
-  routes included, then End-of-RIB), ``set_import_filter``,
-  ``learned_routes`` (best paths inside enabled pools, graceful-restart stale routes included),
-  ``peer_status``, ``counters``, ``routes_in_sync``. ``on_change()`` is called (coalesced, on the
+  routes included, then End-of-RIB), ``set_import_filter``, ``set_origins`` (origin validation:
+  block -> owning node's address, borrowed address -> holder's),
+  ``learned_routes`` (best paths the import policy accepts, graceful-restart stale routes
+  included), ``peer_status`` (a peer over its max-prefix limit: ``max-prefix exceeded``),
+  ``counters`` (``received``, ``rejected_<reason>``, ``malformed``, ``max_prefix_exceeded``),
+  ``routes_in_sync``. ``on_change()`` is called (coalesced, on the
   event loop) whenever learned routes or peer status may have changed: reconcile level-triggered.
 
 I/O: only ``speaker`` (files in run_dir, the ExaBGP child, a unix socket) and ``relay`` (the tiny
 process ExaBGP runs as its API process, relaying its pipes to the speaker's socket).
-Pure, no I/O: ``peers``, ``transition`` (make-before-break between two sets of sessions), ``rib`` (Adj-RIB-In, import filter, best path, reflection loop checks,
-RFC 4724 helper, injected clock), ``reflect`` (RFC 4456 reflection: targets, attributes, Adj-RIB-Out),
+Pure, no I/O: ``peers``, ``transition`` (make-before-break between two sets of sessions), ``rib``
+(Adj-RIB-In, best path, max-prefix, reflection loop checks, RFC 4724 helper, injected clock),
+``policy`` (the one import filter, origin validation, the best-path steps), ``reflect`` (RFC 4456
+reflection: targets, attributes, Adj-RIB-Out),
 ``exabgp_conf`` (config rendering), ``protocol`` (sans-I/O ExaBGP 5 line protocol).
 """

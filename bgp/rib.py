@@ -250,6 +250,9 @@ class Rib:
                       origin: int = 0, as_path_len: int = 0, neighbor_as: int | None = None,
                       local_pref: int | None = None, med: int | None = None) -> None:
         """``prefixes`` from ``peer`` via ``nexthop``: the hot loop of learning (one UPDATE)."""
+        if type(prefixes) is not tuple:
+            prefixes = tuple(prefixes)
+        self.counters["received"] += len(prefixes)  # every announcement, accepted or not
         if not (isinstance(peer, IPv4Address) and isinstance(nexthop, IPv4Address)
                 and not nexthop.is_unspecified):
             for prefix in prefixes:
@@ -263,7 +266,7 @@ class Rib:
             self.withdraw_many(peer, prefixes)
             return
         if peer in self._exceeded:
-            self.counters["rejected_max_prefix"] += len(tuple(prefixes))
+            self.counters["rejected_max_prefix"] += len(prefixes)
             return
         ebgp = self._ebgp.get(peer, False)
         path = _Path(nexthop, originator_id, tuple(cluster_list), attributes,

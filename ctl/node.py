@@ -83,9 +83,15 @@ def health_lines(st: dict) -> list[str]:
             lines.append(f"{label}: {_state_line(st[key], good)}")
     if st.get("reconcile_errors"):
         lines.append(_errors_line(st))
-    rejected = {k: v for k, v in st.get("counters", {}).items() if v}
+    counters = st.get("counters", {})
+    rejected = {k: v for k, v in counters.items()
+                if v and (k.startswith("rejected_") or k == "malformed")}
     if rejected:
         lines.append("Dropped BGP input: " + ", ".join(f"{k}={v}" for k, v in sorted(rejected.items())))
+    others = {k: v for k, v in counters.items() if v and k not in rejected and k != "received"}
+    if counters.get("received") or others:
+        lines.append(f"BGP prefixes received: {counters.get('received', 0)}"
+                     + "".join(f", {k}={v}" for k, v in sorted(others.items())))
     return lines
 
 

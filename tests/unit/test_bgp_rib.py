@@ -33,7 +33,7 @@ def test_filter_accepts_pool_prefixes_and_counts_each_rejection_reason():
         rib.announce(P1, N(prefix), P1)
     assert rib.best() == {LearnedRoute(N("10.244.2.0/26"), P1, P1)}
     assert dict(rib.counters) == {"rejected_outside_pools": 2, "rejected_own_block": 2,
-                                  "rejected_default_route": 1}
+                                  "rejected_default_route": 1, "received": 6}
 
 
 def test_filter_change_applies_to_routes_already_received():
@@ -338,7 +338,7 @@ def test_one_update_of_many_prefixes_counts_each_rejection():
     rib = make_rib()
     rib.apply(p.RoutesAnnounced(P1, P1, (N("10.244.2.0/26"), N("192.0.2.0/24"), N("10.244.1.0/26"))))
     assert rib.best() == {LearnedRoute(N("10.244.2.0/26"), P1, P1)}
-    assert dict(rib.counters) == {"rejected_outside_pools": 1, "rejected_own_block": 1}
+    assert dict(rib.counters) == {"rejected_outside_pools": 1, "rejected_own_block": 1, "received": 3}
     rib.apply(p.RoutesAnnounced(P1, A("0.0.0.0"), (N("10.244.3.0/26"), N("10.244.4.0/26"))))
     assert rib.counters["malformed"] == 2 and len(rib.best()) == 1
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from bgp import protocol as p
 from bgp.rib import LearnedRoute, Rib
 from bgp.speaker import max_prefixes_from_env, origin_validation_from_env
+from ctl.node import health_lines
 
 POOL = N("10.244.0.0/16")
 ME, OWNER, ROGUE, HOLDER = A("10.0.0.1"), A("10.0.0.2"), A("10.0.0.3"), A("10.0.0.4")
@@ -38,7 +39,8 @@ def test_the_rogue_peer_of_the_issue_gets_nothing_in_and_every_route_counted():
     rib.announce_many(ROGUE, ROGUE, rogue)
     rib.announce_many(ROGUE, ROGUE, [ROGUE_BLOCK])  # its own block is fine
     assert prefixes(rib) == {str(ROGUE_BLOCK)}
-    assert dict(rib.counters) == {"rejected_origin_mismatch": 1, "rejected_origin_unknown": 20_002}
+    assert dict(rib.counters) == {"rejected_origin_mismatch": 1, "rejected_origin_unknown": 20_002,
+                                  "received": 20_004}
 
 
 def test_a_block_is_accepted_only_from_its_owner_and_the_owner_wins_over_an_earlier_rogue():
@@ -173,3 +175,31 @@ def test_incremental_origin_changes_match_a_fresh_rib(histories):
         fresh.announce_many(peer, peer, [N(f"10.244.{i}.0/26") for i in range(4, 8)])
     assert rib.best() == fresh.best()
     assert all(r.peer == origins[r.prefix] for r in rib.best())
+
+
+def test_node_status_lists_drops_by_reason_apart_from_what_was_received():
+    lines = health_lines({"counters": {"received": 20_010, "rejected_origin_mismatch": 1,
+                                       "rejected_origin_unknown": 20_002, "malformed": 0,
+                                       "max_prefix_exceeded": 1}})
+    assert lines == ["Dropped BGP input: rejected_origin_mismatch=1, rejected_origin_unknown=20002",
+                     "BGP prefixes received: 20010, max_prefix_exceeded=1"]
+
+
+def test_origins_come_from_block_affinities_and_borrowed_addresses_with_node_addresses():
+    from felix import cluster
+    from tests.unit.test_felix_cluster import RESOURCES, block_with, res, state_of
+
+    s = state_of(RESOURCES + [block_with({0: "n1", 5: "n2", 6: "n3"}),  # n3: no Node, no address
+                              res("IPAMBlock", "10-244-3-0-26",
+                                  {"cidr": "10.244.3.0/26", "affinity": "host:n3"})])
+    blocks, borrowed = cluster.bgp_origins(s)
+    assert blocks == {N("10.244.1.0/26"): A("10.99.0.1"), N("10.250.0.0/26"): A("10.99.0.1"),
+                      N("10.244.2.0/26"): A("10.99.0.2")}
+    assert borrowed == {A("10.244.1.5"): A("10.99.0.2")}
+    rib = Rib(clock=lambda: 0.0)
+    rib.set_import_filter(cluster.pool_cidrs(s), cluster.local_blocks(s, "n1"))
+    rib.set_origins(blocks, borrowed)
+    rib.announce_many(A("10.99.0.2"), A("10.99.0.2"),
+                      [N("10.244.2.0/26"), N("10.244.1.5/32"), N("10.244.3.0/26")])
+    assert prefixes(rib) == {"10.244.2.0/26", "10.244.1.5/32"}  # n3's waits for n3's address
+    assert rib.counters["rejected_origin_unknown"] == 1
