@@ -582,8 +582,12 @@ class Rib:
         """The prefixes ``peer`` gives us that the import filter accepts, stale ones included
         (what we would lose without it; ``bgp.transition`` waits for another session to cover them)."""
         peer = self._peer_ids.get(peer, peer)
-        held = self._fresh.get(peer, {}).keys() | self._stale.get(peer, {}).keys()
-        return frozenset(p for p in held if self.rejection(p) is None)
+        rejection = self.policy.rejection
+        fresh = [p for p, path in self._fresh.get(peer, {}).items()
+                 if rejection(p, path.origin_node) is None]
+        stale = [p for p, (path, _) in self._stale.get(peer, {}).items()
+                 if rejection(p, path.origin_node) is None]
+        return frozenset((*fresh, *stale))
 
     def route_count(self, peer: IPv4Address) -> int:
         peer = self._peer_ids.get(peer, peer)

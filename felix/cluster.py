@@ -234,9 +234,8 @@ def bgp_origins(state: ClusterState) -> tuple[dict[IPv4Network, ipaddress.IPv4Ad
     affinity -> its node's address, each borrowed address -> its holder's address. A node whose
     address is not known yet owns nothing here (its routes wait until its Node says where it is)."""
     addresses = {n.name: n.ipv4.ip for n in node_infos(state) if n.ipv4 is not None}
-    blocks = {b.spec.network: addresses[b.spec.affine_node] for b in state.of_kind(IPAMBlock)
-              if b.spec.affine_node in addresses and not b.spec.deleted
-              and b.spec.network.version == 4}
+    blocks = {b.cidr: addresses[b.node] for b in state.blocks.values()
+              if b.node in addresses and not b.deleted and b.cidr.version == 4}
     borrowed = {b.ip: addresses[b.node] for b in state.borrowed() if b.node in addresses}
     return blocks, borrowed
 

@@ -203,3 +203,16 @@ def test_origins_come_from_block_affinities_and_borrowed_addresses_with_node_add
                       [N("10.244.2.0/26"), N("10.244.1.5/32"), N("10.244.3.0/26")])
     assert prefixes(rib) == {"10.244.2.0/26", "10.244.1.5/32"}  # n3's waits for n3's address
     assert rib.counters["rejected_origin_unknown"] == 1
+
+
+def test_what_a_peer_provides_is_judged_by_its_paths_origins():
+    """bgp.transition waits for other sessions to cover what a peer provides: with origin
+    validation on, that is the prefixes its paths may carry (the owner's block, not the rogue's
+    copy), stale ones included."""
+    rib = make_rib()
+    rib.set_restart_time(OWNER, 120)
+    rib.announce_many(OWNER, OWNER, [OWNER_BLOCK, ROGUE_BLOCK])
+    rib.announce_many(ROGUE, ROGUE, [OWNER_BLOCK, ROGUE_BLOCK])
+    assert rib.provided(OWNER) == {OWNER_BLOCK} and rib.provided(ROGUE) == {ROGUE_BLOCK}
+    rib.peer_down(OWNER)
+    assert rib.provided(OWNER) == {OWNER_BLOCK}
