@@ -154,6 +154,7 @@ class Prefix(IPv4Network):
 
 
 _NETMASKS = [IPv4Network._make_netmask(length)[0] for length in range(33)]  # type: ignore[attr-defined]
+_MASKS = [int(m) for m in _NETMASKS]
 _new = object.__new__
 
 
@@ -417,17 +418,32 @@ def _parse_update(peer: IPv4Address, nb: object, cache: dict[str, Prefix]) -> li
 
 
 def _nlris(entries: object, field: str, cache: dict[str, Prefix]) -> tuple[Prefix, ...]:
-    """The prefixes of a list of ``{"nlri": P}`` or (compact) ``P``; the hot loop of learning."""
+    """The prefixes of a list of ``{"nlri": P}`` or (compact) ``P``; the hot loop of learning.
+
+    A prefix seen before comes from ``cache``; a new compact one is parsed inline (what
+    ``_prefix``'s fast path does, without its three calls: ~30% of a new prefix's cost);
+    anything else goes through ``_prefix``, which decides and names the field."""
     if not isinstance(entries, list):
         raise _Bad(f"{field}: not a list")
-    out = []
+    get, out, fast = cache.get, [], _FAST
     for entry in entries:
         text = entry if type(entry) is str else _get(entry, "nlri")
-        prefix = cache.get(text) if type(text) is str else None
+        if type(text) is not str:
+            out.append(_prefix(text, f"{field}.nlri"))
+            continue
+        prefix = get(text)
         if prefix is None:
-            prefix = _prefix(text, f"{field}.nlri")
-            if type(text) is str:
-                cache[text] = prefix
+            address, _, length = text.partition("/")
+            try:
+                network = int.from_bytes(inet_pton(AF_INET, address), "big")
+                bits = int(length) if length.isascii() and length.isdigit() else 99
+            except (OSError, ValueError):  # ValueError: a NUL in the text
+                bits = 99
+            if fast and bits <= 30 and network & _MASKS[bits] == network:
+                prefix = _built(network, bits)
+            else:
+                prefix = _prefix(text, f"{field}.nlri")
+            cache[text] = prefix
         out.append(prefix)
     return tuple(out)
 

@@ -166,6 +166,27 @@ def test_fast_prefix_parse_accepts_exactly_what_ipaddress_accepts(text):
     assert got == expected
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(prefix_text, st.text(max_size=20)))
+def test_nlri_batch_parse_accepts_exactly_what_ipaddress_accepts(text):
+    """The batch loop parses new compact NLRIs inline: same answers as ipaddress, twice (the
+    second time from the cache), and a bad one makes the UPDATE Malformed."""
+    import json
+
+    try:
+        expected = N(text)
+    except ValueError:
+        expected = None
+    ch = p.Channel()
+    for _ in range(2):
+        [event] = ch.feed(_update(withdraw=json.dumps([text, "10.0.0.0/8"])))
+        if expected is None:
+            assert isinstance(event, p.Malformed) and "not an IPv4 prefix" in event.reason
+        else:
+            assert event.prefixes == (expected, N("10.0.0.0/8"))
+            assert hash(event.prefixes[0]) == hash(expected)
+
+
 # ExaBGP 5's encoding of the RFC 4456 attributes (bgp/message/update/attribute/attributes.py:
 # ORIGINATOR_ID is 'inet', a string; CLUSTER_LIST is 'list', a JSON array of strings).
 REFLECTED_UPDATE = (
