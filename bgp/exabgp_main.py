@@ -1,8 +1,9 @@
 """ExaBGP's entry point as the speaker runs it: ``python exabgp_main.py server <conf>``.
 
-Standard library only, run as a script. It makes ``import ssl`` fail, adapts three behaviours (below,
-and ``exabgp_share.py``: one parsed route shared by all the peers an API command names, instead of a
-deep copy per peer), then runs ExaBGP's own ``__main__`` unchanged.
+Standard library only, run as a script. It makes ``import ssl`` fail, adapts two behaviours (below)
+and, through ``exabgp_share.py``, the API's route injection (one parsed route shared by all the
+peers a command names instead of a deep copy per peer, and the command's neighbor selector matched
+without a regex per peer), then runs ExaBGP's own ``__main__`` unchanged.
 
 Cease on teardown: ExaBGP 5.0.15 closes a session whose graceful-restart capability was negotiated
 *without* a NOTIFICATION even when the API asked ``neighbor X teardown N`` -- so a peer we remove
