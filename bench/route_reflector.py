@@ -27,7 +27,8 @@ the end is confirmed with a dump of each.
 
 JSON keys: clients, blocks_per_client, converge_s, withdraw_s, converge_bird_s,
 withdraw_bird_s, ratio_converge_vs_bird, ratio_withdraw_vs_bird, sessions_up_s /
-sessions_up_bird_s (reflector start -> every session Established), agent_cpu_s / exabgp_cpu_s /
+sessions_up_bird_s (from the start of the BGP daemon, ExaBGP or BIRD, until every session is
+Established: the agent's own start-up and etcd are not in it), agent_cpu_s / exabgp_cpu_s /
 bird_rr_cpu_s (user+system CPU during converge and withdraw), agent_rss_mb / exabgp_rss_mb /
 reflector_rss_mb (agent + ExaBGP) / bird_rr_rss_mb (peak, VmHWM), goal_ratio, exabgp_as_shipped.
 ``--exabgp-as-shipped`` runs our reflector's ExaBGP without ``bgp/exabgp_share.py`` (a deep copy of
@@ -50,8 +51,8 @@ from collections.abc import Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from bench.bgp_convergence import (_EVENT, Procs, _dst, cpu_s, exabgp_pid, hwm_mb, start_etcd_in,
-                                   wait)
+from bench.bgp_convergence import (_EVENT, CLK_TCK, Procs, _dst, cpu_s, exabgp_pid, hwm_mb,
+                                   start_etcd_in, stat_fields, wait)
 from bench.common import emit, save_figure
 
 POOL = IPv4Network("10.192.0.0/12")  # 16384 /26 blocks
@@ -110,11 +111,9 @@ def run(c: int, b: int, work: Path, reflector_type) -> dict:
                      us=addr, rr=RR, asn=ASN, log=work / f"c{i}" / "bird.log",
                      routes="\n".join(f"    route {p} blackhole;" for p in blocks[i])))
                  for i, (ns, addr) in enumerate(zip(client_ns, clients))]
-        t_start = time.monotonic()
         reflector = reflector_type(procs, fabric_ns, work / "rr", clients, blocks)
-        wait(lambda: all("Established" in bd.cli("show", "protocols", "reflector") for bd in birds),
-             TIMEOUT, "every client's session to the reflector")
-        sessions_up = time.monotonic() - t_start
+        wait_established(birds)
+        sessions_up = time.clock_gettime(time.CLOCK_BOOTTIME) - started_s(reflector.daemon_pid)
         reflector.settle()
         cpu0 = reflector.cpu()
         with KernelWatch(client_ns, BIRD_PROTO) as watch:
@@ -133,6 +132,21 @@ def run(c: int, b: int, work: Path, reflector_type) -> dict:
                "withdraw_s": round(withdraw, 3), "series": (t0, list(watch.series))}
         out.update(reflector.figures(cpu))
         return out
+
+
+def wait_established(birds: list[Bird]) -> None:
+    """Until every client's session is Established (each asked only until it is)."""
+    down = list(birds)
+
+    def check() -> bool:
+        down[:] = [bd for bd in down if "Established" not in bd.cli("show", "protocols", "reflector")]
+        return not down
+    wait(check, TIMEOUT, "every client's session to the reflector")
+
+
+def started_s(pid: int) -> float:
+    """When ``pid`` started, in CLOCK_BOOTTIME seconds (/proc/PID/stat field 22, in clock ticks)."""
+    return int(stat_fields(pid)[19]) / CLK_TCK
 
 
 def parallel(argvs: list[list[str]]) -> None:
@@ -216,6 +230,8 @@ class BirdReflector:
         self.bird = Bird(procs, ns, work / "bird", BIRD_RR_CONF.format(
             rr=RR, asn=ASN, cluster=CLUSTER_ID, log=work / "bird.log", sessions=sessions))
 
+        self.daemon_pid = self.bird.proc.pid
+
     def settle(self) -> None:
         pass
 
@@ -247,7 +263,8 @@ class AgentReflector:
              "--ip", f"{RR}/24", "--etcd-endpoints", url, "--run-dir", str(work / "run"),
              "--health-port", "0"],
             stdout=open(work / "agent.log", "wb"), stderr=subprocess.STDOUT, env=env))
-        self.exabgp = wait(lambda: exabgp_pid(self.agent.pid), 60, "the agent's ExaBGP child")
+        self.exabgp = self.daemon_pid = wait(lambda: exabgp_pid(self.agent.pid), 60,
+                                             "the agent's ExaBGP child")
 
     def settle(self) -> None:
         time.sleep(1.0)  # End-of-RIB both ways, and the agent's reconcile after it
