@@ -23,8 +23,8 @@ write_p50_ms / write_p99_ms (until etcd acknowledged the write: etcd's own share
 agent_rss_mb (VmRSS after the events), agent_peak_rss_mb (VmHWM), agent_cpu_s (user + system over
 the whole run), agent_cpu_events_s (during the events only), events_reconciles_by_cause and
 events_route_dumps (the agent's own counters over the events), events_gc_collections,
-events_gc_pause_total_ms, events_gc_pauses_over_1ms and events_gc_pauses_over_5ms (the agent's
-cyclic-GC pauses over the events), load_avg_1m, goal_event_p99_ms.
+events_gc_pause_total_ms, events_gc_pauses_over_1ms, events_gc_pauses_over_5ms and
+events_gc_by_generation (the agent's cyclic-GC pauses over the events), load_avg_1m, goal_event_p99_ms.
 PNG: ``bench/out/event_latency.png`` (CDF of the samples).
 """
 from __future__ import annotations
@@ -114,6 +114,8 @@ def run(a, tmp: Path, result: dict) -> list[float]:
         gc_before, gc_after = status_before["gc"], status["gc"]
         for key in ("collections", "pause_total_ms", "pauses_over_1ms", "pauses_over_5ms"):
             result[f"events_gc_{key}"] = round(gc_after[key] - gc_before[key], 2)
+        result["events_gc_by_generation"] = [
+            a - b for a, b in zip(gc_after["by_generation"], gc_before["by_generation"])]
         result["load_avg_1m"] = os.getloadavg()[0]  # a shared machine: other work skews the tail
         result["agent_cpu_s"] = round(cpu_seconds(agent.pid), 2)
         result["agent_rss_mb"] = round(proc_status_mb(agent.pid, "VmRSS"), 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import itertools
@@ -23,6 +24,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,8 +65,8 @@ TICK_INTERVAL = 60.0  # the idle loop still wakes this often (liveness: health.S
 # previous reconcile cost in CPU time, so one pod event reaches the kernel in milliseconds, not 50 ms.
 COALESCE = 0.05
 # While the first snapshot loads (100k blocks: millions of new objects) the cyclic GC is off: it ran
-# ~20 full collections of up to 1 s each, collecting nothing. The first rebuild collects once and
-# freezes (_freeze_long_lived); should the datastore take longer than this, the GC comes back on.
+# ~20 full collections of up to 1 s each, collecting nothing. The first full route apply collects
+# once and freezes (_freeze_long_lived); should that take longer than this, the GC comes back on.
 LOAD_GC_OFF = 300.0
 CNI_ROUTE_WAIT = 5.0  # at most this long a CNI ADD waits for its pod route to be written
 # From this many destinations changed by one reconcile (a burst of learned routes) its route apply
@@ -371,11 +373,15 @@ class Agent:
         self._full_apply = True
         if not await self._routes_written():  # the previous reconcile's apply, if it still runs
             full = True  # it failed (counted, logged, a retry is due): what it wrote is unknown
-        applying = self.routes.apply(self.calc.desired, delete_unknown_gateway_routes=bgp_in_sync,
-                                     changed=None if full else changed)  # reads desired now
-        if full or len(changed) < PIPELINE_MIN:
-            result = await applying
-        else:  # written while the next reconcile takes and calculates what arrived meanwhile
+        inline = full or len(changed) < PIPELINE_MIN
+        with _gc_paused(inline):
+            applying = self.routes.apply(self.calc.desired, delete_unknown_gateway_routes=bgp_in_sync,
+                                         changed=None if full else changed)  # reads desired now
+            if inline:
+                result = await applying
+        if full:  # the calculation and the route table's cache (a dump) are new: freeze them
+            _freeze_long_lived()
+        if not inline:  # written while the next reconcile takes and calculates what arrived meanwhile
             self._applying = asyncio.ensure_future(self._apply_in_background(applying))
         self._full_apply = not bgp_in_sync
         self._calc_ready = True
@@ -477,7 +483,6 @@ class Agent:
         workloads = self._workloads.reset(self.state)
         changed = self.calc.rebuild(replace(inp, workloads=workloads, learned=learned))
         self._desired, self._unroutable = self.calc.desired, self.calc.problems
-        _freeze_long_lived()
         return changed
 
     def _schedule_route_retries(self, result) -> None:
@@ -610,13 +615,31 @@ class GcPauses:
                 "pauses_over_1ms": self.over_1ms, "pauses_over_5ms": self.over_5ms}
 
 
+@contextlib.contextmanager
+def _gc_paused(pause: bool = True) -> Iterator[None]:
+    """No cyclic GC pass while a route apply runs (``pause``): ``RouteTable.apply`` holds every
+    desired route in a new list while it runs (its full-diff fallback: 100k items at 100k
+    routes), and a pass that finds that list young walks all of it, 1-10 ms (the tail of the
+    pod-event latency). What is allocated meanwhile is looked at by the first pass after."""
+    if not pause or not gc.isenabled():  # off: the first load, or a caller's own pause
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _freeze_long_lived() -> None:
-    """After a rebuild: collect the garbage it left, then move every live object into the
-    permanent generation (``gc.freeze``), which no collection walks. At 100k routes the datastore
-    view and the calculation are millions of long-lived objects: full collections walked them all
-    for 0.6-1.5 s each (collecting nothing) and stalled the loop. The cost of freezing: a cycle
-    among frozen objects that becomes garbage later is not collected (a few objects per rebuild
-    at most: our own structures hold no cycles). Turns the GC back on after the first load."""
+    """After a full route apply (a rebuilt calculation, the route table's cache refilled by a
+    dump): collect the garbage, then move every live object into the permanent generation
+    (``gc.freeze``), which no collection walks. At 100k routes the datastore view, the calculation
+    and the route cache are millions of long-lived objects: full collections walked them all for
+    0.6-1.5 s each (collecting nothing) and stalled the loop. After the apply, not before, so that
+    what the apply made is frozen too. The cost of freezing: a cycle among frozen objects that
+    becomes garbage later is not collected (a few objects per rebuild at most: our own
+    structures hold no cycles). Turns the GC back on after the first load."""
     gc.collect()
     gc.freeze()
     gc.enable()

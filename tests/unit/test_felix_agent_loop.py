@@ -232,6 +232,61 @@ def test_unhonoured_felix_fields_are_logged_at_start_and_when_they_change(tmp_pa
                       "pycalico (no effect)"]
 
 
+def test_no_gc_pass_runs_while_a_route_apply_holds_every_route(tmp_path):
+    """Regression (issue 8): RouteTable.apply holds every desired route in a new list while it
+    runs (its full-diff fallback: 100k items at 100k routes), and a GC pass during it walked that
+    list, 1-10 ms: the pod-event p99 tail. The agent pauses the cyclic GC for the apply, and
+    only for it. The route table is replaced at its seam; the calculation is real."""
+    import gc
+
+    from crds import load
+    from datastore.syncer import InSync, Update
+    from felix.dataplane import ApplyResult
+
+    cfg = AgentConfig(node="n1", ipv4=ipaddress.IPv4Interface("10.0.0.1/24"), datastore_type="memory",
+                      etcd_endpoints=None, run_dir=tmp_path, bgp=False)
+    agent = Agent(cfg, MemoryDatastore())
+    during: list[bool] = []
+
+    class Routes:
+        def apply(self, desired, **kw):
+            async def run():
+                during.append(gc.isenabled())
+                return ApplyResult()
+            return run()
+
+    async def configure() -> bool:
+        return True
+
+    def update(doc: dict):
+        r = load({"apiVersion": "projectcalico.org/v3", **doc})
+        return Update(r.KIND, r.metadata.namespace, r.name, r)
+
+    agent.routes, agent._configure = Routes(), configure
+    agent.state.apply([
+        update({"kind": "IPPool", "metadata": {"name": "p"}, "spec": {"cidr": "10.244.0.0/16"}}),
+        update({"kind": "Node", "metadata": {"name": "n1"}, "spec": {"bgp": {"ipv4Address": "10.0.0.1/24"}}}),
+        InSync(1)])
+
+    async def main() -> None:
+        agent._causes_now = {"event"}
+        await agent._reconcile()  # the first: a rebuild and a full apply
+        agent.state.apply([update({
+            "kind": "WorkloadEndpoint", "metadata": {"name": "n1-k8s-a-eth0", "namespace": "default"},
+            "spec": {"node": "n1", "pod": "a", "interfaceName": "cali0123456789a",
+                     "ipNetworks": ["10.244.1.5/32"]}})])
+        await agent._reconcile()  # a pod event: incremental
+        assert agent.calc.desired[ipaddress.ip_network("10.244.1.5/32")].dev == "cali0123456789a"
+
+    assert gc.isenabled()
+    try:
+        asyncio.run(main())
+        assert during == [False, False] and gc.isenabled()
+    finally:
+        gc.unfreeze()  # the full apply froze this test process's objects
+        gc.enable()
+
+
 def test_the_datastore_type_follows_the_endpoints_given_anywhere(monkeypatch):
     """Regression: --etcd-endpoints on the command line still meant the kubernetes default."""
     from felix.agent import parse_args
