@@ -867,7 +867,7 @@ class Speaker:
         for peer in self._peers.values():
             if peer.state == "up":
                 self._rib.peer_down(peer.spec.address)
-            peer.reason = reason
+            peer.reason, peer.cause = reason, ""  # the child's fate is news to every session
             self._leave_up(peer, "idle")
         self._reflect()
         self._schedule_expiry()

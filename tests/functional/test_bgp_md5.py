@@ -13,11 +13,13 @@ import base64
 import stat
 import subprocess
 import time
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
 from bgp.peers import PeerSpec
+from bgp.speaker import Speaker
 from tests.functional.test_bgp_interop import BIRD_CONF, OUR_BLOCK, OUTSIDE, PEER, PEER_BLOCK, US, \
     Bird, _established, _start_speaker
 from tests.helpers import veth_between, wait_for
@@ -101,3 +103,50 @@ def test_mismatched_password_never_establishes(link, procs, loop_thread, tmp_pat
                  what="session up once our password matches BIRD's")
     finally:
         lt.run(speaker.stop())
+
+
+# -- two of our speakers, as two mesh nodes: the higher address is passive and takes the signed
+# connection on ExaBGP's listening socket (the key set per peer address there) -----------------
+
+A, B = IPv4Address("10.250.1.1"), IPv4Address("10.250.1.2")
+
+
+def _mesh_speaker(lt, ns: str, me: IPv4Address, other: IPv4Address, run_dir: Path,
+                  password: str | None) -> Speaker:
+    async def make() -> Speaker:
+        return Speaker(node_name=ns, router_id=me, local_address=me, local_asn=64512,
+                       run_dir=run_dir, on_change=lambda: None, netns=ns, hold_time=9,
+                       sync_deadline=60.0)
+    speaker = lt.run(make())
+    lt.run(speaker.set_peers(frozenset({_mesh_peer(me, other, password)})))
+    lt.run(speaker.start())
+    return speaker
+
+
+def _mesh_peer(me: IPv4Address, other: IPv4Address, password: str | None) -> PeerSpec:
+    return PeerSpec(address=other, asn=64512, local_asn=64512, passive=me > other,
+                    peer_type="node-to-node mesh", name="other", password=password)
+
+
+def _up(lt, speaker) -> bool:
+    return [s.state for s in lt.call(speaker.peer_status)] == ["up"]
+
+
+def test_mesh_password_between_our_speakers_active_and_passive(netns, loop_thread, tmp_path):
+    """B (higher address) is passive: its ExaBGP must hold A's key on the listening socket. A
+    wrong key on B keeps the session down; the right one brings it up without a restart."""
+    lt = loop_thread
+    ns_a, ns_b = netns("m5x"), netns("m5y")
+    veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")
+    sa = _mesh_speaker(lt, ns_a, A, B, tmp_path / "a", PASSWORD)
+    sb = _mesh_speaker(lt, ns_b, B, A, tmp_path / "b", "wrong")
+    try:
+        deadline = time.monotonic() + NEVER_WINDOW
+        while time.monotonic() < deadline:
+            assert not _up(lt, sa) and not _up(lt, sb), "mesh session up with different keys"
+            time.sleep(0.2)  # the polling interval of this check, not a synchronisation
+        lt.run(sb.set_peers(frozenset({_mesh_peer(B, A, PASSWORD)})))
+        wait_for(lambda: _up(lt, sa) and _up(lt, sb), NEVER_WINDOW, what="mesh session up with one key")
+    finally:
+        lt.run(sa.stop())
+        lt.run(sb.stop())

@@ -6,7 +6,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from bgp.peers import PeerSpec
-from bgp.speaker import _Peer, notification_reason
+from bgp.speaker import Speaker, _Peer, notification_reason
 
 SPEC = PeerSpec(IPv4Address("10.0.0.2"), 64512, 64512, False, "node-to-node mesh", "n2")
 
@@ -41,3 +41,14 @@ def test_notification_reason():
     assert notification_reason(3, 11, "") == "Received: UPDATE message error (3/11)"
     assert notification_reason(9, 9, "odd") == "Received: Notification (9/9) odd"
     assert notification_reason(2, 2, "bad peer as") == "Received: Bad peer AS (2/2)"
+
+
+def test_an_exabgp_restart_replaces_an_earlier_cause(tmp_path):
+    """Every session goes down with the child: that is the reason now, not the last NOTIFICATION."""
+    speaker = Speaker(node_name="n1", router_id=IPv4Address("10.0.0.1"),
+                      local_address=IPv4Address("10.0.0.1"), local_asn=64512, run_dir=tmp_path,
+                      on_change=lambda: None)
+    speaker._peers[SPEC.address] = _Peer(SPEC, state="idle", cause="Received: Bad peer AS (2/2)")
+    speaker._all_peers_down("down: exabgp exited with code 1")
+    [status] = speaker.peer_status()
+    assert status.reason == "down: exabgp exited with code 1", status
