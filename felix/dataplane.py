@@ -57,6 +57,7 @@ their blockers) is carried over.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import socket
@@ -214,6 +215,7 @@ class RouteTable:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
+        _return_large_blocks()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="routetable")
         try:
             # In the worker: entering the namespace is a per-thread setns; the socket keeps it.
@@ -534,6 +536,7 @@ class RouteTable:
             if dump:
                 self._dumping = True
                 self._pending.clear()  # older than the dump about to start
+                self._cache = None  # dropped before the dump: never two 100k-route caches at once
         if dump:
             try:
                 fresh = self._snapshot()
@@ -758,6 +761,26 @@ class RouteTable:
         for dst in self._failing.keys() - failed.keys():
             log.info("route programmed after earlier failure: %s", dst)
         self._failing = dict(failed)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _return_large_blocks() -> None:
+    """Make glibc give blocks of 128 KiB and more back to the kernel when they are freed.
+
+    An apply at 100k routes builds and drops multi-megabyte dicts and lists (a dump, a plan).
+    glibc's default raises its mmap threshold to the size of the largest block freed, so after
+    the first such apply they came from the heap, which small blocks in between kept from
+    shrinking: bench.kernel_routes measured a peak RSS 14 MB higher at 100k routes (84.5 against
+    70.7 MB), with the same allocations. Setting the threshold fixes it (and stops the dynamic
+    adjustment) for the whole process; not glibc (no ``mallopt``): nothing to do.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
 
 
 async def _in_worker(worker: ThreadPoolExecutor, fn, *args):
