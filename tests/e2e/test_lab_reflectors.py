@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bgp.peers import NODE_PEER_TYPE
 from felix.status import RUN_ROOT
 from tests import helpers
 from tests.helpers import wait_for
@@ -138,7 +139,7 @@ def test_mesh_to_reflector_and_back_loses_no_packet(mesh_lab, tmp_path):
         make_reflector(tmp_path, rr, True)
         apply(tmp_path, RR_PEER)
         apply(tmp_path, bgp_configuration(mesh=False))
-        wait_for(lambda: all(peers(c) == {address[rr]: ("global", "Established")} for c in clients)
+        wait_for(lambda: all(peers(c) == {address[rr]: (NODE_PEER_TYPE, "Established")} for c in clients)
                  and set(peers(rr)) == {address[c] for c in clients}, timeout=60, interval=0.5,
                  what="the clients' only session is to the reflector")
 
