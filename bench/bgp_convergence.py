@@ -24,8 +24,9 @@ with a dump.
 JSON keys: prefixes, learn_s, withdraw_s, learn_bird_s, withdraw_bird_s, ratio_learn_vs_bird,
 ratio_withdraw_vs_bird, learn_exabgp_alone_s, withdraw_exabgp_alone_s, exabgp_alone_cpu_s,
 ratio_learn_vs_exabgp_alone, ratio_withdraw_vs_exabgp_alone, agent_cpu_s / exabgp_cpu_s (user+system CPU spent during the learn and
-withdraw phases), agent_rss_mb / exabgp_rss_mb (peak: VmHWM over the whole run), goal_ratio (vs
-BIRD), goal_ratio_exabgp_alone.
+withdraw phases; per phase: agent_learn_cpu_s, agent_withdraw_cpu_s, exabgp_learn_cpu_s,
+exabgp_withdraw_cpu_s), agent_rss_mb / exabgp_rss_mb (peak: VmHWM over the whole run) and their sum
+agent_exabgp_rss_mb, goal_ratio (vs BIRD), goal_ratio_exabgp_alone, goal_agent_exabgp_rss_mb.
 ``--profile FILE`` runs the agent under cProfile (written when it stops; slower).
 PNG: ``bench/out/bgp_convergence.png`` (routes in the kernel over time, both receivers).
 """
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("needs root (network namespaces)")
     if not 0 < a.prefixes <= POOL.num_addresses // 64:
         p.error(f"--prefixes: 1 .. {POOL.num_addresses // 64}")
-    result: dict = {"prefixes": a.prefixes, "goal_ratio": 3.0, "goal_ratio_exabgp_alone": 1.25}
+    result: dict = {"prefixes": a.prefixes, "goal_ratio": 3.0, "goal_ratio_exabgp_alone": 1.25,
+                    "goal_agent_exabgp_rss_mb": 120}
     series: dict[str, tuple] = {}
     with tempfile.TemporaryDirectory(prefix="bench-bgp-") as tmp:
         if not a.skip_bird:
@@ -197,28 +199,39 @@ def run_pycalico(n: int, work: Path, profile: Path | None) -> dict:
         time.sleep(1.0)  # End-of-RIB both ways and the agent's reconcile after it
         cpu0 = cpu_s(agent.pid), cpu_s(exabgp)
         with KernelWatch(node_ns, AGENT_PROTO) as watch:
-            out = measure(source, watch, n)
+            out = measure(source, watch, n, {"agent": agent.pid, "exabgp": exabgp})
         out["agent_cpu_s"] = round(cpu_s(agent.pid) - cpu0[0], 2)
         out["exabgp_cpu_s"] = round(cpu_s(exabgp) - cpu0[1], 2)
         out["agent_rss_mb"] = hwm_mb(agent.pid)
         out["exabgp_rss_mb"] = hwm_mb(exabgp)
+        out["agent_exabgp_rss_mb"] = round(out["agent_rss_mb"] + out["exabgp_rss_mb"], 1)
         agent.send_signal(signal.SIGTERM)  # a clean exit writes the profile
         agent.wait(timeout=60)
         return out
 
 
-def measure(source: Bird, watch: KernelWatch, n: int) -> dict:
+def measure(source: Bird, watch: KernelWatch, n: int, cpu: dict[str, int] | None = None) -> dict:
+    """Learn and withdraw times; with ``cpu`` ({name: pid}), each process's CPU seconds in each
+    phase too (``<name>_learn_cpu_s``, ``<name>_withdraw_cpu_s``)."""
     if watch.count() != 0:
         raise SystemExit("the receiver's kernel has routes of its proto before the start")
+    cpu = cpu or {}
+    before = {name: cpu_s(pid) for name, pid in cpu.items()}
     t0 = time.monotonic()
     source.cli("enable", "st")
     learn = watch.until(n, t0)
+    middle = {name: cpu_s(pid) for name, pid in cpu.items()}
     t1 = time.monotonic()
     source.cli("disable", "st")
     withdraw = watch.until(0, t1)
+    after = {name: cpu_s(pid) for name, pid in cpu.items()}
     print(f"{watch.ns}: learn {learn:.2f} s, withdraw {withdraw:.2f} s", flush=True)
-    return {"learn_s": round(learn, 2), "withdraw_s": round(withdraw, 2),
-            "series": (t0, list(watch.series))}
+    out = {"learn_s": round(learn, 2), "withdraw_s": round(withdraw, 2),
+           "series": (t0, list(watch.series))}
+    for name in cpu:
+        out[f"{name}_learn_cpu_s"] = round(middle[name] - before[name], 2)
+        out[f"{name}_withdraw_cpu_s"] = round(after[name] - middle[name], 2)
+    return out
 
 
 # -- BIRD ------------------------------------------------------------------------------------------
