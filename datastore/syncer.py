@@ -72,8 +72,9 @@ class Syncer:
                  on_fatal: Callable[[BaseException], None] | None = None,
                  reduce: Callable[[Resource], Any] | None = None) -> None:
         """``reduce``: applied to every resource read, in the syncer's thread, before the consumer
-        sees it (the agent keeps only a few fields of an IPAM block: each model is dropped as soon
-        as it is reduced, so 100k of them are not held in the snapshot and the state at once)."""
+        sees it (the agent keeps only a few fields of an IPAM block). A snapshot is reduced as the
+        datastore decodes it (``snapshot_reduced``): on etcd, 100k block models are never all
+        held at once."""
         self._ds, self._kinds, self._on_batch = ds, tuple(kinds), on_batch
         self._reduce = reduce or _same
         self._retry_delay, self._max_retry_delay = retry_delay, max_retry_delay
@@ -145,15 +146,14 @@ class Syncer:
             self._on_batch(items)
 
     def _resync(self) -> int:
-        listing = self._ds.snapshot(self._kinds)
-        items, reduce = listing.items, self._reduce
+        reduce = self._reduce
+        # decoded and reduced one at a time, where the datastore can: no 100k models at once
+        listing = self._ds.snapshot_reduced(self._kinds, lambda res: (res.key, reduce(res)))
         batch: Batch = []
         now = set()
-        for i, res in enumerate(items):
-            items[i] = None  # the listing's reference goes: a reduced resource is freed here
-            key = res.key
+        for key, item in listing.items:
             now.add(key)
-            batch.append(Update(*key, reduce(res)))
+            batch.append(Update(*key, item))
         batch.extend(Update(*key, None) for key in sorted(self._known - now, key=str))
         self._known = now
         batch.append(InSync(listing.revision))

@@ -82,6 +82,18 @@ def test_invalid_data_is_skipped_with_a_warning(ds, raw, caplog):
         ds.get("IPPool", "junk")
 
 
+def test_a_reduced_snapshot_is_the_snapshot_reduced_invalid_data_still_skipped(ds, raw):
+    """Issue 8: the agent's syncer reads IPAM blocks reduced to a few fields as etcd's values are
+    decoded (snapshot_reduced), instead of holding 100k models at once."""
+    ds.create(pool("good"))
+    ds.create(pool("other"))
+    raw.put(POOLS + "junk", "{not json")
+    full = ds.snapshot(["IPPool", "Node"])
+    reduced = ds.snapshot_reduced(["IPPool", "Node"], lambda res: (res.key, res.spec.cidr))
+    assert reduced.revision == full.revision
+    assert reduced.items == [(r.key, r.spec.cidr) for r in full.items] and len(full.items) == 2
+
+
 def test_watch_skips_invalid_data_and_drops_a_resource_made_invalid(ds, raw, caplog):
     start = current_revision(ds)
     raw.put(POOLS + "junk", "{not json")  # never valid: skipped
