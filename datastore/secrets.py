@@ -52,8 +52,9 @@ class SecretWatcher:
     """``resolve(refs)`` starts watching the Secrets ``refs`` name (and stops the others) and
     returns the values it has: ``{ref: value}`` for each ref whose Secret and key exist."""
 
-    def __init__(self, ds, namespace: str, on_change: Callable[[], None]) -> None:
-        self._ds, self._namespace, self._on_change = ds, namespace, on_change
+    def __init__(self, ds, namespace: str, on_change: Callable[[], None], *, owned: bool = False) -> None:
+        """``owned``: ``ds`` was made for this reader alone, and is closed with it."""
+        self._ds, self._namespace, self._on_change, self._owned = ds, namespace, on_change, owned
         self._lock = threading.Lock()
         self._data: dict[str, dict[str, str]] = {}  # secret name -> key -> value
         self._watches: dict[str, _SecretWatch] = {}
@@ -97,6 +98,8 @@ class SecretWatcher:
         for watch in self._watches.values():
             watch.close()
         self._watches.clear()
+        if self._owned:
+            self._ds.close()
 
 
 class NoSecrets:
@@ -240,7 +243,7 @@ def for_agent(ds, kubeconfig: str | None, on_change: Callable[[], None],
         return NoSecrets("the datastore is not Kubernetes and no Kubernetes API is configured "
                          "(KUBECONFIG) to read Secrets from")
     try:
-        return SecretWatcher(connect(kubeconfig), namespace, on_change)
+        return SecretWatcher(connect(kubeconfig), namespace, on_change, owned=True)
     except ValueError as exc:
         return NoSecrets(str(exc))
 

@@ -10,6 +10,7 @@ naming the BGPPeer, the field and the Secret.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -161,6 +162,7 @@ def test_agent_reads_watches_and_drops_the_bgppeer_password(netns, procs, tmp_pa
 
     wait_for(lambda: bird.state() == "Established", 30, what="BIRD established with the Secret's password")
     assert [(p["address"], p["state"]) for p in peers()] == [(BIRD_IP, "up")]
+    assert MARK not in json.dumps(query(node, "status", path=sock)), "password in node status"
 
     # A new password in the Secret: the session moves to it (BIRD still has the old one: down),
     # then comes back once BIRD has the new one too. The agent is the same process throughout.

@@ -91,3 +91,22 @@ def test_no_kubernetes_api_resolves_nothing(monkeypatch):
     reader = for_agent(object(), None, lambda: None)
     assert isinstance(reader, NoSecrets)
     assert reader.resolve([REF]) == {}
+
+
+def test_etcd_mode_with_a_kubeconfig_reads_secrets_through_the_kubernetes_api(
+        core, fresh_apiserver, tmp_path, monkeypatch):  # noqa: F811
+    """As Calico: the etcd datastore holds the resources, the Kubernetes API the Secrets."""
+    import hostio
+    from lab.apiserver.launch import kubeconfig
+
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)  # the default: kube-system
+    config = tmp_path / "kubeconfig"
+    hostio.write_private(config, kubeconfig(fresh_apiserver.url))
+    core.create_namespaced_secret(NS, secret("bgp-secrets", {"mesh": "via-k8s"}))
+    changed = threading.Event()
+    reader = for_agent(object(), str(config), changed.set)  # any datastore that is not Kubernetes
+    try:
+        assert isinstance(reader, SecretWatcher)
+        wait_for(lambda: reader.resolve([REF]) == {REF: "via-k8s"}, 10, what="secret read")
+    finally:
+        reader.close()
