@@ -68,6 +68,10 @@ CHILD_EXIT_GRACE = 0.5
 # blocks) and the 100k-prefix benchmark; it stops a peer that floods us, not a big cluster.
 DEFAULT_MAX_PREFIXES = 200_000
 MAX_PREFIX_REASON = "max-prefix exceeded"
+# A peer torn down for max-prefix stays out of ExaBGP's config this long once its session is down
+# (else ExaBGP reconnects at once, and the peer floods us again every few seconds); then it may
+# try again (BIRD's "receive limit ... action restart", Cisco's "maximum-prefix ... restart").
+MAX_PREFIX_HOLD_DOWN = 60.0
 RELOAD_DEBOUNCE = 0.1  # seconds of quiet after a peer change before ExaBGP reloads its config
 RELOAD_MAX_DELAY = 1.0  # ... but at most this long after the first change of a burst
 # What ``node status`` adds to a session kept by make-before-break (bgp.transition).
@@ -137,6 +141,7 @@ class _Peer:
     cause: str = ""
     synced: bool = False  # has been up and sent End-of-RIB at least once
     eor: bool = False  # sent End-of-RIB since it last came up
+    held_down: bool = False  # left out of ExaBGP's config for MAX_PREFIX_HOLD_DOWN
 
     def status(self) -> PeerStatus:
         s = self.spec
@@ -256,7 +261,8 @@ class Speaker:
                  gr_restart_time: int = 120, sync_deadline: float = 30.0,
                  liveness_interval: float = 10.0, liveness_timeout: float = 30.0,
                  drain_deadline: float = transition.DEADLINE,
-                 max_prefixes: int | None = DEFAULT_MAX_PREFIXES) -> None:
+                 max_prefixes: int | None = DEFAULT_MAX_PREFIXES,
+                 max_prefix_hold_down: float = MAX_PREFIX_HOLD_DOWN) -> None:
         self._node = node_name
         self._local_asn = local_asn
         self._run_dir = Path(run_dir)
@@ -273,7 +279,7 @@ class Speaker:
             hold_time=hold_time, gr_restart_time=gr_restart_time, port=listen_port)
         self._env = exabgp_env(local_address, listen_port)
         self._rib = Rib(restart_time=gr_restart_time, router_id=router_id)
-        self._max_prefixes = max_prefixes
+        self._max_prefixes, self._hold_down_time = max_prefixes, max_prefix_hold_down
         self._reflector = reflect.Reflector()
         self._cluster_id: IPv4Address | None = None
         self._peers: dict[IPv4Address, _Peer] = {}
@@ -560,7 +566,8 @@ class Speaker:
 
     def _write_config(self) -> bool:
         """Render the config; write it only if it changed. Returns whether it changed."""
-        cfg = dataclasses.replace(self._base, peers=frozenset(p.spec for p in self._peers.values()))
+        cfg = dataclasses.replace(self._base, peers=frozenset(
+            p.spec for p in self._peers.values() if not p.held_down))
         text = exabgp_conf.render(cfg)
         if text == self._config_text:
             return False
@@ -805,6 +812,25 @@ class Speaker:
                 peer.cause = MAX_PREFIX_REASON  # outranks the down reason until it is up again
             self._send([protocol.teardown_command(address, protocol.CEASE_MAX_PREFIXES)])
 
+    def _hold_down(self, peer: _Peer) -> None:
+        """Keep a peer torn down for max-prefix out of ExaBGP's config for a while (the hold-down)."""
+        address = peer.spec.address
+        log.warning("peer held down after exceeding max-prefix", extra={
+            "node": self._node, "peer": str(address), "seconds": self._hold_down_time})
+        peer.held_down = True
+        self._reload_soon()
+        name = f"hold-down {address}"
+        self._cancel_timer(name)
+        self._timers[name] = asyncio.get_running_loop().call_later(
+            self._hold_down_time, self._release_hold, address)
+
+    def _release_hold(self, address: IPv4Address) -> None:
+        self._timers.pop(f"hold-down {address}", None)
+        peer = self._peers.get(address)
+        if peer is not None and peer.held_down:
+            peer.held_down = False
+            self._reload_soon()
+
     def _dispatch(self, event: protocol.Event) -> bool:
         match event:
             case protocol.Ack() | protocol.CommandError():
@@ -854,6 +880,8 @@ class Speaker:
                                                        "reason": reason})
             # "Socket: <error>" (a connect that failed, exabgp_main) as BIRD says it; else ExaBGP's words.
             peer.reason = reason if reason.startswith("Socket: ") else f"down: {reason}" if reason else "down"
+            if peer.cause == MAX_PREFIX_REASON and not peer.held_down:
+                self._hold_down(peer)
             self._leave_up(peer, "idle")
         elif state not in ("established", "connected"):  # 'up' is the signal for established
             self._leave_up(peer, state)

@@ -70,11 +70,12 @@ class RogueBird(Bird):
         wait_for(lambda: self._alive() and self.sock.exists(), 10, what="bird control socket")
 
 
-def _speaker(lt: LoopThread, ns: str, run_dir: Path, max_prefixes: int | None) -> Speaker:
+def _speaker(lt: LoopThread, ns: str, run_dir: Path, max_prefixes: int | None,
+             hold_down: float = 60.0) -> Speaker:
     async def make() -> Speaker:
         return Speaker(node_name="us", router_id=US, local_address=US, local_asn=64512,
                        run_dir=run_dir, on_change=lambda: None, netns=ns, hold_time=9,
-                       sync_deadline=60.0, max_prefixes=max_prefixes)
+                       sync_deadline=60.0, max_prefixes=max_prefixes, max_prefix_hold_down=hold_down)
     speaker = lt.run(make())
     speaker.set_import_filter(frozenset({POOL}), frozenset({OUR_BLOCK}))
     # What the agent takes from IPAM: each block's affine node, each borrowed /32's holder.
@@ -126,7 +127,8 @@ def test_a_peer_over_its_max_prefix_limit_is_torn_down_with_cease_and_shown(
     ns_us, ns_rogue = netns("rmu"), netns("rmb")
     veth_between(ns_us, "eth0", f"{US}/24", ns_rogue, "eth0", f"{ROGUE}/24")
     bird = RogueBird(ns_rogue, tmp_path / "bird", procs, [ROGUE_BLOCK, *FLOOD[:300]])
-    speaker = _speaker(lt, ns_us, tmp_path / "us", max_prefixes=100)
+    speaker = _speaker(lt, ns_us, tmp_path / "us", max_prefixes=100, hold_down=3.0)
+    conf = tmp_path / "us" / "exabgp.conf"
     try:
         wait_for(lambda: _counters(lt, speaker).get("max_prefix_exceeded", 0) >= 1, 30,
                  what="the limit of 100 exceeded")
@@ -137,5 +139,14 @@ def test_a_peer_over_its_max_prefix_limit_is_torn_down_with_cease_and_shown(
                  10, what="node status shows the peer down with reason max-prefix exceeded")
         assert lt.call(speaker.learned_routes) == frozenset()  # nothing of it is kept
         assert _counters(lt, speaker)["rejected_max_prefix"] >= 101
+        # Held down: out of ExaBGP's config (no reconnect and flood every few seconds), then back
+        # after the hold-down, when it floods again and is torn down again.
+        wait_for(lambda: f"neighbor {ROGUE}" not in conf.read_text(), 10,
+                 what="the peer left out of ExaBGP's config during its hold-down")
+        wait_for(lambda: f"neighbor {ROGUE}" in conf.read_text(), 10,
+                 what="the peer back in ExaBGP's config after its hold-down")
+        wait_for(lambda: _counters(lt, speaker).get("max_prefix_exceeded", 0) >= 2, 30,
+                 what="the peer over its limit again after the hold-down")
+        assert lt.call(speaker.learned_routes) == frozenset()
     finally:
         lt.run(speaker.stop())
