@@ -245,7 +245,7 @@ class BirdReflector:
 class AgentReflector:
     name = "pycalico reflector"
 
-    def __init__(self, procs: Procs, ns: str, work: Path, clients: list[str], _blocks,
+    def __init__(self, procs: Procs, ns: str, work: Path, clients: list[str], blocks,
                  as_shipped: bool = False) -> None:
         from bgp.exabgp_share import ENV_SWITCH
         from lab.netns import in_netns
@@ -254,7 +254,7 @@ class AgentReflector:
         work.mkdir(mode=0o700)
         url = f"http://127.0.0.1:{free_port()}"
         start_etcd_in(procs, ns, url, work / "etcd")
-        in_netns(ns, seed, url, clients)
+        in_netns(ns, seed, url, clients, blocks)
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         if as_shipped:
             env[ENV_SWITCH] = "0"  # the agent's environment is its ExaBGP's
@@ -278,8 +278,10 @@ class AgentReflector:
                 "exabgp_rss_mb": exabgp, "reflector_rss_mb": round(agent + exabgp, 1)}
 
 
-def seed(url: str, clients: list[str]) -> None:
-    """The source article's reflector setup, with the clients as Nodes."""
+def seed(url: str, clients: list[str], blocks: list[list[IPv4Network]]) -> None:
+    """The source article's reflector setup, with the clients as Nodes and each client's blocks
+    as IPAM blocks affine to it: the reflector's origin validation (bgp.policy) accepts a block
+    only from the node IPAM says owns it, as in a cluster."""
     import datastore
     from crds import load
 
@@ -296,6 +298,9 @@ def seed(url: str, clients: list[str]) -> None:
          "spec": {"bgp": {"ipv4Address": f"{RR}/24", "routeReflectorClusterID": CLUSTER_ID}}},
         *({"kind": "Node", "metadata": {"name": f"client-{i}"},
            "spec": {"bgp": {"ipv4Address": f"{addr}/24"}}} for i, addr in enumerate(clients)),
+        *({"kind": "IPAMBlock", "metadata": {"name": str(b).replace(".", "-").replace("/", "-")},
+           "spec": {"cidr": str(b), "affinity": f"host:client-{i}"}}
+          for i, own in enumerate(blocks) for b in own),
     ]
     for doc in docs:
         ds.create(load({"apiVersion": v3, **doc}))
