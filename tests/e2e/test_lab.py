@@ -76,6 +76,35 @@ def test_node_status_shows_two_established_mesh_peers(lab):
     assert all("| up " in r and "Established" in r for r in rows), out
 
 
+def test_node_status_says_why_a_peer_is_not_up(lab, tmp_path):
+    """Issue 9 item 6: a BGPPeer to a host where nothing listens on 179 (the fabric's etcd
+    address) is shown as calicoctl shows BIRD's: STATE start, INFO the BGP state and the socket
+    error; the mesh sessions stay up."""
+    from lab.topology import ETCD_IP
+
+    peer = tmp_path / "nothing-there.yaml"
+    peer.write_text(json.dumps({"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
+                                "metadata": {"name": "nothing-there"},
+                                "spec": {"peerIP": ETCD_IP, "asNumber": 65009}}))
+
+    def status() -> str:
+        return ctl("node", "status", "--node", f"{LAB}-node1", check=False).stdout
+
+    def refused_row() -> str | None:
+        return next((ln for ln in status().splitlines()
+                     if f"| {ETCD_IP} " in ln and "Connection refused" in ln), None)
+    try:
+        ctl("lab", "apply", "--name", LAB, "-f", str(peer))
+        row = wait_for(refused_row, 30, what="node status giving the refused peer's reason")
+        assert "| global " in row and "| start " in row, row
+        assert "Active Socket: Connection refused" in row, row
+        mesh = [ln for ln in status().splitlines() if "node-to-node mesh" in ln]
+        assert len(mesh) == 2 and all("| up " in r for r in mesh), mesh
+    finally:
+        ctl("--lab", LAB, "delete", "bgppeer", "nothing-there", check=False)
+    wait_for(lambda: ETCD_IP not in status(), 30, what="the deleted peer gone from node status")
+
+
 def test_node_routes_lists_reasons_and_kernel_state(lab):
     out = ctl("node", "routes", "--node", f"{LAB}-node1").stdout
     assert "local block" in out and "local workload" in out and "learned from" in out, out
