@@ -56,6 +56,9 @@ class Block:
     cidr: IPv4Network
     node: str
 
+    def __hash__(self) -> int:  # from ``_key``: an IPv4Network hash is Python code (100k blocks)
+        return hash((_key(self.cidr), self.node))
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -213,6 +216,7 @@ class _Context:
         me = self.hosts.get(inp.node)
         self.subnet = me.ip.network if me is not None and me.ip is not None else None
         self.problems: dict[IPv4Network, str] = {}
+        self._reasons: dict[tuple[str, str, str], str] = {}
         # (address, mask, length, cidr) per pool, in the frozenset's order: ``subnet_of`` in
         # integers (ipaddress's own was most of a rebuild's time at 100k blocks)
         self._pools = _bits(inp.pools)
@@ -237,13 +241,14 @@ class _Context:
 
     def affinity_routes(self) -> list[DesiredRoute]:
         out = []
+        # by _key, not by IPv4Network (hash, int): a rebuild at 100k blocks spent most of its time there
         remote = _first_per_key((b for b in self.inp.blocks if b.node != self.inp.node),
-                                key=lambda b: b.cidr, order=lambda b: b.node)
-        for block in sorted(remote, key=lambda b: (int(b.cidr.network_address), b.cidr.prefixlen)):
+                                key=lambda b: _key(b.cidr), order=lambda b: b.node)
+        for block in sorted(remote, key=lambda b: _key(b.cidr)):
             cidr = self.pool_cidr(block.cidr)
             if cidr is None:
                 continue  # outside every pool: never routed (the import filter's rule)
-            route = self._route_to(block.cidr, block.node, self.encap.get(cidr, PoolEncap(cidr)),
+            route = self._route_to(block.cidr, block.node, self._pool_encap[id(cidr)],
                                    "block affinity", bgp_brings_it=self.inp.bgp)
             if route is not None:
                 out.append(route)
@@ -283,10 +288,21 @@ class _Context:
             if host.vtep_ip is None or host.vtep_mac is None:
                 self.problems[dst] = f"node {node} has no VXLAN tunnel address and MAC yet"
                 return None
-            return _via(dst, host.vtep_ip, VXLAN_DEV, f"vxlan to {node}" + _suffix(why))
+            return _via(dst, host.vtep_ip, VXLAN_DEV, self._reason("vxlan", node, why))
         if pool.vxlan == NEVER and pool.ipip != NEVER and self.tunnelled(pool.ipip, node_ip):
-            return _via(dst, node_ip, IPIP_DEV, f"ipip to {node}" + _suffix(why))
-        return _via(dst, node_ip, None, f"direct to {node} ({why})")
+            return _via(dst, node_ip, IPIP_DEV, self._reason("ipip", node, why))
+        return _via(dst, node_ip, None, self._reason("direct", node, why))
+
+    def _reason(self, path: str, node: str, why: str) -> str:
+        """One string per (path, node, why), shared by all the routes it explains (100k blocks
+        of 1000 nodes: 100k strings otherwise)."""
+        key = (path, node, why)
+        reason = self._reasons.get(key)
+        if reason is None:
+            reason = (f"direct to {node} ({why})" if path == "direct"
+                      else f"{path} to {node}" + _suffix(why))
+            self._reasons[key] = reason
+        return reason
 
 
 def _suffix(why: str) -> str:
@@ -456,7 +472,7 @@ class RouteCalc:
     >>> calc = RouteCalc()
     >>> calc.rebuild(CalcInput(node="n1", pools=frozenset({IPv4Network("10.244.0.0/16")}),
     ...     blocks=frozenset(), workloads=frozenset(), learned=frozenset()))
-    set()
+    Destinations(set())
     >>> w = Workload(IPv4Address("10.244.1.5"), "cali0123456789a", "n1", "default/web")
     >>> calc.update(workloads_added=[w]) == {IPv4Network('10.244.1.5/32')}
     True
@@ -479,7 +495,7 @@ class RouteCalc:
         self._workloads: dict[int, set[Workload]] = {}  # local ones, by /32
         self._learned: dict[int, set[RemoteRoute]] = {}  # accepted ones, by prefix
 
-    def rebuild(self, inp: CalcInput) -> set[IPv4Network]:
+    def rebuild(self, inp: CalcInput) -> Destinations:
         """Start again from a whole input (a rare global change); return what changed."""
         ctx = _Context(inp)
         self._node, self._ctx = inp.node, ctx
@@ -503,12 +519,12 @@ class RouteCalc:
         for key in self._workloads:
             new[key] = self._winner(key)
         old = self._desired
-        changed = {route.dst for key, route in old.items() if new.get(key) != route}
-        changed.update(new[key].dst for key in new.keys() - old.keys())
+        changed = {key: route.dst for key, route in old.items() if new.get(key) != route}
+        changed.update((key, new[key].dst) for key in new.keys() - old.keys())
         old.clear()
         old.update(new)
         self.reasons = Counter(route.reason for route in new.values())
-        return changed
+        return Destinations(changed)
 
     @property
     def own_blocks(self) -> frozenset[IPv4Network]:
