@@ -26,7 +26,8 @@ ratio_withdraw_vs_bird, learn_exabgp_alone_s, withdraw_exabgp_alone_s, exabgp_al
 ratio_learn_vs_exabgp_alone, ratio_withdraw_vs_exabgp_alone, agent_cpu_s / exabgp_cpu_s (user+system CPU spent during the learn and
 withdraw phases; per phase: agent_learn_cpu_s, agent_withdraw_cpu_s, exabgp_learn_cpu_s,
 exabgp_withdraw_cpu_s), agent_rss_mb / exabgp_rss_mb (peak: VmHWM over the whole run) and their sum
-agent_exabgp_rss_mb, goal_ratio (vs BIRD), goal_ratio_exabgp_alone, goal_agent_exabgp_rss_mb.
+agent_exabgp_rss_mb, load_avg_1m (after the pycalico run), goal_ratio (vs BIRD),
+goal_ratio_exabgp_alone, goal_agent_exabgp_rss_mb.
 ``--profile FILE`` runs the agent under cProfile (written when it stops; slower).
 PNG: ``bench/out/bgp_convergence.png`` (routes in the kernel over time, both receivers).
 """
@@ -205,6 +206,7 @@ def run_pycalico(n: int, work: Path, profile: Path | None) -> dict:
         out["agent_rss_mb"] = hwm_mb(agent.pid)
         out["exabgp_rss_mb"] = hwm_mb(exabgp)
         out["agent_exabgp_rss_mb"] = round(out["agent_rss_mb"] + out["exabgp_rss_mb"], 1)
+        out["load_avg_1m"] = os.getloadavg()[0]  # a shared machine: other work skews every figure
         agent.send_signal(signal.SIGTERM)  # a clean exit writes the profile
         agent.wait(timeout=60)
         return out
