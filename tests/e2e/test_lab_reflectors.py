@@ -199,3 +199,49 @@ def test_as_number_and_listen_port_change_live_losing_no_packet(mesh_lab, tmp_pa
     assert all(sent > 100 for sent, _ in counts.values()), counts
     assert {pair: sent - got for pair, (sent, got) in counts.items()} == {pair: 0 for pair in counts}, counts
     assert helpers.lab_state(MESH)["agent_pids"] == pids
+
+
+def set_node_asn(tmp_path: Path, node: str, asn: int | None) -> None:
+    doc = json.loads(ctl("--lab", MESH, "get", "node", node, "-o", "json").stdout)
+    if asn is None:
+        doc["spec"]["bgp"].pop("asNumber", None)
+    else:
+        doc["spec"]["bgp"]["asNumber"] = asn
+    apply(tmp_path, doc)
+
+
+def sessions_since(node: str) -> dict[str, str]:
+    from felix.status import query
+
+    return {p["address"]: p["since"] for p in query(node, "status")["peers"]}
+
+
+def test_a_node_as_number_change_restarts_only_that_nodes_exabgp(mesh_lab, tmp_path):
+    """Node bgp.asNumber on node1 (eBGP to the others), then back: node1's ExaBGP restarts, the
+    others reconfigure only their session to node1 -- their session to each other does not flap --
+    and no packet is lost."""
+    nodes = sorted(mesh_lab["nodes"])
+    one, others = nodes[0], nodes[1:]
+    address = {n: mesh_lab["nodes"][n].split("/")[0] for n in nodes}
+    pods = {p["node"]: p for p in mesh_lab["pods"]}
+    mesh = {n: {address[o]: ("node-to-node mesh", "Established") for o in nodes if o != n} for n in nodes}
+    wait_for(lambda: all(peers(n) == mesh[n] for n in nodes), timeout=60, interval=0.5, what="the mesh")
+    between = sessions_since(others[0])[address[others[1]]]
+    pings = Pings([(pods[a], pods[b]) for a in nodes for b in nodes if a < b])
+    try:
+        for asn in (64601, None):
+            before = {n: exabgp_pid(n) for n in nodes}
+            set_node_asn(tmp_path, one, asn)
+            wait_for(lambda: exabgp_pid(one) not in (None, before[one]), timeout=30, interval=0.5,
+                     what=f"{one}'s ExaBGP restarted for AS {asn}")
+            to_one = re.compile(rf"neighbor {re.escape(address[one])} {{[^{{}}]*peer-as {asn or 64512};")
+            wait_for(lambda: all(to_one.search((RUN_ROOT / o / "exabgp.conf").read_text()) for o in others),
+                     timeout=30, interval=0.5, what="the others reconfigured their session to it")
+            wait_for(lambda: all(peers(n) == mesh[n] for n in nodes), timeout=60, interval=0.5,
+                     what=f"the mesh back with {one} in AS {asn}")
+            assert {o: exabgp_pid(o) for o in others} == {o: before[o] for o in others}
+    finally:
+        counts = pings.stop()
+    assert sessions_since(others[0])[address[others[1]]] == between, "an unrelated session flapped"
+    assert all(sent > 100 for sent, _ in counts.values()), counts
+    assert {pair: sent - got for pair, (sent, got) in counts.items()} == {pair: 0 for pair in counts}, counts
