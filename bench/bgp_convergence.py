@@ -206,7 +206,7 @@ def run_pycalico(n: int, work: Path, profile: Path | None) -> dict:
         out["agent_rss_mb"] = hwm_mb(agent.pid)
         out["exabgp_rss_mb"] = hwm_mb(exabgp)
         out["agent_exabgp_rss_mb"] = round(out["agent_rss_mb"] + out["exabgp_rss_mb"], 1)
-        out["load_avg_1m"] = os.getloadavg()[0]  # a shared machine: other work skews every figure
+        out["load_avg_1m"] = round(os.getloadavg()[0], 2)  # a shared machine: other work skews every figure
         agent.send_signal(signal.SIGTERM)  # a clean exit writes the profile
         agent.wait(timeout=60)
         return out
