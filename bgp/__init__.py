@@ -1,7 +1,9 @@
 """BGP for pycalico: which sessions to have, what peers taught us, and the ExaBGP child that speaks.
 
 Contract (what felix/agent.py uses):
-- ``peers.mesh_peers(local, nodes, cfg) -> frozenset[PeerSpec]``: the desired sessions.
+- ``peers.bgp_peers(local, nodes, cfg, explicit, passwords) -> frozenset[PeerSpec]``: the desired
+  sessions (mesh, route reflectors, BGPPeers); ``secret_refs`` names the password Secrets to
+  resolve, ``password_problems`` says which cannot be used (their sessions are left out).
 - ``speaker.Speaker``: ``start``/``stop``, ``set_peers(peers, cluster_id=None)`` (exactly these
   sessions, at once; a cluster id makes us an RFC 4456 route reflector for the peers whose
   ``rr_client`` is set), ``want_peers(peers, cluster_id=None)`` (the same, make-before-break:
@@ -11,7 +13,8 @@ Contract (what felix/agent.py uses):
   routes included, then End-of-RIB), ``set_import_filter``, ``set_origins`` (origin validation:
   block -> owning node's address, borrowed address -> holder's),
   ``learned_routes`` (best paths the import policy accepts, graceful-restart stale routes
-  included), ``peer_status`` (a peer over its max-prefix limit: ``max-prefix exceeded``),
+  included), ``peer_status`` (why a session is not up, in BIRD's words:
+  ``Active Socket: Connection refused``, ``Received: Bad peer AS (2/2)``, ``max-prefix exceeded``),
   ``counters`` (``received``, ``rejected_<reason>``, ``malformed``, ``max_prefix_exceeded``),
   ``routes_in_sync``. ``on_change()`` is called (coalesced, on the
   event loop) whenever learned routes or peer status may have changed: reconcile level-triggered.
