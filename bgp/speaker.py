@@ -425,8 +425,10 @@ class Speaker:
         starts, and changes a session's AS number only by closing it with a Cease, on which a
         graceful-restart helper (BIRD) drops our routes at once. Either change therefore restarts
         the child instead, as a crash would: peers keep our routes as stale and we keep theirs
-        (graceful restart) until the sessions are back with the new settings. The sessions' own
-        ``local_asn`` comes with ``set_peers``; a burst of both is one restart (debounced)."""
+        (graceful restart) until the sessions are back with the new settings (a peer configured
+        for the old AS refuses our OPEN, and BIRD, for one, ends its graceful restart then). The
+        sessions' own ``local_asn`` comes with ``set_peers``; a burst of both is one restart
+        (debounced)."""
         if not 1 <= asn <= 2**32 - 1:
             raise ValueError(f"asn: {asn} is outside 1..{2**32 - 1}")
         changes = []
