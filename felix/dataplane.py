@@ -59,11 +59,12 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import itertools
 import logging
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -147,6 +148,15 @@ class _Plan:
         kinds.append(kind)
         keys.append(key)
         images.append(image)
+
+    def add_all(self, kind: str, routes: dict[int, bytes]) -> None:
+        """``add(kind, key, template)`` of each item of ``routes``, in bulk (a delete-all at 100k
+        routes spent a tenth of its time in ``add``)."""
+        kinds, keys, images = self._deletes if kind in _DELETES else (self.kinds, self.keys,
+                                                                     self.images)
+        kinds.extend(itertools.repeat(kind, len(routes)))
+        keys.extend(routes)
+        images.extend(routes.values())
 
     def deletes_first(self) -> None:
         """Put the deletes in front, in the order they were planned; call once, before writing."""
@@ -343,9 +353,9 @@ class RouteTable:
             for image in snap.strays:
                 plan.add("stray", _key_of(image), rtnl.route_template(image))
             unwanted = self._diff(desired, snap, plan, result, dirty)
-            for key, image in self._unwanted(unwanted, snap.names, delete_gateway_routes, result,
-                                             dirty):
-                plan.add("delete", key, image)  # the dumped route itself: the kernel matches it exactly
+            # the dumped route itself: the kernel matches it exactly
+            plan.add_all("delete", self._unwanted(unwanted, snap.names, delete_gateway_routes,
+                                                  result, dirty))
             plan.deletes_first()
             failed = self._write(plan, result)
         except BaseException:
@@ -476,16 +486,16 @@ class RouteTable:
 
     def _unwanted(self, unwanted: dict[int, bytes], names: dict[int, str], delete_gateway_routes: bool,
                result: ApplyResult, dirty: dict[int, IPv4Network] | None = None
-               ) -> Iterable[tuple[int, bytes]]:
-        """(key, image) of our routes to delete among those not desired: strays always, the rest
+               ) -> dict[int, bytes]:
+        """{key: template} of our routes to delete among those not desired: strays always, the rest
         unless kept (gateway routes until BGP resynced; unknown workload routes in their grace).
         ``dirty`` given: only those keys were looked at; the grace of the others runs on."""
         workload_oifs = {i for i, name in names.items() if name.startswith(WORKLOAD_PREFIX)}
         kept = {} if dirty is None else {k: t for k, t in self._first_seen.items() if k[0] not in dirty}
         if delete_gateway_routes and not workload_oifs:
             self._first_seen = kept
-            return unwanted.items()  # nothing to keep: no need to decode (nor copy) 100k deletes
-        now, stale, present = self._clock(), [], set()
+            return unwanted  # nothing to keep: no need to decode (nor copy) 100k deletes
+        now, stale, present = self._clock(), {}, set()
         for key, image in unwanted.items():
             route = rtnl.decode_route(rtnl.route_from_template(key, image))
             if _clean(route):
@@ -497,7 +507,7 @@ class RouteTable:
                     if remaining > 0:
                         result.recheck_after = min(remaining, result.recheck_after or remaining)
                         continue
-            stale.append((key, image))
+            stale[key] = image
         self._first_seen = {**kept, **{k: t for k, t in self._first_seen.items() if k in present}}
         return stale
 
@@ -736,9 +746,7 @@ class RouteTable:
         if not plan.kinds:
             return {}
         failed = self._sock.write(zip(map(_CMD.__getitem__, plan.kinds), _images(plan)))
-        counts = {"add": 0, "replace": 0, "delete": 0, "stray": 0}
-        for kind in plan.kinds:
-            counts[kind] += 1
+        counts = Counter(plan.kinds)
         for i, err in sorted(failed.items()):
             kind, dst = plan.kinds[i], _network(plan.keys[i])
             if kind not in _DELETES:
