@@ -5,7 +5,9 @@ address), so the speaker can compare texts and skip reloads that would change no
 
 Listening is not in this file: ExaBGP 5.0.15 binds the addresses in the environment variable
 ``exabgp.tcp.bind`` on ``exabgp.tcp.port`` (see ``speaker.exabgp_env``). Outgoing connections use
-``connect <port>`` per neighbor, so both sides agree on one port as Calico's ``listenPort`` does.
+``connect <port>`` with each peer's own port: our nodes' ``listenPort`` for sessions between them
+(both sides agree on one port, as Calico's ``listenPort`` does), the port in a BGPPeer's
+``peerIP`` (179 without one) for a router outside the cluster.
 
 A peer's TCP MD5 password is written base64-encoded with ``md5-base64 true``: ExaBGP's tokeniser
 then never sees quotes, ``;`` or spaces from a Secret, and the key bytes are exactly the password's.
@@ -83,7 +85,7 @@ def _neighbor(cfg: ExaBGPConfig, peer: PeerSpec) -> str:
         f"    peer-as {peer.asn};\n"
         f"    hold-time {cfg.hold_time};\n"
         f"    passive {'true' if peer.passive else 'false'};\n"
-        f"    connect {cfg.port};\n"
+        f"    connect {peer.port};\n"
         f"{_md5(peer.password)}"
         f"    manual-eor true;\n"
         f"    adj-rib-in false;\n"

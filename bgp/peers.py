@@ -191,6 +191,7 @@ def mesh_peers(local: NodeInfo, nodes: Iterable[NodeInfo], cfg: BGPGlobal) -> fr
                 peer_type=MESH_PEER_TYPE,
                 name=node.name,
                 max_restart_time=cfg.mesh_max_restart_time,
+                port=cfg.listen_port,
             )
         )
     return frozenset(peers)

@@ -34,9 +34,10 @@ class Side:
         if self.watching and BLOCK[self.other] not in {r.prefix for r in self.sp.learned_routes()}:
             self.gaps.append(str(self.sp.status()))
 
-    def peer(self, asn: int) -> PeerSpec:
+    def peer(self, asn: int, port: int = 1790) -> PeerSpec:
+        """As bgp_peers makes it: our nodes connect to each other on the listen port."""
         return PeerSpec(address=self.other, asn=asn, local_asn=asn, passive=self.me > self.other,
-                        peer_type="node-to-node mesh", name=str(self.other))
+                        peer_type="node-to-node mesh", name=str(self.other), port=port)
 
     def start(self) -> None:
         async def go() -> None:
@@ -84,8 +85,11 @@ def test_a_listen_port_change_restarts_exabgp_and_keeps_the_routes(sides):
     a, b = sides
     assert a.listening() == {1790}
     pids = {s: s.lt.call(lambda s=s: s.sp.child_pid) for s in sides}
+    async def change(side: Side) -> None:  # as the agent does on a new BGPConfiguration listenPort
+        side.sp.set_local(64512, 1791)
+        await side.sp.want_peers(frozenset({side.peer(64512, 1791)}))
     for side in sides:
-        side.lt.call(side.sp.set_local, 64512, 1791)
+        side.lt.run(change(side))
     wait_for(lambda: all(s.lt.call(lambda s=s: s.sp.child_pid) not in (None, pids[s]) for s in sides), 10,
              what="both ExaBGP children restarted")
     wait_for(lambda: a.synced() and b.synced(), 40, what="the sessions back on the new port")

@@ -29,9 +29,9 @@ BLOCK_A, BLOCK_B = IPv4Network("10.244.1.0/26"), IPv4Network("10.244.2.0/26")
 OUTSIDE = IPv4Network("192.0.2.0/24")
 
 
-def _peer(address: IPv4Address, name: str, local: IPv4Address) -> PeerSpec:
+def _peer(address: IPv4Address, name: str, local: IPv4Address, port: int = 179) -> PeerSpec:
     return PeerSpec(address=address, asn=64512, local_asn=64512, passive=local > address,
-                    peer_type="node-to-node mesh", name=name)
+                    peer_type="node-to-node mesh", name=name, port=port)
 
 
 def _speaker(lt: LoopThread, ns: str, me: IPv4Address, run_dir: Path, changes: list,
@@ -118,7 +118,7 @@ def _pair_up(lt: LoopThread, ns_a: str, ns_b: str, tmp_path: Path, port: int = 1
              **kw) -> tuple[Speaker, Speaker]:
     sa = _speaker(lt, ns_a, A, tmp_path / "a", [], port, **kw)
     sb = _speaker(lt, ns_b, B, tmp_path / "b", [], port)
-    for sp, own, peer in ((sa, BLOCK_A, _peer(B, "b", A)), (sb, BLOCK_B, _peer(A, "a", B))):
+    for sp, own, peer in ((sa, BLOCK_A, _peer(B, "b", A, port)), (sb, BLOCK_B, _peer(A, "a", B, port))):
         sp.set_import_filter(frozenset({POOL}), frozenset({own}))
         lt.run(sp.set_peers(frozenset({peer})))
         lt.run(sp.set_advertisements(frozenset({own})))

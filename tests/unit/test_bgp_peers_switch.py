@@ -61,3 +61,17 @@ def test_the_article_switch_keeps_every_reflector_session():
     assert a_c[0].peer_type == "node-to-node mesh" and a_c[3].peer_type == "node specific"
     assert neighbor(a_c[0], 179) == neighbor(a_c[2], 179) == neighbor(a_c[3], 179)
     assert set(sessions("a", *steps[3], 179)) == {IPv4Address("10.0.0.3")}
+
+
+def test_each_session_connects_to_its_own_port():
+    """Our nodes connect to each other on listenPort (mesh and BGPPeer sessions alike); a router
+    named by a BGPPeer's peerIP 'address:port' on that port, whatever our listenPort is."""
+    nodes = cluster(frozenset())
+    router = ExplicitPeer("office", peer_ip=IPv4Address("192.168.1.1"), peer_port=1179, asn=65001)
+    plain = ExplicitPeer("edge", peer_ip=IPv4Address("192.168.1.2"), asn=65002)
+    specs = {str(s.address): s for s in bgp_peers(nodes[0], nodes, BGPGlobal(listen_port=1790), [router, plain])}
+    assert {a: s.port for a, s in specs.items()} == {
+        "10.0.0.2": 1790, "10.0.0.3": 1790, "10.0.0.4": 1790, "192.168.1.1": 1179, "192.168.1.2": 179}
+    assert "    connect 1179;" in neighbor(specs["192.168.1.1"], 1790)
+    assert "    connect 179;" in neighbor(specs["192.168.1.2"], 1790)
+    assert "    connect 1790;" in neighbor(specs["10.0.0.2"], 1790)
