@@ -437,6 +437,7 @@ class RouteTable:
             snap.templates.setdefault
         take, workload, waiting, blocked = ours.get if snap.shared else ours.pop, set(), {}, set()
         found = 0  # desired routes of ours
+        same: dict[bytes, bytes] = {}  # dumped template -> our template it was found equal to
         for want in desired:
             dst, gateway = want.dst, want.gateway
             address, plen = dst.network_address._ip, dst._prefixlen
@@ -449,12 +450,15 @@ class RouteTable:
             shape = shapes.get(shape_key, False)
             if shape is False:
                 shape = shapes[shape_key] = self._shape(want, ifindex, intern)
-            image = None if shape is None else shape.template(plen)
+            image = None if shape is None else (shape.templates.get(plen) or shape.template(plen))
             if want.dev is not None and want.dev.startswith(WORKLOAD_PREFIX):
                 workload.add((key, want.dev))
             if have is not None:
-                if have is image or image is not None and _same(have, image, want):
+                if have is image or same.get(have) is image:
                     continue  # already as desired: no write
+                if image is not None and _same(have, image, want):
+                    same[have] = image  # _same depends on the two templates only
+                    continue
                 route = rtnl.decode_route(rtnl.route_from_template(key, have))
                 if not _clean(route):  # e.g. a metric set by hand: delete it, then add ours
                     plan.add("delete", key, have)

@@ -76,7 +76,11 @@ SCOPES = {"universe": RT_SCOPE_UNIVERSE, "link": RT_SCOPE_LINK, "host": RT_SCOPE
 SCOPE_NAMES = {v: k for k, v in SCOPES.items()}
 
 _HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
-_HDR_RTMSG = struct.Struct("=IH11xB2xBB6x")  # len, type, rtm_dst_len, rtm_table, rtm_protocol
+# nlmsghdr + rtmsg + what follows in the usual layout: len, type, rtm_dst_len, rtm_table,
+# rtm_protocol, RTA_TABLE's value, RTA_DST's header as a u32, the dst as it is on the wire
+# (big-endian, read native: ``socket.ntohl`` makes it the address)
+_HDR_ROUTE = struct.Struct("=IH11xB2xBB6x4xIII")
+_PAD = bytes(_HDR_ROUTE.size)  # so that _HDR_ROUTE can be read at any message of a buffer
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table protocol scope type flags
 _ATTR = struct.Struct("=HH")
 _U32_ATTR = struct.Struct("=HHI")
@@ -84,6 +88,7 @@ _BE32 = struct.Struct(">I")
 _U32 = struct.Struct("=I")
 _ERR = struct.Struct("=i")
 _DST_ATTR = _ATTR.pack(8, RTA_DST)
+_DST_ATTR_U32 = _U32.unpack(_DST_ATTR)[0]
 RT_TABLE_COMPAT = 252  # rtm_table of a table > 255 (the real id is in RTA_TABLE)
 _ROUTE_FLAGS = {RTM_NEWROUTE: NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, RTM_DELROUTE: NLM_F_REQUEST}
 
@@ -272,20 +277,21 @@ def parse_route_dump(buf: bytes, into: RouteDump) -> bool:
     route of ours stays an undecoded template, interned (of another owner's, only the key and
     proto are kept). Raises NetlinkFailure for an error in the dump.
     """
-    unpack, from_bytes, dst_attr = _HDR_RTMSG.unpack_from, int.from_bytes, _DST_ATTR
+    unpack, ntohl, dst_attr = _HDR_ROUTE.unpack_from, socket.ntohl, _DST_ATTR_U32
     table, proto, ours, dups, foreign = into.table, into.proto, into.ours, into.dups, into.foreign
     intern = into.templates.setdefault
     table_byte = RT_TABLE_COMPAT if table > 255 else table
     off, size = 0, len(buf)
+    buf += _PAD  # one copy per buffer, instead of a slice per route to read the dst
     while off + 28 <= size:
-        length, mtype, dst_len, rtm_table, rproto = unpack(buf, off)
+        length, mtype, dst_len, rtm_table, rproto, table_id, dst_hdr, dst = unpack(buf, off)
         end = off + length
         if mtype != RTM_NEWROUTE or length < 28 or (table and (rtm_table != table_byte or (
-                table > 255 and _U32.unpack_from(buf, off + 32)[0] != table))):
+                table > 255 and table_id != table))):
             if mtype == NLMSG_DONE or mtype == NLMSG_ERROR or length < 16:
                 return _dump_end(buf, off, length)
-        elif buf[off + 36:off + 40] == dst_attr:  # the usual layout: RTA_DST right after RTA_TABLE
-            key = from_bytes(buf[off + 40:off + 44], "big") << 8 | dst_len
+        elif length >= 44 and dst_hdr == dst_attr:  # the usual layout: RTA_DST after RTA_TABLE
+            key = ntohl(dst) << 8 | dst_len
             if rproto != proto:
                 foreign.setdefault(key, rproto)  # another owner's: only its key matters
             elif key in ours:
