@@ -35,10 +35,10 @@ routes -- a full dump, then our own writes and the kernel's notifications of eve
 writes) -- and ``apply`` diffs desired against it. A full dump is done at the first apply, after
 ``resync()``, after ENOBUFS on the event socket, and whenever the notifications cannot say exactly
 what changed: another owner's route went away (which copy?), a route of ours changed while we were
-writing, a link went down or away while the cache holds gateway routes we wrote without a device
-(IPv4 sends no RTM_DELROUTE for the routes a link takes with it, and which link the kernel chose for
-those only a dump says) or while we were writing. Otherwise a lost link just drops the cached
-routes through it. When someone else changes our routes, a link takes routes of ours with it, or a
+writing, a link went down or away while the cache holds a gateway route without a known device
+(IPv4 sends no RTM_DELROUTE for the routes a link takes with it; an apply asks the kernel which
+device it chose for the gateway routes it wrote without one, ``set_route`` does not) or while we
+were writing. Otherwise a lost link just drops the cached routes through it. When someone else changes our routes, a link takes routes of ours with it, or a
 device a failing route waits for appears, the table tells the agent: ``drifted`` (an
 ``asyncio.Event``) is set and ``on_drift()`` is called, on the event loop; ``apply`` clears
 ``drifted`` when it starts.
