@@ -493,7 +493,7 @@ class Agent:
     def _schedule_route_retries(self, result) -> None:
         self._error_backoff.reset()
         self._routes_applied, self._route_failures = True, dict(result.failed)
-        if result.failed:
+        if result.failed.keys() - result.awaiting_device:  # for those, the table wakes us
             delay = self._route_backoff.next_delay()
             log.debug("routes failed, retrying in %.1fs", delay,
                       extra={"failed": {str(k): v for k, v in result.failed.items()}})

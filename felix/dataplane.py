@@ -110,6 +110,10 @@ class ApplyResult:
     replaced: int = 0
     deleted: int = 0
     failed: dict[IPv4Network, str] = field(default_factory=dict)
+    # Those of ``failed`` whose device does not exist (a pod's veth not made yet, or gone with its
+    # pod): in incremental mode the table calls ``on_drift`` when the device appears, so they
+    # need no timed retry.
+    awaiting_device: set[IPv4Network] = field(default_factory=set)
     # Seconds until a route kept in its CNI grace period may be removed: apply again by then.
     recheck_after: float | None = None
 
@@ -374,6 +378,8 @@ class RouteTable:
             result.failed = {**{d: r for d, r in self._failing.items() if _dst_key(d) not in dirty},
                              **result.failed}
         self._note_failures(result.failed)
+        if self.incremental:
+            result.awaiting_device = {_network(key) for key in self._waiting}
         self.writes += result.writes
         return result
 

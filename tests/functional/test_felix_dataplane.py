@@ -530,6 +530,7 @@ def test_a_deleted_pod_veth_makes_its_route_dirty_not_a_full_diff(node):
      diffs, dumps) = run(scenario())
     assert told and calls
     assert list(after_veth.failed) == [WL.dst] and after_veth.failed[WL.dst].startswith("ENODEV")
+    assert after_veth.awaiting_device == {WL.dst}  # the table says when the device is back
     assert after_veth.writes == 0 and partial == (1, 1)  # the first apply was the only full diff
     assert kernel_then == ["10.244.2.0/26 via 192.168.5.2 dev eth0", "blackhole 10.244.1.0/26"]
     assert (pod_gone.writes, pod_gone.failed) == (0, {})
