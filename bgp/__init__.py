@@ -16,12 +16,13 @@ Contract (what felix/agent.py uses):
   included), ``peer_status`` (why a session is not up, in BIRD's words:
   ``Active Socket: Connection refused``, ``Received: Bad peer AS (2/2)``, ``max-prefix exceeded``),
   ``counters`` (``received``, ``rejected_<reason>``, ``malformed``, ``max_prefix_exceeded``),
-  ``routes_in_sync``. ``on_change()`` is called (coalesced, on the
+  ``check_routes_in_sync()`` (latches True once routes are complete). ``on_change()`` is called (coalesced, on the
   event loop) whenever learned routes or peer status may have changed: reconcile level-triggered.
 
 I/O: only ``speaker`` (files in run_dir, the ExaBGP child, a unix socket) and ``relay`` (the tiny
 process ExaBGP runs as its API process, relaying its pipes to the speaker's socket).
-Pure, no I/O: ``peers``, ``transition`` (make-before-break between two sets of sessions), ``rib``
+Pure, no I/O: ``core`` (the speaker's decisions: session state, status and causes, what a
+session that comes up is sent; events in, effects out), ``peers``, ``transition`` (make-before-break between two sets of sessions), ``rib``
 (Adj-RIB-In, best path, max-prefix, reflection loop checks, RFC 4724 helper, injected clock),
 ``policy`` (the one import filter, origin validation, the best-path steps), ``reflect`` (RFC 4456
 reflection: targets, attributes, Adj-RIB-Out),

@@ -3,8 +3,9 @@
 The relay is ``socat`` (``relay_command``), ExaBGP's API process, joining its pipes to ``exabgp.sock``.
 
 Does I/O: writes run_dir/exabgp.conf and run_dir/exabgp.log, spawns ExaBGP, owns the socket.
-Decisions live in the pure modules (``protocol`` parses and frames, ``rib`` filters and picks
-best paths, ``exabgp_conf`` renders); this is the thin asyncio shell around them.
+Decisions live in the pure modules (``core`` keeps each session's state and says what to send
+when one comes up, ``protocol`` parses and frames, ``rib`` filters and picks best
+paths, ``exabgp_conf`` renders); this is the asyncio shell around them.
 
 Why things are the way they are:
 - ExaBGP has no backpressure: it blocks once ~13k acks sit unread. The reader task reads all the
@@ -47,7 +48,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import hostio
-from bgp import exabgp_conf, exabgp_main, protocol, reflect, transition
+from bgp import core, exabgp_conf, exabgp_main, protocol, reflect, transition
+from bgp.core import MAX_PREFIX_REASON, PeerStatus
 from bgp.peers import PeerSpec
 from bgp.rib import LearnedRoute, Rib
 
@@ -67,7 +69,6 @@ CHILD_EXIT_GRACE = 0.5
 # block of the cluster, so the default is far above any cluster's block count (5,000 nodes x 20
 # blocks) and the 100k-prefix benchmark; it stops a peer that floods us, not a big cluster.
 DEFAULT_MAX_PREFIXES = 200_000
-MAX_PREFIX_REASON = "max-prefix exceeded"
 # A peer torn down for max-prefix stays out of ExaBGP's config this long once its session is down
 # (else ExaBGP reconnects at once, and the peer floods us again every few seconds); then it may
 # try again (BIRD's "receive limit ... action restart", Cisco's "maximum-prefix ... restart").
@@ -105,52 +106,12 @@ def relay_command(sock_path: Path) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class PeerStatus:
-    address: IPv4Address
-    name: str
-    peer_type: str
-    state: str  # 'up' when established, else the FSM state: start/idle/active/connect/opensent...
-    since: datetime | None
-    info: str  # BIRD's words: 'Established', or the BGP state and why (Active Socket: Connection refused)
-    reason: str = ""  # why the session is not up ('' while it is): the last that ended it, or failed
-
-
-# ExaBGP's FSM states in BIRD's words (calicoctl node status shows BIRD's). ExaBGP retries its
-# connect, or waits for the peer's, while Idle: what BIRD calls Active.
-_BIRD_STATE = {"start": "Idle", "idle": "Active", "active": "Active", "connect": "Connect",
-               "opensent": "OpenSent", "openconfirm": "OpenConfirm"}
-
-
-@dataclass(frozen=True)
 class SpeakerStatus:
     """The ExaBGP child as a whole: 'running' (relay connected), 'starting', 'restarting', 'stopped'."""
 
     state: str
     since: datetime | None
     reason: str
-
-
-@dataclass
-class _Peer:
-    spec: PeerSpec
-    state: str = "start"
-    since: datetime | None = None
-    reason: str = ""  # the session's own last down reason (ExaBGP's, or the speaker's)
-    # Why the session was ended, outranking the down reason that follows it, until it is up again:
-    # a NOTIFICATION the peer sent, or a limit we enforce (e.g. "max-prefix exceeded").
-    cause: str = ""
-    synced: bool = False  # has been up and sent End-of-RIB at least once
-    eor: bool = False  # sent End-of-RIB since it last came up
-    held_down: bool = False  # left out of ExaBGP's config for MAX_PREFIX_HOLD_DOWN
-
-    def status(self) -> PeerStatus:
-        s = self.spec
-        if self.state == "up":
-            return PeerStatus(s.address, s.name, s.peer_type, self.state, self.since, "Established")
-        reason = self.cause or self.reason
-        state = _BIRD_STATE.get(self.state, self.state.capitalize())
-        info = f"{state} {reason}" if reason else state
-        return PeerStatus(s.address, s.name, s.peer_type, self.state, self.since, info, reason)
 
 
 @dataclass
@@ -218,28 +179,6 @@ def rotate_log(path: Path, max_bytes: int) -> bool:
     return True
 
 
-# RFC 4271 4.5 and 6 (and RFC 4486 for Cease) in BIRD's words, for the codes a session meets.
-_NOTIFICATIONS = {
-    (1, 0): "Message header error", (2, 0): "OPEN message error",
-    (2, 1): "Unsupported version number", (2, 2): "Bad peer AS", (2, 3): "Bad BGP identifier",
-    (2, 4): "Unsupported optional parameter", (2, 6): "Unacceptable hold time",
-    (2, 7): "Required capability missing", (3, 0): "UPDATE message error",
-    (4, 0): "Hold timer expired", (5, 0): "Finite state machine error", (6, 0): "Cease",
-    (6, 1): "Maximum number of prefixes reached", (6, 2): "Administrative shutdown",
-    (6, 3): "Peer de-configured", (6, 4): "Administrative reset", (6, 5): "Connection rejected",
-    (6, 6): "Other configuration change", (6, 7): "Connection collision resolution",
-    (6, 8): "Out of resources", (6, 9): "Hard reset",
-}
-
-
-def notification_reason(code: int, subcode: int, message: str = "") -> str:
-    """``Received: Bad peer AS (2/2)``: a NOTIFICATION from the peer, as BIRD shows it, codes kept
-    (ExaBGP's own text, when it has one, follows)."""
-    name = _NOTIFICATIONS.get((code, subcode)) or _NOTIFICATIONS.get((code, 0)) or "Notification"
-    text = f"Received: {name} ({code}/{subcode})"
-    return f"{text} {message}".rstrip() if message and message.lower() != name.lower() else text
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -282,7 +221,7 @@ class Speaker:
         self._max_prefixes, self._hold_down_time = max_prefixes, max_prefix_hold_down
         self._reflector = reflect.Reflector()
         self._cluster_id: IPv4Address | None = None
-        self._peers: dict[IPv4Address, _Peer] = {}
+        self._peers: dict[IPv4Address, core.PeerSession] = {}
         self._advertised: frozenset[IPv4Network] = frozenset()
         self._outbox: deque[str] = deque()
         self._wake = asyncio.Event()
@@ -343,7 +282,7 @@ class Speaker:
             if address in self._peers:
                 self._peers[address].spec = spec
             else:
-                self._peers[address] = _Peer(spec)
+                self._peers[address] = core.PeerSession(spec)
             self._rib.set_restart_cap(address, spec.max_restart_time)
             self._rib.set_peer_as(address, spec.asn, spec.local_asn)
             self._rib.set_max_prefixes(address, self._max_prefixes)
@@ -537,12 +476,12 @@ class Speaker:
         proc = self._proc
         return proc.pid if proc is not None and proc.returncode is None else None
 
-    @property
-    def routes_in_sync(self) -> bool:
-        """Latches True once every peer was up and sent EoR, or sync_deadline passed since start()."""
-        if not self._in_sync and self._started_at is not None:
-            expired = time.monotonic() - self._started_at >= self._sync_deadline
-            self._in_sync = expired or all(p.synced for p in self._peers.values())
+    def check_routes_in_sync(self) -> bool:
+        """Whether learned routes are complete; latches True (``core.in_sync``) once every peer was
+        up and sent End-of-RIB, or sync_deadline passed since start()."""
+        if not self._in_sync:
+            self._in_sync = core.in_sync(list(self._peers.values()), self._started_at,
+                                         time.monotonic(), self._sync_deadline)
         return self._in_sync
 
     async def stop(self) -> None:
@@ -814,12 +753,10 @@ class Speaker:
                 peer.cause = MAX_PREFIX_REASON  # outranks the down reason until it is up again
             self._send([protocol.teardown_command(address, protocol.CEASE_MAX_PREFIXES)])
 
-    def _hold_down(self, peer: _Peer) -> None:
+    def _hold_down(self, address: IPv4Address) -> None:
         """Keep a peer torn down for max-prefix out of ExaBGP's config for a while (the hold-down)."""
-        address = peer.spec.address
         log.warning("peer held down after exceeding max-prefix", extra={
             "node": self._node, "peer": str(address), "seconds": self._hold_down_time})
-        peer.held_down = True
         self._reload_soon()
         name = f"hold-down {address}"
         self._cancel_timer(name)
@@ -856,49 +793,30 @@ class Speaker:
             return False  # a neighbor we no longer configure (reload still in flight)
         return self._peer_event(peer, event)
 
-    def _peer_event(self, peer: _Peer, event: protocol.Event) -> bool:
-        match event:
-            case protocol.PeerStateChanged(_, state, reason):
-                self._on_state(peer, state, reason)
-            case protocol.NotificationReceived(_, code, subcode, message):
-                peer.cause = notification_reason(code, subcode, message)
-            case protocol.EndOfRib(_, family) if family == protocol.IPV4_UNICAST and peer.state == "up":
-                peer.synced = peer.eor = True
+    def _peer_event(self, peer: core.PeerSession, event: protocol.Event) -> bool:
+        for effect in peer.on_event(event, _now()):
+            address = effect.address
+            match effect:
+                case core.StateChanged():
+                    self._state_changed.set()
+                case core.SessionUp():
+                    log.info("bgp session up", extra={"node": self._node, "peer": str(address)})
+                    self._send(core.session_up_lines(address, self._advertised,
+                                                     self._reflector.out(address).commands()))
+                case core.SessionDown(_, reason):
+                    log.warning("bgp session down", extra={"node": self._node, "peer": str(address),
+                                                           "reason": reason})
+                case core.HoldDown():
+                    self._hold_down(address)
         self._rib.apply(event)
         return True
-
-    def _on_state(self, peer: _Peer, state: str, reason: str) -> None:
-        self._state_changed.set()
-        address = peer.spec.address
-        if state == "up":
-            peer.state, peer.since, peer.reason, peer.cause, peer.eor = "up", _now(), "", "", False
-            log.info("bgp session up", extra={"node": self._node, "peer": str(address)})
-            self._send(protocol.announce_commands(self._advertised, address)
-                       + self._reflector.out(address).commands()
-                       + [protocol.eor_command(address)])
-        elif state == "down":
-            if peer.state == "up":
-                log.warning("bgp session down", extra={"node": self._node, "peer": str(address),
-                                                       "reason": reason})
-            # "Socket: <error>" (a connect that failed, exabgp_main) as BIRD says it; else ExaBGP's words.
-            peer.reason = reason if reason.startswith("Socket: ") else f"down: {reason}" if reason else "down"
-            if peer.cause == MAX_PREFIX_REASON and not peer.held_down:
-                self._hold_down(peer)
-            self._leave_up(peer, "idle")
-        elif state not in ("established", "connected"):  # 'up' is the signal for established
-            self._leave_up(peer, state)
-
-    def _leave_up(self, peer: _Peer, state: str) -> None:
-        if peer.state == "up" or peer.since is None:
-            peer.since = _now()
-        peer.state = state
 
     def _all_peers_down(self, reason: str) -> None:
         for peer in self._peers.values():
             if peer.state == "up":
                 self._rib.peer_down(peer.spec.address)
             peer.reason, peer.cause = reason, ""  # the child's fate is news to every session
-            self._leave_up(peer, "idle")
+            peer.leave_up("idle", _now())
         self._reflect()
         self._schedule_expiry()
         self._notify()

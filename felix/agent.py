@@ -357,7 +357,7 @@ class Agent:
         learned_changed, bgp_in_sync = self._learned_dirty, True
         if self.cfg.bgp:
             self._learned_dirty = False  # a change from here on asks for another reconcile
-            bgp_in_sync = self.speaker.routes_in_sync
+            bgp_in_sync = self.speaker.check_routes_in_sync()
         gone, appeared = set(), set()
         if rebuild:
             changed = self._rebuild(self._read_learned())
@@ -570,7 +570,7 @@ class Agent:
             "node": self.cfg.node, "ipv4": str(self.cfg.ipv4), "pid": os.getpid(),
             "datastore_in_sync": self.state.in_sync,
             "datastore": _connection_dict(self.state.connection),
-            "bgp_routes_in_sync": bool(sp and sp.routes_in_sync),
+            "bgp_routes_in_sync": bool(sp and sp.check_routes_in_sync()),
             "bgp_speaker": _speaker_dict(sp.status() if sp is not None else None),
             "peers": [_peer_dict(p) for p in peers],
             "counters": sp.counters() if sp is not None else {},

@@ -64,7 +64,7 @@ def test_two_speakers_exchange_blocks_filter_and_withdraw(netns, loop_thread, tm
             lt.run(sp.set_peers(frozenset({peer})))
             lt.run(sp.set_advertisements(frozenset({own})))
             lt.run(sp.start())
-        assert not lt.call(lambda: sa.routes_in_sync)
+        assert not lt.call(lambda: sa.check_routes_in_sync())
 
         wait_for(lambda: [s.state for s in _state(lt, sa)] == ["up"]
                  and [s.state for s in _state(lt, sb)] == ["up"], 20, what="both sessions up")
@@ -75,7 +75,7 @@ def test_two_speakers_exchange_blocks_filter_and_withdraw(netns, loop_thread, tm
         wait_for(lambda: _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}, 10, what="a learns b's block")
         wait_for(lambda: _learned(lt, sb) == {LearnedRoute(BLOCK_A, A, A)}, 10, what="b learns a's block")
         assert lt.call(sa.learned_changes) == ([], [LearnedRoute(BLOCK_B, B, B)])
-        wait_for(lambda: lt.call(lambda: sa.routes_in_sync), 10, what="a in sync after EoR")
+        wait_for(lambda: lt.call(lambda: sa.check_routes_in_sync()), 10, what="a in sync after EoR")
         assert changes_a, "on_change was never called"
 
         lt.run(sb.set_advertisements(frozenset({BLOCK_B, OUTSIDE})))
@@ -109,7 +109,7 @@ def test_peer_status_shows_reason_when_peer_absent(netns, loop_thread, tmp_path)
         assert status.since is not None
         assert status.info.split()[0] in ("Idle", "Active", "Connect"), status.info
         assert status.info.endswith("Socket: Connection refused"), status.info
-        assert not lt.call(lambda: sa.routes_in_sync)
+        assert not lt.call(lambda: sa.check_routes_in_sync())
     finally:
         lt.run(sa.stop())
 
@@ -174,7 +174,7 @@ def test_graceful_restart_keeps_routes_while_the_peer_restarts(netns, loop_threa
                  what="stale block replaced after b's End-of-RIB")
         # and a re-sent its own block to the restarted b, followed by End-of-RIB
         wait_for(lambda: _learned(lt, sb2) == {LearnedRoute(BLOCK_A, A, A)}, 10, what="b relearns a's block")
-        wait_for(lambda: lt.call(lambda: sb2.routes_in_sync), 10, what="restarted b in sync")
+        wait_for(lambda: lt.call(lambda: sb2.check_routes_in_sync()), 10, what="restarted b in sync")
     finally:
         for sp in speakers:
             lt.run(sp.stop())
@@ -211,7 +211,7 @@ def test_peer_added_after_start_is_picked_up_by_reload(netns, loop_thread, tmp_p
             sp.set_import_filter(frozenset({POOL}), frozenset({own}))
             lt.run(sp.set_advertisements(frozenset({own})))
             lt.run(sp.start())
-        assert lt.call(lambda: sa.routes_in_sync), "no peers: nothing to wait for"
+        assert lt.call(lambda: sa.check_routes_in_sync()), "no peers: nothing to wait for"
         conf_before = (tmp_path / "a" / "exabgp.conf").read_text()
         assert "neighbor" not in conf_before
         # both learn about each other only now, as the agent would from a new Node

@@ -6,7 +6,8 @@ from ipaddress import IPv4Address
 import pytest
 
 from bgp.peers import PeerSpec
-from bgp.speaker import Speaker, _Peer, notification_reason
+from bgp.core import PeerSession as _Peer, notification_reason
+from bgp.speaker import Speaker
 
 SPEC = PeerSpec(IPv4Address("10.0.0.2"), 64512, 64512, False, "node-to-node mesh", "n2")
 

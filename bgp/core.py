@@ -1,0 +1,158 @@
+"""The BGP speaker's decisions, sans I/O: per-session state, status and causes, and what to send
+when a session comes up. Events in (``protocol`` events with the current time passed in), effects
+out; ``speaker`` executes the effects (sends lines, arms timers, reloads ExaBGP) and logs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from ipaddress import IPv4Address, IPv4Network
+
+from bgp import protocol
+from bgp.peers import PeerSpec
+
+MAX_PREFIX_REASON = "max-prefix exceeded"
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    address: IPv4Address
+    name: str
+    peer_type: str
+    state: str  # 'up' when established, else the FSM state: start/idle/active/connect/opensent...
+    since: datetime | None
+    info: str  # BIRD's words: 'Established', or the BGP state and why (Active Socket: Connection refused)
+    reason: str = ""  # why the session is not up ('' while it is): the last that ended it, or failed
+
+
+# ExaBGP's FSM states in BIRD's words (calicoctl node status shows BIRD's). ExaBGP retries its
+# connect, or waits for the peer's, while Idle: what BIRD calls Active.
+_BIRD_STATE = {"start": "Idle", "idle": "Active", "active": "Active", "connect": "Connect",
+               "opensent": "OpenSent", "openconfirm": "OpenConfirm"}
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    """ExaBGP reported a state for this session (whoever waits for one may look again)."""
+    address: IPv4Address
+
+
+@dataclass(frozen=True)
+class SessionUp:
+    """The session is established: send it ``session_up_lines`` (logged by the speaker)."""
+    address: IPv4Address
+
+
+@dataclass(frozen=True)
+class SessionDown:
+    """An established session went down, for ``reason`` (ExaBGP's words; logged by the speaker)."""
+    address: IPv4Address
+    reason: str
+
+
+@dataclass(frozen=True)
+class HoldDown:
+    """A session torn down for max-prefix is down: keep it out of ExaBGP's config for the
+    hold-down (the session is already marked ``held_down``; the speaker arms the timer and reloads)."""
+    address: IPv4Address
+
+
+Effect = StateChanged | SessionUp | SessionDown | HoldDown
+
+
+@dataclass
+class PeerSession:
+    """One configured session as ExaBGP reports it, and why it is not up."""
+
+    spec: PeerSpec
+    state: str = "start"
+    since: datetime | None = None
+    reason: str = ""  # the session's own last down reason (ExaBGP's, or the speaker's)
+    # Why the session was ended, outranking the down reason that follows it, until it is up again:
+    # a NOTIFICATION the peer sent, or a limit we enforce (e.g. "max-prefix exceeded").
+    cause: str = ""
+    synced: bool = False  # has been up and sent End-of-RIB at least once
+    eor: bool = False  # sent End-of-RIB since it last came up
+    held_down: bool = False  # left out of ExaBGP's config for MAX_PREFIX_HOLD_DOWN
+
+    def status(self) -> PeerStatus:
+        s = self.spec
+        if self.state == "up":
+            return PeerStatus(s.address, s.name, s.peer_type, self.state, self.since, "Established")
+        reason = self.cause or self.reason
+        state = _BIRD_STATE.get(self.state, self.state.capitalize())
+        info = f"{state} {reason}" if reason else state
+        return PeerStatus(s.address, s.name, s.peer_type, self.state, self.since, info, reason)
+
+    def on_event(self, event: protocol.Event, now: datetime) -> list[Effect]:
+        """A protocol event about this session (``now``: the wall-clock time of its arrival)."""
+        match event:
+            case protocol.PeerStateChanged(_, state, reason):
+                return self._on_state(state, reason, now)
+            case protocol.NotificationReceived(_, code, subcode, message):
+                self.cause = notification_reason(code, subcode, message)
+            case protocol.EndOfRib(_, family) if family == protocol.IPV4_UNICAST and self.state == "up":
+                self.synced = self.eor = True
+        return []
+
+    def _on_state(self, state: str, reason: str, now: datetime) -> list[Effect]:
+        address = self.spec.address
+        effects: list[Effect] = [StateChanged(address)]
+        if state == "up":
+            self.state, self.since, self.reason, self.cause, self.eor = "up", now, "", "", False
+            effects.append(SessionUp(address))
+        elif state == "down":
+            if self.state == "up":
+                effects.append(SessionDown(address, reason))
+            # "Socket: <error>" (a connect that failed, exabgp_main) as BIRD says it; else ExaBGP's words.
+            self.reason = reason if reason.startswith("Socket: ") else f"down: {reason}" if reason else "down"
+            if self.cause == MAX_PREFIX_REASON and not self.held_down:
+                self.held_down = True
+                effects.append(HoldDown(address))
+            self.leave_up("idle", now)
+        elif state not in ("established", "connected"):  # 'up' is the signal for established
+            self.leave_up(state, now)
+        return effects
+
+    def leave_up(self, state: str, now: datetime) -> None:
+        if self.state == "up" or self.since is None:
+            self.since = now
+        self.state = state
+
+
+# RFC 4271 4.5 and 6 (and RFC 4486 for Cease) in BIRD's words, for the codes a session meets.
+_NOTIFICATIONS = {
+    (1, 0): "Message header error", (2, 0): "OPEN message error",
+    (2, 1): "Unsupported version number", (2, 2): "Bad peer AS", (2, 3): "Bad BGP identifier",
+    (2, 4): "Unsupported optional parameter", (2, 6): "Unacceptable hold time",
+    (2, 7): "Required capability missing", (3, 0): "UPDATE message error",
+    (4, 0): "Hold timer expired", (5, 0): "Finite state machine error", (6, 0): "Cease",
+    (6, 1): "Maximum number of prefixes reached", (6, 2): "Administrative shutdown",
+    (6, 3): "Peer de-configured", (6, 4): "Administrative reset", (6, 5): "Connection rejected",
+    (6, 6): "Other configuration change", (6, 7): "Connection collision resolution",
+    (6, 8): "Out of resources", (6, 9): "Hard reset",
+}
+
+
+def notification_reason(code: int, subcode: int, message: str = "") -> str:
+    """``Received: Bad peer AS (2/2)``: a NOTIFICATION from the peer, as BIRD shows it, codes kept
+    (ExaBGP's own text, when it has one, follows)."""
+    name = _NOTIFICATIONS.get((code, subcode)) or _NOTIFICATIONS.get((code, 0)) or "Notification"
+    text = f"Received: {name} ({code}/{subcode})"
+    return f"{text} {message}".rstrip() if message and message.lower() != name.lower() else text
+
+
+def session_up_lines(address: IPv4Address, advertised: frozenset[IPv4Network],
+                     reflected: list[str]) -> list[str]:
+    """What a session that came up gets: every prefix we advertise, then what we reflect to it
+    (its Adj-RIB-Out), then End-of-RIB, last: a graceful-restart helper drops our stale routes
+    at End-of-RIB (RFC 4724), so nothing may follow it."""
+    return protocol.announce_commands(advertised, address) + reflected + [protocol.eor_command(address)]
+
+
+def in_sync(peers: list[PeerSession], started_at: float | None, now: float, deadline: float) -> bool:
+    """Routes are in sync once every session was up and sent End-of-RIB, or ``deadline`` seconds
+    passed since ``started_at`` (monotonic ``now``); never before the speaker started."""
+    if started_at is None:
+        return False
+    return now - started_at >= deadline or all(p.synced for p in peers)

@@ -1,0 +1,94 @@
+"""bgp.core, the speaker's decisions without ExaBGP: protocol events in, effects out."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from ipaddress import IPv4Address, IPv4Network
+
+from bgp import core, protocol
+from bgp.peers import PeerSpec
+
+ADDR = IPv4Address("10.0.0.2")
+SPEC = PeerSpec(ADDR, 64512, 64512, False, "node-to-node mesh", "n2")
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T1 = T0 + timedelta(seconds=5)
+
+
+def up(peer: core.PeerSession, now: datetime = T0) -> list[core.Effect]:
+    return peer.on_event(protocol.PeerStateChanged(ADDR, "up"), now)
+
+
+def test_session_up_asks_for_the_announcements_and_clears_the_cause():
+    peer = core.PeerSession(SPEC, state="idle", reason="down: x", cause="Received: Bad peer AS (2/2)")
+    assert up(peer) == [core.StateChanged(ADDR), core.SessionUp(ADDR)]
+    assert (peer.state, peer.since, peer.reason, peer.cause, peer.eor) == ("up", T0, "", "", False)
+    assert peer.status().info == "Established"
+
+
+def test_end_of_rib_counts_only_while_up_and_only_for_ipv4_unicast():
+    peer = core.PeerSession(SPEC)
+    assert peer.on_event(protocol.EndOfRib(ADDR, protocol.IPV4_UNICAST), T0) == []
+    assert not peer.synced
+    up(peer)
+    peer.on_event(protocol.EndOfRib(ADDR, "ipv6 unicast"), T0)
+    assert not peer.synced
+    peer.on_event(protocol.EndOfRib(ADDR, protocol.IPV4_UNICAST), T0)
+    assert peer.synced and peer.eor
+
+
+def test_down_after_up_is_reported_with_exabgps_reason_and_since_moves():
+    peer = core.PeerSession(SPEC)
+    up(peer)
+    effects = peer.on_event(protocol.PeerStateChanged(ADDR, "down", "hold timer expired"), T1)
+    assert effects == [core.StateChanged(ADDR), core.SessionDown(ADDR, "hold timer expired")]
+    assert (peer.state, peer.since, peer.reason) == ("idle", T1, "down: hold timer expired")
+
+
+def test_a_failed_connect_keeps_birds_socket_words_and_is_no_session_down():
+    peer = core.PeerSession(SPEC)
+    effects = peer.on_event(protocol.PeerStateChanged(ADDR, "down", "Socket: Connection refused"), T0)
+    assert effects == [core.StateChanged(ADDR)]
+    assert peer.status().info == "Active Socket: Connection refused"
+
+
+def test_a_notification_outranks_the_down_that_follows():
+    peer = core.PeerSession(SPEC)
+    up(peer)
+    peer.on_event(protocol.NotificationReceived(ADDR, 6, 3, ""), T1)
+    peer.on_event(protocol.PeerStateChanged(ADDR, "down", "closing"), T1)
+    assert peer.status().reason == "Received: Peer de-configured (6/3)"
+
+
+def test_max_prefix_teardown_holds_the_peer_down_once():
+    peer = core.PeerSession(SPEC)
+    up(peer)
+    peer.cause = core.MAX_PREFIX_REASON
+    effects = peer.on_event(protocol.PeerStateChanged(ADDR, "down", "closing"), T1)
+    assert core.HoldDown(ADDR) in effects and peer.held_down
+    assert core.HoldDown(ADDR) not in peer.on_event(protocol.PeerStateChanged(ADDR, "down", "again"), T1)
+
+
+def test_fsm_states_keep_since_while_not_up_and_established_is_not_a_state():
+    peer = core.PeerSession(SPEC)
+    peer.on_event(protocol.PeerStateChanged(ADDR, "connect"), T0)
+    peer.on_event(protocol.PeerStateChanged(ADDR, "opensent"), T1)
+    assert (peer.state, peer.since) == ("opensent", T0)
+    peer.on_event(protocol.PeerStateChanged(ADDR, "established"), T1)
+    assert peer.state == "opensent"
+
+
+def test_session_up_lines_end_with_end_of_rib_after_reflected_routes():
+    lines = core.session_up_lines(ADDR, frozenset({IPv4Network("10.244.0.0/26")}), ["reflected"])
+    assert lines[-1] == protocol.eor_command(ADDR)
+    assert lines[-2] == "reflected"
+    assert lines[0].startswith(f"neighbor {ADDR} announce") and "10.244.0.0/26" in lines[0]
+
+
+def test_in_sync_needs_every_peer_synced_or_the_deadline():
+    a, b = core.PeerSession(SPEC), core.PeerSession(SPEC)
+    assert not core.in_sync([], None, 100.0, 30.0), "not started: never in sync"
+    assert core.in_sync([], 100.0, 100.0, 30.0), "no peers: nothing to wait for"
+    a.synced = True
+    assert not core.in_sync([a, b], 100.0, 129.9, 30.0)
+    assert core.in_sync([a, b], 100.0, 130.0, 30.0)
+    b.synced = True
+    assert core.in_sync([a, b], 100.0, 100.0, 30.0)
