@@ -622,10 +622,10 @@ class GcPauses:
 
 @contextlib.contextmanager
 def _gc_paused(pause: bool = True) -> Iterator[None]:
-    """No cyclic GC pass while a route apply runs (``pause``): ``RouteTable.apply`` holds every
-    desired route in a new list while it runs (its full-diff fallback: 100k items at 100k
-    routes), and a pass that finds that list young walks all of it, 1-10 ms (the tail of the
-    pod-event latency). What is allocated meanwhile is looked at by the first pass after."""
+    """No cyclic GC pass while a route apply runs (``pause``): an apply that is to diff every
+    route holds every desired route in a new list while it runs (100k items at 100k routes), and
+    a pass that finds that list young walks all of it, 1-10 ms (the tail of the pod-event
+    latency). What is allocated meanwhile is looked at by the first pass after."""
     if not pause or not gc.isenabled():  # off: the first load, or a caller's own pause
         yield
         return

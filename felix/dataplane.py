@@ -51,6 +51,9 @@ drops exactly the cached routes through it, and those destinations become dirty;
 failing routes when a device appears or comes up. ``changed`` is trusted only while the cache is:
 no dump pending, none of our routes changed by someone else since the last apply, no strays of
 ours; otherwise the apply is a full diff (``full_diffs`` counts them, ``partial_diffs`` the others).
+Every desired route is copied (a full diff's input) only when the cache is not trusted as the apply
+is asked for; should it stop being trusted before the apply runs, the dirty destinations are diffed
+against the fresh dump, and the next apply is a full diff (the agent is told, as for a drift).
 What the last applies said about the other destinations (their failures, their devices awaited,
 their blockers) is carried over.
 """
@@ -308,9 +311,11 @@ class RouteTable:
         may go on changing its mapping while this apply waits for an earlier one or writes (the
         agent calculates the next burst while the kernel takes this one).
         """
-        routes = list(desired.values())  # a full diff's input, should the cache not be trusted
         dirty = dirty_routes = None
-        if changed is not None and self.incremental:
+        routes = None  # every desired route: a full diff's input, copied only when one is due
+        if changed is None or not self.incremental or not self._trusted():
+            routes = list(desired.values())
+        else:
             dirty = dict(changed.by_key) if isinstance(changed, Destinations) else _keys(changed)
             with self._cache_lock:
                 touched = list(self._touched)
@@ -323,7 +328,7 @@ class RouteTable:
                 dirty_routes = [r for r in map(desired.get, dirty.values()) if r is not None]
         return self._apply_when_free(routes, delete_unknown_gateway_routes, dirty, dirty_routes)
 
-    async def _apply_when_free(self, routes: list[DesiredRoute], delete_gateway_routes: bool,
+    async def _apply_when_free(self, routes: list[DesiredRoute] | None, delete_gateway_routes: bool,
                                dirty: dict[int, IPv4Network] | None,
                                dirty_routes: list[DesiredRoute] | None) -> ApplyResult:
         async with self._lock:
@@ -338,12 +343,17 @@ class RouteTable:
 
     # -- the blocking halves (run in a thread, under the lock) ----------------------------------
 
-    def _apply(self, routes: list[DesiredRoute], delete_gateway_routes: bool,
+    def _apply(self, routes: list[DesiredRoute] | None, delete_gateway_routes: bool,
                dirty: dict[int, IPv4Network] | None = None,
                dirty_routes: list[DesiredRoute] | None = None):
-        """``routes``: every desired route; ``dirty_routes``: those of the ``dirty`` keys."""
+        """``routes``: every desired route (None: not copied, the cache was trusted when the apply
+        was asked for); ``dirty_routes``: those of the ``dirty`` keys."""
         if self.incremental:
             snap, partial = self._cached_snapshot(dirty)
+            if not partial and routes is None:
+                # The cache stopped being trusted while this apply waited: the dirty keys are
+                # diffed against the fresh cache now, every other key by the next apply.
+                snap, partial = self._partial_of(snap, dirty), True
             dirty = dirty if partial else None  # the cache could not be trusted: a full diff
         else:
             snap, dirty = self._snapshot(), None
@@ -573,6 +583,21 @@ class RouteTable:
             c = self._cache  # ours shared, not copied: _diff only reads it
             return _Snapshot(c.ours, list(c.strays), dict(c.foreign), dict(c.names), set(c.up),
                              shared=True, templates=c.templates), False
+
+    def _trusted(self) -> bool:
+        """Whether the next apply could diff just the dirty keys (the cache needs no dump, nothing
+        drifted, no strays); an apply still under way may yet change that."""
+        with self._cache_lock:
+            return not (self._cache is None or self._stale or self._full_diff or self._cache.strays)
+
+    def _partial_of(self, snap: _Snapshot, dirty: dict[int, IPv4Network]) -> _Snapshot:
+        """The ``dirty`` keys of a full (shared) snapshot, as ``_cached_snapshot`` gives them when
+        the cache is trusted; the next apply is made a full diff, and the agent is told."""
+        ours = {key: snap.ours[key] for key in dirty if key in snap.ours}
+        with self._cache_lock:
+            self._full_diff = True
+        self._loop.call_soon_threadsafe(self._drift_found)
+        return _Snapshot(ours, [], snap.foreign, snap.names, snap.up, templates=snap.templates)
 
     def _resolve_devices(self, plan: _Plan, failed: dict[int, rtnl.NetlinkFailure]
                          ) -> dict[bytes, bytes]:

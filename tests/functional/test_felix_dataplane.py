@@ -437,6 +437,68 @@ def test_apply_reads_desired_when_called_so_the_caller_may_go_on_changing_it(nod
                                     "blackhole 10.244.1.0/26"]
 
 
+class CountingCopies(dict):
+    """A desired mapping that counts how often all of its routes are read."""
+
+    copies = 0
+
+    def values(self):
+        self.copies += 1
+        return super().values()
+
+
+def test_a_partial_apply_does_not_copy_every_desired_route(node):
+    """A full diff's input (every desired route) is copied only when a full diff is due."""
+    extra = DesiredRoute(N("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "x")
+
+    async def scenario():
+        async with RouteTable(netns=node, incremental=True) as table:
+            desired = CountingCopies(ALL)
+            await table.apply(desired, changed=[])  # no cache yet: a full diff
+            first = desired.copies
+            desired[extra.dst] = extra
+            partial = await table.apply(desired, changed=[extra.dst])
+            return first, desired.copies, partial, table.partial_diffs
+
+    first, copies, partial, partial_diffs = run(scenario())
+    assert (first, copies) == (1, 1)
+    assert (partial.added, partial.writes, partial_diffs) == (1, 1, 1)
+
+
+def test_cache_untrusted_while_an_uncopied_apply_waits_gets_a_full_diff_next(node):
+    """The cache was trusted when the apply was asked for (its routes not copied) and stopped
+    being so before it ran: it diffs its dirty destinations, and the next apply diffs them all."""
+    moved = DesiredRoute(GW.dst, "unicast", None, A("192.168.5.3"), "universe", "learned from n3")
+    extra = DesiredRoute(N("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "x")
+
+    async def scenario():
+        async with RouteTable(netns=node, incremental=True) as table:
+            await table.apply(ALL)
+            desired = CountingCopies({**ALL, GW.dst: moved, extra.dst: extra})
+            first = table.apply(ALL, changed=[])
+            second = table.apply(desired, changed=[extra.dst])  # GW moved, unsaid
+            table.resync()  # e.g. lost notifications, before ``second`` runs
+            await first
+            fallback = await second
+            kernel_then = ours_in_kernel(node)
+            told = await drift_seen(table)
+            full_before = table.full_diffs
+            full = await table.apply(desired, changed=[])
+            return (desired.copies, fallback, kernel_then, told, table.full_diffs - full_before,
+                    full)
+
+    copies, fallback, kernel_then, told, full_diffs, full = run(scenario())
+    assert (fallback.added, fallback.writes) == (1, 1)
+    assert "10.244.2.0/26 via 192.168.5.2 dev eth0" in kernel_then  # not dirty: not looked at
+    assert "10.244.3.0/26 via 192.168.5.2 dev eth0" in kernel_then
+    assert told and full_diffs == 1 and copies == 1
+    assert (full.replaced, full.writes) == (1, 1)
+    assert ours_in_kernel(node) == ["10.244.1.5 dev cali0123456789a scope link",
+                                    "10.244.2.0/26 via 192.168.5.3 dev eth0",
+                                    "10.244.3.0/26 via 192.168.5.2 dev eth0",
+                                    "blackhole 10.244.1.0/26"]
+
+
 def test_changed_is_ignored_after_drift_or_resync_and_without_a_cache(node):
     async def scenario():
         async with RouteTable(netns=node, incremental=True) as table:
