@@ -114,6 +114,14 @@ class PeerSession:
             self.leave_up(state, now)
         return effects
 
+    def child_lost(self, reason: str, now: datetime) -> bool:
+        """The ExaBGP child is gone: the session is down for ``reason``, whatever ended it before
+        (the child's fate is news to every session). True if it was up."""
+        was_up = self.state == "up"
+        self.reason, self.cause = reason, ""
+        self.leave_up("idle", now)
+        return was_up
+
     def leave_up(self, state: str, now: datetime) -> None:
         if self.state == "up" or self.since is None:
             self.since = now
@@ -156,3 +164,21 @@ def in_sync(peers: list[PeerSession], started_at: float | None, now: float, dead
     if started_at is None:
         return False
     return now - started_at >= deadline or all(p.synced for p in peers)
+
+
+def tear_down_over_limit(sessions: dict[IPv4Address, PeerSession],
+                         exceeded: list[IPv4Address]) -> list[str]:
+    """Cease (Maximum Number of Prefixes Reached) to each peer over its limit; a configured one
+    shows ``MAX_PREFIX_REASON`` as its cause until it is up again."""
+    for address in exceeded:
+        session = sessions.get(address)
+        if session is not None:
+            session.cause = MAX_PREFIX_REASON  # outranks the down reason until it is up again
+    return [protocol.teardown_command(address, protocol.CEASE_MAX_PREFIXES) for address in exceeded]
+
+
+def reload_at(first: float, now: float, debounce: float, max_delay: float) -> float:
+    """When to reload ExaBGP for a burst of peer changes that began at ``first``: ``debounce``
+    after the last change (``now``), but never later than ``max_delay`` after the first (a steady
+    trickle of changes must still reach ExaBGP)."""
+    return min(now + debounce, first + max_delay)

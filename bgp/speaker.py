@@ -49,7 +49,7 @@ from pathlib import Path
 
 import hostio
 from bgp import core, exabgp_conf, exabgp_main, protocol, reflect, transition
-from bgp.core import MAX_PREFIX_REASON, PeerStatus
+from bgp.core import PeerStatus
 from bgp.peers import PeerSpec
 from bgp.rib import LearnedRoute, Rib
 
@@ -353,9 +353,7 @@ class Speaker:
             return
         loop = asyncio.get_running_loop()
         self._reload_first = self._reload_first or loop.time()
-        # Trailing: RELOAD_DEBOUNCE after the last change, but never later than RELOAD_MAX_DELAY
-        # after the first one (a steady trickle of changes must still reach ExaBGP).
-        when = min(loop.time() + RELOAD_DEBOUNCE, self._reload_first + RELOAD_MAX_DELAY)
+        when = core.reload_at(self._reload_first, loop.time(), RELOAD_DEBOUNCE, RELOAD_MAX_DELAY)
         self._cancel_timer("reload")
         self._timers["reload"] = loop.call_at(when, self._reload_now)
 
@@ -745,13 +743,11 @@ class Speaker:
                 self._advance_soon()
 
     def _tear_down_over_limit(self) -> None:
-        """Cease (Maximum Number of Prefixes Reached) to each peer the RIB found over its limit;
-        the RIB already dropped its routes and ignores it until the session is down."""
-        for address in self._rib.take_exceeded():
-            peer = self._peers.get(address)
-            if peer is not None:
-                peer.cause = MAX_PREFIX_REASON  # outranks the down reason until it is up again
-            self._send([protocol.teardown_command(address, protocol.CEASE_MAX_PREFIXES)])
+        """The RIB already dropped the routes of each peer over its limit and ignores it until
+        the session is down; ``core`` says what to send it."""
+        lines = core.tear_down_over_limit(self._peers, self._rib.take_exceeded())
+        if lines:
+            self._send(lines)
 
     def _hold_down(self, address: IPv4Address) -> None:
         """Keep a peer torn down for max-prefix out of ExaBGP's config for a while (the hold-down)."""
@@ -812,11 +808,10 @@ class Speaker:
         return True
 
     def _all_peers_down(self, reason: str) -> None:
+        now = _now()
         for peer in self._peers.values():
-            if peer.state == "up":
+            if peer.child_lost(reason, now):
                 self._rib.peer_down(peer.spec.address)
-            peer.reason, peer.cause = reason, ""  # the child's fate is news to every session
-            peer.leave_up("idle", _now())
         self._reflect()
         self._schedule_expiry()
         self._notify()

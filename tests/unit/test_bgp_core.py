@@ -92,3 +92,27 @@ def test_in_sync_needs_every_peer_synced_or_the_deadline():
     assert core.in_sync([a, b], 100.0, 130.0, 30.0)
     b.synced = True
     assert core.in_sync([a, b], 100.0, 100.0, 30.0)
+
+
+def test_losing_the_child_downs_every_session_with_its_reason():
+    peer = core.PeerSession(SPEC, state="idle", cause="Received: Bad peer AS (2/2)")
+    assert not peer.child_lost("down: exabgp exited with code 1", T0)
+    assert peer.status().reason == "down: exabgp exited with code 1"
+    up(peer)
+    assert peer.child_lost("down: relay lost", T1)
+    assert (peer.state, peer.since) == ("idle", T1)
+
+
+def test_over_the_limit_peers_get_a_max_prefix_cease_and_show_why():
+    other = IPv4Address("10.0.0.9")  # no longer configured: still told, nothing to mark
+    sessions = {ADDR: core.PeerSession(SPEC, state="up")}
+    lines = core.tear_down_over_limit(sessions, [ADDR, other])
+    assert lines == [protocol.teardown_command(a, protocol.CEASE_MAX_PREFIXES) for a in (ADDR, other)]
+    assert sessions[ADDR].cause == core.MAX_PREFIX_REASON
+    assert core.tear_down_over_limit(sessions, []) == []
+
+
+def test_a_burst_of_peer_changes_reloads_after_the_quiet_but_within_the_max_delay():
+    assert core.reload_at(first=10.0, now=10.0, debounce=0.1, max_delay=1.0) == 10.1
+    assert core.reload_at(first=10.0, now=10.5, debounce=0.1, max_delay=1.0) == 10.6
+    assert core.reload_at(first=10.0, now=10.95, debounce=0.1, max_delay=1.0) == 11.0
