@@ -493,7 +493,9 @@ class RouteCalc:
         # The indexes are keyed by ``_key(dst)``, not by the IPv4Network (see ``_key``).
         self._fixed: dict[int, DesiredRoute] = {}  # blackholes over affinity routes
         self._workloads: dict[int, set[Workload]] = {}  # local ones, by /32
-        self._learned: dict[int, set[RemoteRoute]] = {}  # accepted ones, by prefix
+        # Accepted ones, by prefix: the route itself while a prefix has one (nearly always; a
+        # one-item set per prefix was a fifth of the agent's memory at 100k learned routes).
+        self._learned: dict[int, RemoteRoute | set[RemoteRoute]] = {}
 
     def rebuild(self, inp: CalcInput) -> Destinations:
         """Start again from a whole input (a rare global change); return what changed."""
@@ -510,7 +512,7 @@ class RouteCalc:
             if w.node == inp.node:
                 self._workloads.setdefault(_key(IPv4Network(w.ip)), set()).add(w)
         for r in inp.learned:
-            self._learned.setdefault(_key(r.prefix), set()).add(r)
+            _add_learned(self._learned, _key(r.prefix), r)
         # Layer by layer into a new mapping, then compare, all by key: each IPv4Network hash is a
         # Python call, and a rebuild at 100k routes spent most of its time in them.
         new = dict(self._fixed)
@@ -552,7 +554,7 @@ class RouteCalc:
                 dst = IPv4Network(w.ip)
                 touched[_discard(workloads, _key(dst), w)] = dst
         for r in learned_removed:
-            touched[_discard(learned, _key(r.prefix), r)] = r.prefix
+            touched[_discard_learned(learned, _key(r.prefix), r)] = r.prefix
         for w in workloads_added:
             if w.node == node:
                 dst = IPv4Network(w.ip)
@@ -562,11 +564,10 @@ class RouteCalc:
         for r in learned_added:
             prefix = r.prefix
             key = _key(prefix)
-            found = learned.get(key)
-            if found is None:
-                learned[key] = {r}
+            if key in learned:
+                _add_learned(learned, key, r)
             else:
-                found.add(r)
+                learned[key] = r
             touched[key] = prefix
         resolve = self._resolve
         return Destinations({key: dst for key, dst in touched.items() if resolve(key, dst)})
@@ -598,10 +599,37 @@ class RouteCalc:
         if fixed is not None:
             return fixed
         learned = self._learned.get(key)
-        if learned:
-            best = next(iter(learned)) if len(learned) == 1 else min(learned, key=_learned_order)
-            return _learned_route(best, self._ctx)
-        return None
+        if learned is None:
+            return None
+        if learned.__class__ is set:
+            learned = min(learned, key=_learned_order)
+        return _learned_route(learned, self._ctx)
+
+
+def _add_learned(learned: dict, key: int, route: RemoteRoute) -> None:
+    """Add ``route`` at ``key`` of ``RouteCalc._learned`` (a route alone, or a set of two or more)."""
+    found = learned.get(key)
+    if found is None:
+        learned[key] = route
+    elif found.__class__ is set:
+        found.add(route)
+    elif found != route:
+        learned[key] = {found, route}
+
+
+def _discard_learned(learned: dict, key: int, route: RemoteRoute) -> int:
+    """Remove ``route`` from ``key`` of ``RouteCalc._learned`` (a set left with one route becomes
+    that route); return ``key``."""
+    found = learned.get(key)
+    if found is None:
+        return key
+    if found.__class__ is set:
+        found.discard(route)
+        if len(found) == 1:
+            learned[key] = next(iter(found))
+    elif found == route:
+        del learned[key]
+    return key
 
 
 def _discard(index: dict, key, item):
