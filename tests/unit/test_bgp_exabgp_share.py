@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 
 BGP_DIR = str(Path(__file__).resolve().parents[2] / "bgp")
-os.environ.setdefault("exabgp.log.enable", "false")
+# ExaBGP's logger reads this when it is imported. Only for the imports: left in os.environ, every
+# ExaBGP a later test starts would inherit it and log nothing (test_bgp_speaker counts reloads in
+# exabgp.log, test_bgp_config reads validate's output).
+_LOG_ENABLE = os.environ.get("exabgp.log.enable")
+os.environ["exabgp.log.enable"] = "false"
 
 from bgp import exabgp_share  # noqa: E402
 from exabgp.bgp.message import Action  # noqa: E402
@@ -23,6 +27,11 @@ from exabgp.environment import getenv  # noqa: E402
 from exabgp.logger import log  # noqa: E402
 from exabgp.reactor.api import API  # noqa: E402
 from exabgp.reactor.api.command import announce, limit  # noqa: E402
+
+if _LOG_ENABLE is None:
+    del os.environ["exabgp.log.enable"]
+else:
+    os.environ["exabgp.log.enable"] = _LOG_ENABLE
 
 SHIPPED = _Configuration.inject_change
 SHIPPED_MATCH = announce.match_neighbors
