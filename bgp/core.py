@@ -4,7 +4,8 @@ out; ``speaker`` executes the effects (sends lines, arms timers, reloads ExaBGP)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 
@@ -12,6 +13,9 @@ from bgp import protocol
 from bgp.peers import PeerSpec
 
 MAX_PREFIX_REASON = "max-prefix exceeded"
+# What ``node status`` adds to a session kept by make-before-break (bgp.transition).
+DRAINING_SESSION = "draining: no longer configured, kept until other sessions carry its routes"
+DRAINING_REFLECTION = "draining: no longer a route-reflector client, still reflected to for now"
 
 
 @dataclass(frozen=True)
@@ -182,3 +186,13 @@ def reload_at(first: float, now: float, debounce: float, max_delay: float) -> fl
     after the last change (``now``), but never later than ``max_delay`` after the first (a steady
     trickle of changes must still reach ExaBGP)."""
     return min(now + debounce, first + max_delay)
+
+
+def draining_status(status: PeerStatus, draining: Collection[IPv4Address],
+                    wanted: Collection[IPv4Address]) -> PeerStatus:
+    """``status`` with why make-before-break keeps the session, if it does (``draining``: the
+    sessions kept; ``wanted``: the addresses of the sessions wanted)."""
+    if status.address not in draining:
+        return status
+    why = DRAINING_REFLECTION if status.address in wanted else DRAINING_SESSION
+    return replace(status, info=f"{status.info}; {why}")

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import hostio
 from bgp import core, exabgp_conf, exabgp_main, protocol, reflect, transition
-from bgp.core import PeerStatus
+from bgp.core import DRAINING_REFLECTION, DRAINING_SESSION, PeerStatus  # noqa: F401 (API)
 from bgp.peers import PeerSpec
 from bgp.rib import LearnedRoute, Rib
 
@@ -75,9 +75,6 @@ DEFAULT_MAX_PREFIXES = 200_000
 MAX_PREFIX_HOLD_DOWN = 60.0
 RELOAD_DEBOUNCE = 0.1  # seconds of quiet after a peer change before ExaBGP reloads its config
 RELOAD_MAX_DELAY = 1.0  # ... but at most this long after the first change of a burst
-# What ``node status`` adds to a session kept by make-before-break (bgp.transition).
-DRAINING_SESSION = "draining: no longer configured, kept until other sessions carry its routes"
-DRAINING_REFLECTION = "draining: no longer a route-reflector client, still reflected to for now"
 CEASE_TIMEOUT = 3.0  # a removed peer's Cease: how long to wait for its session to go down  # a started ExaBGP whose relay never connects is restarted
 
 
@@ -453,14 +450,9 @@ class Speaker:
 
     def peer_status(self) -> list[PeerStatus]:
         """Each configured session; one kept by make-before-break says so after its state."""
-        return [self._draining_status(self._peers[a].status()) for a in sorted(self._peers)]
-
-    def _draining_status(self, status: PeerStatus) -> PeerStatus:
-        if status.address not in self._draining:
-            return status
-        wanted = self._wanted is not None and any(p.address == status.address for p in self._wanted[0])
-        why = DRAINING_REFLECTION if wanted else DRAINING_SESSION
-        return dataclasses.replace(status, info=f"{status.info}; {why}")
+        wanted = frozenset(p.address for p in self._wanted[0]) if self._wanted is not None else frozenset()
+        return [core.draining_status(self._peers[a].status(), self._draining.keys(), wanted)
+                for a in sorted(self._peers)]
 
     def counters(self) -> dict[str, int]:
         return dict(self._rib.counters)

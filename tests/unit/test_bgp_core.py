@@ -116,3 +116,10 @@ def test_a_burst_of_peer_changes_reloads_after_the_quiet_but_within_the_max_dela
     assert core.reload_at(first=10.0, now=10.0, debounce=0.1, max_delay=1.0) == 10.1
     assert core.reload_at(first=10.0, now=10.5, debounce=0.1, max_delay=1.0) == 10.6
     assert core.reload_at(first=10.0, now=10.95, debounce=0.1, max_delay=1.0) == 11.0
+
+
+def test_a_session_kept_by_make_before_break_says_why():
+    status = core.PeerSession(SPEC, state="up").status()
+    assert core.draining_status(status, [], [ADDR]) is status
+    assert core.draining_status(status, [ADDR], []).info == f"Established; {core.DRAINING_SESSION}"
+    assert core.draining_status(status, [ADDR], [ADDR]).info == f"Established; {core.DRAINING_REFLECTION}"
