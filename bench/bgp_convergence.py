@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from bench.common import emit, save_figure
+from bench.common import emit, step_figure
 
 POOL = IPv4Network("10.128.0.0/9")  # 131072 /26s
 ASN = 64512
@@ -543,26 +543,14 @@ def wait(predicate, timeout: float, what: str):
 
 
 def plot(result: dict, series: dict[str, tuple]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for label, (t0, points) in series.items():
-        ax.step([t - t0 for t, _ in points], [c for _, c in points], where="post", label=label)
-    ax.set_xlabel("seconds since `birdc enable st` (the withdrawal follows the learn)")
-    ax.set_ylabel("routes in the receiver's kernel")
     title = f"{result['prefixes']} /26 prefixes: learn {result['learn_s']} s, withdraw {result['withdraw_s']} s"
     if "learn_bird_s" in result:
         title += f" (BIRD {result['learn_bird_s']} s / {result['withdraw_bird_s']} s)"
     if "learn_exabgp_alone_s" in result:
         title += f"\n(ExaBGP alone {result['learn_exabgp_alone_s']} s / {result['withdraw_exabgp_alone_s']} s)"
-    ax.set_title(title)
-    ax.legend()
-    path = save_figure(fig, "bgp_convergence.png")
-    plt.close(fig)
-    return path
+    return step_figure(series, title=title, name="bgp_convergence.png",
+                       xlabel="seconds since `birdc enable st` (the withdrawal follows the learn)",
+                       ylabel="routes in the receiver's kernel")
 
 
 if __name__ == "__main__":

@@ -55,3 +55,23 @@ def cdf_figure(samples: Sequence[float], *, label: str, goal: float, ylabel: str
         return save_figure(fig, name)
     finally:
         plt.close(fig)
+
+
+def step_figure(series: dict[str, tuple[float, Sequence[tuple[float, int]]]], *, xlabel: str,
+                ylabel: str, title: str, name: str) -> Path:
+    """Counts over time, one step line per label (``{label: (t0, [(t, count), ...])}``, times from
+    t0), saved as ``bench/out/<name>``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for label, (t0, points) in series.items():
+        ax.step([t - t0 for t, _ in points], [n for _, n in points], where="post", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    try:
+        return save_figure(fig, name)
+    finally:
+        plt.close(fig)

@@ -53,7 +53,7 @@ from pathlib import Path
 
 from bench.bgp_convergence import (_EVENT, CLK_TCK, Procs, _dst, cpu_s, exabgp_pid, hwm_mb,
                                    start_etcd_in, stat_fields, wait)
-from bench.common import emit, save_figure
+from bench.common import emit, step_figure
 
 POOL = IPv4Network("10.192.0.0/12")  # 16384 /26 blocks
 ASN = 64512
@@ -447,25 +447,14 @@ def ip_batch(ns: str, lines: list[str]) -> None:
 
 
 def plot(result: dict, series: dict[str, tuple]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for label, (t0, points) in series.items():
-        ax.step([t - t0 for t, _ in points], [n for _, n in points], where="post", label=label)
-    ax.set_xlabel("seconds since every client enabled its blocks (one client's withdrawal follows)")
-    ax.set_ylabel("reflected blocks in all clients' kernels")
     title = (f"{result['clients']} clients x {result['blocks_per_client']} blocks: "
              f"converge {result['converge_s']} s")
     if "converge_bird_s" in result:
         title += f" (BIRD {result['converge_bird_s']} s, ratio {result['ratio_converge_vs_bird']})"
-    ax.set_title(title)
-    ax.legend()
-    path = save_figure(fig, "route_reflector.png")
-    plt.close(fig)
-    return path
+    return step_figure(
+        series, title=title, name="route_reflector.png",
+        xlabel="seconds since every client enabled its blocks (one client's withdrawal follows)",
+        ylabel="reflected blocks in all clients' kernels")
 
 
 if __name__ == "__main__":
