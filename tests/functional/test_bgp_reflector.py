@@ -248,3 +248,65 @@ def test_bird_as_a_client_of_our_reflector(netns, procs, loop_thread, tmp_path):
     finally:
         for sp in speakers:
             lt.run(sp.stop())
+
+
+BIRD_REFLECTOR_CONF = """\
+router id {r};
+log "{log}" all;
+protocol device {{}}
+template bgp our_node {{
+    local {r} as 64512;
+    direct;
+    rr client;
+    rr cluster id {cluster};
+    hold time 9;
+    ipv4 {{ import all; export all; }};
+}}
+protocol bgp node_a from our_node {{ neighbor {a} as 64512; }}
+protocol bgp node_b from our_node {{ neighbor {b} as 64512; }}
+"""
+
+
+def test_bird_as_the_reflector_for_our_nodes(netns, procs, loop_thread, tmp_path):
+    """Issue 9 item 8: BIRD 2 is the route reflector (the source article's cluster ID), two of our
+    speakers its clients. Each of ours learns the other's block with the next hop unchanged, the
+    originator and BIRD's cluster ID; BIRD's RIB holds both; a withdrawal passes through it."""
+    lt = loop_thread
+    fabric, ns_a, ns_b = _fabric(netns), netns("rra"), netns("rrb")
+    _join(fabric, ns_a, A)
+    _join(fabric, ns_b, B)
+    workdir = tmp_path / "bird"
+    workdir.mkdir()
+    conf, sock = workdir / "bird.conf", workdir / "bird.ctl"
+    conf.write_text(BIRD_REFLECTOR_CONF.format(r=R, a=A, b=B, cluster=CLUSTER, log=workdir / "bird.log"))
+    subprocess.run(["bird", "-p", "-c", str(conf)], check=True)
+    procs.add(subprocess.Popen(["ip", "netns", "exec", fabric, "bird", "-f", "-c", str(conf),
+                                "-s", str(sock), "-P", str(workdir / "bird.pid")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait_for(sock.exists, 10, what="bird control socket")
+    assert {p.address for p in _sessions("a")} == {p.address for p in _sessions("b")} == {R}
+    speakers = []
+    try:
+        a = _speaker(lt, ns_a, A, tmp_path / "a", _sessions("a"), frozenset({BLOCK_A}))
+        speakers.append(a)
+        b = _speaker(lt, ns_b, B, tmp_path / "b", _sessions("b"), frozenset({BLOCK_B}))
+        speakers.append(b)
+        wait_for(lambda: _all_up(lt, a, 1) and _all_up(lt, b, 1), 30,
+                 what="both of our nodes' sessions to BIRD up")
+
+        wait_for(lambda: _learned(lt, b) == {LearnedRoute(BLOCK_A, A, R, A, (CLUSTER,))}, 15,
+                 what="b learns a's block through BIRD")
+        wait_for(lambda: _learned(lt, a) == {LearnedRoute(BLOCK_B, B, R, B, (CLUSTER,))}, 15,
+                 what="a learns b's block through BIRD")
+        for block, node in ((BLOCK_A, A), (BLOCK_B, B)):
+            route = _birdc(sock, "show", "route", "for", str(block), "all")
+            assert f"via {node} on br0" in route, route
+        assert lt.call(a.counters).get("rejected_originator_loop", 0) == 0
+
+        lt.run(a.set_advertisements(frozenset()))
+        wait_for(lambda: _learned(lt, b) == frozenset(), 15, what="a's withdrawal reaches b")
+        wait_for(lambda: str(BLOCK_A) not in _birdc(sock, "show", "route", "for", str(BLOCK_A)), 15,
+                 what="BIRD drops a's block")
+    finally:
+        for sp in speakers:
+            lt.run(sp.stop())
