@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import queue
-import socket
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -41,9 +40,9 @@ from kubernetes import config as k8s_config  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 
 from crds import API_VERSION, Resource, kind_class, load
+from datastore.apiwatch import WatchThread, status_error
 from datastore.base import (
-    AlreadyExists, Compacted, Conflict, Datastore, DatastoreError, Forbidden, Listing, NotFound,
-    Rejected, Unavailable, WatchEvent,
+    AlreadyExists, Conflict, Datastore, DatastoreError, Listing, NotFound, Unavailable, WatchEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,6 @@ _NODE_BGP = {"ipv4Address": "IPv4Address", "ipv6Address": "IPv6Address", "asNumb
 _NODE_SPEC = {"ipv4VXLANTunnelAddr": "IPv4VXLANTunnelAddr", "vxlanTunnelMACAddr": "VXLANTunnelMACAddr"}
 _PAGE = 500
 _POLL = 0.1  # how often a watch looks at its stop flag, seconds
-_WATCH_SECONDS = 60  # one watch request's lifetime; it is reopened from the last revision seen
 
 
 def connect(kubeconfig: str | None = None, *, node_name: str | None = None) -> KubernetesDatastore:
@@ -280,7 +278,7 @@ class KubernetesDatastore(Datastore):
             raise Unavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from None
         if not 200 <= resp.status <= 299:
             resp.read()
-            raise _error(method, path, resp.status, resp.data)
+            raise status_error(method, path, resp.status, resp.data)
         if stream:
             return resp.response
         resp.read()
@@ -290,24 +288,14 @@ class KubernetesDatastore(Datastore):
         self._api.close()
 
 
-class _KindWatch:
+class _KindWatch(WatchThread):
     """One kind's watch requests in a thread, reopened from the last revision seen; events, and
     the exception that ends it, go to the shared queue."""
 
     def __init__(self, ds: KubernetesDatastore, place: _Place, revision: int,
                  out: queue.Queue, stop: threading.Event) -> None:
         self._ds, self._place, self._revision, self._out, self._stop = ds, place, revision, out, stop
-        self._resp = None
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"watch-{place.kind}", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._closed.set()
-        resp = self._resp
-        if resp is not None:
-            _interrupt(resp)
-        self._thread.join(timeout=5)
+        super().__init__(f"watch-{place.kind}")
 
     def _run(self) -> None:
         try:
@@ -319,26 +307,16 @@ class _KindWatch:
                               else Unavailable(f"watch {self._place.kind}: {exc!r}"))
 
     def _one_request(self) -> None:
-        query = self._ds._selector(self._place) | {
-            "watch": "1", "resourceVersion": str(self._revision), "allowWatchBookmarks": "true",
-            "timeoutSeconds": str(_WATCH_SECONDS)}
-        self._resp = self._ds._request("GET", self._place.collection(None), query, stream=True)
         try:
-            for line in _lines(self._resp):
-                if self._closed.is_set():
-                    return
-                self._handle(json.loads(line))
+            for event in self._events(self._ds, self._place.collection(None),
+                                      self._ds._selector(self._place), self._revision):
+                self._handle(event)
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             if not self._closed.is_set():
                 raise Unavailable(f"watch {self._place.kind}: {type(exc).__name__}: {exc}") from None
-        finally:
-            self._resp.release_conn()
 
     def _handle(self, event: dict) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
-        if kind == "ERROR":
-            raise _error("WATCH", self._place.collection(None), obj.get("code", 500),
-                         json.dumps(obj).encode())
         revision = int(obj.get("metadata", {}).get("resourceVersion") or self._revision)
         self._revision = max(self._revision, revision)
         if kind == "BOOKMARK":
@@ -365,29 +343,6 @@ def _merged(events: queue.Queue, stop: threading.Event) -> Iterator[WatchEvent]:
         if isinstance(item, BaseException):
             raise item
         yield item
-
-
-def _interrupt(resp) -> None:
-    """End a read blocked in another thread: closing the response alone does not wake a thread
-    sitting in recv(); shutting the socket down does."""
-    sock = getattr(getattr(resp, "connection", None), "sock", None)
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed
-    resp.close()
-
-
-def _lines(resp) -> Iterator[bytes]:
-    """Newline-delimited JSON from a streamed response, whatever its chunking."""
-    pending = b""
-    for chunk in resp.stream(65536, decode_content=True):
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        yield from (line for line in complete if line.strip())
-    if pending.strip():
-        yield pending
 
 
 # -- conversions (pure) --
@@ -512,24 +467,3 @@ def _loaded(kind: str, obj: dict) -> Resource:
 def _usable(revision: str | None) -> bool:
     return bool(revision) and revision.isascii() and revision.isdecimal() and int(revision) > 0 \
         and revision == str(int(revision))
-
-
-def _error(method: str, path: str, status: int, data: bytes | None) -> DatastoreError:
-    """The API server's Status as one of our errors."""
-    try:
-        body = json.loads(data or b"{}")
-    except ValueError:
-        body = {}
-    reason, message = body.get("reason", ""), body.get("message") or f"HTTP {status}"
-    text = f"{method} {path}: {message}"
-    if status == 404:
-        return NotFound(text)
-    if status == 409:
-        return AlreadyExists(text) if reason == "AlreadyExists" else Conflict(text)
-    if status == 410:
-        return Compacted(text)
-    if status in (400, 415, 422):
-        return Rejected(text)
-    if status in (401, 403):
-        return Forbidden(text)
-    return Unavailable(text)

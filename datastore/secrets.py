@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import os
 import threading
@@ -27,12 +26,12 @@ from typing import Protocol
 
 import urllib3
 
+from datastore.apiwatch import WatchThread
 from datastore.base import Compacted, DatastoreError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "kube-system"
-_WATCH_SECONDS = 60
 _RETRY = (1.0, 30.0)  # first and longest delay before a failed list/watch is tried again
 
 
@@ -138,26 +137,14 @@ def decode(secret: dict) -> dict[str, str]:
     return out
 
 
-class _SecretWatch:
+class _SecretWatch(WatchThread):
     """List then watch one Secret by name, in a thread, until closed; retried with backoff."""
 
     def __init__(self, owner: SecretWatcher, name: str) -> None:
         self._owner, self._name = owner, name
-        self._closed = threading.Event()
-        self._resp = None
         self._error = ""
         self.settled = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"secret-{name}", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._closed.set()
-        resp = self._resp
-        if resp is not None:
-            from datastore.kubernetes import _interrupt
-
-            _interrupt(resp)
-        self._thread.join(timeout=5)
+        super().__init__(f"secret-{name}")
 
     @property
     def _path(self) -> str:
@@ -208,25 +195,13 @@ class _SecretWatch:
         return int(listing["metadata"]["resourceVersion"])
 
     def _watch(self, revision: int) -> int:
-        from datastore.kubernetes import _error, _lines
-
-        query = self._query() | {"watch": "1", "resourceVersion": str(revision),
-                                 "allowWatchBookmarks": "true", "timeoutSeconds": str(_WATCH_SECONDS)}
-        self._resp = self._owner._ds._request("GET", self._path, query, stream=True)
-        try:
-            for line in _lines(self._resp):
-                event = json.loads(line)
-                obj = event.get("object") or {}
-                if event.get("type") == "ERROR":
-                    raise _error("WATCH", self._path, obj.get("code", 500), json.dumps(obj).encode())
-                revision = max(revision, int((obj.get("metadata") or {}).get("resourceVersion") or 0))
-                if event.get("type") in ("ADDED", "MODIFIED"):
-                    self._owner._store(self._name, decode(obj))
-                elif event.get("type") == "DELETED":
-                    self._owner._store(self._name, None)
-        finally:
-            self._resp.release_conn()
-            self._resp = None
+        for event in self._events(self._owner._ds, self._path, self._query(), revision):
+            obj = event.get("object") or {}
+            revision = max(revision, int((obj.get("metadata") or {}).get("resourceVersion") or 0))
+            if event.get("type") in ("ADDED", "MODIFIED"):
+                self._owner._store(self._name, decode(obj))
+            elif event.get("type") == "DELETED":
+                self._owner._store(self._name, None)
         return revision
 
 

@@ -6,11 +6,12 @@ import json
 import pytest
 
 from crds import load
+from datastore.apiwatch import status_error
 from datastore.base import (
     AlreadyExists, Compacted, Conflict, Forbidden, NotFound, Rejected, Unavailable,
 )
 from datastore.kubernetes import (
-    POD_IP, POD_IPS, _error, _usable, from_k8s, new_node_k8s, node_from_k8s, node_to_k8s, place_of,
+    POD_IP, POD_IPS, _usable, from_k8s, new_node_k8s, node_from_k8s, node_to_k8s, place_of,
     to_k8s, wep_from_k8s,
 )
 
@@ -96,7 +97,7 @@ def test_workload_endpoint_is_derived_from_the_pods_annotations():
 ])
 def test_status_codes_become_our_errors(status, reason, error):
     body = json.dumps({"kind": "Status", "reason": reason, "message": "the server says"}).encode()
-    err = _error("GET", "/x", status, body)
+    err = status_error("GET", "/x", status, body)
     assert isinstance(err, error) and "the server says" in str(err)
 
 
