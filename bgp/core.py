@@ -28,11 +28,21 @@ class PeerStatus:
     info: str  # BIRD's words: 'Established', or the BGP state and why (Active Socket: Connection refused)
     reason: str = ""  # why the session is not up ('' while it is): the last that ended it, or failed
 
+    @property
+    def bgp_state(self) -> str:
+        """The BGP state in BIRD's words, as ``node status`` shows it at the head of INFO."""
+        return bird_state(self.state)
+
 
 # ExaBGP's FSM states in BIRD's words (calicoctl node status shows BIRD's). ExaBGP retries its
 # connect, or waits for the peer's, while Idle: what BIRD calls Active.
-_BIRD_STATE = {"start": "Idle", "idle": "Active", "active": "Active", "connect": "Connect",
-               "opensent": "OpenSent", "openconfirm": "OpenConfirm"}
+_BIRD_STATE = {"up": "Established", "start": "Idle", "idle": "Active", "active": "Active",
+               "connect": "Connect", "opensent": "OpenSent", "openconfirm": "OpenConfirm"}
+
+
+def bird_state(state: str) -> str:
+    """ExaBGP's session state (``PeerStatus.state``) in BIRD's words: Established, Active, ..."""
+    return _BIRD_STATE.get(state, state.capitalize())
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,7 @@ class PeerSession:
         if self.state == "up":
             return PeerStatus(s.address, s.name, s.peer_type, self.state, self.since, "Established")
         reason = self.cause or self.reason
-        state = _BIRD_STATE.get(self.state, self.state.capitalize())
+        state = bird_state(self.state)
         info = f"{state} {reason}" if reason else state
         return PeerStatus(s.address, s.name, s.peer_type, self.state, self.since, info, reason)
 

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         c = n.add_parser(name, help=helptext)
         c.add_argument("--node", help="node name (default: this host's)")
     n.choices["diags"].add_argument("--dir", default="/tmp", help="where to write the tarball")
+    n.choices["status"].add_argument("-o", "--output", default="ps", choices=["ps", "json"],
+                                     help="json: the agent's status as it sends it")
 
     i = sub.add_parser("ipam", help="IP address management").add_subparsers(dest="ipam_cmd",
                                                                            required=True)
@@ -112,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "node":
             if args.node_cmd == "diags":
                 return node_cmds.diags(args.node, args.dir)
-            return node_cmds.status(args.node) if args.node_cmd == "status" \
+            return node_cmds.status(args.node, args.output) if args.node_cmd == "status" \
                 else node_cmds.routes(args.node)
         if args.cmd == "lab":
             from ctl import labcmd

@@ -1,6 +1,7 @@
 """``pycalicoctl node status|routes``: read a node's live state from its agent's status socket."""
 from __future__ import annotations
 
+import json
 import socket
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from ctl.documents import UsageError
 from felix.status import query, socket_path
 
 _STATUS_TIMEOUT = 5.0
+ESTABLISHED = "Established"  # a peer's ``state`` in the agent's status once its session is up
 
 
 def _node_name(node: str | None) -> str:
@@ -38,17 +40,23 @@ def _ask(node: str, topic: str):
     return None
 
 
-def status(node: str | None) -> int:
+def status(node: str | None, out: str = "ps") -> int:
+    """calicoctl's ``node status`` (``out="json"``: the agent's status as it sends it); 0 when
+    every IPv4 session is Established and the datastore connected."""
     name = _node_name(node)
     st = _ask(name, "status")
     if st is None:
         return 1
-    print("Calico process is running.\n")
     peers = [p for p in st.get("peers", []) if ":" not in p["address"]]
+    healthy = all(established(p) for p in peers) and datastore_connected(st)
+    if out == "json":
+        print(json.dumps(st, indent=2, sort_keys=True))
+        return 0 if healthy else 1
+    print("Calico process is running.\n")
     print("IPv4 BGP status")
     if peers:
-        rows = [[p["address"], p["peer_type"], protocol_state(p["state"]), output.since(p["since"]),
-                 p["info"]]
+        rows = [[p["address"], p["peer_type"], "up" if established(p) else "start",
+                 output.since(p["since"]), p["info"]]
                 for p in sorted(peers, key=lambda p: tuple(int(x) for x in p["address"].split(".")))]
         print(output.boxed(["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"], rows))
     else:
@@ -56,14 +64,14 @@ def status(node: str | None) -> int:
     print("\nIPv6 BGP status\nNo IPv6 peers found.\n")
     for line in health_lines(st):
         print(line)
-    healthy = all(p["state"] == "up" for p in peers) and datastore_connected(st)
     return 0 if healthy else 1
 
 
-def protocol_state(state: str) -> str:
-    """calicoctl's STATE column is BIRD's protocol state: ``up``, or ``start`` while the session
-    is being brought up (the BGP state and the reason are in INFO: ``Active Socket: ...``)."""
-    return "up" if state == "up" else "start"
+def established(peer: dict) -> bool:
+    """The session is up: calicoctl's STATE column says ``up`` (BIRD's protocol state), else
+    ``start``; the BGP state and the reason are in INFO (``Active Socket: ...``). An agent that
+    sends ExaBGP's state names says ``up``."""
+    return peer["state"] in (ESTABLISHED, "up")
 
 
 def datastore_connected(st: dict) -> bool:

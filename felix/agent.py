@@ -669,9 +669,11 @@ def _speaker_dict(st) -> dict:
 
 
 def _peer_dict(p) -> dict:
+    """``state`` in BIRD's words, as the ``node status`` table (Established, Active, Connect,
+    Idle, ...); ``exabgp_state`` as ExaBGP reports it."""
     return {"address": str(p.address), "name": p.name, "peer_type": p.peer_type,
-            "state": p.state, "since": p.since.isoformat() if p.since else None, "info": p.info,
-            "reason": p.reason}
+            "state": p.bgp_state, "exabgp_state": p.state,
+            "since": p.since.isoformat() if p.since else None, "info": p.info, "reason": p.reason}
 
 
 def _route_status_dict(s) -> dict:

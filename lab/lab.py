@@ -522,7 +522,7 @@ def _node_lag(node: str, n_peers: int, n_remote: int, dataplane: bool = True) ->
         routes = query(node, "routes")
     except (OSError, RuntimeError) as exc:
         return f"agent not answering ({exc.__class__.__name__})"
-    up_peers = [p for p in status["peers"] if p["state"] == "up"]
+    up_peers = [p for p in status["peers"] if p["state"] == "Established"]
     if len(up_peers) < n_peers:
         return f"{len(up_peers)}/{n_peers} peers up"
     if not dataplane:

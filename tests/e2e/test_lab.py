@@ -334,7 +334,7 @@ def test_external_gobgp_router_learns_every_pod_block_over_ebgp(lab, tmp_path):
                  what="GoBGP holding every pod block with its node as next hop")
         for node in nodes:
             [ext] = [p for p in node_status(node)["peers"] if p["address"] == me]
-            assert ext["peer_type"] == "global" and ext["state"] == "up", ext
+            assert ext["peer_type"] == "global" and ext["state"] == "Established", ext
     finally:
         ctl("--lab", LAB, "delete", "bgppeer", "office-router", check=False)
         gobgpd.terminate()
@@ -365,7 +365,7 @@ def test_killed_relay_keeps_traffic_is_reported_and_repaired(lab):
     os.kill(_relay_of(node2), 9)
     status = wait_for(lambda: (s := node_status(node2))["bgp_speaker"]["state"] != "running" and s,
                       timeout=5, what="node status to report the broken speaker")
-    assert all(p["state"] != "up" for p in status["peers"]), status["peers"]
+    assert all(p["state"] != "Established" for p in status["peers"]), status["peers"]
     failures = [f"{a['netns']} -> {b['ip']}" for a, b in pairs if subprocess.run(
         ["ip", "netns", "exec", a["netns"], "ping", "-c", "1", "-W", "1", b["ip"]],
         capture_output=True).returncode != 0]

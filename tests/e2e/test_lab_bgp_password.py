@@ -69,7 +69,8 @@ def _agent_pids(state: dict) -> dict[str, int]:
 def test_mesh_password_from_a_secret(lab, tmp_path):
     nodes = sorted(lab["nodes"])
     kubeconfig = str(Path(f"/run/pycalico-lab/{LAB}/kubeconfig"))
-    wait_for(lambda: all(_mesh_states(n) == ["up"] for n in nodes), 60, what="mesh up without password")
+    wait_for(lambda: all(_mesh_states(n) == ["Established"] for n in nodes), 60,
+             what="mesh up without password")
     pids = _agent_pids(helpers.lab_state(LAB))
     assert sorted(pids) == nodes
 
@@ -87,8 +88,8 @@ def test_mesh_password_from_a_secret(lab, tmp_path):
         wait_for(lambda: encoded in conf.read_text(), 30, what=f"{node}'s ExaBGP config has the key")
         assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     # Up again *after* the key was set: ExaBGP re-established the session with it.
-    wait_for(lambda: all(_mesh_states(n) == ["up"] and _since(n) != before[n] for n in nodes), 60,
-             what="mesh re-established with the password")
+    wait_for(lambda: all(_mesh_states(n) == ["Established"] and _since(n) != before[n]
+                         for n in nodes), 60, what="mesh re-established with the password")
 
     in_netns(f"{LAB}-fabric", _secret, kubeconfig, None)
     wait_for(lambda: all(_mesh_states(n) == [] for n in nodes), 30,
@@ -101,7 +102,8 @@ def test_mesh_password_from_a_secret(lab, tmp_path):
         assert MARK not in (RUN_ROOT / node / "exabgp.log").read_text()
 
     in_netns(f"{LAB}-fabric", _secret, kubeconfig, PASSWORD)
-    wait_for(lambda: all(_mesh_states(n) == ["up"] for n in nodes), 60, what="mesh back with the Secret")
+    wait_for(lambda: all(_mesh_states(n) == ["Established"] for n in nodes), 60,
+             what="mesh back with the Secret")
     assert MARK not in json.dumps(query(nodes[0], "status"))
     assert _agent_pids(helpers.lab_state(LAB)) == pids, "an agent restarted"
     assert all(Path(f"/proc/{pid}").exists() for pid in pids.values()), "an agent exited"

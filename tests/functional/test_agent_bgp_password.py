@@ -161,7 +161,7 @@ def test_agent_reads_watches_and_drops_the_bgppeer_password(netns, procs, tmp_pa
             return []
 
     wait_for(lambda: bird.state() == "Established", 30, what="BIRD established with the Secret's password")
-    assert [(p["address"], p["state"]) for p in peers()] == [(BIRD_IP, "up")]
+    assert [(p["address"], p["state"]) for p in peers()] == [(BIRD_IP, "Established")]
     assert MARK not in json.dumps(query(node, "status", path=sock)), "password in node status"
 
     # A new password in the Secret: the session moves to it (BIRD still has the old one: down),

@@ -2,15 +2,20 @@
 import argparse
 import io
 import ipaddress
+import json
 import sys
 from datetime import datetime
+from ipaddress import IPv4Address
 
 import pytest
 import yaml
 
+from bgp.core import PeerSession
+from bgp.peers import PeerSpec
 from crds import load
 from ctl import documents, output, resources
 from ctl import node as node_cmds
+from felix.agent import _peer_dict
 from felix.status import socket_path
 from datastore.memory import MemoryDatastore
 
@@ -245,12 +250,13 @@ def status_reply(**extra):
     return {"node": "n1", "ipv4": "10.99.0.1/24", "pid": 1, "datastore_in_sync": True,
             "bgp_routes_in_sync": True, "counters": {},
             "peers": [{"address": "10.99.0.2", "name": "n2", "peer_type": "node-to-node mesh",
-                       "state": "up", "since": TODAY.isoformat(), "info": "Established"}], **extra}
+                       "state": "Established", "exabgp_state": "up", "since": TODAY.isoformat(),
+                       "info": "Established"}], **extra}
 
 
-def run_status(monkeypatch, capsys, reply):
+def run_status(monkeypatch, capsys, reply, out="ps"):
     monkeypatch.setattr(node_cmds, "query", lambda node, topic, **kw: reply)
-    rc = node_cmds.status("n1")
+    rc = node_cmds.status("n1", out)
     return rc, capsys.readouterr().out
 
 
@@ -289,10 +295,10 @@ def test_node_status_of_an_older_agent_still_renders(monkeypatch, capsys):
 
 
 def test_node_status_shows_why_a_session_is_not_up_as_calicoctl_does(monkeypatch, capsys):
-    peers = [{"address": "10.99.0.3", "name": "n3", "peer_type": "node specific", "state": "idle",
+    peers = [{"address": "10.99.0.3", "name": "n3", "peer_type": "node specific", "state": "Active",
               "since": TODAY.isoformat(), "info": "Active Socket: Connection refused",
               "reason": "Socket: Connection refused"},
-             {"address": "192.0.2.1", "name": "tor", "peer_type": "global", "state": "opensent",
+             {"address": "192.0.2.1", "name": "tor", "peer_type": "global", "state": "OpenSent",
               "since": TODAY.isoformat(), "info": "OpenSent Received: Bad peer AS (2/2)",
               "reason": "Received: Bad peer AS (2/2)"}]
     reply = status_reply()
@@ -302,6 +308,24 @@ def test_node_status_shows_why_a_session_is_not_up_as_calicoctl_does(monkeypatch
     assert "| 192.0.2.1    | global            | start | 10:01:02 | OpenSent Received: Bad peer AS (2/2) |" \
         in out.splitlines(), out
     assert rc == 1  # any session not up makes the exit status 1
+
+
+def test_status_json_names_states_as_the_table_does(monkeypatch, capsys):
+    """The agent's status JSON says Established / Active / Idle / OpenSent as the table's INFO
+    does, with ExaBGP's own word beside it; ``node status -o json`` prints it as sent."""
+    def spec(n):
+        return PeerSpec(IPv4Address(f"10.99.0.{n}"), 64512, 64512, False, "node-to-node mesh", f"n{n}")
+    sessions = [PeerSession(spec(2), state="up"),
+                PeerSession(spec(3), state="idle", reason="Socket: Connection refused"),
+                PeerSession(spec(4), state="start"), PeerSession(spec(5), state="opensent")]
+    peers = [_peer_dict(s.status()) for s in sessions]
+    assert [(p["state"], p["exabgp_state"]) for p in peers] == [
+        ("Established", "up"), ("Active", "idle"), ("Idle", "start"), ("OpenSent", "opensent")]
+    assert all(p["info"].split()[0] == p["state"] for p in peers)
+    rc, out = run_status(monkeypatch, capsys, status_reply(peers=peers[:1]), out="json")
+    assert rc == 0 and json.loads(out)["peers"] == peers[:1]
+    rc, out = run_status(monkeypatch, capsys, status_reply(peers=peers), out="json")
+    assert rc == 1 and [p["state"] for p in json.loads(out)["peers"]] == [p["state"] for p in peers]
 
 
 def test_node_routes_prints_the_agents_state_word(monkeypatch, capsys):
