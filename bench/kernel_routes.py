@@ -36,10 +36,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 from bench.common import emit, save_figure
-from felix.calc import DesiredRoute
+from felix.calc import DesiredRoute, key_text
 from felix.dataplane import PROTO, RouteTable
 
 BASE = int(IPv4Address("100.64.0.0"))
@@ -76,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def desired_routes(count: int) -> dict[IPv4Network, DesiredRoute]:
+def desired_routes(count: int) -> dict[int, DesiredRoute]:
+    """By ``felix.calc.dst_key``, as ``RouteCalc.desired`` is."""
     routes = {}
     for i in range(count):
-        dst = IPv4Network((BASE + 4 * i, 30))
+        dst = (BASE + 4 * i) << 8 | 30
         kind = i % 4
         if kind == 0:
             route = DesiredRoute(dst, "blackhole", None, None, "universe", "bench")
@@ -154,8 +155,8 @@ def count_lines(cmd: list[str]) -> int:
 
 def ip_spec(route: DesiredRoute) -> str:
     if route.type == "blackhole":
-        return f"blackhole {route.dst}"
-    spec = str(route.dst)
+        return f"blackhole {key_text(route.key)}"
+    spec = key_text(route.key)
     if route.gateway is not None:
         spec += f" via {route.gateway}"
     if route.dev is not None:

@@ -3,8 +3,9 @@
 Contract of the modules:
 
 - ``felix.calc`` -- purely computational, no I/O, never imports pyroute2. Frozen ``CalcInput``
-  (node, pools, blocks, workloads, learned BGP routes) in, a frozen mapping ``dst -> DesiredRoute``
-  out. Depends on the current state only, never on history or on input order.
+  (node, pools, blocks, workloads, learned BGP routes) in, a frozen mapping ``dst_key -> DesiredRoute``
+  out (a destination is one int, ``address << 8 | prefix length``; ``dst_key``, ``key_network`` and
+  ``key_text`` convert). Depends on the current state only, never on history or on input order.
 - ``felix.inspect`` -- purely computational: ``compare(desired, kernel)`` explains every route (its
   reason, whether the kernel matches). Used by ``pycalicoctl node routes``. ``KernelRoute`` lives here
   so that inspection needs no netlink.
@@ -30,12 +31,12 @@ Contract of the modules:
 Example (pure part)::
 
     >>> from ipaddress import IPv4Address, IPv4Network
-    >>> from felix.calc import Block, CalcInput, Workload, desired_routes
+    >>> from felix.calc import Block, CalcInput, Workload, desired_routes, key_text
     >>> inp = CalcInput(node="n1", pools=frozenset({IPv4Network("10.244.0.0/16")}),
     ...     blocks=frozenset({Block(IPv4Network("10.244.1.0/26"), "n1")}),
     ...     workloads=frozenset({Workload(IPv4Address("10.244.1.5"), "cali0123456789a", "n1", "p")}),
     ...     learned=frozenset())
-    >>> sorted((str(d), r.type) for d, r in desired_routes(inp).items())
+    >>> [(key_text(k), r.type) for k, r in desired_routes(inp).items()]
     [('10.244.1.0/26', 'blackhole'), ('10.244.1.5/32', 'unicast')]
 """
 # Before anything imports pyroute2: load only the parts we use (hostio.lean: 6 MB less per node).

@@ -45,7 +45,7 @@ from datastore.base import AlreadyExists, Conflict, Datastore, Forbidden, NotFou
 from datastore.syncer import Connection, Syncer, is_fatal
 from felix import cluster, logs
 from felix.autodetect import detect
-from felix.calc import PROTO, RouteCalc, workload_route
+from felix.calc import PROTO, RouteCalc, key_network, key_text, workload_route
 from felix.dataplane import RouteTable
 from felix.encap import Encap
 from felix.health import HEALTH_PORT, METRICS_PORT, AgentHealth, HealthServer
@@ -133,7 +133,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._causes: set[str] = set()
         self._stop = asyncio.Event()
-        self._desired: dict = {}  # the full desired mapping (status, health): calc.desired
+        self._desired: dict = {}  # the full desired mapping by dst_key (status, health): calc.desired
         # The route calculation, kept incrementally (see _reconcile); valid only once rebuilt.
         self.calc = RouteCalc()
         self._calc_ready = False
@@ -492,11 +492,13 @@ class Agent:
 
     def _schedule_route_retries(self, result) -> None:
         self._error_backoff.reset()
-        self._routes_applied, self._route_failures = True, dict(result.failed)
+        # by IPv4Network: health output names them (few, normally none)
+        self._routes_applied = True
+        self._route_failures = {key_network(k): why for k, why in result.failed.items()}
         if result.failed.keys() - result.awaiting_device:  # for those, the table wakes us
             delay = self._route_backoff.next_delay()
             log.debug("routes failed, retrying in %.1fs", delay,
-                      extra={"failed": {str(k): v for k, v in result.failed.items()}})
+                      extra={"failed": {key_text(k): v for k, v in result.failed.items()}})
             self._retry_in(delay)
         else:
             self._route_backoff.reset()

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from types import MappingProxyType
@@ -81,21 +80,30 @@ class Borrowed:
 
 @dataclass(frozen=True, slots=True)
 class RemoteRoute:
-    """A route learned over BGP; ``source`` names the peer it came from (for the reason string)."""
+    """A route learned over BGP: its prefix as ``key`` (``dst_key``; ``prefix`` is the
+    ``IPv4Network``, built on demand), its next hop, and ``source``, the peer it came from (for
+    the reason string)."""
 
-    prefix: IPv4Network
+    key: int
     gateway: IPv4Address
     source: str
     # Cached, from the addresses' integers: the fields' own hashes are Python code, and a route
     # is hashed several times on its way from the speaker into the calculation (100k per burst).
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        _check_key(self.key, "learned route")
+
     def __hash__(self) -> int:
         cached = self._hash
         if cached is None:
-            cached = hash((_key(self.prefix), self.gateway._ip, self.source))
+            cached = hash((self.key, self.gateway._ip, self.source))
             object.__setattr__(self, "_hash", cached)
         return cached
+
+    @property
+    def prefix(self) -> IPv4Network:
+        return key_network(self.key)
 
 
 @dataclass(frozen=True)
@@ -133,9 +141,17 @@ class CalcInput:
 
 @dataclass(frozen=True, slots=True)
 class DesiredRoute:
-    """One route as we want it in the kernel. ``dev is None`` for gateway and blackhole routes."""
+    """One route as we want it in the kernel. ``key`` is its destination (``dst_key``: one int,
+    what every desired map is keyed by; ``dst`` is the ``IPv4Network``, built on demand for
+    display). ``dev is None`` for gateway and blackhole routes.
 
-    dst: IPv4Network
+    >>> r = DesiredRoute(dst_key(IPv4Network("10.244.1.0/26")), "blackhole", None, None,
+    ...                  "universe", "local block")
+    >>> r.dst, key_text(r.key)
+    (IPv4Network('10.244.1.0/26'), '10.244.1.0/26')
+    """
+
+    key: int
     type: str
     dev: str | None
     gateway: IPv4Address | None
@@ -144,15 +160,78 @@ class DesiredRoute:
     onlink: bool = False  # ``via <gw> dev <tunnel> onlink``: IPIP and VXLAN routes (gw not on a subnet)
 
     def __post_init__(self) -> None:
+        _check_key(self.key, "route")
         if self.type not in TYPES or self.scope not in SCOPES:
-            raise ValueError(f"bad route {self.dst}: type={self.type!r} scope={self.scope!r}")
+            raise ValueError(f"bad route {key_text(self.key)}: type={self.type!r} scope={self.scope!r}")
+
+    @property
+    def dst(self) -> IPv4Network:
+        return key_network(self.key)
 
 
-def desired_routes(inp: CalcInput) -> Mapping[IPv4Network, DesiredRoute]:
-    """The routes this node should have, keyed by destination (read-only mapping, sorted by dst)."""
+# -- destination keys: one int per IPv4 destination, ``address << 8 | prefix length`` ----------
+# (``felix.rtnl.route_key`` packs the same from a dumped route). An ``IPv4Network`` is ~260 bytes
+# (an object with a ``__dict__``, its address object, the address's int) and its hash is three
+# Python calls; a key is one int (~32 bytes) hashed in C, and sorts as the networks do (address,
+# then length). Everything that keeps or compares destinations by the 100k uses keys; what
+# displays one converts here.
+
+def dst_key(dst: IPv4Network | str) -> int:
+    """The key of ``dst`` (a network, or its text: host bits set are rejected, as
+    ``IPv4Network`` rejects them).
+
+    >>> dst_key("10.0.0.0/8") == 10 << 32 | 8
+    True
+    """
+    if dst.__class__ is str:
+        dst = IPv4Network(dst)
+    return _key(dst)
+
+
+def network_key(address: int, prefixlen: int) -> int:
+    """The key of (address, prefix length) as integers; ValueError if either is out of range or
+    the address has host bits set."""
+    if not 0 <= prefixlen <= 32 or not 0 <= address <= 0xFFFFFFFF:
+        raise ValueError(f"bad destination {address:#x}/{prefixlen}: out of range")
+    if address & (0xFFFFFFFF >> prefixlen if prefixlen < 32 else 0):
+        raise ValueError(f"bad destination {_dotted(address)}/{prefixlen}: host bits set")
+    return address << 8 | prefixlen
+
+
+def key_network(key: int) -> IPv4Network:
+    """The ``IPv4Network`` of a key (for display and comparison with one)."""
+    return IPv4Network((key >> 8, key & 0xFF))
+
+
+def key_text(key: int) -> str:
+    """``a.b.c.d/len`` of a key, without building an ``IPv4Network``.
+
+    >>> key_text(dst_key("10.244.1.0/26"))
+    '10.244.1.0/26'
+    """
+    return f"{_dotted(key >> 8)}/{key & 0xFF}"
+
+
+def _dotted(address: int) -> str:
+    return f"{address >> 24 & 0xFF}.{address >> 16 & 0xFF}.{address >> 8 & 0xFF}.{address & 0xFF}"
+
+
+def _check_key(key, what: str) -> None:
+    """A valid key (a route's ``__post_init__``: cheap, integer arithmetic only)."""
+    if key.__class__ is not int:
+        raise TypeError(f"bad {what} destination {key!r}: want an int key (felix.calc.dst_key)")
+    plen = key & 0xFF
+    if plen > 32 or key >> 40 or (key >> 8) & (0xFFFFFFFF >> plen if plen < 32 else 0):
+        raise ValueError(f"bad {what} destination {key:#x}: not a valid key (host bits set, "
+                         f"or a prefix length above 32)")
+
+
+def desired_routes(inp: CalcInput) -> Mapping[int, DesiredRoute]:
+    """The routes this node should have, keyed by destination (``dst_key``; read-only mapping,
+    sorted by destination)."""
     own_blocks = _own_blocks(inp)
     ctx = _Context(inp)
-    routes: dict[IPv4Network, DesiredRoute] = {}
+    routes: dict[int, DesiredRoute] = {}
     # Lowest precedence first; a later layer overwrites an earlier one on the same dst.
     _merge(routes, _learned_routes(inp.learned, ctx))
     _merge(routes, ctx.affinity_routes())
@@ -181,10 +260,8 @@ def in_own_block(prefix: IPv4Network, own_blocks: Iterable[IPv4Network]) -> bool
 
 
 def _key(dst: IPv4Network) -> int:
-    """One int per destination (address << 8 | length, as ``felix.rtnl.route_key``): the indexes
-    of the incremental calculation use it, since an ``IPv4Network`` hash is three Python calls
-    and a learned route's destination was hashed ~15 times on its way to the kernel. It reads
-    ipaddress's own slots (``_ip``, ``_prefixlen``), as ``felix.dataplane`` does."""
+    """``dst_key`` of a network: it reads ipaddress's own slots (``_ip``, ``_prefixlen``), since
+    ``int()`` and ``.prefixlen`` are Python-level calls."""
     return dst.network_address._ip << 8 | dst._prefixlen
 
 
@@ -200,6 +277,9 @@ def _inside(address: int, length: int, bits: list[tuple[int, int, int, IPv4Netwo
         if length >= net_length and address & mask == net_address:
             return net
     return None
+
+
+_NO_POOL = PoolEncap(IPv4Network("0.0.0.0/0"))  # what a destination outside every pool gets: Never / Never
 
 
 def _own_blocks(inp: CalcInput) -> list[IPv4Network]:
@@ -223,14 +303,14 @@ class _Context:
         # each pool's encapsulation by its position in _pools: no IPv4Network hash per route
         self._pool_encap = {id(cidr): self.encap.get(cidr, PoolEncap(cidr)) for cidr in inp.pools}
 
-    def pool_cidr(self, prefix: IPv4Network) -> IPv4Network | None:
-        """The first pool (in ``inp.pools`` order) that ``prefix`` is inside, if any."""
-        return _inside(prefix.network_address._ip, prefix._prefixlen, self._pools)
+    def pool_cidr(self, key: int) -> IPv4Network | None:
+        """The first pool (in ``inp.pools`` order) that destination ``key`` is inside, if any."""
+        return _inside(key >> 8, key & 0xFF, self._pools)
 
-    def pool_of(self, prefix: IPv4Network) -> PoolEncap:
-        cidr = self.pool_cidr(prefix)
+    def pool_of(self, key: int) -> PoolEncap:
+        cidr = self.pool_cidr(key)
         if cidr is None:
-            return PoolEncap(prefix)
+            return _NO_POOL
         return self._pool_encap[id(cidr)]
 
     def same_subnet(self, ip: IPv4Address) -> bool:
@@ -244,11 +324,11 @@ class _Context:
         # by _key, not by IPv4Network (hash, int): a rebuild at 100k blocks spent most of its time there
         remote = _first_per_key((b for b in self.inp.blocks if b.node != self.inp.node),
                                 key=lambda b: _key(b.cidr), order=lambda b: b.node)
-        for block in sorted(remote, key=lambda b: _key(b.cidr)):
-            cidr = self.pool_cidr(block.cidr)
+        for key, block in sorted(((_key(b.cidr), b) for b in remote), key=lambda kb: kb[0]):
+            cidr = self.pool_cidr(key)
             if cidr is None:
                 continue  # outside every pool: never routed (the import filter's rule)
-            route = self._route_to(block.cidr, block.node, self._pool_encap[id(cidr)],
+            route = self._route_to(key, block.cidr, block.node, self._pool_encap[id(cidr)],
                                    "block affinity", bgp_brings_it=self.inp.bgp)
             if route is not None:
                 out.append(route)
@@ -262,20 +342,21 @@ class _Context:
         for b in sorted(_first_per_key(others, key=lambda b: b.ip, order=lambda b: b.node),
                         key=lambda b: b.ip):
             dst = IPv4Network(b.ip)
-            cidr = self.pool_cidr(dst)
+            key = _key(dst)
+            cidr = self.pool_cidr(key)
             if cidr is None:
                 continue  # outside every pool: never routed (the import filter's rule)
             ours = in_own_block(dst, own_blocks)
-            route = self._route_to(dst, b.node, self.encap.get(cidr, PoolEncap(cidr)),
+            route = self._route_to(key, dst, b.node, self.encap.get(cidr, PoolEncap(cidr)),
                                    "borrowed from our block" if ours else "borrowed",
                                    bgp_brings_it=self.inp.bgp and not ours)
             if route is not None:
                 out.append(route)
         return out
 
-    def _route_to(self, dst: IPv4Network, node: str, pool: PoolEncap, why: str, *,
+    def _route_to(self, key: int, dst: IPv4Network, node: str, pool: PoolEncap, why: str, *,
                   bgp_brings_it: bool) -> DesiredRoute | None:
-        """``dst`` via ``node``, directly or through the pool's tunnel; None when BGP brings it
+        """``dst`` (``key``) via ``node``, directly or through the pool's tunnel; None when BGP brings it
         (a pool without VXLAN) or when the node's addresses are not known yet (``problems``)."""
         if pool.vxlan == NEVER and bgp_brings_it:
             return None
@@ -288,10 +369,10 @@ class _Context:
             if host.vtep_ip is None or host.vtep_mac is None:
                 self.problems[dst] = f"node {node} has no VXLAN tunnel address and MAC yet"
                 return None
-            return _via(dst, host.vtep_ip, VXLAN_DEV, self._reason("vxlan", node, why))
+            return _via(key, host.vtep_ip, VXLAN_DEV, self._reason("vxlan", node, why))
         if pool.vxlan == NEVER and pool.ipip != NEVER and self.tunnelled(pool.ipip, node_ip):
-            return _via(dst, node_ip, IPIP_DEV, self._reason("ipip", node, why))
-        return _via(dst, node_ip, None, self._reason("direct", node, why))
+            return _via(key, node_ip, IPIP_DEV, self._reason("ipip", node, why))
+        return _via(key, node_ip, None, self._reason("direct", node, why))
 
     def _reason(self, path: str, node: str, why: str) -> str:
         """One string per (path, node, why), shared by all the routes it explains (100k blocks
@@ -310,14 +391,14 @@ def _suffix(why: str) -> str:
     return "" if why == "block affinity" else f" ({why})"
 
 
-def _via(dst: IPv4Network, gateway: IPv4Address, tunnel: str | None, reason: str) -> DesiredRoute:
-    return DesiredRoute(dst=dst, type="unicast", dev=tunnel, gateway=gateway, scope="universe",
+def _via(key: int, gateway: IPv4Address, tunnel: str | None, reason: str) -> DesiredRoute:
+    return DesiredRoute(key=key, type="unicast", dev=tunnel, gateway=gateway, scope="universe",
                         reason=reason, onlink=tunnel is not None)
 
 
-def _merge(routes: dict[IPv4Network, DesiredRoute], layer: Iterable[DesiredRoute]) -> None:
+def _merge(routes: dict[int, DesiredRoute], layer: Iterable[DesiredRoute]) -> None:
     for route in layer:
-        routes[route.dst] = route
+        routes[route.key] = route
 
 
 def _workload_routes(workloads: Iterable[Workload], node: str) -> list[DesiredRoute]:
@@ -330,16 +411,14 @@ def _workload_routes(workloads: Iterable[Workload], node: str) -> list[DesiredRo
 def workload_route(ip: IPv4Address, iface: str, name: str) -> DesiredRoute:
     """``<ip>/32 dev <iface> scope link``: also what the CNI plugin writes (``RouteTable.set_route``)
     so that the agent adopts the route instead of fighting it."""
-    return DesiredRoute(
-        dst=IPv4Network(ip), type="unicast", dev=iface, gateway=None, scope="link",
-        reason=f"local workload {name}",
-    )
+    return DesiredRoute(key=ip._ip << 8 | 32, type="unicast", dev=iface, gateway=None,
+                        scope="link", reason=f"local workload {name}")
 
 
 def _blackhole_routes(own_blocks: Iterable[IPv4Network]) -> list[DesiredRoute]:
     return [
         DesiredRoute(
-            dst=cidr, type="blackhole", dev=None, gateway=None, scope="universe",
+            key=_key(cidr), type="blackhole", dev=None, gateway=None, scope="universe",
             reason="local block",
         )
         for cidr in set(own_blocks)
@@ -350,17 +429,17 @@ def _blackhole_routes(own_blocks: Iterable[IPv4Network]) -> list[DesiredRoute]:
 def _learned_routes(learned: Iterable[RemoteRoute], ctx: _Context) -> list[DesiredRoute]:
     # bgp.rib filtered them and gives one best path per prefix; a set holding two for one prefix
     # (only a caller other than the agent) still gives one answer, whatever the order.
-    winners = _first_per_key(learned, key=lambda r: r.prefix, order=lambda r: (r.gateway, r.source))
+    winners = _first_per_key(learned, key=lambda r: r.key, order=lambda r: (r.gateway, r.source))
     return [_learned_route(r, ctx) for r in winners]
 
 
 def _learned_route(r: RemoteRoute, ctx: _Context) -> DesiredRoute:
-    pool = ctx.pool_of(r.prefix)
+    pool = ctx.pool_of(r.key)
     # A VXLAN pool's blocks are routed from affinities (Calico's rule), which override this
     # layer; a learned route stays only as the fallback while the node has no VTEP yet (a live
     # switch to VXLAN then keeps the old path instead of dropping the block's traffic).
     tunnel = IPIP_DEV if pool.ipip != NEVER and ctx.tunnelled(pool.ipip, r.gateway) else None
-    return _via(r.prefix, r.gateway, tunnel, f"learned from {r.source}"
+    return _via(r.key, r.gateway, tunnel, f"learned from {r.source}"
                 + (" (ipip)" if tunnel else ""))
 
 
@@ -382,81 +461,6 @@ def _learned_order(r: RemoteRoute) -> tuple[IPv4Address, str]:
     return (r.gateway, r.source)
 
 
-class Destinations(AbstractSet):
-    """The destinations an update changed, a set held by ``_key(dst)`` (building a set of 100k
-    ``IPv4Network`` hashed each of them, in Python): compares and iterates as a set does;
-    ``RouteTable.apply(changed=...)`` takes ``by_key`` as it is."""
-
-    __slots__ = ("by_key",)
-
-    def __init__(self, by_key: dict[int, IPv4Network]) -> None:
-        self.by_key = by_key
-
-    @classmethod
-    def _from_iterable(cls, it) -> set:  # what ``&``, ``|``, ``-`` return: a plain set
-        return set(it)
-
-    def __contains__(self, dst) -> bool:
-        try:
-            return dst._version == 4 and _key(dst) in self.by_key
-        except AttributeError:  # not a network at all
-            return False
-
-    def __iter__(self):
-        return iter(self.by_key.values())
-
-    def __len__(self) -> int:
-        return len(self.by_key)
-
-    def __repr__(self) -> str:
-        return f"Destinations({set(self.by_key.values())!r})"
-
-
-class RoutesByDst(Mapping):
-    """A read-only ``{dst: DesiredRoute}`` held by ``_key(dst)``: what ``RouteCalc.desired`` is.
-    The calculation writes one entry per changed route, and at 100k learned routes hashing each
-    ``IPv4Network`` key (Python code) was a third of that work. Iterating ``values()`` is the
-    dict's own; a lookup costs a key, not a hash of the network."""
-
-    __slots__ = ("_routes",)
-
-    def __init__(self, routes: dict[int, DesiredRoute]) -> None:
-        self._routes = routes
-
-    def __getitem__(self, dst: IPv4Network) -> DesiredRoute:
-        route = self.get(dst)
-        if route is None:
-            raise KeyError(dst)
-        return route
-
-    def get(self, dst, default=None):
-        try:
-            if dst._version != 4:
-                return default
-            return self._routes.get(_key(dst), default)
-        except AttributeError:  # not a network at all
-            return default
-
-    def __contains__(self, dst) -> bool:
-        return self.get(dst) is not None
-
-    def __iter__(self):
-        return (route.dst for route in self._routes.values())
-
-    def __len__(self) -> int:
-        return len(self._routes)
-
-    def values(self):
-        return self._routes.values()
-
-    def routes_at(self, keys: Iterable[int]) -> list[DesiredRoute]:
-        """The routes at these ``_key``s (none for a key without one)."""
-        return [route for route in map(self._routes.get, keys) if route is not None]
-
-    def __repr__(self) -> str:
-        return f"RoutesByDst({dict(self.items())!r})"
-
-
 class RouteCalc:
     """``desired_routes`` kept up to date incrementally, for the events that come by the thousand.
 
@@ -472,17 +476,18 @@ class RouteCalc:
     >>> calc = RouteCalc()
     >>> calc.rebuild(CalcInput(node="n1", pools=frozenset({IPv4Network("10.244.0.0/16")}),
     ...     blocks=frozenset(), workloads=frozenset(), learned=frozenset()))
-    Destinations(set())
+    set()
     >>> w = Workload(IPv4Address("10.244.1.5"), "cali0123456789a", "n1", "default/web")
-    >>> calc.update(workloads_added=[w]) == {IPv4Network('10.244.1.5/32')}
+    >>> calc.update(workloads_added=[w]) == {dst_key("10.244.1.5/32")}
     True
-    >>> calc.desired[IPv4Network("10.244.1.5/32")].dev
+    >>> calc.desired[dst_key("10.244.1.5/32")].dev
     'cali0123456789a'
     """
 
     def __init__(self) -> None:
-        self._desired: dict[int, DesiredRoute] = {}  # by _key(dst)
-        self.desired: Mapping[IPv4Network, DesiredRoute] = RoutesByDst(self._desired)
+        self._desired: dict[int, DesiredRoute] = {}
+        # What ``desired_routes`` returns, kept up to date: read-only, by ``dst_key`` (not sorted)
+        self.desired: Mapping[int, DesiredRoute] = MappingProxyType(self._desired)
         self.problems: dict[IPv4Network, str] = {}  # ``unroutable`` of the input last rebuilt
         # How many desired routes carry each reason: health probes and metrics count routes by
         # kind, and walking 100k routes per probe stalled the loop for ~70 ms.
@@ -490,14 +495,14 @@ class RouteCalc:
         self._node: str | None = None
         self._ctx: _Context | None = None
         self._own: list[IPv4Network] = []
-        # The indexes are keyed by ``_key(dst)``, not by the IPv4Network (see ``_key``).
+        # The indexes, like ``desired``, are keyed by ``dst_key``.
         self._fixed: dict[int, DesiredRoute] = {}  # blackholes over affinity routes
         self._workloads: dict[int, set[Workload]] = {}  # local ones, by /32
         # Accepted ones, by prefix: the route itself while a prefix has one (nearly always; a
         # one-item set per prefix was a fifth of the agent's memory at 100k learned routes).
         self._learned: dict[int, RemoteRoute | set[RemoteRoute]] = {}
 
-    def rebuild(self, inp: CalcInput) -> Destinations:
+    def rebuild(self, inp: CalcInput) -> set[int]:
         """Start again from a whole input (a rare global change); return what changed."""
         ctx = _Context(inp)
         self._node, self._ctx = inp.node, ctx
@@ -505,28 +510,27 @@ class RouteCalc:
         fixed = ctx.affinity_routes()
         fixed += ctx.borrowed_routes(self._own)
         fixed += _blackhole_routes(self._own)
-        self._fixed = {_key(r.dst): r for r in fixed}
+        self._fixed = {r.key: r for r in fixed}
         self.problems = dict(sorted(ctx.problems.items()))
         self._workloads, self._learned = {}, {}
         for w in inp.workloads:
             if w.node == inp.node:
-                self._workloads.setdefault(_key(IPv4Network(w.ip)), set()).add(w)
+                self._workloads.setdefault(w.ip._ip << 8 | 32, set()).add(w)
         for r in inp.learned:
-            _add_learned(self._learned, _key(r.prefix), r)
-        # Layer by layer into a new mapping, then compare, all by key: each IPv4Network hash is a
-        # Python call, and a rebuild at 100k routes spent most of its time in them.
+            _add_learned(self._learned, r.key, r)
+        # Layer by layer into a new mapping, then compare.
         new = dict(self._fixed)
         for key in self._learned.keys() - new.keys():
             new[key] = self._winner(key)
         for key in self._workloads:
             new[key] = self._winner(key)
         old = self._desired
-        changed = {key: route.dst for key, route in old.items() if new.get(key) != route}
-        changed.update((key, new[key].dst) for key in new.keys() - old.keys())
+        changed = {key for key, route in old.items() if new.get(key) != route}
+        changed.update(new.keys() - old.keys())
         old.clear()
         old.update(new)
         self.reasons = Counter(route.reason for route in new.values())
-        return Destinations(changed)
+        return changed
 
     @property
     def own_blocks(self) -> frozenset[IPv4Network]:
@@ -540,40 +544,36 @@ class RouteCalc:
         workloads_removed: Iterable[Workload] = (),
         learned_added: Iterable[RemoteRoute] = (),
         learned_removed: Iterable[RemoteRoute] = (),
-    ) -> Destinations:
+    ) -> set[int]:
         """Take workloads and learned routes that appeared or went (set semantics: adding what is
-        there or removing what is not does nothing); return the destinations whose route changed.
-        Removals are applied before additions."""
+        there or removing what is not does nothing); return the destinations (keys) whose route
+        changed. Removals are applied before additions."""
         ctx = self._ctx
         if ctx is None:
             raise AssertionError("Bug: RouteCalc.update before the first rebuild")
-        touched: dict[int, IPv4Network] = {}
+        touched: set[int] = set()
         node, workloads, learned = self._node, self._workloads, self._learned
         for w in workloads_removed:
             if w.node == node:
-                dst = IPv4Network(w.ip)
-                touched[_discard(workloads, _key(dst), w)] = dst
+                touched.add(_discard(workloads, w.ip._ip << 8 | 32, w))
         for r in learned_removed:
-            touched[_discard_learned(learned, _key(r.prefix), r)] = r.prefix
+            touched.add(_discard_learned(learned, r.key, r))
         for w in workloads_added:
             if w.node == node:
-                dst = IPv4Network(w.ip)
-                key = _key(dst)
+                key = w.ip._ip << 8 | 32
                 workloads.setdefault(key, set()).add(w)
-                touched[key] = dst
+                touched.add(key)
         for r in learned_added:
-            prefix = r.prefix
-            key = _key(prefix)
+            key = r.key
             if key in learned:
                 _add_learned(learned, key, r)
             else:
                 learned[key] = r
-            touched[key] = prefix
-        resolve = self._resolve
-        return Destinations({key: dst for key, dst in touched.items() if resolve(key, dst)})
+            touched.add(key)
+        return set(filter(self._resolve, touched))
 
-    def _resolve(self, key: int, dst: IPv4Network) -> bool:
-        """Recompute ``dst``'s winner from its candidates; True if it changed."""
+    def _resolve(self, key: int) -> bool:
+        """Recompute the winner at ``key`` from its candidates; True if it changed."""
         route = self._winner(key)
         old = self._desired.get(key)
         if route is old or (route is not None and old is not None and route == old):

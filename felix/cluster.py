@@ -370,7 +370,8 @@ def remote_route_list(learned: Iterable) -> list[RemoteRoute]:
         source = names.get(peer._ip)
         if source is None:
             source = names[peer._ip] = str(peer)
-        out.append(RemoteRoute(prefix=r.prefix, gateway=r.nexthop, source=source))
+        prefix = r.prefix  # its key from ipaddress's own slots (``calc.dst_key``, inlined)
+        out.append(RemoteRoute(prefix.network_address._ip << 8 | prefix._prefixlen, r.nexthop, source))
     return out
 
 

@@ -71,10 +71,10 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 from felix import rtnl
-from felix.calc import PROTO, DesiredRoute, Destinations, RoutesByDst
+from felix.calc import PROTO, DesiredRoute, key_network, key_text
 from felix.inspect import KernelRoute, route_matches
 
 __all__ = ["PROTO", "ApplyResult", "KernelRoute", "RouteTable", "route_is_ours"]
@@ -112,11 +112,11 @@ class ApplyResult:
     added: int = 0
     replaced: int = 0
     deleted: int = 0
-    failed: dict[IPv4Network, str] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)  # by destination (``calc.dst_key``)
     # Those of ``failed`` whose device does not exist (a pod's veth not made yet, or gone with its
     # pod): in incremental mode the table calls ``on_drift`` when the device appears, so they
     # need no timed retry.
-    awaiting_device: set[IPv4Network] = field(default_factory=set)
+    awaiting_device: set[int] = field(default_factory=set)
     # Seconds until a route kept in its CNI grace period may be removed: apply again by then.
     recheck_after: float | None = None
 
@@ -209,7 +209,7 @@ class RouteTable:
         self._last_desired: set[tuple[int, str]] = set()  # (key, dev) of desired workload routes
         self._desired_workloads: set[tuple[int, str]] = set()  # the same, of the apply under way
         self._first_seen: dict[tuple[int, str], float] = {}
-        self._failing: dict[IPv4Network, str] = {}
+        self._failing: dict[int, str] = {}  # key -> why, of the last applies
         # Cumulative, for the status socket: an idle agent must not move them between resyncs.
         self.dumps = 0
         self.writes = 0
@@ -288,23 +288,24 @@ class RouteTable:
             self._pyroute2 = AsyncIPRoute(netns=self.netns, flags=0) if self.netns else AsyncIPRoute()
         return self._pyroute2
 
-    async def kernel_routes(self) -> dict[IPv4Network, KernelRoute]:
-        """IPv4 routes of our proto in our table (from a full dump)."""
+    async def kernel_routes(self) -> dict[int, KernelRoute]:
+        """IPv4 routes of our proto in our table (from a full dump), by ``calc.dst_key``."""
         async with self._lock:
             return await self._in_thread(self._kernel_routes)
 
     def apply(
         self,
-        desired: Mapping[IPv4Network, DesiredRoute],
+        desired: Mapping[int, DesiredRoute],
         *,
         delete_unknown_gateway_routes: bool = True,
-        changed: Iterable[IPv4Network] | None = None,
+        changed: Iterable[int] | None = None,
     ) -> Awaitable[ApplyResult]:
-        """Make our routes equal ``desired``; see the module docstring for the rules.
+        """Make our routes equal ``desired`` (by ``calc.dst_key``, as ``RouteCalc.desired``); see
+        the module docstring for the rules.
 
         ``delete_unknown_gateway_routes=False`` keeps our gateway routes that are not desired (after
         an agent restart, until BGP has re-synced, so traffic keeps flowing).
-        ``changed``: the only destinations that may differ since the last apply (incremental mode:
+        ``changed``: the only destinations (keys) that may differ since the last apply (incremental mode:
         diff and write just those, if the cache can be trusted; a full diff otherwise).
 
         ``desired`` is read when this is called, not when the returned awaitable runs: the caller
@@ -316,20 +317,14 @@ class RouteTable:
         if changed is None or not self.incremental or not self._trusted():
             routes = list(desired.values())
         else:
-            dirty = dict(changed.by_key) if isinstance(changed, Destinations) else _keys(changed)
+            dirty = set(changed)
             with self._cache_lock:
-                touched = list(self._touched)
-            for key in touched:  # what the kernel's notifications made dirty
-                if key not in dirty:
-                    dirty[key] = _network(key)
-            if isinstance(desired, RoutesByDst):  # the calculation's: looked up by key
-                dirty_routes = desired.routes_at(dirty)
-            else:
-                dirty_routes = [r for r in map(desired.get, dirty.values()) if r is not None]
+                dirty |= self._touched  # what the kernel's notifications made dirty
+            dirty_routes = [r for r in map(desired.get, dirty) if r is not None]
         return self._apply_when_free(routes, delete_unknown_gateway_routes, dirty, dirty_routes)
 
     async def _apply_when_free(self, routes: list[DesiredRoute] | None, delete_gateway_routes: bool,
-                               dirty: dict[int, IPv4Network] | None,
+                               dirty: set[int] | None,
                                dirty_routes: list[DesiredRoute] | None) -> ApplyResult:
         async with self._lock:
             self.drifted.clear()  # what drifted so far, this apply sees
@@ -344,7 +339,7 @@ class RouteTable:
     # -- the blocking halves (run in a thread, under the lock) ----------------------------------
 
     def _apply(self, routes: list[DesiredRoute] | None, delete_gateway_routes: bool,
-               dirty: dict[int, IPv4Network] | None = None,
+               dirty: set[int] | None = None,
                dirty_routes: list[DesiredRoute] | None = None):
         """``routes``: every desired route (None: not copied, the cache was trusted when the apply
         was asked for); ``dirty_routes``: those of the ``dirty`` keys."""
@@ -385,11 +380,11 @@ class RouteTable:
                 self._loop.call_soon_threadsafe(self._drift_found)
         self._last_desired = self._desired_workloads
         if dirty is not None:  # the other destinations' failures stand until they are retried
-            result.failed = {**{d: r for d, r in self._failing.items() if _dst_key(d) not in dirty},
+            result.failed = {**{k: r for k, r in self._failing.items() if k not in dirty},
                              **result.failed}
         self._note_failures(result.failed)
         if self.incremental:
-            result.awaiting_device = {_network(key) for key in self._waiting}
+            result.awaiting_device = set(self._waiting)
         self.writes += result.writes
         return result
 
@@ -404,13 +399,13 @@ class RouteTable:
         self.writes += 1
         with self._cache_lock:
             if self._cache is not None:
-                self._cache.ours[_dst_key(route.dst)] = self._intern(rtnl.route_template(image))
+                self._cache.ours[route.key] = self._intern(rtnl.route_template(image))
 
-    def _kernel_routes(self) -> dict[IPv4Network, KernelRoute]:
+    def _kernel_routes(self) -> dict[int, KernelRoute]:
         snap = self._snapshot()
         routes = (rtnl.decode_route(image) for image in
                   map(rtnl.route_from_template, snap.ours.keys(), snap.ours.values()))
-        return {k.dst: k for k in (_kernel_route(r, snap.names) for r in routes if _clean(r))}
+        return {r.key: _kernel_route(r, snap.names) for r in routes if _clean(r)}
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -433,15 +428,13 @@ class RouteTable:
     # -- deciding ----------------------------------------------------------------------------
 
     def _diff(self, desired: Iterable[DesiredRoute], snap: _Snapshot, plan: _Plan,
-              result: ApplyResult, dirty: dict[int, IPv4Network] | None = None) -> dict[int, bytes]:
+              result: ApplyResult, dirty: set[int] | None = None) -> dict[int, bytes]:
         """Queue the adds/replaces of ``desired`` (routes); return our routes that are not desired.
         ``dirty`` given: ``desired`` and ``snap.ours`` hold only those keys; what is known of the
         other keys is kept.
 
-        The hot loop of every resync: per route one key, one image (from a cached shape), one
-        ``bytes`` comparison; only routes that differ are decoded. It reads ipaddress's own slots
-        (``_ip``, ``_prefixlen``): ``int()`` and ``.prefixlen`` are Python-level calls, and at 100k
-        routes they were half the time of a no-op resync.
+        The hot loop of every resync: per route its key (an int: no ``ipaddress`` object), one
+        image (from a cached shape), one ``bytes`` comparison; only routes that differ are decoded.
 
         A private ``snap.ours`` is consumed (what is left is unwanted). A shared one (the cache
         itself: copying 100k entries per apply was a fifth of the route table's memory) is only
@@ -455,9 +448,8 @@ class RouteTable:
         found = 0  # desired routes of ours
         same: dict[bytes, bytes] = {}  # dumped template -> our template it was found equal to
         for want in desired:
-            dst, gateway = want.dst, want.gateway
-            address, plen = dst.network_address._ip, dst._prefixlen
-            key = address << 8 | plen
+            key, gateway = want.key, want.gateway
+            plen = key & 0xFF
             have = take(key, None)
             if have is not None:
                 found += 1
@@ -482,30 +474,30 @@ class RouteTable:
                 elif route_matches(want, _kernel_route(route, snap.names)):
                     continue  # same route, other bytes (e.g. a linkdown flag)
             if key in snap.foreign:
-                result.failed[dst] = (
+                result.failed[key] = (
                     f"destination held by a route of proto {snap.foreign[key]} (not ours, left alone)")
                 blocked.add(key)
             elif image is None:
                 # Usual for a workload whose veth the CNI plugin has not made yet; retried next time.
-                result.failed[dst] = f"ENODEV: device {want.dev} does not exist"
+                result.failed[key] = f"ENODEV: device {want.dev} does not exist"
                 waiting[key] = want.dev
             else:
                 plan.add("add" if have is None else "replace", key, image)
         if dirty is not None:
             workload |= {kd for kd in self._last_desired if kd[0] not in dirty}
             waiting.update((k, d) for k, d in self._waiting.items() if k not in dirty)
-            blocked |= self._blocked - dirty.keys()
+            blocked |= self._blocked - dirty
         self._desired_workloads, self._waiting, self._blocked = workload, waiting, blocked
         self._waiting_devs = set(waiting.values())
         if not snap.shared:
             return ours
         if found == len(ours):
             return {}
-        wanted = {want.dst.network_address._ip << 8 | want.dst._prefixlen for want in desired}
+        wanted = {want.key for want in desired}
         return {key: image for key, image in list(ours.items()) if key not in wanted}
 
     def _unwanted(self, unwanted: dict[int, bytes], names: dict[int, str], delete_gateway_routes: bool,
-               result: ApplyResult, dirty: dict[int, IPv4Network] | None = None
+               result: ApplyResult, dirty: set[int] | None = None
                ) -> dict[int, bytes]:
         """{key: template} of our routes to delete among those not desired: strays always, the rest
         unless kept (gateway routes until BGP resynced; unknown workload routes in their grace).
@@ -542,12 +534,12 @@ class RouteTable:
         left = self._first_seen.setdefault((key, dev), now) + self._grace - now
         if left > 0:
             log.debug("keeping unknown workload route in grace period",
-                      extra={"dst": str(_network(key)), "dev": dev})
+                      extra={"dst": key_text(key), "dev": dev})
         return max(left, 0.0)
 
     # -- the cache (incremental mode) -------------------------------------------------------------
 
-    def _cached_snapshot(self, dirty: dict | None = None) -> tuple[_Snapshot, bool]:
+    def _cached_snapshot(self, dirty: set[int] | None = None) -> tuple[_Snapshot, bool]:
         """A private copy of the cache, brought up to date (a full dump if it cannot be trusted),
         and whether it is partial: with ``dirty`` given and the cache trusted (no dump needed,
         nothing drifted, no strays), only those keys of ``ours`` are copied."""
@@ -590,7 +582,7 @@ class RouteTable:
         with self._cache_lock:
             return not (self._cache is None or self._stale or self._full_diff or self._cache.strays)
 
-    def _partial_of(self, snap: _Snapshot, dirty: dict[int, IPv4Network]) -> _Snapshot:
+    def _partial_of(self, snap: _Snapshot, dirty: set[int]) -> _Snapshot:
         """The ``dirty`` keys of a full (shared) snapshot, as ``_cached_snapshot`` gives them when
         the cache is trusted; the next apply is made a full diff, and the agent is told."""
         ours = {key: snap.ours[key] for key in dirty if key in snap.ours}
@@ -730,7 +722,7 @@ class RouteTable:
         if name in self._waiting_devs and name != old_name:  # routes that waited for this device
             woken.update(key for key, dev in self._waiting.items() if dev == name)
         if not was_up and index in cache.up:  # came up: failing routes may work now
-            woken.update(map(_dst_key, self._failing))
+            woken.update(self._failing)
         self._touched |= woken
         return bool(woken)
 
@@ -766,7 +758,7 @@ class RouteTable:
         shape = self._shape(want, ifindex)
         if shape is None:
             return None
-        return rtnl.route_from_template(_dst_key(want.dst), shape.template(want.dst.prefixlen))
+        return rtnl.route_from_template(want.key, shape.template(want.key & 0xFF))
 
     def _shape(self, want: DesiredRoute, ifindex: dict[str, int],
                intern: Callable[[bytes, bytes], bytes] | None = None) -> _Shape | None:
@@ -785,26 +777,26 @@ class RouteTable:
         failed = self._sock.write(zip(map(_CMD.__getitem__, plan.kinds), _images(plan)))
         counts = Counter(plan.kinds)
         for i, err in sorted(failed.items()):
-            kind, dst = plan.kinds[i], _network(plan.keys[i])
+            kind, key = plan.kinds[i], plan.keys[i]
             if kind not in _DELETES:
-                result.failed[dst] = err.describe()
+                result.failed[key] = err.describe()
             elif err.errno != errno.ESRCH:  # ESRCH: already gone (e.g. its link went): goal met
-                result.failed[dst] = "delete: " + err.describe()
+                result.failed[key] = "delete: " + err.describe()
             counts[kind] -= 1
         result.added, result.replaced = counts["add"], counts["replace"]
         result.deleted = counts["delete"] + counts["stray"]
         if log.isEnabledFor(logging.DEBUG):
             for kind, key in zip(plan.kinds, plan.keys):
-                log.debug("route %s", kind, extra={"dst": str(_network(key))})
+                log.debug("route %s", kind, extra={"dst": key_text(key)})
         return failed
 
-    def _note_failures(self, failed: dict[IPv4Network, str]) -> None:
+    def _note_failures(self, failed: dict[int, str]) -> None:
         """Warn once per new failure, note recoveries; repeats of a known failure stay quiet."""
-        for dst, reason in failed.items():
-            if self._failing.get(dst) != reason:
-                log.warning("route not programmed: %s: %s", dst, reason)
-        for dst in self._failing.keys() - failed.keys():
-            log.info("route programmed after earlier failure: %s", dst)
+        for key, reason in failed.items():
+            if self._failing.get(key) != reason:
+                log.warning("route not programmed: %s: %s", key_text(key), reason)
+        for key in self._failing.keys() - failed.keys():
+            log.info("route programmed after earlier failure: %s", key_text(key))
         self._failing = dict(failed)
 
 
@@ -864,15 +856,6 @@ def _key_of(image: bytes) -> int:
     return rtnl.decode_route(image).key
 
 
-def _keys(dsts: Iterable[IPv4Network]) -> dict[int, IPv4Network]:
-    # ipaddress's own slots: int() and .prefixlen are Python-level calls (see ``_diff``)
-    return {d.network_address._ip << 8 | d._prefixlen: d for d in dsts}
-
-
-def _dst_key(dst: IPv4Network) -> int:
-    return dst.network_address._ip << 8 | dst._prefixlen
-
-
 class _Shape:
     """The ``rtnl.route_template`` of one shape (type, scope, gateway, device...) per prefix
     length, interned with ``intern`` (``dict.setdefault`` of the templates of the routes it is
@@ -909,13 +892,9 @@ def _clean(route: rtnl.Route) -> bool:
     return not route.priority and not route.tos
 
 
-def _network(key: int) -> IPv4Network:
-    return IPv4Network(rtnl.key_parts(key))
-
-
 def _kernel_route(route: rtnl.Route, names: dict[int, str]) -> KernelRoute:
     return KernelRoute(
-        dst=_network(route.key),
+        dst=key_network(route.key),
         type=rtnl.TYPE_NAMES.get(route.type, str(route.type)),
         dev=names.get(route.oif) if route.oif else None,
         gateway=IPv4Address(route.gateway) if route.gateway else None,

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from felix.calc import DesiredRoute
+from felix.calc import DesiredRoute, dst_key, key_network
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def route_matches(desired: DesiredRoute, kernel: KernelRoute) -> bool:
     device it picked is fine.
     """
     return (
-        desired.dst == kernel.dst
+        desired.key == dst_key(kernel.dst)
         and desired.type == kernel.type
         and desired.gateway == kernel.gateway
         and desired.scope == kernel.scope
@@ -67,14 +67,16 @@ def route_matches(desired: DesiredRoute, kernel: KernelRoute) -> bool:
 
 
 def compare(
-    desired: Mapping[IPv4Network, DesiredRoute], kernel: Mapping[IPv4Network, KernelRoute]
+    desired: Mapping[int, DesiredRoute], kernel: Mapping[int, KernelRoute]
 ) -> list[RouteStatus]:
-    """One status per destination that is desired or in the kernel, sorted by destination."""
-    dsts = sorted(desired.keys() | kernel.keys())
-    return [_status(dst, desired.get(dst), kernel.get(dst)) for dst in dsts]
+    """One status per destination that is desired or in the kernel, sorted by destination (both
+    mappings by ``calc.dst_key``, as ``RouteCalc.desired`` and ``RouteTable.kernel_routes``)."""
+    keys = sorted(desired.keys() | kernel.keys())
+    return [_status(key, desired.get(key), kernel.get(key)) for key in keys]
 
 
-def _status(dst: IPv4Network, want: DesiredRoute | None, have: KernelRoute | None) -> RouteStatus:
+def _status(key: int, want: DesiredRoute | None, have: KernelRoute | None) -> RouteStatus:
     in_sync = want is not None and have is not None and route_matches(want, have)
     reason = want.reason if want is not None else NOT_DESIRED
+    dst = have.dst if have is not None else key_network(key)
     return RouteStatus(dst=dst, reason=reason, desired=want, kernel=have, in_sync=in_sync)

@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from felix.calc import DesiredRoute, workload_route
+from felix.calc import DesiredRoute, dst_key, workload_route
 from felix import rtnl
 from felix.dataplane import PROTO, RouteTable, route_is_ours
 from felix.inspect import compare
@@ -20,13 +20,13 @@ from tests.helpers import veth_between, wait_for
 
 pytestmark = pytest.mark.root
 
-N = IPv4Network
+N, K = IPv4Network, dst_key
 A = IPv4Address
 CALI = "cali0123456789a"
 WL = workload_route(A("10.244.1.5"), CALI, "default/web")
-BH = DesiredRoute(N("10.244.1.0/26"), "blackhole", None, None, "universe", "local block")
-GW = DesiredRoute(N("10.244.2.0/26"), "unicast", None, A("192.168.5.2"), "universe", "learned from n2")
-ALL = {r.dst: r for r in (WL, BH, GW)}
+BH = DesiredRoute(K("10.244.1.0/26"), "blackhole", None, None, "universe", "local block")
+GW = DesiredRoute(K("10.244.2.0/26"), "unicast", None, A("192.168.5.2"), "universe", "learned from n2")
+ALL = {r.key: r for r in (WL, BH, GW)}
 
 
 def ip(ns: str, *args: str) -> str:
@@ -81,7 +81,7 @@ def test_apply_writes_all_three_shapes_with_our_proto(node):
 
     kernel = run(inspect())
     assert set(kernel) == set(ALL)
-    assert kernel[GW.dst].dev == "eth0" and kernel[WL.dst].scope == "link"
+    assert kernel[GW.key].dev == "eth0" and kernel[WL.key].scope == "link"
     assert all(status.in_sync for status in compare(ALL, kernel))
 
 
@@ -106,9 +106,9 @@ def test_restarted_agent_adopts_routes_without_any_kernel_write(node, procs, tmp
 
 
 def test_changed_desired_writes_only_the_difference(node):
-    moved = DesiredRoute(GW.dst, "unicast", None, A("192.168.5.3"), "universe", "learned from n3")
-    new = DesiredRoute(N("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "learned from n2")
-    changed = {r.dst: r for r in (BH, moved, new)}  # WL gone, GW's gateway changed, one added
+    moved = DesiredRoute(GW.key, "unicast", None, A("192.168.5.3"), "universe", "learned from n3")
+    new = DesiredRoute(K("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "learned from n2")
+    changed = {r.key: r for r in (BH, moved, new)}  # WL gone, GW's gateway changed, one added
 
     async def scenario():
         async with RouteTable(netns=node) as table:  # one running agent: WL was its own route
@@ -129,15 +129,15 @@ def test_foreign_routes_survive_every_apply_and_are_never_overwritten(node):
     ip(node, "route", "add", "10.244.1.16/28", "via", "192.168.5.2", "proto", "static")
     ip(node, "route", "add", "blackhole", "10.244.7.0/26", "proto", "boot")
     foreign_before = ip(node, "route", "show", "proto", "static") + ip(node, "route", "show", "proto", "boot")
-    occupied = DesiredRoute(N("10.244.7.0/26"), "unicast", None, A("192.168.5.2"), "universe", "learned")
+    occupied = DesiredRoute(K("10.244.7.0/26"), "unicast", None, A("192.168.5.2"), "universe", "learned")
 
     async def scenario():
         async with RouteTable(netns=node) as table:
-            return await table.apply({**ALL, occupied.dst: occupied}), await table.apply({})
+            return await table.apply({**ALL, occupied.key: occupied}), await table.apply({})
 
     first, second = run(scenario())
     assert first.added == 3
-    assert "proto 3" in first.failed[occupied.dst] and "not ours" in first.failed[occupied.dst]
+    assert "proto 3" in first.failed[occupied.key] and "not ours" in first.failed[occupied.key]
     assert (second.deleted, second.failed) == (3, {})
     assert ours_in_kernel(node) == []
     after = ip(node, "route", "show", "proto", "static") + ip(node, "route", "show", "proto", "boot")
@@ -146,8 +146,8 @@ def test_foreign_routes_survive_every_apply_and_are_never_overwritten(node):
 
 def test_one_failure_does_not_stop_the_rest_and_is_retried(node):
     absent = workload_route(A("10.244.1.6"), "cali00000000000", "default/late")
-    unreachable = DesiredRoute(N("10.244.4.0/26"), "unicast", None, A("172.16.0.9"), "universe", "learned")
-    desired = {**ALL, absent.dst: absent, unreachable.dst: unreachable}
+    unreachable = DesiredRoute(K("10.244.4.0/26"), "unicast", None, A("172.16.0.9"), "universe", "learned")
+    desired = {**ALL, absent.key: absent, unreachable.key: unreachable}
 
     async def scenario():
         async with RouteTable(netns=node) as table:
@@ -159,16 +159,16 @@ def test_one_failure_does_not_stop_the_rest_and_is_retried(node):
 
     first, second = run(scenario())
     assert first.added == 3
-    assert first.failed[absent.dst].startswith("ENODEV")
-    assert first.failed[unreachable.dst].startswith("ENETUNREACH")
+    assert first.failed[absent.key].startswith("ENODEV")
+    assert first.failed[unreachable.key].startswith("ENETUNREACH")
     assert (second.added, second.replaced, second.deleted) == (1, 0, 0)
-    assert list(second.failed) == [unreachable.dst]
+    assert list(second.failed) == [unreachable.key]
     assert "10.244.1.6 dev cali00000000000 scope link" in ours_in_kernel(node)
 
 
 def test_gateway_routes_kept_until_bgp_resynced(node):
     run(apply_once(node, ALL))
-    only_workload = {WL.dst: WL}
+    only_workload = {WL.key: WL}
 
     kept = run(apply_once(node, only_workload, delete_unknown_gateway_routes=False))
     assert (kept.deleted, kept.writes) == (1, 1)  # the blackhole: it has no gateway
@@ -216,7 +216,7 @@ def test_route_written_by_cni_is_adopted_and_strays_of_ours_are_removed(node):
     async def scenario():
         async with RouteTable(netns=node) as table:
             await table.set_route(WL)
-            return await table.apply({WL.dst: WL})
+            return await table.apply({WL.key: WL})
 
     result = run(scenario())
     assert (result.added, result.replaced, result.deleted) == (0, 0, 1)  # only the metric-100 stray
@@ -225,7 +225,7 @@ def test_route_written_by_cni_is_adopted_and_strays_of_ours_are_removed(node):
 
 def test_route_is_ours_reads_the_proto_of_a_dumped_route(node):
     ip(node, "route", "add", "10.244.6.0/26", "via", "192.168.5.2", "proto", "static")
-    run(apply_once(node, {BH.dst: BH}))
+    run(apply_once(node, {BH.key: BH}))
 
     async def dump():
         async with RouteTable(netns=node) as table:
@@ -257,7 +257,7 @@ def test_incremental_applies_diff_against_the_cache_without_dumping(node):
             first = await table.apply(ALL)
             again = await table.apply(ALL)
             quiet = not await drift_seen(table, 0.3)  # our own writes are not echoed back to us
-            changed = await table.apply({BH.dst: BH, GW.dst: GW})
+            changed = await table.apply({BH.key: BH, GW.key: GW})
             return first, again, changed, quiet, table.dumps
 
     first, again, changed, quiet, dumps = run(scenario())
@@ -284,7 +284,7 @@ def test_incremental_repairs_a_route_someone_else_deleted_or_replaced(node):
     deleted, repaired, dumps_after_repair, replaced, blocked, dumps = run(scenario())
     assert deleted and (repaired.added, repaired.writes) == (1, 1) and dumps_after_repair == 1
     assert replaced and len(calls) >= 2
-    assert list(blocked.failed) == [GW.dst] and "proto 4" in blocked.failed[GW.dst]
+    assert list(blocked.failed) == [GW.key] and "proto 4" in blocked.failed[GW.key]
     assert dumps == 2  # another owner took our place: the kernel is asked, once
     assert "10.244.2.0/26 via 192.168.5.2 dev eth0 proto static" in ip(node, "route")
 
@@ -308,11 +308,11 @@ def test_incremental_notices_routes_that_went_with_their_link(node):
 
     adopted, workload_gone, without_wl, eth0_down, down, eth0_up, up, dumps = run(scenario())
     assert adopted.writes == 0
-    assert workload_gone and list(without_wl.failed) == [WL.dst]
-    assert without_wl.failed[WL.dst].startswith("ENODEV")
-    assert eth0_down and set(down.failed) == {WL.dst, GW.dst}
-    assert down.failed[GW.dst].startswith("ENETUNREACH")
-    assert eth0_up and (up.added, list(up.failed)) == (1, [WL.dst])
+    assert workload_gone and list(without_wl.failed) == [WL.key]
+    assert without_wl.failed[WL.key].startswith("ENODEV")
+    assert eth0_down and set(down.failed) == {WL.key, GW.key}
+    assert down.failed[GW.key].startswith("ENETUNREACH")
+    assert eth0_up and (up.added, list(up.failed)) == (1, [WL.key])
     assert dumps == 1  # the notifications said exactly which routes went
     assert ours_in_kernel(node) == ["10.244.2.0/26 via 192.168.5.2 dev eth0", "blackhole 10.244.1.0/26"]
 
@@ -323,19 +323,19 @@ def test_incremental_knows_the_device_of_gateway_routes_it_applied_and_dumps_whe
     is not resolved, and then only a full dump can say whether it went with the link."""
     async def scenario(write):
         async with RouteTable(netns=node, incremental=True) as table:
-            await table.apply({BH.dst: BH})
+            await table.apply({BH.key: BH})
             await write(table)  # GW, without a device: the kernel chooses eth0
             ip(node, "link", "set", "eth0", "down")
             eth0_down = await drift_seen(table)
-            down = await table.apply({BH.dst: BH, GW.dst: GW}, changed=[])
+            down = await table.apply({BH.key: BH, GW.key: GW}, changed=[])
             ip(node, "link", "set", "eth0", "up")
             return eth0_down, down, table.dumps, table.partial_diffs
 
-    applied = run(scenario(lambda table: table.apply({BH.dst: BH, GW.dst: GW})))
+    applied = run(scenario(lambda table: table.apply({BH.key: BH, GW.key: GW})))
     set_alone = run(scenario(lambda table: table.set_route(GW)))
     for eth0_down, down, _, _ in (applied, set_alone):
-        assert eth0_down and list(down.failed) == [GW.dst]
-        assert down.failed[GW.dst].startswith("ENETUNREACH")
+        assert eth0_down and list(down.failed) == [GW.key]
+        assert down.failed[GW.key].startswith("ENETUNREACH")
     assert applied[2:] == (1, 1)  # (dumps, partial diffs): the link's loss was followed exactly
     assert set_alone[2:] == (2, 0)
 
@@ -368,20 +368,20 @@ def test_incremental_cni_route_gets_grace_and_a_device_appearing_wakes_the_agent
 
     async def scenario():
         async with RouteTable(netns=node, incremental=True, clock=lambda: now[0]) as table:
-            missing = await table.apply({late.dst: late})
+            missing = await table.apply({late.key: late})
             ip(node, "link", "add", "cali00000000001", "type", "veth", "peer", "name", "wl1")
             appeared = await drift_seen(table)
             ip(node, "link", "set", "cali00000000001", "up")
             ip(node, "link", "set", "wl1", "up")
-            added = await table.apply({late.dst: late})
+            added = await table.apply({late.key: late})
             await table.set_route(WL)  # the CNI plugin's, before its workload reached the agent
-            kept = await table.apply({late.dst: late})
+            kept = await table.apply({late.key: late})
             now[0] += 11
-            swept = await table.apply({late.dst: late})
+            swept = await table.apply({late.key: late})
             return missing, appeared, added, kept, swept, table.dumps
 
     missing, appeared, added, kept, swept, dumps = run(scenario())
-    assert list(missing.failed) == [late.dst] and appeared and added.added == 1
+    assert list(missing.failed) == [late.key] and appeared and added.added == 1
     assert (kept.writes, kept.recheck_after) == (0, 10.0)
     assert swept.deleted == 1 and dumps == 1
     assert ours_in_kernel(node) == ["10.244.1.7 dev cali00000000001 scope link"]
@@ -391,19 +391,19 @@ def test_incremental_cni_route_gets_grace_and_a_device_appearing_wakes_the_agent
 
 
 def test_changed_diffs_only_the_dirty_destinations_while_the_cache_is_trusted(node):
-    moved = DesiredRoute(GW.dst, "unicast", None, A("192.168.5.3"), "universe", "learned from n3")
-    extra = DesiredRoute(N("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "x")
+    moved = DesiredRoute(GW.key, "unicast", None, A("192.168.5.3"), "universe", "learned from n3")
+    extra = DesiredRoute(K("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "x")
 
     async def scenario():
         async with RouteTable(netns=node, incremental=True) as table:
             await table.apply(ALL)
             # GW moved too, but only ``extra`` is said to have changed: GW is not looked at
-            partial = await table.apply({**ALL, GW.dst: moved, extra.dst: extra}, changed=[extra.dst])
+            partial = await table.apply({**ALL, GW.key: moved, extra.key: extra}, changed=[extra.key])
             kernel_then = ours_in_kernel(node)
-            full = await table.apply({**ALL, GW.dst: moved, extra.dst: extra})
-            gone = await table.apply({WL.dst: WL, BH.dst: BH, GW.dst: moved},
-                                     changed={extra.dst, WL.dst})
-            nothing = await table.apply({WL.dst: WL, BH.dst: BH, GW.dst: moved}, changed=())
+            full = await table.apply({**ALL, GW.key: moved, extra.key: extra})
+            gone = await table.apply({WL.key: WL, BH.key: BH, GW.key: moved},
+                                     changed={extra.key, WL.key})
+            nothing = await table.apply({WL.key: WL, BH.key: BH, GW.key: moved}, changed=())
             return partial, kernel_then, full, gone, nothing, table.dumps
 
     partial, kernel_then, full, gone, nothing, dumps = run(scenario())
@@ -418,15 +418,15 @@ def test_changed_diffs_only_the_dirty_destinations_while_the_cache_is_trusted(no
 
 def test_apply_reads_desired_when_called_so_the_caller_may_go_on_changing_it(node):
     """The agent calculates the next burst while this apply waits for the table or writes."""
-    extra = DesiredRoute(N("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "x")
+    extra = DesiredRoute(K("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "x")
 
     async def scenario():
         async with RouteTable(netns=node, incremental=True) as table:
             desired = dict(ALL)
             first = table.apply(desired)
-            desired[extra.dst] = extra  # after the call: the next apply's business
-            second = table.apply(desired, changed=[extra.dst])
-            del desired[BH.dst]  # not in either apply's changes, nor in what either read
+            desired[extra.key] = extra  # after the call: the next apply's business
+            second = table.apply(desired, changed=[extra.key])
+            del desired[BH.key]  # not in either apply's changes, nor in what either read
             return await first, await second
 
     first, second = run(scenario())
@@ -449,15 +449,15 @@ class CountingCopies(dict):
 
 def test_a_partial_apply_does_not_copy_every_desired_route(node):
     """A full diff's input (every desired route) is copied only when a full diff is due."""
-    extra = DesiredRoute(N("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "x")
+    extra = DesiredRoute(K("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "x")
 
     async def scenario():
         async with RouteTable(netns=node, incremental=True) as table:
             desired = CountingCopies(ALL)
             await table.apply(desired, changed=[])  # no cache yet: a full diff
             first = desired.copies
-            desired[extra.dst] = extra
-            partial = await table.apply(desired, changed=[extra.dst])
+            desired[extra.key] = extra
+            partial = await table.apply(desired, changed=[extra.key])
             return first, desired.copies, partial, table.partial_diffs
 
     first, copies, partial, partial_diffs = run(scenario())
@@ -468,15 +468,15 @@ def test_a_partial_apply_does_not_copy_every_desired_route(node):
 def test_cache_untrusted_while_an_uncopied_apply_waits_gets_a_full_diff_next(node):
     """The cache was trusted when the apply was asked for (its routes not copied) and stopped
     being so before it ran: it diffs its dirty destinations, and the next apply diffs them all."""
-    moved = DesiredRoute(GW.dst, "unicast", None, A("192.168.5.3"), "universe", "learned from n3")
-    extra = DesiredRoute(N("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "x")
+    moved = DesiredRoute(GW.key, "unicast", None, A("192.168.5.3"), "universe", "learned from n3")
+    extra = DesiredRoute(K("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "x")
 
     async def scenario():
         async with RouteTable(netns=node, incremental=True) as table:
             await table.apply(ALL)
-            desired = CountingCopies({**ALL, GW.dst: moved, extra.dst: extra})
+            desired = CountingCopies({**ALL, GW.key: moved, extra.key: extra})
             first = table.apply(ALL, changed=[])
-            second = table.apply(desired, changed=[extra.dst])  # GW moved, unsaid
+            second = table.apply(desired, changed=[extra.key])  # GW moved, unsaid
             table.resync()  # e.g. lost notifications, before ``second`` runs
             await first
             fallback = await second
@@ -523,30 +523,30 @@ def test_changed_keeps_the_failures_and_grace_of_the_other_destinations(node):
 
     async def scenario():
         async with RouteTable(netns=node, incremental=True, clock=lambda: now[0]) as table:
-            first = await table.apply({**ALL, missing.dst: missing})
-            other = await table.apply({BH.dst: BH, GW.dst: GW, missing.dst: missing},
-                                      changed=[WL.dst])  # WL was desired: gone without grace
+            first = await table.apply({**ALL, missing.key: missing})
+            other = await table.apply({BH.key: BH, GW.key: GW, missing.key: missing},
+                                      changed=[WL.key])  # WL was desired: gone without grace
             await table.set_route(workload_route(A("10.244.1.6"), CALI, "cni"))  # unknown: grace
-            kept = await table.apply({BH.dst: BH, GW.dst: GW, missing.dst: missing},
-                                     changed=[N("10.244.1.6/32")])
+            kept = await table.apply({BH.key: BH, GW.key: GW, missing.key: missing},
+                                     changed=[K("10.244.1.6/32")])
             now[0] += 5
-            still = await table.apply({BH.dst: BH, GW.dst: GW, missing.dst: missing}, changed=[BH.dst])
+            still = await table.apply({BH.key: BH, GW.key: GW, missing.key: missing}, changed=[BH.key])
             now[0] += 6
-            swept = await table.apply({BH.dst: BH, GW.dst: GW, missing.dst: missing},
-                                      changed=[N("10.244.1.6/32")])
+            swept = await table.apply({BH.key: BH, GW.key: GW, missing.key: missing},
+                                      changed=[K("10.244.1.6/32")])
             return first, other, kept, still, swept
 
     first, other, kept, still, swept = run(scenario())
-    assert list(first.failed) == [missing.dst] and list(other.failed) == [missing.dst]
+    assert list(first.failed) == [missing.key] and list(other.failed) == [missing.key]
     assert other.deleted == 1
     assert (kept.writes, kept.recheck_after) == (0, 10.0) and still.writes == 0
-    assert swept.deleted == 1 and list(swept.failed) == [missing.dst]
+    assert swept.deleted == 1 and list(swept.failed) == [missing.key]
     assert ours_in_kernel(node) == ["10.244.2.0/26 via 192.168.5.2 dev eth0", "blackhole 10.244.1.0/26"]
 
 
 def test_a_cancelled_apply_finishes_its_batch_before_the_table_moves_on(node):
-    desired = {r.dst: r for r in (
-        DesiredRoute(N((int(A("100.64.0.0")) + 4 * i, 30)), "blackhole", None, None, "universe", "b")
+    desired = {r.key: r for r in (
+        DesiredRoute(K(N((int(A("100.64.0.0")) + 4 * i, 30))), "blackhole", None, None, "universe", "b")
         for i in range(20_000))}
 
     async def scenario():
@@ -568,7 +568,7 @@ def test_a_deleted_pod_veth_makes_its_route_dirty_not_a_full_diff(node):
     """A pod's veth goes: the kernel drops its /32 without an RTM_DELROUTE. Only that destination
     becomes dirty: the next apply stays incremental (at 100k routes a full diff per pod delete
     was the cost), while a route of ours someone else deletes is still repaired by a full diff."""
-    moved = DesiredRoute(GW.dst, "unicast", None, A("192.168.5.3"), "universe", "learned from n3")
+    moved = DesiredRoute(GW.key, "unicast", None, A("192.168.5.3"), "universe", "learned from n3")
     calls = []
 
     async def scenario():
@@ -578,21 +578,21 @@ def test_a_deleted_pod_veth_makes_its_route_dirty_not_a_full_diff(node):
             told = await drift_seen(table)
             # The pod's deletion has not reached the calculation yet: nothing changed for it, and
             # GW moved without being said to (a full diff would rewrite it; a partial one does not)
-            after_veth = await table.apply({**ALL, GW.dst: moved}, changed=[])
+            after_veth = await table.apply({**ALL, GW.key: moved}, changed=[])
             kernel_then, partial = ours_in_kernel(node), (table.full_diffs, table.partial_diffs)
-            pod_gone = await table.apply({BH.dst: BH, GW.dst: GW}, changed=[WL.dst])
+            pod_gone = await table.apply({BH.key: BH, GW.key: GW}, changed=[WL.key])
             kernel_after_pod = ours_in_kernel(node)
             ip(node, "route", "del", "10.244.1.0/26", "proto", str(PROTO))  # genuine drift
             drift = await drift_seen(table, timeout=1.0)
-            repaired = await table.apply({BH.dst: BH, GW.dst: GW}, changed=[])
+            repaired = await table.apply({BH.key: BH, GW.key: GW}, changed=[])
             return (told, after_veth, kernel_then, partial, pod_gone, kernel_after_pod, drift,
                     repaired, (table.full_diffs, table.partial_diffs), table.dumps)
 
     (told, after_veth, kernel_then, partial, pod_gone, kernel_after_pod, drift, repaired,
      diffs, dumps) = run(scenario())
     assert told and calls
-    assert list(after_veth.failed) == [WL.dst] and after_veth.failed[WL.dst].startswith("ENODEV")
-    assert after_veth.awaiting_device == {WL.dst}  # the table says when the device is back
+    assert list(after_veth.failed) == [WL.key] and after_veth.failed[WL.key].startswith("ENODEV")
+    assert after_veth.awaiting_device == {WL.key}  # the table says when the device is back
     assert after_veth.writes == 0 and partial == (1, 1)  # the first apply was the only full diff
     assert kernel_then == ["10.244.2.0/26 via 192.168.5.2 dev eth0", "blackhole 10.244.1.0/26"]
     assert (pod_gone.writes, pod_gone.failed) == (0, {})

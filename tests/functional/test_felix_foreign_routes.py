@@ -13,17 +13,17 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from felix.calc import DesiredRoute, workload_route
+from felix.calc import DesiredRoute, dst_key, workload_route
 from felix.dataplane import PROTO, RouteTable
 
 pytestmark = pytest.mark.root
 
-N, A = IPv4Network, IPv4Address
+N, A, K = IPv4Network, IPv4Address, dst_key
 CALI = "cali0123456789a"
-DESIRED = {r.dst: r for r in (
+DESIRED = {r.key: r for r in (
     workload_route(A("10.244.1.5"), CALI, "default/web"),
-    DesiredRoute(N("10.244.1.0/26"), "blackhole", None, None, "universe", "local block"),
-    DesiredRoute(N("10.244.2.0/26"), "unicast", None, A("192.168.5.2"), "universe", "learned from n2"),
+    DesiredRoute(K("10.244.1.0/26"), "blackhole", None, None, "universe", "local block"),
+    DesiredRoute(K("10.244.2.0/26"), "unicast", None, A("192.168.5.2"), "universe", "learned from n2"),
 )}
 FOREIGN = [
     ["10.244.3.0/26", "via", "192.168.5.2", "proto", "static"],  # inside our pool, another owner

@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from felix import rtnl
-from felix.calc import DesiredRoute
+from felix.calc import DesiredRoute, dst_key
 from felix.dataplane import PROTO, RouteTable
 
 pytestmark = pytest.mark.root
@@ -83,8 +83,8 @@ def test_route_table_delete_all_leaves_foreign_routes(node):
     ip(node, "route", "add", "100.64.1.0/24", "via", "10.0.0.2", "proto", "static")
     ip(node, "route", "add", "blackhole", "100.64.2.0/24", "proto", "boot")
     before = ip(node, "route", "show")
-    desired = {r.dst: r for r in (
-        DesiredRoute(IPv4Network(f"100.65.{i}.0/24"), "unicast", None, IPv4Address("10.0.0.2"),
+    desired = {r.key: r for r in (
+        DesiredRoute(dst_key(f"100.65.{i}.0/24"), "unicast", None, IPv4Address("10.0.0.2"),
                      "universe", "learned") for i in range(50))}
 
     async def scenario():
@@ -97,18 +97,18 @@ def test_route_table_delete_all_leaves_foreign_routes(node):
 
 
 def test_onlink_round_trip(node, sock):
-    onlink = DesiredRoute(IPv4Network("100.66.0.0/26"), "unicast", "eth0", IPv4Address("172.16.0.1"),
+    onlink = DesiredRoute(dst_key("100.66.0.0/26"), "unicast", "eth0", IPv4Address("172.16.0.1"),
                           "universe", "ipip", onlink=True)
 
     async def scenario():
         async with RouteTable(netns=node) as table:
-            first = await table.apply({onlink.dst: onlink})
-            return first, await table.kernel_routes(), await table.apply({onlink.dst: onlink})
+            first = await table.apply({onlink.key: onlink})
+            return first, await table.kernel_routes(), await table.apply({onlink.key: onlink})
 
     first, kernel, again = asyncio.run(scenario())
     assert (first.added, first.failed) == (1, {})
     assert ours_in_kernel(node) == ["100.66.0.0/26 via 172.16.0.1 dev eth0 onlink"]
-    assert kernel[onlink.dst].onlink and kernel[onlink.dst].gateway == IPv4Address("172.16.0.1")
+    assert kernel[onlink.key].onlink and kernel[onlink.key].gateway == IPv4Address("172.16.0.1")
     assert again.writes == 0
     (route,) = (rtnl.decode_route(i) for i in sock.dump_routes(254, PROTO).images().values())
     assert route.flags & rtnl.RTNH_F_ONLINK
@@ -124,7 +124,7 @@ def test_ten_thousand_routes_install_and_dump_back_equal(node):
     ]
     desired = {}
     for i in range(10_000):
-        dst = IPv4Network((BASE + 4 * i, 30))
+        dst = dst_key(IPv4Network((BASE + 4 * i, 30)))
         desired[dst] = kinds[i % 4](dst)
 
     async def scenario():

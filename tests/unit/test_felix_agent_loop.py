@@ -12,6 +12,7 @@ from pathlib import Path
 
 from datastore.memory import MemoryDatastore
 from felix.agent import Agent, AgentConfig, Backoff
+from felix.calc import dst_key
 
 
 def make_agent(tmp_path: Path) -> Agent:
@@ -308,7 +309,7 @@ def test_no_gc_pass_runs_while_a_route_apply_holds_every_route(tmp_path):
             "spec": {"node": "n1", "pod": "a", "interfaceName": "cali0123456789a",
                      "ipNetworks": ["10.244.1.5/32"]}})])
         await agent._reconcile()  # a pod event: incremental
-        assert agent.calc.desired[ipaddress.ip_network("10.244.1.5/32")].dev == "cali0123456789a"
+        assert agent.calc.desired[dst_key("10.244.1.5/32")].dev == "cali0123456789a"
 
     assert gc.isenabled()
     try:
@@ -335,7 +336,7 @@ def test_the_datastore_type_follows_the_endpoints_given_anywhere(monkeypatch):
 
 def test_route_kinds_come_from_the_calculations_counts(tmp_path):
     """Health probes count routes by kind without walking them (70 ms per probe at 100k)."""
-    from felix.calc import Block, CalcInput, Host, RemoteRoute, Workload
+    from felix.calc import Block, CalcInput, Host, RemoteRoute, Workload, dst_key
     from felix.metrics import count_route_kinds
 
     net, addr = ipaddress.IPv4Network, ipaddress.IPv4Address
@@ -344,7 +345,7 @@ def test_route_kinds_come_from_the_calculations_counts(tmp_path):
         node="n1", pools=frozenset({net("10.244.0.0/16")}),
         blocks=frozenset({Block(net("10.244.1.0/26"), "n1"), Block(net("10.244.2.0/26"), "n2")}),
         workloads=frozenset({Workload(addr("10.244.1.5"), "cali1", "n1", "default/a")}),
-        learned=frozenset({RemoteRoute(net("10.244.3.0/26"), addr("10.0.0.3"), "n3")}),
+        learned=frozenset({RemoteRoute(dst_key("10.244.3.0/26"), addr("10.0.0.3"), "n3")}),
         hosts=frozenset({Host("n2", ipaddress.IPv4Interface("10.0.0.2/24"))}), bgp=False))
     agent._desired = agent.calc.desired
     kinds = agent._route_kinds()

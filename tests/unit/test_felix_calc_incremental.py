@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from felix.calc import (
     ALWAYS, CROSS_SUBNET, NEVER, Block, Borrowed, CalcInput, Host, PoolEncap, RemoteRoute, RouteCalc, Workload,
-    desired_routes, unroutable,
+    desired_routes, dst_key, unroutable,
 )
 
 N, A = IPv4Network, IPv4Address
@@ -29,7 +29,7 @@ MODES = st.sampled_from([NEVER, ALWAYS, CROSS_SUBNET])
 
 workloads = st.builds(Workload, ip=st.sampled_from(IPS), iface=st.sampled_from(["calia", "calib"]),
                       node=st.sampled_from(["n1", "n2"]), name=st.sampled_from(["ns/x", "ns/y"]))
-learned_routes = st.builds(RemoteRoute, prefix=st.sampled_from(PREFIXES),
+learned_routes = st.builds(RemoteRoute, key=st.sampled_from([dst_key(p) for p in PREFIXES]),
                            gateway=st.sampled_from(GATEWAYS), source=st.sampled_from(["p1", "p2"]))
 hosts = st.builds(
     Host, name=st.sampled_from(NODES),
@@ -66,13 +66,13 @@ def with_event(inp: CalcInput, added: bool, item) -> CalcInput:
     return replace(inp, **{field: items | {item} if added else items - {item}})
 
 
-def feed(calc: RouteCalc, added: bool, item) -> set[IPv4Network]:
+def feed(calc: RouteCalc, added: bool, item) -> set[int]:
     if isinstance(item, Workload):
         return calc.update(**{"workloads_added" if added else "workloads_removed": [item]})
     return calc.update(**{"learned_added" if added else "learned_removed": [item]})
 
 
-def changed_between(before, after) -> set[IPv4Network]:
+def changed_between(before, after) -> set[int]:
     return {d for d in before.keys() | after.keys() if before.get(d) != after.get(d)}
 
 
@@ -152,21 +152,22 @@ def test_removing_what_is_not_there_changes_nothing():
     calc.rebuild(CalcInput(node="n1", pools=frozenset(POOLS), blocks=frozenset(),
                            workloads=frozenset(), learned=frozenset()))
     assert calc.update(workloads_removed=[Workload(IPS[0], "calia", "n1", "ns/x")],
-                       learned_removed=[RemoteRoute(PREFIXES[0], GATEWAYS[0], "p1")]) == set()
+                       learned_removed=[RemoteRoute(dst_key(PREFIXES[0]), GATEWAYS[0], "p1")]) == set()
     assert dict(calc.desired) == {}
 
 
-def test_what_update_returns_and_desired_behave_as_a_set_and_a_mapping_of_networks():
-    """Both are held by an int per destination (no IPv4Network hashes): nothing else may show."""
+def test_what_update_returns_and_desired_are_keyed_by_an_int_per_destination():
+    """A set of ``dst_key``s, and a read-only mapping by them whose every key is its route's."""
     calc = RouteCalc()
     calc.rebuild(CalcInput(node="n1", pools=frozenset(POOLS), blocks=frozenset(),
                            workloads=frozenset(), learned=frozenset()))
-    changed = calc.update(learned_added=[RemoteRoute(p, GATEWAYS[0], "p1") for p in PREFIXES[:2]])
-    assert changed == set(PREFIXES[:2]) and set(PREFIXES[:2]) == changed and len(changed) == 2
-    assert PREFIXES[0] in changed and PREFIXES[2] not in changed and "x" not in changed
-    assert changed & {PREFIXES[0]} == {PREFIXES[0]} and isinstance(changed - set(), set)
-    assert set(calc.desired) == set(PREFIXES[:2]) and PREFIXES[0] in calc.desired
-    assert calc.desired.get(ip_network("::/0")) is None and calc.desired.get("x", 1) == 1
+    keys = [dst_key(p) for p in PREFIXES[:2]]
+    changed = calc.update(learned_added=[RemoteRoute(k, GATEWAYS[0], "p1") for k in keys])
+    assert changed == set(keys) and all(type(k) is int for k in changed)
+    assert set(calc.desired) == set(keys) and dst_key(PREFIXES[2]) not in calc.desired
+    assert [calc.desired[k].dst for k in keys] == PREFIXES[:2]
     with pytest.raises(KeyError):
-        calc.desired[PREFIXES[2]]
-    assert calc.desired == {r.dst: r for r in calc.desired.values()}
+        calc.desired[dst_key(PREFIXES[2])]
+    with pytest.raises(TypeError):
+        calc.desired[keys[0]] = calc.desired[keys[1]]  # type: ignore[index]
+    assert dict(calc.desired) == {r.key: r for r in calc.desired.values()}

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
-from felix.calc import DesiredRoute
+from felix.calc import DesiredRoute, dst_key
 from felix.inspect import NOT_DESIRED, KernelRoute, compare, route_matches
 
 N = IPv4Network
+K = dst_key
 A = IPv4Address
 
-WL = DesiredRoute(N("10.244.1.5/32"), "unicast", "cali0123456789a", None, "link", "local workload p")
-BH = DesiredRoute(N("10.244.1.0/26"), "blackhole", None, None, "universe", "local block")
-GW = DesiredRoute(N("10.244.2.0/26"), "unicast", None, A("192.168.5.2"), "universe", "learned from peer")
+WL = DesiredRoute(K("10.244.1.5/32"), "unicast", "cali0123456789a", None, "link", "local workload p")
+BH = DesiredRoute(K("10.244.1.0/26"), "blackhole", None, None, "universe", "local block")
+GW = DesiredRoute(K("10.244.2.0/26"), "unicast", None, A("192.168.5.2"), "universe", "learned from peer")
 
 
 def kernel_of(route: DesiredRoute, **changes) -> KernelRoute:
@@ -35,11 +36,11 @@ def test_workload_route_needs_its_dev_and_scope():
 
 def test_compare_lists_every_route_sorted_with_reason_and_sync_state():
     stale = KernelRoute(N("10.244.3.0/26"), "unicast", "eth0", A("192.168.5.7"), "universe", 80)
-    desired = {r.dst: r for r in (WL, BH, GW)}
+    desired = {r.key: r for r in (WL, BH, GW)}
     kernel = {
-        WL.dst: kernel_of(WL),
-        GW.dst: kernel_of(GW, gateway=A("192.168.5.9")),
-        stale.dst: stale,
+        WL.key: kernel_of(WL),
+        GW.key: kernel_of(GW, gateway=A("192.168.5.9")),
+        K(stale.dst): stale,
     }
     statuses = compare(desired, kernel)
     got = [(str(s.dst), s.reason, s.in_sync, s.kernel is not None) for s in statuses]
@@ -56,7 +57,7 @@ def test_compare_lists_every_route_sorted_with_reason_and_sync_state():
 def test_state_of_a_stale_route_never_depends_on_its_reason_text():
     """Regression (issue 5, 12): the CLI matched the reason text and called a stale route 'differs'."""
     stale = KernelRoute(N("10.244.3.0/26"), "unicast", "eth0", A("192.168.5.7"), "universe", 80)
-    [status] = compare({}, {stale.dst: stale})
+    [status] = compare({}, {K(stale.dst): stale})
     assert status.state == "not-desired"
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from datastore.memory import MemoryDatastore
 from felix.agent import Agent, AgentConfig
+from felix.calc import dst_key
 from felix.dataplane import ApplyResult
 
 POD = ipaddress.IPv4Network("10.244.1.5/32")
@@ -24,12 +25,12 @@ def make_agent(tmp_path: Path) -> Agent:
 def test_routes_waiting_for_their_device_get_no_timed_retry(tmp_path):
     async def main():
         agent = make_agent(tmp_path)
-        waiting = ApplyResult(failed={POD: "ENODEV: device cali0123456789a does not exist"},
-                              awaiting_device={POD})
+        waiting = ApplyResult(failed={dst_key(POD): "ENODEV: device cali0123456789a does not exist"},
+                              awaiting_device={dst_key(POD)})
         agent._schedule_route_retries(waiting)
         none_for_waiting, shown = agent._retry, dict(agent._route_failures)
-        other = ApplyResult(failed={**waiting.failed, BLOCK: "ENETUNREACH: Network is unreachable"},
-                            awaiting_device={POD})
+        other = ApplyResult(failed={**waiting.failed, dst_key(BLOCK): "ENETUNREACH: Network is unreachable"},
+                            awaiting_device={dst_key(POD)})
         agent._schedule_route_retries(other)
         retry_for_other = agent._retry is not None
         if agent._retry is not None:
