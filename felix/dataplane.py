@@ -36,8 +36,8 @@ writes) -- and ``apply`` diffs desired against it. A full dump is done at the fi
 ``resync()``, after ENOBUFS on the event socket, and whenever the notifications cannot say exactly
 what changed: another owner's route went away (which copy?), a route of ours changed while we were
 writing, a link went down or away while the cache holds a gateway route without a known device
-(IPv4 sends no RTM_DELROUTE for the routes a link takes with it; an apply asks the kernel which
-device it chose for the gateway routes it wrote without one, ``set_route`` does not) or while we
+(IPv4 sends no RTM_DELROUTE for the routes a link takes with it; an apply and ``set_route`` ask
+the kernel which device it chose for the gateway routes they wrote without one) or while we
 were writing. Otherwise a lost link just drops the cached routes through it. When someone else changes our routes, a link takes routes of ours with it, or a
 device a failing route waits for appears, the table tells the agent: ``drifted`` (an
 ``asyncio.Event``) is set and ``on_drift()`` is called, on the event loop; ``apply`` clears
@@ -397,9 +397,17 @@ class RouteTable:
         if failed:
             raise NetlinkError(failed[0].errno, failed[0].strerror)
         self.writes += 1
+        if self._cache is None:
+            return
+        # Cached as an apply's write is: with the device the kernel chose for a gateway route
+        # written without one, so that a lost link drops exactly the routes through it.
+        plan = _Plan()
+        plan.add("add", route.key, rtnl.route_template(image))
+        template = plan.images[0]
+        template = self._resolve_devices(plan, {}).get(template, template)
         with self._cache_lock:
             if self._cache is not None:
-                self._cache.ours[route.key] = self._intern(rtnl.route_template(image))
+                self._cache.ours[route.key] = self._intern(template)
 
     def _kernel_routes(self) -> dict[int, KernelRoute]:
         snap = self._snapshot()
