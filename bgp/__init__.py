@@ -10,12 +10,14 @@ Contract (what felix/agent.py uses):
   sessions no longer wanted stay until others cover their routes, ``transition``),
   ``set_local(asn, listen_port)`` (a change restarts ExaBGP; peers keep routes by graceful restart),
   ``set_advertisements`` (only the diff is sent; a session that comes up gets everything, reflected
-  routes included, then End-of-RIB), ``set_import_filter``, ``set_origins`` (origin validation:
+  routes included, then End-of-RIB -- which a route reflector that has just started defers
+  until it has learned what it reflects, RFC 4724 4.1), ``set_import_filter``, ``set_origins`` (origin validation:
   block -> owning node's address, borrowed address -> holder's),
   ``learned_routes`` (best paths the import policy accepts, graceful-restart stale routes
   included), ``peer_status`` (why a session is not up, in BIRD's words:
   ``Active Socket: Connection refused``, ``Received: Bad peer AS (2/2)``, ``max-prefix exceeded``),
-  ``counters`` (``received``, ``rejected_<reason>``, ``malformed``, ``max_prefix_exceeded``),
+  ``counters`` (``received``, ``rejected_<reason>``, ``malformed``, ``max_prefix_exceeded``,
+  ``end_of_rib_received``),
   ``check_routes_in_sync()`` (latches True once routes are complete). ``on_change()`` is called (coalesced, on the
   event loop) whenever learned routes or peer status may have changed: reconcile level-triggered.
 

@@ -4,7 +4,7 @@ out; ``speaker`` executes the effects (sends lines, arms timers, reloads ExaBGP)
 """
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
@@ -88,6 +88,7 @@ class PeerSession:
     synced: bool = False  # has been up and sent End-of-RIB at least once
     eor: bool = False  # sent End-of-RIB since it last came up
     held_down: bool = False  # left out of ExaBGP's config for MAX_PREFIX_HOLD_DOWN
+    eor_owed: bool = False  # up, sent its routes, our End-of-RIB deferred (``eor_due``)
 
     def status(self) -> PeerStatus:
         s = self.spec
@@ -139,7 +140,7 @@ class PeerSession:
     def leave_up(self, state: str, now: datetime) -> None:
         if self.state == "up" or self.since is None:
             self.since = now
-        self.state = state
+        self.state, self.eor_owed = state, False
 
 
 # RFC 4271 4.5 and 6 (and RFC 4486 for Cease) in BIRD's words, for the codes a session meets.
@@ -165,11 +166,83 @@ def notification_reason(code: int, subcode: int, message: str = "") -> str:
 
 
 def session_up_lines(address: IPv4Address, advertised: frozenset[IPv4Network],
-                     reflected: list[str]) -> list[str]:
+                     reflected: list[str], end_of_rib: bool = True) -> list[str]:
     """What a session that came up gets: every prefix we advertise, then what we reflect to it
     (its Adj-RIB-Out), then End-of-RIB, last: a graceful-restart helper drops our stale routes
-    at End-of-RIB (RFC 4724), so nothing may follow it."""
-    return protocol.announce_commands(advertised, address) + reflected + [protocol.eor_command(address)]
+    at End-of-RIB (RFC 4724), so nothing may follow it. ``end_of_rib=False``: it is deferred
+    (``eor_due``; ``owed_eors`` sends it later)."""
+    eor = [protocol.eor_command(address)] if end_of_rib else []
+    return protocol.announce_commands(advertised, address) + reflected + eor
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """Where a speaker is in RFC 4724's selection deferral: whether it reflects (has a cluster
+    id), how long since it started (``waited``, seconds) and the limit (``deadline``)."""
+    reflecting: bool
+    waited: float
+    deadline: float
+
+
+def _ibgp(spec: PeerSpec) -> bool:
+    return spec.asn == spec.local_asn
+
+
+def feeds(source: PeerSpec, target: PeerSpec) -> bool:
+    """Whether a route reflector may reflect ``source``'s routes to ``target`` (RFC 4456 6):
+    both iBGP, and one of them a client (a non-client's routes go to clients only)."""
+    return (source.address != target.address and _ibgp(source) and _ibgp(target)
+            and (source.rr_client or target.rr_client))
+
+
+def eor_due(target: PeerSession, sessions: Iterable[PeerSession], deferral: Deferral) -> bool:
+    """Whether End-of-RIB may go to ``target`` now.
+
+    RFC 4724 4.1: a restarting speaker defers its route selection, and so its End-of-RIB, until
+    it has End-of-RIB from its peers or a deferral timer expires; a helper drops whatever of our
+    routes it still holds as stale at our End-of-RIB. What a route reflector sends a peer is what
+    it reflects from the others, so a restarted reflector that sent End-of-RIB before it learned
+    them would make its clients flush the routes they hold from each other (traffic lost until
+    they come back through it). So End-of-RIB to a reflection target waits until every session
+    that ``feeds`` it has been up and sent End-of-RIB (``synced``; a session held down for
+    max-prefix is not waited for), or ``deferral.deadline`` passed since the start (the speaker's
+    sync deadline: the same deadline after which its learned routes count as complete).
+
+    Nothing else waits: a speaker that does not reflect sends only its own prefixes, known
+    before any session is up, and an eBGP peer gets nothing reflected. Non-clients never feed
+    each other, so two reflectors restarting together do not wait for each other.
+
+    >>> def peer(i, client):
+    ...     return PeerSession(PeerSpec(IPv4Address(f"10.0.0.{i}"), 64512, 64512, passive=False,
+    ...                                 peer_type="global", name=f"n{i}", rr_client=client))
+    >>> a, b, other_rr = peer(1, True), peer(2, True), peer(3, False)
+    >>> eor_due(a, [a, b, other_rr], Deferral(reflecting=True, waited=1.0, deadline=30.0))
+    False
+    >>> b.synced = other_rr.synced = True
+    >>> eor_due(a, [a, b, other_rr], Deferral(reflecting=True, waited=1.0, deadline=30.0))
+    True
+    """
+    if not deferral.reflecting or deferral.waited >= deferral.deadline:
+        return True
+    return all(s.synced or s.held_down for s in sessions if feeds(s.spec, target.spec))
+
+
+def greeting(session: PeerSession, sessions: Iterable[PeerSession], advertised: frozenset[IPv4Network],
+             reflected: list[str], deferral: Deferral) -> list[str]:
+    """``session_up_lines`` for a session that came up, End-of-RIB included only if it is due
+    (``eor_due``); else the session is owed it (``owed_eors``)."""
+    session.eor_owed = not eor_due(session, sessions, deferral)
+    return session_up_lines(session.spec.address, advertised, reflected, not session.eor_owed)
+
+
+def owed_eors(sessions: Iterable[PeerSession], deferral: Deferral) -> list[str]:
+    """End-of-RIB to each session that is up and owed one, now that it is due (``eor_due``);
+    those sessions are owed nothing more."""
+    sessions = list(sessions)
+    due = [s for s in sessions if s.eor_owed and s.state == "up" and eor_due(s, sessions, deferral)]
+    for session in due:
+        session.eor_owed = False
+    return [protocol.eor_command(s.spec.address) for s in due]
 
 
 def in_sync(peers: list[PeerSession], started_at: float | None, now: float, deadline: float) -> bool:

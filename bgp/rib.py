@@ -405,6 +405,7 @@ class Rib:
 
     def end_of_rib(self, peer: IPv4Address) -> None:
         """The peer re-sent everything: whatever is still stale was not re-announced."""
+        self.counters["end_of_rib_received"] += 1
         peer = self._peer_ids.get(peer, peer)
         stale = self._stale.pop(peer, {})
         self._deadlines.pop(peer, None)

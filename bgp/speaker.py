@@ -12,6 +12,8 @@ Why things are the way they are:
   time, and the writer keeps at most ``ACK_WINDOW`` commands unacknowledged.
 - After a session comes up the peer gets every current prefix again and then End-of-RIB
   (``manual-eor true``): a graceful-restart helper drops our routes at EoR, so EoR must come last.
+  A route reflector that has just started defers it (``core.eor_due``, RFC 4724 4.1) until the
+  sessions whose routes it reflects to that peer sent theirs, or its sync deadline passed.
 - A route reflector (``set_peers(..., cluster_id=...)``) sends each best path ``bgp.reflect``
   picks to exactly its targets, with the next hop unchanged; a session that comes up gets its
   whole Adj-RIB-Out (reflected routes too) before End-of-RIB.
@@ -255,7 +257,7 @@ class Speaker:
             self._on_connect, sock=hostio.bind_unix(self._sock_path), limit=LINE_LIMIT)
         self._started_at = time.monotonic()
         loop = asyncio.get_running_loop()
-        self._timers["sync"] = loop.call_later(self._sync_deadline, self._notify)
+        self._timers["sync"] = loop.call_later(self._sync_deadline, self._sync_deadline_passed)
         self._write_config()
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"bgp-supervise-{self._node}")
@@ -707,12 +709,25 @@ class Speaker:
         self._reflect()
 
     def _reflect(self) -> None:
-        """Send what the best paths that changed mean for each reflection target."""
+        """Send what the best paths that changed mean for each reflection target, then the
+        End-of-RIBs that became due (``core.eor_due``): after the routes they close."""
         dirty = self._rib.take_dirty()
         if dirty:
             rib = self._rib
             self._send_reflected(self._reflector.update(
                 ((p, rib.best_route(p)) for p in dirty), rib.router_ids))
+        if self._conn is not None:
+            self._send(core.owed_eors(self._peers.values(), self._deferral()))
+
+    def _deferral(self) -> core.Deferral:
+        waited = 0.0 if self._started_at is None else time.monotonic() - self._started_at
+        return core.Deferral(self._cluster_id is not None, waited, self._sync_deadline)
+
+    def _sync_deadline_passed(self) -> None:
+        """Learned routes count as complete now, and End-of-RIB is deferred no longer."""
+        self._timers.pop("sync", None)
+        self._reflect()
+        self._notify()
 
     def _send_reflected(self, changes: reflect.Changes) -> None:
         # Without a relay nothing is sent: the next ExaBGP starts empty, and each session that
@@ -789,8 +804,8 @@ class Speaker:
                     self._state_changed.set()
                 case core.SessionUp():
                     log.info("bgp session up", extra={"node": self._node, "peer": str(address)})
-                    self._send(core.session_up_lines(address, self._advertised,
-                                                     self._reflector.out(address).commands()))
+                    self._send(core.greeting(peer, self._peers.values(), self._advertised,
+                                             self._reflector.out(address).commands(), self._deferral()))
                 case core.SessionDown(_, reason):
                     log.warning("bgp session down", extra={"node": self._node, "peer": str(address),
                                                            "reason": reason})

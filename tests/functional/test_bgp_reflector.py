@@ -8,7 +8,9 @@ mesh, the reflector has cluster ID 244.0.0.1 and the label route-reflector=true,
 """
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import subprocess
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.root
 R, A, B, BIRD, C = (IPv4Address(f"10.251.0.{i}") for i in (100, 1, 2, 3, 4))
 CLUSTER = IPv4Address("244.0.0.1")
 POOL = IPv4Network("10.244.0.0/16")
-BLOCK_A, BLOCK_B, BLOCK_BIRD = (IPv4Network(f"10.244.{i}.0/26") for i in (1, 2, 7))
+BLOCK_A, BLOCK_B, BLOCK_BIRD, BLOCK_R = (IPv4Network(f"10.244.{i}.0/26") for i in (1, 2, 7, 9))
 ARTICLE_PEER = ExplicitPeer(name="peer-with-route-reflectors", node_selector=parse_selector("all()"),
                             peer_selector=parse_selector("route-reflector == 'true'"))
 NODES = [NodeInfo("r", IPv4Interface(f"{R}/24"), None, frozenset({("route-reflector", "true")}),
@@ -62,10 +64,11 @@ def _join(fabric: str, ns: str, address: IPv4Address) -> None:
 
 
 def _speaker(lt: LoopThread, ns: str, me: IPv4Address, run_dir: Path, peers: frozenset[PeerSpec],
-             own: frozenset[IPv4Network], cluster_id: IPv4Address | None = None) -> Speaker:
+             own: frozenset[IPv4Network], cluster_id: IPv4Address | None = None,
+             on_change=lambda: None) -> Speaker:
     async def make() -> Speaker:
         sp = Speaker(node_name=ns, router_id=me, local_address=me, local_asn=64512, run_dir=run_dir,
-                     on_change=lambda: None, netns=ns, hold_time=9, sync_deadline=60.0)
+                     on_change=on_change, netns=ns, hold_time=9, sync_deadline=60.0)
         sp.set_import_filter(frozenset({POOL}), own)
         await sp.set_peers(peers, cluster_id=cluster_id)
         await sp.set_advertisements(own)
@@ -165,6 +168,59 @@ def test_one_route_to_two_clients_and_a_client_reset(netns, loop_thread, tmp_pat
     finally:
         for sp in speakers:
             lt.run(sp.stop())
+
+
+def test_a_restarted_reflector_defers_end_of_rib_until_it_has_what_it_reflects(netns, loop_thread,
+                                                                               tmp_path):
+    """RFC 4724 4.1 for a lone reflector: r restarts (its ExaBGP gone without a Cease, as when
+    its agent is SIGKILLed) while b is slow to come back (its ExaBGP stopped). a keeps b's block
+    as stale; the restarted r must not send a End-of-RIB (on which a drops what is still stale)
+    before b's session is up and b's block reflected: a's best routes hold b's block throughout."""
+    lt = loop_thread
+    fabric, ns_a, ns_b = _fabric(netns), netns("rra"), netns("rrb")
+    _join(fabric, ns_a, A)
+    _join(fabric, ns_b, B)
+    via_r = LearnedRoute(BLOCK_B, B, R, originator_id=B, cluster_list=(CLUSTER,))
+    seen: list[frozenset[LearnedRoute]] = []  # a's best routes at each change, from b's stop on
+    watching: list[Speaker] = []  # a, once its routes are to be recorded
+    speakers, stopped = [], None
+    try:
+        r = _speaker(lt, fabric, R, tmp_path / "r", _sessions("r"), frozenset(), CLUSTER)
+        speakers.append(r)
+        a = _speaker(lt, ns_a, A, tmp_path / "a", _sessions("a"), frozenset({BLOCK_A}),
+                     on_change=lambda: watching and seen.append(watching[0].learned_routes()))
+        speakers.append(a)
+        b = _speaker(lt, ns_b, B, tmp_path / "b", _sessions("b"), frozenset({BLOCK_B}))
+        speakers.append(b)
+        wait_for(lambda: _learned(lt, a) == {via_r}, 30, what="a learns b's block through r")
+
+        stopped = lt.call(lambda: b.child_pid)
+        os.kill(stopped, signal.SIGSTOP)
+        watching.append(a)
+        lt.run(r.stop())
+        speakers.remove(r)
+        wait_for(lambda: not _all_up(lt, a, 1), 15, what="a sees r go")
+        eors = lt.call(a.counters).get("end_of_rib_received", 0)
+        r = _speaker(lt, fabric, R, tmp_path / "r2", _sessions("r"), frozenset(), CLUSTER)
+        speakers.append(r)
+        wait_for(lambda: _all_up(lt, a, 1), 30, what="a's session to the restarted r")
+        # A probe r sends a after whatever it sent at session up (an End-of-RIB included).
+        lt.run(r.set_advertisements(frozenset({BLOCK_R})))
+        wait_for(lambda: BLOCK_R in {x.prefix for x in _learned(lt, a)}, 15, what="a learns r's probe")
+        assert lt.call(a.counters).get("end_of_rib_received", 0) == eors, "End-of-RIB before b's block"
+
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        wait_for(lambda: _all_up(lt, r, 2), 40, what="b's session to the restarted r")
+        wait_for(lambda: lt.call(a.counters).get("end_of_rib_received", 0) > eors, 15,
+                 what="r's End-of-RIB to a once it has b's block")
+        assert {x.prefix for x in _learned(lt, a)} == {BLOCK_B, BLOCK_R}
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        for sp in speakers:
+            lt.run(sp.stop())
+    assert seen and all(BLOCK_B in {x.prefix for x in routes} for routes in seen), seen
 
 
 BIRD_CONF = """\
