@@ -5,7 +5,9 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -150,3 +152,25 @@ def lab_state(name: str) -> dict:
 def lab_namespaces(name: str) -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(f"{name}-")]
+
+
+class Pings:
+    """Continuous pings between lab pods (20 a second each; each reply needs both directions' routes):
+    ``Pings([(pod_a, pod_b), ...])`` with pods as in the lab's state."""
+
+    def __init__(self, pairs: list[tuple[dict, dict]]) -> None:
+        self.procs = {f"{a['node']} -> {b['node']}": subprocess.Popen(
+            ["ip", "netns", "exec", a["netns"], "ping", "-q", "-i", "0.05", b["ip"]],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for a, b in pairs}
+
+    def stop(self) -> dict[str, tuple[int, int]]:
+        """(sent, received) per pair; ping prints its summary on SIGINT."""
+        counts = {}
+        for pair, proc in self.procs.items():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            out = proc.communicate(timeout=10)[0]
+            match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+            assert match, f"{pair}: {out}"
+            counts[pair] = (int(match[1]), int(match[2]))
+        return counts

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import signal
 import subprocess
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from bgp.peers import NODE_PEER_TYPE
 from felix.status import RUN_ROOT
 from tests import helpers
-from tests.helpers import wait_for
+from tests.helpers import Pings, wait_for
 
 NAME = f"r{secrets.token_hex(2)}"  # short: namespace and interface names derive from it
 
@@ -78,27 +77,6 @@ def mesh_lab():
         yield helpers.lab_state(MESH)
     finally:
         subprocess.run([helpers.CTL, "lab", "down", "--name", MESH], capture_output=True, timeout=120)
-
-
-class Pings:
-    """Continuous pings between pods (20 a second each, both directions' routes in each reply)."""
-
-    def __init__(self, pairs: list[tuple[dict, dict]]) -> None:
-        self.procs = {f"{a['node']} -> {b['node']}": subprocess.Popen(
-            ["ip", "netns", "exec", a["netns"], "ping", "-q", "-i", "0.05", b["ip"]],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for a, b in pairs}
-
-    def stop(self) -> dict[str, tuple[int, int]]:
-        """(sent, received) per pair; ping prints its summary on SIGINT."""
-        counts = {}
-        for pair, proc in self.procs.items():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-            out = proc.communicate(timeout=10)[0]
-            match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-            assert match, f"{pair}: {out}"
-            counts[pair] = (int(match[1]), int(match[2]))
-        return counts
 
 
 def apply(tmp_path: Path, doc: dict) -> None:
