@@ -16,6 +16,10 @@ MAX_PREFIX_REASON = "max-prefix exceeded"
 # What ``node status`` adds to a session kept by make-before-break (bgp.transition).
 DRAINING_SESSION = "draining: no longer configured, kept until other sessions carry its routes"
 DRAINING_REFLECTION = "draining: no longer a route-reflector client, still reflected to for now"
+# A connect nobody answered. With TCP MD5 the peer's kernel drops a SYN with a wrong or missing key
+# without a word, so to a session with a password this is also what a wrong password looks like.
+CONNECT_TIMED_OUT = "Socket: Connection timed out"
+PASSWORD_HINT = "(check the BGP password)"
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class PeerSession:
         if self.state == "up":
             return PeerStatus(s.address, s.name, s.peer_type, self.state, self.since, "Established")
         reason = self.cause or self.reason
+        if reason == CONNECT_TIMED_OUT and s.password:
+            reason = f"{reason} {PASSWORD_HINT}"
         state = bird_state(self.state)
         info = f"{state} {reason}" if reason else state
         return PeerStatus(s.address, s.name, s.peer_type, self.state, self.since, info, reason)

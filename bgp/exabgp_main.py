@@ -20,7 +20,11 @@ API only ``down: closing connection``; a connect failure while Idle is not told 
 exact version, a connect that failed raises with the socket's error, and a session reset reports
 its error to the API as the ``down`` reason, Idle included (``Socket: Connection refused``).
 Other versions are left alone with a warning (tests/functional/test_bgp_status.py fails if the
-behaviour changes under us).
+behaviour changes under us). A connect whose SYNs go unanswered gives up after
+``CONNECT_SYN_RETRIES`` retransmissions (~15 s, not the kernel's default ~2 min), so that its
+``Socket: Connection timed out`` is seen while it matters: with TCP MD5 a wrong or missing key
+makes the peer's kernel drop our SYNs without a word, and that is the only sign of it
+(tests/functional/test_bgp_md5.py). ExaBGP tries again after its usual backoff.
 
 ExaBGP speaks plain BGP over TCP and never uses TLS, but its reactor imports
 asyncio, and asyncio imports ssl when it can: OpenSSL mapped and initialised in every node's
@@ -31,6 +35,7 @@ import runpy
 import sys
 
 PINNED_EXABGP = "5.0.15"
+CONNECT_SYN_RETRIES = 3  # SYNs sent at 0, 1, 3 and 7 s; ETIMEDOUT at ~15 s
 
 
 def _cease_on_teardown() -> None:
@@ -66,7 +71,9 @@ def _socket_errors_reported() -> None:
         return
 
     def ready(io):
-        """tcp.ready, except that a connect the kernel failed raises with its error."""
+        """tcp.ready, except that a connect the kernel failed raises with its error, and an
+        unanswered one fails after CONNECT_SYN_RETRIES."""
+        io.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, CONNECT_SYN_RETRIES)
         poller = select.poll()
         poller.register(io, select.POLLOUT | select.POLLNVAL | select.POLLERR)
         while True:

@@ -1,7 +1,9 @@
 """TCP MD5 passwords (RFC 2385) between our Speaker (real ExaBGP) and BIRD 2 in namespaces.
 
 Same password: Established. Wrong password, or a password on one side only: the kernel drops
-the unsigned or mis-signed segments, so the session never comes up; each such case is watched for
+the unsigned or mis-signed segments, so the session never comes up, and node status says
+``Active Socket: Connection timed out`` (with a hint to check the password when we have one,
+BIRD's words otherwise); each such case is watched for
 ``NEVER_WINDOW`` seconds, several times what a matching session needs here (``test_same_password``
 shows it up in a few seconds), and then the password is corrected on our side to show the same
 setup does come up (so the window was long enough, and a changed password takes effect without a
@@ -27,6 +29,9 @@ from tests.helpers import veth_between, wait_for
 pytestmark = pytest.mark.root
 
 NEVER_WINDOW = 12.0  # a matching session is Established in ~1-3 s here
+# A connect whose SYNs are dropped times out after ~15 s (bgp/exabgp_main.py), the kernel's
+# default after ~130 s.
+REASON_WINDOW = 30.0
 # Spaces, ';', braces and single quotes must survive ExaBGP's config syntax (BIRD's strings cannot
 # hold a double quote; the unit tests render one).
 PASSWORD = "Zq7Kw md5; {x} 'q'"
@@ -46,6 +51,11 @@ class PasswordBird(Bird):
             return text
         assert '"' not in self._password, "BIRD strings cannot hold a double quote"
         return text.replace("    hold time 9;\n", f'    hold time 9;\n    password "{self._password}";\n')
+
+
+def _info(lt, speaker) -> str:
+    [status] = lt.call(speaker.peer_status)
+    return status.info
 
 
 def _peer(password: str | None) -> PeerSpec:
@@ -98,6 +108,10 @@ def test_mismatched_password_never_establishes(link, procs, loop_thread, tmp_pat
     try:
         _stays_down(lt, speaker, bird, NEVER_WINDOW)
         assert bird.route(OUR_BLOCK) == ""
+        # The dropped SYNs are all there is to see; with a password of ours, a hint to check it.
+        hint = " (check the BGP password)" if ours else ""
+        wait_for(lambda: _info(lt, speaker) == f"Active Socket: Connection timed out{hint}",
+                 REASON_WINDOW, what="node status giving a reason for the session not coming up")
         lt.run(speaker.set_peers(frozenset({_peer(birds)})))  # now matching: without a restart
         wait_for(lambda: _established(lt, speaker), NEVER_WINDOW,
                  what="session up once our password matches BIRD's")

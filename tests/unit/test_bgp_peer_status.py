@@ -1,6 +1,7 @@
 """What node status says about a session that is not up (bgp.speaker's PeerStatus), in BIRD's words."""
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 import pytest
@@ -34,6 +35,21 @@ def test_a_cause_outranks_the_down_reason_until_the_session_is_up():
     assert peer.status().reason == "max-prefix exceeded"
     up = _Peer(SPEC, state="up").status()
     assert (up.info, up.reason) == ("Established", "")
+
+
+def test_a_connect_timeout_to_a_peer_with_a_password_says_to_check_it():
+    """With TCP MD5 a wrong or missing key drops our SYNs silently: a timed-out connect is all
+    there is to see, and with a password configured the likeliest cause."""
+    timed_out = "Socket: Connection timed out"
+    with_password = _Peer(replace(SPEC, password="s3cret"), state="idle", reason=timed_out).status()
+    assert with_password.info == "Active Socket: Connection timed out (check the BGP password)"
+    assert with_password.reason == "Socket: Connection timed out (check the BGP password)"
+    assert "s3cret" not in repr(with_password)
+    without = _Peer(SPEC, state="idle", reason=timed_out).status()
+    assert without.info == "Active Socket: Connection timed out"
+    refused = _Peer(replace(SPEC, password="s3cret"), state="idle",
+                    reason="Socket: Connection refused").status()
+    assert refused.info == "Active Socket: Connection refused"
 
 
 def test_notification_reason():
