@@ -297,6 +297,8 @@ class _Context:
         self.subnet = me.ip.network if me is not None and me.ip is not None else None
         self.problems: dict[IPv4Network, str] = {}
         self._reasons: dict[tuple[str, str, str], str] = {}
+        # (id of the pool, gateway, peer) -> (tunnel, reason, onlink) of a learned route
+        self.learned_paths: dict[tuple[int, int, str], tuple[str | None, str, bool]] = {}
         # (address, mask, length, cidr) per pool, in the frozenset's order: ``subnet_of`` in
         # integers (ipaddress's own was most of a rebuild's time at 100k blocks)
         self._pools = _bits(inp.pools)
@@ -434,13 +436,22 @@ def _learned_routes(learned: Iterable[RemoteRoute], ctx: _Context) -> list[Desir
 
 
 def _learned_route(r: RemoteRoute, ctx: _Context) -> DesiredRoute:
-    pool = ctx.pool_of(r.key)
-    # A VXLAN pool's blocks are routed from affinities (Calico's rule), which override this
-    # layer; a learned route stays only as the fallback while the node has no VTEP yet (a live
-    # switch to VXLAN then keeps the old path instead of dropping the block's traffic).
-    tunnel = IPIP_DEV if pool.ipip != NEVER and ctx.tunnelled(pool.ipip, r.gateway) else None
-    return _via(r.key, r.gateway, tunnel, f"learned from {r.source}"
-                + (" (ipip)" if tunnel else ""))
+    key, gateway, source = r.key, r.gateway, r.source
+    pool = ctx.pool_of(key)
+    # The tunnel and the reason depend on (pool, gateway, peer) only: decided once for each
+    # (a few per node), and every route of one shares its reason string (100k learned routes
+    # built 100k strings, ~7 MB of the agent, and most of this function's time).
+    path_key = (id(pool), gateway._ip, source)
+    path = ctx.learned_paths.get(path_key)
+    if path is None:
+        # A VXLAN pool's blocks are routed from affinities (Calico's rule), which override this
+        # layer; a learned route stays only as the fallback while the node has no VTEP yet (a
+        # live switch to VXLAN then keeps the old path instead of dropping the block's traffic).
+        tunnel = IPIP_DEV if pool.ipip != NEVER and ctx.tunnelled(pool.ipip, gateway) else None
+        path = ctx.learned_paths[path_key] = (
+            tunnel, f"learned from {source}" + (" (ipip)" if tunnel else ""), tunnel is not None)
+    tunnel, reason, onlink = path
+    return DesiredRoute(key, "unicast", tunnel, gateway, "universe", reason, onlink)
 
 
 def _first_per_key(items, *, key, order):

@@ -151,3 +151,13 @@ def test_order_and_duplicates_do_not_matter(items, pools, perm):
     for key, route in first.items():
         assert key == route.key
         assert not (route.type == "blackhole" and route.dst.prefixlen == 32)
+
+
+def test_learned_routes_of_one_peer_share_their_reason_string():
+    """One string per (pool, gateway, peer), not per route: 100k learned routes held 100k copies."""
+    learned = [RemoteRoute(K(N((int(A("10.244.2.0")) + 64 * i, 26))), A(f"192.168.5.{2 + i % 2}"),
+                           f"peer-{i % 2}") for i in range(40)]
+    routes = calc(learned=learned)
+    assert len(routes) == 40
+    assert len({id(r.reason) for r in routes.values()}) == 2
+    assert {r.reason for r in routes.values()} == {"learned from peer-0", "learned from peer-1"}
