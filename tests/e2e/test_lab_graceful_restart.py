@@ -66,7 +66,7 @@ def settled(state: dict, killed: str, eors_before: dict[str, int]) -> str | None
         now = status(node)
         if now is None:
             return f"{node}: agent not answering"
-        if not now["peers"] or any(p["state"] != "up" for p in now["peers"]):
+        if not now["peers"] or any(p["state"] != "Established" for p in now["peers"]):
             return f"{node}: sessions {[(p['address'], p['info']) for p in now['peers']]}"
         if node == killed and not now["bgp_routes_in_sync"]:
             return f"{node}: BGP routes not in sync"
@@ -97,7 +97,7 @@ def kill_and_restart(name: str, node: str, pairs: list[tuple[dict, dict]]) -> di
     once everything has settled."""
     state = helpers.lab_state(name)
     peers = [n for n in state["nodes"] if n != node and any(
-        p["state"] == "up" for p in query(n, "status")["peers"])]
+        p["state"] == "Established" for p in query(n, "status")["peers"])]
     before = {n: eors(n) for n in peers}
     old = state["agent_pids"][node]
     monitors = {n: subprocess.Popen(["ip", "-n", n, "monitor", "route"], stdout=subprocess.PIPE, text=True)
