@@ -18,13 +18,15 @@ Contract (what felix/agent.py uses):
   ``Active Socket: Connection refused``, ``Received: Bad peer AS (2/2)``, ``max-prefix exceeded``),
   ``counters`` (``received``, ``rejected_<reason>``, ``malformed``, ``max_prefix_exceeded``,
   ``end_of_rib_received``),
-  ``check_routes_in_sync()`` (latches True once routes are complete). ``on_change()`` is called (coalesced, on the
+  ``check_routes_in_sync()`` (True once routes are complete; latched by events, not by reading). ``on_change()`` is called (coalesced, on the
   event loop) whenever learned routes or peer status may have changed: reconcile level-triggered.
 
 I/O: only ``speaker`` (files in run_dir, the ExaBGP child, a unix socket) and ``relay`` (the tiny
 process ExaBGP runs as its API process, relaying its pipes to the speaker's socket).
-Pure, no I/O: ``core`` (the speaker's decisions: session state, status and causes, what a
-session that comes up is sent; events in, effects out), ``peers``, ``transition`` (make-before-break between two sets of sessions), ``rib``
+Pure, no I/O: ``speaker_core`` (every decision of the speaker: events, calls and timer expiry in
+with the time passed in; lines to send, timers, reloads, restarts, Cease, make-before-break,
+graceful-restart expiry and max-prefix hold-down out), ``core`` (one session's state, status
+and causes, what a session that comes up is sent), ``peers``, ``transition`` (make-before-break between two sets of sessions), ``rib``
 (Adj-RIB-In, best path, max-prefix, reflection loop checks, RFC 4724 helper, injected clock),
 ``policy`` (the one import filter, origin validation, the best-path steps), ``reflect`` (RFC 4456
 reflection: targets, attributes, Adj-RIB-Out),

@@ -3,23 +3,16 @@
 The relay is ``socat`` (``relay_command``), ExaBGP's API process, joining its pipes to ``exabgp.sock``.
 
 Does I/O: writes run_dir/exabgp.conf and run_dir/exabgp.log, spawns ExaBGP, owns the socket.
-Decisions live in the pure modules (``core`` keeps each session's state and says what to send
-when one comes up, ``protocol`` parses and frames, ``rib`` filters and picks best
-paths, ``exabgp_conf`` renders); this is the asyncio shell around them.
+Every BGP decision is ``speaker_core.SpeakerCore``'s (sessions, what to send and when, timers
+with their deadlines, reloads, restarts for new local settings, Cease, make-before-break,
+graceful-restart expiry, max-prefix hold-down): this asyncio shell feeds it ExaBGP's events, the
+agent's calls and its timers' expiry, and executes the effects it returns (``_run``). What the
+shell decides itself is about the child and the socket: who may connect, the ack window, the
+liveness probe, restarting a child that died, hung or lost its relay.
 
 Why things are the way they are:
 - ExaBGP has no backpressure: it blocks once ~13k acks sit unread. The reader task reads all the
   time, and the writer keeps at most ``ACK_WINDOW`` commands unacknowledged.
-- After a session comes up the peer gets every current prefix again and then End-of-RIB
-  (``manual-eor true``): a graceful-restart helper drops our routes at EoR, so EoR must come last.
-  A route reflector that has just started defers it (``core.eor_due``, RFC 4724 4.1) until the
-  sessions whose routes it reflects to that peer sent theirs, or its sync deadline passed.
-- A route reflector (``set_peers(..., cluster_id=...)``) sends each best path ``bgp.reflect``
-  picks to exactly its targets, with the next hop unchanged; a session that comes up gets its
-  whole Adj-RIB-Out (reflected routes too) before End-of-RIB.
-- ``want_peers`` (what the agent calls) changes sessions make-before-break (``bgp.transition``):
-  it re-plans on every session change and End-of-RIB while something drains, and on a timer for
-  the plan's deadlines; ``set_peers`` underneath configures exactly what it is given.
 - Prefix changes go to all neighbors at once; ExaBGP's adj-rib-out keeps them for a neighbor
   that is down, so a withdrawal made while it was down is not replayed as an announcement.
 - The child gets PR_SET_PDEATHSIG=SIGKILL (through setpriv, no preexec_fn): it never outlives the
@@ -36,7 +29,6 @@ Why things are the way they are:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import shutil
@@ -50,10 +42,11 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import hostio
-from bgp import core, exabgp_conf, exabgp_main, protocol, reflect, transition
+from bgp import exabgp_conf, exabgp_main, protocol, reflect, speaker_core, transition
 from bgp.core import DRAINING_REFLECTION, DRAINING_SESSION, PeerStatus  # noqa: F401 (API)
 from bgp.peers import PeerSpec
-from bgp.rib import LearnedRoute, Rib
+from bgp.rib import LearnedRoute
+from bgp.speaker_core import DEFAULT_MAX_PREFIXES, MAX_PREFIX_HOLD_DOWN  # noqa: F401 (API)
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +59,6 @@ RELAY_CONNECT_TIMEOUT = 10.0
 # socat closes the moment ExaBGP dies: a closed relay waits this long for the child's exit, so the
 # reason reported is the real cause (the supervisor's "exabgp exited") and not its echo.
 CHILD_EXIT_GRACE = 0.5
-# Per-peer max-prefix (Calico's BGPPeer has no such field): one limit for every session, set by
-# the agent (env PYCALICO_BGP_MAX_PREFIXES; 0: none). A route reflector legitimately sends every
-# block of the cluster, so the default is far above any cluster's block count (5,000 nodes x 20
-# blocks) and the 100k-prefix benchmark; it stops a peer that floods us, not a big cluster.
-DEFAULT_MAX_PREFIXES = 200_000
-# A peer torn down for max-prefix stays out of ExaBGP's config this long once its session is down
-# (else ExaBGP reconnects at once, and the peer floods us again every few seconds); then it may
-# try again (BIRD's "receive limit ... action restart", Cisco's "maximum-prefix ... restart").
-MAX_PREFIX_HOLD_DOWN = 60.0
-RELOAD_DEBOUNCE = 0.1  # seconds of quiet after a peer change before ExaBGP reloads its config
-RELOAD_MAX_DELAY = 1.0  # ... but at most this long after the first change of a burst
-CEASE_TIMEOUT = 3.0  # a removed peer's Cease: how long to wait for its session to go down  # a started ExaBGP whose relay never connects is restarted
 
 
 async def _exits_within(proc: asyncio.subprocess.Process, seconds: float) -> bool:
@@ -202,52 +183,36 @@ class Speaker:
                  max_prefixes: int | None = DEFAULT_MAX_PREFIXES,
                  max_prefix_hold_down: float = MAX_PREFIX_HOLD_DOWN) -> None:
         self._node = node_name
-        self._local_asn = local_asn
+        self._local_address = local_address
         self._run_dir = Path(run_dir)
         self._sock_path = self._run_dir / "exabgp.sock"
         if len(str(self._sock_path).encode()) > _MAX_UNIX_PATH:
             raise ValueError(f"run_dir: {run_dir} is too long for a unix socket path")
         self._on_change = on_change
         self._netns = netns
-        self._sync_deadline = sync_deadline
         self._liveness = (liveness_interval, liveness_timeout)
-        self._base = exabgp_conf.ExaBGPConfig(
+        base = exabgp_conf.ExaBGPConfig(
             router_id=router_id, local_address=local_address,
             relay_command=relay_command(self._sock_path),
             hold_time=hold_time, gr_restart_time=gr_restart_time, port=listen_port)
+        self._core = speaker_core.SpeakerCore(
+            base=base, local_asn=local_asn, gr_restart_time=gr_restart_time,
+            sync_deadline=sync_deadline, drain_deadline=drain_deadline, max_prefixes=max_prefixes,
+            max_prefix_hold_down=max_prefix_hold_down)
         self._env = exabgp_env(local_address, listen_port)
-        self._rib = Rib(restart_time=gr_restart_time, router_id=router_id)
-        self._max_prefixes, self._hold_down_time = max_prefixes, max_prefix_hold_down
-        self._reflector = reflect.Reflector()
-        self._cluster_id: IPv4Address | None = None
-        self._peers: dict[IPv4Address, core.PeerSession] = {}
-        self._advertised: frozenset[IPv4Network] = frozenset()
         self._outbox: deque[str] = deque()
         self._wake = asyncio.Event()
-        self._state_changed = asyncio.Event()  # a session changed state (_cease waits on it)
-        self._reload_first: float | None = None  # loop time of the first peer change not reloaded
-        self._restart_for: str | None = None  # set_local changes the next reload restarts ExaBGP for
+        self._settled = asyncio.Event()  # the core ran effects: a peer set may no longer wait for a Cease
         self._conn: _Conn | None = None
         self._server: asyncio.AbstractServer | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task | None = None
-        self._config_text: str | None = None
-        self._spawned_text: str | None = None
-        self._started_at: float | None = None
-        self._in_sync = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._notify_pending = False
         self._stopping = False
         self.refused_connections = 0
         self._status = SpeakerStatus("stopped", None, "not started")
         self._restart_cause = ""  # why the current child replaced the last one, until it is up
-        # Make-before-break (want_peers): the sessions wanted, and the unwanted ones still kept.
-        self._wanted: tuple[frozenset[PeerSpec], IPv4Address | None] | None = None
-        self._draining: dict[IPv4Address, transition.Drain] = {}
-        self._drain_deadline = drain_deadline
-        self._transition_lock = asyncio.Lock()
-        self._transition_task: asyncio.Task | None = None
-        self._transition_again = False
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -255,10 +220,7 @@ class Speaker:
         hostio.private_dir(self._run_dir)
         self._server = await asyncio.start_unix_server(
             self._on_connect, sock=hostio.bind_unix(self._sock_path), limit=LINE_LIMIT)
-        self._started_at = time.monotonic()
-        loop = asyncio.get_running_loop()
-        self._timers["sync"] = loop.call_later(self._sync_deadline, self._sync_deadline_passed)
-        self._write_config()
+        self._run(self._core.start(time.monotonic()))
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"bgp-supervise-{self._node}")
 
@@ -266,28 +228,12 @@ class Speaker:
                         cluster_id: IPv4Address | str | None = None) -> None:
         """Configure exactly ``peers``; ``cluster_id``: our ``routeReflectorClusterID`` (we reflect
         to peers whose ``rr_client`` is set, RFC 4456), None when we are no route reflector.
-        Given what it already has, it does nothing and tells no one (a notification on no change
-        turns the agent's level-triggered loop into a busy loop)."""
-        cluster = IPv4Address(cluster_id) if cluster_id is not None else None
-        wanted = {p.address: p for p in peers}
-        if wanted == {a: p.spec for a, p in self._peers.items()} and cluster == self._cluster_id:
-            return
-        await self._cease([a for a, p in self._peers.items() if a not in wanted and p.state == "up"])
-        self._cluster_id = cluster
-        for address in set(self._peers) - set(wanted):
-            del self._peers[address]
-            self._rib.remove_peer(address)
-        for address, spec in wanted.items():
-            if address in self._peers:
-                self._peers[address].spec = spec
-            else:
-                self._peers[address] = core.PeerSession(spec)
-            self._rib.set_restart_cap(address, spec.max_restart_time)
-            self._rib.set_peer_as(address, spec.asn, spec.local_asn)
-            self._rib.set_max_prefixes(address, self._max_prefixes)
-        self._reload_soon()
-        self._configure_reflection()
-        self._notify()
+        A removed peer whose session is up gets a Cease first, and this returns once the new set
+        is configured (``speaker_core.CEASE_TIMEOUT`` at most). Given what it already has, it does
+        nothing and tells no one (a notification on no change turns the agent's level-triggered
+        loop into a busy loop)."""
+        self._run(self._core.set_peers(peers, cluster_id, time.monotonic()))
+        await self._peers_settled()
 
     async def want_peers(self, peers: frozenset[PeerSpec],
                          cluster_id: IPv4Address | str | None = None) -> None:
@@ -295,66 +241,14 @@ class Speaker:
         configured at once; a session no longer wanted stays until wanted sessions that are up and
         sent End-of-RIB provide every prefix it provides, or ``transition.DEADLINE`` passes. Session
         changes and End-of-RIB re-evaluate it. ``cluster_id`` as in ``set_peers`` (at once)."""
-        cluster = IPv4Address(cluster_id) if cluster_id is not None else None
-        self._wanted = (frozenset(peers), cluster)
-        await self._advance()
+        self._run(self._core.want_peers(peers, cluster_id, time.monotonic()))
+        await self._peers_settled()
 
-    async def _advance(self) -> None:
-        if self._wanted is None or self._stopping:
-            return
-        async with self._transition_lock:
-            wanted, cluster = self._wanted
-            by_address = {p.address: p for p in wanted}
-            if not self._draining and all(a in by_address and (by_address[a].rr_client or not p.spec.rr_client)
-                                          for a, p in self._peers.items()):
-                await self.set_peers(wanted, cluster)  # nothing to drain: the common case, no RIB walk
-                return
-            now = time.monotonic()
-            plan = transition.plan(wanted, {a: p.spec for a, p in self._peers.items()},
-                                   self._sessions(), self._draining, now, deadline=self._drain_deadline)
-            for address in plan.draining.keys() - self._draining.keys():
-                log.info("keeping a session no longer wanted until its routes are covered",
-                         extra={"node": self._node, "peer": str(address)})
-            self._draining = dict(plan.draining)
-            self._cancel_timer("transition")
-            if plan.recheck_at is not None:
-                self._timers["transition"] = asyncio.get_running_loop().call_later(
-                    max(0.0, plan.recheck_at - now), self._advance_soon)
-            if cluster is None and any(p.rr_client for p in plan.configure):
-                cluster = self._cluster_id  # still reflecting to former clients (bgp.transition)
-            await self.set_peers(plan.configure, cluster)
-
-    def _sessions(self) -> dict[IPv4Address, transition.Session]:
-        return {a: transition.Session(p.state == "up", p.state == "up" and p.eor, self._rib.provided(a))
-                for a, p in self._peers.items()}
-
-    def _advance_soon(self) -> None:
-        """Re-evaluate the transition after an event (one task; events meanwhile run it again)."""
-        self._timers.pop("transition", None)
-        if self._wanted is None or self._stopping:
-            return
-        if self._transition_task is not None and not self._transition_task.done():
-            self._transition_again = True
-            return
-        self._transition_task = asyncio.create_task(self._advance_while_asked(),
-                                                    name=f"bgp-transition-{self._node}")
-
-    async def _advance_while_asked(self) -> None:
-        self._transition_again = True
-        while self._transition_again and not self._stopping:
-            self._transition_again = False
-            await self._advance()
-
-    def _reload_soon(self) -> None:
-        """One ExaBGP reload for a burst of peer changes (50 nodes joining is one reload, not 50:
-        each reload re-reads the whole config and re-evaluates every neighbor)."""
-        if self._started_at is None:
-            return
-        loop = asyncio.get_running_loop()
-        self._reload_first = self._reload_first or loop.time()
-        when = core.reload_at(self._reload_first, loop.time(), RELOAD_DEBOUNCE, RELOAD_MAX_DELAY)
-        self._cancel_timer("reload")
-        self._timers["reload"] = loop.call_at(when, self._reload_now)
+    async def _peers_settled(self) -> None:
+        """Until no peer set waits for a Cease to take effect (the core's timer bounds the wait)."""
+        while self._core.ceasing and not self._stopping:
+            self._settled.clear()
+            await self._settled.wait()
 
     def set_local(self, asn: int, listen_port: int) -> None:
         """Our AS number and listen port, changed live. ExaBGP reads its listen port only when it
@@ -365,99 +259,43 @@ class Speaker:
         for the old AS refuses our OPEN, and BIRD, for one, ends its graceful restart then). The
         sessions' own ``local_asn`` comes with ``set_peers``; a burst of both is one restart
         (debounced)."""
-        if not 1 <= asn <= 2**32 - 1:
-            raise ValueError(f"asn: {asn} is outside 1..{2**32 - 1}")
-        changes = []
-        if asn != self._local_asn:
-            changes.append(f"local AS number {self._local_asn} -> {asn}")
-        if listen_port != self._base.port:
-            changes.append(f"listen port {self._base.port} -> {listen_port}")
-        if not changes:
-            return
-        self._base = dataclasses.replace(self._base, port=listen_port)  # validates the port
-        self._local_asn = asn
-        self._env = exabgp_env(self._base.local_address, listen_port)
-        log.info("bgp settings changed", extra={"node": self._node, "changes": changes})
-        if self._started_at is not None:  # before start(), the first child gets them anyway
-            self._restart_for = ", ".join(changes)
-            self._reload_soon()
-
-    def _reload_now(self) -> None:
-        self._timers.pop("reload", None)
-        self._reload_first = None
-        if self._stopping:
-            return
-        changed = self._write_config()
-        restart_for, self._restart_for = self._restart_for, None
-        if restart_for and self._proc is not None:
-            self._restart_child(self._proc, f"{restart_for}: exabgp restarted to apply it")
-        elif changed and self._conn is not None:
-            self._send([protocol.reload_command()])
-
-    async def _cease(self, addresses: list[IPv4Address]) -> None:
-        """A removed peer gets a NOTIFICATION Cease (Peer De-configured) and its session is seen
-        down before the reload drops it from ExaBGP's config. A reload alone closes the TCP session
-        without a word, and a graceful-restart helper (BIRD) then keeps our routes as stale for
-        its whole restart time. Waits at most ``CEASE_TIMEOUT``."""
-        if not addresses or self._conn is None:
-            return
-        self._send([protocol.teardown_command(a) for a in addresses])
-        deadline = time.monotonic() + CEASE_TIMEOUT
-        while any(a in self._peers and self._peers[a].state == "up" for a in addresses):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                log.warning("peers did not go down after Cease; reloading anyway",
-                            extra={"node": self._node, "peers": [str(a) for a in addresses]})
-                return
-            self._state_changed.clear()
-            try:
-                await asyncio.wait_for(self._state_changed.wait(), left)
-            except TimeoutError:
-                pass
+        effects = self._core.set_local(asn, listen_port, time.monotonic())
+        if effects:
+            self._env = exabgp_env(self._local_address, listen_port)
+        self._run(effects)
 
     async def set_advertisements(self, prefixes: frozenset[IPv4Network]) -> None:
-        for prefix in prefixes:
-            if not isinstance(prefix, IPv4Network):
-                raise TypeError(f"prefixes: {prefix!r} is not an IPv4Network")
-        removed, added = self._advertised - prefixes, prefixes - self._advertised
-        self._advertised = frozenset(prefixes)
-        if self._conn is not None and self._peers:
-            self._send(protocol.withdraw_commands(removed) + protocol.announce_commands(added))
+        """Only the diff is sent; a session that comes up gets everything, then End-of-RIB."""
+        self._run(self._core.set_advertisements(prefixes))
 
     def set_import_filter(self, pools: frozenset[IPv4Network], own_blocks: frozenset[IPv4Network]) -> None:
-        if self._rib.set_import_filter(pools, own_blocks):
-            self._reflect()
-            self._notify()
+        self._run(self._core.set_import_filter(pools, own_blocks, time.monotonic()))
 
     def set_origins(self, blocks: dict[IPv4Network, IPv4Address] | None,
                     borrowed: dict[IPv4Address, IPv4Address]) -> None:
         """Who may originate which pool prefix (``Rib.set_origins``; None: no origin validation)."""
-        if self._rib.set_origins(blocks, borrowed):
-            self._reflect()
-            self._notify()
+        self._run(self._core.set_origins(blocks, borrowed, time.monotonic()))
 
     def learned_routes(self) -> frozenset[LearnedRoute]:
         """Every best route (cached: the same object until something changes)."""
-        return self._rib.best()
+        return self._core.learned_routes()
 
     def learned_changes(self) -> tuple[list[LearnedRoute], list[LearnedRoute]]:
         """(removed, added) since the last call (the first: all added), for one consumer that keeps
         its own copy: work per changed route, where diffing two ``learned_routes()`` is per route
         held (100k routes: ~0.3 s per reconcile). See ``Rib.take_changes``."""
-        return self._rib.take_changes()
+        return self._core.learned_changes()
 
     def reflected(self) -> dict[IPv4Address, dict[IPv4Network, reflect.Reflected]]:
         """What we reflect to each peer (our Adj-RIB-Out of reflected routes)."""
-        return self._reflector.sent()
+        return self._core.reflected()
 
     def peer_status(self) -> list[PeerStatus]:
         """Each configured session; one kept by make-before-break says so after its state."""
-        wanted = frozenset(p.address for p in self._wanted[0]) if self._wanted is not None else frozenset()
-        return [core.draining_status(self._peers[a].status(), self._draining.keys(), wanted)
-                for a in sorted(self._peers)]
+        return self._core.peer_status()
 
     def counters(self) -> dict[str, int]:
-        return dict(self._rib.counters)
+        return self._core.counters()
 
     def status(self) -> SpeakerStatus:
         return self._status
@@ -469,22 +307,17 @@ class Speaker:
         return proc.pid if proc is not None and proc.returncode is None else None
 
     def check_routes_in_sync(self) -> bool:
-        """Whether learned routes are complete; latches True (``core.in_sync``) once every peer was
-        up and sent End-of-RIB, or sync_deadline passed since start()."""
-        if not self._in_sync:
-            self._in_sync = core.in_sync(list(self._peers.values()), self._started_at,
-                                         time.monotonic(), self._sync_deadline)
-        return self._in_sync
+        """Whether learned routes are complete (``SpeakerCore.routes_in_sync``: True once every
+        peer was up and sent End-of-RIB, or sync_deadline passed since start()). Only reads."""
+        return self._core.routes_in_sync
 
     async def stop(self) -> None:
         self._stopping = True
+        self._settled.set()
         self._set_status("stopped", "stopped by the agent")
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        if self._transition_task is not None:
-            self._transition_task.cancel()
-            await asyncio.gather(self._transition_task, return_exceptions=True)
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
@@ -495,20 +328,47 @@ class Speaker:
             await self._server.wait_closed()
         self._sock_path.unlink(missing_ok=True)
 
-    # -- child process --------------------------------------------------------------------------
+    # -- the core's effects ---------------------------------------------------------------------
 
-    def _write_config(self) -> bool:
-        """Render the config; write it only if it changed. Returns whether it changed."""
-        cfg = dataclasses.replace(self._base, peers=frozenset(
-            p.spec for p in self._peers.values() if not p.held_down))
-        text = exabgp_conf.render(cfg)
-        if text == self._config_text:
-            return False
+    def _run(self, effects: list[speaker_core.Effect]) -> None:
+        """Execute what the core decided, in order (nothing once stopping)."""
+        for effect in effects:
+            if self._stopping:
+                return
+            match effect:
+                case speaker_core.Send(lines):
+                    self._send(lines)
+                case speaker_core.Arm(timer, at):
+                    self._cancel_timer(timer)
+                    self._timers[timer] = asyncio.get_running_loop().call_later(
+                        max(0.0, at - time.monotonic()), self._fire, timer)
+                case speaker_core.Cancel(timer):
+                    self._cancel_timer(timer)
+                case speaker_core.WriteConfig(text, peers):
+                    self._write_config(text, peers)
+                case speaker_core.RestartChild(reason):
+                    if self._proc is not None:
+                        self._restart_child(self._proc, reason)
+                case speaker_core.Notify():
+                    self._notify()
+                case speaker_core.Log(level, message, fields):
+                    getattr(log, level)(message, extra={"node": self._node, **fields})
+        self._settled.set()
+
+    def _fire(self, timer: str) -> None:
+        self._timers.pop(timer, None)
+        self._run(self._core.timer_fired(timer, time.monotonic(), _now()))
+
+    def _write_config(self, text: str, peers: int) -> None:
         # Atomic (ExaBGP never reads half a file) and 0600: ExaBGP executes its `run` line.
-        hostio.write_private(self._run_dir / "exabgp.conf", text)
-        self._config_text = text
-        log.info("wrote exabgp config", extra={"node": self._node, "peers": len(self._peers)})
-        return True
+        try:
+            hostio.write_private(self._run_dir / "exabgp.conf", text)
+        except BaseException:
+            self._core.config_not_written()
+            raise
+        log.info("wrote exabgp config", extra={"node": self._node, "peers": peers})
+
+    # -- child process --------------------------------------------------------------------------
 
     async def _spawn(self) -> None:
         # exabgp_main: ExaBGP's own __main__, without OpenSSL loaded (4 MB per node; see there).
@@ -527,7 +387,7 @@ class Speaker:
                 stdin=asyncio.subprocess.DEVNULL, stdout=logfd, stderr=asyncio.subprocess.STDOUT)
         finally:
             os.close(logfd)
-        self._spawned_text = self._config_text
+        self._core.spawned()
         waiting = f"exabgp pid {self._proc.pid} waiting for its relay"
         if self._restart_cause:  # keep saying why until the new child is up
             self._set_status("restarting", f"{self._restart_cause}; {waiting}")
@@ -616,8 +476,7 @@ class Speaker:
         self._outbox.clear()  # commands meant for an ExaBGP that is gone; peers resync on 'up'
         conn.task = asyncio.create_task(self._write_loop(conn), name=f"bgp-write-{self._node}")
         self._arm_liveness(conn)
-        if self._config_text != self._spawned_text:
-            self._send([protocol.reload_command()])  # config changed while ExaBGP was starting
+        self._run(self._core.relay_connected())
         reason = "relay connection closed"
         try:
             while line := await reader.readline():
@@ -647,6 +506,7 @@ class Speaker:
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        self._core.relay_lost()
         if conn.task is not None:
             conn.task.cancel()  # our writer task: never the caller (it only writes)
             await asyncio.gather(conn.task, return_exceptions=True)
@@ -696,149 +556,34 @@ class Speaker:
         self._cancel_timer("liveness")
         self._timers["liveness"] = asyncio.get_running_loop().call_later(interval, check)
 
-    # -- reflection -----------------------------------------------------------------------------
-
-    def _configure_reflection(self) -> None:
-        """After a change of peers or cluster id: every best path's targets again."""
-        rib, cluster = self._rib, self._rib.cluster_id
-        if rib.set_cluster_id(self._cluster_id) or cluster is not None or self._cluster_id is not None:
-            rib.track_dirty(self._cluster_id is not None)
-            ibgp = {a: p.spec.rr_client for a, p in self._peers.items() if p.spec.asn == p.spec.local_asn}
-            self._send_reflected(self._reflector.configure(
-                self._cluster_id, ibgp, rib.best_routes(), rib.router_ids))
-        self._reflect()
-
-    def _reflect(self) -> None:
-        """Send what the best paths that changed mean for each reflection target, then the
-        End-of-RIBs that became due (``core.eor_due``): after the routes they close."""
-        dirty = self._rib.take_dirty()
-        if dirty:
-            rib = self._rib
-            self._send_reflected(self._reflector.update(
-                ((p, rib.best_route(p)) for p in dirty), rib.router_ids))
-        if self._conn is not None:
-            self._send(core.owed_eors(self._peers.values(), self._deferral()))
-
-    def _deferral(self) -> core.Deferral:
-        waited = 0.0 if self._started_at is None else time.monotonic() - self._started_at
-        return core.Deferral(self._cluster_id is not None, waited, self._sync_deadline)
-
-    def _sync_deadline_passed(self) -> None:
-        """Learned routes count as complete now, and End-of-RIB is deferred no longer."""
-        self._timers.pop("sync", None)
-        self._reflect()
-        self._notify()
-
-    def _send_reflected(self, changes: reflect.Changes) -> None:
-        # Without a relay nothing is sent: the next ExaBGP starts empty, and each session that
-        # comes up gets its whole Adj-RIB-Out then.
-        if changes and self._conn is not None:
-            self._send(changes.commands())
-
     # -- events ---------------------------------------------------------------------------------
 
     def _handle(self, events: list[protocol.Event]) -> None:
-        changed = False
+        """Acks and text are the writer's and the log's; the rest goes to the core."""
+        rest = []
         for event in events:
-            changed |= self._dispatch(event)
-        if changed:
-            self._tear_down_over_limit()
-            self._reflect()
-            self._schedule_expiry()
-            self._notify()
-            if self._draining:
-                self._advance_soon()
-
-    def _tear_down_over_limit(self) -> None:
-        """The RIB already dropped the routes of each peer over its limit and ignores it until
-        the session is down; ``core`` says what to send it."""
-        lines = core.tear_down_over_limit(self._peers, self._rib.take_exceeded())
-        if lines:
-            self._send(lines)
-
-    def _hold_down(self, address: IPv4Address) -> None:
-        """Keep a peer torn down for max-prefix out of ExaBGP's config for a while (the hold-down)."""
-        log.warning("peer held down after exceeding max-prefix", extra={
-            "node": self._node, "peer": str(address), "seconds": self._hold_down_time})
-        self._reload_soon()
-        name = f"hold-down {address}"
-        self._cancel_timer(name)
-        self._timers[name] = asyncio.get_running_loop().call_later(
-            self._hold_down_time, self._release_hold, address)
-
-    def _release_hold(self, address: IPv4Address) -> None:
-        self._timers.pop(f"hold-down {address}", None)
-        peer = self._peers.get(address)
-        if peer is not None and peer.held_down:
-            peer.held_down = False
-            self._reload_soon()
-
-    def _dispatch(self, event: protocol.Event) -> bool:
-        match event:
-            case protocol.Ack() | protocol.CommandError():
-                conn = self._conn
-                if conn is not None:
-                    conn.waiting_since = time.monotonic() if conn.channel.outstanding else None
-                self._wake.set()
-                if isinstance(event, protocol.CommandError):
-                    log.warning("exabgp rejected a command",
-                                extra={"node": self._node, "command": (event.command or "")[:200]})
-                return False
-            case protocol.Text(text):
-                log.debug("exabgp says", extra={"node": self._node, "text": text})
-                return False
-            case protocol.Malformed(line, reason):
-                log.warning("malformed input from exabgp",
-                            extra={"node": self._node, "reason": reason, "line": line[:200]})
-                return self._rib.apply(event)
-        peer = self._peers.get(getattr(event, "peer", None))
-        if peer is None:
-            return False  # a neighbor we no longer configure (reload still in flight)
-        return self._peer_event(peer, event)
-
-    def _peer_event(self, peer: core.PeerSession, event: protocol.Event) -> bool:
-        for effect in peer.on_event(event, _now()):
-            address = effect.address
-            match effect:
-                case core.StateChanged():
-                    self._state_changed.set()
-                case core.SessionUp():
-                    log.info("bgp session up", extra={"node": self._node, "peer": str(address)})
-                    self._send(core.greeting(peer, self._peers.values(), self._advertised,
-                                             self._reflector.out(address).commands(), self._deferral()))
-                case core.SessionDown(_, reason):
-                    log.warning("bgp session down", extra={"node": self._node, "peer": str(address),
-                                                           "reason": reason})
-                case core.HoldDown():
-                    self._hold_down(address)
-        self._rib.apply(event)
-        return True
+            match event:
+                case protocol.Ack() | protocol.CommandError():
+                    conn = self._conn
+                    if conn is not None:
+                        conn.waiting_since = time.monotonic() if conn.channel.outstanding else None
+                    self._wake.set()
+                    if isinstance(event, protocol.CommandError):
+                        log.warning("exabgp rejected a command",
+                                    extra={"node": self._node, "command": (event.command or "")[:200]})
+                case protocol.Text(text):
+                    log.debug("exabgp says", extra={"node": self._node, "text": text})
+                case protocol.Malformed(line, reason):
+                    log.warning("malformed input from exabgp",
+                                extra={"node": self._node, "reason": reason, "line": line[:200]})
+                    rest.append(event)
+                case _:
+                    rest.append(event)
+        if rest:
+            self._run(self._core.feed(rest, time.monotonic(), _now()))
 
     def _all_peers_down(self, reason: str) -> None:
-        now = _now()
-        for peer in self._peers.values():
-            if peer.child_lost(reason, now):
-                self._rib.peer_down(peer.spec.address)
-        self._reflect()
-        self._schedule_expiry()
-        self._notify()
-        if self._draining:
-            self._advance_soon()
-
-    def _schedule_expiry(self) -> None:
-        self._cancel_timer("expiry")
-        deadline = self._rib.next_deadline()
-        if deadline is None or self._stopping:
-            return
-        loop = asyncio.get_running_loop()
-        self._timers["expiry"] = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire)
-
-    def _expire(self) -> None:
-        self._timers.pop("expiry", None)
-        if self._rib.expire():
-            self._reflect()
-            self._notify()
-        self._schedule_expiry()
+        self._run(self._core.child_lost(reason, time.monotonic(), _now()))
 
     def _notify(self) -> None:
         """Coalesce: one on_change per loop iteration, however many events arrived."""

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime, timezone
 from ipaddress import IPv4Address
 
 import pytest
 
-from bgp.peers import PeerSpec
+from bgp import protocol
 from bgp.core import PeerSession as _Peer, notification_reason
-from bgp.speaker import Speaker
+from bgp.exabgp_conf import ExaBGPConfig
+from bgp.peers import PeerSpec
+from bgp.speaker_core import SpeakerCore
 
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 SPEC = PeerSpec(IPv4Address("10.0.0.2"), 64512, 64512, False, "node-to-node mesh", "n2")
 
 
@@ -60,12 +64,14 @@ def test_notification_reason():
     assert notification_reason(2, 2, "bad peer as") == "Received: Bad peer AS (2/2)"
 
 
-def test_an_exabgp_restart_replaces_an_earlier_cause(tmp_path):
+def test_an_exabgp_restart_replaces_an_earlier_cause():
     """Every session goes down with the child: that is the reason now, not the last NOTIFICATION."""
-    speaker = Speaker(node_name="n1", router_id=IPv4Address("10.0.0.1"),
-                      local_address=IPv4Address("10.0.0.1"), local_asn=64512, run_dir=tmp_path,
-                      on_change=lambda: None)
-    speaker._peers[SPEC.address] = _Peer(SPEC, state="idle", cause="Received: Bad peer AS (2/2)")
-    speaker._all_peers_down("down: exabgp exited with code 1")
-    [status] = speaker.peer_status()
+    sc = SpeakerCore(base=ExaBGPConfig(router_id=IPv4Address("10.0.0.1"),
+                                       local_address=IPv4Address("10.0.0.1"), relay_command=("socat",)),
+                     local_asn=64512, clock=lambda: 0.0)
+    sc.set_peers(frozenset({SPEC}), None, now=0.0)
+    sc.feed([protocol.NotificationReceived(SPEC.address, 2, 2, "")], 0.0, T0)
+    assert sc.peer_status()[0].reason == "Received: Bad peer AS (2/2)"
+    sc.child_lost("down: exabgp exited with code 1", 1.0, T0)
+    [status] = sc.peer_status()
     assert status.reason == "down: exabgp exited with code 1", status

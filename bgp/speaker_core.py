@@ -1,0 +1,532 @@
+"""The BGP speaker's decisions, sans I/O (h11's shape): inputs in, effects out.
+
+Purely computational; no I/O. ``SpeakerCore`` holds the sessions (``core.PeerSession``), the RIB,
+the reflector, what we advertise and the make-before-break state. Every input is a method call
+with the current time passed in (``now``: monotonic seconds; ``wall``: the UTC time shown in
+``node status``); each returns the effects the speaker executes in order: lines to send to
+ExaBGP, timers to arm or cancel (by name, with a monotonic deadline; the speaker calls
+``timer_fired`` when one fires), a config to write, a child to restart, ``on_change`` to call,
+and log records. The speaker owns the ExaBGP child, the relay socket and the asyncio timers only.
+
+Why things are the way they are:
+- A session that comes up gets every prefix we advertise, then its Adj-RIB-Out of reflected
+  routes, then End-of-RIB (``manual-eor true``): a graceful-restart helper drops our stale routes
+  at End-of-RIB, so it comes last. A route reflector that has just started defers it
+  (``core.eor_due``, RFC 4724 4.1) until the sessions whose routes it reflects to that peer sent
+  theirs, or its sync deadline passed.
+- A route reflector (a cluster id) sends each best path ``bgp.reflect`` picks to exactly its
+  targets, next hop unchanged; without a relay nothing is sent (the next ExaBGP starts empty).
+- A removed peer whose session is up gets a Cease, and the new peer set waits for its session to
+  go down before the reload (``set_peers``).
+- ``want_peers`` changes sessions make-before-break (``bgp.transition``): it re-plans on every
+  session change and End-of-RIB while something drains, on a timer for the plan's deadlines,
+  and after a Cease it waited for; ``set_peers`` underneath configures exactly what it is given.
+- Peer changes reach ExaBGP as one debounced reload; a new AS number or listen port restarts it.
+
+>>> from ipaddress import IPv4Address
+>>> from bgp.exabgp_conf import ExaBGPConfig
+>>> from bgp.peers import PeerSpec
+>>> base = ExaBGPConfig(router_id=IPv4Address("10.0.0.1"), local_address=IPv4Address("10.0.0.1"),
+...                     relay_command=("socat",))
+>>> sc = SpeakerCore(base=base, local_asn=64512, clock=lambda: 0.0)
+>>> [type(e).__name__ for e in sc.start(now=0.0)]
+['Arm', 'WriteConfig']
+>>> peer = PeerSpec(IPv4Address("10.0.0.2"), 64512, 64512, False, "node-to-node mesh", "n2")
+>>> sc.set_peers(frozenset({peer}), None, now=1.0)[0]
+Arm(timer='reload', at=1.1)
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from ipaddress import IPv4Address, IPv4Network
+
+from bgp import core, exabgp_conf, protocol, reflect, transition
+from bgp.core import PeerStatus
+from bgp.peers import PeerSpec
+from bgp.rib import LearnedRoute, Rib
+
+# Per-peer max-prefix (Calico's BGPPeer has no such field): one limit for every session, set by
+# the agent (env PYCALICO_BGP_MAX_PREFIXES; 0: none). A route reflector legitimately sends every
+# block of the cluster, so the default is far above any cluster's block count (5,000 nodes x 20
+# blocks) and the 100k-prefix benchmark; it stops a peer that floods us, not a big cluster.
+DEFAULT_MAX_PREFIXES = 200_000
+# A peer torn down for max-prefix stays out of ExaBGP's config this long once its session is down
+# (else ExaBGP reconnects at once, and the peer floods us again every few seconds); then it may
+# try again (BIRD's "receive limit ... action restart", Cisco's "maximum-prefix ... restart").
+MAX_PREFIX_HOLD_DOWN = 60.0
+RELOAD_DEBOUNCE = 0.1  # seconds of quiet after a peer change before ExaBGP reloads its config
+RELOAD_MAX_DELAY = 1.0  # ... but at most this long after the first change of a burst
+CEASE_TIMEOUT = 3.0  # a removed peer's Cease: how long to wait for its session to go down
+
+# Timer names (``Arm``/``Cancel``/``timer_fired``); a hold-down timer is per peer: ``hold_down_timer``.
+SYNC = "sync"  # sync_deadline after start: learned routes count as complete
+EXPIRY = "expiry"  # the next graceful-restart stale route expires
+RELOAD = "reload"  # the debounced ExaBGP reload (or restart, after set_local)
+TRANSITION = "transition"  # make-before-break: the plan changes by time alone
+CEASE = "cease"  # removed peers that were sent a Cease: apply the new peer set anyway
+_HOLD_DOWN = "hold-down "
+
+
+def hold_down_timer(address: IPv4Address) -> str:
+    return f"{_HOLD_DOWN}{address}"
+
+
+@dataclass(frozen=True)
+class Send:
+    """Queue these lines for ExaBGP, in order."""
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """Call ``timer_fired(timer, ...)`` at monotonic time ``at`` (replaces an armed one of that name)."""
+    timer: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Cancel:
+    timer: str
+
+
+@dataclass(frozen=True)
+class WriteConfig:
+    """Write ExaBGP's config (``config_not_written()`` if that fails)."""
+    text: str
+    peers: int
+
+
+@dataclass(frozen=True)
+class RestartChild:
+    """Restart the ExaBGP child (graceful restart keeps the routes on both sides meanwhile)."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Learned routes or peer status may have changed: call ``on_change`` (coalesced)."""
+
+
+@dataclass(frozen=True)
+class Log:
+    level: str  # a logging.Logger method: 'info', 'warning'
+    message: str
+    fields: dict = field(default_factory=dict)
+
+
+Effect = Send | Arm | Cancel | WriteConfig | RestartChild | Notify | Log
+NOTIFY = Notify()
+
+
+@dataclass(frozen=True)
+class _Ceasing:
+    """A peer set waiting for the removed peers' sessions to go down after their Cease."""
+    wanted: dict[IPv4Address, PeerSpec]
+    cluster: IPv4Address | None
+    addresses: frozenset[IPv4Address]  # told to Cease
+    deadline: float
+
+
+class SpeakerCore:
+    def __init__(self, *, base: exabgp_conf.ExaBGPConfig, local_asn: int,
+                 gr_restart_time: int = 120, sync_deadline: float = 30.0,
+                 drain_deadline: float = transition.DEADLINE,
+                 max_prefixes: int | None = DEFAULT_MAX_PREFIXES,
+                 max_prefix_hold_down: float = MAX_PREFIX_HOLD_DOWN,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._base = base
+        self._local_asn = local_asn
+        self._sync_deadline = sync_deadline
+        self._drain_deadline = drain_deadline
+        self._max_prefixes, self._hold_down_time = max_prefixes, max_prefix_hold_down
+        self._rib = Rib(clock=clock, restart_time=gr_restart_time, router_id=base.router_id)
+        self._reflector = reflect.Reflector()
+        self._cluster_id: IPv4Address | None = None
+        self._peers: dict[IPv4Address, core.PeerSession] = {}
+        self._advertised: frozenset[IPv4Network] = frozenset()
+        self._connected = False  # the relay to ExaBGP is connected: lines sent now reach it
+        self._started_at: float | None = None
+        self._in_sync = False
+        self._sync_deadline_passed = False
+        self._reload_first: float | None = None  # when the first peer change not reloaded came
+        self._restart_for: str | None = None  # set_local changes the next reload restarts ExaBGP for
+        self._config_text: str | None = None
+        self._spawned_text: str | None = None
+        self._ceasing: _Ceasing | None = None
+        # Make-before-break (want_peers): the sessions wanted, and the unwanted ones still kept.
+        self._wanted: tuple[frozenset[PeerSpec], IPv4Address | None] | None = None
+        self._draining: dict[IPv4Address, transition.Drain] = {}
+        self._advance_pending = False  # want_peers or an event came while a Cease was pending
+
+    # -- the child and its relay ----------------------------------------------------------------
+
+    def start(self, now: float) -> list[Effect]:
+        self._started_at = now
+        return [Arm(SYNC, now + self._sync_deadline), *self._write_config()]
+
+    def spawned(self) -> None:
+        """A child was started with the config last written."""
+        self._spawned_text = self._config_text
+
+    def config_not_written(self) -> None:
+        self._config_text = None  # the next reload writes it again
+
+    def relay_connected(self) -> list[Effect]:
+        self._connected = True
+        if self._config_text != self._spawned_text:  # the config changed while ExaBGP was starting
+            return [Send((protocol.reload_command(),))]
+        return []
+
+    def relay_lost(self) -> None:
+        self._connected = False
+
+    def child_lost(self, reason: str, now: float, wall: datetime) -> list[Effect]:
+        """The ExaBGP child is gone or being replaced: every session is down for ``reason``; the
+        routes of those that were up stay as stale (graceful restart) until the restart time."""
+        for peer in self._peers.values():
+            if peer.child_lost(reason, wall):
+                self._rib.peer_down(peer.spec.address)
+        return [*self._reflect(now), *self._schedule_expiry(), NOTIFY, *self._after_session_change(now)]
+
+    # -- what ExaBGP tells us -------------------------------------------------------------------
+
+    def feed(self, events: Iterable[protocol.Event], now: float, wall: datetime) -> list[Effect]:
+        """Protocol events about sessions and routes (acks and text are the speaker's)."""
+        effects: list[Effect] = []
+        changed = False
+        for event in events:
+            if isinstance(event, protocol.Malformed):
+                changed |= self._rib.apply(event)
+                continue
+            peer = self._peers.get(getattr(event, "peer", None))
+            if peer is None:
+                continue  # a neighbor we no longer configure (reload still in flight)
+            effects += self._peer_event(peer, event, now, wall)
+            changed = True
+        if changed:
+            effects += self._tear_down_over_limit()
+            effects += self._reflect(now)
+            effects += self._schedule_expiry()
+            effects.append(NOTIFY)
+            effects += self._after_session_change(now)
+        self._update_sync(now)
+        return effects
+
+    def _peer_event(self, peer: core.PeerSession, event: protocol.Event, now: float,
+                    wall: datetime) -> list[Effect]:
+        effects: list[Effect] = []
+        for effect in peer.on_event(event, wall):
+            match effect:
+                case core.SessionUp(address):
+                    effects.append(Log("info", "bgp session up", {"peer": str(address)}))
+                    effects.append(Send(tuple(core.greeting(
+                        peer, self._peers.values(), self._advertised,
+                        self._reflector.out(address).commands(), self._deferral(now)))))
+                case core.SessionDown(address, reason):
+                    effects.append(Log("warning", "bgp session down",
+                                       {"peer": str(address), "reason": reason}))
+                case core.HoldDown(address):
+                    effects += self._hold_down(address, now)
+        self._rib.apply(event)
+        return effects
+
+    def _tear_down_over_limit(self) -> list[Effect]:
+        """The RIB already dropped the routes of each peer over its limit and ignores it until
+        the session is down; it gets a Cease (Maximum Number of Prefixes Reached)."""
+        lines = core.tear_down_over_limit(self._peers, self._rib.take_exceeded())
+        return [Send(tuple(lines))] if lines else []
+
+    def _hold_down(self, address: IPv4Address, now: float) -> list[Effect]:
+        """Keep a peer torn down for max-prefix out of ExaBGP's config for the hold-down."""
+        return [Log("warning", "peer held down after exceeding max-prefix",
+                    {"peer": str(address), "seconds": self._hold_down_time}),
+                *self._reload_soon(now), Arm(hold_down_timer(address), now + self._hold_down_time)]
+
+    def _release_hold(self, address: IPv4Address, now: float) -> list[Effect]:
+        peer = self._peers.get(address)
+        if peer is None or not peer.held_down:
+            return []
+        peer.held_down = False
+        return self._reload_soon(now)
+
+    def _after_session_change(self, now: float) -> list[Effect]:
+        """A session's state or routes changed: a pending Cease may be done, a transition may move."""
+        effects = self._cease_done(now)
+        if self._draining:
+            effects += self._advance(now)
+        return effects
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def timer_fired(self, timer: str, now: float, wall: datetime) -> list[Effect]:
+        if timer == SYNC:  # learned routes count as complete, End-of-RIB is deferred no longer
+            self._in_sync = self._sync_deadline_passed = True
+            return [*self._reflect(now), NOTIFY]
+        if timer == EXPIRY:
+            effects = [*self._reflect(now), NOTIFY] if self._rib.expire() else []
+            return effects + self._schedule_expiry()
+        if timer == RELOAD:
+            return self._reload_now()
+        if timer == TRANSITION:
+            return self._advance(now)
+        if timer == CEASE:
+            return self._cease_done(now, timed_out=True)
+        if timer.startswith(_HOLD_DOWN):
+            return self._release_hold(IPv4Address(timer.removeprefix(_HOLD_DOWN)), now)
+        raise AssertionError(f"Bug: no timer {timer!r}")
+
+    def _schedule_expiry(self) -> list[Effect]:
+        deadline = self._rib.next_deadline()
+        return [Cancel(EXPIRY)] if deadline is None else [Arm(EXPIRY, deadline)]
+
+    # -- peers ----------------------------------------------------------------------------------
+
+    def set_peers(self, peers: frozenset[PeerSpec], cluster_id: IPv4Address | str | None,
+                  now: float) -> list[Effect]:
+        """Configure exactly ``peers`` (see ``Speaker.set_peers``). A removed peer whose session is
+        up gets a NOTIFICATION Cease (Peer De-configured), and the new set waits until those
+        sessions are down, at most ``CEASE_TIMEOUT``: a reload alone closes the TCP session without
+        a word, and a graceful-restart helper (BIRD) then keeps our routes as stale for its whole
+        restart time. Given what it already has, it does nothing and tells no one."""
+        cluster = IPv4Address(cluster_id) if cluster_id is not None else None
+        wanted = {p.address: p for p in peers}
+        pending = self._ceasing
+        if pending is not None:
+            if (wanted, cluster) == (pending.wanted, pending.cluster):
+                return []
+        elif wanted == {a: p.spec for a, p in self._peers.items()} and cluster == self._cluster_id:
+            return []
+        going = frozenset(a for a, p in self._peers.items() if a not in wanted and p.state == "up")
+        if going and self._connected:
+            told = pending.addresses if pending is not None else frozenset()
+            new = sorted(going - told)
+            deadline = now + CEASE_TIMEOUT if new or pending is None else pending.deadline
+            self._ceasing = _Ceasing(wanted, cluster, going | told, deadline)
+            effects: list[Effect] = [Send(tuple(protocol.teardown_command(a) for a in new))] if new else []
+            return [*effects, Arm(CEASE, deadline)]
+        self._ceasing = None
+        return [*([Cancel(CEASE)] if pending is not None else []), *self._apply_peers(wanted, cluster, now)]
+
+    @property
+    def ceasing(self) -> bool:
+        """A peer set waits for removed sessions to go down after their Cease."""
+        return self._ceasing is not None
+
+    def _cease_done(self, now: float, *, timed_out: bool = False) -> list[Effect]:
+        pending = self._ceasing
+        if pending is None:
+            return []
+        up = sorted(a for a in pending.addresses if a in self._peers and self._peers[a].state == "up")
+        if up and not timed_out:
+            return []
+        self._ceasing = None
+        effects: list[Effect] = []
+        if up:
+            effects.append(Log("warning", "peers did not go down after Cease; reloading anyway",
+                               {"peers": [str(a) for a in up]}))
+        else:
+            effects.append(Cancel(CEASE))
+        effects += self._apply_peers(pending.wanted, pending.cluster, now)
+        if self._advance_pending:
+            effects += self._advance(now)
+        return effects
+
+    def _apply_peers(self, wanted: dict[IPv4Address, PeerSpec], cluster: IPv4Address | None,
+                     now: float) -> list[Effect]:
+        self._cluster_id = cluster
+        for address in set(self._peers) - set(wanted):
+            del self._peers[address]
+            self._rib.remove_peer(address)
+        for address, spec in wanted.items():
+            if address in self._peers:
+                self._peers[address].spec = spec
+            else:
+                self._peers[address] = core.PeerSession(spec)
+            self._rib.set_restart_cap(address, spec.max_restart_time)
+            self._rib.set_peer_as(address, spec.asn, spec.local_asn)
+            self._rib.set_max_prefixes(address, self._max_prefixes)
+        effects = [*self._reload_soon(now), *self._configure_reflection(now), NOTIFY]
+        self._update_sync(now)
+        return effects
+
+    def want_peers(self, peers: frozenset[PeerSpec], cluster_id: IPv4Address | str | None,
+                   now: float) -> list[Effect]:
+        """Move to exactly ``peers`` make-before-break (``bgp.transition``; see ``Speaker.want_peers``)."""
+        cluster = IPv4Address(cluster_id) if cluster_id is not None else None
+        self._wanted = (frozenset(peers), cluster)
+        return self._advance(now)
+
+    def _advance(self, now: float) -> list[Effect]:
+        if self._wanted is None:
+            return []
+        if self._ceasing is not None:  # plan against the peer set the Cease leads to
+            self._advance_pending = True
+            return []
+        self._advance_pending = False
+        wanted, cluster = self._wanted
+        by_address = {p.address: p for p in wanted}
+        if not self._draining and all(a in by_address and (by_address[a].rr_client or not p.spec.rr_client)
+                                      for a, p in self._peers.items()):
+            return self.set_peers(wanted, cluster, now)  # nothing to drain: the common case, no RIB walk
+        plan = transition.plan(wanted, {a: p.spec for a, p in self._peers.items()},
+                               self._sessions(), self._draining, now, deadline=self._drain_deadline)
+        effects: list[Effect] = [
+            Log("info", "keeping a session no longer wanted until its routes are covered", {"peer": str(a)})
+            for a in plan.draining.keys() - self._draining.keys()]
+        self._draining = dict(plan.draining)
+        effects.append(Cancel(TRANSITION) if plan.recheck_at is None else Arm(TRANSITION, plan.recheck_at))
+        if cluster is None and any(p.rr_client for p in plan.configure):
+            cluster = self._cluster_id  # still reflecting to former clients (bgp.transition)
+        return effects + self.set_peers(plan.configure, cluster, now)
+
+    def _sessions(self) -> dict[IPv4Address, transition.Session]:
+        return {a: transition.Session(p.state == "up", p.state == "up" and p.eor, self._rib.provided(a))
+                for a, p in self._peers.items()}
+
+    # -- local settings and ExaBGP's config -----------------------------------------------------
+
+    def set_local(self, asn: int, listen_port: int, now: float) -> list[Effect]:
+        """Our AS number and listen port (see ``Speaker.set_local``): a change restarts ExaBGP at
+        the next (debounced) reload; before ``start`` the first child gets them anyway."""
+        if not 1 <= asn <= 2**32 - 1:
+            raise ValueError(f"asn: {asn} is outside 1..{2**32 - 1}")
+        changes = []
+        if asn != self._local_asn:
+            changes.append(f"local AS number {self._local_asn} -> {asn}")
+        if listen_port != self._base.port:
+            changes.append(f"listen port {self._base.port} -> {listen_port}")
+        if not changes:
+            return []
+        self._base = dataclasses.replace(self._base, port=listen_port)  # validates the port
+        self._local_asn = asn
+        effects: list[Effect] = [Log("info", "bgp settings changed", {"changes": changes})]
+        if self._started_at is not None:  # one restart says every change of its burst
+            self._restart_for = ", ".join(filter(None, [self._restart_for, *changes]))
+            effects += self._reload_soon(now)
+        return effects
+
+    def _reload_soon(self, now: float) -> list[Effect]:
+        """One ExaBGP reload for a burst of peer changes (50 nodes joining is one reload, not 50:
+        each reload re-reads the whole config and re-evaluates every neighbor)."""
+        if self._started_at is None:
+            return []
+        if self._reload_first is None:
+            self._reload_first = now
+        return [Arm(RELOAD, core.reload_at(self._reload_first, now, RELOAD_DEBOUNCE, RELOAD_MAX_DELAY))]
+
+    def _reload_now(self) -> list[Effect]:
+        self._reload_first = None
+        effects = self._write_config()
+        restart_for, self._restart_for = self._restart_for, None
+        if restart_for:
+            effects.append(RestartChild(f"{restart_for}: exabgp restarted to apply it"))
+        elif effects and self._connected:
+            effects.append(Send((protocol.reload_command(),)))
+        return effects
+
+    def _write_config(self) -> list[Effect]:
+        """The config for the sessions not held down, if it differs from the last one written."""
+        cfg = dataclasses.replace(self._base, peers=frozenset(
+            p.spec for p in self._peers.values() if not p.held_down))
+        text = exabgp_conf.render(cfg)
+        if text == self._config_text:
+            return []
+        self._config_text = text
+        return [WriteConfig(text, len(self._peers))]
+
+    # -- what we advertise and accept -----------------------------------------------------------
+
+    def set_advertisements(self, prefixes: frozenset[IPv4Network]) -> list[Effect]:
+        for prefix in prefixes:
+            if not isinstance(prefix, IPv4Network):
+                raise TypeError(f"prefixes: {prefix!r} is not an IPv4Network")
+        removed, added = self._advertised - prefixes, prefixes - self._advertised
+        self._advertised = frozenset(prefixes)
+        if self._connected and self._peers and (removed or added):
+            return [Send(tuple(protocol.withdraw_commands(removed) + protocol.announce_commands(added)))]
+        return []
+
+    def set_import_filter(self, pools: frozenset[IPv4Network], own_blocks: frozenset[IPv4Network],
+                          now: float) -> list[Effect]:
+        return [*self._reflect(now), NOTIFY] if self._rib.set_import_filter(pools, own_blocks) else []
+
+    def set_origins(self, blocks: dict[IPv4Network, IPv4Address] | None,
+                    borrowed: dict[IPv4Address, IPv4Address], now: float) -> list[Effect]:
+        return [*self._reflect(now), NOTIFY] if self._rib.set_origins(blocks, borrowed) else []
+
+    # -- reflection -----------------------------------------------------------------------------
+
+    def _configure_reflection(self, now: float) -> list[Effect]:
+        """After a change of peers or cluster id: every best path's targets again."""
+        rib, cluster = self._rib, self._rib.cluster_id
+        effects: list[Effect] = []
+        if rib.set_cluster_id(self._cluster_id) or cluster is not None or self._cluster_id is not None:
+            rib.track_dirty(self._cluster_id is not None)
+            ibgp = {a: p.spec.rr_client for a, p in self._peers.items() if p.spec.asn == p.spec.local_asn}
+            effects += self._send_reflected(self._reflector.configure(
+                self._cluster_id, ibgp, rib.best_routes(), rib.router_ids))
+        return effects + self._reflect(now)
+
+    def _reflect(self, now: float) -> list[Effect]:
+        """What the best paths that changed mean for each reflection target, then the
+        End-of-RIBs that became due (``core.eor_due``): after the routes they close."""
+        effects: list[Effect] = []
+        dirty = self._rib.take_dirty()
+        if dirty:
+            rib = self._rib
+            effects += self._send_reflected(self._reflector.update(
+                ((p, rib.best_route(p)) for p in dirty), rib.router_ids))
+        if self._connected:
+            eors = core.owed_eors(self._peers.values(), self._deferral(now))
+            if eors:
+                effects.append(Send(tuple(eors)))
+        return effects
+
+    def _deferral(self, now: float) -> core.Deferral:
+        waited = 0.0 if self._started_at is None else now - self._started_at
+        if self._sync_deadline_passed:  # its timer fired: never a hair short of the deadline
+            waited = max(waited, self._sync_deadline)
+        return core.Deferral(self._cluster_id is not None, waited, self._sync_deadline)
+
+    def _send_reflected(self, changes: reflect.Changes) -> list[Effect]:
+        # Without a relay nothing is sent: the next ExaBGP starts empty, and each session that
+        # comes up gets its whole Adj-RIB-Out then.
+        return [Send(tuple(changes.commands()))] if changes and self._connected else []
+
+    # -- reading (no effects, no state change) --------------------------------------------------
+
+    def _update_sync(self, now: float) -> None:
+        """Latch: once in sync, a session added later does not make learned routes incomplete."""
+        if not self._in_sync:
+            self._in_sync = core.in_sync(list(self._peers.values()), self._started_at, now,
+                                         self._sync_deadline)
+
+    @property
+    def routes_in_sync(self) -> bool:
+        """Learned routes are complete: since started, every configured session was up and sent
+        End-of-RIB, or the sync deadline passed (``core.in_sync``). It latches on input (events,
+        peer sets, the deadline's timer), never on reading: a speaker started without peers is
+        in sync, and stops being so if peers come before anything latched it."""
+        return self._in_sync or (self._started_at is not None and all(p.synced for p in self._peers.values()))
+
+    def learned_routes(self) -> frozenset[LearnedRoute]:
+        return self._rib.best()
+
+    def learned_changes(self) -> tuple[list[LearnedRoute], list[LearnedRoute]]:
+        return self._rib.take_changes()
+
+    def reflected(self) -> dict[IPv4Address, dict[IPv4Network, reflect.Reflected]]:
+        return self._reflector.sent()
+
+    def peer_status(self) -> list[PeerStatus]:
+        """Each configured session; one kept by make-before-break says so after its state."""
+        wanted = frozenset(p.address for p in self._wanted[0]) if self._wanted is not None else frozenset()
+        return [core.draining_status(self._peers[a].status(), self._draining.keys(), wanted)
+                for a in sorted(self._peers)]
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._rib.counters)

@@ -1,0 +1,421 @@
+"""bgp.speaker_core without ExaBGP: inputs with the time passed in, effects out."""
+from __future__ import annotations
+
+import doctest
+from dataclasses import replace
+from datetime import datetime, timezone
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from bgp import core, protocol, speaker_core as sc
+from bgp.exabgp_conf import ExaBGPConfig
+from bgp.peers import PeerSpec
+
+ME = IPv4Address("10.0.0.1")
+A, B, RR = IPv4Address("10.0.0.2"), IPv4Address("10.0.0.3"), IPv4Address("10.0.0.9")
+MESH_A = PeerSpec(A, 64512, 64512, False, "node-to-node mesh", "a")
+MESH_B = PeerSpec(B, 64512, 64512, False, "node-to-node mesh", "b")
+TO_RR = PeerSpec(RR, 64512, 64512, False, "global", "rr")
+BLOCK_A, BLOCK_B = IPv4Network("10.244.2.0/26"), IPv4Network("10.244.3.0/26")
+WALL = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    """A SpeakerCore with a fake clock, started, with its relay connected; keeps armed timers."""
+
+    def __init__(self, **kw) -> None:
+        self.clock = Clock()
+        base = ExaBGPConfig(router_id=ME, local_address=ME, relay_command=("socat",))
+        self.core = sc.SpeakerCore(base=base, local_asn=64512, clock=self.clock, **kw)
+        self.timers: dict[str, float] = {}
+        self.run(self.core.start(0.0))
+        self.core.spawned()
+        self.run(self.core.relay_connected())
+        self.core.set_import_filter(frozenset({IPv4Network("10.244.0.0/16")}), frozenset(), 0.0)
+
+    def run(self, effects: list[sc.Effect]) -> list[sc.Effect]:
+        for effect in effects:
+            match effect:
+                case sc.Arm(timer, at):
+                    self.timers[timer] = at
+                case sc.Cancel(timer):
+                    self.timers.pop(timer, None)
+        return effects
+
+    def at(self, now: float) -> None:
+        self.clock.now = now
+
+    def fire(self, timer: str) -> list[sc.Effect]:
+        """Move the clock to ``timer``'s deadline and fire it."""
+        at = self.timers.pop(timer)
+        self.at(at)
+        return self.run(self.core.timer_fired(timer, at, WALL))
+
+    def feed(self, *events: protocol.Event) -> list[sc.Effect]:
+        return self.run(self.core.feed(list(events), self.clock.now, WALL))
+
+    def set_peers(self, *peers: PeerSpec, cluster=None) -> list[sc.Effect]:
+        return self.run(self.core.set_peers(frozenset(peers), cluster, self.clock.now))
+
+    def want_peers(self, *peers: PeerSpec) -> list[sc.Effect]:
+        return self.run(self.core.want_peers(frozenset(peers), None, self.clock.now))
+
+    def up(self, peer: PeerSpec, *prefixes: IPv4Network, restart_time: int | None = 120) -> list[sc.Effect]:
+        effects = self.feed(protocol.PeerStateChanged(peer.address, "up"),
+                            protocol.OpenReceived(peer.address, peer.address, 9, restart_time))
+        if prefixes:
+            effects += self.feed(protocol.RoutesAnnounced(peer.address, peer.address, prefixes))
+        return effects
+
+    def down(self, peer: PeerSpec, reason: str = "closed") -> list[sc.Effect]:
+        return self.feed(protocol.PeerStateChanged(peer.address, "down", reason))
+
+    def prefixes(self) -> set[IPv4Network]:
+        return {r.prefix for r in self.core.learned_routes()}
+
+    def status(self, address: IPv4Address) -> core.PeerStatus:
+        return next(s for s in self.core.peer_status() if s.address == address)
+
+
+def sent(effects: list[sc.Effect]) -> list[str]:
+    return [line for e in effects if isinstance(e, sc.Send) for line in e.lines]
+
+
+def of(kind: type, effects: list[sc.Effect]) -> list:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def test_the_module_docstring_runs():
+    assert doctest.testmod(sc).failed == 0
+
+
+# -- graceful restart (helper) ------------------------------------------------------------------
+
+def test_a_restarting_peers_routes_stay_stale_until_its_end_of_rib():
+    h = Harness()
+    h.set_peers(MESH_A)
+    h.up(MESH_A, BLOCK_A, BLOCK_B)
+    h.at(10.0)
+    effects = h.down(MESH_A)
+    assert sc.Arm(sc.EXPIRY, 130.0) in effects, "expiry armed at the peer's restart time"
+    assert h.prefixes() == {BLOCK_A, BLOCK_B}, "kept as stale while it restarts"
+    h.at(20.0)
+    h.up(MESH_A, BLOCK_A)
+    assert h.prefixes() == {BLOCK_A, BLOCK_B}, "still stale until End-of-RIB: more may follow"
+    effects = h.feed(protocol.EndOfRib(A, protocol.IPV4_UNICAST))
+    assert h.prefixes() == {BLOCK_A}, "End-of-RIB: what was not re-announced goes"
+    assert sc.Cancel(sc.EXPIRY) in effects and sc.EXPIRY not in h.timers
+    assert sc.NOTIFY in effects
+
+
+def test_a_peer_that_does_not_come_back_loses_its_routes_at_the_restart_time():
+    h = Harness()
+    h.set_peers(replace(MESH_A, max_restart_time=60))
+    h.up(MESH_A, BLOCK_A, restart_time=120)
+    h.at(5.0)
+    h.down(MESH_A)
+    assert h.timers[sc.EXPIRY] == 65.0, "the configured maxRestartTime caps what the peer offered"
+    h.at(64.9)
+    assert h.prefixes() == {BLOCK_A}
+    effects = h.fire(sc.EXPIRY)
+    assert h.prefixes() == set() and sc.NOTIFY in effects
+    assert sc.EXPIRY not in h.timers, "nothing stale left: no timer"
+
+
+def test_the_child_lost_keeps_every_up_sessions_routes_stale():
+    h = Harness()
+    h.set_peers(MESH_A, MESH_B)
+    h.up(MESH_A, BLOCK_A)
+    h.at(3.0)
+    effects = h.run(h.core.child_lost("down: exabgp exited with code 1", 3.0, WALL))
+    assert h.prefixes() == {BLOCK_A} and h.timers[sc.EXPIRY] == 123.0
+    assert sc.NOTIFY in effects
+    assert {s.reason for s in h.core.peer_status()} == {"down: exabgp exited with code 1"}
+
+
+def test_a_peer_without_graceful_restart_loses_its_routes_at_once():
+    h = Harness()
+    h.set_peers(MESH_A)
+    h.up(MESH_A, BLOCK_A, restart_time=None)
+    h.down(MESH_A)
+    assert h.prefixes() == set() and sc.EXPIRY not in h.timers
+
+
+# -- max-prefix ---------------------------------------------------------------------------------
+
+def test_over_max_prefix_a_peer_gets_a_cease_then_is_held_down_and_released():
+    h = Harness(max_prefixes=2, max_prefix_hold_down=60.0)
+    h.set_peers(MESH_A, MESH_B)
+    h.fire(sc.RELOAD)
+    h.up(MESH_A)
+    effects = h.feed(protocol.RoutesAnnounced(A, A, tuple(IPv4Network(f"10.244.{i}.0/26") for i in range(3))))
+    assert sent(effects) == [protocol.teardown_command(A, protocol.CEASE_MAX_PREFIXES)]
+    assert h.prefixes() == set()
+    assert h.status(A).info == "Established", "up until ExaBGP says it is down"
+    h.at(1.0)
+    h.down(MESH_A)
+    assert h.status(A).reason == core.MAX_PREFIX_REASON
+    assert h.timers[sc.hold_down_timer(A)] == 61.0 and sc.RELOAD in h.timers
+    config = of(sc.WriteConfig, h.fire(sc.RELOAD))[0].text
+    assert str(A) not in config and str(B) in config, "held down: out of ExaBGP's config"
+    h.fire(sc.hold_down_timer(A))
+    assert sc.RELOAD in h.timers, "released: a reload brings it back"
+    effects = h.fire(sc.RELOAD)
+    assert str(A) in of(sc.WriteConfig, effects)[0].text
+    assert sent(effects) == [protocol.reload_command()]
+
+
+def test_a_hold_down_that_ends_after_the_peer_was_removed_changes_nothing():
+    h = Harness(max_prefixes=1)
+    h.set_peers(MESH_A)
+    h.up(MESH_A)
+    h.feed(protocol.RoutesAnnounced(A, A, (BLOCK_A, BLOCK_B)))
+    h.down(MESH_A)
+    h.set_peers()
+    assert h.core.timer_fired(sc.hold_down_timer(A), 60.0, WALL) == []
+
+
+# -- Cease before reload ------------------------------------------------------------------------
+
+def test_a_removed_peer_that_is_up_gets_a_cease_before_the_reload_drops_it():
+    h = Harness()
+    h.set_peers(MESH_A, MESH_B)
+    h.fire(sc.RELOAD)
+    h.up(MESH_A)
+    h.at(5.0)
+    effects = h.set_peers(MESH_B)
+    assert sent(effects) == [protocol.teardown_command(A)], "Cease (Peer De-configured) first"
+    assert h.core.ceasing and h.timers[sc.CEASE] == 5.0 + sc.CEASE_TIMEOUT
+    assert sc.RELOAD not in h.timers, "no reload while the Cease is under way"
+    assert [s.address for s in h.core.peer_status()] == [A, B]
+    assert h.set_peers(MESH_B) == [], "asked again for the same: nothing more"
+    h.at(5.2)
+    effects = h.down(MESH_A)
+    assert not h.core.ceasing and sc.CEASE not in h.timers
+    assert [s.address for s in h.core.peer_status()] == [B]
+    assert h.timers[sc.RELOAD] == pytest.approx(5.3)
+    assert str(A) not in of(sc.WriteConfig, h.fire(sc.RELOAD))[0].text
+
+
+def test_a_cease_nobody_answers_applies_the_new_peers_at_the_timeout():
+    h = Harness()
+    h.set_peers(MESH_A)
+    h.up(MESH_A)
+    h.set_peers()
+    effects = h.fire(sc.CEASE)
+    assert not h.core.ceasing and h.core.peer_status() == []
+    assert [e.message for e in of(sc.Log, effects)] == ["peers did not go down after Cease; reloading anyway"]
+    assert sc.RELOAD in h.timers
+
+
+def test_a_removed_peer_that_is_not_up_or_without_a_relay_goes_at_once():
+    h = Harness()
+    h.set_peers(MESH_A, MESH_B)
+    assert sent(h.set_peers(MESH_B)) == [] and not h.core.ceasing
+    h.up(MESH_B)
+    h.core.relay_lost()
+    assert sent(h.set_peers()) == [] and not h.core.ceasing
+
+
+def test_losing_the_child_ends_a_pending_cease():
+    h = Harness()
+    h.set_peers(MESH_A)
+    h.up(MESH_A)
+    h.set_peers()
+    h.core.relay_lost()
+    h.run(h.core.child_lost("down: relay lost", 1.0, WALL))
+    assert not h.core.ceasing and h.core.peer_status() == []
+
+
+# -- make-before-break ----------------------------------------------------------------------------
+
+def test_mesh_to_reflector_keeps_the_old_session_until_the_new_one_covers_it():
+    h = Harness(drain_deadline=30.0)
+    h.want_peers(MESH_A)
+    h.up(MESH_A, BLOCK_A)
+    h.feed(protocol.EndOfRib(A, protocol.IPV4_UNICAST))
+    h.at(10.0)
+    effects = h.want_peers(TO_RR)
+    assert [s.address for s in h.core.peer_status()] == [A, RR], "both configured"
+    assert h.status(A).info.endswith(core.DRAINING_SESSION)
+    assert h.timers[sc.TRANSITION] == 40.0, "the deadline, until something covers it"
+    assert sent(effects) == [], "no Cease yet"
+    h.at(11.0)
+    h.up(TO_RR, BLOCK_A)
+    assert [s.address for s in h.core.peer_status()] == [A, RR], "no End-of-RIB yet: not covered"
+    effects = h.feed(protocol.EndOfRib(RR, protocol.IPV4_UNICAST))
+    assert h.timers[sc.TRANSITION] == 11.0 + 2.0, "covered: settles first"
+    effects = h.fire(sc.TRANSITION)
+    assert sent(effects) == [protocol.teardown_command(A)], "then Cease to the old session"
+    h.down(MESH_A)
+    assert [s.address for s in h.core.peer_status()] == [RR]
+    assert h.prefixes() == {BLOCK_A}
+
+
+def test_an_uncovered_session_goes_at_the_deadline():
+    h = Harness(drain_deadline=30.0)
+    h.want_peers(MESH_A)
+    h.up(MESH_A, BLOCK_A)
+    h.want_peers(MESH_B)
+    assert h.timers[sc.TRANSITION] == 30.0
+    effects = h.fire(sc.TRANSITION)
+    assert sent(effects) == [protocol.teardown_command(A)]
+
+
+def test_a_plan_during_a_cease_waits_for_the_cease():
+    """Planning against the set a Cease is still taking down would keep the ceased session as a
+    new draining one: the plan waits, then runs against the applied set."""
+    h = Harness(drain_deadline=30.0)
+    h.want_peers(MESH_A, MESH_B)
+    h.up(MESH_A)
+    h.up(MESH_B, BLOCK_B)
+    h.want_peers(MESH_B)  # A provides nothing: covered at once, it goes after SETTLE
+    assert sent(h.fire(sc.TRANSITION)) == [protocol.teardown_command(A)]
+    assert h.core.ceasing
+    assert h.want_peers(TO_RR) == [], "waits for the Cease"
+    effects = h.down(MESH_A)
+    assert not h.core.ceasing
+    assert [s.address for s in h.core.peer_status()] == [B, RR], "B drains, A stays gone"
+    assert sent(effects) == []
+
+
+def test_nothing_to_drain_is_plain_set_peers():
+    h = Harness()
+    h.want_peers(MESH_A)
+    assert h.want_peers(MESH_A) == [], "unchanged: nothing, no notification"
+    effects = h.want_peers(MESH_A, MESH_B)
+    assert sc.NOTIFY in effects and sc.TRANSITION not in h.timers
+
+
+# -- local settings, reloads, sync ----------------------------------------------------------------
+
+def test_set_local_restarts_exabgp_once_for_a_burst_after_the_debounce():
+    h = Harness()
+    assert h.run(h.core.set_local(64512, 179, 1.0)) == [], "unchanged: nothing"
+    h.at(1.0)
+    h.run(h.core.set_local(64600, 179, 1.0))
+    h.at(1.05)
+    h.set_peers(replace(MESH_A, local_asn=64600))
+    h.run(h.core.set_local(64600, 1791, 1.05))
+    assert h.timers[sc.RELOAD] == pytest.approx(1.15), "debounced: one reload for the burst"
+    effects = h.fire(sc.RELOAD)
+    [restart] = of(sc.RestartChild, effects)
+    assert restart.reason == ("local AS number 64512 -> 64600, listen port 179 -> 1791: "
+                              "exabgp restarted to apply it"), "every change of the burst"
+    assert "local-as 64600" in of(sc.WriteConfig, effects)[0].text
+    assert sent(effects) == [], "a restart, not a reload"
+    h.set_peers(MESH_A)
+    assert of(sc.RestartChild, h.fire(sc.RELOAD)) == [], "the next reload is a reload again"
+
+
+def test_set_local_rejects_a_bad_asn_naming_the_field():
+    with pytest.raises(ValueError, match="asn: 0 is outside"):
+        Harness().core.set_local(0, 179, 0.0)
+
+
+def test_a_burst_of_peer_changes_is_one_reload_within_the_max_delay():
+    h = Harness()
+    for i in range(20):
+        h.at(i * 0.09)
+        h.set_peers(*[PeerSpec(IPv4Address(f"10.0.1.{n}"), 64512, 64512, False, "global", f"p{n}")
+                      for n in range(1, i + 2)])
+    assert h.timers[sc.RELOAD] == pytest.approx(1.0), "at most RELOAD_MAX_DELAY after the first"
+    effects = h.fire(sc.RELOAD)
+    assert len(of(sc.WriteConfig, effects)) == 1
+    assert sent(effects) == [protocol.reload_command()]
+
+
+def test_a_config_changed_while_exabgp_started_is_reloaded_when_its_relay_connects():
+    h = Harness()
+    h.core.relay_lost()
+    h.set_peers(MESH_A)
+    h.fire(sc.RELOAD)
+    assert h.core.relay_connected() == [sc.Send((protocol.reload_command(),))]
+    h.core.spawned()
+    assert h.core.relay_connected() == []
+
+
+def fresh_core() -> sc.SpeakerCore:
+    base = ExaBGPConfig(router_id=ME, local_address=ME, relay_command=("socat",))
+    return sc.SpeakerCore(base=base, local_asn=64512, sync_deadline=30.0)
+
+
+def test_routes_in_sync_changes_on_input_only_never_when_read():
+    assert Harness().core.routes_in_sync, "started without peers: nothing to wait for"
+    c = fresh_core()
+    c.set_peers(frozenset({MESH_A}), None, 0.0)
+    assert not c.routes_in_sync, "not started"
+    c.start(0.0)
+    c.relay_connected()
+    c.feed([protocol.PeerStateChanged(A, "up")], 1.0, WALL)
+    assert not c.routes_in_sync and not c.routes_in_sync, "reading twice changes nothing"
+    assert c.feed([protocol.EndOfRib(A, protocol.IPV4_UNICAST)], 2.0, WALL).count(sc.NOTIFY) == 1
+    assert c.routes_in_sync, "every peer sent End-of-RIB"
+    c.child_lost("down: x", 3.0, WALL)
+    assert c.routes_in_sync, "stays True"
+
+
+def test_routes_are_in_sync_at_the_deadline_whatever_the_peers_say():
+    c = fresh_core()
+    c.set_peers(frozenset({MESH_A}), None, 0.0)
+    assert c.start(0.0)[0] == sc.Arm(sc.SYNC, 30.0)
+    assert not c.routes_in_sync
+    assert c.timer_fired(sc.SYNC, 30.0, WALL) == [sc.NOTIFY] and c.routes_in_sync
+
+
+def test_peers_set_right_after_start_are_waited_for():
+    """The agent starts the speaker and sets its peers before it first asks."""
+    c = fresh_core()
+    c.start(0.0)
+    assert c.routes_in_sync, "no peers"
+    c.set_peers(frozenset({MESH_A}), None, 0.0)
+    assert not c.routes_in_sync
+
+
+def test_removing_the_last_peer_not_synced_makes_routes_in_sync():
+    c = fresh_core()
+    c.start(0.0)
+    c.set_peers(frozenset({MESH_A}), None, 0.0)
+    assert not c.routes_in_sync
+    assert sc.NOTIFY in c.set_peers(frozenset(), None, 1.0) and c.routes_in_sync
+
+
+def test_session_up_gets_advertisements_then_end_of_rib_and_changes_go_as_a_diff():
+    h = Harness()
+    h.run(h.core.set_advertisements(frozenset({BLOCK_A})))
+    h.set_peers(MESH_A)
+    effects = h.up(MESH_A)
+    assert sent(effects) == core.session_up_lines(A, frozenset({BLOCK_A}), [])
+    effects = h.run(h.core.set_advertisements(frozenset({BLOCK_B})))
+    assert sent(effects) == protocol.withdraw_commands({BLOCK_A}) + protocol.announce_commands({BLOCK_B})
+    assert h.run(h.core.set_advertisements(frozenset({BLOCK_B}))) == []
+    with pytest.raises(TypeError, match="prefixes: '10.0.0.0/8' is not an IPv4Network"):
+        h.core.set_advertisements(frozenset({"10.0.0.0/8"}))
+
+
+def test_an_unknown_timer_is_a_bug():
+    with pytest.raises(AssertionError, match="Bug: no timer 'nope'"):
+        Harness().core.timer_fired("nope", 0.0, WALL)
+
+
+def test_a_started_reflector_owes_end_of_rib_until_its_feeders_synced_or_the_sync_deadline():
+    h = Harness(sync_deadline=30.0)
+    client_a, client_b = replace(MESH_A, rr_client=True), replace(MESH_B, rr_client=True)
+    h.set_peers(client_a, client_b, cluster=IPv4Address("244.0.0.1"))
+    assert protocol.eor_command(A) not in sent(h.up(client_a)), "b feeds a and has not synced"
+    h.up(client_b, BLOCK_B)
+    effects = h.feed(protocol.EndOfRib(B, protocol.IPV4_UNICAST))
+    assert sent(effects)[-1] == protocol.eor_command(A), "owed, now due: after b's routes"
+    h2 = Harness(sync_deadline=30.0)
+    h2.set_peers(client_a, client_b, cluster=IPv4Address("244.0.0.1"))
+    h2.up(client_a)
+    assert sent(h2.fire(sc.SYNC)) == [protocol.eor_command(A)], "the deadline ends the deferral"
