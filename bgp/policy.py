@@ -46,6 +46,7 @@ True
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -103,6 +104,7 @@ class ImportPolicy:
         # {address << 8 | length: owner}, {address: holder}; None: origin validation off.
         self._blocks: dict[int, int] | None = None
         self._block_lengths: tuple[int, ...] = ()
+        self._length_counts: Counter[int] = Counter()  # blocks per prefix length
         self._borrowed: dict[int, int] = {}
         self._origins: tuple[dict, dict] | None = None
 
@@ -133,13 +135,45 @@ class ImportPolicy:
             self._blocks, self._block_lengths, self._borrowed = None, (), {}
             return None
         self._blocks = {_key(n): int(a) for n, a in new[0].items()}
-        self._block_lengths = tuple(sorted({n.prefixlen for n in new[0]}))
+        self._length_counts = Counter(n.prefixlen for n in new[0])
+        self._block_lengths = tuple(sorted(self._length_counts))
         self._borrowed = {int(ip): int(a) for ip, a in new[1].items()}
         if old is None:
             return None
         changed = {n for n in new[0].keys() | old[0].keys() if new[0].get(n) != old[0].get(n)}
         changed |= {IPv4Network(ip) for ip in new[1].keys() | old[1].keys()
                     if new[1].get(ip) != old[1].get(ip)}
+        return changed
+
+    def change_origins(self, blocks: Mapping[IPv4Network, IPv4Address | None],
+                       borrowed: Mapping[IPv4Address, IPv4Address | None]) -> set[IPv4Network]:
+        """``set_origins`` by difference, in time proportional to the change: each block (each
+        borrowed address) given -> its new owner's (holder's) address, None: no longer owned
+        (held). Origin validation must be on. Returns the prefixes whose verdict may have changed."""
+        if self._origins is None:
+            raise AssertionError("Bug: change_origins with origin validation off (set_origins first)")
+        known_blocks, known_borrowed = self._origins
+        changed = set()
+        for block, owner in blocks.items():
+            if known_blocks.get(block) == owner:
+                continue
+            changed.add(block)
+            lengths = self._length_counts
+            if owner is None:
+                del known_blocks[block], self._blocks[_key(block)]
+                lengths[block.prefixlen] -= 1
+            else:
+                lengths[block.prefixlen] += block not in known_blocks
+                known_blocks[block], self._blocks[_key(block)] = owner, int(owner)
+        for ip, holder in borrowed.items():
+            if known_borrowed.get(ip) == holder:
+                continue
+            changed.add(IPv4Network(ip))
+            if holder is None:
+                del known_borrowed[ip], self._borrowed[int(ip)]
+            else:
+                known_borrowed[ip], self._borrowed[int(ip)] = holder, int(holder)
+        self._block_lengths = tuple(sorted(n for n, count in self._length_counts.items() if count))
         return changed
 
     def rejection(self, prefix: IPv4Network, origin: IPv4Address | int | None = None) -> str | None:

@@ -164,6 +164,15 @@ class Rib:
             self._choose(prefix)
         return bool(changed)
 
+    def change_origins(self, blocks: dict[IPv4Network, IPv4Address | None],
+                       borrowed: dict[IPv4Address, IPv4Address | None]) -> bool:
+        """``set_origins`` by difference (``ImportPolicy.change_origins``): only the blocks and
+        borrowed addresses given, None for one no longer owned. Returns whether anything changed."""
+        changed = self.policy.change_origins(blocks, borrowed)
+        for prefix in changed:
+            self._choose(prefix)
+        return bool(changed)
+
     def set_peer_as(self, peer: IPv4Address, asn: int, local_asn: int) -> None:
         """The peer's AS and ours on that session: eBGP when they differ (best path prefers eBGP,
         and ignores an eBGP peer's LOCAL_PREF). Set before its routes arrive (session config)."""

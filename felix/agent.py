@@ -128,6 +128,8 @@ class Agent:
         self._encap_problems: dict[str, str] = {}
         self._unroutable: dict = {}
         self.speaker: Speaker | None = None
+        # Who may announce what (bgp.policy), kept by difference; the speaker that has the set.
+        self._origins, self._origins_speaker = cluster.BgpOrigins(), None
         self.secrets = None  # BGP password Secrets (datastore.secrets), made in run()
         self._secrets_changed, self._password_problems = False, []
         self._wake = asyncio.Event()
@@ -345,6 +347,8 @@ class Agent:
         The route apply of a burst (``PIPELINE_MIN``) is left running: the kernel takes it while
         the next reconcile calculates, which waits for it before its own apply."""
         causes, changes = self._causes_now, self.state.take_changes()
+        if self.cfg.bgp:
+            self._origins.update(self.state, changes)
         if cluster.IN_SYNC in changes or "FelixConfiguration" in changes:
             self._report_unhonoured()
         rebuild = not self._calc_ready or bool(changes.keys() - {"WorkloadEndpoint"})
@@ -425,6 +429,15 @@ class Agent:
         self._schedule_route_retries(result)
         return True
 
+    def _set_origins(self, speaker: Speaker) -> None:
+        """The whole set to a speaker that has none yet, else what changed since."""
+        changed = self._origins.take_changes()
+        if speaker is self._origins_speaker:
+            speaker.change_origins(*changed)
+        else:
+            speaker.set_origins(self._origins.blocks, self._origins.borrowed)
+            self._origins_speaker = speaker
+
     async def _configure(self) -> bool:
         """BGP peers and import filter (advertisements follow the calculation), then tunnels and NAT;
         False while our own Node is not there yet."""
@@ -446,7 +459,7 @@ class Agent:
             speaker.set_import_filter(cluster.pool_cidrs(self.state),
                                       cluster.local_blocks(self.state, node))
             if origin_validation_from_env():  # see bgp.policy
-                speaker.set_origins(*cluster.bgp_origins(self.state))
+                self._set_origins(speaker)
         # Tunnel devices and NAT first: a VXLAN route needs vxlan.calico to exist.
         encap = await self.encap.apply(self.state, me.ipv4)
         if encap.problems != self._encap_problems:

@@ -233,11 +233,79 @@ def bgp_origins(state: ClusterState) -> tuple[dict[IPv4Network, ipaddress.IPv4Ad
     """Who may announce what over BGP (``bgp.rib`` origin validation): each IPv4 block with an
     affinity -> its node's address, each borrowed address -> its holder's address. A node whose
     address is not known yet owns nothing here (its routes wait until its Node says where it is)."""
-    addresses = {n.name: n.ipv4.ip for n in node_infos(state) if n.ipv4 is not None}
+    addresses = _node_addresses(state)
     blocks = {b.cidr: addresses[b.node] for b in state.blocks.values()
               if b.node in addresses and not b.deleted and b.cidr.version == 4}
     borrowed = {b.ip: addresses[b.node] for b in state.borrowed() if b.node in addresses}
     return blocks, borrowed
+
+
+class BgpOrigins:
+    """``bgp_origins`` kept current from ``ClusterState.take_changes()``, at a cost proportional
+    to the change: a changed IPAM block recomputes its own entries, a Node whose address changed
+    those of the blocks affine to it or lending it addresses; every block only on the first
+    ``update``. ``take_changes`` says what changed since it was last called (None for a block or
+    address no longer owned), for ``Speaker.change_origins``."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[IPv4Network, ipaddress.IPv4Address] = {}
+        self.borrowed: dict[ipaddress.IPv4Address, ipaddress.IPv4Address] = {}
+        self._addresses: dict[str, ipaddress.IPv4Address] | None = None  # None: not built yet
+        # What each block gave: (its block entry, its borrowed entries, the nodes it names).
+        self._gave: dict[Key, tuple[dict, dict, frozenset[str]]] = {}
+        self._by_node: dict[str, set[Key]] = {}  # node name -> the blocks naming it
+        self._changed: tuple[dict, dict] = ({}, {})
+
+    def update(self, state: ClusterState, changes: dict[str, set[Key]]) -> None:
+        if self._addresses is None:
+            self._addresses = _node_addresses(state)
+            keys = set(state.blocks)
+        else:
+            keys = set(changes.get(IPAMBlock.KIND, ()))
+            if Node.KIND in changes:
+                old, self._addresses = self._addresses, _node_addresses(state)
+                for name in old.keys() | self._addresses.keys():
+                    if old.get(name) != self._addresses.get(name):
+                        keys |= self._by_node.get(name, set())
+        for key in keys:
+            self._refresh(state, key)
+
+    def take_changes(self) -> tuple[dict, dict]:
+        changed, self._changed = self._changed, ({}, {})
+        return changed
+
+    def _refresh(self, state: ClusterState, key: Key) -> None:
+        old_block, old_borrowed, old_nodes = self._gave.pop(key, ({}, {}, frozenset()))
+        for name in old_nodes:
+            self._by_node[name].discard(key)
+        block, borrowed, nodes = self._entries(state.blocks.get(key))
+        if nodes:
+            self._gave[key] = (block, borrowed, nodes)
+            for name in nodes:
+                self._by_node.setdefault(name, set()).add(key)
+        for mine, old, new, changed in ((self.blocks, old_block, block, self._changed[0]),
+                                        (self.borrowed, old_borrowed, borrowed, self._changed[1])):
+            for item in old.keys() - new.keys():
+                del mine[item]
+                changed[item] = None
+            for item, address in new.items():
+                if old.get(item) != address:
+                    mine[item] = changed[item] = address
+
+    def _entries(self, facts: BlockFacts | None) -> tuple[dict, dict, frozenset[str]]:
+        """As ``bgp_origins`` counts a block: its entry, its borrowed ones, the nodes it names."""
+        if facts is None:
+            return {}, {}, frozenset()
+        addresses, block = self._addresses, {}
+        if facts.node in addresses and not facts.deleted and facts.cidr.version == 4:
+            block = {facts.cidr: addresses[facts.node]}
+        borrowed = {b.ip: addresses[b.node] for b in facts.borrowed if b.node in addresses}
+        nodes = frozenset({facts.node} if facts.node else ()) | {b.node for b in facts.borrowed}
+        return block, borrowed, nodes
+
+
+def _node_addresses(state: ClusterState) -> dict[str, ipaddress.IPv4Address]:
+    return {n.name: n.ipv4.ip for n in node_infos(state) if n.ipv4 is not None}
 
 
 def bgp_global(state: ClusterState) -> BGPGlobal:

@@ -95,6 +95,21 @@ def test_a_change_of_ownership_is_applied_to_routes_already_held():
     assert rib.best_route(new_block) == LearnedRoute(new_block, OWNER, OWNER)
 
 
+def test_origins_changed_by_difference_reach_the_routes_already_held():
+    rib = make_rib()
+    new_block = N("10.244.9.0/26")
+    rib.announce_many(OWNER, OWNER, [new_block, N(f"{BORROWED_FROM_OWNER}/32")])
+    assert prefixes(rib) == set()
+    assert rib.change_origins({new_block: OWNER}, {BORROWED_FROM_OWNER: OWNER}) is True
+    assert prefixes(rib) == {str(new_block), f"{BORROWED_FROM_OWNER}/32"}
+    assert rib.change_origins({new_block: OWNER}, {}) is False  # the same: nothing to do
+    rib.change_origins({new_block: None}, {BORROWED_FROM_OWNER: None})  # released
+    assert prefixes(rib) == set()
+    assert rib.rejection(new_block, OWNER) == "rejected_origin_unknown"
+    # a /32 of a block is only ever announced as borrowed, never by the block's own node
+    assert rib.rejection(N(f"{BORROWED_FROM_OWNER}/32"), OWNER) == "rejected_origin_mismatch"
+
+
 def test_a_peer_that_re_announces_its_path_with_a_foreign_next_hop_loses_it():
     rib = make_rib()
     rib.announce_many(OWNER, OWNER, [OWNER_BLOCK])
