@@ -197,6 +197,7 @@ def test_a_restarted_reflector_defers_end_of_rib_until_it_has_what_it_reflects(n
         stopped = lt.call(lambda: b.child_pid)
         os.kill(stopped, signal.SIGSTOP)
         watching.append(a)
+        os.kill(lt.call(lambda: r.child_pid), signal.SIGKILL)  # no Cease: what a SIGKILLed agent leaves
         lt.run(r.stop())
         speakers.remove(r)
         wait_for(lambda: not _all_up(lt, a, 1), 15, what="a sees r go")
