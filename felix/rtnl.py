@@ -110,11 +110,14 @@ class Route(NamedTuple):
 
 
 def route_key(dst: int, dst_len: int) -> int:
-    """One int for (dst, prefixlen): cheap to hash, cheap to keep 100k of."""
+    """One int for (dst, prefixlen): cheap to hash, cheap to keep 100k of. The same key as
+    ``felix.calc.dst_key`` (every desired map is keyed by it; ``felix.calc`` also converts it to
+    and from networks and text), packed here from a route's fields, unchecked."""
     return dst << 8 | dst_len
 
 
 def key_parts(key: int) -> tuple[int, int]:
+    """(dst, prefixlen) of a ``route_key``."""
     return key >> 8, key & 0xFF
 
 
