@@ -179,24 +179,29 @@ class ImportPolicy:
     def rejection(self, prefix: IPv4Network, origin: IPv4Address | int | None = None) -> str | None:
         """Why ``prefix`` from the node ``origin`` is not imported (a counter name), or None.
         ``origin`` matters only once origins are set."""
-        length = prefix._prefixlen
+        if origin is not None and type(origin) is not int:
+            origin = origin._ip
+        return self.rejection_key(_key(prefix), origin)
+
+    def rejection_key(self, key: int, origin: int | None) -> str | None:
+        """``rejection`` of a prefix key (``address << 8 | length``) from the node whose address
+        is the integer ``origin``: the RIB's form, per learned route (no ipaddress object)."""
+        length = key & 0xFF
         if length == 0:
             return "rejected_default_route"
-        address = prefix.network_address._ip
+        address = key >> 8
         if not _inside(address, length, self._pool_bits):
             return "rejected_outside_pools"
         blocks = self._blocks
-        if blocks is not None:
-            origin = origin if origin is None or type(origin) is int else origin._ip
-            if length == 32:
-                holder = self._borrowed.get(address)
-                if holder is not None:
-                    return None if holder == origin else "rejected_origin_mismatch"
+        if blocks is not None and length == 32:
+            holder = self._borrowed.get(address)
+            if holder is not None:
+                return None if holder == origin else "rejected_origin_mismatch"
         if _inside(address, length, self._own_bits):
             return "rejected_own_block"
         if blocks is None:
             return None
-        owner = blocks.get(address << 8 | length)
+        owner = blocks.get(key)
         if owner is not None:
             return None if owner == origin else "rejected_origin_mismatch"
         for block_len in self._block_lengths:
@@ -205,6 +210,33 @@ class ImportPolicy:
                 if base << 8 | block_len in blocks:
                     return "rejected_origin_mismatch"
         return "rejected_origin_unknown"
+
+    def split(self, keys: tuple[int, ...], origin: int | None
+              ) -> tuple[tuple[int, ...] | list[int], list[tuple[int, str]]]:
+        """(accepted keys, [(rejected key, reason)]) of one UPDATE's keys from ``origin``.
+
+        Without origin validation, a key inside one pool and no own block is accepted; that is
+        tested for the whole UPDATE at once (comprehensions over integers, ~0.1 us a key) and
+        only the keys it leaves out go through ``rejection_key``, which names the reason."""
+        if self._blocks is None and len(self._pool_bits) == 1:
+            (pool, pool_len), shift = self._pool_bits[0], 32 - self._pool_bits[0][1]
+            low = max(pool_len, 1)  # a key's length: inside the pool, never a default route
+            inside = [k for k in keys if (k >> 8 ^ pool) >> shift == 0 and k & 0xFF >= low]
+            if self._own_bits and inside:
+                own = self._own_bits
+                inside = [k for k in inside if not _inside(k >> 8, k & 0xFF, own)]
+            if len(inside) == len(keys):
+                return keys, []
+            taken = set(inside)
+            return inside, [(k, self.rejection_key(k, origin)) for k in keys if k not in taken]
+        accepted, rejected = [], []
+        for k in keys:
+            reason = self.rejection_key(k, origin)
+            if reason is None:
+                accepted.append(k)
+            else:
+                rejected.append((k, reason))
+        return accepted, rejected
 
 
 def _key(n: IPv4Network) -> int:

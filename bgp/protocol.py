@@ -13,7 +13,10 @@ With ``exabgp.api.compact=true`` an NLRI without extra fields is the bare string
 are accepted. Other lines (e.g. ``reload in progress``) are informational text.
 
 One UPDATE is one event per next hop, not one per route: BIRD packs ~1,000 /26s into an UPDATE,
-and 100k routes are then ~100 events, not 100k objects to create, match and dispatch.
+and 100k routes are then ~100 events, not 100k objects to create, match and dispatch. The events
+carry each prefix as an integer key (``address << 8 | length``, ``prefix_key``; the same key as
+``felix.rtnl.route_key``), parsed straight from ExaBGP's text: no ``IPv4Network`` per learned route
+(100k of them were 15 MB and ~1 us each to build), ``prefixes`` builds them on demand.
 
 >>> ch = Channel()
 >>> ch.command("reload")
@@ -36,9 +39,16 @@ IPV4_UNICAST = "ipv4 unicast"
 BATCH_SIZE = 500
 
 
+def _keys_of(event: object) -> None:
+    """``keys`` as integer keys: a caller may construct an event with ``IPv4Network`` values."""
+    keys = event.keys  # type: ignore[attr-defined]
+    if type(keys) is not tuple or any(type(k) is not int for k in keys):
+        object.__setattr__(event, "keys", tuple(k if type(k) is int else prefix_key(k) for k in keys))
+
+
 @dataclass(frozen=True)
 class RoutesAnnounced:
-    """``prefixes`` announced by ``peer`` with one next hop (in the order of the UPDATE), the
+    """``keys`` (``prefix_key``) announced by ``peer`` with one next hop (in the order of the UPDATE), the
     UPDATE's route-reflection attributes (RFC 4456): ORIGINATOR_ID and CLUSTER_LIST, if present,
     and what best-path selection compares (RFC 4271 9.1): ``origin`` (0 igp, 1 egp, 2 incomplete),
     ``as_path_len`` (an AS_SET counts as one), ``neighbor_as`` (the first AS of the AS_PATH, None
@@ -47,7 +57,7 @@ class RoutesAnnounced:
 
     peer: IPv4Address
     nexthop: IPv4Address
-    prefixes: tuple[IPv4Network, ...]
+    keys: tuple[int, ...]
     originator_id: IPv4Address | None = None
     cluster_list: tuple[IPv4Address, ...] = ()
     # The attributes a reflector passes on unchanged (origin, AS path, LOCAL_PREF, MED,
@@ -59,11 +69,23 @@ class RoutesAnnounced:
     local_pref: int | None = None
     med: int | None = None
 
+    __post_init__ = _keys_of
+
+    @property
+    def prefixes(self) -> tuple[IPv4Network, ...]:
+        return tuple(map(key_network, self.keys))
+
 
 @dataclass(frozen=True)
 class RoutesWithdrawn:
     peer: IPv4Address
-    prefixes: tuple[IPv4Network, ...]
+    keys: tuple[int, ...]  # prefix_key
+
+    __post_init__ = _keys_of
+
+    @property
+    def prefixes(self) -> tuple[IPv4Network, ...]:
+        return tuple(map(key_network, self.keys))
 
 
 @dataclass(frozen=True)
@@ -194,14 +216,36 @@ def prefix_of(network: int, length: int) -> Prefix:
     return Prefix((network, length))
 
 
+def prefix_key(prefix: IPv4Network) -> int:
+    """The integer key of ``prefix``: ``address << 8 | length`` (ipaddress's own slots).
+
+    >>> prefix_key(IPv4Network("10.244.1.64/26")) == 0x0AF40140 << 8 | 26
+    True
+    """
+    return prefix.network_address._ip << 8 | prefix._prefixlen
+
+
+def key_network(key: int) -> Prefix:
+    """The ``IPv4Network`` (a ``Prefix``) of a key.
+
+    >>> key_network(0x0AF40140 << 8 | 26)
+    IPv4Network('10.244.1.64/26')
+    """
+    return prefix_of(key >> 8, key & 0xFF)
+
+
+def key_text(key: int) -> str:
+    """``a.b.c.d/len`` of a key, without building an ``IPv4Network``.
+
+    >>> key_text(0x0AF40140 << 8 | 26)
+    '10.244.1.64/26'
+    """
+    a = key >> 8
+    return f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}/{key & 0xFF}"
+
+
 class _Bad(ValueError):
     """A field of a JSON message is missing or wrong; becomes a Malformed event."""
-
-
-# Parsed prefixes kept for reuse: a withdrawal or re-announcement names a prefix seen before, and
-# a dict lookup costs ~0.1 us where parsing costs ~1.5 us. The same object comes back, so the
-# RIB's dict lookups find it by identity. Emptied when full (bounded).
-PREFIX_CACHE_SIZE = 1 << 18
 
 
 class Channel:
@@ -209,7 +253,6 @@ class Channel:
 
     def __init__(self) -> None:
         self._unacked: deque[str] = deque()
-        self._prefixes: dict[str, Prefix] = {}
 
     @property
     def outstanding(self) -> int:
@@ -230,9 +273,7 @@ class Channel:
         if not line.startswith("{"):
             return [Text(line)] if line else []
         try:
-            if len(self._prefixes) > PREFIX_CACHE_SIZE:
-                self._prefixes.clear()
-            return _parse_json(json.loads(line), self._prefixes)
+            return _parse_json(json.loads(line))
         except json.JSONDecodeError as exc:
             return [Malformed(line, f"invalid JSON: {exc.msg} at column {exc.colno}")]
         except (ValueError, TypeError, AttributeError) as exc:
@@ -343,25 +384,17 @@ def _ipv4(value: object, field: str) -> IPv4Address:
         raise _Bad(f"{field}: {value!r} is not an IPv4 address") from None
 
 
-def _prefix(value: object, field: str) -> Prefix:
+def _prefix_key(value: object, field: str) -> int:
+    """The key of a prefix's text, the slow way (``ipaddress`` decides what is valid)."""
     if type(value) is not str:  # IPv4Network() would take an int or a tuple
         raise _Bad(f"{field}: {value!r} is not an IPv4 prefix")
-    address, _, length = value.partition("/")
     try:
-        # Fast path: inet_pton takes exactly what ipaddress takes (four decimal octets, no
-        # leading zeros); anything else goes the slow way, which decides.
-        network = int.from_bytes(inet_pton(AF_INET, address), "big")
-        if length.isascii() and length.isdigit() and int(length) <= 32:
-            return prefix_of(network, int(length))  # strict: host bits set is a ValueError
-    except (OSError, ValueError):
-        pass
-    try:
-        return Prefix(value)  # strict: host bits set is an error
+        return prefix_key(IPv4Network(value))  # strict: host bits set is an error
     except (ValueError, TypeError):
         raise _Bad(f"{field}: {value!r} is not an IPv4 prefix") from None
 
 
-def _parse_json(msg: object, cache: dict[str, Prefix]) -> list[Event]:
+def _parse_json(msg: object) -> list[Event]:
     kind = _get(msg, "type")
     if kind == "notification" and isinstance(msg, dict) and "neighbor" not in msg:
         return [Text(f"notification: {msg.get('notification')}")]  # e.g. ExaBGP shutting down
@@ -369,7 +402,7 @@ def _parse_json(msg: object, cache: dict[str, Prefix]) -> list[Event]:
         return []  # negotiated, signal, keepalive...: not needed by the speaker
     peer = _ipv4(_get(msg, "neighbor", "address", "peer"), "neighbor.address.peer")
     if kind == "update":
-        return _parse_update(peer, _get(msg, "neighbor"), cache)
+        return _parse_update(peer, _get(msg, "neighbor"))
     return _PARSERS[kind](peer, _get(msg, "neighbor"))
 
 
@@ -405,7 +438,7 @@ def _parse_notification(peer: IPv4Address, nb: object) -> list[Event]:
     return [NotificationReceived(peer, code, subcode, str(text))]
 
 
-def _parse_update(peer: IPv4Address, nb: object, cache: dict[str, Prefix]) -> list[Event]:
+def _parse_update(peer: IPv4Address, nb: object) -> list[Event]:
     message = _get(nb, "message")
     if isinstance(message, dict) and "eor" in message:
         eor = message["eor"]
@@ -414,49 +447,49 @@ def _parse_update(peer: IPv4Address, nb: object, cache: dict[str, Prefix]) -> li
     update = _get(message, "update")
     if not isinstance(update, dict):
         raise _Bad("message.update: not an object")
-    return _withdrawals(peer, update, cache) + _announcements(peer, update, cache)
+    return _withdrawals(peer, update) + _announcements(peer, update)
 
 
-def _nlris(entries: object, field: str, cache: dict[str, Prefix]) -> tuple[Prefix, ...]:
-    """The prefixes of a list of ``{"nlri": P}`` or (compact) ``P``; the hot loop of learning.
+# The prefix lengths a key may have, by their text: a dict lookup where int() parses.
+_LENGTHS = {str(n): n for n in range(33)}
 
-    A prefix seen before comes from ``cache``; a new compact one is parsed inline (what
-    ``_prefix``'s fast path does, without its three calls: ~30% of a new prefix's cost);
-    anything else goes through ``_prefix``, which decides and names the field."""
+
+def _nlris(entries: object, field: str) -> tuple[int, ...]:
+    """The keys of a list of ``{"nlri": P}`` or (compact) ``P``; the hot loop of learning.
+
+    ``inet_pton`` takes exactly what ``ipaddress`` takes (four decimal octets, no leading zeros);
+    whatever it or the length check refuses, or has host bits set, goes through
+    ``_prefix_key``, which decides and names the field."""
     if not isinstance(entries, list):
         raise _Bad(f"{field}: not a list")
-    get, out, fast = cache.get, [], _FAST
+    out, lengths, masks, pton, from_bytes = [], _LENGTHS, _MASKS, inet_pton, int.from_bytes
     for entry in entries:
-        text = entry if type(entry) is str else _get(entry, "nlri")
-        if type(text) is not str:
-            out.append(_prefix(text, f"{field}.nlri"))
-            continue
-        prefix = get(text)
-        if prefix is None:
+        text = entry if entry.__class__ is str else _get(entry, "nlri")
+        if text.__class__ is str:
             address, _, length = text.partition("/")
-            try:
-                network = int.from_bytes(inet_pton(AF_INET, address), "big")
-                bits = int(length) if length.isascii() and length.isdigit() else 99
-            except (OSError, ValueError):  # ValueError: a NUL in the text
-                bits = 99
-            if fast and bits <= 30 and network & _MASKS[bits] == network:
-                prefix = _built(network, bits)
-            else:
-                prefix = _prefix(text, f"{field}.nlri")
-            cache[text] = prefix
-        out.append(prefix)
+            bits = lengths.get(length)
+            if bits is not None:
+                try:
+                    network = from_bytes(pton(AF_INET, address), "big")
+                except (OSError, ValueError):  # ValueError: a NUL in the text
+                    pass
+                else:
+                    if network & masks[bits] == network:
+                        out.append(network << 8 | bits)
+                        continue
+        out.append(_prefix_key(text, f"{field}.nlri"))
     return tuple(out)
 
 
-def _withdrawals(peer: IPv4Address, update: dict, cache: dict[str, Prefix]) -> list[Event]:
+def _withdrawals(peer: IPv4Address, update: dict) -> list[Event]:
     families = update.get("withdraw", {})
     if not isinstance(families, dict):
         raise _Bad("message.update.withdraw: not an object")
-    prefixes = _nlris(families.get(IPV4_UNICAST, []), "withdraw.ipv4 unicast", cache)
-    return [RoutesWithdrawn(peer, prefixes)] if prefixes else []
+    keys = _nlris(families.get(IPV4_UNICAST, []), "withdraw.ipv4 unicast")
+    return [RoutesWithdrawn(peer, keys)] if keys else []
 
 
-def _announcements(peer: IPv4Address, update: dict, cache: dict[str, Prefix]) -> list[Event]:
+def _announcements(peer: IPv4Address, update: dict) -> list[Event]:
     families = update.get("announce", {})
     if not isinstance(families, dict):
         raise _Bad("message.update.announce: not an object")
@@ -467,11 +500,11 @@ def _announcements(peer: IPv4Address, update: dict, cache: dict[str, Prefix]) ->
     reflection = None
     for nexthop, entries in by_nexthop.items():
         hop = _ipv4(nexthop, "announce.ipv4 unicast next-hop")
-        prefixes = _nlris(entries, "announce.ipv4 unicast", cache)
-        if prefixes:
+        keys = _nlris(entries, "announce.ipv4 unicast")
+        if keys:
             if reflection is None:
                 reflection = _reflection(update.get("attribute", {}))
-            events.append(RoutesAnnounced(peer, hop, prefixes, *reflection))
+            events.append(RoutesAnnounced(peer, hop, keys, *reflection))
     return events
 
 

@@ -44,6 +44,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 from ipaddress import IPv4Address, IPv4Network
 
 from bgp import protocol
@@ -55,33 +57,14 @@ DEFAULT_RESTART_TIME = 120.0
 
 
 @dataclass(frozen=True, slots=True)
-class LearnedRoute:
-    prefix: IPv4Network
-    nexthop: IPv4Address
-    peer: IPv4Address
-    originator_id: IPv4Address | None = None  # set when it came through a route reflector
-    cluster_list: tuple[IPv4Address, ...] = ()
-    # What a reflector passes on unchanged (protocol.RoutesAnnounced.attributes); not compared:
-    # the kernel route does not depend on it.
-    attributes: str = field(default="", compare=False)
-    # Cached: best() builds a frozenset of every route, and the fields' hashes are Python code
-    # (~1.5 us per route); a route object lives as long as it stays the best path. Slots: 100k
-    # routes take 15 MB instead of 25.
-    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
-
-    def __hash__(self) -> int:
-        cached = self._hash
-        if cached is None:
-            cached = hash((self.prefix, self.nexthop, self.peer))
-            object.__setattr__(self, "_hash", cached)
-        return cached
-
-
-@dataclass(frozen=True, slots=True)
 class _Path:
-    """What one UPDATE said about its prefixes (shared by all of them: one object per UPDATE).
-    ``rank``: ``policy.rank`` of its LOCAL_PREF, AS_PATH length and ORIGIN."""
+    """What one UPDATE from ``peer`` said about its prefixes (shared by all of them: one object
+    per UPDATE, so the Adj-RIB-In and the best paths hold no object per route). ``rank``:
+    ``policy.rank`` of its LOCAL_PREF, AS_PATH length and ORIGIN. ``ident``: what makes two
+    paths the same route (peer, next hop, ORIGINATOR_ID, CLUSTER_LIST as integers), compared
+    when a re-announcement replaces a path."""
 
+    peer: IPv4Address
     nexthop: IPv4Address
     originator_id: IPv4Address | None = None
     cluster_list: tuple[IPv4Address, ...] = ()
@@ -89,6 +72,12 @@ class _Path:
     rank: tuple[int, int, int] = (-100, 0, 0)
     med: int = 0
     neighbor_as: int | None = None
+    ident: tuple = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        originator = None if self.originator_id is None else self.originator_id._ip
+        object.__setattr__(self, "ident", (self.peer._ip, self.nexthop._ip, originator,
+                                           tuple(c._ip for c in self.cluster_list)))
 
     @property
     def origin_node(self) -> IPv4Address:
@@ -96,18 +85,97 @@ class _Path:
         next hop."""
         return self.originator_id if self.originator_id is not None else self.nexthop
 
-    def route(self, prefix: IPv4Network, peer: IPv4Address) -> LearnedRoute:
-        return LearnedRoute(prefix, self.nexthop, peer, self.originator_id, self.cluster_list,
-                            self.attributes)
+
+class LearnedRoute(tuple):
+    """One best path as consumers see it: a prefix (``key``, ``protocol.prefix_key``; ``prefix``
+    builds the ``IPv4Network``) and the path that carried it. Made on demand from the RIB's
+    (key, shared path) pairs, never stored per route: a ``(key, path)`` tuple, so the RIB makes
+    100k of them in C (``_views``, ~0.1 us each). Equal when prefix, next hop, peer,
+    ORIGINATOR_ID and CLUSTER_LIST are (the passed-on ``attributes`` are not compared: the kernel
+    route does not depend on them).
+
+    >>> from ipaddress import IPv4Address as A, IPv4Network as N
+    >>> r = LearnedRoute(N("10.244.1.0/26"), A("10.0.0.1"), A("10.0.0.1"))
+    >>> r.prefix, r.nexthop, r == LearnedRoute(r.key, A("10.0.0.1"), A("10.0.0.1"))
+    (IPv4Network('10.244.1.0/26'), IPv4Address('10.0.0.1'), True)
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, prefix: IPv4Network | int, nexthop: IPv4Address, peer: IPv4Address,
+                originator_id: IPv4Address | None = None, cluster_list: tuple[IPv4Address, ...] = (),
+                attributes: str = "") -> LearnedRoute:
+        key = prefix if type(prefix) is int else protocol.prefix_key(prefix)
+        return tuple.__new__(cls, (key, _Path(peer, nexthop, originator_id, tuple(cluster_list), attributes)))
+
+    key = property(itemgetter(0), doc="the prefix's key (protocol.prefix_key)")
+    path = property(itemgetter(1), doc="the shared _Path of the UPDATE that carried it")
+
+    @property
+    def prefix(self) -> IPv4Network:
+        return protocol.key_network(self[0])
+
+    @property
+    def nexthop(self) -> IPv4Address:
+        return self[1].nexthop
+
+    @property
+    def peer(self) -> IPv4Address:
+        return self[1].peer
+
+    @property
+    def originator_id(self) -> IPv4Address | None:
+        return self[1].originator_id
+
+    @property
+    def cluster_list(self) -> tuple[IPv4Address, ...]:
+        return self[1].cluster_list
+
+    @property
+    def attributes(self) -> str:
+        return self[1].attributes
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not LearnedRoute:
+            return NotImplemented
+        return self[0] == other[0] and self[1].ident == other[1].ident
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self) -> int:
+        return hash((self[0], self[1].ident))
+
+    def __repr__(self) -> str:
+        p = self[1]
+        return (f"LearnedRoute(prefix={protocol.key_text(self[0])}, nexthop={p.nexthop}, peer={p.peer}, "
+                f"originator_id={p.originator_id}, cluster_list={p.cluster_list})")
 
 
-class _Best:
-    """The chosen path of one prefix; ``stale``: from a peer that went down (fresh wins)."""
+def _views(pairs: Iterable[tuple[int, _Path]]) -> list[LearnedRoute]:
+    """LearnedRoutes of (key, path) pairs, made in C (``tuple.__new__``, not ``__new__``)."""
+    return list(map(tuple.__new__, repeat(LearnedRoute), pairs))
 
-    __slots__ = ("route", "stale")
 
-    def __init__(self, route: LearnedRoute, stale: bool) -> None:
-        self.route, self.stale = route, stale
+def _view(key: int, path: _Path) -> LearnedRoute:
+    return tuple.__new__(LearnedRoute, (key, path))
+
+
+def _keys(prefixes: Iterable) -> tuple:
+    """``prefixes`` as keys: ints pass, networks are converted, anything else is kept (and
+    counted as malformed by the caller)."""
+    if type(prefixes) is not tuple:
+        prefixes = tuple(prefixes)
+    for k in prefixes:
+        if type(k) is not int:
+            return tuple(k if type(k) is int else protocol.prefix_key(k)
+                         if isinstance(k, IPv4Network) else k for k in prefixes)
+    return prefixes
+
+
+def _key(prefix: IPv4Network | int) -> int:
+    return prefix if type(prefix) is int else protocol.prefix_key(prefix)
 
 
 class Rib:
@@ -117,20 +185,23 @@ class Rib:
         self.router_id = router_id  # loop check: a route with it as ORIGINATOR_ID came back to us
         self.cluster_id: IPv4Address | None = None
         self.router_ids: dict[IPv4Address, IPv4Address] = {}  # each peer's BGP identifier (its OPEN)
-        self._dirty: set[IPv4Network] | None = None  # for take_dirty(); None: nobody asked
+        self._dirty: set[int] | None = None  # keys, for take_dirty(); None: nobody asked
         self._default_restart = restart_time
         self._restart_time: dict[IPv4Address, float | None] = {}
         self._restart_cap: dict[IPv4Address, float] = {}
-        # Adj-RIB-In, unfiltered: {peer: {prefix: path}} and {peer: {prefix: (path, deadline)}}.
-        self._fresh: dict[IPv4Address, dict[IPv4Network, _Path]] = {}
-        self._stale: dict[IPv4Address, dict[IPv4Network, tuple[_Path, float]]] = {}
+        # Adj-RIB-In, unfiltered, by prefix key: {peer: {key: path}} and {peer: {key: (path, deadline)}}.
+        self._fresh: dict[IPv4Address, dict[int, _Path]] = {}
+        self._stale: dict[IPv4Address, dict[int, tuple[_Path, float]]] = {}
         self._deadlines: dict[IPv4Address, Counter[float]] = {}  # stale paths per deadline
         self._peer_ids: dict[IPv4Address, IPv4Address] = {}  # one object per peer: `is` compares
-        self._best: dict[IPv4Network, _Best] = {}  # accepted prefixes only; expiry not applied
-        self._frozen: frozenset[LearnedRoute] | None = None
-        # For take_changes(): the best route each prefix had at the last call, recorded when the
-        # prefix first changes after it; None until the first call (nobody asked: record nothing).
-        self._before: dict[IPv4Network, LearnedRoute | None] | None = None
+        # Accepted prefixes only (expiry not applied): {key: the chosen path}, and the keys whose
+        # chosen path is a stale one (a fresh one beats it on arrival).
+        self._best: dict[int, _Path] = {}
+        self._stale_best: set[int] = set()
+        self._frozen: frozenset[LearnedRoute] | None = None  # best(), until the next change
+        # For take_changes(): the path each key had at the last call, recorded when the key first
+        # changes after it; None until the first call (nobody asked: record nothing).
+        self._before: dict[int, _Path | None] | None = None
         self.policy = ImportPolicy()
         self._ebgp: dict[IPv4Address, bool] = {}  # by peer; absent: iBGP
         self._max_prefixes: dict[IPv4Address, int] = {}
@@ -161,7 +232,7 @@ class Rib:
             self._rebuild_best()
             return True
         for prefix in changed:
-            self._choose(prefix)
+            self._choose(protocol.prefix_key(prefix))
         return bool(changed)
 
     def change_origins(self, blocks: dict[IPv4Network, IPv4Address | None],
@@ -204,7 +275,7 @@ class Rib:
         self.cluster_id = cluster_id
         if cluster_id is not None:
             for peer, paths in list(self._fresh.items()):
-                looped = [p for p, path in paths.items() if cluster_id in path.cluster_list]
+                looped = [k for k, path in paths.items() if cluster_id in path.cluster_list]
                 if looped:
                     self.counters["rejected_cluster_loop"] += len(looped)
                     self.withdraw_many(peer, looped)
@@ -230,11 +301,11 @@ class Rib:
         match event:
             case protocol.RoutesAnnounced():
                 e = event
-                self.announce_many(e.peer, e.nexthop, e.prefixes, e.originator_id, e.cluster_list,
+                self.announce_many(e.peer, e.nexthop, e.keys, e.originator_id, e.cluster_list,
                                    e.attributes, origin=e.origin, as_path_len=e.as_path_len,
                                    neighbor_as=e.neighbor_as, local_pref=e.local_pref, med=e.med)
-            case protocol.RoutesWithdrawn(peer, prefixes):
-                self.withdraw_many(peer, prefixes)
+            case protocol.RoutesWithdrawn(peer, keys):
+                self.withdraw_many(peer, keys)
             case protocol.EndOfRib(peer, family) if family == protocol.IPV4_UNICAST:
                 self.end_of_rib(peer)
             case protocol.OpenReceived(peer, router_id, _, restart):
@@ -250,78 +321,111 @@ class Rib:
                 return False
         return True
 
-    def announce(self, peer: IPv4Address, prefix: IPv4Network, nexthop: IPv4Address) -> None:
+    def announce(self, peer: IPv4Address, prefix: IPv4Network | int, nexthop: IPv4Address) -> None:
         self.announce_many(peer, nexthop, (prefix,))
 
-    def announce_many(self, peer: IPv4Address, nexthop: IPv4Address, prefixes: Iterable[IPv4Network],
+    def announce_many(self, peer: IPv4Address, nexthop: IPv4Address, prefixes: Iterable[IPv4Network | int],
                       originator_id: IPv4Address | None = None,
                       cluster_list: tuple[IPv4Address, ...] = (), attributes: str = "", *,
                       origin: int = 0, as_path_len: int = 0, neighbor_as: int | None = None,
                       local_pref: int | None = None, med: int | None = None) -> None:
-        """``prefixes`` from ``peer`` via ``nexthop``: the hot loop of learning (one UPDATE)."""
-        if type(prefixes) is not tuple:
-            prefixes = tuple(prefixes)
-        self.counters["received"] += len(prefixes)  # every announcement, accepted or not
+        """``prefixes`` (keys, or networks) from ``peer`` via ``nexthop``: the hot loop of
+        learning (one UPDATE)."""
+        keys = _keys(prefixes)
+        self.counters["received"] += len(keys)  # every announcement, accepted or not
         if not (isinstance(peer, IPv4Address) and isinstance(nexthop, IPv4Address)
                 and not nexthop.is_unspecified):
-            for prefix in prefixes:
-                self._malformed(peer, prefix)
+            for key in keys:
+                self._malformed(peer, key)
             return
         loop = self._loop(originator_id, cluster_list)
         if loop is not None:  # RFC 4456 8: drop it; it replaces (withdraws) the peer's last path
-            prefixes = tuple(prefixes)
-            self.counters[loop] += len(prefixes)
+            self.counters[loop] += len(keys)
             log.debug("route dropped: reflection loop", extra={"peer": str(peer), "reason": loop})
-            self.withdraw_many(peer, prefixes)
+            self.withdraw_many(peer, keys)
             return
         if peer in self._exceeded:
-            self.counters["rejected_max_prefix"] += len(prefixes)
+            self.counters["rejected_max_prefix"] += len(keys)
             return
-        ebgp = self._ebgp.get(peer, False)
-        path = _Path(nexthop, originator_id, tuple(cluster_list), attributes,
-                     rank(local_pref, as_path_len, origin, ebgp), med or 0, neighbor_as)
         peer = self._peer_ids.setdefault(peer, peer)
+        path = _Path(peer, nexthop, originator_id, tuple(cluster_list), attributes,
+                     rank(local_pref, as_path_len, origin, self._ebgp.get(peer, False)), med or 0,
+                     neighbor_as)
+        if any(type(k) is not int for k in keys):
+            for bad in [k for k in keys if type(k) is not int]:
+                self._malformed(peer, bad)
+            keys = tuple(k for k in keys if type(k) is int)
         fresh = self._fresh.setdefault(peer, {})
         stale = self._stale.get(peer)
-        best, rejection, counters, before = self._best, self.policy.rejection, self.counters, self._before
-        dirty, source = self._dirty, path.origin_node._ip
+        for key in keys:
+            fresh[key] = path
+        if stale:
+            for key in keys:
+                self._unstale(peer, stale, key)
+        accepted = self._accepted(keys, path)
         # With no other peer holding paths (one upstream, the bench), this peer's path is the only
         # candidate: it replaces whatever best path the prefix had (its own, or its own stale one).
-        alone = not any(paths for other, paths in (*self._fresh.items(), *self._stale.items())
-                        if other is not peer)
-        for prefix in prefixes:
-            if type(prefix) is not protocol.Prefix and type(prefix) is not IPv4Network:
-                self._malformed(peer, prefix)
-                continue
-            fresh[prefix] = path
-            if stale:
-                self._unstale(peer, stale, prefix)
-            reason = rejection(prefix, source)
-            if reason is not None:
-                counters[reason] += 1
-                log.debug("route rejected by import policy",
-                          extra={"peer": str(peer), "prefix": str(prefix), "reason": reason})
-                if not alone and prefix in best and best[prefix].route.peer is peer:
-                    self._choose(prefix)  # it replaced (withdrew) this peer's accepted path
-                elif alone and prefix in best:
-                    self._record(prefix, best.pop(prefix))
-                    self._frozen = None
-                continue
-            current = best.get(prefix)
-            # No accepted path yet, or only a stale one: this fresh one is best. Otherwise every
-            # candidate of the prefix is weighed again (per route: the peers holding it, at most).
-            if current is None or current.stale or alone:
-                if before is not None and prefix not in before:
-                    before[prefix] = current.route if current is not None else None
-                if dirty is not None:
-                    dirty.add(prefix)
-                best[prefix] = _Best(path.route(prefix, peer), False)
-                self._frozen = None
-            else:
-                self._choose(prefix)
+        if self._alone(peer):
+            self._take_all(accepted, path, keys)
+        else:
+            self._weigh(accepted, path, keys)
         limit = self._max_prefixes.get(peer)
         if limit is not None and len(fresh) + len(stale or ()) > limit:
             self._exceed(peer, limit)
+
+    def _accepted(self, keys: tuple[int, ...], path: _Path) -> list[int] | tuple[int, ...]:
+        """The keys the import policy accepts from ``path``'s origin; each rejection counted."""
+        accepted, rejected = self.policy.split(keys, path.origin_node._ip)
+        if rejected:
+            counters = self.counters
+            for key, reason in rejected:
+                counters[reason] += 1
+                log.debug("route rejected by import policy", extra={
+                    "peer": str(path.peer), "prefix": protocol.key_text(key), "reason": reason})
+        return accepted
+
+    def _take_all(self, accepted: list[int] | tuple[int, ...], path: _Path, keys: tuple[int, ...]) -> None:
+        """The only peer with paths announced ``keys``: the accepted ones have ``path`` as their
+        best path, the rejected ones (``keys`` not in ``accepted``) none."""
+        best, before, dirty = self._best, self._before, self._dirty
+        self._frozen = None
+        if len(accepted) != len(keys):
+            taken = set(accepted)
+            for key in keys:
+                if key not in taken and key in best:
+                    self._record(key, best.pop(key))
+            self._stale_best.difference_update(keys)
+        elif self._stale_best:
+            self._stale_best.difference_update(keys)
+        if before is not None:
+            get = best.get
+            for key in accepted:
+                if key not in before:
+                    before[key] = get(key)
+        if dirty is not None:
+            dirty.update(accepted)
+        best.update(dict.fromkeys(accepted, path))
+
+    def _weigh(self, accepted: list[int] | tuple[int, ...], path: _Path, keys: tuple[int, ...]) -> None:
+        """Several peers hold paths: each key's candidates are weighed again (per route: the
+        peers holding it, at most), unless the key had no accepted path or only a stale one."""
+        best, stale_best, peer = self._best, self._stale_best, path.peer
+        taken = set(accepted)
+        for key in keys:
+            current = best.get(key)
+            if key not in taken:  # it replaced (withdrew) this peer's accepted path, if any
+                if current is not None and current.peer is peer:
+                    self._choose(key)
+            elif current is None or key in stale_best:
+                self._record(key, current)
+                stale_best.discard(key)
+                best[key] = path
+            else:
+                self._choose(key)
+
+    def _alone(self, peer: IPv4Address) -> bool:
+        return not any(paths for other, paths in (*self._fresh.items(), *self._stale.items())
+                       if other is not peer)
 
     def _exceed(self, peer: IPv4Address, limit: int) -> None:
         """``peer`` sent more than ``limit`` prefixes: drop them all, ignore it until it goes down."""
@@ -334,30 +438,37 @@ class Rib:
         self._to_tear_down.append(peer)
         self._forget(peer, keep_ids=True)
 
-    def withdraw(self, peer: IPv4Address, prefix: IPv4Network) -> None:
+    def withdraw(self, peer: IPv4Address, prefix: IPv4Network | int) -> None:
         self.withdraw_many(peer, (prefix,))
 
-    def withdraw_many(self, peer: IPv4Address, prefixes: Iterable[IPv4Network]) -> None:
+    def withdraw_many(self, peer: IPv4Address, prefixes: Iterable[IPv4Network | int]) -> None:
+        keys = [k for k in _keys(prefixes) if type(k) is int]
         peer = self._peer_ids.get(peer, peer)
         fresh, stale = self._fresh.get(peer, {}), self._stale.get(peer)
         best = self._best
-        # With no other peer holding paths (one upstream, the bench), a withdrawn best path simply
-        # goes: fresh and stale paths of one peer never share a prefix.
-        alone = not any(paths for other, paths in (*self._fresh.items(), *self._stale.items())
-                        if other is not peer)
-        for prefix in prefixes:
-            gone = fresh.pop(prefix, None) is not None
+        if self._alone(peer):
+            # One upstream (the bench): a withdrawn best path simply goes (fresh and stale paths
+            # of one peer never share a prefix).
+            pop, record = fresh.pop, self._record
+            for key in keys:
+                pop(key, None)
             if stale:
-                gone |= self._unstale(peer, stale, prefix)
-            if alone:  # every best path is this peer's, and one it no longer has must go
-                current = best.pop(prefix, None)
+                for key in keys:
+                    self._unstale(peer, stale, key)
+            for key in keys:
+                current = best.pop(key, None)
                 if current is not None:
-                    self._record(prefix, current)
-                    self._frozen = None
-                continue
-            current = best.get(prefix) if gone else None
-            if current is not None and current.route.peer is peer:
-                self._choose(prefix)
+                    record(key, current)
+            if self._stale_best:
+                self._stale_best.difference_update(keys)
+            return
+        for key in keys:
+            gone = fresh.pop(key, None) is not None
+            if stale:
+                gone |= self._unstale(peer, stale, key)
+            current = best.get(key) if gone else None
+            if current is not None and current.peer is peer:
+                self._choose(key)
 
     def _loop(self, originator_id: IPv4Address | None, cluster_list: tuple[IPv4Address, ...]) -> str | None:
         """The counter of the RFC 4456 loop a route's attributes show, or None."""
@@ -369,10 +480,11 @@ class Rib:
 
     def _malformed(self, peer: object, prefix: object) -> None:
         self.counters["malformed"] += 1
-        log.warning("dropped malformed route", extra={"peer": str(peer), "prefix": str(prefix)})
+        shown = protocol.key_text(prefix) if type(prefix) is int else str(prefix)
+        log.warning("dropped malformed route", extra={"peer": str(peer), "prefix": shown})
 
-    def _unstale(self, peer: IPv4Address, stale: dict, prefix: IPv4Network) -> bool:
-        entry = stale.pop(prefix, None)
+    def _unstale(self, peer: IPv4Address, stale: dict, key: int) -> bool:
+        entry = stale.pop(key, None)
         if entry is None:
             return False
         deadlines = self._deadlines[peer]
@@ -405,9 +517,9 @@ class Rib:
         deadline = self._clock() + restart
         stale = self._stale.setdefault(peer, {})
         before = len(stale)
-        for prefix, path in fresh.items():
-            if prefix not in stale:  # a path already stale keeps its earlier deadline
-                stale[prefix] = (path, deadline)
+        for key, path in fresh.items():
+            if key not in stale:  # a path already stale keeps its earlier deadline
+                stale[key] = (path, deadline)
         if len(stale) > before:  # never a zero count: next_deadline() reads the keys
             self._deadlines.setdefault(peer, Counter())[deadline] += len(stale) - before
         self._rechoose(fresh)
@@ -446,9 +558,9 @@ class Rib:
             if not any(d <= now for d in deadlines):
                 continue
             stale = self._stale[peer]
-            gone = [p for p, (_, deadline) in stale.items() if deadline <= now]
-            for prefix in gone:
-                self._unstale(peer, stale, prefix)
+            gone = [k for k, (_, deadline) in stale.items() if deadline <= now]
+            for key in gone:
+                self._unstale(peer, stale, key)
             self._rechoose(gone)
             dropped = True
         return dropped
@@ -459,58 +571,64 @@ class Rib:
 
     # -- best paths -------------------------------------------------------------------------
 
-    def _rechoose(self, prefixes: Iterable[IPv4Network]) -> None:
-        for prefix in prefixes:
-            self._choose(prefix)
+    def _rechoose(self, keys: Iterable[int]) -> None:
+        for key in keys:
+            self._choose(key)
 
-    def _choose(self, prefix: IPv4Network) -> None:
-        """Pick ``prefix``'s best path again from every peer's paths (after one of them changed)."""
-        self._frozen = None
-        chosen = self._candidate(prefix, None)
-        self._record(prefix, self._best.get(prefix))
+    def _choose(self, key: int) -> None:
+        """Pick ``key``'s best path again from every peer's paths (after one of them changed)."""
+        chosen, stale = self._candidate(key, None)
+        best = self._best
+        self._record(key, best.get(key))
         if chosen is None:
-            self._best.pop(prefix, None)
+            best.pop(key, None)
         else:
-            self._best[prefix] = chosen
-
-    def _record(self, prefix: IPv4Network, current: _Best | None) -> None:
-        """Before ``prefix``'s best path changes: remember what take_changes() last reported."""
-        before = self._before
-        if before is not None and prefix not in before:
-            before[prefix] = current.route if current is not None else None
-        if self._dirty is not None:
-            self._dirty.add(prefix)
-
-    def _candidate(self, prefix: IPv4Network, now: float | None) -> _Best | None:
-        """The best accepted path of ``prefix``: fresh ones first, then unexpired stale ones."""
-        rejection = self.policy.rejection
-        fresh = [self._as_candidate(peer, path) for peer, paths in self._fresh.items()
-                 if (path := paths.get(prefix)) is not None
-                 and rejection(prefix, path.origin_node) is None]
-        if fresh:
-            chosen = select(fresh)
-            return _Best(chosen.path.route(prefix, chosen.peer), False)
-        stale = [self._as_candidate(peer, entry[0]) for peer, paths in self._stale.items()
-                 if (entry := paths.get(prefix)) is not None and (now is None or entry[1] > now)
-                 and rejection(prefix, entry[0].origin_node) is None]
+            best[key] = chosen
         if stale:
-            chosen = select(stale)
-            return _Best(chosen.path.route(prefix, chosen.peer), True)
-        return None
+            self._stale_best.add(key)
+        else:
+            self._stale_best.discard(key)
 
-    def _as_candidate(self, peer: IPv4Address, path: _Path) -> Candidate:
+    def _record(self, key: int, current: _Path | None) -> None:
+        """Before ``key``'s best path changes: remember what take_changes() last reported."""
+        self._frozen = None
+        before = self._before
+        if before is not None and key not in before:
+            before[key] = current
+        if self._dirty is not None:
+            self._dirty.add(key)
+
+    def _candidate(self, key: int, now: float | None) -> tuple[_Path | None, bool]:
+        """The best accepted path of ``key`` and whether it is stale: fresh ones first, then
+        unexpired stale ones."""
+        rejection = self.policy.rejection_key
+        fresh = [self._as_candidate(path) for paths in self._fresh.values()
+                 if (path := paths.get(key)) is not None
+                 and rejection(key, path.origin_node._ip) is None]
+        if fresh:
+            return select(fresh).path, False
+        stale = [self._as_candidate(entry[0]) for paths in self._stale.values()
+                 if (entry := paths.get(key)) is not None and (now is None or entry[1] > now)
+                 and rejection(key, entry[0].origin_node._ip) is None]
+        if stale:
+            return select(stale).path, True
+        return None, False
+
+    def _as_candidate(self, path: _Path) -> Candidate:
+        peer = path.peer
         return Candidate(peer, path, self._ebgp.get(peer, False), self.router_ids.get(peer, peer))
 
     def _rebuild_best(self) -> None:
-        prefixes = {p for paths in (*self._fresh.values(), *self._stale.values()) for p in paths}
-        for prefix in prefixes | self._best.keys():
-            self._record(prefix, self._best.get(prefix))
-        self._best = {}
-        self._frozen = None
-        for prefix in prefixes:
-            chosen = self._candidate(prefix, None)
+        keys = {k for paths in (*self._fresh.values(), *self._stale.values()) for k in paths}
+        for key in keys | self._best.keys():
+            self._record(key, self._best.get(key))
+        self._best, self._stale_best, self._frozen = {}, set(), None
+        for key in keys:
+            chosen, stale = self._candidate(key, None)
             if chosen is not None:
-                self._best[prefix] = chosen
+                self._best[key] = chosen
+                if stale:
+                    self._stale_best.add(key)
 
     # -- results ----------------------------------------------------------------------------
 
@@ -518,25 +636,28 @@ class Rib:
         """One route per accepted prefix: fresh beats stale, then the lowest peer address.
 
         A stale route past its deadline is never best, even before ``expire()`` dropped it.
+        Kept until the next change (a count is ``best_count()``).
         """
         deadline = self.next_deadline()
         if deadline is not None and deadline <= self._clock():
             return self._best_unexpired()
         if self._frozen is None:
-            self._frozen = frozenset(b.route for b in self._best.values())
+            self._frozen = frozenset(_views(self._best.items()))
         return self._frozen
+
+    def best_count(self) -> int:
+        """How many prefixes have a best path (stale ones included until ``expire()``)."""
+        return len(self._best)
 
     def _best_unexpired(self) -> frozenset[LearnedRoute]:
         """The rare case between a deadline and ``expire()``: recompute the stale prefixes."""
         now = self._clock()
         out = []
-        for prefix, chosen in self._best.items():
-            if chosen.stale:
-                again = self._candidate(prefix, now)
-                if again is not None:
-                    out.append(again.route)
-            else:
-                out.append(chosen.route)
+        for key, path in self._best.items():
+            if key in self._stale_best:
+                path, _ = self._candidate(key, now)
+            if path is not None:
+                out.append(_view(key, path))
         return frozenset(out)
 
     def take_changes(self) -> tuple[list[LearnedRoute], list[LearnedRoute]]:
@@ -547,20 +668,18 @@ class Rib:
         route past its deadline: ``best()`` hides it at once, here it goes when ``expire()`` runs
         (the speaker's timer calls it at the deadline).
         """
+        best = self._best
         if self._before is None:
             self._before = {}
-            return [], [b.route for b in self._best.values()]
-        removed, added = [], []
-        for prefix, old in self._before.items():
-            current = self._best.get(prefix)
-            new = current.route if current is not None else None
-            if old is new or (old is not None and new is not None and old == new):
-                continue  # (None == route would go through the dataclass's __eq__ for nothing)
-            if old is not None:
-                removed.append(old)
-            if new is not None:
-                added.append(new)
-        self._before = {}
+            return [], _views(best.items())
+        before, self._before = self._before, {}
+        now = list(map(best.get, before))
+        # A changed key: its path is another object, and another route (not a re-announcement
+        # of the same next hop, peer, ORIGINATOR_ID and CLUSTER_LIST by a later UPDATE).
+        changed = [(key, old, new) for key, old, new in zip(before, before.values(), now)
+                   if old is not new and (old is None or new is None or old.ident != new.ident)]
+        removed = _views((key, old) for key, old, _ in changed if old is not None)
+        added = _views((key, new) for key, _, new in changed if new is not None)
         return removed, added
 
     def track_dirty(self, on: bool) -> None:
@@ -577,29 +696,29 @@ class Rib:
         if not self._dirty:
             return set()
         dirty, self._dirty = self._dirty, set()
-        return dirty
+        return set(map(protocol.key_network, dirty))
 
     def best_routes(self) -> list[LearnedRoute]:
         """Every best path, stale ones included until ``expire()`` drops them."""
-        return [b.route for b in self._best.values()]
+        return _views(self._best.items())
 
-    def best_route(self, prefix: IPv4Network) -> LearnedRoute | None:
+    def best_route(self, prefix: IPv4Network | int) -> LearnedRoute | None:
         """The best path of ``prefix`` (a stale one too, until ``expire()`` drops it)."""
-        chosen = self._best.get(prefix)
-        return chosen.route if chosen is not None else None
+        key = _key(prefix)
+        path = self._best.get(key)
+        return _view(key, path) if path is not None else None
 
     def provided(self, peer: IPv4Address) -> frozenset[IPv4Network]:
         """The prefixes ``peer`` gives us that the import filter accepts, stale ones included
         (what we would lose without it; ``bgp.transition`` waits for another session to cover them)."""
         peer = self._peer_ids.get(peer, peer)
-        rejection = self.policy.rejection
-        fresh = [p for p, path in self._fresh.get(peer, {}).items()
-                 if rejection(p, path.origin_node) is None]
-        stale = [p for p, (path, _) in self._stale.get(peer, {}).items()
-                 if rejection(p, path.origin_node) is None]
-        return frozenset((*fresh, *stale))
+        rejection = self.policy.rejection_key
+        fresh = [k for k, path in self._fresh.get(peer, {}).items()
+                 if rejection(k, path.origin_node._ip) is None]
+        stale = [k for k, (path, _) in self._stale.get(peer, {}).items()
+                 if rejection(k, path.origin_node._ip) is None]
+        return frozenset(map(protocol.key_network, (*fresh, *stale)))
 
     def route_count(self, peer: IPv4Address) -> int:
         peer = self._peer_ids.get(peer, peer)
         return len(self._fresh.get(peer, {})) + len(self._stale.get(peer, {}))
-

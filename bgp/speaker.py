@@ -287,6 +287,10 @@ class Speaker:
         """Every best route (cached: the same object until something changes)."""
         return self._core.learned_routes()
 
+    def learned_count(self) -> int:
+        """How many prefixes have a learned best path (per health probe: no route objects made)."""
+        return self._rib.best_count()
+
     def learned_changes(self) -> tuple[list[LearnedRoute], list[LearnedRoute]]:
         """(removed, added) since the last call (the first: all added), for one consumer that keeps
         its own copy: work per changed route, where diffing two ``learned_routes()`` is per route

@@ -564,7 +564,7 @@ class Agent:
             routes_by_kind=self._route_kinds(),
             route_writes=self.routes.writes, route_dumps=self.routes.dumps,
             bgp_counters=sp.counters() if sp else {},
-            prefixes_accepted=len(sp.learned_routes()) if sp else 0)
+            prefixes_accepted=sp.learned_count() if sp else 0)
 
     def _route_kinds(self) -> dict[str, int]:
         """Desired routes by kind, for every probe and scrape: from the calculation's count per

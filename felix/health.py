@@ -87,7 +87,7 @@ class AgentHealth:
     route_writes: int = 0
     route_dumps: int = 0
     bgp_counters: Mapping[str, int] = field(default_factory=dict)  # Speaker.counters()
-    prefixes_accepted: int = 0  # len(Speaker.learned_routes())
+    prefixes_accepted: int = 0  # Speaker.learned_count()
 
     def __post_init__(self) -> None:
         for name in ("reconcile_errors", "route_writes", "route_dumps", "prefixes_accepted"):
