@@ -26,7 +26,9 @@ ratio_withdraw_vs_bird, learn_exabgp_alone_s, withdraw_exabgp_alone_s, exabgp_al
 ratio_learn_vs_exabgp_alone, ratio_withdraw_vs_exabgp_alone, agent_cpu_s / exabgp_cpu_s (user+system CPU spent during the learn and
 withdraw phases; per phase: agent_learn_cpu_s, agent_withdraw_cpu_s, exabgp_learn_cpu_s,
 exabgp_withdraw_cpu_s), agent_rss_mb / exabgp_rss_mb (peak: VmHWM over the whole run) and their sum
-agent_exabgp_rss_mb, load_avg_1m (after the pycalico run), goal_ratio (vs BIRD),
+agent_exabgp_rss_mb, agent_idle_rss_mb / exabgp_idle_rss_mb (RSS before the learn: what 0 routes
+cost), agent_gc_pause_ms / agent_gc_collections (the agent's cyclic-GC pauses over the learn and the
+withdraw, total and collections by generation), load_avg_1m (after the pycalico run), goal_ratio (vs BIRD),
 goal_ratio_exabgp_alone, goal_agent_exabgp_rss_mb.
 ``--profile FILE`` runs the agent under cProfile (written when it stops; slower).
 PNG: ``bench/out/bgp_convergence.png`` (routes in the kernel over time, both receivers).
@@ -199,13 +201,19 @@ def run_pycalico(n: int, work: Path, profile: Path | None) -> dict:
         exabgp = wait(lambda: exabgp_pid(agent.pid), 10, "the ExaBGP child")
         time.sleep(1.0)  # End-of-RIB both ways and the agent's reconcile after it
         cpu0 = cpu_s(agent.pid), cpu_s(exabgp)
+        idle_rss = hwm_mb(agent.pid, "VmRSS"), hwm_mb(exabgp, "VmRSS")
+        gc0 = agent_gc(work)
         with KernelWatch(node_ns, AGENT_PROTO) as watch:
             out = measure(source, watch, n, {"agent": agent.pid, "exabgp": exabgp})
+        gc1 = agent_gc(work)
+        out["agent_gc_pause_ms"] = round(gc1["pause_total_ms"] - gc0["pause_total_ms"], 1)
+        out["agent_gc_collections"] = [a - b for a, b in zip(gc1["by_generation"], gc0["by_generation"])]
         out["agent_cpu_s"] = round(cpu_s(agent.pid) - cpu0[0], 2)
         out["exabgp_cpu_s"] = round(cpu_s(exabgp) - cpu0[1], 2)
         out["agent_rss_mb"] = hwm_mb(agent.pid)
         out["exabgp_rss_mb"] = hwm_mb(exabgp)
         out["agent_exabgp_rss_mb"] = round(out["agent_rss_mb"] + out["exabgp_rss_mb"], 1)
+        out["agent_idle_rss_mb"], out["exabgp_idle_rss_mb"] = idle_rss  # before the learn: the base
         out["load_avg_1m"] = round(os.getloadavg()[0], 2)  # a shared machine: other work skews every figure
         agent.send_signal(signal.SIGTERM)  # a clean exit writes the profile
         agent.wait(timeout=60)
@@ -460,6 +468,13 @@ def start_agent(procs: Procs, ns: str, url: str, work: Path, profile: Path | Non
         stdout=open(work / "agent.log", "wb"), stderr=subprocess.STDOUT, env=env))
 
 
+def agent_gc(work: Path) -> dict:
+    """The agent's cyclic-GC pauses so far (its status socket: ``node status``'s ``gc``)."""
+    from felix.status import query
+
+    return query("bench-node", "status", timeout=30, path=work / "run" / "status.sock")["gc"]
+
+
 def exabgp_pid(parent: int) -> int | None:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -480,11 +495,12 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
 
 
-def hwm_mb(pid: int) -> float:
+def hwm_mb(pid: int, field: str = "VmHWM") -> float:
+    """Peak RSS (``VmHWM``), or another /proc/PID/status size field (``VmRSS``: now), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError(f"no VmHWM for {pid}")
+    raise RuntimeError(f"no {field} for {pid}")
 
 
 # -- plumbing --------------------------------------------------------------------------------------

@@ -107,6 +107,48 @@ def _socket_errors_reported() -> None:
     Peer._close = close
 
 
+# What ExaBGP may write to its API process while the agent is busy elsewhere: ExaBGP's write to
+# that pipe blocks when it is full ("XXX: FIXME: This is potentially blocking"), and a blocked
+# ExaBGP reads nothing from its peers. A 64 KiB pipe plus the relay's socket buffer held ~20
+# UPDATEs (~16k routes) of JSON; 100k learned routes are ~2 MB. Pages are used only as filled.
+API_PIPE_BYTES = 4 * 2**20
+
+
+def _large_api_pipe() -> None:
+    import fcntl
+
+    from exabgp.reactor.api.processes import Processes
+    from exabgp.version import version
+
+    if version != PINNED_EXABGP:
+        print(f"pycalico: exabgp {version} is not {PINNED_EXABGP}: API pipe left at its default size "
+              "(a busy agent may stall ExaBGP)", file=sys.stderr)
+        return
+    original = Processes._start
+
+    def start(self, process):
+        original(self, process)
+        child = self._process.get(process)
+        if child is None or child.stdin is None:
+            return
+        for size in (API_PIPE_BYTES, _pipe_max()):  # above pipe-max-size needs CAP_SYS_RESOURCE
+            try:
+                fcntl.fcntl(child.stdin.fileno(), fcntl.F_SETPIPE_SZ, size)
+                return
+            except OSError:
+                continue
+
+    Processes._start = start
+
+
+def _pipe_max() -> int:
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 2**16
+
+
 if __name__ == "__main__":
     from exabgp_share import share_routes  # next to this file: standard library and ExaBGP only
 
@@ -115,5 +157,6 @@ if __name__ == "__main__":
     _cease_on_teardown()
     share_routes()
     _socket_errors_reported()
+    _large_api_pipe()
     sys.argv[0] = "exabgp"
     runpy.run_module("exabgp", run_name="__main__", alter_sys=True)
