@@ -438,8 +438,7 @@ def remote_route_list(learned: Iterable) -> list[RemoteRoute]:
         source = names.get(peer._ip)
         if source is None:
             source = names[peer._ip] = str(peer)
-        prefix = r.prefix  # its key from ipaddress's own slots (``calc.dst_key``, inlined)
-        out.append(RemoteRoute(prefix.network_address._ip << 8 | prefix._prefixlen, r.nexthop, source))
+        out.append(RemoteRoute(r.key, r.nexthop, source))  # bgp.rib's key is calc's key
     return out
 
 
