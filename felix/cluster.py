@@ -12,6 +12,8 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Iterable
+from itertools import groupby
+from operator import itemgetter
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
@@ -429,16 +431,18 @@ def remote_routes(learned: Iterable) -> frozenset[RemoteRoute]:
 
 def remote_route_list(learned: Iterable) -> list[RemoteRoute]:
     """``remote_routes`` as a list (the speaker's changes hold one route per prefix: nothing to
-    deduplicate). A peer's name is made once per call, not per route (``str`` of an address is
-    Python code, and a burst is 100k routes from one or two peers)."""
+    deduplicate). ``learned``: ``bgp.rib.LearnedRoute`` values, each a ``(key, path)`` tuple
+    whose path (``nexthop``, ``peer``) is shared by the routes of one UPDATE: the routes of each
+    run of one path are made together (``RemoteRoute.many``), and a peer's name once per call
+    (``str`` of an address is Python code; a burst is 100k routes from one or two peers)."""
     names: dict[int, str] = {}  # by the address's integer: its own hash is Python code too
-    out = []
-    for r in learned:
-        peer = r.peer
+    out: list[RemoteRoute] = []
+    for path, run in groupby(learned, key=itemgetter(1)):  # a run: one object, compared by identity
+        peer = path.peer
         source = names.get(peer._ip)
         if source is None:
             source = names[peer._ip] = str(peer)
-        out.append(RemoteRoute(r.key, r.nexthop, source))  # bgp.rib's key is calc's key
+        out += RemoteRoute.many(map(itemgetter(0), run), path.nexthop, source)
     return out
 
 
