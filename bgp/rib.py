@@ -241,7 +241,7 @@ class Rib:
         borrowed addresses given, None for one no longer owned. Returns whether anything changed."""
         changed = self.policy.change_origins(blocks, borrowed)
         for prefix in changed:
-            self._choose(prefix)
+            self._choose(protocol.prefix_key(prefix))
         return bool(changed)
 
     def set_peer_as(self, peer: IPv4Address, asn: int, local_asn: int) -> None:

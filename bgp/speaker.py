@@ -289,7 +289,7 @@ class Speaker:
 
     def learned_count(self) -> int:
         """How many prefixes have a learned best path (per health probe: no route objects made)."""
-        return self._rib.best_count()
+        return self._core.learned_count()
 
     def learned_changes(self) -> tuple[list[LearnedRoute], list[LearnedRoute]]:
         """(removed, added) since the last call (the first: all added), for one consumer that keeps

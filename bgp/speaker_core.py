@@ -516,6 +516,9 @@ class SpeakerCore:
     def learned_routes(self) -> frozenset[LearnedRoute]:
         return self._rib.best()
 
+    def learned_count(self) -> int:
+        return self._rib.best_count()
+
     def learned_changes(self) -> tuple[list[LearnedRoute], list[LearnedRoute]]:
         return self._rib.take_changes()
 
