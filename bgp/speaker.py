@@ -279,9 +279,7 @@ class Speaker:
     def change_origins(self, blocks: dict[IPv4Network, IPv4Address | None],
                        borrowed: dict[IPv4Address, IPv4Address | None]) -> None:
         """``set_origins`` by difference (``Rib.change_origins``): None for one no longer owned."""
-        if self._rib.change_origins(blocks, borrowed):
-            self._reflect()
-            self._notify()
+        self._run(self._core.change_origins(blocks, borrowed, time.monotonic()))
 
     def learned_routes(self) -> frozenset[LearnedRoute]:
         """Every best route (cached: the same object until something changes)."""

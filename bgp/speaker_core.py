@@ -458,6 +458,10 @@ class SpeakerCore:
                     borrowed: dict[IPv4Address, IPv4Address], now: float) -> list[Effect]:
         return [*self._reflect(now), NOTIFY] if self._rib.set_origins(blocks, borrowed) else []
 
+    def change_origins(self, blocks: dict[IPv4Network, IPv4Address | None],
+                       borrowed: dict[IPv4Address, IPv4Address | None], now: float) -> list[Effect]:
+        return [*self._reflect(now), NOTIFY] if self._rib.change_origins(blocks, borrowed) else []
+
     # -- reflection -----------------------------------------------------------------------------
 
     def _configure_reflection(self, now: float) -> list[Effect]:

@@ -127,3 +127,19 @@ def test_changes_match_a_fresh_computation_at_every_step(batches):
             for host in (1, 2, 3):
                 who = ipaddress.IPv4Address(f"10.99.0.{host}")
                 assert policy.rejection(prefix, who) == fresh.rejection(prefix, who), (prefix, who)
+
+
+def test_the_speaker_takes_origins_whole_then_by_difference(tmp_path):
+    from bgp.speaker import Speaker
+
+    speaker = Speaker(node_name="n1", router_id=A("10.99.0.1"), local_address=A("10.99.0.1"),
+                      local_asn=64512, run_dir=tmp_path, on_change=lambda: None)
+    speaker.set_import_filter(frozenset({N("10.244.0.0/16")}), frozenset())
+    block = N("10.244.9.0/26")
+    speaker.set_origins({}, {})
+    policy = speaker._core._rib.policy
+    assert policy.rejection(block, A("10.99.0.2")) == "rejected_origin_unknown"
+    speaker.change_origins({block: A("10.99.0.2")}, {})
+    assert policy.rejection(block, A("10.99.0.2")) is None
+    speaker.change_origins({block: None}, {})
+    assert policy.rejection(block, A("10.99.0.2")) == "rejected_origin_unknown"
