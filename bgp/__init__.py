@@ -21,11 +21,13 @@ Contract (what felix/agent.py uses):
   ``check_routes_in_sync()`` (True once routes are complete; latched by events, not by reading). ``on_change()`` is called (coalesced, on the
   event loop) whenever learned routes or peer status may have changed: reconcile level-triggered.
 
-I/O: only ``speaker`` (files in run_dir, the ExaBGP child, a unix socket) and ``relay`` (the tiny
-process ExaBGP runs as its API process, relaying its pipes to the speaker's socket).
+I/O: only ``speaker`` (files in run_dir, the ExaBGP child, a unix socket; it executes what
+``speaker_core`` decides) and ``exabgp_child`` (the child's command line, environment, socat
+relay, log rotation, /proc parent check).
 Pure, no I/O: ``speaker_core`` (every decision of the speaker: events, calls and timer expiry in
 with the time passed in; lines to send, timers, reloads, restarts, Cease, make-before-break,
-graceful-restart expiry and max-prefix hold-down out), ``core`` (one session's state, status
+graceful-restart expiry and max-prefix hold-down out), ``effects`` (those outputs and the
+timers' names), ``core`` (one session's state, status
 and causes, what a session that comes up is sent), ``peers``, ``transition`` (make-before-break between two sets of sessions), ``rib``
 (Adj-RIB-In, best path, max-prefix, reflection loop checks, RFC 4724 helper, injected clock),
 ``policy`` (the one import filter, origin validation, the best-path steps), ``reflect`` (RFC 4456

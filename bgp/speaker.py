@@ -1,6 +1,5 @@
-"""The BGP speaker: runs ExaBGP as a child and talks to it through the relay's unix socket.
-
-The relay is ``socat`` (``relay_command``), ExaBGP's API process, joining its pipes to ``exabgp.sock``.
+"""The BGP speaker: runs ExaBGP as a child and talks to it through the relay's unix socket
+(``exabgp_child``: the child's command line, environment, relay and log).
 
 Does I/O: writes run_dir/exabgp.conf and run_dir/exabgp.log, spawns ExaBGP, owns the socket.
 Every BGP decision is ``speaker_core.SpeakerCore``'s (sessions, what to send and when, timers
@@ -15,8 +14,6 @@ Why things are the way they are:
   time, and the writer keeps at most ``ACK_WINDOW`` commands unacknowledged.
 - Prefix changes go to all neighbors at once; ExaBGP's adj-rib-out keeps them for a neighbor
   that is down, so a withdrawal made while it was down is not replayed as an announcement.
-- The child gets PR_SET_PDEATHSIG=SIGKILL (through setpriv, no preexec_fn): it never outlives the
-  agent, even a SIGKILLed one.
 - The relay is our only way to ExaBGP, and ExaBGP does not exit when it loses it (it only drops
   the API process). A lost relay connection, or a relay that never connects, therefore restarts
   the child: peers are shown down at once and their routes are kept as stale (graceful restart)
@@ -31,8 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -42,8 +37,9 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import hostio
-from bgp import exabgp_conf, exabgp_main, protocol, reflect, speaker_core, transition
+from bgp import effects, exabgp_child, exabgp_conf, protocol, reflect, speaker_core, transition
 from bgp.core import DRAINING_REFLECTION, DRAINING_SESSION, PeerStatus  # noqa: F401 (API)
+from bgp.exabgp_child import LOG_MAX_BYTES, exabgp_env, relay_command, rotate_log  # noqa: F401 (API)
 from bgp.peers import PeerSpec
 from bgp.rib import LearnedRoute
 from bgp.speaker_core import DEFAULT_MAX_PREFIXES, MAX_PREFIX_HOLD_DOWN  # noqa: F401 (API)
@@ -59,30 +55,6 @@ RELAY_CONNECT_TIMEOUT = 10.0
 # socat closes the moment ExaBGP dies: a closed relay waits this long for the child's exit, so the
 # reason reported is the real cause (the supervisor's "exabgp exited") and not its echo.
 CHILD_EXIT_GRACE = 0.5
-
-
-async def _exits_within(proc: asyncio.subprocess.Process, seconds: float) -> bool:
-    try:
-        await asyncio.wait_for(asyncio.shield(proc.wait()), seconds)
-    except TimeoutError:
-        return False
-    return True
-
-
-def relay_command(sock_path: Path) -> tuple[str, ...]:
-    """The API process ExaBGP runs: ``socat`` joining its stdin/stdout to ``exabgp.sock``.
-
-    socat, not a Python relay: 2.5 MB RSS per node where an interpreter took 12 (issue 7's memory
-    budget), and it does what the relay did: both directions independently (a blocked write one way
-    never stops the other), and exit as soon as either side closes (ExaBGP then exits:
-    ``exabgp.api.terminate``). Its parent is the ExaBGP child, which is what ``_refusal`` checks.
-    """
-    socat = shutil.which("socat")
-    if socat is None:
-        raise FileNotFoundError("socat: not found on PATH; ExaBGP's API relay needs it (Debian package socat)")
-    if any(c in str(sock_path) for c in ",:!"):  # socat's address syntax would split the path there
-        raise ValueError(f"run_dir: {sock_path.parent} has ',', ':' or '!', which socat cannot take")
-    return (socat, "-b65536", "STDIO", f"UNIX-CONNECT:{sock_path}")
 
 
 @dataclass(frozen=True)
@@ -123,54 +95,8 @@ def origin_validation_from_env(env: Mapping[str, str] = os.environ) -> bool:
     return text == "true"
 
 
-def exabgp_env(local_address: IPv4Address, port: int) -> dict[str, str]:
-    """ExaBGP settings that cannot be put in its config file (see LIBRARY-NOTES)."""
-    return {
-        "exabgp.daemon.user": "root",
-        "exabgp.daemon.drop": "false",
-        "exabgp.daemon.daemonize": "false",
-        "exabgp.api.cli": "false",
-        "exabgp.api.ack": "true",
-        "exabgp.api.compact": "true",  # an IPv4 NLRI as "P", not {"nlri": "P"}: shorter lines
-        "exabgp.api.respawn": "false",
-        "exabgp.api.terminate": "true",  # no relay, no agent: exit, and let the speaker restart us
-        "exabgp.log.destination": "stdout",
-        # Not one line per keepalive, counter change or API command (100k routes were 100k lines):
-        # the log keeps sessions, reloads and errors; what the speaker does is in the agent's log.
-        "exabgp.log.statistics": "false",
-        "exabgp.log.processes": "false",
-        "exabgp.tcp.bind": str(local_address),  # listen for passive peers on our address
-        "exabgp.tcp.port": str(port),
-    }
-
-
-LOG_MAX_BYTES = 16 * 2**20
-
-
-def rotate_log(path: Path, max_bytes: int) -> bool:
-    """Before ExaBGP (re)starts: a log over ``max_bytes`` becomes ``<name>.1`` (replacing the last
-    one), so a node keeps at most two, whatever the uptime and the number of restarts."""
-    try:
-        if path.stat().st_size <= max_bytes:
-            return False
-    except FileNotFoundError:
-        return False
-    os.replace(path, path.with_name(path.name + ".1"))
-    return True
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _parent_pid(pid: int) -> int | None:
-    """The parent of ``pid`` from /proc (None if it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces: split after the last ')'.
-    return int(stat.rpartition(")")[2].split()[1])
 
 
 class Speaker:
@@ -237,10 +163,8 @@ class Speaker:
 
     async def want_peers(self, peers: frozenset[PeerSpec],
                          cluster_id: IPv4Address | str | None = None) -> None:
-        """Move to exactly ``peers`` without losing routes (``bgp.transition``): new sessions are
-        configured at once; a session no longer wanted stays until wanted sessions that are up and
-        sent End-of-RIB provide every prefix it provides, or ``transition.DEADLINE`` passes. Session
-        changes and End-of-RIB re-evaluate it. ``cluster_id`` as in ``set_peers`` (at once)."""
+        """Move to exactly ``peers`` without losing routes (``SpeakerCore.want_peers``);
+        ``cluster_id`` as in ``set_peers`` (at once)."""
         self._run(self._core.want_peers(peers, cluster_id, time.monotonic()))
         await self._peers_settled()
 
@@ -251,18 +175,12 @@ class Speaker:
             await self._settled.wait()
 
     def set_local(self, asn: int, listen_port: int) -> None:
-        """Our AS number and listen port, changed live. ExaBGP reads its listen port only when it
-        starts, and changes a session's AS number only by closing it with a Cease, on which a
-        graceful-restart helper (BIRD) drops our routes at once. Either change therefore restarts
-        the child instead, as a crash would: peers keep our routes as stale and we keep theirs
-        (graceful restart) until the sessions are back with the new settings (a peer configured
-        for the old AS refuses our OPEN, and BIRD, for one, ends its graceful restart then). The
-        sessions' own ``local_asn`` comes with ``set_peers``; a burst of both is one restart
-        (debounced)."""
-        effects = self._core.set_local(asn, listen_port, time.monotonic())
-        if effects:
+        """Our AS number and listen port, changed live: a change restarts ExaBGP, gracefully
+        (``SpeakerCore.set_local`` says why), debounced with peer changes."""
+        todo = self._core.set_local(asn, listen_port, time.monotonic())
+        if todo:
             self._env = exabgp_env(self._local_address, listen_port)
-        self._run(effects)
+        self._run(todo)
 
     async def set_advertisements(self, prefixes: frozenset[IPv4Network]) -> None:
         """Only the diff is sent; a session that comes up gets everything, then End-of-RIB."""
@@ -316,8 +234,7 @@ class Speaker:
         return proc.pid if proc is not None and proc.returncode is None else None
 
     def check_routes_in_sync(self) -> bool:
-        """Whether learned routes are complete (``SpeakerCore.routes_in_sync``: True once every
-        peer was up and sent End-of-RIB, or sync_deadline passed since start()). Only reads."""
+        """Whether learned routes are complete (``SpeakerCore.routes_in_sync``); only reads."""
         return self._core.routes_in_sync
 
     async def stop(self) -> None:
@@ -339,28 +256,28 @@ class Speaker:
 
     # -- the core's effects ---------------------------------------------------------------------
 
-    def _run(self, effects: list[speaker_core.Effect]) -> None:
+    def _run(self, todo: list[effects.Effect]) -> None:
         """Execute what the core decided, in order (nothing once stopping)."""
-        for effect in effects:
+        for effect in todo:
             if self._stopping:
                 return
             match effect:
-                case speaker_core.Send(lines):
+                case effects.Send(lines):
                     self._send(lines)
-                case speaker_core.Arm(timer, at):
+                case effects.Arm(timer, at):
                     self._cancel_timer(timer)
                     self._timers[timer] = asyncio.get_running_loop().call_later(
                         max(0.0, at - time.monotonic()), self._fire, timer)
-                case speaker_core.Cancel(timer):
+                case effects.Cancel(timer):
                     self._cancel_timer(timer)
-                case speaker_core.WriteConfig(text, peers):
+                case effects.WriteConfig(text, peers):
                     self._write_config(text, peers)
-                case speaker_core.RestartChild(reason):
+                case effects.RestartChild(reason):
                     if self._proc is not None:
                         self._restart_child(self._proc, reason)
-                case speaker_core.Notify():
+                case effects.Notify():
                     self._notify()
-                case speaker_core.Log(level, message, fields):
+                case effects.Log(level, message, fields):
                     getattr(log, level)(message, extra={"node": self._node, **fields})
         self._settled.set()
 
@@ -380,14 +297,7 @@ class Speaker:
     # -- child process --------------------------------------------------------------------------
 
     async def _spawn(self) -> None:
-        # exabgp_main: ExaBGP's own __main__, without OpenSSL loaded (4 MB per node; see there).
-        # setpriv (util-linux) sets PR_SET_PDEATHSIG=SIGKILL and execs: the child dies with the agent,
-        # even a SIGKILLed one, without a preexec_fn running Python between fork and exec in a
-        # process whose gRPC and syncer threads may hold locks.
-        argv = ["setpriv", "--pdeathsig", "KILL", "--",
-                sys.executable, exabgp_main.__file__, "server", str(self._run_dir / "exabgp.conf")]
-        if self._netns is not None:
-            argv = ["ip", "netns", "exec", self._netns, *argv]  # execs: the PID stays ExaBGP's
+        argv = exabgp_child.argv(self._run_dir, self._netns)
         rotate_log(self._run_dir / "exabgp.log", LOG_MAX_BYTES)
         logfd = hostio.open_private(self._run_dir / "exabgp.log")
         try:
@@ -496,7 +406,7 @@ class Speaker:
         finally:
             if self._conn is conn:
                 await self._drop_connection()
-                if proc is not None and not await _exits_within(proc, CHILD_EXIT_GRACE):
+                if proc is not None and not await exabgp_child.exits_within(proc, CHILD_EXIT_GRACE):
                     self._restart_child(proc, reason)
 
     def _refusal(self, writer: asyncio.StreamWriter) -> str | None:
@@ -507,7 +417,7 @@ class Speaker:
         if cred.uid not in (0, os.geteuid()):
             return f"peer uid {cred.uid} is not root"
         proc = self._proc
-        if proc is None or proc.returncode is not None or _parent_pid(cred.pid) != proc.pid:
+        if proc is None or proc.returncode is not None or exabgp_child.parent_pid(cred.pid) != proc.pid:
             return f"peer pid {cred.pid} is not the relay of our exabgp child"
         return None
 

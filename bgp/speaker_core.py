@@ -40,12 +40,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 
 from bgp import core, exabgp_conf, protocol, reflect, transition
 from bgp.core import PeerStatus
+from bgp.effects import (CEASE, EXPIRY, NOTIFY, RELOAD, SYNC, TRANSITION, Arm, Cancel, Effect, Log,
+                         RestartChild, Send, WriteConfig, hold_down_peer, hold_down_timer)
 from bgp.peers import PeerSpec
 from bgp.rib import LearnedRoute, Rib
 
@@ -61,65 +63,6 @@ MAX_PREFIX_HOLD_DOWN = 60.0
 RELOAD_DEBOUNCE = 0.1  # seconds of quiet after a peer change before ExaBGP reloads its config
 RELOAD_MAX_DELAY = 1.0  # ... but at most this long after the first change of a burst
 CEASE_TIMEOUT = 3.0  # a removed peer's Cease: how long to wait for its session to go down
-
-# Timer names (``Arm``/``Cancel``/``timer_fired``); a hold-down timer is per peer: ``hold_down_timer``.
-SYNC = "sync"  # sync_deadline after start: learned routes count as complete
-EXPIRY = "expiry"  # the next graceful-restart stale route expires
-RELOAD = "reload"  # the debounced ExaBGP reload (or restart, after set_local)
-TRANSITION = "transition"  # make-before-break: the plan changes by time alone
-CEASE = "cease"  # removed peers that were sent a Cease: apply the new peer set anyway
-_HOLD_DOWN = "hold-down "
-
-
-def hold_down_timer(address: IPv4Address) -> str:
-    return f"{_HOLD_DOWN}{address}"
-
-
-@dataclass(frozen=True)
-class Send:
-    """Queue these lines for ExaBGP, in order."""
-    lines: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Arm:
-    """Call ``timer_fired(timer, ...)`` at monotonic time ``at`` (replaces an armed one of that name)."""
-    timer: str
-    at: float
-
-
-@dataclass(frozen=True)
-class Cancel:
-    timer: str
-
-
-@dataclass(frozen=True)
-class WriteConfig:
-    """Write ExaBGP's config (``config_not_written()`` if that fails)."""
-    text: str
-    peers: int
-
-
-@dataclass(frozen=True)
-class RestartChild:
-    """Restart the ExaBGP child (graceful restart keeps the routes on both sides meanwhile)."""
-    reason: str
-
-
-@dataclass(frozen=True)
-class Notify:
-    """Learned routes or peer status may have changed: call ``on_change`` (coalesced)."""
-
-
-@dataclass(frozen=True)
-class Log:
-    level: str  # a logging.Logger method: 'info', 'warning'
-    message: str
-    fields: dict = field(default_factory=dict)
-
-
-Effect = Send | Arm | Cancel | WriteConfig | RestartChild | Notify | Log
-NOTIFY = Notify()
 
 
 @dataclass(frozen=True)
@@ -275,8 +218,8 @@ class SpeakerCore:
             return self._advance(now)
         if timer == CEASE:
             return self._cease_done(now, timed_out=True)
-        if timer.startswith(_HOLD_DOWN):
-            return self._release_hold(IPv4Address(timer.removeprefix(_HOLD_DOWN)), now)
+        if (address := hold_down_peer(timer)) is not None:
+            return self._release_hold(address, now)
         raise AssertionError(f"Bug: no timer {timer!r}")
 
     def _schedule_expiry(self) -> list[Effect]:
@@ -355,7 +298,10 @@ class SpeakerCore:
 
     def want_peers(self, peers: frozenset[PeerSpec], cluster_id: IPv4Address | str | None,
                    now: float) -> list[Effect]:
-        """Move to exactly ``peers`` make-before-break (``bgp.transition``; see ``Speaker.want_peers``)."""
+        """Move to exactly ``peers`` without losing routes (``bgp.transition``): new sessions are
+        configured at once; a session no longer wanted stays until wanted sessions that are up and
+        sent End-of-RIB provide every prefix it provides, or the drain deadline passes. Session
+        changes and End-of-RIB re-evaluate it."""
         cluster = IPv4Address(cluster_id) if cluster_id is not None else None
         self._wanted = (frozenset(peers), cluster)
         return self._advance(now)
@@ -390,8 +336,14 @@ class SpeakerCore:
     # -- local settings and ExaBGP's config -----------------------------------------------------
 
     def set_local(self, asn: int, listen_port: int, now: float) -> list[Effect]:
-        """Our AS number and listen port (see ``Speaker.set_local``): a change restarts ExaBGP at
-        the next (debounced) reload; before ``start`` the first child gets them anyway."""
+        """Our AS number and listen port, changed live. ExaBGP reads its listen port only when it
+        starts, and changes a session's AS number only by closing it with a Cease, on which a
+        graceful-restart helper (BIRD) drops our routes at once. Either change therefore restarts
+        the child instead, as a crash would: peers keep our routes as stale and we keep theirs
+        (graceful restart) until the sessions are back with the new settings (a peer configured
+        for the old AS refuses our OPEN, and BIRD, for one, ends its graceful restart then). The
+        sessions' own ``local_asn`` comes with ``set_peers``; a burst of both is one restart
+        (debounced). Before ``start`` the first child gets them anyway."""
         if not 1 <= asn <= 2**32 - 1:
             raise ValueError(f"asn: {asn} is outside 1..{2**32 - 1}")
         changes = []

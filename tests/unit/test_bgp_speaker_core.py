@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from bgp import core, protocol, speaker_core as sc
+from bgp import core, effects as fx, protocol, speaker_core as sc
 from bgp.exabgp_conf import ExaBGPConfig
 from bgp.peers import PeerSpec
 
@@ -42,41 +42,41 @@ class Harness:
         self.run(self.core.relay_connected())
         self.core.set_import_filter(frozenset({IPv4Network("10.244.0.0/16")}), frozenset(), 0.0)
 
-    def run(self, effects: list[sc.Effect]) -> list[sc.Effect]:
+    def run(self, effects: list[fx.Effect]) -> list[fx.Effect]:
         for effect in effects:
             match effect:
-                case sc.Arm(timer, at):
+                case fx.Arm(timer, at):
                     self.timers[timer] = at
-                case sc.Cancel(timer):
+                case fx.Cancel(timer):
                     self.timers.pop(timer, None)
         return effects
 
     def at(self, now: float) -> None:
         self.clock.now = now
 
-    def fire(self, timer: str) -> list[sc.Effect]:
+    def fire(self, timer: str) -> list[fx.Effect]:
         """Move the clock to ``timer``'s deadline and fire it."""
         at = self.timers.pop(timer)
         self.at(at)
         return self.run(self.core.timer_fired(timer, at, WALL))
 
-    def feed(self, *events: protocol.Event) -> list[sc.Effect]:
+    def feed(self, *events: protocol.Event) -> list[fx.Effect]:
         return self.run(self.core.feed(list(events), self.clock.now, WALL))
 
-    def set_peers(self, *peers: PeerSpec, cluster=None) -> list[sc.Effect]:
+    def set_peers(self, *peers: PeerSpec, cluster=None) -> list[fx.Effect]:
         return self.run(self.core.set_peers(frozenset(peers), cluster, self.clock.now))
 
-    def want_peers(self, *peers: PeerSpec) -> list[sc.Effect]:
+    def want_peers(self, *peers: PeerSpec) -> list[fx.Effect]:
         return self.run(self.core.want_peers(frozenset(peers), None, self.clock.now))
 
-    def up(self, peer: PeerSpec, *prefixes: IPv4Network, restart_time: int | None = 120) -> list[sc.Effect]:
+    def up(self, peer: PeerSpec, *prefixes: IPv4Network, restart_time: int | None = 120) -> list[fx.Effect]:
         effects = self.feed(protocol.PeerStateChanged(peer.address, "up"),
                             protocol.OpenReceived(peer.address, peer.address, 9, restart_time))
         if prefixes:
             effects += self.feed(protocol.RoutesAnnounced(peer.address, peer.address, prefixes))
         return effects
 
-    def down(self, peer: PeerSpec, reason: str = "closed") -> list[sc.Effect]:
+    def down(self, peer: PeerSpec, reason: str = "closed") -> list[fx.Effect]:
         return self.feed(protocol.PeerStateChanged(peer.address, "down", reason))
 
     def prefixes(self) -> set[IPv4Network]:
@@ -86,11 +86,11 @@ class Harness:
         return next(s for s in self.core.peer_status() if s.address == address)
 
 
-def sent(effects: list[sc.Effect]) -> list[str]:
-    return [line for e in effects if isinstance(e, sc.Send) for line in e.lines]
+def sent(effects: list[fx.Effect]) -> list[str]:
+    return [line for e in effects if isinstance(e, fx.Send) for line in e.lines]
 
 
-def of(kind: type, effects: list[sc.Effect]) -> list:
+def of(kind: type, effects: list[fx.Effect]) -> list:
     return [e for e in effects if isinstance(e, kind)]
 
 
@@ -106,15 +106,15 @@ def test_a_restarting_peers_routes_stay_stale_until_its_end_of_rib():
     h.up(MESH_A, BLOCK_A, BLOCK_B)
     h.at(10.0)
     effects = h.down(MESH_A)
-    assert sc.Arm(sc.EXPIRY, 130.0) in effects, "expiry armed at the peer's restart time"
+    assert fx.Arm(fx.EXPIRY, 130.0) in effects, "expiry armed at the peer's restart time"
     assert h.prefixes() == {BLOCK_A, BLOCK_B}, "kept as stale while it restarts"
     h.at(20.0)
     h.up(MESH_A, BLOCK_A)
     assert h.prefixes() == {BLOCK_A, BLOCK_B}, "still stale until End-of-RIB: more may follow"
     effects = h.feed(protocol.EndOfRib(A, protocol.IPV4_UNICAST))
     assert h.prefixes() == {BLOCK_A}, "End-of-RIB: what was not re-announced goes"
-    assert sc.Cancel(sc.EXPIRY) in effects and sc.EXPIRY not in h.timers
-    assert sc.NOTIFY in effects
+    assert fx.Cancel(fx.EXPIRY) in effects and fx.EXPIRY not in h.timers
+    assert fx.NOTIFY in effects
 
 
 def test_a_peer_that_does_not_come_back_loses_its_routes_at_the_restart_time():
@@ -123,12 +123,12 @@ def test_a_peer_that_does_not_come_back_loses_its_routes_at_the_restart_time():
     h.up(MESH_A, BLOCK_A, restart_time=120)
     h.at(5.0)
     h.down(MESH_A)
-    assert h.timers[sc.EXPIRY] == 65.0, "the configured maxRestartTime caps what the peer offered"
+    assert h.timers[fx.EXPIRY] == 65.0, "the configured maxRestartTime caps what the peer offered"
     h.at(64.9)
     assert h.prefixes() == {BLOCK_A}
-    effects = h.fire(sc.EXPIRY)
-    assert h.prefixes() == set() and sc.NOTIFY in effects
-    assert sc.EXPIRY not in h.timers, "nothing stale left: no timer"
+    effects = h.fire(fx.EXPIRY)
+    assert h.prefixes() == set() and fx.NOTIFY in effects
+    assert fx.EXPIRY not in h.timers, "nothing stale left: no timer"
 
 
 def test_the_child_lost_keeps_every_up_sessions_routes_stale():
@@ -137,8 +137,8 @@ def test_the_child_lost_keeps_every_up_sessions_routes_stale():
     h.up(MESH_A, BLOCK_A)
     h.at(3.0)
     effects = h.run(h.core.child_lost("down: exabgp exited with code 1", 3.0, WALL))
-    assert h.prefixes() == {BLOCK_A} and h.timers[sc.EXPIRY] == 123.0
-    assert sc.NOTIFY in effects
+    assert h.prefixes() == {BLOCK_A} and h.timers[fx.EXPIRY] == 123.0
+    assert fx.NOTIFY in effects
     assert {s.reason for s in h.core.peer_status()} == {"down: exabgp exited with code 1"}
 
 
@@ -147,7 +147,7 @@ def test_a_peer_without_graceful_restart_loses_its_routes_at_once():
     h.set_peers(MESH_A)
     h.up(MESH_A, BLOCK_A, restart_time=None)
     h.down(MESH_A)
-    assert h.prefixes() == set() and sc.EXPIRY not in h.timers
+    assert h.prefixes() == set() and fx.EXPIRY not in h.timers
 
 
 # -- max-prefix ---------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def test_a_peer_without_graceful_restart_loses_its_routes_at_once():
 def test_over_max_prefix_a_peer_gets_a_cease_then_is_held_down_and_released():
     h = Harness(max_prefixes=2, max_prefix_hold_down=60.0)
     h.set_peers(MESH_A, MESH_B)
-    h.fire(sc.RELOAD)
+    h.fire(fx.RELOAD)
     h.up(MESH_A)
     effects = h.feed(protocol.RoutesAnnounced(A, A, tuple(IPv4Network(f"10.244.{i}.0/26") for i in range(3))))
     assert sent(effects) == [protocol.teardown_command(A, protocol.CEASE_MAX_PREFIXES)]
@@ -164,13 +164,13 @@ def test_over_max_prefix_a_peer_gets_a_cease_then_is_held_down_and_released():
     h.at(1.0)
     h.down(MESH_A)
     assert h.status(A).reason == core.MAX_PREFIX_REASON
-    assert h.timers[sc.hold_down_timer(A)] == 61.0 and sc.RELOAD in h.timers
-    config = of(sc.WriteConfig, h.fire(sc.RELOAD))[0].text
+    assert h.timers[fx.hold_down_timer(A)] == 61.0 and fx.RELOAD in h.timers
+    config = of(fx.WriteConfig, h.fire(fx.RELOAD))[0].text
     assert str(A) not in config and str(B) in config, "held down: out of ExaBGP's config"
-    h.fire(sc.hold_down_timer(A))
-    assert sc.RELOAD in h.timers, "released: a reload brings it back"
-    effects = h.fire(sc.RELOAD)
-    assert str(A) in of(sc.WriteConfig, effects)[0].text
+    h.fire(fx.hold_down_timer(A))
+    assert fx.RELOAD in h.timers, "released: a reload brings it back"
+    effects = h.fire(fx.RELOAD)
+    assert str(A) in of(fx.WriteConfig, effects)[0].text
     assert sent(effects) == [protocol.reload_command()]
 
 
@@ -181,7 +181,7 @@ def test_a_hold_down_that_ends_after_the_peer_was_removed_changes_nothing():
     h.feed(protocol.RoutesAnnounced(A, A, (BLOCK_A, BLOCK_B)))
     h.down(MESH_A)
     h.set_peers()
-    assert h.core.timer_fired(sc.hold_down_timer(A), 60.0, WALL) == []
+    assert h.core.timer_fired(fx.hold_down_timer(A), 60.0, WALL) == []
 
 
 # -- Cease before reload ------------------------------------------------------------------------
@@ -189,21 +189,21 @@ def test_a_hold_down_that_ends_after_the_peer_was_removed_changes_nothing():
 def test_a_removed_peer_that_is_up_gets_a_cease_before_the_reload_drops_it():
     h = Harness()
     h.set_peers(MESH_A, MESH_B)
-    h.fire(sc.RELOAD)
+    h.fire(fx.RELOAD)
     h.up(MESH_A)
     h.at(5.0)
     effects = h.set_peers(MESH_B)
     assert sent(effects) == [protocol.teardown_command(A)], "Cease (Peer De-configured) first"
-    assert h.core.ceasing and h.timers[sc.CEASE] == 5.0 + sc.CEASE_TIMEOUT
-    assert sc.RELOAD not in h.timers, "no reload while the Cease is under way"
+    assert h.core.ceasing and h.timers[fx.CEASE] == 5.0 + sc.CEASE_TIMEOUT
+    assert fx.RELOAD not in h.timers, "no reload while the Cease is under way"
     assert [s.address for s in h.core.peer_status()] == [A, B]
     assert h.set_peers(MESH_B) == [], "asked again for the same: nothing more"
     h.at(5.2)
     effects = h.down(MESH_A)
-    assert not h.core.ceasing and sc.CEASE not in h.timers
+    assert not h.core.ceasing and fx.CEASE not in h.timers
     assert [s.address for s in h.core.peer_status()] == [B]
-    assert h.timers[sc.RELOAD] == pytest.approx(5.3)
-    assert str(A) not in of(sc.WriteConfig, h.fire(sc.RELOAD))[0].text
+    assert h.timers[fx.RELOAD] == pytest.approx(5.3)
+    assert str(A) not in of(fx.WriteConfig, h.fire(fx.RELOAD))[0].text
 
 
 def test_a_cease_nobody_answers_applies_the_new_peers_at_the_timeout():
@@ -211,10 +211,10 @@ def test_a_cease_nobody_answers_applies_the_new_peers_at_the_timeout():
     h.set_peers(MESH_A)
     h.up(MESH_A)
     h.set_peers()
-    effects = h.fire(sc.CEASE)
+    effects = h.fire(fx.CEASE)
     assert not h.core.ceasing and h.core.peer_status() == []
-    assert [e.message for e in of(sc.Log, effects)] == ["peers did not go down after Cease; reloading anyway"]
-    assert sc.RELOAD in h.timers
+    assert [e.message for e in of(fx.Log, effects)] == ["peers did not go down after Cease; reloading anyway"]
+    assert fx.RELOAD in h.timers
 
 
 def test_a_removed_peer_that_is_not_up_or_without_a_relay_goes_at_once():
@@ -247,14 +247,14 @@ def test_mesh_to_reflector_keeps_the_old_session_until_the_new_one_covers_it():
     effects = h.want_peers(TO_RR)
     assert [s.address for s in h.core.peer_status()] == [A, RR], "both configured"
     assert h.status(A).info.endswith(core.DRAINING_SESSION)
-    assert h.timers[sc.TRANSITION] == 40.0, "the deadline, until something covers it"
+    assert h.timers[fx.TRANSITION] == 40.0, "the deadline, until something covers it"
     assert sent(effects) == [], "no Cease yet"
     h.at(11.0)
     h.up(TO_RR, BLOCK_A)
     assert [s.address for s in h.core.peer_status()] == [A, RR], "no End-of-RIB yet: not covered"
     effects = h.feed(protocol.EndOfRib(RR, protocol.IPV4_UNICAST))
-    assert h.timers[sc.TRANSITION] == 11.0 + 2.0, "covered: settles first"
-    effects = h.fire(sc.TRANSITION)
+    assert h.timers[fx.TRANSITION] == 11.0 + 2.0, "covered: settles first"
+    effects = h.fire(fx.TRANSITION)
     assert sent(effects) == [protocol.teardown_command(A)], "then Cease to the old session"
     h.down(MESH_A)
     assert [s.address for s in h.core.peer_status()] == [RR]
@@ -266,8 +266,8 @@ def test_an_uncovered_session_goes_at_the_deadline():
     h.want_peers(MESH_A)
     h.up(MESH_A, BLOCK_A)
     h.want_peers(MESH_B)
-    assert h.timers[sc.TRANSITION] == 30.0
-    effects = h.fire(sc.TRANSITION)
+    assert h.timers[fx.TRANSITION] == 30.0
+    effects = h.fire(fx.TRANSITION)
     assert sent(effects) == [protocol.teardown_command(A)]
 
 
@@ -279,7 +279,7 @@ def test_a_plan_during_a_cease_waits_for_the_cease():
     h.up(MESH_A)
     h.up(MESH_B, BLOCK_B)
     h.want_peers(MESH_B)  # A provides nothing: covered at once, it goes after SETTLE
-    assert sent(h.fire(sc.TRANSITION)) == [protocol.teardown_command(A)]
+    assert sent(h.fire(fx.TRANSITION)) == [protocol.teardown_command(A)]
     assert h.core.ceasing
     assert h.want_peers(TO_RR) == [], "waits for the Cease"
     effects = h.down(MESH_A)
@@ -293,7 +293,7 @@ def test_nothing_to_drain_is_plain_set_peers():
     h.want_peers(MESH_A)
     assert h.want_peers(MESH_A) == [], "unchanged: nothing, no notification"
     effects = h.want_peers(MESH_A, MESH_B)
-    assert sc.NOTIFY in effects and sc.TRANSITION not in h.timers
+    assert fx.NOTIFY in effects and fx.TRANSITION not in h.timers
 
 
 # -- local settings, reloads, sync ----------------------------------------------------------------
@@ -306,15 +306,15 @@ def test_set_local_restarts_exabgp_once_for_a_burst_after_the_debounce():
     h.at(1.05)
     h.set_peers(replace(MESH_A, local_asn=64600))
     h.run(h.core.set_local(64600, 1791, 1.05))
-    assert h.timers[sc.RELOAD] == pytest.approx(1.15), "debounced: one reload for the burst"
-    effects = h.fire(sc.RELOAD)
-    [restart] = of(sc.RestartChild, effects)
+    assert h.timers[fx.RELOAD] == pytest.approx(1.15), "debounced: one reload for the burst"
+    effects = h.fire(fx.RELOAD)
+    [restart] = of(fx.RestartChild, effects)
     assert restart.reason == ("local AS number 64512 -> 64600, listen port 179 -> 1791: "
                               "exabgp restarted to apply it"), "every change of the burst"
-    assert "local-as 64600" in of(sc.WriteConfig, effects)[0].text
+    assert "local-as 64600" in of(fx.WriteConfig, effects)[0].text
     assert sent(effects) == [], "a restart, not a reload"
     h.set_peers(MESH_A)
-    assert of(sc.RestartChild, h.fire(sc.RELOAD)) == [], "the next reload is a reload again"
+    assert of(fx.RestartChild, h.fire(fx.RELOAD)) == [], "the next reload is a reload again"
 
 
 def test_set_local_rejects_a_bad_asn_naming_the_field():
@@ -328,9 +328,9 @@ def test_a_burst_of_peer_changes_is_one_reload_within_the_max_delay():
         h.at(i * 0.09)
         h.set_peers(*[PeerSpec(IPv4Address(f"10.0.1.{n}"), 64512, 64512, False, "global", f"p{n}")
                       for n in range(1, i + 2)])
-    assert h.timers[sc.RELOAD] == pytest.approx(1.0), "at most RELOAD_MAX_DELAY after the first"
-    effects = h.fire(sc.RELOAD)
-    assert len(of(sc.WriteConfig, effects)) == 1
+    assert h.timers[fx.RELOAD] == pytest.approx(1.0), "at most RELOAD_MAX_DELAY after the first"
+    effects = h.fire(fx.RELOAD)
+    assert len(of(fx.WriteConfig, effects)) == 1
     assert sent(effects) == [protocol.reload_command()]
 
 
@@ -338,8 +338,8 @@ def test_a_config_changed_while_exabgp_started_is_reloaded_when_its_relay_connec
     h = Harness()
     h.core.relay_lost()
     h.set_peers(MESH_A)
-    h.fire(sc.RELOAD)
-    assert h.core.relay_connected() == [sc.Send((protocol.reload_command(),))]
+    h.fire(fx.RELOAD)
+    assert h.core.relay_connected() == [fx.Send((protocol.reload_command(),))]
     h.core.spawned()
     assert h.core.relay_connected() == []
 
@@ -358,7 +358,7 @@ def test_routes_in_sync_changes_on_input_only_never_when_read():
     c.relay_connected()
     c.feed([protocol.PeerStateChanged(A, "up")], 1.0, WALL)
     assert not c.routes_in_sync and not c.routes_in_sync, "reading twice changes nothing"
-    assert c.feed([protocol.EndOfRib(A, protocol.IPV4_UNICAST)], 2.0, WALL).count(sc.NOTIFY) == 1
+    assert c.feed([protocol.EndOfRib(A, protocol.IPV4_UNICAST)], 2.0, WALL).count(fx.NOTIFY) == 1
     assert c.routes_in_sync, "every peer sent End-of-RIB"
     c.child_lost("down: x", 3.0, WALL)
     assert c.routes_in_sync, "stays True"
@@ -367,9 +367,9 @@ def test_routes_in_sync_changes_on_input_only_never_when_read():
 def test_routes_are_in_sync_at_the_deadline_whatever_the_peers_say():
     c = fresh_core()
     c.set_peers(frozenset({MESH_A}), None, 0.0)
-    assert c.start(0.0)[0] == sc.Arm(sc.SYNC, 30.0)
+    assert c.start(0.0)[0] == fx.Arm(fx.SYNC, 30.0)
     assert not c.routes_in_sync
-    assert c.timer_fired(sc.SYNC, 30.0, WALL) == [sc.NOTIFY] and c.routes_in_sync
+    assert c.timer_fired(fx.SYNC, 30.0, WALL) == [fx.NOTIFY] and c.routes_in_sync
 
 
 def test_peers_set_right_after_start_are_waited_for():
@@ -386,7 +386,7 @@ def test_removing_the_last_peer_not_synced_makes_routes_in_sync():
     c.start(0.0)
     c.set_peers(frozenset({MESH_A}), None, 0.0)
     assert not c.routes_in_sync
-    assert sc.NOTIFY in c.set_peers(frozenset(), None, 1.0) and c.routes_in_sync
+    assert fx.NOTIFY in c.set_peers(frozenset(), None, 1.0) and c.routes_in_sync
 
 
 def test_session_up_gets_advertisements_then_end_of_rib_and_changes_go_as_a_diff():
@@ -418,4 +418,4 @@ def test_a_started_reflector_owes_end_of_rib_until_its_feeders_synced_or_the_syn
     h2 = Harness(sync_deadline=30.0)
     h2.set_peers(client_a, client_b, cluster=IPv4Address("244.0.0.1"))
     h2.up(client_a)
-    assert sent(h2.fire(sc.SYNC)) == [protocol.eor_command(A)], "the deadline ends the deferral"
+    assert sent(h2.fire(fx.SYNC)) == [protocol.eor_command(A)], "the deadline ends the deferral"
