@@ -419,3 +419,25 @@ def test_a_started_reflector_owes_end_of_rib_until_its_feeders_synced_or_the_syn
     h2.set_peers(client_a, client_b, cluster=IPv4Address("244.0.0.1"))
     h2.up(client_a)
     assert sent(h2.fire(fx.SYNC)) == [protocol.eor_command(A)], "the deadline ends the deferral"
+
+
+def test_origins_set_then_changed_by_difference_rechoose_and_notify():
+    h = Harness()
+    h.set_peers(MESH_A)
+    h.up(MESH_A, BLOCK_A)
+    assert fx.NOTIFY in h.run(h.core.set_origins({BLOCK_A: B}, {}, 0.0))
+    assert h.prefixes() == set(), "a's claim to b's block is dropped"
+    assert fx.NOTIFY in h.run(h.core.change_origins({BLOCK_A: A}, {}, 0.0))
+    assert h.prefixes() == {BLOCK_A}
+    assert h.core.change_origins({BLOCK_A: A}, {}, 0.0) == [], "unchanged: nothing"
+
+
+def test_the_speaker_passes_origin_changes_to_its_core(tmp_path):
+    """Speaker.change_origins reached for a RIB the speaker no longer holds (AttributeError on
+    every agent reconcile that changed a block)."""
+    from bgp.speaker import Speaker
+    speaker = Speaker(node_name="n1", router_id=ME, local_address=ME, local_asn=64512,
+                      run_dir=tmp_path, on_change=lambda: None)
+    speaker.set_origins({BLOCK_A: B}, {})
+    speaker.change_origins({BLOCK_A: A}, {})
+    assert speaker.counters() == {}
