@@ -15,7 +15,13 @@ it which prefixes' best paths may have changed.
 The Adj-RIB-In keeps what peers sent before filtering, and ``best()`` filters against the current
 pools and origins (``bgp.policy`` has the rules and the best-path steps): a pool created, or a
 block claimed, after a peer announced it then takes effect without a route refresh. The
-rejection counters count announcements when they arrive, against the policy of that moment.
+rejection counters count announcements when they arrive, against the policy of that moment --
+except an origin rejection (``ORIGIN_REASONS``): a node announces a block it has just claimed,
+or an address it has just borrowed, as soon as its IPAM write is done, and the route may arrive
+before the datastore watch has shown us that write. Such a route is held (in the Adj-RIB-In,
+never a best path) for ``origin_hold`` seconds; it is counted only if it is still held and still
+rejected then (a rogue origin), not if the origins changed meanwhile in its favour or it was
+withdrawn. ``expire()`` counts what is due, as the speaker's timer at ``next_deadline()`` calls it.
 
 Max-prefix: a peer whose Adj-RIB-In would hold more than its limit (``set_max_prefixes``) loses
 every route it sent, its further announcements are dropped (``rejected_max_prefix``) until its
@@ -41,7 +47,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -54,6 +60,10 @@ from bgp.policy import Candidate, ImportPolicy, rank, select
 log = logging.getLogger(__name__)
 
 DEFAULT_RESTART_TIME = 120.0
+# How long a route rejected for its origin is held before it is counted: longer than a
+# datastore watch event takes to reach the agent and its reconcile, on a loaded node.
+ORIGIN_HOLD = 10.0
+ORIGIN_REASONS = frozenset({"rejected_origin_unknown", "rejected_origin_mismatch"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +190,12 @@ def _key(prefix: IPv4Network | int) -> int:
 
 class Rib:
     def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 restart_time: float = DEFAULT_RESTART_TIME, router_id: IPv4Address | None = None) -> None:
+                 restart_time: float = DEFAULT_RESTART_TIME, router_id: IPv4Address | None = None,
+                 origin_hold: float = ORIGIN_HOLD) -> None:
         self._clock = clock
+        self.origin_hold = origin_hold  # 0: an origin rejection is counted at once
+        # Routes rejected for their origin, not counted yet, in arrival order (so by deadline).
+        self._held: deque[tuple[float, IPv4Address, int, _Path]] = deque()  # (due, peer, key, path)
         self.router_id = router_id  # loop check: a route with it as ORIGINATOR_ID came back to us
         self.cluster_id: IPv4Address | None = None
         self.router_ids: dict[IPv4Address, IPv4Address] = {}  # each peer's BGP identifier (its OPEN)
@@ -374,12 +388,17 @@ class Rib:
             self._exceed(peer, limit)
 
     def _accepted(self, keys: tuple[int, ...], path: _Path) -> list[int] | tuple[int, ...]:
-        """The keys the import policy accepts from ``path``'s origin; each rejection counted."""
+        """The keys the import policy accepts from ``path``'s origin; each rejection counted, an
+        origin rejection once its hold is over (``_count_held``)."""
         accepted, rejected = self.policy.split(keys, path.origin_node._ip)
         if rejected:
-            counters = self.counters
+            counters, hold = self.counters, self.origin_hold
+            due = self._clock() + hold
             for key, reason in rejected:
-                counters[reason] += 1
+                if hold > 0 and reason in ORIGIN_REASONS:
+                    self._held.append((due, path.peer, key, path))
+                else:
+                    counters[reason] += 1
                 log.debug("route rejected by import policy", extra={
                     "peer": str(path.peer), "prefix": protocol.key_text(key), "reason": reason})
         return accepted
@@ -552,8 +571,10 @@ class Rib:
         self._rechoose(stale)
 
     def expire(self) -> bool:
-        """Drop stale routes whose restart time has passed; return whether anything was dropped."""
+        """Drop stale routes whose restart time has passed, and count the held routes still
+        rejected at the end of their hold; return whether anything was dropped."""
         now, dropped = self._clock(), False
+        self._count_held(now)
         for peer, deadlines in list(self._deadlines.items()):
             if not any(d <= now for d in deadlines):
                 continue
@@ -566,8 +587,25 @@ class Rib:
         return dropped
 
     def next_deadline(self) -> float | None:
-        """The clock value at which the next stale route expires, if any."""
-        return min((d for deadlines in self._deadlines.values() for d in deadlines), default=None)
+        """The clock value at which the next stale route expires or held route is due, if any."""
+        due = [d for deadlines in self._deadlines.values() for d in deadlines]
+        if self._held:
+            due.append(self._held[0][0])
+        return min(due, default=None)
+
+    def _count_held(self, now: float) -> None:
+        """Count each held route due by ``now`` that the peer still has and that is still rejected."""
+        held = self._held
+        while held and held[0][0] <= now:
+            _, peer, key, path = held.popleft()
+            stale = self._stale.get(peer, {}).get(key)
+            if self._fresh.get(peer, {}).get(key) is not path and (stale is None or stale[0] is not path):
+                continue  # withdrawn or replaced meanwhile: a replacement is judged on its own
+            reason = self.policy.rejection_key(key, path.origin_node._ip)
+            if reason is not None:
+                self.counters[reason] += 1
+                log.debug("route rejected by import policy after its hold", extra={
+                    "peer": str(peer), "prefix": protocol.key_text(key), "reason": reason})
 
     # -- best paths -------------------------------------------------------------------------
 

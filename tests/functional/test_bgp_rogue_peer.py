@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bgp.peers import PeerSpec
-from bgp.rib import LearnedRoute
+from bgp.rib import ORIGIN_HOLD, LearnedRoute
 from bgp.speaker import Speaker
 from ctl.node import health_lines
 from tests.functional.test_bgp_interop import Bird
@@ -103,7 +103,11 @@ def test_a_rogue_mesh_peer_gets_only_its_own_block_in_and_every_other_route_coun
         wait_for(lambda: _counters(lt, speaker).get("received", 0) >= total, 60,
                  what=f"all {total} announcements received")
         assert lt.call(speaker.learned_routes) == {LearnedRoute(ROGUE_BLOCK, ROGUE, ROGUE)}
-        counters = _counters(lt, speaker)
+        # Counted once their hold is over (bgp.rib ORIGIN_HOLD), still rejected: never programmed.
+        counters = wait_for(lambda: (c := _counters(lt, speaker)).get("rejected_origin_unknown", 0)
+                            >= len(AGGREGATES) + len(FLOOD) and c, ORIGIN_HOLD + 20,
+                            what="the rogue routes counted at the end of their hold")
+        assert lt.call(speaker.learned_routes) == {LearnedRoute(ROGUE_BLOCK, ROGUE, ROGUE)}
         assert counters["rejected_origin_mismatch"] == 1  # the stolen pod: OWNER's block
         assert counters["rejected_origin_unknown"] == len(AGGREGATES) + len(FLOOD)
         dropped = [line for line in health_lines({"counters": counters}) if "Dropped" in line]

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgp import protocol as p
-from bgp.rib import LearnedRoute, Rib
+from bgp.rib import ORIGIN_HOLD, LearnedRoute, Rib
 from bgp.speaker import max_prefixes_from_env, origin_validation_from_env
 from ctl.node import health_lines
 
@@ -20,8 +20,16 @@ BORROWED_FROM_ME = A("10.244.1.9")  # held by HOLDER, in my block
 BORROWED_FROM_OWNER = A("10.244.2.60")  # held by HOLDER, in OWNER's block
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def make_rib() -> Rib:
-    rib = Rib(clock=lambda: 0.0, router_id=ME)
+    rib = Rib(clock=Clock(), router_id=ME)
     rib.set_import_filter(frozenset({POOL}), frozenset({MY_BLOCK}))
     rib.set_origins({MY_BLOCK: ME, OWNER_BLOCK: OWNER, ROGUE_BLOCK: ROGUE},
                     {BORROWED_FROM_ME: HOLDER, BORROWED_FROM_OWNER: HOLDER})
@@ -32,6 +40,14 @@ def prefixes(rib: Rib) -> set[str]:
     return {str(r.prefix) for r in rib.best()}
 
 
+def counted(rib: Rib):
+    """The counters once the hold of every route rejected for its origin is over (the speaker's
+    timer calls ``expire`` at ``next_deadline``)."""
+    rib._clock.now += ORIGIN_HOLD
+    rib.expire()
+    return rib.counters
+
+
 def test_the_rogue_peer_of_the_issue_gets_nothing_in_and_every_route_counted():
     rib = make_rib()
     rogue = [N(f"{POD}/32"), N("10.244.0.0/16"), N("10.244.0.0/17")]
@@ -39,7 +55,7 @@ def test_the_rogue_peer_of_the_issue_gets_nothing_in_and_every_route_counted():
     rib.announce_many(ROGUE, ROGUE, rogue)
     rib.announce_many(ROGUE, ROGUE, [ROGUE_BLOCK])  # its own block is fine
     assert prefixes(rib) == {str(ROGUE_BLOCK)}
-    assert dict(rib.counters) == {"rejected_origin_mismatch": 1, "rejected_origin_unknown": 20_002,
+    assert dict(counted(rib)) == {"rejected_origin_mismatch": 1, "rejected_origin_unknown": 20_002,
                                   "received": 20_004}
 
 
@@ -48,7 +64,7 @@ def test_a_block_is_accepted_only_from_its_owner_and_the_owner_wins_over_an_earl
     rib.announce_many(ROGUE, ROGUE, [OWNER_BLOCK])
     rib.announce_many(OWNER, OWNER, [OWNER_BLOCK])
     assert rib.best() == {LearnedRoute(OWNER_BLOCK, OWNER, OWNER)}
-    assert rib.counters["rejected_origin_mismatch"] == 1
+    assert counted(rib)["rejected_origin_mismatch"] == 1
     # a rogue pointing the next hop at the owner harms no one: the traffic goes to the owner
     rib.announce_many(ROGUE, OWNER, [OWNER_BLOCK])
     assert {r.peer for r in rib.best()} == {OWNER}
@@ -60,7 +76,7 @@ def test_through_a_reflector_the_originator_id_is_the_origin():
     rib.announce_many(rr, OWNER, [OWNER_BLOCK], originator_id=OWNER, cluster_list=(A("244.0.0.1"),))
     rib.announce_many(rr, OWNER, [ROGUE_BLOCK], originator_id=OWNER, cluster_list=(A("244.0.0.1"),))
     assert prefixes(rib) == {str(OWNER_BLOCK)}
-    assert rib.counters["rejected_origin_mismatch"] == 1
+    assert counted(rib)["rejected_origin_mismatch"] == 1
 
 
 def test_a_borrowed_32_is_accepted_from_its_holder_only_even_inside_our_block():
@@ -69,10 +85,10 @@ def test_a_borrowed_32_is_accepted_from_its_holder_only_even_inside_our_block():
         rib.announce_many(peer, peer, [N(f"{BORROWED_FROM_ME}/32"), N(f"{BORROWED_FROM_OWNER}/32")])
     assert rib.best() == {LearnedRoute(N(f"{BORROWED_FROM_ME}/32"), HOLDER, HOLDER),
                           LearnedRoute(N(f"{BORROWED_FROM_OWNER}/32"), HOLDER, HOLDER)}
-    assert rib.counters["rejected_origin_mismatch"] == 4
+    assert counted(rib)["rejected_origin_mismatch"] == 4
     # any other more-specific of our block stays ours; of another node's block: a mismatch
     rib.announce_many(HOLDER, HOLDER, [N("10.244.1.10/32"), N("10.244.1.0/28"), N("10.244.2.0/28")])
-    assert rib.counters["rejected_own_block"] == 2 and rib.counters["rejected_origin_mismatch"] == 5
+    assert rib.counters["rejected_own_block"] == 2 and counted(rib)["rejected_origin_mismatch"] == 5
 
 
 def test_a_change_of_ownership_is_applied_to_routes_already_held():
@@ -108,6 +124,42 @@ def test_origins_changed_by_difference_reach_the_routes_already_held():
     assert rib.rejection(new_block, OWNER) == "rejected_origin_unknown"
     # a /32 of a block is only ever announced as borrowed, never by the block's own node
     assert rib.rejection(N(f"{BORROWED_FROM_OWNER}/32"), OWNER) == "rejected_origin_mismatch"
+
+
+def test_a_route_ahead_of_its_block_is_held_uncounted_and_accepted_when_the_block_arrives():
+    """A node announces a block it has just claimed (an address it has just borrowed) as soon as
+    its IPAM write is done; the route may arrive before our datastore watch shows the write. It is
+    held, never programmed, and counted only if it is still rejected when the hold is over."""
+    rib = make_rib()
+    new_block, lent = N("10.244.9.0/26"), A("10.244.2.61")
+    rib.announce_many(OWNER, OWNER, [new_block])
+    rib.announce_many(HOLDER, HOLDER, [N(f"{lent}/32")])
+    rib.announce_many(ROGUE, ROGUE, [N("10.244.10.0/26"), OWNER_BLOCK, N("10.244.11.0/26")])
+    assert prefixes(rib) == set() and rib.counters.get("rejected_origin_unknown", 0) == 0
+    assert rib.counters.get("rejected_origin_mismatch", 0) == 0
+    assert rib.next_deadline() == ORIGIN_HOLD
+    rib._clock.now = ORIGIN_HOLD / 2
+    rib.change_origins({new_block: OWNER}, {lent: HOLDER})  # the watch caught up
+    rib.withdraw(ROGUE, N("10.244.11.0/26"))  # gone before its hold ended: not counted
+    assert prefixes(rib) == {str(new_block), f"{lent}/32"}
+    assert rib.expire() is False and rib.counters.get("rejected_origin_unknown", 0) == 0
+    rib._clock.now = ORIGIN_HOLD
+    rib.expire()
+    # only what stayed unacceptable: the rogue's unknown block and its copy of OWNER's block
+    assert {k: v for k, v in rib.counters.items() if k.startswith("rejected")} == {
+        "rejected_origin_unknown": 1, "rejected_origin_mismatch": 1}
+    assert prefixes(rib) == {str(new_block), f"{lent}/32"} and rib.next_deadline() is None
+    rib._clock.now += 3 * ORIGIN_HOLD
+    rib.expire()  # counted once
+    assert rib.counters["rejected_origin_unknown"] == 1 and rib.counters["rejected_origin_mismatch"] == 1
+
+
+def test_other_rejections_are_counted_at_once():
+    rib = make_rib()
+    rib.announce_many(ROGUE, ROGUE, [N("0.0.0.0/0"), N("192.0.2.0/24"), N("10.244.1.0/28")])
+    assert {k: v for k, v in rib.counters.items() if k.startswith("rejected")} == {
+        "rejected_default_route": 1, "rejected_outside_pools": 1, "rejected_own_block": 1}
+    assert rib.next_deadline() is None
 
 
 def test_a_peer_that_re_announces_its_path_with_a_foreign_next_hop_loses_it():
@@ -211,13 +263,13 @@ def test_origins_come_from_block_affinities_and_borrowed_addresses_with_node_add
     assert blocks == {N("10.244.1.0/26"): A("10.99.0.1"), N("10.250.0.0/26"): A("10.99.0.1"),
                       N("10.244.2.0/26"): A("10.99.0.2")}
     assert borrowed == {A("10.244.1.5"): A("10.99.0.2")}
-    rib = Rib(clock=lambda: 0.0)
+    rib = Rib(clock=Clock())
     rib.set_import_filter(cluster.pool_cidrs(s), cluster.local_blocks(s, "n1"))
     rib.set_origins(blocks, borrowed)
     rib.announce_many(A("10.99.0.2"), A("10.99.0.2"),
                       [N("10.244.2.0/26"), N("10.244.1.5/32"), N("10.244.3.0/26")])
     assert prefixes(rib) == {"10.244.2.0/26", "10.244.1.5/32"}  # n3's waits for n3's address
-    assert rib.counters["rejected_origin_unknown"] == 1
+    assert counted(rib)["rejected_origin_unknown"] == 1
 
 
 def test_what_a_peer_provides_is_judged_by_its_paths_origins():
