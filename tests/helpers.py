@@ -164,12 +164,20 @@ class Pings:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for a, b in pairs}
 
     def stop(self) -> dict[str, tuple[int, int]]:
-        """(sent, received) per pair; ping prints its summary on SIGINT."""
-        counts = {}
-        for pair, proc in self.procs.items():
+        """(sent, received) per pair; ping prints its summary on SIGINT. Every ping is ended
+        (killed if it ignores SIGINT) before any output is judged."""
+        for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
-            out = proc.communicate(timeout=10)[0]
+        outs = {}
+        for pair, proc in self.procs.items():
+            try:
+                outs[pair] = proc.communicate(timeout=10)[0]
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                outs[pair] = proc.communicate()[0]
+        counts = {}
+        for pair, out in outs.items():
             match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
             assert match, f"{pair}: {out}"
             counts[pair] = (int(match[1]), int(match[2]))

@@ -77,6 +77,27 @@ def settled(state: dict, killed: str, eors_before: dict[str, int]) -> str | None
     return None
 
 
+class RouteMonitors:
+    """``ip monitor route`` in each of ``nodes``; ``stop()``: the routes of ours (proto 80) each
+    saw deleted."""
+
+    def __init__(self, nodes) -> None:
+        self.procs: dict[str, subprocess.Popen] = {}
+        try:
+            for n in nodes:
+                self.procs[n] = subprocess.Popen(["ip", "-n", n, "monitor", "route"],
+                                                 stdout=subprocess.PIPE, text=True)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> dict[str, list[str]]:
+        for proc in self.procs.values():
+            proc.terminate()
+        return {n: [ln for ln in proc.communicate(timeout=10)[0].splitlines()
+                    if ln.startswith("Deleted") and " proto 80" in ln] for n, proc in self.procs.items()}
+
+
 class Missing:
     """``wait_for(m.nothing, what=m)``: polls ``lack()`` (None: nothing lacks); a timeout says
     what lacked last."""
@@ -100,26 +121,23 @@ def kill_and_restart(name: str, node: str, pairs: list[tuple[dict, dict]]) -> di
         p["state"] == "Established" for p in query(n, "status")["peers"])]
     before = {n: eors(n) for n in peers}
     old = state["agent_pids"][node]
-    monitors = {n: subprocess.Popen(["ip", "-n", n, "monitor", "route"], stdout=subprocess.PIPE, text=True)
-                for n in state["nodes"]}
-    pings = Pings(pairs)
+    monitors = RouteMonitors(state["nodes"])
     try:
-        ctl("lab", "restart", "--name", name, "--node", node)
-        state = helpers.lab_state(name)
-        assert state["agent_pids"][node] != old
-        wait_for(lambda: (status(node) or {}).get("pid") == state["agent_pids"][node], timeout=20,
-                 interval=0.2, what=f"{node}'s new agent answering")
-        missing = Missing(lambda: settled(state, node, before), f"after {node}'s restart")
-        wait_for(missing.nothing, timeout=45, interval=0.2, what=missing)
+        pings = Pings(pairs)
+        try:
+            ctl("lab", "restart", "--name", name, "--node", node)
+            state = helpers.lab_state(name)
+            assert state["agent_pids"][node] != old
+            wait_for(lambda: (status(node) or {}).get("pid") == state["agent_pids"][node], timeout=20,
+                     interval=0.2, what=f"{node}'s new agent answering")
+            missing = Missing(lambda: settled(state, node, before), f"after {node}'s restart")
+            wait_for(missing.nothing, timeout=45, interval=0.2, what=missing)
+        finally:
+            counts = pings.stop()
     finally:
-        counts = pings.stop()
-        for monitor in monitors.values():
-            monitor.terminate()
-        events = {n: monitor.communicate(timeout=10)[0] for n, monitor in monitors.items()}
+        deleted = monitors.stop()
     # Not one route of ours withdrawn and put back anywhere, however briefly (a gap of a few
     # milliseconds may fall between two pings).
-    deleted = {n: [ln for ln in out.splitlines() if ln.startswith("Deleted") and " proto 80" in ln]
-               for n, out in events.items()}
     assert deleted == dict.fromkeys(deleted, []), deleted
     for n in state["nodes"]:  # desired routes are in the kernel, nothing extra
         ctl("node", "routes", "--node", n)
