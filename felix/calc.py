@@ -83,39 +83,48 @@ class Borrowed:
 class RemoteRoute(tuple):
     """A route learned over BGP: its prefix as ``key`` (``dst_key``; ``prefix`` is the
     ``IPv4Network``, built on demand), its next hop, and ``source``, the peer it came from (for
-    the reason string). A ``(key, gateway, source)`` tuple: a burst of 100k learned routes is
-    made in C by ``many`` (a frozen dataclass cost ~1.1 us a route to construct).
+    the reason string). A ``(key, via)`` tuple whose ``via``, ``(gateway, source)``, is shared by
+    every route of one run (``many``: one UPDATE's routes): the calculation keeps only the via
+    per prefix, so 100k learned routes hold no object each there, and a burst of them is made
+    in C (a frozen dataclass cost ~1.1 us a route to construct, and 7 MB at 100k held).
 
     >>> r = RemoteRoute(dst_key("10.244.1.0/26"), IPv4Address("10.0.0.2"), "10.0.0.2")
-    >>> r.prefix, r.gateway, r == RemoteRoute(*r)
-    (IPv4Network('10.244.1.0/26'), IPv4Address('10.0.0.2'), True)
+    >>> r.prefix, r.gateway, r.source, r == RemoteRoute(r.key, *r.via)
+    (IPv4Network('10.244.1.0/26'), IPv4Address('10.0.0.2'), '10.0.0.2', True)
     """
 
     __slots__ = ()
 
     def __new__(cls, key: int, gateway: IPv4Address, source: str) -> RemoteRoute:
         _check_key(key, "learned route")
-        return tuple.__new__(cls, (key, gateway, source))
+        return tuple.__new__(cls, (key, (gateway, source)))
 
     @classmethod
     def many(cls, keys: Iterable[int], gateway: IPv4Address, source: str) -> list[RemoteRoute]:
-        """One route per key, all via ``gateway`` from ``source``. The keys are not checked
-        again: they come from a parser that checked them (``bgp.protocol``)."""
-        return list(map(tuple.__new__, repeat(cls), zip(keys, repeat(gateway), repeat(source))))
+        """One route per key, all via ``gateway`` from ``source`` (one shared via). The keys are
+        not checked again: they come from a parser that checked them (``bgp.protocol``)."""
+        return list(map(tuple.__new__, repeat(cls), zip(keys, repeat((gateway, source)))))
 
     key = property(itemgetter(0))
-    gateway = property(itemgetter(1))
-    source = property(itemgetter(2))
+    via = property(itemgetter(1), doc="(gateway, source), shared by the routes of one run")
+
+    @property
+    def gateway(self) -> IPv4Address:
+        return self[1][0]
+
+    @property
+    def source(self) -> str:
+        return self[1][1]
 
     def __hash__(self) -> int:  # from the address's integer: IPv4Address.__hash__ is Python code
-        return hash((self[0], self[1]._ip, self[2]))
+        return hash((self[0], self[1][0]._ip, self[1][1]))
 
     @property
     def prefix(self) -> IPv4Network:
         return key_network(self[0])
 
     def __repr__(self) -> str:
-        return f"RemoteRoute(key={key_text(self[0])}, gateway={self[1]!r}, source={self[2]!r})"
+        return f"RemoteRoute(key={key_text(self[0])}, gateway={self[1][0]!r}, source={self[1][1]!r})"
 
 
 @dataclass(frozen=True)
@@ -443,12 +452,13 @@ def _blackhole_routes(own_blocks: Iterable[IPv4Network]) -> list[DesiredRoute]:
 def _learned_routes(learned: Iterable[RemoteRoute], ctx: _Context) -> list[DesiredRoute]:
     # bgp.rib filtered them and gives one best path per prefix; a set holding two for one prefix
     # (only a caller other than the agent) still gives one answer, whatever the order.
-    winners = _first_per_key(learned, key=lambda r: r.key, order=lambda r: (r.gateway, r.source))
-    return [_learned_route(r, ctx) for r in winners]
+    winners = _first_per_key(learned, key=lambda r: r.key, order=lambda r: r.via)
+    return [_learned_route(r.key, r.via, ctx) for r in winners]
 
 
-def _learned_route(r: RemoteRoute, ctx: _Context) -> DesiredRoute:
-    key, gateway, source = r  # a (key, gateway, source) tuple
+def _learned_route(key: int, via: tuple[IPv4Address, str], ctx: _Context) -> DesiredRoute:
+    """The route at ``key`` of a learned route via ``(gateway, source)`` (``RemoteRoute.via``)."""
+    gateway, source = via
     pool = ctx.pool_of(key)
     # The tunnel and the reason depend on (pool, gateway, peer) only: decided once for each
     # (a few per node), and every route of one shares its reason string (100k learned routes
@@ -478,10 +488,6 @@ def _first_per_key(items, *, key, order):
 
 def _workload_order(w: Workload) -> tuple[str, str]:
     return (w.iface, w.name)
-
-
-def _learned_order(r: RemoteRoute) -> tuple[IPv4Address, str]:
-    return (r.gateway, r.source)
 
 
 class RouteCalc:
@@ -521,9 +527,10 @@ class RouteCalc:
         # The indexes, like ``desired``, are keyed by ``dst_key``.
         self._fixed: dict[int, DesiredRoute] = {}  # blackholes over affinity routes
         self._workloads: dict[int, set[Workload]] = {}  # local ones, by /32
-        # Accepted ones, by prefix: the route itself while a prefix has one (nearly always; a
-        # one-item set per prefix was a fifth of the agent's memory at 100k learned routes).
-        self._learned: dict[int, RemoteRoute | set[RemoteRoute]] = {}
+        # Accepted ones, by prefix: the route's via (``RemoteRoute.via``, shared by the routes of
+        # one UPDATE) while a prefix has one (nearly always; a one-item set per prefix was a
+        # fifth of the agent's memory at 100k learned routes), else a set of vias.
+        self._learned: dict[int, tuple | set[tuple]] = {}
 
     def rebuild(self, inp: CalcInput) -> set[int]:
         """Start again from a whole input (a rare global change); return what changed."""
@@ -539,8 +546,8 @@ class RouteCalc:
         for w in inp.workloads:
             if w.node == inp.node:
                 self._workloads.setdefault(w.ip._ip << 8 | 32, set()).add(w)
-        for r in inp.learned:
-            _add_learned(self._learned, r.key, r)
+        for key, via in inp.learned:
+            _add_learned(self._learned, key, via)
         # Layer by layer into a new mapping, then compare.
         new = dict(self._fixed)
         for key in self._learned.keys() - new.keys():
@@ -579,19 +586,18 @@ class RouteCalc:
         for w in workloads_removed:
             if w.node == node:
                 touched.add(_discard(workloads, w.ip._ip << 8 | 32, w))
-        for r in learned_removed:
-            touched.add(_discard_learned(learned, r.key, r))
+        for key, via in learned_removed:
+            touched.add(_discard_learned(learned, key, via))
         for w in workloads_added:
             if w.node == node:
                 key = w.ip._ip << 8 | 32
                 workloads.setdefault(key, set()).add(w)
                 touched.add(key)
-        for r in learned_added:
-            key = r.key
+        for key, via in learned_added:
             if key in learned:
-                _add_learned(learned, key, r)
+                _add_learned(learned, key, via)
             else:
-                learned[key] = r
+                learned[key] = via
             touched.add(key)
         return set(filter(self._resolve, touched))
 
@@ -625,32 +631,33 @@ class RouteCalc:
         if learned is None:
             return None
         if learned.__class__ is set:
-            learned = min(learned, key=_learned_order)
-        return _learned_route(learned, self._ctx)
+            learned = min(learned)  # the lowest (gateway, source): order-independent
+        return _learned_route(key, learned, self._ctx)
 
 
-def _add_learned(learned: dict, key: int, route: RemoteRoute) -> None:
-    """Add ``route`` at ``key`` of ``RouteCalc._learned`` (a route alone, or a set of two or more)."""
+def _add_learned(learned: dict, key: int, via: tuple) -> None:
+    """Add a route's ``via`` at ``key`` of ``RouteCalc._learned`` (a via alone, or a set of two
+    or more)."""
     found = learned.get(key)
     if found is None:
-        learned[key] = route
+        learned[key] = via
     elif found.__class__ is set:
-        found.add(route)
-    elif found != route:
-        learned[key] = {found, route}
+        found.add(via)
+    elif found != via:
+        learned[key] = {found, via}
 
 
-def _discard_learned(learned: dict, key: int, route: RemoteRoute) -> int:
-    """Remove ``route`` from ``key`` of ``RouteCalc._learned`` (a set left with one route becomes
-    that route); return ``key``."""
+def _discard_learned(learned: dict, key: int, via: tuple) -> int:
+    """Remove a route's ``via`` from ``key`` of ``RouteCalc._learned`` (a set left with one via
+    becomes that via); return ``key``."""
     found = learned.get(key)
     if found is None:
         return key
     if found.__class__ is set:
-        found.discard(route)
+        found.discard(via)
         if len(found) == 1:
             learned[key] = next(iter(found))
-    elif found == route:
+    elif found == via:
         del learned[key]
     return key
 
