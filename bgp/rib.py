@@ -66,13 +66,14 @@ ORIGIN_HOLD = 10.0
 ORIGIN_REASONS = frozenset({"rejected_origin_unknown", "rejected_origin_mismatch"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _Path:
     """What one UPDATE from ``peer`` said about its prefixes (shared by all of them: one object
     per UPDATE, so the Adj-RIB-In and the best paths hold no object per route). ``rank``:
     ``policy.rank`` of its LOCAL_PREF, AS_PATH length and ORIGIN. ``ident``: what makes two
     paths the same route (peer, next hop, ORIGINATOR_ID, CLUSTER_LIST as integers), compared
-    when a re-announcement replaces a path."""
+    when a re-announcement replaces a path. Paths themselves compare by identity (in C: runs of
+    one path are grouped per route, ``felix.cluster.remote_route_list``)."""
 
     peer: IPv4Address
     nexthop: IPv4Address
