@@ -111,6 +111,8 @@ def _socket_errors_reported() -> None:
 # that pipe blocks when it is full ("XXX: FIXME: This is potentially blocking"), and a blocked
 # ExaBGP reads nothing from its peers. A 64 KiB pipe plus the relay's socket buffer held ~20
 # UPDATEs (~16k routes) of JSON; 100k learned routes are ~2 MB. Pages are used only as filled.
+# Above /proc/sys/fs/pipe-max-size (1 MiB by default: ~50k routes) needs CAP_SYS_RESOURCE;
+# without it the pipe gets that maximum.
 API_PIPE_BYTES = 4 * 2**20
 
 
