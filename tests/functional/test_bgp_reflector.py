@@ -252,10 +252,10 @@ protocol bgp reflector {{
 """
 
 
-def _bird(ns: str, workdir: Path, procs) -> Path:
+def _bird(ns: str, workdir: Path, procs, template: str = BIRD_CONF) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     conf, sock = workdir / "bird.conf", workdir / "bird.ctl"
-    conf.write_text(BIRD_CONF.format(bird=BIRD, r=R, block=BLOCK_BIRD, log=workdir / "bird.log"))
+    conf.write_text(template.format(bird=BIRD, r=R, block=BLOCK_BIRD, log=workdir / "bird.log"))
     subprocess.run(["bird", "-p", "-c", str(conf)], check=True)
     procs.add(subprocess.Popen(["ip", "netns", "exec", ns, "bird", "-f", "-c", str(conf), "-s", str(sock),
                                 "-P", str(workdir / "bird.pid")],
@@ -303,6 +303,67 @@ def test_bird_as_a_client_of_our_reflector(netns, procs, loop_thread, tmp_path):
         lt.run(a.set_advertisements(frozenset()))
         wait_for(lambda: bird_route() == "", 15, what="BIRD drops a's withdrawn block")
     finally:
+        for sp in speakers:
+            lt.run(sp.stop())
+
+
+# BIRD as a graceful-restart helper of our reflector: it keeps what r sent as stale while r is
+# down, and drops whatever is still stale at r's End-of-RIB (its log says when, 'debug states').
+BIRD_GR_CONF = BIRD_CONF.replace("    hold time 9;\n", "    hold time 9;\n    graceful restart on;\n"
+                                 "    debug {{ states, events }};\n")
+GR_ACTIVE = "Neighbor graceful restart active"
+
+
+def test_a_bird_client_keeps_the_other_clients_block_while_our_reflector_restarts(netns, procs,
+                                                                                 loop_thread, tmp_path):
+    """The restarted-reflector test above with BIRD as the client that holds the other client's
+    block: BIRD keeps a's block, its graceful restart still active, until a is back and r has
+    reflected a's block to it; only then does r's End-of-RIB end BIRD's restart."""
+    lt = loop_thread
+    fabric, ns_a, ns_bird = _fabric(netns), netns("rra"), netns("rrbird")
+    _join(fabric, ns_a, A)
+    _join(fabric, ns_bird, BIRD)
+    sock = _bird(ns_bird, tmp_path / "bird", procs, BIRD_GR_CONF)
+    bird_peer = PeerSpec(address=BIRD, asn=64512, local_asn=64512, passive=False, peer_type="global",
+                         name="bird", rr_client=True)
+    r_sessions = frozenset({*_sessions("r"), bird_peer}) - {p for p in _sessions("r") if p.address == B}
+
+    def bird_has(block: IPv4Network) -> bool:
+        return str(block) in _birdc(sock, "show", "route", "for", str(block))
+
+    def gr_active() -> bool:
+        return GR_ACTIVE in _birdc(sock, "show", "protocols", "all", "reflector")
+
+    speakers, stopped = [], None
+    try:
+        r = _speaker(lt, fabric, R, tmp_path / "r", r_sessions, frozenset(), CLUSTER)
+        speakers.append(r)
+        a = _speaker(lt, ns_a, A, tmp_path / "a", _sessions("a"), frozenset({BLOCK_A}))
+        speakers.append(a)
+        wait_for(lambda: bird_has(BLOCK_A), 30, what="BIRD learns a's block through r")
+
+        stopped = lt.call(lambda: a.child_pid)
+        os.kill(stopped, signal.SIGSTOP)
+        os.kill(lt.call(lambda: r.child_pid), signal.SIGKILL)  # no Cease: what a SIGKILLed agent leaves
+        lt.run(r.stop())
+        speakers.remove(r)
+        wait_for(gr_active, 15, what="BIRD's graceful restart for r active")
+        r = _speaker(lt, fabric, R, tmp_path / "r2", r_sessions, frozenset(), CLUSTER)
+        speakers.append(r)
+        wait_for(lambda: any(p.address == BIRD and p.state == "up" for p in lt.call(r.peer_status)), 30,
+                 what="BIRD's session to the restarted r")
+        lt.run(r.set_advertisements(frozenset({BLOCK_R})))  # a probe after what r sent at session up
+        wait_for(lambda: bird_has(BLOCK_R), 15, what="BIRD learns r's probe")
+        assert bird_has(BLOCK_A) and gr_active(), "r's End-of-RIB came before a's block"
+
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        wait_for(lambda: not gr_active(), 40, what="r's End-of-RIB ends BIRD's graceful restart")
+        assert bird_has(BLOCK_A) and bird_has(BLOCK_R)
+        assert "Neighbor graceful restart done" in (tmp_path / "bird" / "bird.log").read_text()
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
         for sp in speakers:
             lt.run(sp.stop())
 
