@@ -27,7 +27,7 @@ ratio_learn_vs_exabgp_alone, ratio_withdraw_vs_exabgp_alone, agent_cpu_s / exabg
 withdraw phases; per phase: agent_learn_cpu_s, agent_withdraw_cpu_s, exabgp_learn_cpu_s,
 exabgp_withdraw_cpu_s), agent_rss_mb / exabgp_rss_mb (peak: VmHWM over the whole run) and their sum
 agent_exabgp_rss_mb, agent_idle_rss_mb / exabgp_idle_rss_mb (RSS before the learn: what 0 routes
-cost), agent_gc_pause_ms / agent_gc_collections (the agent's cyclic-GC pauses over the learn and the
+cost), agent_learned_rss_mb / exabgp_learned_rss_mb (RSS once all N are in the kernel), agent_gc_pause_ms / agent_gc_collections (the agent's cyclic-GC pauses over the learn and the
 withdraw, total and collections by generation), load_avg_1m (after the pycalico run), goal_ratio (vs BIRD),
 goal_ratio_exabgp_alone, goal_agent_exabgp_rss_mb.
 ``--profile FILE`` runs the agent under cProfile (written when it stops; slower).
@@ -231,6 +231,7 @@ def measure(source: Bird, watch: KernelWatch, n: int, cpu: dict[str, int] | None
     source.cli("enable", "st")
     learn = watch.until(n, t0)
     middle = {name: cpu_s(pid) for name, pid in cpu.items()}
+    held = {name: hwm_mb(pid, "VmRSS") for name, pid in cpu.items()}  # with all N routes held
     t1 = time.monotonic()
     source.cli("disable", "st")
     withdraw = watch.until(0, t1)
@@ -241,6 +242,7 @@ def measure(source: Bird, watch: KernelWatch, n: int, cpu: dict[str, int] | None
     for name in cpu:
         out[f"{name}_learn_cpu_s"] = round(middle[name] - before[name], 2)
         out[f"{name}_withdraw_cpu_s"] = round(after[name] - middle[name], 2)
+        out[f"{name}_learned_rss_mb"] = held[name]
     return out
 
 
