@@ -84,7 +84,7 @@ class RemoteRoute(tuple):
     """A route learned over BGP: its prefix as ``key`` (``dst_key``; ``prefix`` is the
     ``IPv4Network``, built on demand), its next hop, and ``source``, the peer it came from (for
     the reason string). A ``(key, via)`` tuple whose ``via``, ``(gateway, source)``, is shared by
-    every route of one run (``many``: one UPDATE's routes): the calculation keeps only the via
+    the routes of one UPDATE (``many``): the calculation keeps only the via
     per prefix, so 100k learned routes hold no object each there, and a burst of them is made
     in C (a frozen dataclass cost ~1.1 us a route to construct, and 7 MB at 100k held).
 
@@ -100,10 +100,11 @@ class RemoteRoute(tuple):
         return tuple.__new__(cls, (key, (gateway, source)))
 
     @classmethod
-    def many(cls, keys: Iterable[int], gateway: IPv4Address, source: str) -> list[RemoteRoute]:
-        """One route per key, all via ``gateway`` from ``source`` (one shared via). The keys are
-        not checked again: they come from a parser that checked them (``bgp.protocol``)."""
-        return list(map(tuple.__new__, repeat(cls), zip(keys, repeat((gateway, source)))))
+    def many(cls, keys: Iterable[int], vias: Iterable[tuple[IPv4Address, str]]) -> list[RemoteRoute]:
+        """The route at each key via the via beside it (``(gateway, source)`` tuples, shared by
+        the routes of one UPDATE). The keys are not checked again: they come from a parser that
+        checked them (``bgp.protocol``)."""
+        return list(map(tuple.__new__, repeat(cls), zip(keys, vias)))
 
     key = property(itemgetter(0))
     via = property(itemgetter(1), doc="(gateway, source), shared by the routes of one run")

@@ -12,7 +12,6 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Iterable
-from itertools import groupby
 from operator import itemgetter
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
@@ -432,18 +431,20 @@ def remote_routes(learned: Iterable) -> frozenset[RemoteRoute]:
 def remote_route_list(learned: Iterable) -> list[RemoteRoute]:
     """``remote_routes`` as a list (the speaker's changes hold one route per prefix: nothing to
     deduplicate). ``learned``: ``bgp.rib.LearnedRoute`` values, each a ``(key, path)`` tuple
-    whose path (``nexthop``, ``peer``) is shared by the routes of one UPDATE: the routes of each
-    run of one path are made together (``RemoteRoute.many``), and a peer's name once per call
-    (``str`` of an address is Python code; a burst is 100k routes from one or two peers)."""
+    whose path (``nexthop``, ``peer``; hashed by identity) is shared by the routes of one UPDATE:
+    the via of each path is made once, and the routes in C (``RemoteRoute.many``). A withdrawal
+    does not come in the order of the announcements, so a burst's paths are interleaved."""
+    routes = learned if isinstance(learned, list) else list(learned)
+    paths = list(map(itemgetter(1), routes))
     names: dict[int, str] = {}  # by the address's integer: its own hash is Python code too
-    out: list[RemoteRoute] = []
-    for path, run in groupby(learned, key=itemgetter(1)):  # a run: one object, compared by identity
+    vias = {}
+    for path in set(paths):
         peer = path.peer
         source = names.get(peer._ip)
         if source is None:
             source = names[peer._ip] = str(peer)
-        out += RemoteRoute.many(map(itemgetter(0), run), path.nexthop, source)
-    return out
+        vias[path] = (path.nexthop, source)
+    return RemoteRoute.many(map(itemgetter(0), routes), map(vias.__getitem__, paths))
 
 
 def calc_input(state: ClusterState, node: str, learned: Iterable, *, bgp: bool = True) -> CalcInput:
