@@ -279,6 +279,8 @@ class Speaker:
                     self._notify()
                 case effects.Log(level, message, fields):
                     getattr(log, level)(message, extra={"node": self._node, **fields})
+                case _:
+                    raise AssertionError(f"Bug: the speaker does not know the effect {effect!r}")
         self._settled.set()
 
     def _fire(self, timer: str) -> None:

@@ -441,3 +441,17 @@ def test_the_speaker_passes_origin_changes_to_its_core(tmp_path):
     speaker.set_origins({BLOCK_A: B}, {})
     speaker.change_origins({BLOCK_A: A}, {})
     assert speaker.counters() == {}
+
+
+def test_the_speaker_executes_every_kind_of_effect_and_refuses_others(tmp_path):
+    """Every effect type the core can return has a case in Speaker._run (a new one without
+    would be dropped silently)."""
+    import typing
+    from bgp.speaker import Speaker
+    speaker = Speaker(node_name="n1", router_id=ME, local_address=ME, local_asn=64512,
+                      run_dir=tmp_path, on_change=lambda: None)
+    with pytest.raises(AssertionError, match="Bug: the speaker does not know the effect"):
+        speaker._run([object()])
+    source = Speaker._run.__code__.co_names
+    for kind in typing.get_args(fx.Effect):
+        assert kind.__name__ in source, kind
