@@ -62,6 +62,10 @@ def test_a_bad_route_names_itself_and_why():
         DesiredRoute(10 << 32 | 33, "unicast", None, None, "link", "x")
     with pytest.raises(TypeError, match=r"IPv4Network\('10\.0\.0\.0/8'\): want an int key"):
         DesiredRoute(IPv4Network("10.0.0.0/8"), "unicast", None, None, "link", "x")
+    with pytest.raises(ValueError, match="not a valid key"):
+        DesiredRoute(-1, "unicast", None, None, "link", "x")
+    with pytest.raises(ValueError, match="not a valid key"):
+        DesiredRoute(1 << 40, "unicast", None, None, "link", "x")
     with pytest.raises(TypeError, match="learned route destination"):
         RemoteRoute(IPv4Network("10.0.0.0/8"), IPv4Address("10.1.0.1"), "peer")
 
