@@ -27,7 +27,10 @@ b'reload\\n'
 from __future__ import annotations
 
 import json
+from itertools import repeat
+from operator import and_, itemgetter, lshift, or_
 from socket import AF_INET, inet_pton  # address conversion only (no I/O)
+from struct import error as struct_error, unpack
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,10 +42,15 @@ IPV4_UNICAST = "ipv4 unicast"
 BATCH_SIZE = 500
 
 
+def all_ints(values: tuple) -> bool:
+    """Whether every value is an int (in C: a set of their types)."""
+    return not values or set(map(type, values)) == {int}
+
+
 def _keys_of(event: object) -> None:
     """``keys`` as integer keys: a caller may construct an event with ``IPv4Network`` values."""
     keys = event.keys  # type: ignore[attr-defined]
-    if type(keys) is not tuple or any(type(k) is not int for k in keys):
+    if type(keys) is not tuple or not all_ints(keys):
         object.__setattr__(event, "keys", tuple(k if type(k) is int else prefix_key(k) for k in keys))
 
 
@@ -454,14 +462,33 @@ def _parse_update(peer: IPv4Address, nb: object) -> list[Event]:
 _LENGTHS = {str(n): n for n in range(33)}
 
 
+_HOSTMASKS = [~m & 0xFFFFFFFF for m in _MASKS]
+
+
 def _nlris(entries: object, field: str) -> tuple[int, ...]:
     """The keys of a list of ``{"nlri": P}`` or (compact) ``P``; the hot loop of learning.
 
-    ``inet_pton`` takes exactly what ``ipaddress`` takes (four decimal octets, no leading zeros);
-    whatever it or the length check refuses, or has host bits set, goes through
-    ``_prefix_key``, which decides and names the field."""
+    ``inet_pton`` takes exactly what ``ipaddress`` takes (four decimal octets, no leading zeros).
+    A list of compact NLRIs is converted as a whole, each step a C function mapped over the list
+    (~0.2 us a prefix, a third of a loop's); any entry that is not a string, that ``inet_pton`` or
+    the length check refuses, or that has host bits set, sends the list through ``_nlri_loop``,
+    which decides per entry and names the field."""
     if not isinstance(entries, list):
         raise _Bad(f"{field}: not a list")
+    try:
+        parts = list(map(str.partition, entries, repeat("/")))
+        bits = list(map(_LENGTHS.get, map(itemgetter(2), parts)))
+        packed = b"".join(map(inet_pton, repeat(AF_INET), map(itemgetter(0), parts)))
+        networks = unpack(f">{len(parts)}I", packed)
+        if not any(map(and_, networks, map(_HOSTMASKS.__getitem__, bits))):
+            return tuple(map(or_, map(lshift, networks, repeat(8)), bits))
+    except (TypeError, OSError, ValueError, struct_error):  # a dict entry, None bits, a bad address
+        pass
+    return _nlri_loop(entries, field)
+
+
+def _nlri_loop(entries: list, field: str) -> tuple[int, ...]:
+    """``_nlris`` one entry at a time: what the whole-list conversion could not take."""
     out, lengths, masks, pton, from_bytes = [], _LENGTHS, _MASKS, inet_pton, int.from_bytes
     for entry in entries:
         text = entry if entry.__class__ is str else _get(entry, "nlri")

@@ -50,8 +50,8 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import and_, is_not, itemgetter
 from ipaddress import IPv4Address, IPv4Network
 
 from bgp import protocol
@@ -178,11 +178,10 @@ def _keys(prefixes: Iterable) -> tuple:
     counted as malformed by the caller)."""
     if type(prefixes) is not tuple:
         prefixes = tuple(prefixes)
-    for k in prefixes:
-        if type(k) is not int:
-            return tuple(k if type(k) is int else protocol.prefix_key(k)
-                         if isinstance(k, IPv4Network) else k for k in prefixes)
-    return prefixes
+    if protocol.all_ints(prefixes):
+        return prefixes
+    return tuple(k if type(k) is int else protocol.prefix_key(k)
+                 if isinstance(k, IPv4Network) else k for k in prefixes)
 
 
 def _key(prefix: IPv4Network | int) -> int:
@@ -366,7 +365,7 @@ class Rib:
         path = _Path(peer, nexthop, originator_id, tuple(cluster_list), attributes,
                      rank(local_pref, as_path_len, origin, self._ebgp.get(peer, False)), med or 0,
                      neighbor_as)
-        if any(type(k) is not int for k in keys):
+        if not protocol.all_ints(keys):
             for bad in [k for k in keys if type(k) is not int]:
                 self._malformed(peer, bad)
             keys = tuple(k for k in keys if type(k) is int)
@@ -712,13 +711,18 @@ class Rib:
             self._before = {}
             return [], _views(best.items())
         before, self._before = self._before, {}
-        now = list(map(best.get, before))
-        # A changed key: its path is another object, and another route (not a re-announcement
-        # of the same next hop, peer, ORIGINATOR_ID and CLUSTER_LIST by a later UPDATE).
-        changed = [(key, old, new) for key, old, new in zip(before, before.values(), now)
-                   if old is not new and (old is None or new is None or old.ident != new.ident)]
-        removed = _views((key, old) for key, old, _ in changed if old is not None)
-        added = _views((key, new) for key, _, new in changed if new is not None)
+        # In C over the changed keys (a burst: 100k), as columns: a key changed when its path is
+        # another object, and another route, not a re-announcement of the same next hop, peer,
+        # ORIGINATOR_ID and CLUSTER_LIST by a later UPDATE (only those are compared in Python).
+        keys, olds = list(before), list(before.values())
+        news = list(map(best.get, keys))
+        changed = list(map(is_not, olds, news))
+        had = list(map(is_not, olds, repeat(None)))
+        has = list(map(is_not, news, repeat(None)))
+        for i in compress(range(len(keys)), map(and_, map(and_, changed, had), has)):
+            changed[i] = olds[i].ident != news[i].ident
+        removed = _views(compress(zip(keys, olds), map(and_, changed, had)))
+        added = _views(compress(zip(keys, news), map(and_, changed, has)))
         return removed, added
 
     def track_dirty(self, on: bool) -> None:
