@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bgp import core, effects as fx, protocol, speaker_core as sc
 from bgp.exabgp_conf import ExaBGPConfig
@@ -37,6 +39,7 @@ class Harness:
         base = ExaBGPConfig(router_id=ME, local_address=ME, relay_command=("socat",))
         self.core = sc.SpeakerCore(base=base, local_asn=64512, clock=self.clock, **kw)
         self.timers: dict[str, float] = {}
+        self.config = ""  # the last config written
         self.run(self.core.start(0.0))
         self.core.spawned()
         self.run(self.core.relay_connected())
@@ -49,6 +52,8 @@ class Harness:
                     self.timers[timer] = at
                 case fx.Cancel(timer):
                     self.timers.pop(timer, None)
+                case fx.WriteConfig(text):
+                    self.config = text
         return effects
 
     def at(self, now: float) -> None:
@@ -455,3 +460,56 @@ def test_the_speaker_executes_every_kind_of_effect_and_refuses_others(tmp_path):
     source = Speaker._run.__code__.co_names
     for kind in typing.get_args(fx.Effect):
         assert kind.__name__ in source, kind
+
+
+SPECS = {s.address: s for s in (MESH_A, MESH_B, TO_RR)}
+_peer_sets = st.frozensets(st.sampled_from(sorted(SPECS)))
+_ops = st.lists(st.one_of(
+    st.tuples(st.just("want"), _peer_sets),
+    st.tuples(st.just("up"), st.sampled_from(sorted(SPECS)), st.frozensets(st.sampled_from([BLOCK_A, BLOCK_B]))),
+    st.tuples(st.just("eor"), st.sampled_from(sorted(SPECS))),
+    st.tuples(st.just("down"), st.sampled_from(sorted(SPECS))),
+    st.tuples(st.just("tick"), st.floats(0.0, 5.0)),
+    st.tuples(st.just("child_lost"),)), max_size=30)
+
+
+def _tick(h: Harness, until: float) -> None:
+    """Fire every timer due by ``until``, in deadline order, as the event loop would."""
+    for _ in range(1000):
+        due = [(at, name) for name, at in h.timers.items() if at <= until]
+        if not due:
+            break
+        at, name = min(due)
+        h.timers.pop(name)
+        h.at(max(at, h.clock.now))
+        h.run(h.core.timer_fired(name, h.clock.now, WALL))
+    h.at(max(until, h.clock.now))
+
+
+@settings(max_examples=1000, deadline=None, database=None)
+@given(_ops)
+def test_whatever_happens_meanwhile_the_last_wanted_peer_set_is_what_ends_up_configured(ops):
+    """want_peers (the agent's call) with session events, Ceases, make-before-break plans and
+    timers interleaved in any order: once the timers have run out, exactly the last wanted
+    sessions are configured, in ExaBGP's config too, and no peer set waits for a Cease."""
+    h = Harness(drain_deadline=30.0)
+    wanted: frozenset[IPv4Address] = frozenset()
+    for op in ops:
+        match op:
+            case ("want", addresses):
+                wanted = addresses
+                h.want_peers(*(SPECS[a] for a in addresses))
+            case ("up", address, prefixes):
+                h.up(SPECS[address], *sorted(prefixes))
+            case ("eor", address):
+                h.feed(protocol.EndOfRib(address, protocol.IPV4_UNICAST))
+            case ("down", address):
+                h.down(SPECS[address])
+            case ("tick", seconds):
+                _tick(h, h.clock.now + seconds)
+            case ("child_lost",):
+                h.run(h.core.child_lost("down: exabgp exited with code 1", h.clock.now, WALL))
+    _tick(h, h.clock.now + 1000.0)
+    assert not h.core.ceasing
+    assert {s.address for s in h.core.peer_status()} == wanted
+    assert {a for a in SPECS if f"neighbor {a} " in h.config} == wanted
