@@ -4,7 +4,10 @@ Contract (what felix/agent.py uses):
 - ``peers.bgp_peers(local, nodes, cfg, explicit, passwords) -> frozenset[PeerSpec]``: the desired
   sessions (mesh, route reflectors, BGPPeers); ``secret_refs`` names the password Secrets to
   resolve, ``password_problems`` says which cannot be used (their sessions are left out).
-- ``speaker.Speaker``: ``start``/``stop``, ``set_peers(peers, cluster_id=None)`` (exactly these
+- ``speaker.Speaker``: ``start``, ``stop(for_good=False)`` (a restart: the sessions close without
+  a Cease and graceful-restart peers keep our routes as stale until the next speaker's End-of-RIB;
+  ``for_good``, a node leaving: a Cease (Administrative Shutdown) to every session first, on which
+  peers drop our routes at once), ``set_peers(peers, cluster_id=None)`` (exactly these
   sessions, at once; a cluster id makes us an RFC 4456 route reflector for the peers whose
   ``rr_client`` is set), ``want_peers(peers, cluster_id=None)`` (the same, make-before-break:
   sessions no longer wanted stay until others cover their routes, ``transition``),

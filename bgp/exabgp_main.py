@@ -11,7 +11,9 @@ Cease on teardown: ExaBGP 5.0.15 closes a session whose graceful-restart capabil
 its whole restart time. For the exact version this was read in, an API teardown turns that
 neighbor's graceful-restart off first, so the Cease is sent; any other version is left alone with a
 warning (tests/functional/test_bgp_interop.py fails if the behaviour changes under us). An agent
-shutdown or restart never uses teardown, so graceful restart keeps working for those.
+stopping for a restart never uses teardown: ExaBGP's own shutdown (SIGTERM) closes every session
+without a NOTIFICATION, whatever was negotiated, so graceful restart keeps working for those. A
+node leaving for good uses teardown (Administrative Shutdown), and wants the Cease.
 
 Why a session is not up (``node status``, as BIRD's ``Active  Socket: Connection refused``):
 ExaBGP 5.0.15 takes a refused connect for an established one (its ``tcp.ready`` reads and so

@@ -360,6 +360,7 @@ def reload_command() -> str:
 
 CEASE_PEER_DECONFIGURED = 3  # RFC 4486 Cease subcode: a graceful-restart helper drops at once
 CEASE_MAX_PREFIXES = 1  # RFC 4486: Maximum Number of Prefixes Reached
+CEASE_ADMIN_SHUTDOWN = 2  # RFC 4486: Administrative Shutdown (a node leaving for good)
 
 
 def teardown_command(address: IPv4Address, subcode: int = CEASE_PEER_DECONFIGURED) -> str:

@@ -10,6 +10,9 @@ shell decides itself is about the child and the socket: who may connect, the ack
 liveness probe, restarting a child that died, hung or lost its relay.
 
 Why things are the way they are:
+- A stop is a restart unless told it is for good (``stop``): ExaBGP's own shutdown (SIGTERM)
+  closes the sessions without a NOTIFICATION, which graceful-restart helpers take for a
+  restart; leaving for good, the core's Cease goes out first.
 - ExaBGP has no backpressure: it blocks once ~13k acks sit unread. The reader task reads all the
   time, and the writer keeps at most ``ACK_WINDOW`` commands unacknowledged.
 - Prefix changes go to all neighbors at once; ExaBGP's adj-rib-out keeps them for a neighbor
@@ -93,6 +96,18 @@ def origin_validation_from_env(env: Mapping[str, str] = os.environ) -> bool:
     if text not in ("true", "false"):
         raise ValueError(f"PYCALICO_BGP_ORIGIN_VALIDATION: {text!r} is not true or false")
     return text == "true"
+
+
+def stops_for_good_from_env(env: Mapping[str, str] = os.environ) -> bool:
+    """PYCALICO_BGP_STOP: ``graceful`` (default) or ``cease``. What a signalled agent (SIGTERM,
+    SIGINT) does to its BGP sessions: ``graceful`` takes every stop for a restart (peers keep our
+    routes by graceful restart, unless our Node is gone from the datastore: then the node is
+    leaving and they get a Cease); ``cease`` sends every session a Cease on every stop (a node
+    that never comes back, or peers that should not wait for it)."""
+    text = env.get("PYCALICO_BGP_STOP", "graceful").strip().lower()
+    if text not in ("graceful", "cease"):
+        raise ValueError(f"PYCALICO_BGP_STOP: {text!r} is not graceful or cease")
+    return text == "cease"
 
 
 def _now() -> datetime:
@@ -237,7 +252,16 @@ class Speaker:
         """Whether learned routes are complete (``SpeakerCore.routes_in_sync``); only reads."""
         return self._core.routes_in_sync
 
-    async def stop(self) -> None:
+    async def stop(self, *, for_good: bool = False) -> None:
+        """End the speaker. By default a restart (SIGTERM: a rolling update, an upgrade): ExaBGP
+        is ended without a Cease, so graceful-restart peers keep our routes as stale until the
+        next speaker's End-of-RIB. ``for_good`` (the node is leaving): every session gets a Cease
+        first, and this waits until they are down (``speaker_core.CEASE_TIMEOUT`` at most).
+        ``SpeakerCore.stop`` says why."""
+        if not self._stopping:
+            self._run(self._core.stop(for_good))
+            if for_good:
+                await self._sessions_down(speaker_core.CEASE_TIMEOUT)
         self._stopping = True
         self._settled.set()
         self._set_status("stopped", "stopped by the agent")
@@ -253,6 +277,17 @@ class Speaker:
             self._server.close()
             await self._server.wait_closed()
         self._sock_path.unlink(missing_ok=True)
+
+    async def _sessions_down(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._core.sessions_up:
+            self._settled.clear()
+            try:
+                await asyncio.wait_for(self._settled.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                log.warning("sessions still up after their Cease; stopping anyway",
+                            extra={"node": self._node})
+                return
 
     # -- the core's effects ---------------------------------------------------------------------
 

@@ -22,6 +22,11 @@ Why things are the way they are:
   session change and End-of-RIB while something drains, on a timer for the plan's deadlines,
   and after a Cease it waited for; ``set_peers`` underneath configures exactly what it is given.
 - Peer changes reach ExaBGP as one debounced reload; a new AS number or listen port restarts it.
+- A stop is a restart unless the node leaves for good (``stop``): a restart sends nothing, and
+  ExaBGP's shutdown closes the TCP sessions without a NOTIFICATION, which a graceful-restart
+  helper takes for a restart (RFC 4724: it keeps our routes as stale until our End-of-RIB or
+  its restart time); a node leaving for good sends every session a Cease, on which the helper
+  drops our routes at once.
 
 >>> from ipaddress import IPv4Address
 >>> from bgp.exabgp_conf import ExaBGPConfig
@@ -134,6 +139,31 @@ class SpeakerCore:
             if peer.child_lost(reason, wall):
                 self._rib.peer_down(peer.spec.address)
         return [*self._reflect(now), *self._schedule_expiry(), NOTIFY, *self._after_session_change(now)]
+
+    def stop(self, for_good: bool) -> list[Effect]:
+        """The agent is stopping. A restart (``for_good`` False: SIGTERM of a rolling update, an
+        upgrade) sends nothing: the speaker ends ExaBGP, whose shutdown closes every session
+        without a NOTIFICATION, so graceful-restart helpers keep our routes as stale and the next
+        speaker re-announces them, then End-of-RIB. A Cease would make them flush at once: RFC
+        4724 ends graceful restart on any NOTIFICATION, and RFC 8538 (a Cease that keeps it, the
+        N bit) is implemented by neither ExaBGP 5.0.15 nor BIRD 2.0.12. Leaving for good, every
+        session that is up gets a Cease (Administrative Shutdown) and the speaker waits until
+        none is up (``sessions_up``) before it ends ExaBGP."""
+        up = sorted(a for a, p in self._peers.items() if p.state == "up")
+        if not for_good:
+            return [Log("info", "stopping for a restart: sessions close without a Cease, peers keep "
+                            "our routes (graceful restart)", {"peers": [str(a) for a in up]})]
+        effects: list[Effect] = [Log("info", "stopping for good: Cease to every session",
+                                     {"peers": [str(a) for a in up]})]
+        if up and self._connected:
+            effects.append(Send(tuple(protocol.teardown_command(a, protocol.CEASE_ADMIN_SHUTDOWN)
+                                      for a in up)))
+        return effects
+
+    @property
+    def sessions_up(self) -> bool:
+        """Some session is up (a stop for good waits for its Cease to take them down)."""
+        return self._connected and any(p.state == "up" for p in self._peers.values())
 
     # -- what ExaBGP tells us -------------------------------------------------------------------
 

@@ -9,7 +9,10 @@ while the burst lands. The frequent events (workload endpoints, learned BGP rout
 update the route calculation incrementally and write only the destinations that changed; any other
 change rebuilds it (``_reconcile``). Nothing is written to the kernel, and no BGP peer is configured, before
 the datastore is in sync. On exit (SIGTERM) the agent stops its ExaBGP child but leaves its kernel
-routes in place, so traffic keeps flowing while it restarts; the next agent adopts them.
+routes in place, so traffic keeps flowing while it restarts; the next agent adopts them. Its BGP
+sessions close without a Cease, so graceful-restart peers keep its routes as stale until the next
+agent's End-of-RIB; only a node leaving for good (its Node gone from the datastore, or
+PYCALICO_BGP_STOP=cease) sends its peers a Cease, and they drop its routes at once.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ import tenacity
 import datastore
 import hostio
 from bgp.peers import bgp_peers, password_problems, secret_refs
-from bgp.speaker import Speaker, max_prefixes_from_env, origin_validation_from_env
+from bgp.speaker import Speaker, max_prefixes_from_env, origin_validation_from_env, stops_for_good_from_env
 from cni.server import CNIServer
 from crds import Node, ObjectMeta
 from crds.models import NodeBGPSpec, NodeSpec
@@ -215,7 +218,7 @@ class Agent:
         if self._syncer is not None:
             await asyncio.to_thread(self._syncer.stop)
         if self.speaker is not None:
-            await self.speaker.stop()
+            await self.speaker.stop(for_good=self._leaving_for_good())
         if self.secrets is not None:
             await asyncio.to_thread(self.secrets.close)
         await self._status.stop()
@@ -224,6 +227,16 @@ class Agent:
         await self.routes.close()
         await self.encap.close()
         self.ds.close()
+
+    def _leaving_for_good(self) -> bool:
+        """A stop is a restart (peers keep our routes by graceful restart) unless the node leaves:
+        PYCALICO_BGP_STOP=cease, or our Node deleted from the datastore (a node removed from the
+        cluster; the speaker runs only once in sync, so a Node missing is a Node deleted)."""
+        node_gone = self.state.in_sync and all(
+            n.name != self.cfg.node for n in cluster.node_infos(self.state))
+        if node_gone:
+            log.info("own Node deleted from the datastore: leaving for good", extra={"node": self.cfg.node})
+        return stops_for_good_from_env() or node_gone
 
     def _die(self, exc: BaseException) -> None:
         self.fatal = exc
@@ -816,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = datastore.connect(cfg.datastore_type, etcd_endpoints=cfg.etcd_endpoints,
                                kubeconfig=cfg.kubeconfig, node_name=cfg.node)
         default_pool(os.environ)  # a bad CALICO_IPV4POOL_* stops us here, naming it
+        stops_for_good_from_env()  # and a bad PYCALICO_BGP_STOP
     except (ValueError, RuntimeError) as exc:
         print(f"pycalico-node: {exc}", file=sys.stderr)
         return 2

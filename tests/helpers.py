@@ -42,6 +42,21 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
+def route_monitor(procs, ns: str, log_path: Path) -> Path:
+    """``ip monitor route`` in ``ns`` into ``log_path`` (a process of the ``procs`` registry);
+    returns once it listens (it has seen a marker route, added and deleted)."""
+    marker = "198.51.100.254/32"
+    with open(log_path, "w") as out:
+        procs.add(subprocess.Popen(["ip", "-n", ns, "monitor", "route"], stdout=out, stderr=out))
+
+    def seen() -> bool:  # re-added each time: the monitor may start listening late
+        subprocess.run(["ip", "-n", ns, "route", "replace", "blackhole", marker], check=True)
+        subprocess.run(["ip", "-n", ns, "route", "del", "blackhole", marker], check=True)
+        return marker.split("/")[0] in log_path.read_text()
+    wait_for(seen, 10, interval=0.2, what=f"ip monitor route listening in {ns}")
+    return log_path
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     import socket

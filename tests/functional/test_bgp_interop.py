@@ -20,7 +20,7 @@ import pytest
 from bgp.peers import PeerSpec
 from bgp.rib import LearnedRoute
 from bgp.speaker import Speaker
-from tests.helpers import LoopThread, veth_between, wait_for
+from tests.helpers import LoopThread, route_monitor, veth_between, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -95,12 +95,20 @@ protocol bgp calico {{
 """
 
 
+# Only for a Bird(kernel=True): BGP routes into BIRD's kernel table, so a flush shows there too.
+BIRD_KERNEL = """\
+protocol kernel {
+    ipv4 { export where source = RTS_BGP; };
+}
+"""
+
 GR_ACTIVE = "Neighbor graceful restart active"
 
 
 class Bird:
-    def __init__(self, ns: str, workdir: Path, procs) -> None:
+    def __init__(self, ns: str, workdir: Path, procs, *, kernel: bool = False) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        self.ns, self.kernel = ns, kernel
         self.sock = workdir / "bird.ctl"
         self.log = workdir / "bird.log"
         conf = workdir / "bird.conf"
@@ -114,7 +122,8 @@ class Bird:
         wait_for(lambda: self._alive() and self.sock.exists(), 10, what="bird control socket")
 
     def _conf(self) -> str:
-        return BIRD_CONF.format(peer=PEER, us=US, peer_block=PEER_BLOCK, outside=OUTSIDE, log=self.log)
+        conf = BIRD_CONF.format(peer=PEER, us=US, peer_block=PEER_BLOCK, outside=OUTSIDE, log=self.log)
+        return conf + (BIRD_KERNEL if self.kernel else "")
 
     def _alive(self) -> bool:
         if self.proc.poll() is not None:
@@ -137,6 +146,11 @@ class Bird:
 
     def protocol(self) -> str:
         return self.cli("show", "protocols", "all", "calico")
+
+    def kernel_route(self, prefix: IPv4Network) -> str:
+        """BIRD's kernel route to ``prefix`` in its namespace ('' when there is none)."""
+        return subprocess.run(["ip", "-n", self.ns, "route", "show", "exact", str(prefix), "proto", "bird"],
+                              capture_output=True, text=True, check=True, timeout=10).stdout.strip()
 
     def bgp_state(self, info: str | None = None) -> str:
         """The 'BGP state:' line of `show protocols all` (Established, Active, Connect...)."""
@@ -196,6 +210,28 @@ def test_bird_drops_our_routes_when_we_remove_the_peer(netns, procs, loop_thread
         lt.run(speaker.stop())
 
 
+def test_bird_drops_our_routes_when_we_stop_for_good(netns, procs, loop_thread, tmp_path):
+    """A node leaving for good: its speaker's stop sends every session a Cease (Administrative
+    Shutdown) before ExaBGP ends, and BIRD flushes our routes at once instead of holding them
+    stale for its restart time."""
+    lt = loop_thread
+    ns_us, ns_bird = netns("ifu"), netns("ifb")
+    veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")
+    bird = Bird(ns_bird, tmp_path / "bird", procs, kernel=True)
+    peer = PeerSpec(address=PEER, asn=64512, local_asn=64512, passive=False,
+                    peer_type="global", name="bird")
+    speaker = _start_speaker(lt, ns_us, tmp_path / "us", peer)
+    try:
+        wait_for(lambda: bird.kernel_route(OUR_BLOCK), 20, what="BIRD installs our block")
+    finally:
+        lt.run(speaker.stop(for_good=True))
+    info = bird.protocol()
+    assert bird.bgp_state(info) != "Established", "stop returns once the session is down"
+    assert "Received: Administrative shutdown" in info and GR_ACTIVE not in info, info
+    wait_for(lambda: bird.route(OUR_BLOCK) == "" and bird.kernel_route(OUR_BLOCK) == "", 3,
+             what="BIRD drops our block from its RIB and kernel")
+
+
 def test_bird_keeps_our_route_stale_while_exabgp_restarts(netns, procs, loop_thread, tmp_path):
     """RFC 4724 with BIRD as the helper: our ExaBGP child is SIGKILLed and the Speaker restarts it."""
     lt = loop_thread
@@ -233,6 +269,48 @@ def test_bird_keeps_our_route_stale_while_exabgp_restarts(netns, procs, loop_thr
         assert f"BGP.next_hop: {US}" in bird.route(OUR_BLOCK)
     finally:
         lt.run(speaker.stop())
+
+
+def test_bird_keeps_our_route_while_the_stopped_speaker_restarts(netns, procs, loop_thread, tmp_path):
+    """A signalled agent (SIGTERM: a rolling update) stops its speaker and a new one starts: BIRD,
+    a graceful-restart helper, keeps our block as stale in its RIB and its kernel until the new
+    speaker has re-announced it and sent End-of-RIB (a Cease instead would make BIRD flush it:
+    RFC 4724 without RFC 8538 ends graceful restart on any NOTIFICATION)."""
+    lt = loop_thread
+    ns_us, ns_bird = netns("isu"), netns("isb")
+    veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")
+    bird = Bird(ns_bird, tmp_path / "bird", procs, kernel=True)
+    peer = PeerSpec(address=PEER, asn=64512, local_asn=64512, passive=False,
+                    peer_type="global", name="bird")
+    speaker = _start_speaker(lt, ns_us, tmp_path / "us", peer)
+    stopped = False
+    try:
+        wait_for(lambda: bird.kernel_route(OUR_BLOCK), 20, what="BIRD installs our block")
+        monitor_log = route_monitor(procs, ns_bird, tmp_path / "monitor.log")
+        lt.run(speaker.stop())  # what the agent does on SIGTERM
+        stopped = True
+
+        def kept_while_down() -> bool:
+            info = bird.protocol()
+            return (bird.bgp_state(info) not in ("", "Established")
+                    and GR_ACTIVE in info and bool(bird.route(OUR_BLOCK)))
+        wait_for(kept_while_down, 10, what="BIRD's session down, helper active, our route kept")
+        assert f"via {US}" in bird.kernel_route(OUR_BLOCK), "BIRD's kernel route must stay"
+        assert "Received: Cease" not in bird.protocol()
+
+        speaker = _start_speaker(lt, ns_us, tmp_path / "us", peer)  # the restarted agent's
+        stopped = False
+        wait_for(lambda: bird.bgp_state() == "Established" and _established(lt, speaker), 20,
+                 what="session re-established")
+        wait_for(lambda: GR_ACTIVE not in bird.protocol(), 10, what="BIRD's restart done after our EoR")
+        assert "Neighbor graceful restart done" in bird.log.read_text()
+        assert f"via {US}" in bird.kernel_route(OUR_BLOCK)
+        deleted = [ln for ln in monitor_log.read_text().splitlines()
+                   if ln.startswith("Deleted") and str(OUR_BLOCK) in ln]
+        assert deleted == [], f"BIRD removed our block from its kernel meanwhile: {deleted}"
+    finally:
+        if not stopped:
+            lt.run(speaker.stop())
 
 
 # -- GoBGP ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from bgp import core, effects as fx, protocol, speaker_core as sc
 from bgp.exabgp_conf import ExaBGPConfig
 from bgp.peers import PeerSpec
+from bgp.speaker import stops_for_good_from_env
 
 ME = IPv4Address("10.0.0.1")
 A, B, RR = IPv4Address("10.0.0.2"), IPv4Address("10.0.0.3"), IPv4Address("10.0.0.9")
@@ -239,6 +240,51 @@ def test_losing_the_child_ends_a_pending_cease():
     h.core.relay_lost()
     h.run(h.core.child_lost("down: relay lost", 1.0, WALL))
     assert not h.core.ceasing and h.core.peer_status() == []
+
+
+def test_a_stop_for_a_restart_sends_no_cease():
+    """A rolling update's SIGTERM: ExaBGP's shutdown closes the sessions without a NOTIFICATION,
+    and graceful-restart helpers keep our routes (a Cease would make them flush)."""
+    h = Harness()
+    h.set_peers(MESH_A)
+    h.fire(fx.RELOAD)
+    h.up(MESH_A)
+    effects = h.run(h.core.stop(for_good=False))
+    assert sent(effects) == []
+    assert h.core.sessions_up, "nothing was asked of the session: ExaBGP's shutdown closes it"
+
+
+def test_a_stop_for_good_ceases_every_session_that_is_up_and_waits_for_them():
+    h = Harness()
+    h.set_peers(MESH_A, MESH_B, TO_RR)
+    h.fire(fx.RELOAD)
+    h.up(MESH_A)
+    h.up(TO_RR)
+    effects = h.run(h.core.stop(for_good=True))
+    assert sent(effects) == [protocol.teardown_command(a, protocol.CEASE_ADMIN_SHUTDOWN) for a in (A, RR)]
+    assert h.core.sessions_up
+    h.down(MESH_A)
+    assert h.core.sessions_up
+    h.down(TO_RR)
+    assert not h.core.sessions_up
+
+
+def test_a_stop_for_good_without_a_relay_sends_nothing_and_waits_for_nothing():
+    h = Harness()
+    h.set_peers(MESH_A)
+    h.fire(fx.RELOAD)
+    h.up(MESH_A)
+    h.core.relay_lost()
+    assert sent(h.run(h.core.stop(for_good=True))) == []
+    assert not h.core.sessions_up
+
+
+def test_stops_for_good_from_env_is_graceful_unless_told_cease_and_names_a_bad_value():
+    assert stops_for_good_from_env({}) is False
+    assert stops_for_good_from_env({"PYCALICO_BGP_STOP": "graceful"}) is False
+    assert stops_for_good_from_env({"PYCALICO_BGP_STOP": " Cease "}) is True
+    with pytest.raises(ValueError, match="PYCALICO_BGP_STOP: 'notify' is not graceful or cease"):
+        stops_for_good_from_env({"PYCALICO_BGP_STOP": "notify"})
 
 
 # -- make-before-break ----------------------------------------------------------------------------

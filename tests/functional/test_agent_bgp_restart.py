@@ -1,0 +1,158 @@
+"""A rolling update of the agent (SIGTERM, then a new agent) against BIRD 2, a graceful-restart
+helper peering by a global BGPPeer: BIRD keeps our block in its RIB and its kernel throughout,
+as stale while we are gone, until the new agent has re-announced it and sent End-of-RIB.
+
+A stop that ended the session with a NOTIFICATION (Cease) would make BIRD flush our routes at
+once (RFC 4724 without RFC 8538) and cut the node's pods off its peers until the new agent is
+back; that is only right for a node leaving for good (its Node deleted). Everything runs in
+namespaces: etcd and the agent in the node namespace, BIRD in the fabric namespace at the other
+end of the node's eth0.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from felix.status import query
+from lab.netns import in_netns
+from tests.functional.test_agent import node_namespace, start_agent, start_etcd_in
+from tests.helpers import free_port, route_monitor, wait_for
+
+pytestmark = pytest.mark.root
+
+NODE_IP, BIRD_IP = "10.98.0.1", "10.98.0.254"
+BLOCK = "10.244.1.0/26"
+GR_ACTIVE = "Neighbor graceful restart active"
+
+BIRD_CONF = """\
+router id {bird};
+log "{log}" all;
+protocol device {{}}
+protocol kernel {{
+    ipv4 {{ export where source = RTS_BGP; }};
+}}
+protocol bgp tor {{
+    local {bird} as 64512;
+    neighbor {node} as 64512;
+    direct;
+    passive on;
+    hold time 9;
+    debug {{ states, events }};  # into the log: 'Neighbor graceful restart detected/done'
+    graceful restart on;
+    graceful restart time 120;
+    ipv4 {{ import all; export none; }};
+}}
+"""
+
+
+def _seed(url: str, node: str) -> None:
+    import datastore
+    from crds import load
+
+    ds = datastore.connect("etcdv3", etcd_endpoints=url)
+    v3 = "projectcalico.org/v3"
+    for doc in (
+        {"kind": "IPPool", "metadata": {"name": "pool"}, "spec": {"cidr": "10.244.0.0/16"}},
+        {"kind": "IPAMBlock", "metadata": {"name": "10-244-1-0-26"},
+         "spec": {"cidr": BLOCK, "affinity": f"host:{node}"}},
+        {"kind": "BGPPeer", "metadata": {"name": "tor"},
+         "spec": {"peerIP": BIRD_IP, "asNumber": 64512}},
+    ):
+        ds.create(load({"apiVersion": v3, **doc}))
+    ds.close()
+
+
+class Bird:
+    def __init__(self, ns: str, workdir: Path, procs) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.ns, self.sock, self.log = ns, workdir / "bird.ctl", workdir / "bird.log"
+        conf = workdir / "bird.conf"
+        conf.write_text(BIRD_CONF.format(bird=BIRD_IP, node=NODE_IP, log=self.log))
+        subprocess.run(["bird", "-p", "-c", str(conf)], check=True)  # parse only: clear errors
+        self.proc = procs.add(subprocess.Popen(
+            ["ip", "netns", "exec", ns, "bird", "-f", "-c", str(conf), "-s", str(self.sock),
+             "-P", str(workdir / "bird.pid")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_for(lambda: self.proc.poll() is None and self.sock.exists(), 10, what="bird socket")
+
+    def protocol(self) -> str:
+        assert self.proc.poll() is None, f"bird exited: {self.log.read_text(errors='replace')}"
+        return subprocess.run(["birdc", "-s", str(self.sock), "show", "protocols", "all", "tor"],
+                              capture_output=True, text=True, timeout=10, check=False).stdout
+
+    def state(self, info: str | None = None) -> str:
+        for line in (self.protocol() if info is None else info).splitlines():
+            if line.strip().startswith("BGP state:"):
+                return line.split(":", 1)[1].strip()
+        return ""
+
+    def kernel_route(self) -> str:
+        return subprocess.run(["ip", "-n", self.ns, "route", "show", "exact", BLOCK, "proto", "bird"],
+                              capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+
+
+def test_a_sigtermed_agent_leaves_its_routes_with_a_graceful_restart_helper(netns, procs, tmp_path):
+    node_ns, node = node_namespace(netns, "gts")
+    fabric = f"{node_ns}f"
+    url = f"http://127.0.0.1:{free_port()}"
+    start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
+    in_netns(node_ns, _seed, url, node)
+    bird = Bird(fabric, tmp_path / "bird", procs)
+    agent = start_agent(procs, node_ns, node, url, tmp_path)
+    wait_for(lambda: f"via {NODE_IP}" in bird.kernel_route(), 40, what="BIRD installs our block")
+    monitor_log = route_monitor(procs, fabric, tmp_path / "monitor.log")
+
+    agent.send_signal(signal.SIGTERM)  # a rolling update
+    assert agent.wait(timeout=15) == 0
+    info = wait_for(lambda: (i := bird.protocol()) and bird.state(i) not in ("", "Established") and i,
+                    10, what="BIRD sees our session close")
+    assert GR_ACTIVE in info, f"BIRD must take the stop for a restart:\n{info}"
+    assert "Received: Cease" not in info, info
+    assert f"via {NODE_IP}" in bird.kernel_route(), "BIRD flushed our block while we restart"
+
+    start_agent(procs, node_ns, node, url, tmp_path)  # the DaemonSet's new pod
+    wait_for(lambda: bird.state() == "Established", 40, what="the new agent's session")
+    wait_for(lambda: GR_ACTIVE not in bird.protocol(), 20, what="BIRD's restart done after our End-of-RIB")
+    assert "Neighbor graceful restart done" in bird.log.read_text()
+    assert f"via {NODE_IP}" in bird.kernel_route()
+    deleted = [ln for ln in monitor_log.read_text().splitlines()
+               if ln.startswith("Deleted") and BLOCK in ln]
+    assert deleted == [], f"BIRD removed our block from its kernel meanwhile: {deleted}"
+    status = query(node, "status", path=tmp_path / "run" / "status.sock")
+    assert [(p["address"], p["state"]) for p in status["peers"]] == [(BIRD_IP, "Established")]
+
+
+def _delete_node(url: str, node: str) -> None:
+    import datastore
+
+    ds = datastore.connect("etcdv3", etcd_endpoints=url)
+    try:
+        ds.delete("Node", node)
+    finally:
+        ds.close()
+
+
+def test_an_agent_whose_node_was_deleted_ceases_its_sessions_when_it_stops(netns, procs, tmp_path):
+    """The node is leaving the cluster (its Node deleted): on SIGTERM the agent's sessions get a
+    Cease, and BIRD drops our block at once instead of holding it stale for 120 s."""
+    node_ns, node = node_namespace(netns, "gtc")
+    fabric = f"{node_ns}f"
+    url = f"http://127.0.0.1:{free_port()}"
+    start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
+    in_netns(node_ns, _seed, url, node)
+    bird = Bird(fabric, tmp_path / "bird", procs)
+    agent = start_agent(procs, node_ns, node, url, tmp_path)
+    wait_for(lambda: f"via {NODE_IP}" in bird.kernel_route(), 40, what="BIRD installs our block")
+
+    in_netns(node_ns, _delete_node, url, node)
+    wait_for(lambda: "own Node resource missing" in (tmp_path / "agent.log").read_text(), 20,
+             what="the agent sees its Node deleted")
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=15) == 0
+    info = bird.protocol()
+    assert bird.state(info) != "Established", info
+    assert "Received: Administrative shutdown" in info and GR_ACTIVE not in info, info
+    wait_for(lambda: bird.kernel_route() == "", 3, what="BIRD drops our block from its kernel")
+    assert "leaving for good" in (tmp_path / "agent.log").read_text()
