@@ -31,7 +31,7 @@ def run(args) -> int:
         if args.lab_cmd == "ping":
             return 0 if lab.ping(args.name) else 1
         if args.lab_cmd == "restart":
-            lab.restart(args.name, args.node)
+            lab.restart(args.name, args.node, args.signal)
             return 0
         if args.lab_cmd == "down":
             lab.down(args.name)

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = ls.add_parser("restart")
     r.add_argument("--name", required=True)
     r.add_argument("--node", required=True)
+    r.add_argument("--signal", choices=["KILL", "TERM"], default="KILL",
+                   help="KILL: a crash (default); TERM: a rolling update")
     demo = ls.add_parser("demo")
     demo.add_argument("--name", default="demo")
     demo.add_argument("--datastore", choices=["kubernetes", "etcdv3"], default="kubernetes")

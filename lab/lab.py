@@ -638,22 +638,30 @@ def _patch_pool(ds, name: str, modes: dict[str, str]) -> bool:
 
 # -- restart --
 
-def restart(name: str, node: str) -> int:
+RESTART_SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}
+TERM_WAIT = 30.0  # a SIGTERMed agent ends its ExaBGP (5 s at most) and its servers well before
+
+
+def restart(name: str, node: str, sig: str = "KILL") -> int:
+    """End ``node``'s agent with SIGKILL (a crash) or SIGTERM (a rolling update: the agent stops
+    as for a restart), then start a new one as the DaemonSet would."""
+    if sig not in RESTART_SIGNALS:
+        raise LabError(f"--signal: {sig!r} is not one of {', '.join(RESTART_SIGNALS)}")
     state = LabState.load(name)
     if node not in state.nodes:
         raise LabError(f"--node: {node!r} is not a node of lab {name} ({', '.join(state.nodes)})")
     old = state.agent_pids[node]
     if old in netns_pids(node):  # ours for sure: it runs in the lab's own node namespace
         try:
-            os.kill(old, signal.SIGKILL)
+            os.kill(old, RESTART_SIGNALS[sig])
         except ProcessLookupError:
             pass
-        _wait_gone(old)
+        _wait_gone(old, TERM_WAIT if sig == "TERM" else 10.0)
     else:
         _log(f"{node}: agent pid {old} is not running in {node}; starting a new agent")
     state.agent_pids[node] = _start_agent(state, node)
     state.save()
-    _log(f"{node}: agent pid {old} killed (SIGKILL), new agent pid {state.agent_pids[node]}")
+    _log(f"{node}: agent pid {old} ended (SIG{sig}), new agent pid {state.agent_pids[node]}")
     return state.agent_pids[node]
 
 

@@ -1,5 +1,6 @@
-"""Graceful restart end to end (issue 9 item 4): an agent killed with SIGKILL and started again as
-the DaemonSet would (``lab restart``: SIGKILL by PID, then the manifest's container again) loses
+"""Graceful restart end to end (issue 9 item 4): an agent killed with SIGKILL, or stopped with
+SIGTERM as a rolling update stops it, and started again as the DaemonSet would (``lab restart
+--signal KILL|TERM``: the signal by PID, then the manifest's container again) loses
 zero packets of continuous pod-to-pod pings (20 a second) -- across the other nodes, and to and
 from the killed node's own pods (its kernel routes survive the kill and are adopted, not flushed).
 
@@ -113,9 +114,10 @@ class Missing:
         return f"everything settled {self.when} (last missing: {self.last})"
 
 
-def kill_and_restart(name: str, node: str, pairs: list[tuple[dict, dict]]) -> dict[str, tuple[int, int]]:
-    """SIGKILL ``node``'s agent and start it again while ``pairs`` ping; (sent, received) per pair
-    once everything has settled."""
+def kill_and_restart(name: str, node: str, pairs: list[tuple[dict, dict]],
+                     sig: str = "KILL") -> dict[str, tuple[int, int]]:
+    """End ``node``'s agent with SIG``sig`` and start it again while ``pairs`` ping; (sent,
+    received) per pair once everything has settled."""
     state = helpers.lab_state(name)
     peers = [n for n in state["nodes"] if n != node and any(
         p["state"] == "Established" for p in query(n, "status")["peers"])]
@@ -125,7 +127,7 @@ def kill_and_restart(name: str, node: str, pairs: list[tuple[dict, dict]]) -> di
     try:
         pings = Pings(pairs)
         try:
-            ctl("lab", "restart", "--name", name, "--node", node)
+            ctl("lab", "restart", "--name", name, "--node", node, "--signal", sig)
             state = helpers.lab_state(name)
             assert state["agent_pids"][node] != old
             wait_for(lambda: (status(node) or {}).get("pid") == state["agent_pids"][node], timeout=20,
@@ -155,6 +157,16 @@ def test_a_sigkilled_mesh_agent_loses_no_packet(mesh_lab):
     pairs = [(pods[others[0]], pods[others[1]]), (pods[killed], pods[others[0]]),
              (pods[others[1]], pods[killed])]
     assert_no_loss(kill_and_restart(MESH, killed, pairs))
+
+
+def test_a_sigtermed_mesh_agent_loses_no_packet(mesh_lab):
+    """A rolling update: the agent is SIGTERMed and stops as for a restart (its sessions close
+    without a Cease, on which its peers would drop its routes at once), then starts again."""
+    *others, stopped = sorted(mesh_lab["nodes"])
+    pods = {p["node"]: p for p in mesh_lab["pods"]}
+    pairs = [(pods[others[0]], pods[others[1]]), (pods[stopped], pods[others[0]]),
+             (pods[others[1]], pods[stopped])]
+    assert_no_loss(kill_and_restart(MESH, stopped, pairs, sig="TERM"))
 
 
 def test_a_sigkilled_lone_reflector_loses_no_client_packet(reflector_lab):
