@@ -24,7 +24,7 @@ with a dump.
 JSON keys: prefixes, learn_s, withdraw_s, learn_bird_s, withdraw_bird_s, ratio_learn_vs_bird,
 ratio_withdraw_vs_bird, learn_exabgp_alone_s, withdraw_exabgp_alone_s, exabgp_alone_cpu_s,
 ratio_learn_vs_exabgp_alone, ratio_withdraw_vs_exabgp_alone, agent_cpu_s / exabgp_cpu_s (user+system CPU spent during the learn and
-withdraw phases; per phase: agent_learn_cpu_s, agent_withdraw_cpu_s, exabgp_learn_cpu_s,
+withdraw phases; agent_sys_cpu_s: the agent's system part, mostly the kernel taking its routes; per phase: agent_learn_cpu_s, agent_withdraw_cpu_s, exabgp_learn_cpu_s,
 exabgp_withdraw_cpu_s), agent_rss_mb / exabgp_rss_mb (peak: VmHWM over the whole run) and their sum
 agent_exabgp_rss_mb, agent_idle_rss_mb / exabgp_idle_rss_mb (RSS before the learn: what 0 routes
 cost), agent_learned_rss_mb / exabgp_learned_rss_mb (RSS once all N are in the kernel), agent_gc_pause_ms / agent_gc_collections (the agent's cyclic-GC pauses over the learn and the
@@ -200,7 +200,7 @@ def run_pycalico(n: int, work: Path, profile: Path | None) -> dict:
         source.wait_established(timeout=60)
         exabgp = wait(lambda: exabgp_pid(agent.pid), 10, "the ExaBGP child")
         time.sleep(1.0)  # End-of-RIB both ways and the agent's reconcile after it
-        cpu0 = cpu_s(agent.pid), cpu_s(exabgp)
+        cpu0 = cpu_s(agent.pid), cpu_s(exabgp), cpu_s(agent.pid, system_only=True)
         idle_rss = hwm_mb(agent.pid, "VmRSS"), hwm_mb(exabgp, "VmRSS")
         gc0 = agent_gc(work)
         with KernelWatch(node_ns, AGENT_PROTO) as watch:
@@ -210,6 +210,7 @@ def run_pycalico(n: int, work: Path, profile: Path | None) -> dict:
         out["agent_gc_collections"] = [a - b for a, b in zip(gc1["by_generation"], gc0["by_generation"])]
         out["agent_cpu_s"] = round(cpu_s(agent.pid) - cpu0[0], 2)
         out["exabgp_cpu_s"] = round(cpu_s(exabgp) - cpu0[1], 2)
+        out["agent_sys_cpu_s"] = round(cpu_s(agent.pid, system_only=True) - cpu0[2], 2)  # the kernel's part
         out["agent_rss_mb"] = hwm_mb(agent.pid)
         out["exabgp_rss_mb"] = hwm_mb(exabgp)
         out["agent_exabgp_rss_mb"] = round(out["agent_rss_mb"] + out["exabgp_rss_mb"], 1)
@@ -492,9 +493,9 @@ def stat_fields(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
 
 
-def cpu_s(pid: int) -> float:
-    fields = stat_fields(pid)
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+def cpu_s(pid: int, system_only: bool = False) -> float:
+    fields = stat_fields(pid)  # utime, stime: fields 14, 15
+    return (int(fields[12]) + (0 if system_only else int(fields[11]))) / CLK_TCK
 
 
 def hwm_mb(pid: int, field: str = "VmHWM") -> float:
