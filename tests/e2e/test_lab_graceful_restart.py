@@ -10,20 +10,23 @@ whatever it still holds as stale. A route withdrawn too early and learned again 
 packets or, when the gap falls between two pings, in ``ip monitor route``: no route of ours may be
 deleted on any node.
 
-Two labs: a 3-node mesh (node1 killed), and two clients of a lone route reflector (the
+Two labs: a 3-node mesh (node1 killed; node3 SIGTERMed while a BIRD router on a lab host peers
+with every node by a global BGPPeer, pinging node3's pod from behind it), and two clients of a lone route reflector (the
 reflector's agent killed: its clients hold each other's blocks as stale through it, and an
 End-of-RIB sent before it has learned the blocks it reflects makes them flush those)."""
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
+from collections.abc import Callable
 
 import pytest
 
 from felix.status import query
 from lab.lab import remote_block_routes
 from tests import helpers
-from tests.helpers import Pings, ctl, wait_for
+from tests.helpers import Pings, ctl, route_monitor, wait_for
 
 MESH = f"g{secrets.token_hex(2)}"  # short: namespace and interface names derive from them
 RR = f"q{secrets.token_hex(2)}"
@@ -114,10 +117,10 @@ class Missing:
         return f"everything settled {self.when} (last missing: {self.last})"
 
 
-def kill_and_restart(name: str, node: str, pairs: list[tuple[dict, dict]],
-                     sig: str = "KILL") -> dict[str, tuple[int, int]]:
+def kill_and_restart(name: str, node: str, pairs: list[tuple[dict, dict]], sig: str = "KILL",
+                     also: Callable[[], str | None] = lambda: None) -> dict[str, tuple[int, int]]:
     """End ``node``'s agent with SIG``sig`` and start it again while ``pairs`` ping; (sent,
-    received) per pair once everything has settled."""
+    received) per pair once everything has settled (and ``also()`` says nothing is missing)."""
     state = helpers.lab_state(name)
     peers = [n for n in state["nodes"] if n != node and any(
         p["state"] == "Established" for p in query(n, "status")["peers"])]
@@ -132,7 +135,7 @@ def kill_and_restart(name: str, node: str, pairs: list[tuple[dict, dict]],
             assert state["agent_pids"][node] != old
             wait_for(lambda: (status(node) or {}).get("pid") == state["agent_pids"][node], timeout=20,
                      interval=0.2, what=f"{node}'s new agent answering")
-            missing = Missing(lambda: settled(state, node, before), f"after {node}'s restart")
+            missing = Missing(lambda: settled(state, node, before) or also(), f"after {node}'s restart")
             wait_for(missing.nothing, timeout=45, interval=0.2, what=missing)
         finally:
             counts = pings.stop()
@@ -159,14 +162,85 @@ def test_a_sigkilled_mesh_agent_loses_no_packet(mesh_lab):
     assert_no_loss(kill_and_restart(MESH, killed, pairs))
 
 
-def test_a_sigtermed_mesh_agent_loses_no_packet(mesh_lab):
-    """A rolling update: the agent is SIGTERMed and stops as for a restart (its sessions close
-    without a Cease, on which its peers would drop its routes at once), then starts again."""
+TOR_CONF = """\
+router id {me};
+log "{log}" all;
+protocol device {{}}
+protocol kernel {{
+    ipv4 {{ export where source = RTS_BGP; }};
+}}
+{sessions}
+"""
+TOR_SESSION = """\
+protocol bgp node_{i} {{
+    local {me} as 64512;
+    neighbor {node} as 64512;
+    direct;
+    passive on;
+    hold time 9;
+    debug {{ states, events }};
+    graceful restart on;
+    graceful restart time 120;
+    ipv4 {{ import all; export none; }};
+}}
+"""
+
+
+def test_a_sigtermed_mesh_agent_loses_no_packet_even_to_a_bird_router(mesh_lab, procs, tmp_path):
+    """A rolling update: the agent is SIGTERMed, stops as for a restart, and starts again. Its
+    peers include a router on the segment -- BIRD, a graceful-restart helper by RFC 4724 that
+    would drop the node's routes at once on a Cease (our own agents keep them as stale even
+    then) -- peering by a global BGPPeer: a host behind it pings the stopped node's pod
+    throughout, and BIRD never removes a route via that node from its kernel."""
     *others, stopped = sorted(mesh_lab["nodes"])
     pods = {p["node"]: p for p in mesh_lab["pods"]}
-    pairs = [(pods[others[0]], pods[others[1]]), (pods[stopped], pods[others[0]]),
-             (pods[others[1]], pods[stopped])]
-    assert_no_loss(kill_and_restart(MESH, stopped, pairs, sig="TERM"))
+    out = ctl("lab", "add-host", "--name", MESH, "tor").stdout
+    host = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    me = host["address"].split("/")[0]
+    conf, sock, log = tmp_path / "bird.conf", tmp_path / "bird.ctl", tmp_path / "bird.log"
+    conf.write_text(TOR_CONF.format(me=me, log=log, sessions="".join(
+        TOR_SESSION.format(i=i, me=me, node=addr.split("/")[0])
+        for i, addr in enumerate(sorted(mesh_lab["nodes"].values())))))
+    subprocess.run(["bird", "-p", "-c", str(conf)], check=True)
+    bird = subprocess.Popen(["ip", "netns", "exec", host["namespace"], "bird", "-f", "-c", str(conf),
+                             "-s", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        peer = tmp_path / "tor.json"
+        peer.write_text(json.dumps({"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
+                                    "metadata": {"name": "tor"},
+                                    "spec": {"peerIP": me, "asNumber": 64512}}))
+        ctl("lab", "apply", "--name", MESH, "-f", str(peer))
+        stopped_ip = mesh_lab["nodes"][stopped].split("/")[0]
+
+        def bird_routes() -> str:
+            return subprocess.run(["ip", "-n", host["namespace"], "route", "show", "proto", "bird"],
+                                  capture_output=True, text=True, check=True).stdout
+
+        def bird_settled() -> str | None:
+            if bird.poll() is not None:
+                return f"bird exited: {log.read_text(errors='replace')}"
+            info = subprocess.run(["birdc", "-s", str(sock), "show", "protocols", "all"],
+                                  capture_output=True, text=True, check=False).stdout
+            if info.count("BGP state:          Established") != len(mesh_lab["nodes"]):
+                return "BIRD: not every session Established"
+            if "Neighbor graceful restart active" in info:
+                return "BIRD: a graceful restart still active"
+            return None if f"via {stopped_ip}" in bird_routes() else f"BIRD: no route via {stopped}"
+
+        wait_for(lambda: bird_settled() is None, timeout=60, interval=0.2, what="BIRD peering with every node")
+        monitor = route_monitor(procs, host["namespace"], tmp_path / "monitor.log")
+        tor = {"node": "tor", "netns": host["namespace"], "ip": me}
+        pairs = [(pods[others[0]], pods[others[1]]), (pods[stopped], pods[others[0]]),
+                 (pods[others[1]], pods[stopped]), (tor, pods[stopped])]
+        assert_no_loss(kill_and_restart(MESH, stopped, pairs, sig="TERM", also=bird_settled))
+        assert "Neighbor graceful restart detected" in log.read_text(), "BIRD saw no restart"
+        assert "Received: Administrative shutdown" not in log.read_text()
+        deleted = [ln for ln in monitor.read_text().splitlines()
+                   if ln.startswith("Deleted") and f"via {stopped_ip}" in ln]
+        assert deleted == [], f"BIRD removed routes via {stopped} from its kernel: {deleted}"
+    finally:
+        bird.terminate()
+        bird.wait(timeout=10)
 
 
 def test_a_sigkilled_lone_reflector_loses_no_client_packet(reflector_lab):
