@@ -30,7 +30,8 @@ relay, log rotation, /proc parent check).
 Pure, no I/O: ``speaker_core`` (every decision of the speaker: events, calls and timer expiry in
 with the time passed in; lines to send, timers, reloads, restarts, Cease, make-before-break,
 graceful-restart expiry and max-prefix hold-down out), ``effects`` (those outputs and the
-timers' names), ``core`` (one session's state, status
+timers' names), ``supervision`` (the ExaBGP child's status, why it was replaced, the delay
+before the next), ``core`` (one session's state, status
 and causes, what a session that comes up is sent), ``peers``, ``transition`` (make-before-break between two sets of sessions), ``rib``
 (Adj-RIB-In, best path, max-prefix, reflection loop checks, RFC 4724 helper, injected clock),
 ``policy`` (the one import filter, origin validation, the best-path steps), ``reflect`` (RFC 4456

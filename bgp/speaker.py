@@ -5,9 +5,10 @@ Does I/O: writes run_dir/exabgp.conf and run_dir/exabgp.log, spawns ExaBGP, owns
 Every BGP decision is ``speaker_core.SpeakerCore``'s (sessions, what to send and when, timers
 with their deadlines, reloads, restarts for new local settings, Cease, make-before-break,
 graceful-restart expiry, max-prefix hold-down): this asyncio shell feeds it ExaBGP's events, the
-agent's calls and its timers' expiry, and executes the effects it returns (``_run``). What the
-shell decides itself is about the child and the socket: who may connect, the ack window, the
-liveness probe, restarting a child that died, hung or lost its relay.
+agent's calls and its timers' expiry, and executes the effects it returns (``_run``). The child's
+status and the delay before the next one are ``supervision.ChildStatus``'s. What the shell
+decides itself is about the child and the socket: who may connect, the ack window, the liveness
+probe, killing a child that hung or lost its relay.
 
 Why things are the way they are:
 - A stop is a restart unless told it is for good (``stop``): ExaBGP's own shutdown (SIGTERM)
@@ -40,12 +41,13 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import hostio
-from bgp import effects, exabgp_child, exabgp_conf, protocol, reflect, speaker_core, transition
+from bgp import effects, exabgp_child, exabgp_conf, protocol, reflect, speaker_core, supervision, transition
 from bgp.core import DRAINING_REFLECTION, DRAINING_SESSION, PeerStatus  # noqa: F401 (API)
 from bgp.exabgp_child import LOG_MAX_BYTES, exabgp_env, relay_command, rotate_log  # noqa: F401 (API)
 from bgp.peers import PeerSpec
 from bgp.rib import LearnedRoute
 from bgp.speaker_core import DEFAULT_MAX_PREFIXES, MAX_PREFIX_HOLD_DOWN  # noqa: F401 (API)
+from bgp.supervision import SpeakerStatus
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +55,10 @@ ACK_WINDOW = 64
 LINE_LIMIT = 64 * 2**20  # one UPDATE of many prefixes is one long JSON line
 STOP_TIMEOUT = 5.0
 _MAX_UNIX_PATH = 107
-_RESTART_BACKOFF = (1.0, 30.0)
 RELAY_CONNECT_TIMEOUT = 10.0
 # socat closes the moment ExaBGP dies: a closed relay waits this long for the child's exit, so the
 # reason reported is the real cause (the supervisor's "exabgp exited") and not its echo.
 CHILD_EXIT_GRACE = 0.5
-
-
-@dataclass(frozen=True)
-class SpeakerStatus:
-    """The ExaBGP child as a whole: 'running' (relay connected), 'starting', 'restarting', 'stopped'."""
-
-    state: str
-    since: datetime | None
-    reason: str
 
 
 @dataclass
@@ -152,8 +144,7 @@ class Speaker:
         self._notify_pending = False
         self._stopping = False
         self.refused_connections = 0
-        self._status = SpeakerStatus("stopped", None, "not started")
-        self._restart_cause = ""  # why the current child replaced the last one, until it is up
+        self._child = supervision.ChildStatus()
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -240,7 +231,7 @@ class Speaker:
         return self._core.counters()
 
     def status(self) -> SpeakerStatus:
-        return self._status
+        return self._child.status
 
     @property
     def child_pid(self) -> int | None:
@@ -264,7 +255,7 @@ class Speaker:
                 await self._sessions_down(speaker_core.CEASE_TIMEOUT)
         self._stopping = True
         self._settled.set()
-        self._set_status("stopped", "stopped by the agent")
+        self._child.stopped(_now())
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
@@ -344,11 +335,7 @@ class Speaker:
         finally:
             os.close(logfd)
         self._core.spawned()
-        waiting = f"exabgp pid {self._proc.pid} waiting for its relay"
-        if self._restart_cause:  # keep saying why until the new child is up
-            self._set_status("restarting", f"{self._restart_cause}; {waiting}")
-        else:
-            self._set_status("starting", waiting)
+        self._child.spawned(self._proc.pid, _now())
         self._arm_relay_deadline(self._proc)
         log.info("started exabgp", extra={"node": self._node, "pid": self._proc.pid})
 
@@ -372,30 +359,20 @@ class Speaker:
         if self._stopping or self._proc is not proc or proc.returncode is not None:
             return
         log.error("restarting exabgp", extra={"node": self._node, "pid": proc.pid, "reason": reason})
-        self._restart_cause = reason
-        self._set_status("restarting", reason)
-        self._all_peers_down(f"down: {reason}")
+        self._all_peers_down(self._child.restart(reason, _now()))
         proc.kill()  # SIGKILL: its sessions are gone anyway; peers keep our routes (GR)
 
-    def _set_status(self, state: str, reason: str) -> None:
-        if (state, reason) != (self._status.state, self._status.reason):
-            self._status = SpeakerStatus(state, _now(), reason)
-
     async def _supervise(self) -> None:
-        delay = _RESTART_BACKOFF[0]
         while True:
             assert self._proc is not None, "Bug: supervising before spawn"
             began = time.monotonic()
             code = await self._proc.wait()
             log.error("exabgp exited", extra={"node": self._node, "code": code, "log": str(self._run_dir)})
             await self._drop_connection()
-            if self._status.state != "restarting":  # keep the first cause (e.g. relay lost)
-                self._restart_cause = f"exabgp exited with code {code}"
-                self._set_status("restarting", self._restart_cause)
-                self._all_peers_down(f"down: exabgp exited with code {code}")
-            delay = _RESTART_BACKOFF[0] if time.monotonic() - began > 60 else delay
+            down, delay = self._child.exited(code, time.monotonic() - began, _now())
+            if down is not None:
+                self._all_peers_down(down)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _RESTART_BACKOFF[1])
             try:
                 await self._spawn()
             except OSError as exc:  # transient (e.g. fork failed): the loop retries with backoff
@@ -427,8 +404,7 @@ class Speaker:
         conn = _Conn(protocol.Channel(), writer, asyncio.current_task(), proc.pid if proc else None)
         self._conn = conn
         self._cancel_timer("relay")
-        self._restart_cause = ""
-        self._set_status("running", f"exabgp pid {conn.child_pid}")
+        self._child.relay_connected(conn.child_pid, _now())
         self._outbox.clear()  # commands meant for an ExaBGP that is gone; peers resync on 'up'
         conn.task = asyncio.create_task(self._write_loop(conn), name=f"bgp-write-{self._node}")
         self._arm_liveness(conn)

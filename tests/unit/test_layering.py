@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[2]
 IO_LIBS = {"pyroute2", "kubernetes", "pyetcd", "grpc", "subprocess", "socket", "asyncio"}
 PURE = ["felix/calc.py", "felix/inspect.py", "felix/cluster.py", "bgp/rib.py", "bgp/policy.py",
         "bgp/peers.py", "bgp/exabgp_conf.py", "bgp/protocol.py", "bgp/reflect.py", "bgp/transition.py",
-        "bgp/core.py", "bgp/speaker_core.py", "bgp/effects.py", "ctl/output.py", "crds/models.py"]
+        "bgp/core.py", "bgp/speaker_core.py", "bgp/effects.py", "bgp/supervision.py", "ctl/output.py", "crds/models.py"]
 OURS = {"hostio", "crds", "datastore", "ipam", "bgp", "felix", "cni", "ctl", "lab"}
 LOWER = {"hostio": OURS - {"hostio"},
          "crds": {"felix", "bgp", "ipam", "cni", "ctl", "lab", "datastore"},
