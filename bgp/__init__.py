@@ -11,6 +11,7 @@ Contract (what felix/agent.py uses):
   sessions, at once; a cluster id makes us an RFC 4456 route reflector for the peers whose
   ``rr_client`` is set), ``want_peers(peers, cluster_id=None)`` (the same, make-before-break:
   sessions no longer wanted stay until others cover their routes, ``transition``),
+  ``drop_peers()`` (BGP switched off for this node: every session goes at once, a Cease to each),
   ``set_local(asn, listen_port)`` (a change restarts ExaBGP; peers keep routes by graceful restart),
   ``set_advertisements`` (only the diff is sent; a session that comes up gets everything, reflected
   routes included, then End-of-RIB -- which a route reflector that has just started defers

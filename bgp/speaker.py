@@ -174,6 +174,12 @@ class Speaker:
         self._run(self._core.want_peers(peers, cluster_id, time.monotonic()))
         await self._peers_settled()
 
+    async def drop_peers(self) -> None:
+        """BGP off for this node: no session at all, a Cease to each that is up
+        (``SpeakerCore.drop_peers``); returns as ``set_peers`` does."""
+        self._run(self._core.drop_peers(time.monotonic()))
+        await self._peers_settled()
+
     async def _peers_settled(self) -> None:
         """Until no peer set waits for a Cease to take effect (the core's timer bounds the wait)."""
         while self._core.ceasing and not self._stopping:

@@ -336,6 +336,15 @@ class SpeakerCore:
         self._wanted = (frozenset(peers), cluster)
         return self._advance(now)
 
+    def drop_peers(self, now: float) -> list[Effect]:
+        """BGP switched off for this node (its Node deleted, or without a BGP address): every
+        session goes at once, each that is up with a Cease (Peer De-configured, as ``set_peers``),
+        on which peers drop our routes; no make-before-break (there is nothing to move to), and
+        what was wanted before is forgotten."""
+        effects: list[Effect] = [Cancel(TRANSITION)] if self._draining else []
+        self._wanted, self._draining, self._advance_pending = None, {}, False
+        return effects + self.set_peers(frozenset(), None, now)
+
     def _advance(self, now: float) -> list[Effect]:
         if self._wanted is None:
             return []

@@ -11,8 +11,9 @@ change rebuilds it (``_reconcile``). Nothing is written to the kernel, and no BG
 the datastore is in sync. On exit (SIGTERM) the agent stops its ExaBGP child but leaves its kernel
 routes in place, so traffic keeps flowing while it restarts; the next agent adopts them. Its BGP
 sessions close without a Cease, so graceful-restart peers keep its routes as stale until the next
-agent's End-of-RIB; only a node leaving for good (its Node gone from the datastore, or
-PYCALICO_BGP_STOP=cease) sends its peers a Cease, and they drop its routes at once.
+agent's End-of-RIB; only a node leaving for good sends its peers a Cease, on which they drop its
+routes at once: its Node deleted or without a BGP address (BGP switched off for the node: every
+session ends then, ``Speaker.drop_peers``), or PYCALICO_BGP_STOP=cease (every stop).
 """
 from __future__ import annotations
 
@@ -469,6 +470,8 @@ class Agent:
         if me is None or me.ipv4 is None:
             log.warning("own Node resource missing or without ipv4Address; waiting",
                         extra={"node": node})
+            if self.speaker is not None:  # BGP switched off for this node: peers drop our routes
+                await self.speaker.drop_peers()
             return False
         if self.cfg.bgp:
             local_asn = me.asn if me.asn is not None else glob.asn

@@ -11,9 +11,10 @@ packets or, when the gap falls between two pings, in ``ip monitor route``: no ro
 deleted on any node.
 
 Two labs: a 3-node mesh (node1 killed; node3 SIGTERMed while a BIRD router on a lab host peers
-with every node by a global BGPPeer, pinging node3's pod from behind it), and two clients of a lone route reflector (the
-reflector's agent killed: its clients hold each other's blocks as stale through it, and an
-End-of-RIB sent before it has learned the blocks it reflects makes them flush those)."""
+with every node by a global BGPPeer, pinging node3's pod from behind it), and two clients of a
+lone route reflector (the reflector's agent killed: its clients hold each other's blocks as stale
+through it, and an End-of-RIB sent before it has learned the blocks it reflects makes them flush
+those)."""
 from __future__ import annotations
 
 import json
@@ -227,7 +228,8 @@ def test_a_sigtermed_mesh_agent_loses_no_packet_even_to_a_bird_router(mesh_lab, 
                 return "BIRD: a graceful restart still active"
             return None if f"via {stopped_ip}" in bird_routes() else f"BIRD: no route via {stopped}"
 
-        wait_for(lambda: bird_settled() is None, timeout=60, interval=0.2, what="BIRD peering with every node")
+        wait_for(lambda: bird_settled() is None, timeout=60, interval=0.2,
+                 what="BIRD peering with every node")
         monitor = route_monitor(procs, host["namespace"], tmp_path / "monitor.log")
         tor = {"node": "tor", "netns": host["namespace"], "ip": me}
         pairs = [(pods[others[0]], pods[others[1]]), (pods[stopped], pods[others[0]]),

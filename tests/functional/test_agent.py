@@ -57,13 +57,15 @@ def node_namespace(netns, short: str) -> tuple[str, str]:
 
 
 def start_agent(procs, node_ns: str, node: str, url: str, tmp_path: Path,
-                umask: int | None = None) -> subprocess.Popen:
-    """``pycalico-node`` in ``node_ns`` (address 10.98.0.1/24), run dir and log under tmp_path."""
+                umask: int | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``pycalico-node`` in ``node_ns`` (address 10.98.0.1/24), run dir and log under tmp_path;
+    ``env``: added to ours."""
     with open(tmp_path / "agent.log", "ab") as log:
         return procs.add(subprocess.Popen(
             ["ip", "netns", "exec", node_ns, str(BIN / "pycalico-node"), "--name", node,
              "--ip", "10.98.0.1/24", "--etcd-endpoints", url, "--run-dir", str(tmp_path / "run")],
-            stdout=log, stderr=log, preexec_fn=None if umask is None else lambda: os.umask(umask)))
+            stdout=log, stderr=log, env={**os.environ, **(env or {})},
+            preexec_fn=None if umask is None else lambda: os.umask(umask)))
 
 
 def start_etcd_in(procs, ns: str, url: str, data_dir: Path) -> subprocess.Popen:

@@ -4,7 +4,8 @@ as stale while we are gone, until the new agent has re-announced it and sent End
 
 A stop that ended the session with a NOTIFICATION (Cease) would make BIRD flush our routes at
 once (RFC 4724 without RFC 8538) and cut the node's pods off its peers until the new agent is
-back; that is only right for a node leaving for good (its Node deleted). Everything runs in
+back; that is only right for a node leaving for good: its Node deleted (the running agent ends
+every session with a Cease then) or PYCALICO_BGP_STOP=cease (every stop). Everything runs in
 namespaces: etcd and the agent in the node namespace, BIRD in the fabric namespace at the other
 end of the node's eth0.
 """
@@ -134,25 +135,47 @@ def _delete_node(url: str, node: str) -> None:
         ds.close()
 
 
-def test_an_agent_whose_node_was_deleted_ceases_its_sessions_when_it_stops(netns, procs, tmp_path):
-    """The node is leaving the cluster (its Node deleted): on SIGTERM the agent's sessions get a
-    Cease, and BIRD drops our block at once instead of holding it stale for 120 s."""
-    node_ns, node = node_namespace(netns, "gtc")
-    fabric = f"{node_ns}f"
+def _agent_with_bird(netns, procs, tmp_path, short: str, env: dict[str, str] | None = None):
+    """etcd seeded, BIRD in the fabric, the agent started; returns (node, url, bird, agent) once
+    BIRD has our block in its kernel."""
+    node_ns, node = node_namespace(netns, short)
     url = f"http://127.0.0.1:{free_port()}"
     start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
     in_netns(node_ns, _seed, url, node)
-    bird = Bird(fabric, tmp_path / "bird", procs)
-    agent = start_agent(procs, node_ns, node, url, tmp_path)
+    bird = Bird(f"{node_ns}f", tmp_path / "bird", procs)
+    agent = start_agent(procs, node_ns, node, url, tmp_path, env=env)
     wait_for(lambda: f"via {NODE_IP}" in bird.kernel_route(), 40, what="BIRD installs our block")
+    return node_ns, node, url, bird, agent
 
+
+def test_bgp_switched_off_by_deleting_the_node_ceases_every_session_at_once(netns, procs, tmp_path):
+    """The node leaves the cluster (its Node deleted): the running agent's sessions get a Cease
+    (Peer De-configured), and BIRD drops our block at once instead of holding it stale; the
+    agent's stop afterwards has nothing left to say."""
+    node_ns, node, url, bird, agent = _agent_with_bird(netns, procs, tmp_path, "gtc")
     in_netns(node_ns, _delete_node, url, node)
-    wait_for(lambda: "own Node resource missing" in (tmp_path / "agent.log").read_text(), 20,
-             what="the agent sees its Node deleted")
+    info = wait_for(lambda: (i := bird.protocol()) and bird.state(i) not in ("", "Established") and i,
+                    20, what="BIRD sees our session close")
+    assert "Received: Peer de-configured" in info and GR_ACTIVE not in info, info
+    wait_for(lambda: bird.kernel_route() == "", 3, what="BIRD drops our block from its kernel")
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=15) == 0
+    assert "leaving for good" in (tmp_path / "agent.log").read_text()
+
+
+def test_pycalico_bgp_stop_cease_makes_every_stop_a_cease(netns, procs, tmp_path):
+    _, _, _, bird, agent = _agent_with_bird(netns, procs, tmp_path, "gtx", {"PYCALICO_BGP_STOP": "cease"})
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(timeout=15) == 0
     info = bird.protocol()
-    assert bird.state(info) != "Established", info
+    assert bird.state(info) != "Established", "the agent exits once its sessions are down"
     assert "Received: Administrative shutdown" in info and GR_ACTIVE not in info, info
     wait_for(lambda: bird.kernel_route() == "", 3, what="BIRD drops our block from its kernel")
-    assert "leaving for good" in (tmp_path / "agent.log").read_text()
+
+
+def test_a_bad_pycalico_bgp_stop_stops_the_agent_naming_it(netns, procs, tmp_path):
+    node_ns, node = node_namespace(netns, "gtb")
+    agent = start_agent(procs, node_ns, node, f"http://127.0.0.1:{free_port()}", tmp_path,
+                        env={"PYCALICO_BGP_STOP": "later"})
+    assert agent.wait(timeout=30) == 2
+    assert "PYCALICO_BGP_STOP: 'later' is not graceful or cease" in (tmp_path / "agent.log").read_text()

@@ -289,6 +289,25 @@ def test_stops_for_good_from_env_is_graceful_unless_told_cease_and_names_a_bad_v
 
 # -- make-before-break ----------------------------------------------------------------------------
 
+def test_bgp_switched_off_drops_every_session_at_once_even_one_kept_for_make_before_break():
+    h = Harness(drain_deadline=30.0)
+    h.want_peers(MESH_A)
+    h.up(MESH_A, BLOCK_A)
+    h.feed(protocol.EndOfRib(A, protocol.IPV4_UNICAST))
+    h.want_peers(TO_RR)  # A is kept until RR covers BLOCK_A
+    h.fire(fx.RELOAD)
+    assert fx.TRANSITION in h.timers
+    effects = h.run(h.core.drop_peers(h.clock.now))
+    assert sent(effects) == [protocol.teardown_command(A)], "Cease (Peer De-configured) to the up one"
+    assert fx.TRANSITION not in h.timers
+    h.down(MESH_A)
+    assert h.core.peer_status() == [] and not h.core.ceasing
+    h.fire(fx.RELOAD)
+    assert h.run(h.core.drop_peers(h.clock.now)) == [], "again: nothing to do, nothing said"
+    h.up(TO_RR)  # a late event of a session no longer configured brings nothing back
+    assert h.core.peer_status() == []
+
+
 def test_mesh_to_reflector_keeps_the_old_session_until_the_new_one_covers_it():
     h = Harness(drain_deadline=30.0)
     h.want_peers(MESH_A)
