@@ -212,6 +212,7 @@ class Rib:
         # chosen path is a stale one (a fresh one beats it on arrival).
         self._best: dict[int, _Path] = {}
         self._stale_best: set[int] = set()
+        self._mirror: IPv4Address | None = None  # the peer whose fresh dict is _best (_mirrors)
         self._frozen: frozenset[LearnedRoute] | None = None  # best(), until the next change
         # For take_changes(): the path each key had at the last call, recorded when the key first
         # changes after it; None until the first call (nobody asked: record nothing).
@@ -371,21 +372,60 @@ class Rib:
             keys = tuple(k for k in keys if type(k) is int)
         fresh = self._fresh.setdefault(peer, {})
         stale = self._stale.get(peer)
+        accepted = self._accepted(keys, path)
+        alone = self._alone(peer)
+        if alone and len(accepted) == len(keys) and self._mirrors(peer, fresh):
+            self._take_mirrored(fresh, path, keys)
+            return self._check_limit(peer, fresh, stale)
+        self._unmirror()
         for key in keys:
             fresh[key] = path
         if stale:
             for key in keys:
                 self._unstale(peer, stale, key)
-        accepted = self._accepted(keys, path)
         # With no other peer holding paths (one upstream, the bench), this peer's path is the only
         # candidate: it replaces whatever best path the prefix had (its own, or its own stale one).
-        if self._alone(peer):
+        if alone:
             self._take_all(accepted, path, keys)
         else:
             self._weigh(accepted, path, keys)
+        self._check_limit(peer, fresh, stale)
+
+    def _check_limit(self, peer: IPv4Address, fresh: dict, stale: dict | None) -> None:
         limit = self._max_prefixes.get(peer)
         if limit is not None and len(fresh) + len(stale or ()) > limit:
             self._exceed(peer, limit)
+
+    def _mirrors(self, peer: IPv4Address, fresh: dict) -> bool:
+        """Whether the best paths are (or may become) ``peer``'s Adj-RIB-In dict itself: one peer
+        holds paths, none stale, every one accepted (one upstream, as in the bench). Then the RIB
+        keeps one dict of 100k entries, not two (5 MB). Entered only from empty; anything else
+        (another peer, a rejection, a stale path, a policy change) leaves it (``_unmirror``)."""
+        if self._mirror is peer:
+            return True
+        if self._mirror is None and not self._best and not fresh and not any(self._stale.values()):
+            self._best, self._mirror = fresh, peer
+            return True
+        return False
+
+    def _unmirror(self) -> None:
+        """The best paths become a dict of their own again (a copy, once)."""
+        if self._mirror is not None:
+            self._best, self._mirror = dict(self._best), None
+
+    def _take_mirrored(self, fresh: dict, path: _Path, keys: tuple[int, ...]) -> None:
+        """``_take_all`` while the best paths are ``fresh``: what each key had is recorded
+        before ``fresh`` takes the new path."""
+        self._frozen = None
+        before, dirty = self._before, self._dirty
+        if before is not None:
+            get = fresh.get
+            for key in keys:
+                if key not in before:
+                    before[key] = get(key)
+        if dirty is not None:
+            dirty.update(keys)
+        fresh.update(dict.fromkeys(keys, path))
 
     def _accepted(self, keys: tuple[int, ...], path: _Path) -> list[int] | tuple[int, ...]:
         """The keys the import policy accepts from ``path``'s origin; each rejection counted, an
@@ -464,6 +504,14 @@ class Rib:
         keys = [k for k in _keys(prefixes) if type(k) is int]
         peer = self._peer_ids.get(peer, peer)
         fresh, stale = self._fresh.get(peer, {}), self._stale.get(peer)
+        if self._mirror is peer:  # its paths are the best paths: a withdrawn one simply goes
+            pop, record = fresh.pop, self._record
+            for key in keys:
+                current = pop(key, None)
+                if current is not None:
+                    record(key, current)
+            return
+        self._unmirror()
         best = self._best
         if self._alone(peer):
             # One upstream (the bench): a withdrawn best path simply goes (fresh and stale paths
@@ -525,6 +573,7 @@ class Rib:
 
     def peer_down(self, peer: IPv4Address) -> None:
         """Keep the peer's routes as stale for its restart time (drop them if it offered none)."""
+        self._unmirror()
         peer = self._peer_ids.get(peer, peer)
         self._exceeded.discard(peer)  # a new session starts a new count
         fresh = self._fresh.pop(peer, {})
@@ -545,6 +594,7 @@ class Rib:
 
     def end_of_rib(self, peer: IPv4Address) -> None:
         """The peer re-sent everything: whatever is still stale was not re-announced."""
+        self._unmirror()
         self.counters["end_of_rib_received"] += 1
         peer = self._peer_ids.get(peer, peer)
         stale = self._stale.pop(peer, {})
@@ -562,6 +612,7 @@ class Rib:
         self._exceeded.discard(peer)
 
     def _forget(self, peer: IPv4Address, *, keep_ids: bool) -> None:
+        self._unmirror()
         peer = self._peer_ids.get(peer, peer)
         fresh, stale = self._fresh.pop(peer, {}), self._stale.pop(peer, {})
         self._deadlines.pop(peer, None)
@@ -615,6 +666,7 @@ class Rib:
 
     def _choose(self, key: int) -> None:
         """Pick ``key``'s best path again from every peer's paths (after one of them changed)."""
+        self._unmirror()
         chosen, stale = self._candidate(key, None)
         best = self._best
         self._record(key, best.get(key))
@@ -657,6 +709,7 @@ class Rib:
         return Candidate(peer, path, self._ebgp.get(peer, False), self.router_ids.get(peer, peer))
 
     def _rebuild_best(self) -> None:
+        self._unmirror()
         keys = {k for paths in (*self._fresh.values(), *self._stale.values()) for k in paths}
         for key in keys | self._best.keys():
             self._record(key, self._best.get(key))

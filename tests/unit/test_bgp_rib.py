@@ -356,3 +356,34 @@ def test_take_changes_reports_only_what_changed_since_the_last_call():
     rib.announce_many(P1, P1, [a])  # gone and back within one interval: nothing to report
     rib.withdraw_many(P2, [b])
     assert rib.take_changes() == ([LearnedRoute(b, P2, P2)], [])
+
+
+def test_one_upstreams_routes_are_held_once():
+    """One peer whose every route is accepted (one upstream): the best paths are its Adj-RIB-In
+    dict itself, not a copy of it (100k routes: 5 MB). Another peer, a rejection or a peer going
+    down gives them a dict of their own again, and the answers stay right (the random walks
+    against ReferenceRib above cover those transitions)."""
+    import sys
+    import tracemalloc
+
+    hosts = [N(f"10.244.{64 + i // 256}.{i % 256}/32") for i in range(20000)]
+    keys = tuple(map(p.prefix_key, hosts))  # made before the measurement, as the parser makes them
+    rib = make_rib()
+    rib.take_changes()
+    tracemalloc.start()
+    try:
+        rib.announce_many(P1, P1, keys)
+        before_take = tracemalloc.get_traced_memory()[0]
+        _, added = rib.take_changes()
+        del added
+    finally:
+        tracemalloc.stop()
+    one_dict = sys.getsizeof(dict.fromkeys(range(20000)))
+    # One dict of paths and the change record (take_changes' before-values); with a second dict
+    # of paths, three.
+    assert before_take < 2.5 * one_dict, (before_take, one_dict)
+    rib.announce(P2, hosts[0], P2)  # a second peer: the best paths get their own dict
+    rib.withdraw(P1, hosts[0])
+    assert rib.best_route(hosts[0]).peer == P2 and rib.best_count() == 20000
+    rib.peer_down(P1)
+    assert rib.best_route(hosts[1]).peer == P1 and rib.best_count() == 20000  # stale, kept
