@@ -27,7 +27,8 @@ Contract (what felix/agent.py uses):
 
 I/O: only ``speaker`` (files in run_dir, the ExaBGP child, a unix socket; it executes what
 ``speaker_core`` decides) and ``exabgp_child`` (the child's command line, environment, socat
-relay, log rotation, /proc parent check).
+relay, log rotation, /proc parent check); ``settings`` reads ``PYCALICO_BGP_*`` from the
+environment.
 Pure, no I/O: ``speaker_core`` (every decision of the speaker: events, calls and timer expiry in
 with the time passed in; lines to send, timers, reloads, restarts, Cease, make-before-break,
 graceful-restart expiry and max-prefix hold-down out), ``effects`` (those outputs and the

@@ -34,7 +34,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from ipaddress import IPv4Address, IPv4Network
@@ -46,6 +46,8 @@ from bgp.core import DRAINING_REFLECTION, DRAINING_SESSION, PeerStatus  # noqa: 
 from bgp.exabgp_child import LOG_MAX_BYTES, exabgp_env, relay_command, rotate_log  # noqa: F401 (API)
 from bgp.peers import PeerSpec
 from bgp.rib import LearnedRoute
+from bgp.settings import (max_prefixes_from_env, origin_validation_from_env,  # noqa: F401 (API)
+                          stops_for_good_from_env)
 from bgp.speaker_core import DEFAULT_MAX_PREFIXES, MAX_PREFIX_HOLD_DOWN  # noqa: F401 (API)
 from bgp.supervision import SpeakerStatus
 
@@ -69,37 +71,6 @@ class _Conn:
     child_pid: int | None  # the ExaBGP child whose relay this is
     task: asyncio.Task | None = None
     waiting_since: float | None = None  # monotonic time since which ExaBGP owes us an ack
-
-
-def max_prefixes_from_env(env: Mapping[str, str] = os.environ) -> int | None:
-    """PYCALICO_BGP_MAX_PREFIXES: the per-peer limit (0: none; default DEFAULT_MAX_PREFIXES)."""
-    text = env.get("PYCALICO_BGP_MAX_PREFIXES", "").strip()
-    if not text:
-        return DEFAULT_MAX_PREFIXES
-    if not text.isdigit():
-        raise ValueError(f"PYCALICO_BGP_MAX_PREFIXES: {text!r} is not a non-negative integer")
-    return int(text) or None
-
-
-def origin_validation_from_env(env: Mapping[str, str] = os.environ) -> bool:
-    """PYCALICO_BGP_ORIGIN_VALIDATION: true (default) or false. Off only where BGP brings pool
-    prefixes no IPAM block records (bench.bgp_convergence: 100k /26s from one BIRD)."""
-    text = env.get("PYCALICO_BGP_ORIGIN_VALIDATION", "true").strip().lower()
-    if text not in ("true", "false"):
-        raise ValueError(f"PYCALICO_BGP_ORIGIN_VALIDATION: {text!r} is not true or false")
-    return text == "true"
-
-
-def stops_for_good_from_env(env: Mapping[str, str] = os.environ) -> bool:
-    """PYCALICO_BGP_STOP: ``graceful`` (default) or ``cease``. What a signalled agent (SIGTERM,
-    SIGINT) does to its BGP sessions: ``graceful`` takes every stop for a restart (peers keep our
-    routes by graceful restart, unless our Node is gone from the datastore: then the node is
-    leaving and they get a Cease); ``cease`` sends every session a Cease on every stop (a node
-    that never comes back, or peers that should not wait for it)."""
-    text = env.get("PYCALICO_BGP_STOP", "graceful").strip().lower()
-    if text not in ("graceful", "cease"):
-        raise ValueError(f"PYCALICO_BGP_STOP: {text!r} is not graceful or cease")
-    return text == "cease"
 
 
 def _now() -> datetime:
