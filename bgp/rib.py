@@ -22,6 +22,7 @@ before the datastore watch has shown us that write. Such a route is held (in the
 never a best path) for ``origin_hold`` seconds; it is counted only if it is still held and still
 rejected then (a rogue origin), not if the origins changed meanwhile in its favour or it was
 withdrawn. ``expire()`` counts what is due, as the speaker's timer at ``next_deadline()`` calls it.
+At most ``held_max`` routes are held at once; past that, an origin rejection is counted on arrival.
 
 Max-prefix: a peer whose Adj-RIB-In would hold more than its limit (``set_max_prefixes``) loses
 every route it sent, its further announcements are dropped (``rejected_max_prefix``) until its
@@ -64,6 +65,11 @@ DEFAULT_RESTART_TIME = 120.0
 # datastore watch event takes to reach the agent and its reconcile, on a loaded node.
 ORIGIN_HOLD = 10.0
 ORIGIN_REASONS = frozenset({"rejected_origin_unknown", "rejected_origin_mismatch"})
+# At most this many routes are held at once: past it an origin rejection is counted on arrival.
+# A peer that announces and withdraws ever new rejected prefixes would otherwise grow the hold
+# queue by its UPDATE rate times ORIGIN_HOLD (max-prefix bounds what a peer holds, not its churn);
+# ~100 bytes a route, and far above the blocks a healthy cluster claims within one hold.
+HELD_MAX = 50_000
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -191,9 +197,10 @@ def _key(prefix: IPv4Network | int) -> int:
 class Rib:
     def __init__(self, clock: Callable[[], float] = time.monotonic,
                  restart_time: float = DEFAULT_RESTART_TIME, router_id: IPv4Address | None = None,
-                 origin_hold: float = ORIGIN_HOLD) -> None:
+                 origin_hold: float = ORIGIN_HOLD, held_max: int = HELD_MAX) -> None:
         self._clock = clock
         self.origin_hold = origin_hold  # 0: an origin rejection is counted at once
+        self.held_max = held_max
         # Routes rejected for their origin, not counted yet, in arrival order (so by deadline).
         self._held: deque[tuple[float, IPv4Address, int, _Path]] = deque()  # (due, peer, key, path)
         self.router_id = router_id  # loop check: a route with it as ORIGINATOR_ID came back to us
@@ -432,11 +439,11 @@ class Rib:
         origin rejection once its hold is over (``_count_held``)."""
         accepted, rejected = self.policy.split(keys, path.origin_node._ip)
         if rejected:
-            counters, hold = self.counters, self.origin_hold
+            counters, hold, held, held_max = self.counters, self.origin_hold, self._held, self.held_max
             due = self._clock() + hold
             for key, reason in rejected:
-                if hold > 0 and reason in ORIGIN_REASONS:
-                    self._held.append((due, path.peer, key, path))
+                if hold > 0 and reason in ORIGIN_REASONS and len(held) < held_max:
+                    held.append((due, path.peer, key, path))
                 else:
                     counters[reason] += 1
                 log.debug("route rejected by import policy", extra={

@@ -283,3 +283,19 @@ def test_what_a_peer_provides_is_judged_by_its_paths_origins():
     assert rib.provided(OWNER) == {OWNER_BLOCK} and rib.provided(ROGUE) == {ROGUE_BLOCK}
     rib.peer_down(OWNER)
     assert rib.provided(OWNER) == {OWNER_BLOCK}
+
+
+def test_a_peer_churning_rejected_prefixes_cannot_grow_the_origin_hold_without_bound():
+    """Announcing and withdrawing ever new rejected prefixes: max-prefix bounds what a peer holds,
+    not its churn, so the hold is bounded by itself; past ``held_max`` a rejection counts on arrival."""
+    rib = Rib(clock=Clock(), router_id=ME, held_max=100)
+    rib.set_import_filter(frozenset({POOL}), frozenset({MY_BLOCK}))
+    rib.set_origins({MY_BLOCK: ME, OWNER_BLOCK: OWNER}, {})
+    for burst in range(5):
+        rogue = [N(f"10.244.{128 + burst}.{i}/32") for i in range(100)]
+        rib.announce_many(ROGUE, ROGUE, rogue)
+        rib.withdraw_many(ROGUE, rogue)
+    assert rib.counters["rejected_origin_unknown"] == 400  # all but the first 100, at once
+    assert len(rib._held) == 100
+    assert counted(rib)["rejected_origin_unknown"] == 400  # the held ones were withdrawn: not counted
+    assert rib.next_deadline() is None
