@@ -109,6 +109,7 @@ class Speaker:
         self._settled = asyncio.Event()  # the core ran effects: a peer set may no longer wait for a Cease
         self._conn: _Conn | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._handlers: set[asyncio.Task] = set()  # the server's connection tasks, until they end
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -244,7 +245,22 @@ class Speaker:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        await self._handlers_ended()
         self._sock_path.unlink(missing_ok=True)
+
+    async def _handlers_ended(self) -> None:
+        """Until every connection task has ended. Python 3.11's ``Server.wait_closed`` does not
+        wait for them, and the relay's reader may have taken its closed connection itself
+        (EOF seen before the child's exit): it still drops it and waits for the child then."""
+        if not self._handlers:
+            return
+        _, pending = await asyncio.wait(set(self._handlers), timeout=STOP_TIMEOUT)
+        for task in pending:  # should not happen: a handler stuck past the child's exit
+            log.warning("a relay connection task outlived the stop; cancelling it",
+                        extra={"node": self._node, "task": task.get_name()})
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
 
     async def _sessions_down(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -370,6 +386,9 @@ class Speaker:
     # -- the relay connection -------------------------------------------------------------------
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        self._handlers.add(handler)
+        handler.add_done_callback(self._handlers.discard)
         refusal = self._refusal(writer)
         if refusal is not None:
             self.refused_connections += 1

@@ -108,6 +108,7 @@ def loop_thread() -> Iterator[LoopThread]:
     lt = LoopThread()
     try:
         yield lt
-        assert lt.leftover_tasks() == set(), "Speaker.stop() left tasks behind"
+        leftover = lt.leftover_tasks()
+        assert leftover == set(), f"Speaker.stop() left tasks behind: {leftover}"
     finally:
         lt.close()

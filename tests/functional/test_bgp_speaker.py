@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bgp import exabgp_child
 from bgp.peers import PeerSpec
 from bgp.rib import LearnedRoute
 from bgp.speaker import Speaker
@@ -404,3 +405,43 @@ def test_a_burst_of_peer_changes_is_one_exabgp_reload(pair, loop_thread, tmp_pat
     assert log.read_text().count("performing reload") - before == 1
     [b] = [p for p in _state(lt, sa) if p.address == B]
     assert b.state == "up"  # the unchanged session did not flap
+
+
+def test_stop_waits_for_a_relay_reader_that_saw_the_relay_close_first(netns, loop_thread, tmp_path,
+                                                                    monkeypatch):
+    """Regression: on a loaded machine the relay's EOF can reach the reader before ``stop()``
+    sees ExaBGP exit; the reader then drops the connection itself and waits for the child
+    (``exabgp_child.exits_within``), and ``stop()`` returned with that task still running
+    ("Speaker.stop() left tasks behind" in the rogue-peer test; an agent restart leaks it). A
+    barrier makes that order certain: ``stop()`` goes on past the child's exit only once the
+    reader has taken the connection, and the reader stays busy a moment longer, as a reader
+    without a core does."""
+    lt = loop_thread
+    ns_a, ns_b = netns("stra"), netns("strb")
+    veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")
+    sp = _speaker(lt, ns_a, A, tmp_path / "a", [])
+    lt.run(sp.start())
+    wait_for(lambda: lt.call(sp.status).state == "running", 20, what="the relay connected")
+    reader_took_it = asyncio.Event()
+    exits_within = exabgp_child.exits_within
+    terminate_child = sp._terminate_child
+
+    async def slow_reader_waits_for_the_child(proc, seconds):
+        reader_took_it.set()
+        exited = await exits_within(proc, seconds)
+        await asyncio.sleep(0.5)  # the reader's remaining work, slowed: not a synchronisation
+        return exited
+
+    async def terminate_then_let_the_reader_go_first():
+        await terminate_child()
+        await reader_took_it.wait()
+
+    monkeypatch.setattr(exabgp_child, "exits_within", slow_reader_waits_for_the_child)
+    monkeypatch.setattr(sp, "_terminate_child", terminate_then_let_the_reader_go_first)
+
+    async def stop_and_look() -> set:
+        await sp.stop()
+        return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+
+    assert lt.run(stop_and_look()) == set()
+    assert reader_took_it.is_set()
