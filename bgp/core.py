@@ -63,9 +63,14 @@ class SessionUp:
 
 @dataclass(frozen=True)
 class SessionDown:
-    """An established session went down, for ``reason`` (ExaBGP's words; logged by the speaker)."""
+    """An established session went down, for ``reason`` (ExaBGP's words; logged by the speaker).
+    ``graceful``: it ended without a NOTIFICATION either way (a TCP close or reset), so the peer's
+    routes stay as stale for its restart time; False: a NOTIFICATION ended it, which ends graceful
+    restart too (RFC 4724 4.2; RFC 8538's N bit is implemented by neither ExaBGP 5.0.15 nor BIRD
+    2.0.12), so its routes go at once, stale ones included, as BIRD drops them."""
     address: IPv4Address
     reason: str
+    graceful: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,8 @@ class PeerSession:
     eor: bool = False  # sent End-of-RIB since it last came up
     held_down: bool = False  # left out of ExaBGP's config for MAX_PREFIX_HOLD_DOWN
     eor_owed: bool = False  # up, sent its routes, our End-of-RIB deferred (``eor_due``)
+    # A NOTIFICATION went either way while the session is up: its down is not graceful.
+    notified: bool = False
 
     def status(self) -> PeerStatus:
         s = self.spec
@@ -112,6 +119,7 @@ class PeerSession:
                 return self._on_state(state, reason, now)
             case protocol.NotificationReceived(_, code, subcode, message):
                 self.cause = notification_reason(code, subcode, message)
+                self.notified |= self.state == "up"
             case protocol.EndOfRib(_, family) if family == protocol.IPV4_UNICAST and self.state == "up":
                 self.synced = self.eor = True
         return []
@@ -121,10 +129,13 @@ class PeerSession:
         effects: list[Effect] = [StateChanged(address)]
         if state == "up":
             self.state, self.since, self.reason, self.cause, self.eor = "up", now, "", "", False
+            self.notified = False
             effects.append(SessionUp(address))
         elif state == "down":
             if self.state == "up":
-                effects.append(SessionDown(address, reason))
+                notified = self.notified or notification_sent(reason)
+                effects.append(SessionDown(address, reason, graceful=not notified))
+            self.notified = False
             # "Socket: <error>" (a connect that failed, exabgp_main) as BIRD says it; else ExaBGP's words.
             self.reason = reason if reason.startswith("Socket: ") else f"down: {reason}" if reason else "down"
             if self.cause == MAX_PREFIX_REASON and not self.held_down:
@@ -139,7 +150,7 @@ class PeerSession:
         """The ExaBGP child is gone: the session is down for ``reason``, whatever ended it before
         (the child's fate is news to every session). True if it was up."""
         was_up = self.state == "up"
-        self.reason, self.cause = reason, ""
+        self.reason, self.cause, self.notified = reason, "", False
         self.leave_up("idle", now)
         return was_up
 
@@ -161,6 +172,22 @@ _NOTIFICATIONS = {
     (6, 6): "Other configuration change", (6, 7): "Connection collision resolution",
     (6, 8): "Out of resources", (6, 9): "Hard reset",
 }
+
+
+# How ExaBGP 5 names a session it reset after sending a NOTIFICATION (its hold timer expired, an
+# UPDATE it could not parse, our ``teardown``): the ``down`` reason starts with this.
+_NOTIFICATION_SENT = "notification sent ("
+
+
+def notification_sent(reason: str) -> bool:
+    """Whether ExaBGP's ``down`` reason says it ended the session with a NOTIFICATION of its own.
+
+    >>> notification_sent("notification sent (6,2): Cease / Administrative Shutdown")
+    True
+    >>> notification_sent("closing connection: peer closed the connection")
+    False
+    """
+    return reason.startswith(_NOTIFICATION_SENT)
 
 
 def notification_reason(code: int, subcode: int, message: str = "") -> str:
@@ -267,6 +294,7 @@ def tear_down_over_limit(sessions: dict[IPv4Address, PeerSession],
         session = sessions.get(address)
         if session is not None:
             session.cause = MAX_PREFIX_REASON  # outranks the down reason until it is up again
+            session.notified |= session.state == "up"  # our Cease ends it
     return [protocol.teardown_command(address, protocol.CEASE_MAX_PREFIXES) for address in exceeded]
 
 

@@ -578,13 +578,14 @@ class Rib:
             return None
         return min(offered, self._restart_cap.get(peer, offered))
 
-    def peer_down(self, peer: IPv4Address) -> None:
-        """Keep the peer's routes as stale for its restart time (drop them if it offered none)."""
+    def peer_down(self, peer: IPv4Address, graceful: bool = True) -> None:
+        """Keep the peer's routes as stale for its restart time; drop them, stale ones included,
+        if it offered none or the session did not end gracefully (a NOTIFICATION ended it)."""
         self._unmirror()
         peer = self._peer_ids.get(peer, peer)
         self._exceeded.discard(peer)  # a new session starts a new count
         fresh = self._fresh.pop(peer, {})
-        restart = self.restart_time(peer)
+        restart = self.restart_time(peer) if graceful else None
         if not restart:
             self._forget(peer, keep_ids=True)
             self._rechoose(fresh)

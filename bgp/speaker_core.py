@@ -192,6 +192,7 @@ class SpeakerCore:
     def _peer_event(self, peer: core.PeerSession, event: protocol.Event, now: float,
                     wall: datetime) -> list[Effect]:
         effects: list[Effect] = []
+        graceful = True
         for effect in peer.on_event(event, wall):
             match effect:
                 case core.SessionUp(address):
@@ -199,12 +200,16 @@ class SpeakerCore:
                     effects.append(Send(tuple(core.greeting(
                         peer, self._peers.values(), self._advertised,
                         self._reflector.out(address).commands(), self._deferral(now)))))
-                case core.SessionDown(address, reason):
+                case core.SessionDown(address, reason, graceful):  # binds ``graceful``
                     effects.append(Log("warning", "bgp session down",
-                                       {"peer": str(address), "reason": reason}))
+                                       {"peer": str(address), "reason": reason,
+                                        "graceful": graceful}))
                 case core.HoldDown(address):
                     effects += self._hold_down(address, now)
-        self._rib.apply(event)
+        if graceful:
+            self._rib.apply(event)
+        else:  # a NOTIFICATION ended it: no graceful restart
+            self._rib.peer_down(peer.spec.address, graceful=False)
         return effects
 
     def _tear_down_over_limit(self) -> list[Effect]:

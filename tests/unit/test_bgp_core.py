@@ -58,6 +58,52 @@ def test_a_notification_outranks_the_down_that_follows():
     assert peer.status().reason == "Received: Peer de-configured (6/3)"
 
 
+def test_a_notification_either_way_ends_graceful_restart_for_that_session_only():
+    """RFC 4724 4.2: routes are kept as stale only when a session ends without a NOTIFICATION."""
+    peer = core.PeerSession(SPEC)
+    up(peer)
+    peer.on_event(protocol.NotificationReceived(ADDR, 6, 2, ""), T1)
+    down = peer.on_event(protocol.PeerStateChanged(ADDR, "down", "notification received (6,2)"), T1)
+    assert core.SessionDown(ADDR, "notification received (6,2)", graceful=False) in down
+    up(peer)
+    down = peer.on_event(protocol.PeerStateChanged(ADDR, "down", "closing connection"), T1)
+    assert core.SessionDown(ADDR, "closing connection", graceful=True) in down, "no leak into the next"
+    up(peer)
+    reason = "notification sent (4,0): Hold timer expired"  # ExaBGP's words for one it sent
+    down = peer.on_event(protocol.PeerStateChanged(ADDR, "down", reason), T1)
+    assert core.SessionDown(ADDR, reason, graceful=False) in down
+
+
+def test_a_notification_before_the_session_is_up_ends_no_graceful_restart():
+    """A NOTIFICATION on a connection that never got up (a collision's Cease, a rejected OPEN)
+    says nothing about the session that holds stale routes, nor about the next one."""
+    peer = core.PeerSession(SPEC)
+    peer.on_event(protocol.NotificationReceived(ADDR, 6, 7, ""), T0)
+    assert peer.on_event(protocol.PeerStateChanged(ADDR, "down", "x"), T0) == [core.StateChanged(ADDR)]
+    peer.on_event(protocol.NotificationReceived(ADDR, 6, 7, ""), T0)
+    up(peer)
+    down = peer.on_event(protocol.PeerStateChanged(ADDR, "down", "closing connection"), T1)
+    assert core.SessionDown(ADDR, "closing connection", graceful=True) in down
+
+
+def test_our_max_prefix_cease_ends_graceful_restart():
+    peer = core.PeerSession(SPEC)
+    up(peer)
+    core.tear_down_over_limit({ADDR: peer}, [ADDR])
+    down = peer.on_event(protocol.PeerStateChanged(ADDR, "down", "closing"), T1)
+    assert core.SessionDown(ADDR, "closing", graceful=False) in down
+
+
+def test_losing_the_child_forgets_a_notification():
+    peer = core.PeerSession(SPEC)
+    up(peer)
+    peer.on_event(protocol.NotificationReceived(ADDR, 6, 2, ""), T1)
+    assert peer.child_lost("down: exabgp exited", T1)
+    up(peer)
+    down = peer.on_event(protocol.PeerStateChanged(ADDR, "down", "closing connection"), T1)
+    assert core.SessionDown(ADDR, "closing connection", graceful=True) in down
+
+
 def test_max_prefix_teardown_holds_the_peer_down_once():
     peer = core.PeerSession(SPEC)
     up(peer)

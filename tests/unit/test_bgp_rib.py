@@ -128,6 +128,22 @@ def test_peer_without_graceful_restart_loses_routes_at_once():
     assert rib.best() == frozenset()
 
 
+def test_a_session_ended_by_a_notification_drops_fresh_and_stale_routes_at_once():
+    clock = FakeClock()
+    rib = make_rib(clock)
+    rib.apply(p.OpenReceived(P1, P1, 9, 120))
+    rib.announce(P1, N("10.244.2.0/26"), P1)
+    rib.announce(P2, N("10.244.3.0/26"), P2)
+    rib.peer_down(P1)  # kept as stale
+    rib.announce(P1, N("10.244.4.0/26"), P1)  # the next session
+    rib.peer_down(P1, graceful=False)
+    assert rib.best() == {LearnedRoute(N("10.244.3.0/26"), P2, P2)}
+    assert rib.route_count(P1) == 0 and rib.next_deadline() is None
+    rib.announce(P1, N("10.244.2.0/26"), P1)
+    rib.peer_down(P1)
+    assert rib.next_deadline() == 1120.0, "a later session still restarts gracefully"
+
+
 def test_fresh_beats_stale_even_from_a_higher_peer():
     rib = make_rib()
     rib.announce(P1, N("10.244.2.0/26"), P1)

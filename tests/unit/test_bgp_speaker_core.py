@@ -156,6 +156,43 @@ def test_a_peer_without_graceful_restart_loses_its_routes_at_once():
     assert h.prefixes() == set() and fx.EXPIRY not in h.timers
 
 
+def test_a_peer_that_ends_its_session_with_a_notification_loses_its_routes_at_once():
+    """RFC 4724 4.2: a NOTIFICATION ends graceful restart, as BIRD does: a node leaving for good
+    (Cease, Administrative Shutdown) must not stay routed to for its restart time."""
+    h = Harness()
+    h.set_peers(MESH_A)
+    h.up(MESH_A, BLOCK_A)
+    h.feed(protocol.NotificationReceived(A, 6, 2, ""))
+    assert h.prefixes() == {BLOCK_A}, "the NOTIFICATION alone changes nothing: the down does"
+    effects = h.down(MESH_A, "notification received (6,2): Cease / Administrative Shutdown")
+    assert h.prefixes() == set() and fx.EXPIRY not in h.timers
+    assert fx.NOTIFY in effects
+    assert h.status(A).reason == "Received: Administrative shutdown (6/2)"
+
+
+def test_a_notification_drops_the_stale_routes_of_an_earlier_session_too():
+    h = Harness()
+    h.set_peers(MESH_A)
+    h.up(MESH_A, BLOCK_A, BLOCK_B)
+    h.down(MESH_A)  # a plain TCP loss: kept as stale
+    h.up(MESH_A, BLOCK_A)
+    assert h.prefixes() == {BLOCK_A, BLOCK_B}
+    h.down(MESH_A, "notification sent (4,0): Hold timer expired")
+    assert h.prefixes() == set() and fx.EXPIRY not in h.timers
+
+
+def test_after_a_notification_the_next_session_still_restarts_gracefully():
+    h = Harness()
+    h.set_peers(MESH_A)
+    h.up(MESH_A, BLOCK_A)
+    h.feed(protocol.NotificationReceived(A, 6, 4, ""))
+    h.down(MESH_A, "notification received (6,4)")
+    h.up(MESH_A, BLOCK_B)
+    h.at(10.0)
+    h.down(MESH_A, "closing connection: peer closed the connection")
+    assert h.prefixes() == {BLOCK_B} and h.timers[fx.EXPIRY] == 130.0
+
+
 # -- max-prefix ---------------------------------------------------------------------------------
 
 def test_over_max_prefix_a_peer_gets_a_cease_then_is_held_down_and_released():
