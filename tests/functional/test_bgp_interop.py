@@ -232,6 +232,38 @@ def test_bird_drops_our_routes_when_we_stop_for_good(netns, procs, loop_thread, 
              what="BIRD drops our block from its RIB and kernel")
 
 
+def test_a_bird_that_ceases_loses_its_routes_at_once_and_a_killed_one_keeps_them(
+        netns, procs, loop_thread, tmp_path):
+    """`birdc disable` ends the session with a Cease (Administrative Shutdown): RFC 4724 ends
+    graceful restart on a NOTIFICATION, so our RIB drops BIRD's block at once (its restart time is
+    120 s). The next session, ended by a SIGKILLed BIRD (a TCP close, no NOTIFICATION), still
+    restarts gracefully: the block stays as stale."""
+    lt = loop_thread
+    ns_us, ns_bird = netns("icu"), netns("icb")
+    veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")
+    bird = Bird(ns_bird, tmp_path / "bird", procs)
+    peer = PeerSpec(address=PEER, asn=64512, local_asn=64512, passive=False,
+                    peer_type="global", name="bird")
+    speaker = _start_speaker(lt, ns_us, tmp_path / "us", peer)
+    learned = {LearnedRoute(PEER_BLOCK, PEER, PEER)}
+    try:
+        wait_for(lambda: _learned(lt, speaker) == learned, 20, what="speaker learns BIRD's block")
+        bird.cli("disable", "calico")
+        wait_for(lambda: _learned(lt, speaker) == frozenset(), 10,
+                 what="speaker drops BIRD's block on its Cease")
+        [status] = lt.call(speaker.peer_status)
+        assert status.reason.startswith("Received: Administrative shutdown (6/2)"), status
+
+        bird.cli("enable", "calico")
+        wait_for(lambda: _learned(lt, speaker) == learned, 40, what="speaker relearns BIRD's block")
+        os.kill(bird.proc.pid, signal.SIGKILL)
+        bird.proc.wait(timeout=10)
+        wait_for(lambda: not _established(lt, speaker), 15, what="speaker sees BIRD's session close")
+        assert _learned(lt, speaker) == learned, "a TCP close keeps BIRD's block as stale"
+    finally:
+        lt.run(speaker.stop())
+
+
 def test_bird_keeps_our_route_stale_while_exabgp_restarts(netns, procs, loop_thread, tmp_path):
     """RFC 4724 with BIRD as the helper: our ExaBGP child is SIGKILLed and the Speaker restarts it."""
     lt = loop_thread

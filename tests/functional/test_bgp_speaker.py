@@ -181,6 +181,19 @@ def test_graceful_restart_keeps_routes_while_the_peer_restarts(netns, loop_threa
             lt.run(sp.stop())
 
 
+def test_a_peer_that_stops_for_good_loses_its_routes_at_once(pair, loop_thread):
+    """A node leaving for good sends a Cease (Administrative Shutdown): RFC 4724 ends graceful
+    restart on a NOTIFICATION, so its routes go at once, not at the restart time (120 s)."""
+    lt = loop_thread
+    sa, sb = pair("cease")
+    wait_for(lambda: _learned(lt, sa) == {LearnedRoute(BLOCK_B, B, B)}, 20, what="a learns b's block")
+    lt.run(sb.stop(for_good=True))
+    wait_for(lambda: _learned(lt, sa) == frozenset(), 10, what="a drops b's block at once")
+    [status] = _state(lt, sa)
+    assert status.state != "up", status
+    assert status.reason.startswith("Received: Administrative shutdown (6/2)"), status
+
+
 def test_killed_exabgp_child_is_restarted_and_sessions_recover(netns, loop_thread, tmp_path):
     lt = loop_thread
     ns_a, ns_b = netns("bgpg"), netns("bgph")
