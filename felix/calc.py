@@ -33,7 +33,7 @@ learned route on the same destination; between equals the smallest (sorted) cand
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
@@ -459,6 +459,13 @@ def _learned_routes(learned: Iterable[RemoteRoute], ctx: _Context) -> list[Desir
 
 def _learned_route(key: int, via: tuple[IPv4Address, str], ctx: _Context) -> DesiredRoute:
     """The route at ``key`` of a learned route via ``(gateway, source)`` (``RemoteRoute.via``)."""
+    tunnel, reason, onlink = _learned_path(key, via, ctx)
+    return DesiredRoute(key, "unicast", tunnel, via[0], "universe", reason, onlink)
+
+
+def _learned_path(key: int, via: tuple[IPv4Address, str], ctx: _Context
+                  ) -> tuple[str | None, str, bool]:
+    """(tunnel, reason, onlink) of a learned route at ``key`` via ``(gateway, source)``."""
     gateway, source = via
     pool = ctx.pool_of(key)
     # The tunnel and the reason depend on (pool, gateway, peer) only: decided once for each
@@ -473,8 +480,7 @@ def _learned_route(key: int, via: tuple[IPv4Address, str], ctx: _Context) -> Des
         tunnel = IPIP_DEV if pool.ipip != NEVER and ctx.tunnelled(pool.ipip, gateway) else None
         path = ctx.learned_paths[path_key] = (
             tunnel, f"learned from {source}" + (" (ipip)" if tunnel else ""), tunnel is not None)
-    tunnel, reason, onlink = path
-    return DesiredRoute(key, "unicast", tunnel, gateway, "universe", reason, onlink)
+    return path
 
 
 def _first_per_key(items, *, key, order):
@@ -515,9 +521,12 @@ class RouteCalc:
     """
 
     def __init__(self) -> None:
-        self._desired: dict[int, DesiredRoute] = {}
+        # The winner at each destination: a ``DesiredRoute``, or a learned route's via (shared by
+        # the routes of one UPDATE), whose route ``desired`` builds when it is read: 100k learned
+        # routes held a ``DesiredRoute`` each, ~9 MB of the agent.
+        self._desired: dict[int, DesiredRoute | tuple] = {}
         # What ``desired_routes`` returns, kept up to date: read-only, by ``dst_key`` (not sorted)
-        self.desired: Mapping[int, DesiredRoute] = MappingProxyType(self._desired)
+        self.desired = DesiredView(self)
         self.problems: dict[IPv4Network, str] = {}  # ``unroutable`` of the input last rebuilt
         # How many desired routes carry each reason: health probes and metrics count routes by
         # kind, and walking 100k routes per probe stalled the loop for ~70 ms.
@@ -535,7 +544,7 @@ class RouteCalc:
 
     def rebuild(self, inp: CalcInput) -> set[int]:
         """Start again from a whole input (a rare global change); return what changed."""
-        ctx = _Context(inp)
+        old_ctx, ctx = self._ctx, _Context(inp)
         self._node, self._ctx = inp.node, ctx
         self._own = _own_blocks(inp)
         fixed = ctx.affinity_routes()
@@ -556,11 +565,12 @@ class RouteCalc:
         for key in self._workloads:
             new[key] = self._winner(key)
         old = self._desired
-        changed = {key for key, route in old.items() if new.get(key) != route}
+        changed = {key for key, value in old.items()
+                   if not _same_route(key, value, old_ctx, new.get(key), ctx)}
         changed.update(new.keys() - old.keys())
         old.clear()
         old.update(new)
-        self.reasons = Counter(route.reason for route in new.values())
+        self.reasons = Counter(map(_reason_of, new.keys(), new.values(), repeat(ctx)))
         return changed
 
     @property
@@ -603,24 +613,27 @@ class RouteCalc:
         return set(filter(self._resolve, touched))
 
     def _resolve(self, key: int) -> bool:
-        """Recompute the winner at ``key`` from its candidates; True if it changed."""
+        """Recompute the winner at ``key`` from its candidates; True if it changed (the context
+        is the same as the old winner's: a learned route's via decides its route)."""
         route = self._winner(key)
         old = self._desired.get(key)
         if route is old or (route is not None and old is not None and route == old):
             return False
-        reasons = self.reasons
+        reasons, ctx = self.reasons, self._ctx
         if old is not None:
-            reasons[old.reason] -= 1
-            if not reasons[old.reason]:
-                del reasons[old.reason]
+            reason = _reason_of(key, old, ctx)
+            reasons[reason] -= 1
+            if not reasons[reason]:
+                del reasons[reason]
         if route is None:
             del self._desired[key]
         else:
             self._desired[key] = route
-            reasons[route.reason] += 1
+            reasons[_reason_of(key, route, ctx)] += 1
         return True
 
-    def _winner(self, key: int) -> DesiredRoute | None:
+    def _winner(self, key: int) -> DesiredRoute | tuple | None:
+        """The route at ``key``, or the via of the learned route that wins there."""
         local = self._workloads.get(key)
         if local:
             w = min(local, key=_workload_order)
@@ -632,8 +645,60 @@ class RouteCalc:
         if learned is None:
             return None
         if learned.__class__ is set:
-            learned = min(learned)  # the lowest (gateway, source): order-independent
-        return _learned_route(key, learned, self._ctx)
+            return min(learned)  # the lowest (gateway, source): order-independent
+        return learned
+
+
+class DesiredView(Mapping):
+    """``RouteCalc.desired``: the desired routes by ``dst_key``, read-only, not sorted. A learned
+    route is built when it is read (from its via and the calculation's context)."""
+
+    __slots__ = ("_calc",)
+
+    def __init__(self, calc: RouteCalc) -> None:
+        self._calc = calc
+
+    def __getitem__(self, key: int) -> DesiredRoute:
+        return _route_of(key, self._calc._desired[key], self._calc._ctx)
+
+    def get(self, key: int, default=None):
+        value = self._calc._desired.get(key)
+        return default if value is None else _route_of(key, value, self._calc._ctx)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._calc._desired
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._calc._desired)
+
+    def __len__(self) -> int:
+        return len(self._calc._desired)
+
+    def snapshot(self) -> Iterator[DesiredRoute]:
+        """Every route as it is now, each built when the iteration reaches it: the route table's
+        full diff reads them in its thread while the calculation goes on. It holds two lists
+        (keys and values), not a route per learned prefix."""
+        values, ctx = self._calc._desired, self._calc._ctx
+        return map(_route_of, list(values), list(values.values()), repeat(ctx))
+
+
+def _route_of(key: int, value: DesiredRoute | tuple, ctx: _Context) -> DesiredRoute:
+    """The route a ``RouteCalc._desired`` value stands for."""
+    return _learned_route(key, value, ctx) if value.__class__ is tuple else value
+
+
+def _reason_of(key: int, value: DesiredRoute | tuple, ctx: _Context) -> str:
+    return _learned_path(key, value, ctx)[1] if value.__class__ is tuple else value.reason
+
+
+def _same_route(key: int, old: DesiredRoute | tuple, old_ctx: _Context | None,
+                new: DesiredRoute | tuple | None, new_ctx: _Context) -> bool:
+    """Whether ``RouteCalc._desired`` values ``old`` and ``new`` (each in its context) stand for
+    the same route: a learned route's tunnel and reason depend on the context too."""
+    if old.__class__ is not tuple:
+        return new == old
+    return (new.__class__ is tuple and new == old
+            and _learned_path(key, old, old_ctx) == _learned_path(key, new, new_ctx))
 
 
 def _add_learned(learned: dict, key: int, via: tuple) -> None:

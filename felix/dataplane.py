@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from felix import rtnl
-from felix.calc import PROTO, DesiredRoute, key_network, key_text
+from felix.calc import PROTO, DesiredRoute, DesiredView, key_network, key_text
 from felix.inspect import KernelRoute, route_matches
 
 __all__ = ["PROTO", "ApplyResult", "KernelRoute", "RouteTable", "route_is_ours"]
@@ -315,7 +315,9 @@ class RouteTable:
         dirty = dirty_routes = None
         routes = None  # every desired route: a full diff's input, copied only when one is due
         if changed is None or not self.incremental or not self._trusted():
-            routes = list(desired.values())
+            # A calculation's view builds its learned routes as the diff reads them; any other
+            # mapping is copied.
+            routes = desired.snapshot() if isinstance(desired, DesiredView) else list(desired.values())
         else:
             dirty = set(changed)
             with self._cache_lock:
@@ -323,7 +325,7 @@ class RouteTable:
             dirty_routes = [r for r in map(desired.get, dirty) if r is not None]
         return self._apply_when_free(routes, delete_unknown_gateway_routes, dirty, dirty_routes)
 
-    async def _apply_when_free(self, routes: list[DesiredRoute] | None, delete_gateway_routes: bool,
+    async def _apply_when_free(self, routes: Iterable[DesiredRoute] | None, delete_gateway_routes: bool,
                                dirty: set[int] | None,
                                dirty_routes: list[DesiredRoute] | None) -> ApplyResult:
         async with self._lock:
@@ -338,7 +340,7 @@ class RouteTable:
 
     # -- the blocking halves (run in a thread, under the lock) ----------------------------------
 
-    def _apply(self, routes: list[DesiredRoute] | None, delete_gateway_routes: bool,
+    def _apply(self, routes: Iterable[DesiredRoute] | None, delete_gateway_routes: bool,
                dirty: set[int] | None = None,
                dirty_routes: list[DesiredRoute] | None = None):
         """``routes``: every desired route (None: not copied, the cache was trusted when the apply

@@ -171,3 +171,37 @@ def test_what_update_returns_and_desired_are_keyed_by_an_int_per_destination():
     with pytest.raises(TypeError):
         calc.desired[keys[0]] = calc.desired[keys[1]]  # type: ignore[index]
     assert dict(calc.desired) == {r.key: r for r in calc.desired.values()}
+
+
+def test_a_pool_switched_to_ipip_changes_its_learned_routes_though_their_vias_did_not():
+    """A learned route's tunnel comes from its pool: a rebuild that changes the pool's mode alone
+    reports the route, and ``desired`` builds it with the new tunnel."""
+    base = CalcInput(node="n1", pools=frozenset(POOLS), blocks=frozenset(), workloads=frozenset(),
+                     learned=frozenset({RemoteRoute(dst_key(PREFIXES[1]), GATEWAYS[0], "p1")}))
+    calc = RouteCalc()
+    calc.rebuild(base)
+    assert calc.desired[dst_key(PREFIXES[1])].dev is None
+    ipip = replace(base, encap=frozenset({PoolEncap(POOLS[0], ipip=ALWAYS)}))
+    assert calc.rebuild(ipip) == {dst_key(PREFIXES[1])}
+    route = calc.desired[dst_key(PREFIXES[1])]
+    assert (route.dev, route.onlink, route.reason) == ("tunl0", True, "learned from p1 (ipip)")
+    assert calc.reasons == Counter({"learned from p1 (ipip)": 1})
+    assert calc.rebuild(ipip) == set()
+
+
+def test_a_snapshot_holds_the_routes_of_when_it_was_taken():
+    """``desired.snapshot()`` (the route table's full diff reads it in a thread, later): the
+    routes as they were, whatever updates and rebuilds came after."""
+    calc = RouteCalc()
+    inp = CalcInput(node="n1", pools=frozenset(POOLS), blocks=frozenset(), workloads=frozenset(),
+                    learned=frozenset())
+    calc.rebuild(inp)
+    first = [RemoteRoute(dst_key(p), GATEWAYS[0], "p1") for p in PREFIXES[:2]]
+    calc.update(learned_added=first, workloads_added=[Workload(IPS[2], "calia", "n1", "ns/x")])
+    expected = dict(calc.desired)
+    snapshot = calc.desired.snapshot()
+    calc.update(learned_removed=first[:1],
+                learned_added=[RemoteRoute(dst_key(PREFIXES[1]), GATEWAYS[1], "p2")])
+    calc.rebuild(replace(inp, encap=frozenset({PoolEncap(POOLS[0], ipip=ALWAYS)})))
+    assert {r.key: r for r in snapshot} == expected
+    assert len(expected) == 3 and expected[dst_key(PREFIXES[1])].dev is None
