@@ -5,9 +5,10 @@ as stale while we are gone, until the new agent has re-announced it and sent End
 A stop that ended the session with a NOTIFICATION (Cease) would make BIRD flush our routes at
 once (RFC 4724 without RFC 8538) and cut the node's pods off its peers until the new agent is
 back; that is only right for a node leaving for good: its Node deleted (the running agent ends
-every session with a Cease then) or PYCALICO_BGP_STOP=cease (every stop). Everything runs in
-namespaces: etcd and the agent in the node namespace, BIRD in the fabric namespace at the other
-end of the node's eth0.
+every session with a Cease then) or PYCALICO_BGP_STOP=cease (every stop). The other way round,
+a peer that ends its session with a Cease has its block removed from the agent's kernel at once.
+Everything runs in namespaces: etcd and the agent in the node namespace, BIRD in the fabric
+namespace at the other end of the node's eth0.
 """
 from __future__ import annotations
 
@@ -179,3 +180,78 @@ def test_a_bad_pycalico_bgp_stop_stops_the_agent_naming_it(netns, procs, tmp_pat
                         env={"PYCALICO_BGP_STOP": "later"})
     assert agent.wait(timeout=30) == 2
     assert "PYCALICO_BGP_STOP: 'later' is not graceful or cease" in (tmp_path / "agent.log").read_text()
+
+
+TOR_BLOCK = "10.244.7.0/26"
+# BIRD as the mesh peer of a Node ("tor", BIRD's address) that owns TOR_BLOCK, announcing it.
+TOR_CONF = """\
+router id {bird};
+log "{log}" all;
+protocol device {{}}
+protocol static tor_block {{
+    ipv4;
+    route {block} blackhole;
+}}
+protocol bgp tor {{
+    local {bird} as 64512;
+    neighbor {node} as 64512;
+    direct;
+    passive on;
+    hold time 9;
+    graceful restart on;
+    graceful restart time 120;
+    ipv4 {{ import all; export where source = RTS_STATIC; next hop self; }};
+}}
+"""
+
+
+def _seed_tor(url: str, node: str) -> None:
+    import datastore
+    from crds import load
+
+    ds = datastore.connect("etcdv3", etcd_endpoints=url)
+    v3 = "projectcalico.org/v3"
+    for doc in (
+        {"kind": "IPPool", "metadata": {"name": "pool"}, "spec": {"cidr": "10.244.0.0/16"}},
+        {"kind": "IPAMBlock", "metadata": {"name": "10-244-1-0-26"},
+         "spec": {"cidr": BLOCK, "affinity": f"host:{node}"}},
+        {"kind": "Node", "metadata": {"name": "tor"}, "spec": {"bgp": {"ipv4Address": f"{BIRD_IP}/24"}}},
+        {"kind": "IPAMBlock", "metadata": {"name": "10-244-7-0-26"},
+         "spec": {"cidr": TOR_BLOCK, "affinity": "host:tor"}},
+    ):
+        ds.create(load({"apiVersion": v3, **doc}))
+    ds.close()
+
+
+def test_a_mesh_peer_that_ceases_has_its_block_removed_from_our_kernel_at_once(netns, procs, tmp_path):
+    """`birdc disable` ends the mesh session with a Cease (Administrative Shutdown), as a node
+    leaving for good does: RFC 4724 ends graceful restart on a NOTIFICATION, so the agent removes
+    the peer's block from its kernel at once, not at the 120 s restart time."""
+    node_ns, node = node_namespace(netns, "gtb")
+    fabric = f"{node_ns}f"
+    url = f"http://127.0.0.1:{free_port()}"
+    start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
+    in_netns(node_ns, _seed_tor, url, node)
+    workdir = tmp_path / "bird"
+    workdir.mkdir()
+    conf = workdir / "bird.conf"
+    conf.write_text(TOR_CONF.format(bird=BIRD_IP, node=NODE_IP, block=TOR_BLOCK, log=workdir / "bird.log"))
+    subprocess.run(["bird", "-p", "-c", str(conf)], check=True)
+    sock = workdir / "bird.ctl"
+    bird = procs.add(subprocess.Popen(
+        ["ip", "netns", "exec", fabric, "bird", "-f", "-c", str(conf), "-s", str(sock),
+         "-P", str(workdir / "bird.pid")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait_for(lambda: bird.poll() is None and sock.exists(), 10, what="bird socket")
+    start_agent(procs, node_ns, node, url, tmp_path)
+
+    def kernel_route() -> str:
+        return subprocess.run(["ip", "-n", node_ns, "route", "show", "exact", TOR_BLOCK],
+                              capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    wait_for(lambda: f"via {BIRD_IP}" in kernel_route(), 40, what="the agent installs BIRD's block")
+    out = subprocess.run(["birdc", "-s", str(sock), "disable", "tor"], capture_output=True, text=True,
+                         timeout=10, check=True).stdout
+    assert "disabled" in out, out
+    wait_for(lambda: kernel_route() == "", 10, what="the agent removes BIRD's block from its kernel")
+    status = query(node, "status", path=tmp_path / "run" / "status.sock")
+    assert [p["address"] for p in status["peers"]] == [BIRD_IP], status["peers"]
+    assert status["peers"][0]["state"] != "Established", status["peers"]
