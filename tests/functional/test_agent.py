@@ -14,6 +14,8 @@ import time
 import sys
 from pathlib import Path
 
+import pytest
+
 from felix.status import query
 from lab.netns import in_netns
 from tests.helpers import etcd_healthy, free_port, stop_process, veth_between, wait_for
@@ -66,6 +68,24 @@ def start_agent(procs, node_ns: str, node: str, url: str, tmp_path: Path,
              "--ip", "10.98.0.1/24", "--etcd-endpoints", url, "--run-dir", str(tmp_path / "run")],
             stdout=log, stderr=log, env={**os.environ, **(env or {})},
             preexec_fn=None if umask is None else lambda: os.umask(umask)))
+
+
+def wait_for_agent(agent: subprocess.Popen, log_path: Path, predicate, timeout: float, what: str):
+    """``wait_for``; on a timeout the failure says what the agent was doing: running (and the CPU
+    seconds it has used: a starved agent and a stuck one look alike otherwise) or its exit code,
+    and the end of its log."""
+    try:
+        return wait_for(predicate, timeout, what=what)
+    except pytest.fail.Exception:
+        if agent.poll() is None:
+            fields = Path(f"/proc/{agent.pid}/stat").read_text().rpartition(")")[2].split()
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            state = f"still running, {cpu:.2f} CPU-s used"
+        else:
+            state = f"exited with {agent.returncode}"
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+        pytest.fail(f"timed out after {timeout}s waiting for {what}; the agent is {state}; "
+                    f"the end of its log:\n{tail}")
 
 
 def start_etcd_in(procs, ns: str, url: str, data_dir: Path) -> subprocess.Popen:
@@ -130,9 +150,17 @@ def test_quiet_agent_does_no_work_and_reports_the_datastore_state(netns, procs, 
     url = f"http://127.0.0.1:{free_port()}"
     etcd = start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
     in_netns(node_ns, _seed, url, node)
-    start_agent(procs, node_ns, node, url, tmp_path, umask=0)
-    wait_for(lambda: "10.244.1.5 dev cali0123456789a proto 80" in routes(node_ns), timeout=30,
-             what="the agent to converge")
+    agent = start_agent(procs, node_ns, node, url, tmp_path, umask=0)
+    log_path = tmp_path / "agent.log"
+    # Up to its "starting" line the agent imports its modules and registers its Node: ~0.75 CPU-s,
+    # 85% of it imports (pydantic models, gRPC, pyroute2), ~2 s on an idle machine but 10-16 s
+    # measured with the test's CPU cut to a quarter of a core (load 9-10): load stretches this
+    # part most, so it has its own deadline. Converging after it takes ~0.3 s.
+    wait_for_agent(agent, log_path, lambda: "pycalico.agent starting" in log_path.read_text(), 90,
+                   "the agent to start (imports, its Node registered)")
+    wait_for_agent(agent, log_path,
+                   lambda: "10.244.1.5 dev cali0123456789a proto 80" in routes(node_ns), 30,
+                   "the agent to converge")
     run = tmp_path / "run"
     loose = {p.name: oct(stat.S_IMODE(os.lstat(p).st_mode)) for p in (run, *run.iterdir())
              if stat.S_IMODE(os.lstat(p).st_mode) & 0o077}
