@@ -14,8 +14,10 @@ Why things are the way they are:
 - A stop is a restart unless told it is for good (``stop``): ExaBGP's own shutdown (SIGTERM)
   closes the sessions without a NOTIFICATION, which graceful-restart helpers take for a
   restart; leaving for good, the core's Cease goes out first.
-- ExaBGP has no backpressure: it blocks once ~13k acks sit unread. The reader task reads all the
-  time, and the writer keeps at most ``ACK_WINDOW`` commands unacknowledged.
+- ExaBGP has no backpressure: a blocked write to its API process stops its parsing of what peers
+  send. A thread reads the relay socket all the time (``relay_reader``: up to
+  ``READ_BUFFER_MAX`` bytes waiting for the loop), the loop takes what it read in one batch, and
+  the writer keeps at most ``ACK_WINDOW`` commands unacknowledged.
 - Prefix changes go to all neighbors at once; ExaBGP's adj-rib-out keeps them for a neighbor
   that is down, so a withdrawal made while it was down is not replayed as an announcement.
 - The relay is our only way to ExaBGP, and ExaBGP does not exit when it loses it (it only drops
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -41,7 +44,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import hostio
-from bgp import effects, exabgp_child, exabgp_conf, protocol, reflect, speaker_core, supervision, transition
+from bgp import (effects, exabgp_child, exabgp_conf, protocol, reflect, relay_reader, speaker_core,
+                 supervision, transition)
 from bgp.core import DRAINING_REFLECTION, DRAINING_SESSION, PeerStatus  # noqa: F401 (API)
 from bgp.exabgp_child import LOG_MAX_BYTES, exabgp_env, relay_command, rotate_log  # noqa: F401 (API)
 from bgp.peers import PeerSpec
@@ -55,6 +59,9 @@ log = logging.getLogger(__name__)
 
 ACK_WINDOW = 64
 LINE_LIMIT = 64 * 2**20  # one UPDATE of many prefixes is one long JSON line
+# What ExaBGP may have written that the loop has not taken yet (~800k routes of JSON): past it,
+# the reader stops reading and ExaBGP blocks (relay_reader says why).
+READ_BUFFER_MAX = 16 * 2**20
 STOP_TIMEOUT = 5.0
 _MAX_UNIX_PATH = 107
 RELAY_CONNECT_TIMEOUT = 10.0
@@ -66,7 +73,8 @@ CHILD_EXIT_GRACE = 0.5
 @dataclass
 class _Conn:
     channel: protocol.Channel
-    writer: asyncio.StreamWriter
+    sock: socket.socket
+    reader: relay_reader.RelayReader
     reader_task: asyncio.Task | None
     child_pid: int | None  # the ExaBGP child whose relay this is
     task: asyncio.Task | None = None
@@ -108,8 +116,9 @@ class Speaker:
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()  # the core ran effects: a peer set may no longer wait for a Cease
         self._conn: _Conn | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._handlers: set[asyncio.Task] = set()  # the server's connection tasks, until they end
+        self._listener: socket.socket | None = None
+        self._acceptor: asyncio.Task | None = None
+        self._handlers: set[asyncio.Task] = set()  # relay connection tasks, until they end
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -122,8 +131,11 @@ class Speaker:
 
     async def start(self) -> None:
         hostio.private_dir(self._run_dir)
-        self._server = await asyncio.start_unix_server(
-            self._on_connect, sock=hostio.bind_unix(self._sock_path), limit=LINE_LIMIT)
+        listener = hostio.bind_unix(self._sock_path)
+        listener.listen()
+        listener.setblocking(False)
+        self._listener = listener
+        self._acceptor = asyncio.create_task(self._accept(listener), name=f"bgp-accept-{self._node}")
         self._run(self._core.start(time.monotonic()))
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"bgp-supervise-{self._node}")
@@ -242,16 +254,18 @@ class Speaker:
             await asyncio.gather(self._supervisor, return_exceptions=True)
         await self._terminate_child()
         await self._drop_connection()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            await asyncio.gather(self._acceptor, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.close()
         await self._handlers_ended()
         self._sock_path.unlink(missing_ok=True)
 
     async def _handlers_ended(self) -> None:
-        """Until every connection task has ended. Python 3.11's ``Server.wait_closed`` does not
-        wait for them, and the relay's reader may have taken its closed connection itself
-        (EOF seen before the child's exit): it still drops it and waits for the child then."""
+        """Until every connection task has ended: the relay's reader may have taken its closed
+        connection itself (EOF seen before the child's exit): it still drops it and waits for the
+        child then."""
         if not self._handlers:
             return
         _, pending = await asyncio.wait(set(self._handlers), timeout=STOP_TIMEOUT)
@@ -385,20 +399,33 @@ class Speaker:
 
     # -- the relay connection -------------------------------------------------------------------
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        handler = asyncio.current_task()
-        self._handlers.add(handler)
-        handler.add_done_callback(self._handlers.discard)
-        refusal = self._refusal(writer)
-        if refusal is not None:
-            self.refused_connections += 1
-            log.warning("refused a connection to the exabgp socket",
-                        extra={"node": self._node, "reason": refusal})
-            writer.close()
+    async def _accept(self, listener: socket.socket) -> None:
+        """Accept connections to exabgp.sock for as long as the speaker runs: our child's relay
+        gets a reader task (``_on_connect``), anyone else is closed at once."""
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, _ = await loop.sock_accept(listener)
+            refusal = self._refusal(sock)
+            if refusal is not None:
+                self.refused_connections += 1
+                log.warning("refused a connection to the exabgp socket",
+                            extra={"node": self._node, "reason": refusal})
+                sock.close()
+                continue
+            proc = self._proc
+            reader = relay_reader.RelayReader(sock, cap=READ_BUFFER_MAX, name=f"bgp-read-{self._node}")
+            conn = _Conn(protocol.Channel(), sock, reader, None, proc.pid if proc else None)
+            self._conn = conn  # at once: a second connection is refused from here on
+            reader.start()
+            conn.reader_task = handler = asyncio.create_task(self._on_connect(conn, proc),
+                                                             name=f"bgp-read-{self._node}")
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
+
+    async def _on_connect(self, conn: _Conn, proc: asyncio.subprocess.Process | None) -> None:
+        reader = conn.reader
+        if self._conn is not conn:  # dropped before this task ran
             return
-        proc = self._proc
-        conn = _Conn(protocol.Channel(), writer, asyncio.current_task(), proc.pid if proc else None)
-        self._conn = conn
         self._cancel_timer("relay")
         self._child.relay_connected(conn.child_pid, _now())
         self._outbox.clear()  # commands meant for an ExaBGP that is gone; peers resync on 'up'
@@ -407,8 +434,9 @@ class Speaker:
         self._run(self._core.relay_connected())
         reason = "relay connection closed"
         try:
-            while line := await reader.readline():
-                self._handle(conn.channel.feed(line.decode("utf-8", errors="replace")))
+            await self._read_loop(conn)
+            if reader.error is not None:
+                raise ConnectionError(reader.error)
         except (ConnectionError, ValueError) as exc:  # ValueError: a line over LINE_LIMIT
             reason = f"relay connection failed: {exc}"
             log.error("relay connection failed", extra={"node": self._node, "error": str(exc)})
@@ -418,11 +446,23 @@ class Speaker:
                 if proc is not None and not await exabgp_child.exits_within(proc, CHILD_EXIT_GRACE):
                     self._restart_child(proc, reason)
 
-    def _refusal(self, writer: asyncio.StreamWriter) -> str | None:
+    async def _read_loop(self, conn: _Conn) -> None:
+        """Until the relay's EOF: everything the reader has, as one batch of lines, one batch of
+        events (the core and the agent then work per batch, not per UPDATE)."""
+        while (lines := await conn.reader.lines(LINE_LIMIT)) is not None:
+            events: list[protocol.Event] = []
+            feed = conn.channel.feed
+            for line in lines:
+                events += feed(line.decode("utf-8", errors="replace"))
+            if self._conn is not conn:
+                return
+            self._handle(events)
+
+    def _refusal(self, sock: socket.socket) -> str | None:
         """Why a new connection to exabgp.sock is refused, or None: only our child's relay may talk."""
         if self._conn is not None:
             return "a relay is already connected (one connection at a time)"
-        cred = hostio.peer_credentials(writer.get_extra_info("socket"))
+        cred = hostio.peer_credentials(sock)
         if cred.uid not in (0, os.geteuid()):
             return f"peer uid {cred.uid} is not root"
         proc = self._proc
@@ -438,17 +478,14 @@ class Speaker:
         if conn.task is not None:
             conn.task.cancel()  # our writer task: never the caller (it only writes)
             await asyncio.gather(conn.task, return_exceptions=True)
-        conn.writer.close()
-        try:
-            await conn.writer.wait_closed()
-        except ConnectionError as exc:
-            log.debug("relay socket closed with error", extra={"error": str(exc)})
-        # The reader is the server's handler task: closing the socket ends it with EOF. Cancelling
-        # it makes asyncio (3.11) log an error for a connection that closed normally.
-        reader = conn.reader_task
+        # The socket is closed only once the reader thread is done with it.
+        conn.reader.stop()
+        await conn.reader.wait_finished()
+        conn.sock.close()
+        reader = conn.reader_task  # ends by itself: its reader has ended
         if reader is not None and reader is not asyncio.current_task():
             _, pending = await asyncio.wait({reader}, timeout=STOP_TIMEOUT)
-            for task in pending:  # should not happen: a reader that ignores EOF
+            for task in pending:  # should not happen
                 task.cancel()
 
     def _send(self, lines: Iterable[str]) -> None:
@@ -456,14 +493,21 @@ class Speaker:
         self._wake.set()
 
     async def _write_loop(self, conn: _Conn) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
+            out = []
             while self._outbox and conn.channel.outstanding < ACK_WINDOW:
                 if conn.channel.outstanding == 0:
                     conn.waiting_since = time.monotonic()
-                conn.writer.write(conn.channel.command(self._outbox.popleft()))
-            await conn.writer.drain()
+                out.append(conn.channel.command(self._outbox.popleft()))
+            if out:
+                try:
+                    await loop.sock_sendall(conn.sock, b"".join(out))
+                except OSError as exc:  # the relay is gone: its reader sees the EOF and says so
+                    log.debug("relay socket write failed", extra={"node": self._node, "error": str(exc)})
+                    return
 
     def _arm_liveness(self, conn: _Conn) -> None:
         """A hung ExaBGP (stopped, deadlocked) keeps its relay connected: ask it something when

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import threading
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -63,5 +64,7 @@ def test_exabgps_pipe_to_its_api_process_holds_a_burst(netns, loop_thread: LoopT
         # As much as allowed: above pipe-max-size (1 MiB by default) needs CAP_SYS_RESOURCE.
         allowed = min(API_PIPE_BYTES, int(Path("/proc/sys/fs/pipe-max-size").read_text()))
         assert size >= allowed > 2**16, f"pipe holds {size} bytes"
+        assert any(t.name == f"bgp-read-{ns}" for t in threading.enumerate())  # the relay's reader
     finally:
         lt.run(speaker.stop())
+    assert not any(t.name == f"bgp-read-{ns}" for t in threading.enumerate()), "stop left its reader"
