@@ -674,12 +674,28 @@ class DesiredView(Mapping):
     def __len__(self) -> int:
         return len(self._calc._desired)
 
-    def snapshot(self) -> Iterator[DesiredRoute]:
-        """Every route as it is now, each built when the iteration reaches it: the route table's
+    def snapshot(self) -> DesiredSnapshot:
+        """Every route as it is now, each built when an iteration reaches it: the route table's
         full diff reads them in its thread while the calculation goes on. It holds two lists
         (keys and values), not a route per learned prefix."""
-        values, ctx = self._calc._desired, self._calc._ctx
-        return map(_route_of, list(values), list(values.values()), repeat(ctx))
+        values = self._calc._desired
+        return DesiredSnapshot(list(values), list(values.values()), self._calc._ctx)
+
+
+class DesiredSnapshot:
+    """``DesiredView.snapshot()``: iterable as often as wanted (a full diff reads it a second
+    time to find which routes of ours are not desired), each pass building the routes anew."""
+
+    __slots__ = ("keys", "values", "ctx")
+
+    def __init__(self, keys: list[int], values: list, ctx: _Context) -> None:
+        self.keys, self.values, self.ctx = keys, values, ctx
+
+    def __iter__(self) -> Iterator[DesiredRoute]:
+        return map(_route_of, self.keys, self.values, repeat(self.ctx))
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 def _route_of(key: int, value: DesiredRoute | tuple, ctx: _Context) -> DesiredRoute:

@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from felix.calc import DesiredRoute, dst_key, workload_route
+from felix.calc import CalcInput, DesiredRoute, RemoteRoute, RouteCalc, dst_key, workload_route
 from felix import rtnl
 from felix.dataplane import PROTO, RouteTable, route_is_ours
 from felix.inspect import compare
@@ -622,3 +622,26 @@ def test_a_route_set_outside_an_apply_is_cached_with_its_device(node):
     assert told and state == ({WL.key}, False, False)
     assert (after.writes, after.failed, dumps, partial) == (0, {}, 1, 1)
     assert ours_in_kernel(node) == ["10.244.2.0/26 via 192.168.5.2 dev eth0", "blackhole 10.244.1.0/26"]
+
+
+def test_a_full_diff_of_a_calculations_view_deletes_only_what_is_not_desired(node):
+    """``RouteCalc.desired`` builds learned routes as they are read (``snapshot()``). A full diff
+    against the cache reads the desired routes twice when some route of ours is not desired (the
+    second pass finds which): a one-pass snapshot made that pass empty, so every route of ours was
+    deleted, as a restarted agent did to its local routes in the lab."""
+    calc = RouteCalc()
+    calc.rebuild(CalcInput(node="n1", pools=frozenset({N("10.244.0.0/16")}), blocks=frozenset(),
+                           workloads=frozenset(),
+                           learned=frozenset({RemoteRoute(GW.key, GW.gateway, "n2")})))
+    assert dict(calc.desired) == {GW.key: GW}
+    extra = DesiredRoute(K("10.244.3.0/26"), "unicast", None, A("192.168.5.2"), "universe", "learned from n2")
+    run(apply_once(node, {GW.key: GW, extra.key: extra}))
+
+    async def restarted():
+        async with RouteTable(netns=node, incremental=True) as table:
+            return await table.apply(calc.desired)
+
+    result = run(restarted())
+
+    assert (result.deleted, result.added, result.failed) == (1, 0, {})
+    assert ours_in_kernel(node) == ["10.244.2.0/26 via 192.168.5.2 dev eth0"]
