@@ -539,7 +539,9 @@ class RouteCalc:
         self._workloads: dict[int, set[Workload]] = {}  # local ones, by /32
         # Accepted ones, by prefix: the route's via (``RemoteRoute.via``, shared by the routes of
         # one UPDATE) while a prefix has one (nearly always; a one-item set per prefix was a
-        # fifth of the agent's memory at 100k learned routes), else a set of vias.
+        # fifth of the agent's memory at 100k learned routes), else a set of vias. A prefix
+        # whose one via wins is not here: its via is ``_desired``'s value (``_learned_at``), so
+        # 100k learned routes fill one dict, not two (~5 MB).
         self._learned: dict[int, tuple | set[tuple]] = {}
 
     def rebuild(self, inp: CalcInput) -> set[int]:
@@ -571,6 +573,7 @@ class RouteCalc:
         old.clear()
         old.update(new)
         self.reasons = Counter(map(_reason_of, new.keys(), new.values(), repeat(ctx)))
+        self._learned = {key: via for key, via in self._learned.items() if new.get(key) is not via}
         return changed
 
     @property
@@ -592,33 +595,72 @@ class RouteCalc:
         ctx = self._ctx
         if ctx is None:
             raise AssertionError("Bug: RouteCalc.update before the first rebuild")
+        # Keys resolved at the end, from their candidates: from when a key is first touched,
+        # ``_learned`` holds all of its learned candidates (``_touch``) and its ``_desired``
+        # value may be out of date until it is resolved.
         touched: set[int] = set()
-        node, workloads, learned = self._node, self._workloads, self._learned
+        # A learned route alone at an untouched prefix (nearly every one) is added or removed in
+        # ``_desired`` at once (no copy in ``_learned``); ``before`` keeps what such a prefix
+        # had before this update.
+        before: dict[int, DesiredRoute | tuple | None] = {}
+        node, workloads, learned, desired = self._node, self._workloads, self._learned, self._desired
+        touch = self._touch
         for w in workloads_removed:
             if w.node == node:
-                touched.add(_discard(workloads, w.ip._ip << 8 | 32, w))
+                key = w.ip._ip << 8 | 32
+                touch(key, touched)
+                _discard(workloads, key, w)
         for key, via in learned_removed:
-            touched.add(_discard_learned(learned, key, via))
+            if key not in learned and key not in touched:
+                if desired.get(key) == via:  # its one candidate, and the winner
+                    before.setdefault(key, via)
+                    self._set_winner(key, via, None)
+                continue  # else not a candidate: nothing to remove
+            touch(key, touched)
+            _discard_learned(learned, key, via)
         for w in workloads_added:
             if w.node == node:
                 key = w.ip._ip << 8 | 32
+                touch(key, touched)
                 workloads.setdefault(key, set()).add(w)
-                touched.add(key)
         for key, via in learned_added:
-            if key in learned:
-                _add_learned(learned, key, via)
-            else:
-                learned[key] = via
+            if key not in desired and key not in learned and key not in touched:
+                before.setdefault(key, None)  # no candidate yet: it wins
+                self._set_winner(key, None, via)
+                continue
+            touch(key, touched)
+            _add_learned(learned, key, via)
+        changed = set(filter(self._resolve, touched))
+        if before:
+            changed.difference_update(before)
+            changed.update(key for key, value in before.items() if desired.get(key) != value)
+        return changed
+
+    def _touch(self, key: int, touched: set[int]) -> None:
+        """Add ``key`` to ``touched``, the first time copying the via that wins there alone into
+        ``_learned`` (where ``update`` changes candidates)."""
+        if key not in touched:
             touched.add(key)
-        return set(filter(self._resolve, touched))
+            value = self._desired.get(key)
+            if value.__class__ is tuple and key not in self._learned:
+                self._learned[key] = value
 
     def _resolve(self, key: int) -> bool:
         """Recompute the winner at ``key`` from its candidates; True if it changed (the context
         is the same as the old winner's: a learned route's via decides its route)."""
         route = self._winner(key)
+        learned = self._learned.get(key)
+        if learned is not None and learned is route:  # a via alone that wins: kept in _desired
+            del self._learned[key]
         old = self._desired.get(key)
         if route is old or (route is not None and old is not None and route == old):
             return False
+        self._set_winner(key, old, route)
+        return True
+
+    def _set_winner(self, key: int, old: DesiredRoute | tuple | None,
+                    route: DesiredRoute | tuple | None) -> None:
+        """Replace ``old``, the winner at ``key``, with ``route`` (None: none), counting reasons."""
         reasons, ctx = self.reasons, self._ctx
         if old is not None:
             reason = _reason_of(key, old, ctx)
@@ -630,7 +672,6 @@ class RouteCalc:
         else:
             self._desired[key] = route
             reasons[_reason_of(key, route, ctx)] += 1
-        return True
 
     def _winner(self, key: int) -> DesiredRoute | tuple | None:
         """The route at ``key``, or the via of the learned route that wins there."""

@@ -205,3 +205,41 @@ def test_a_snapshot_holds_the_routes_of_when_it_was_taken():
     calc.rebuild(replace(inp, encap=frozenset({PoolEncap(POOLS[0], ipip=ALWAYS)})))
     assert {r.key: r for r in snapshot} == expected
     assert len(expected) == 3 and expected[dst_key(PREFIXES[1])].dev is None
+
+
+def test_one_batch_that_removes_every_via_of_a_prefix_removes_its_route():
+    """Two peers' routes for one prefix, both withdrawn in one update (the first leaves one via,
+    which the second takes away): no route, and only that prefix reported."""
+    one, two = (RemoteRoute(dst_key(PREFIXES[0]), GATEWAYS[0], p) for p in ("p1", "p2"))
+    other = RemoteRoute(dst_key(PREFIXES[1]), GATEWAYS[0], "p2")
+    calc = RouteCalc()
+    calc.rebuild(CalcInput(node="n1", pools=frozenset(POOLS), blocks=frozenset(),
+                           workloads=frozenset(), learned=frozenset({one, two, other})))
+    assert calc.update(learned_removed=[one, two]) == {dst_key(PREFIXES[0])}
+    assert set(calc.desired) == {dst_key(PREFIXES[1])}
+    assert calc.reasons == Counter({"learned from p2": 1})
+
+
+def test_a_route_withdrawn_and_announced_again_in_one_update_is_not_a_change():
+    route = RemoteRoute(dst_key(PREFIXES[0]), GATEWAYS[0], "p1")
+    moved = RemoteRoute(dst_key(PREFIXES[0]), GATEWAYS[1], "p1")
+    calc = RouteCalc()
+    calc.rebuild(CalcInput(node="n1", pools=frozenset(POOLS), blocks=frozenset(),
+                           workloads=frozenset(), learned=frozenset({route})))
+    assert calc.update(learned_removed=[route], learned_added=[route]) == set()
+    assert calc.update(learned_removed=[route], learned_added=[moved]) == {route.key}
+    assert calc.desired[route.key].gateway == GATEWAYS[1]
+    assert calc.reasons == Counter({"learned from p1": 1})
+
+
+def test_one_batch_that_removes_every_via_of_a_prefix_then_adds_another_keeps_only_that_one():
+    """The removals leave the prefix no candidate (its old winner stands until the update
+    resolves it); the addition is then its only one."""
+    one, two = (RemoteRoute(dst_key(PREFIXES[0]), GATEWAYS[0], p) for p in ("p1", "p2"))
+    later = RemoteRoute(dst_key(PREFIXES[0]), GATEWAYS[1], "p2")
+    calc = RouteCalc()
+    calc.rebuild(CalcInput(node="n1", pools=frozenset(POOLS), blocks=frozenset(),
+                           workloads=frozenset(), learned=frozenset({one, two})))
+    assert calc.update(learned_removed=[one, two], learned_added=[later]) == {later.key}
+    assert calc.desired[later.key].gateway == GATEWAYS[1]
+    assert calc.update(learned_removed=[later]) == {later.key} and dict(calc.desired) == {}
