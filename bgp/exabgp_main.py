@@ -42,13 +42,20 @@ PINNED_EXABGP = "5.0.15"
 CONNECT_SYN_RETRIES = 3  # SYNs sent at 0, 1, 3 and 7 s; ETIMEDOUT at ~15 s
 
 
+def _pinned(version: str, left: str) -> bool:
+    """Whether ``version`` is the ExaBGP our adaptations are written for; if not, say on stderr
+    what is ``left`` as upstream has it (the adaptation is not applied)."""
+    if version == PINNED_EXABGP:
+        return True
+    print(f"pycalico: exabgp {version} is not {PINNED_EXABGP}: {left}", file=sys.stderr)
+    return False
+
+
 def _cease_on_teardown() -> None:
     from exabgp.reactor.peer import Peer
     from exabgp.version import version
 
-    if version != PINNED_EXABGP:
-        print(f"pycalico: exabgp {version} is not {PINNED_EXABGP}: teardown left as it is (a removed "
-              "peer may keep our routes as stale)", file=sys.stderr)
+    if not _pinned(version, "teardown left as it is (a removed peer may keep our routes as stale)"):
         return
     original = Peer.teardown
 
@@ -69,9 +76,7 @@ def _socket_errors_reported() -> None:
     from exabgp.reactor.peer import FSM, Peer
     from exabgp.version import version
 
-    if version != PINNED_EXABGP:
-        print(f"pycalico: exabgp {version} is not {PINNED_EXABGP}: connect errors left as they are "
-              "(node status shows no socket error)", file=sys.stderr)
+    if not _pinned(version, "connect errors left as they are (node status shows no socket error)"):
         return
 
     def ready(io):
@@ -126,9 +131,7 @@ def _large_api_pipe() -> None:
     from exabgp.reactor.api.processes import Processes
     from exabgp.version import version
 
-    if version != PINNED_EXABGP:
-        print(f"pycalico: exabgp {version} is not {PINNED_EXABGP}: API pipe left at its default size "
-              "(a busy agent may stall ExaBGP)", file=sys.stderr)
+    if not _pinned(version, "API pipe left at its default size (a busy agent may stall ExaBGP)"):
         return
     original = Processes._start
 
@@ -156,9 +159,7 @@ def _quiet_debug() -> None:
     from exabgp.logger.option import option
     from exabgp.version import version
 
-    if version != PINNED_EXABGP:
-        print(f"pycalico: exabgp {version} is not {PINNED_EXABGP}: debug logging calls left as they "
-              "are", file=sys.stderr)
+    if not _pinned(version, "debug logging calls left as they are"):
         return
     original = _log.init
 
