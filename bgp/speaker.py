@@ -68,6 +68,9 @@ RELAY_CONNECT_TIMEOUT = 10.0
 # socat closes the moment ExaBGP dies: a closed relay waits this long for the child's exit, so the
 # reason reported is the real cause (the supervisor's "exabgp exited") and not its echo.
 CHILD_EXIT_GRACE = 0.5
+# While a passive session is down, how often the kernel's TCP MD5 drop counters are read (the
+# baseline of a session's drops is the first sample after its last state change).
+MD5_SAMPLE_INTERVAL = 2.0
 
 
 @dataclass
@@ -83,6 +86,17 @@ class _Conn:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _md5_counts(pid: int | None) -> supervision.Md5Counts | None:
+    """The TCP MD5 drop counters of process ``pid``'s network namespace (None: no child, or
+    it just exited)."""
+    if pid is None:
+        return None
+    try:
+        return supervision.md5_counts(Path(f"/proc/{pid}/net/netstat").read_text())
+    except OSError:
+        return None
 
 
 class Speaker:
@@ -138,6 +152,7 @@ class Speaker:
         self._acceptor = asyncio.create_task(self._accept(listener), name=f"bgp-accept-{self._node}")
         self._run(self._core.start(time.monotonic()))
         await self._spawn()
+        self._arm_md5_sampling()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"bgp-supervise-{self._node}")
 
     async def set_peers(self, peers: frozenset[PeerSpec],
@@ -214,8 +229,24 @@ class Speaker:
         return self._core.reflected()
 
     def peer_status(self) -> list[PeerStatus]:
-        """Each configured session; one kept by make-before-break says so after its state."""
+        """Each configured session; one kept by make-before-break says so after its state, a
+        passive one that is down the TCP MD5 drops since its last state change, if any."""
+        self._sample_md5()
         return self._core.peer_status()
+
+    def _sample_md5(self) -> None:
+        """The TCP MD5 drop counters of ExaBGP's namespace (where its listening socket is) to
+        the core, while a passive session is down (``supervision.Md5Watch``)."""
+        if self._core.md5_wanted and not self._stopping:
+            self._core.md5_counters(_md5_counts(self.child_pid))
+
+    def _arm_md5_sampling(self) -> None:
+        def tick() -> None:
+            self._sample_md5()
+            self._timers["md5"] = asyncio.get_running_loop().call_later(MD5_SAMPLE_INTERVAL, tick)
+
+        self._cancel_timer("md5")
+        self._timers["md5"] = asyncio.get_running_loop().call_later(MD5_SAMPLE_INTERVAL, tick)
 
     def counters(self) -> dict[str, int]:
         return self._core.counters()

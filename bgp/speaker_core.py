@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 
-from bgp import core, exabgp_conf, protocol, reflect, transition
+from bgp import core, exabgp_conf, protocol, reflect, supervision, transition
 from bgp.core import PeerStatus
 from bgp.effects import (CEASE, EXPIRY, NOTIFY, RELOAD, SYNC, TRANSITION, Arm, Cancel, Effect, Log,
                          RestartChild, Send, WriteConfig, hold_down_peer, hold_down_timer)
@@ -109,6 +109,7 @@ class SpeakerCore:
         self._wanted: tuple[frozenset[PeerSpec], IPv4Address | None] | None = None
         self._draining: dict[IPv4Address, transition.Drain] = {}
         self._advance_pending = False  # want_peers or an event came while a Cease was pending
+        self._md5 = supervision.Md5Watch()  # why a passive session is down: the kernel's MD5 drops
 
     # -- the child and its relay ----------------------------------------------------------------
 
@@ -526,10 +527,36 @@ class SpeakerCore:
         return self._reflector.sent()
 
     def peer_status(self) -> list[PeerStatus]:
-        """Each configured session; one kept by make-before-break says so after its state."""
+        """Each configured session; a passive one that is down with TCP MD5 drops counted since
+        its last state change says so (``supervision.Md5Watch``); one kept by make-before-break
+        says so after its state."""
         wanted = frozenset(p.address for p in self._wanted[0]) if self._wanted is not None else frozenset()
-        return [core.draining_status(self._peers[a].status(), self._draining.keys(), wanted)
+        md5 = self._md5.reasons(self._md5_sessions())
+        return [core.draining_status(_with_reason(self._peers[a].status(), md5.get(a)),
+                                     self._draining.keys(), wanted)
                 for a in sorted(self._peers)]
+
+    @property
+    def md5_wanted(self) -> bool:
+        """Some passive session is down: the speaker should sample the TCP MD5 counters."""
+        return self._md5.wanted(self._md5_sessions())
+
+    def md5_counters(self, counts: supervision.Md5Counts | None) -> None:
+        """The namespace's TCP MD5 drop counters now (read by the speaker from /proc)."""
+        self._md5.sample(counts, self._md5_sessions())
+
+    def _md5_sessions(self) -> list[supervision.Md5Session]:
+        return [supervision.Md5Session(a, (p.spec, p.state, p.since), p.state == "up", p.spec.passive,
+                                       p.spec.password is not None)
+                for a, p in self._peers.items() if not p.held_down]
 
     def counters(self) -> dict[str, int]:
         return dict(self._rib.counters)
+
+
+def _with_reason(status: PeerStatus, more: str | None) -> PeerStatus:
+    """``status`` with ``more`` after its own reason."""
+    if not more:
+        return status
+    reason = f"{status.reason}; {more}" if status.reason else more
+    return dataclasses.replace(status, reason=reason, info=f"{status.bgp_state} {reason}")

@@ -7,11 +7,15 @@ BIRD's words otherwise); each such case is watched for
 ``NEVER_WINDOW`` seconds, several times what a matching session needs here (``test_same_password``
 shows it up in a few seconds), and then the password is corrected on our side to show the same
 setup does come up (so the window was long enough, and a changed password takes effect without a
-restart).
+restart). Where we are the passive side, ExaBGP hears nothing of the dropped SYNs: node status
+gives the rise of the kernel's TCP MD5 drop counters as the reason (``bgp.supervision.Md5Watch``).
 """
 from __future__ import annotations
 
 import base64
+import dataclasses
+import os
+import re
 import stat
 import subprocess
 import time
@@ -22,6 +26,9 @@ import pytest
 
 from bgp.peers import PeerSpec
 from bgp.speaker import Speaker
+from felix.agent import _peer_dict
+from felix.status import StatusServer
+from tests.functional.test_agent import BIN
 from tests.functional.test_bgp_interop import BIRD_CONF, OUR_BLOCK, OUTSIDE, PEER, PEER_BLOCK, US, \
     Bird, _established, _start_speaker
 from tests.helpers import veth_between, wait_for
@@ -119,6 +126,85 @@ def test_mismatched_password_never_establishes(link, procs, loop_thread, tmp_pat
         lt.run(speaker.stop())
 
 
+# -- we are the passive side: BIRD connects, our kernel drops its SYNs, ExaBGP hears nothing -----
+
+class ConnectingBird(PasswordBird):
+    """BIRD connecting to us (the Speaker is passive, as the higher address of a mesh pair)."""
+
+    def _conf(self) -> str:
+        return super()._conf().replace(
+            "    passive on;", "    passive off;\n    connect delay time 1;\n    connect retry time 2;\n   ")
+
+
+def _passive_peer(password: str | None) -> PeerSpec:
+    return dataclasses.replace(_peer(password), passive=True)
+
+
+@pytest.fixture
+def node_status(loop_thread, tmp_path):
+    """``pycalicoctl node status`` as an operator runs it, against a status socket that answers
+    with a speaker's sessions as the agent's does (``felix.agent._peer_dict``)."""
+    lt, root, served = loop_thread, tmp_path / "status-root", []
+
+    async def answer() -> dict:
+        return {"peers": [_peer_dict(p) for p in served[0].peer_status()]}
+
+    server = StatusServer(root / "us" / "status.sock", {"status": answer})
+    lt.run(server.start())
+
+    def run(speaker: Speaker) -> str:
+        served[:] = [speaker]
+        out = subprocess.run([str(BIN / "pycalicoctl"), "node", "status", "--node", "us"],
+                             env={**os.environ, "PYCALICO_RUN_ROOT": str(root)},
+                             capture_output=True, text=True, timeout=30)
+        assert "Calico process is running" in out.stdout, out.stdout + out.stderr
+        return out.stdout
+    try:
+        yield run
+    finally:
+        lt.run(server.stop())
+
+
+def _row(table: str) -> str:
+    [row] = [line for line in table.splitlines() if str(PEER) in line]
+    return " ".join(row.split())
+
+
+def test_passive_side_shows_md5_drops_of_a_wrong_password(link, procs, loop_thread, tmp_path, node_status):
+    lt, (ns_us, ns_bird) = loop_thread, link
+    speaker = _start_speaker(lt, ns_us, tmp_path / "us", _passive_peer(PASSWORD))
+    try:
+        ConnectingBird(ns_bird, tmp_path / "bird", procs, "wrong")
+        reason = "Passive: TCP MD5 dropped"
+        row = wait_for(lambda: reason in (r := _row(node_status(speaker))) and r, REASON_WINDOW,
+                       what="node status giving the MD5 drops as the reason")
+        assert not _established(lt, speaker)
+        assert re.search(r"\| Idle Passive: TCP MD5 dropped \d+ incoming segments? signed with another "
+                         r"password \(check the BGP password\) \|$", row), row
+        lt.run(speaker.set_peers(frozenset({_passive_peer("wrong")})))  # now matching: it comes up
+        wait_for(lambda: _established(lt, speaker), NEVER_WINDOW, what="session up with BIRD's password")
+        assert "| up |" in _row(node_status(speaker)) and "Established" in _row(node_status(speaker))
+    finally:
+        lt.run(speaker.stop())
+
+
+def test_passive_side_with_the_right_password_shows_no_md5_reason(link, procs, loop_thread, tmp_path,
+                                                                  node_status):
+    lt, (ns_us, ns_bird) = loop_thread, link
+    speaker = _start_speaker(lt, ns_us, tmp_path / "us", _passive_peer(PASSWORD))
+    try:
+        ConnectingBird(ns_bird, tmp_path / "bird", procs, PASSWORD)
+        seen = []
+
+        def up() -> bool:
+            seen.append(_row(node_status(speaker)))
+            return "Established" in seen[-1]
+        wait_for(up, 20, what="our passive MD5 session established")
+        assert not [row for row in seen if "MD5" in row], seen
+    finally:
+        lt.run(speaker.stop())
+
+
 # -- two of our speakers, as two mesh nodes: the higher address is passive and takes the signed
 # connection on ExaBGP's listening socket (the key set per peer address there) -----------------
 
@@ -148,7 +234,8 @@ def _up(lt, speaker) -> bool:
 
 def test_mesh_password_between_our_speakers_active_and_passive(netns, loop_thread, tmp_path):
     """B (higher address) is passive: its ExaBGP must hold A's key on the listening socket. A
-    wrong key on B keeps the session down; the right one brings it up without a restart."""
+    wrong key on B keeps the session down, and B's node status says its kernel drops A's
+    signed SYNs; the right one brings it up without a restart."""
     lt = loop_thread
     ns_a, ns_b = netns("m5x"), netns("m5y")
     veth_between(ns_a, "eth0", f"{A}/24", ns_b, "eth0", f"{B}/24")
@@ -159,6 +246,10 @@ def test_mesh_password_between_our_speakers_active_and_passive(netns, loop_threa
         while time.monotonic() < deadline:
             assert not _up(lt, sa) and not _up(lt, sb), "mesh session up with different keys"
             time.sleep(0.2)  # the polling interval of this check, not a synchronisation
+        # B, listening, sees nothing of A's attempts but its kernel's MD5 drop counters.
+        wait_for(lambda: "Passive: TCP MD5 dropped" in _info(lt, sb), REASON_WINDOW,
+                 what="the passive side's reason: MD5 drops")
+        assert "signed with another password (check the BGP password)" in _info(lt, sb)
         lt.run(sb.set_peers(frozenset({_mesh_peer(B, A, PASSWORD)})))
         wait_for(lambda: _up(lt, sa) and _up(lt, sb), NEVER_WINDOW, what="mesh session up with one key")
     finally:

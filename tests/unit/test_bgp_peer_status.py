@@ -12,6 +12,7 @@ from bgp.core import PeerSession as _Peer, notification_reason
 from bgp.exabgp_conf import ExaBGPConfig
 from bgp.peers import PeerSpec
 from bgp.speaker_core import SpeakerCore
+from bgp.supervision import Md5Counts
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 SPEC = PeerSpec(IPv4Address("10.0.0.2"), 64512, 64512, False, "node-to-node mesh", "n2")
@@ -75,3 +76,47 @@ def test_an_exabgp_restart_replaces_an_earlier_cause():
     sc.child_lost("down: exabgp exited with code 1", 1.0, T0)
     [status] = sc.peer_status()
     assert status.reason == "down: exabgp exited with code 1", status
+
+
+def _core(*specs: PeerSpec) -> SpeakerCore:
+    sc = SpeakerCore(base=ExaBGPConfig(router_id=IPv4Address("10.0.0.1"),
+                                       local_address=IPv4Address("10.0.0.1"), relay_command=("socat",)),
+                     local_asn=64512, clock=lambda: 0.0)
+    sc.set_peers(frozenset(specs), None, now=0.0)
+    return sc
+
+
+def test_a_passive_session_down_shows_the_md5_drops_since_its_last_state_change():
+    """We listen and the kernel drops the peer's SYNs (wrong key): ExaBGP never hears of them,
+    the namespace's counters are all there is (bgp.supervision.Md5Watch)."""
+    passive = replace(SPEC, passive=True, password="s3cret")
+    sc = _core(passive)
+    assert sc.md5_wanted
+    sc.md5_counters(Md5Counts(failure=10))
+    assert sc.peer_status()[0].info == "Idle"
+    sc.md5_counters(Md5Counts(failure=14))
+    [status] = sc.peer_status()
+    assert status.reason == ("Passive: TCP MD5 dropped 4 incoming segments signed with another "
+                             "password (check the BGP password)")
+    assert status.info == f"Idle {status.reason}"
+    # Up: no reason, and nothing to sample for; down again: counted from then on.
+    sc.feed([protocol.PeerStateChanged(SPEC.address, "up", "")], 1.0, T0)
+    assert sc.peer_status()[0].info == "Established"
+    assert not sc.md5_wanted
+    sc.md5_counters(Md5Counts(failure=20))
+    sc.feed([protocol.PeerStateChanged(SPEC.address, "down", "peer closed the connection")], 2.0, T0)
+    assert sc.peer_status()[0].info == "Active down: peer closed the connection"
+    sc.md5_counters(Md5Counts(failure=20))
+    sc.md5_counters(Md5Counts(failure=20, unsigned=1))
+    [status] = sc.peer_status()
+    assert status.info == ("Active down: peer closed the connection; Passive: TCP MD5 dropped 1 "
+                           "incoming segment without a signature (check the BGP password)")
+
+
+def test_an_active_session_gets_no_md5_reason():
+    """Its own connect says it (``Socket: Connection timed out (check the BGP password)``)."""
+    sc = _core(replace(SPEC, password="s3cret"))
+    assert not sc.md5_wanted
+    sc.md5_counters(Md5Counts())
+    sc.md5_counters(Md5Counts(failure=5))
+    assert sc.peer_status()[0].info == "Idle"
