@@ -50,6 +50,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from itertools import repeat
+from operator import and_, rshift
 
 DEFAULT_LOCAL_PREF = 100
 
@@ -100,6 +102,8 @@ class ImportPolicy:
         self.own: frozenset[IPv4Network] = frozenset()
         self._pool_bits: tuple[tuple[int, int], ...] = ()
         self._own_bits: tuple[tuple[int, int], ...] = ()
+        # Own blocks by prefix length: {length: {network >> (32 - length)}}, for ``_all_accepted``.
+        self._own_tops: dict[int, frozenset[int]] = {}
         # Origins as integers (an IPv4Address compare or hash is Python code; this is per route):
         # {address << 8 | length: owner}, {address: holder}; None: origin validation off.
         self._blocks: dict[int, int] | None = None
@@ -118,6 +122,8 @@ class ImportPolicy:
             return False
         self.pools, self.own = pools, own_blocks
         self._pool_bits, self._own_bits = _bits(pools), _bits(own_blocks)
+        self._own_tops = {length: frozenset(n >> (32 - length) for n, ln in self._own_bits if ln == length)
+                          for length in {ln for _, ln in self._own_bits}}
         return True
 
     def set_origins(self, blocks: Mapping[IPv4Network, IPv4Address] | None,
@@ -219,6 +225,8 @@ class ImportPolicy:
         tested for the whole UPDATE at once (comprehensions over integers, ~0.1 us a key) and
         only the keys it leaves out go through ``rejection_key``, which names the reason."""
         if self._blocks is None and len(self._pool_bits) == 1:
+            if self._all_accepted(keys):
+                return keys, []
             (pool, pool_len), shift = self._pool_bits[0], 32 - self._pool_bits[0][1]
             low = max(pool_len, 1)  # a key's length: inside the pool, never a default route
             inside = [k for k in keys if (k >> 8 ^ pool) >> shift == 0 and k & 0xFF >= low]
@@ -237,6 +245,23 @@ class ImportPolicy:
             else:
                 rejected.append((k, reason))
         return accepted, rejected
+
+
+    def _all_accepted(self, keys: tuple[int, ...]) -> bool:
+        """Whether, without origin validation and with one pool, every key is accepted: inside
+        the pool, not a default route, no more-specific of (or equal to) an own block. A few
+        passes in C over the keys (~0.05 us a key, a third of a comprehension's): their range,
+        their lengths, and per own-block length whether a key shares an own block's top bits
+        (a shorter key that does is sent to the exact test too: False means "not sure")."""
+        if not keys:
+            return True
+        (pool, pool_len), = self._pool_bits
+        if min(keys) < pool << 8 or max(keys) >= (pool + (1 << (32 - pool_len))) << 8:
+            return False
+        if min(map(and_, keys, repeat(0xFF))) < max(pool_len, 1):
+            return False
+        return all(tops.isdisjoint(map(rshift, keys, repeat(40 - length)))
+                   for length, tops in self._own_tops.items())
 
 
 def _key(n: IPv4Network) -> int:

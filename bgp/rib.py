@@ -51,7 +51,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import compress, repeat
+from itertools import compress, filterfalse, repeat
 from operator import and_, is_not, itemgetter
 from ipaddress import IPv4Address, IPv4Network
 
@@ -382,7 +382,7 @@ class Rib:
         accepted = self._accepted(keys, path)
         alone = self._alone(peer)
         if alone and len(accepted) == len(keys) and self._mirrors(peer, fresh):
-            self._take_mirrored(fresh, path, keys)
+            self._take_all(keys, path, keys)  # the best paths are ``fresh`` itself
             return self._check_limit(peer, fresh, stale)
         self._unmirror()
         for key in keys:
@@ -420,20 +420,6 @@ class Rib:
         if self._mirror is not None:
             self._best, self._mirror = dict(self._best), None
 
-    def _take_mirrored(self, fresh: dict, path: _Path, keys: tuple[int, ...]) -> None:
-        """``_take_all`` while the best paths are ``fresh``: what each key had is recorded
-        before ``fresh`` takes the new path."""
-        self._frozen = None
-        before, dirty = self._before, self._dirty
-        if before is not None:
-            get = fresh.get
-            for key in keys:
-                if key not in before:
-                    before[key] = get(key)
-        if dirty is not None:
-            dirty.update(keys)
-        fresh.update(dict.fromkeys(keys, path))
-
     def _accepted(self, keys: tuple[int, ...], path: _Path) -> list[int] | tuple[int, ...]:
         """The keys the import policy accepts from ``path``'s origin; each rejection counted, an
         origin rejection once its hold is over (``_count_held``)."""
@@ -452,9 +438,10 @@ class Rib:
 
     def _take_all(self, accepted: list[int] | tuple[int, ...], path: _Path, keys: tuple[int, ...]) -> None:
         """The only peer with paths announced ``keys``: the accepted ones have ``path`` as their
-        best path, the rejected ones (``keys`` not in ``accepted``) none."""
-        best, before, dirty = self._best, self._before, self._dirty
-        self._frozen = None
+        best path, the rejected ones (``keys`` not in ``accepted``) none. While the best paths
+        mirror that peer's Adj-RIB-In (``_mirrors``), ``keys`` are all accepted and this writes
+        them there."""
+        best = self._best
         if len(accepted) != len(keys):
             taken = set(accepted)
             for key in keys:
@@ -463,13 +450,7 @@ class Rib:
             self._stale_best.difference_update(keys)
         elif self._stale_best:
             self._stale_best.difference_update(keys)
-        if before is not None:
-            get = best.get
-            for key in accepted:
-                if key not in before:
-                    before[key] = get(key)
-        if dirty is not None:
-            dirty.update(accepted)
+        self._record_many(accepted, best.get)
         best.update(dict.fromkeys(accepted, path))
 
     def _weigh(self, accepted: list[int] | tuple[int, ...], path: _Path, keys: tuple[int, ...]) -> None:
@@ -508,31 +489,24 @@ class Rib:
         self.withdraw_many(peer, (prefix,))
 
     def withdraw_many(self, peer: IPv4Address, prefixes: Iterable[IPv4Network | int]) -> None:
-        keys = [k for k in _keys(prefixes) if type(k) is int]
+        keys = _keys(prefixes)
+        if not protocol.all_ints(keys):  # anything else was never announced
+            keys = [k for k in keys if type(k) is int]
         peer = self._peer_ids.get(peer, peer)
         fresh, stale = self._fresh.get(peer, {}), self._stale.get(peer)
         if self._mirror is peer:  # its paths are the best paths: a withdrawn one simply goes
-            pop, record = fresh.pop, self._record
-            for key in keys:
-                current = pop(key, None)
-                if current is not None:
-                    record(key, current)
+            self._drop_best(keys)
             return
         self._unmirror()
         best = self._best
         if self._alone(peer):
             # One upstream (the bench): a withdrawn best path simply goes (fresh and stale paths
             # of one peer never share a prefix).
-            pop, record = fresh.pop, self._record
-            for key in keys:
-                pop(key, None)
+            list(map(fresh.pop, keys, repeat(None)))
             if stale:
                 for key in keys:
                     self._unstale(peer, stale, key)
-            for key in keys:
-                current = best.pop(key, None)
-                if current is not None:
-                    record(key, current)
+            self._drop_best(keys)
             if self._stale_best:
                 self._stale_best.difference_update(keys)
             return
@@ -696,6 +670,23 @@ class Rib:
         if self._dirty is not None:
             self._dirty.add(key)
 
+    def _record_many(self, keys: Iterable[int], get: Callable[[int], _Path | None]) -> None:
+        """``_record`` of each of ``keys`` (``get``: what each has now), in C: a burst of 100k."""
+        self._frozen = None
+        before = self._before
+        if before is not None:
+            new = list(filterfalse(before.__contains__, keys))
+            before.update(zip(new, map(get, new)))
+        if self._dirty is not None:
+            self._dirty.update(keys)
+
+    def _drop_best(self, keys: list[int]) -> None:
+        """The best paths of ``keys`` go, with nothing in their place (one peer's withdrawal)."""
+        best = self._best
+        present = list(filter(best.__contains__, keys))
+        self._record_many(present, best.get)
+        list(map(best.pop, present, repeat(None)))
+
     def _candidate(self, key: int, now: float | None) -> tuple[_Path | None, bool]:
         """The best accepted path of ``key`` and whether it is stale: fresh ones first, then
         unexpired stale ones."""
@@ -767,24 +758,38 @@ class Rib:
         route past its deadline: ``best()`` hides it at once, here it goes when ``expire()`` runs
         (the speaker's timer calls it at the deadline).
         """
+        (gone, old), (came, new) = self.take_change_columns()
+        return _views(zip(gone, old)), _views(zip(came, new))
+
+    def take_change_columns(self) -> tuple[tuple[list[int], list[_Path]], tuple[list[int], list[_Path]]]:
+        """``take_changes`` as columns, ((removed keys, their paths), (added keys, their paths)),
+        the i-th path beside the i-th key: no object per route (``felix.cluster.learned_pairs``
+        turns them into the calculation's input). A path is shared by the routes of one UPDATE.
+        """
         best = self._best
         if self._before is None:
             self._before = {}
-            return [], _views(best.items())
+            return ([], []), (list(best), list(best.values()))
         before, self._before = self._before, {}
         # In C over the changed keys (a burst: 100k), as columns: a key changed when its path is
         # another object, and another route, not a re-announcement of the same next hop, peer,
         # ORIGINATOR_ID and CLUSTER_LIST by a later UPDATE (only those are compared in Python).
         keys, olds = list(before), list(before.values())
         news = list(map(best.get, keys))
+        # A path is true, None false: a burst that only adds (learn) or only removes (withdraw)
+        # is two filters.
+        if not any(olds):
+            return ([], []), (list(compress(keys, news)), list(filter(None, news)))
+        if not any(news):
+            return (list(compress(keys, olds)), list(filter(None, olds))), ([], [])
         changed = list(map(is_not, olds, news))
         had = list(map(is_not, olds, repeat(None)))
         has = list(map(is_not, news, repeat(None)))
         for i in compress(range(len(keys)), map(and_, map(and_, changed, had), has)):
             changed[i] = olds[i].ident != news[i].ident
-        removed = _views(compress(zip(keys, olds), map(and_, changed, had)))
-        added = _views(compress(zip(keys, news), map(and_, changed, has)))
-        return removed, added
+        gone, came = list(map(and_, changed, had)), list(map(and_, changed, has))
+        return ((list(compress(keys, gone)), list(compress(olds, gone))),
+                (list(compress(keys, came)), list(compress(news, came))))
 
     def track_dirty(self, on: bool) -> None:
         """Record, for ``take_dirty()``, which prefixes' best paths change (only a route reflector

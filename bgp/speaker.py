@@ -224,6 +224,11 @@ class Speaker:
         held (100k routes: ~0.3 s per reconcile). See ``Rib.take_changes``."""
         return self._core.learned_changes()
 
+    def learned_change_columns(self) -> tuple[tuple[list[int], list], tuple[list[int], list]]:
+        """``learned_changes`` as ((removed keys, paths), (added keys, paths)), no object per
+        route (``Rib.take_change_columns``; ``felix.cluster.learned_pairs`` reads them)."""
+        return self._core.learned_change_columns()
+
     def reflected(self) -> dict[IPv4Address, dict[IPv4Network, reflect.Reflected]]:
         """What we reflect to each peer (our Adj-RIB-Out of reflected routes)."""
         return self._core.reflected()

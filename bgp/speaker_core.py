@@ -523,6 +523,9 @@ class SpeakerCore:
     def learned_changes(self) -> tuple[list[LearnedRoute], list[LearnedRoute]]:
         return self._rib.take_changes()
 
+    def learned_change_columns(self) -> tuple[tuple[list[int], list], tuple[list[int], list]]:
+        return self._rib.take_change_columns()
+
     def reflected(self) -> dict[IPv4Address, dict[IPv4Network, reflect.Reflected]]:
         return self._reflector.sent()
 

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 from operator import itemgetter
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 from bgp.peers import BGPGlobal, ExplicitPeer, NodeInfo, explicit_peer, secret_ref
 from crds import BGPConfiguration, BGPPeer, FelixConfiguration, IPAMBlock, IPPool, Node, Resource, WorkloadEndpoint
@@ -430,12 +430,28 @@ def remote_routes(learned: Iterable) -> frozenset[RemoteRoute]:
 
 def remote_route_list(learned: Iterable) -> list[RemoteRoute]:
     """``remote_routes`` as a list (the speaker's changes hold one route per prefix: nothing to
-    deduplicate). ``learned``: ``bgp.rib.LearnedRoute`` values, each a ``(key, path)`` tuple
-    whose path (``nexthop``, ``peer``; hashed by identity) is shared by the routes of one UPDATE:
-    the via of each path is made once, and the routes in C (``RemoteRoute.many``). A withdrawal
-    does not come in the order of the announcements, so a burst's paths are interleaved."""
+    deduplicate). ``learned``: ``bgp.rib.LearnedRoute`` values, each a ``(key, path)`` tuple."""
     routes = learned if isinstance(learned, list) else list(learned)
     paths = list(map(itemgetter(1), routes))
+    return RemoteRoute.many(map(itemgetter(0), routes), map(_vias(paths).__getitem__, paths))
+
+
+LearnedPairs = list[tuple[int, tuple[IPv4Address, str]]]
+
+
+def learned_pairs(changes: tuple[tuple[list, list], tuple[list, list]]) -> tuple[LearnedPairs, LearnedPairs]:
+    """(removed, added) ``(key, via)`` pairs, the calculation's input (``RouteCalc.update``), of
+    ``bgp.rib.Rib.take_change_columns``'s ((keys, paths), (keys, paths)): each via
+    (``RemoteRoute.via``) made once per path and shared by its routes, the pairs made in C."""
+    (gone, old), (came, new) = changes
+    via = _vias([*old, *new]).__getitem__
+    return list(zip(gone, map(via, old))), list(zip(came, map(via, new)))
+
+
+def _vias(paths: Iterable) -> dict:
+    """``{path: (nexthop, source)}`` for the distinct ``bgp.rib`` paths among ``paths`` (hashed
+    by identity; the routes of one UPDATE share one). A withdrawal does not come in the order
+    of the announcements, so a burst's paths are interleaved: not runs."""
     names: dict[int, str] = {}  # by the address's integer: its own hash is Python code too
     vias = {}
     for path in set(paths):
@@ -444,7 +460,7 @@ def remote_route_list(learned: Iterable) -> list[RemoteRoute]:
         if source is None:
             source = names[peer._ip] = str(peer)
         vias[path] = (path.nexthop, source)
-    return RemoteRoute.many(map(itemgetter(0), routes), map(vias.__getitem__, paths))
+    return vias
 
 
 def calc_input(state: ClusterState, node: str, learned: Iterable, *, bgp: bool = True) -> CalcInput:

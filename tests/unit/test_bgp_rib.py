@@ -403,3 +403,47 @@ def test_one_upstreams_routes_are_held_once():
     assert rib.best_route(hosts[0]).peer == P2 and rib.best_count() == 20000
     rib.peer_down(P1)
     assert rib.best_route(hosts[1]).peer == P1 and rib.best_count() == 20000  # stale, kept
+
+
+def test_take_change_columns_are_take_changes_routes_as_keys_and_paths():
+    """The agent reads the changes as columns (no object per route): the same routes as
+    ``take_changes``, for a burst that only adds, one that only removes, and a mixed one."""
+    a, b, c = N("10.244.2.0/26"), N("10.244.3.0/26"), N("10.244.4.0/26")
+    ribs = make_rib(), make_rib()
+    steps = [lambda r: r.announce_many(P2, P2, [a, b]),  # adds only
+             lambda r: (r.announce_many(P1, P1, [a]), r.withdraw_many(P2, [b]),  # mixed
+                        r.announce_many(P2, A("10.0.0.9"), [c])),
+             lambda r: (r.withdraw_many(P1, [a]), r.withdraw_many(P2, [a, c]))]  # removes only
+    for step in steps:
+        for rib in ribs:
+            step(rib)
+        routes = ribs[0].take_changes()
+        (gone, old), (came, new) = ribs[1].take_change_columns()
+        assert routes == ([LearnedRoute(k, q.nexthop, q.peer) for k, q in zip(gone, old)],
+                          [LearnedRoute(k, q.nexthop, q.peer) for k, q in zip(came, new)])
+        assert any(routes), "each step changed something"
+    assert ribs[1].take_change_columns() == (([], []), ([], []))
+
+
+KEYS = st.builds(lambda address, length: (address >> (32 - length) << (32 - length)) << 8 | length
+                 if length else 0,
+                 st.one_of(st.integers(0, 2**32 - 1),  # anywhere
+                           st.integers(int(POOL.network_address) - 2**17,  # the pool and around it
+                                       int(POOL.broadcast_address) + 2**17),
+                           st.integers(int(OWN.network_address), int(OWN.broadcast_address))),
+                 st.integers(0, 32))
+
+
+@given(st.lists(KEYS, max_size=40), st.booleans())
+@settings(max_examples=300)
+def test_an_updates_keys_are_split_as_each_key_is_judged(keys, two_own):
+    """``split`` decides a whole UPDATE at once where it can: the same verdicts as one key at a
+    time, with own blocks of one or two lengths (and shorter prefixes covering them)."""
+    rib = make_rib()
+    if two_own:
+        rib.set_import_filter(frozenset({POOL}), frozenset({OWN, N("10.244.9.0/24")}))
+    keys = tuple(keys)
+    accepted, rejected = rib.policy.split(keys, None)
+    verdicts = [(k, rib.policy.rejection_key(k, None)) for k in keys]
+    assert list(accepted) == [k for k, why in verdicts if why is None]
+    assert rejected == [(k, why) for k, why in verdicts if why is not None]

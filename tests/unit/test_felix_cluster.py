@@ -356,3 +356,38 @@ def test_routes_of_interleaved_updates_get_their_own_path_and_share_its_via():
     assert [(r.prefix, r.gateway, r.source) for r in routes] == [
         (p, a if p in first else b, "10.99.0.2") for p in sorted(first + second)]
     assert len({id(r.via) for r in routes}) == 2
+
+
+def test_learned_pairs_are_the_calculations_input_one_via_per_path():
+    """The agent hands the calculation ``(key, via)`` pairs made from the RIB's columns: the same
+    key and via as a ``RemoteRoute`` of the route, the via shared by the routes of one UPDATE."""
+    from bgp.rib import Rib
+
+    a, b = ipaddress.ip_address("10.99.0.2"), ipaddress.ip_address("10.99.0.3")
+    rib, twin = Rib(), Rib()
+    for r in rib, twin:
+        r.set_import_filter(frozenset({ipaddress.ip_network("10.244.0.0/16")}), frozenset())
+    first = [ipaddress.ip_network(f"10.244.{i}.0/26") for i in range(0, 8, 2)]
+    second = [ipaddress.ip_network(f"10.244.{i}.0/26") for i in range(1, 8, 2)]
+    for r in rib, twin:
+        r.take_changes()
+        r.announce_many(a, a, first)
+        r.announce_many(b, b, second)
+    removed, added = cluster.learned_pairs(rib.take_change_columns())
+    routes = cluster.remote_route_list(twin.take_changes()[1])
+    assert removed == [] and added == [(r.key, r.via) for r in routes] and len(added) == 8
+    assert all(type(pair) is tuple for pair in added)
+    assert len({id(via) for _, via in added}) == 2
+    for r in rib, twin:
+        r.withdraw_many(a, sorted(first))
+        r.announce_many(b, a, second[:1])  # the same prefix, another next hop
+    removed, added = cluster.learned_pairs(rib.take_change_columns())
+    routes = [cluster.remote_route_list(side) for side in twin.take_changes()]
+    assert (removed, added) == tuple([(r.key, r.via) for r in side] for side in routes)
+    assert added == [(protocol_key(second[0]), (a, "10.99.0.3"))]
+
+
+def protocol_key(prefix):
+    from bgp.protocol import prefix_key
+
+    return prefix_key(prefix)
