@@ -596,9 +596,10 @@ class Agent:
         if self._desired is not self.calc.desired:  # not calculated here (set directly)
             return count_route_kinds(r.reason for r in self._desired.values())
         counts = count_route_kinds(())
-        for reason, n in self.calc.reasons.items():
+        for reason, n in self.calc.other_reasons.items():
             kind = route_kind(reason)
             counts[kind] = counts.get(kind, 0) + n
+        counts["learned"] += self.calc.learned_count  # each one's reason: "learned from <peer>"
         return counts
 
     # -- status endpoint topics --

@@ -32,11 +32,11 @@ learned route on the same destination; between equals the smallest (sorted) cand
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from itertools import repeat
-from operator import itemgetter
+from dataclasses import dataclass, field, fields
+from itertools import compress, repeat
+from operator import itemgetter, not_
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from types import MappingProxyType
 
@@ -326,6 +326,8 @@ class _Context:
         self._pools = _bits(inp.pools)
         # each pool's encapsulation by its position in _pools: no IPv4Network hash per route
         self._pool_encap = {id(cidr): self.encap.get(cidr, PoolEncap(cidr)) for cidr in inp.pools}
+        # whether a learned route's path can depend on its pool (else none is tunnelled)
+        self.ipip = any(p.ipip != NEVER for p in self._pool_encap.values())
 
     def pool_cidr(self, key: int) -> IPv4Network | None:
         """The first pool (in ``inp.pools`` order) that destination ``key`` is inside, if any."""
@@ -466,8 +468,48 @@ def _learned_route(key: int, via: tuple[IPv4Address, str], ctx: _Context) -> Des
 def _learned_path(key: int, via: tuple[IPv4Address, str], ctx: _Context
                   ) -> tuple[str | None, str, bool]:
     """(tunnel, reason, onlink) of a learned route at ``key`` via ``(gateway, source)``."""
+    return _path_in(ctx.pool_of(key), via, ctx)
+
+
+def _learned_routes_of(keys: list[int], vias: list[tuple[IPv4Address, str]], ctx: _Context
+                       ) -> list[DesiredRoute]:
+    """``_learned_route`` of each key and via, the path decided once per via (vias are shared by
+    the routes of one UPDATE) when no pool tunnels (then no route's path depends on its pool),
+    else per route."""
+    if ctx.ipip:
+        paths = list(map(_learned_path, keys, vias, repeat(ctx)))
+    else:
+        ids = list(map(id, vias))
+        by_id = {i: _path_in(_NO_POOL, via, ctx) for i, via in dict(zip(ids, vias)).items()}
+        paths = list(map(by_id.__getitem__, ids))
+    n = len(keys)
+    return _unchecked_routes(keys, repeat("unicast", n), map(itemgetter(0), paths),
+                             map(itemgetter(0), vias), repeat("universe", n),
+                             map(itemgetter(1), paths), map(itemgetter(2), paths))
+
+
+# Each field's slot, in ``fields`` order (what ``_unchecked_routes`` is given).
+_ROUTE_SLOTS = tuple(getattr(DesiredRoute, f.name).__set__ for f in fields(DesiredRoute))
+if [f.name for f in fields(DesiredRoute)] != ["key", "type", "dev", "gateway", "scope", "reason",
+                                              "onlink"]:
+    raise AssertionError("Bug: DesiredRoute's fields changed: update _unchecked_routes")
+
+
+def _unchecked_routes(keys: list[int], *columns: Iterable) -> list[DesiredRoute]:
+    """A ``DesiredRoute`` per key, from one column per further field (in ``fields`` order),
+    made and filled in C without ``__post_init__``: for keys a parser checked
+    (``RemoteRoute.many``) and values made here (a route's ``__init__`` and checks were ~1.5 us
+    of the ~2 us per learned route an incremental apply spent building them)."""
+    routes = list(map(object.__new__, repeat(DesiredRoute, len(keys))))
+    for fill, column in zip(_ROUTE_SLOTS, (keys, *columns)):
+        deque(map(fill, routes, column), maxlen=0)
+    return routes
+
+
+def _path_in(pool: PoolEncap, via: tuple[IPv4Address, str], ctx: _Context
+             ) -> tuple[str | None, str, bool]:
+    """(tunnel, reason, onlink) of a learned route in ``pool`` via ``(gateway, source)``."""
     gateway, source = via
-    pool = ctx.pool_of(key)
     # The tunnel and the reason depend on (pool, gateway, peer) only: decided once for each
     # (a few per node), and every route of one shares its reason string (100k learned routes
     # built 100k strings, ~7 MB of the agent, and most of this function's time).
@@ -528,9 +570,12 @@ class RouteCalc:
         # What ``desired_routes`` returns, kept up to date: read-only, by ``dst_key`` (not sorted)
         self.desired = DesiredView(self)
         self.problems: dict[IPv4Network, str] = {}  # ``unroutable`` of the input last rebuilt
-        # How many desired routes carry each reason: health probes and metrics count routes by
-        # kind, and walking 100k routes per probe stalled the loop for ~70 ms.
-        self.reasons: Counter[str] = Counter()
+        # How many desired routes carry each reason, for health probes and metrics (walking 100k
+        # routes per probe stalled the loop for ~70 ms): learned winners as one number (each
+        # one's reason needs its pool: three pool lookups per learned route when counted on
+        # learn, on withdraw and when built), every other winner by its reason.
+        self.learned_count = 0
+        self.other_reasons: Counter[str] = Counter()
         self._node: str | None = None
         self._ctx: _Context | None = None
         self._own: list[IPv4Network] = []
@@ -572,7 +617,8 @@ class RouteCalc:
         changed.update(new.keys() - old.keys())
         old.clear()
         old.update(new)
-        self.reasons = Counter(map(_reason_of, new.keys(), new.values(), repeat(ctx)))
+        self.other_reasons = Counter(v.reason for v in new.values() if v.__class__ is not tuple)
+        self.learned_count = len(new) - self.other_reasons.total()
         self._learned = {key: via for key, via in self._learned.items() if new.get(key) is not via}
         return changed
 
@@ -580,6 +626,15 @@ class RouteCalc:
     def own_blocks(self) -> frozenset[IPv4Network]:
         """This node's blocks as of the last rebuild (what ``in_own_block`` compares with)."""
         return frozenset(self._own)
+
+    @property
+    def reasons(self) -> Counter[str]:
+        """How many desired routes carry each reason (built on demand: a walk of the learned
+        winners; ``learned_count`` and ``other_reasons`` are the cheap read)."""
+        ctx, desired = self._ctx, self._desired
+        learned = Counter(_learned_path(key, via, ctx)[1] for key, via in desired.items()
+                          if via.__class__ is tuple)
+        return learned + self.other_reasons
 
     def update(
         self,
@@ -592,16 +647,15 @@ class RouteCalc:
         """Take workloads and learned routes that appeared or went (set semantics: adding what is
         there or removing what is not does nothing); return the destinations (keys) whose route
         changed. Removals are applied before additions."""
-        ctx = self._ctx
-        if ctx is None:
+        if self._ctx is None:
             raise AssertionError("Bug: RouteCalc.update before the first rebuild")
         # Keys resolved at the end, from their candidates: from when a key is first touched,
         # ``_learned`` holds all of its learned candidates (``_touch``) and its ``_desired``
         # value may be out of date until it is resolved.
         touched: set[int] = set()
         # A learned route alone at an untouched prefix (nearly every one) is added or removed in
-        # ``_desired`` at once (no copy in ``_learned``); ``before`` keeps what such a prefix
-        # had before this update.
+        # ``_desired`` at once (no copy in ``_learned``), in bulk (``_lone_removed``,
+        # ``_lone_added``); ``before`` keeps what such a prefix had before this update.
         before: dict[int, DesiredRoute | tuple | None] = {}
         node, workloads, learned, desired = self._node, self._workloads, self._learned, self._desired
         touch = self._touch
@@ -610,7 +664,7 @@ class RouteCalc:
                 key = w.ip._ip << 8 | 32
                 touch(key, touched)
                 _discard(workloads, key, w)
-        for key, via in learned_removed:
+        for key, via in self._lone_removed(learned_removed, touched, before):
             if key not in learned and key not in touched:
                 if desired.get(key) == via:  # its one candidate, and the winner
                     before.setdefault(key, via)
@@ -623,7 +677,8 @@ class RouteCalc:
                 key = w.ip._ip << 8 | 32
                 touch(key, touched)
                 workloads.setdefault(key, set()).add(w)
-        for key, via in learned_added:
+        rest, fresh = self._lone_added(learned_added, touched, before)
+        for key, via in rest:
             if key not in desired and key not in learned and key not in touched:
                 before.setdefault(key, None)  # no candidate yet: it wins
                 self._set_winner(key, None, via)
@@ -631,10 +686,56 @@ class RouteCalc:
             touch(key, touched)
             _add_learned(learned, key, via)
         changed = set(filter(self._resolve, touched))
-        if before:
-            changed.difference_update(before)
-            changed.update(key for key, value in before.items() if desired.get(key) != value)
+        changed.update(fresh)  # had no route when this update began, have one now
+        if before:  # changed unless what the prefix has now is what it had
+            changed.update(before)
+            changed.difference_update([key for key in before.keys() & desired.keys()
+                                       if desired[key] == before[key]])
         return changed
+
+    def _lone_removed(self, routes: Iterable[RemoteRoute], touched: set[int],
+                      before: dict) -> list[RemoteRoute]:
+        """Remove each of ``routes`` that is its prefix's one candidate and wins there, at a
+        prefix not in ``touched``, keeping what it had in ``before``; return the routes left for
+        ``update`` to take one by one: those at other prefixes (and every one if a prefix comes
+        twice). Dict and set operations in C over the burst: a withdrawal of 100k routes spent
+        most of its calculation in per-route calls."""
+        routes = routes if routes.__class__ is list else list(routes)
+        gone = dict(routes)
+        if len(gone) != len(routes):
+            return routes
+        clash = gone.keys() & self._learned.keys()  # other candidates there
+        if touched:
+            clash |= gone.keys() & touched
+        rest = [(key, gone.pop(key)) for key in clash]
+        desired = self._desired
+        get = desired.get
+        # the equality of two vias is C: they share their gateway object (the RIB's path)
+        hits = [key for key, via in gone.items() if get(key) == via]  # else not there: a no-op
+        before.update(zip(hits, map(desired.pop, hits)))
+        self.learned_count -= len(hits)
+        return rest
+
+    def _lone_added(self, routes: Iterable[RemoteRoute], touched: set[int], before: dict
+                    ) -> tuple[list[RemoteRoute], Iterable[int]]:
+        """Add each of ``routes`` at a prefix with no candidate, not in ``touched``, as its
+        winner; return (the routes left for ``update`` to take one by one: those at other
+        prefixes, every one if a prefix comes twice; the prefixes added that had no route when
+        the update began, i.e. are not in ``before``)."""
+        routes = routes if routes.__class__ is list else list(routes)
+        new = dict(routes)
+        if len(new) != len(routes):
+            return routes, ()
+        desired = self._desired
+        clash = new.keys() & desired.keys()
+        if self._learned:
+            clash |= new.keys() & self._learned.keys()
+        if touched:
+            clash |= new.keys() & touched
+        rest = [(key, new.pop(key)) for key in clash]
+        desired.update(new)
+        self.learned_count += len(new)
+        return rest, new.keys() - before.keys()
 
     def _touch(self, key: int, touched: set[int]) -> None:
         """Add ``key`` to ``touched``, the first time copying the via that wins there alone into
@@ -661,17 +762,21 @@ class RouteCalc:
     def _set_winner(self, key: int, old: DesiredRoute | tuple | None,
                     route: DesiredRoute | tuple | None) -> None:
         """Replace ``old``, the winner at ``key``, with ``route`` (None: none), counting reasons."""
-        reasons, ctx = self.reasons, self._ctx
-        if old is not None:
-            reason = _reason_of(key, old, ctx)
-            reasons[reason] -= 1
-            if not reasons[reason]:
-                del reasons[reason]
+        if old.__class__ is tuple:
+            self.learned_count -= 1
+        elif old is not None:
+            reasons = self.other_reasons
+            reasons[old.reason] -= 1
+            if not reasons[old.reason]:
+                del reasons[old.reason]
         if route is None:
             del self._desired[key]
+            return
+        self._desired[key] = route
+        if route.__class__ is tuple:
+            self.learned_count += 1
         else:
-            self._desired[key] = route
-            reasons[_reason_of(key, route, ctx)] += 1
+            self.other_reasons[route.reason] += 1
 
     def _winner(self, key: int) -> DesiredRoute | tuple | None:
         """The route at ``key``, or the via of the learned route that wins there."""
@@ -709,6 +814,30 @@ class DesiredView(Mapping):
     def __contains__(self, key: object) -> bool:
         return key in self._calc._desired
 
+    def routes(self, keys: Iterable[int]) -> list[DesiredRoute]:
+        """The routes at those of ``keys`` that are desired, in no particular order (what an
+        incremental route apply writes): ``get`` of each, with the learned ones built together
+        (``_learned_routes_of``), not one call chain per route.
+
+        >>> calc = RouteCalc()
+        >>> calc.rebuild(CalcInput(node="n1", pools=frozenset(), blocks=frozenset(),
+        ...                        workloads=frozenset(), learned=frozenset()))
+        set()
+        >>> k = dst_key("10.244.1.0/26")
+        >>> _ = calc.update(learned_added=[RemoteRoute(k, IPv4Address("10.0.0.2"), "10.0.0.2")])
+        >>> calc.desired.routes([k, dst_key("10.0.0.0/8")]) == [calc.desired[k]]
+        True
+        """
+        calc = self._calc
+        keys = keys if keys.__class__ is list else list(keys)
+        values = list(map(calc._desired.get, keys))
+        learned = list(map(isinstance, values, repeat(tuple)))
+        routes = list(filter(None, compress(values, map(not_, learned))))  # None: not desired
+        if any(learned):
+            routes += _learned_routes_of(list(compress(keys, learned)),
+                                         list(compress(values, learned)), calc._ctx)
+        return routes
+
     def __iter__(self) -> Iterator[int]:
         return iter(self._calc._desired)
 
@@ -742,10 +871,6 @@ class DesiredSnapshot:
 def _route_of(key: int, value: DesiredRoute | tuple, ctx: _Context) -> DesiredRoute:
     """The route a ``RouteCalc._desired`` value stands for."""
     return _learned_route(key, value, ctx) if value.__class__ is tuple else value
-
-
-def _reason_of(key: int, value: DesiredRoute | tuple, ctx: _Context) -> str:
-    return _learned_path(key, value, ctx)[1] if value.__class__ is tuple else value.reason
 
 
 def _same_route(key: int, old: DesiredRoute | tuple, old_ctx: _Context | None,

@@ -322,7 +322,8 @@ class RouteTable:
             dirty = set(changed)
             with self._cache_lock:
                 dirty |= self._touched  # what the kernel's notifications made dirty
-            dirty_routes = [r for r in map(desired.get, dirty) if r is not None]
+            dirty_routes = (desired.routes(dirty) if isinstance(desired, DesiredView)
+                            else [r for r in map(desired.get, dirty) if r is not None])
         return self._apply_when_free(routes, delete_unknown_gateway_routes, dirty, dirty_routes)
 
     async def _apply_when_free(self, routes: Iterable[DesiredRoute] | None, delete_gateway_routes: bool,
