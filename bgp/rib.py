@@ -22,7 +22,10 @@ before the datastore watch has shown us that write. Such a route is held (in the
 never a best path) for ``origin_hold`` seconds; it is counted only if it is still held and still
 rejected then (a rogue origin), not if the origins changed meanwhile in its favour or it was
 withdrawn. ``expire()`` counts what is due, as the speaker's timer at ``next_deadline()`` calls it.
-At most ``held_max`` routes are held at once; past that, an origin rejection is counted on arrival.
+While the origins are not the datastore's current view (``set_origins_current``: the datastore
+is away, or not in sync again yet) nothing held is counted, however long; back in sync, every
+held route has ``origin_hold`` from then. At most ``held_max`` routes are held at once; past that,
+an origin rejection is counted on arrival.
 
 Max-prefix: a peer whose Adj-RIB-In would hold more than its limit (``set_max_prefixes``) loses
 every route it sent, its further announcements are dropped (``rejected_max_prefix``) until its
@@ -47,6 +50,7 @@ True
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -205,6 +209,8 @@ class Rib:
         self.held_max = held_max
         # Routes rejected for their origin, not counted yet, in arrival order (so by deadline).
         self._held: deque[tuple[float, IPv4Address, int, _Path]] = deque()  # (due, peer, key, path)
+        # Nothing held is counted before this clock value (inf: the origins are not current).
+        self._count_held_from = -math.inf
         self.router_id = router_id  # loop check: a route with it as ORIGINATOR_ID came back to us
         self.cluster_id: IPv4Address | None = None
         self.router_ids: dict[IPv4Address, IPv4Address] = {}  # each peer's BGP identifier (its OPEN)
@@ -267,6 +273,18 @@ class Rib:
         for prefix in changed:
             self._choose(protocol.prefix_key(prefix))
         return bool(changed)
+
+    def set_origins_current(self, current: bool) -> bool:
+        """Whether the origins given are the datastore's current view. While they are not (the
+        datastore is away, or not in sync again yet), a block claimed or an address borrowed
+        meanwhile is unknown to us, not the peer's fault: a route rejected for its origin stays
+        held and uncounted, however long the outage. Back in sync, each held route is counted
+        only if still rejected ``origin_hold`` after that (the watch's news may still be on its
+        way). Returns whether it changed (``next_deadline`` may have)."""
+        if current == (self._count_held_from != math.inf):
+            return False
+        self._count_held_from = self._clock() + self.origin_hold if current else math.inf
+        return True
 
     def set_peer_as(self, peer: IPv4Address, asn: int, local_asn: int) -> None:
         """The peer's AS and ours on that session: eBGP when they differ (best path prefers eBGP,
@@ -624,13 +642,15 @@ class Rib:
     def next_deadline(self) -> float | None:
         """The clock value at which the next stale route expires or held route is due, if any."""
         due = [d for deadlines in self._deadlines.values() for d in deadlines]
-        if self._held:
-            due.append(self._held[0][0])
+        if self._held and self._count_held_from != math.inf:
+            due.append(max(self._held[0][0], self._count_held_from))
         return min(due, default=None)
 
     def _count_held(self, now: float) -> None:
         """Count each held route due by ``now`` that the peer still has and that is still rejected."""
         held = self._held
+        if now < self._count_held_from:
+            return
         while held and held[0][0] <= now:
             _, peer, key, path = held.popleft()
             stale = self._stale.get(peer, {}).get(key)

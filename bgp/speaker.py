@@ -205,6 +205,11 @@ class Speaker:
         """Who may originate which pool prefix (``Rib.set_origins``; None: no origin validation)."""
         self._run(self._core.set_origins(blocks, borrowed, time.monotonic()))
 
+    def set_origins_current(self, current: bool) -> None:
+        """Whether the origins are the datastore's current view: while not, a route rejected for
+        its origin is held, not counted (``Rib.set_origins_current``). A no-op if unchanged."""
+        self._run(self._core.set_origins_current(current))
+
     def change_origins(self, blocks: dict[IPv4Network, IPv4Address | None],
                        borrowed: dict[IPv4Address, IPv4Address | None]) -> None:
         """``set_origins`` by difference (``Rib.change_origins``): None for one no longer owned."""

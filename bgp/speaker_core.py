@@ -455,6 +455,10 @@ class SpeakerCore:
                     borrowed: dict[IPv4Address, IPv4Address], now: float) -> list[Effect]:
         return [*self._reflect(now), NOTIFY] if self._rib.set_origins(blocks, borrowed) else []
 
+    def set_origins_current(self, current: bool) -> list[Effect]:
+        """Whether the origins are the datastore's current view (``Rib.set_origins_current``)."""
+        return self._schedule_expiry() if self._rib.set_origins_current(current) else []
+
     def change_origins(self, blocks: dict[IPv4Network, IPv4Address | None],
                        borrowed: dict[IPv4Address, IPv4Address | None], now: float) -> list[Effect]:
         return [*self._reflect(now), NOTIFY] if self._rib.change_origins(blocks, borrowed) else []

@@ -384,6 +384,8 @@ class Agent:
         if self.cfg.bgp:
             self._learned_dirty = False  # a change from here on asks for another reconcile
             bgp_in_sync = self.speaker.check_routes_in_sync()
+            # A datastore away: a route ahead of its block's affinity stays held, not counted.
+            self.speaker.set_origins_current(_datastore_current(self.state))
         gone, appeared = set(), set()
         if rebuild:
             changed = self._rebuild(self._read_learned())
@@ -692,6 +694,12 @@ def _freeze_long_lived() -> None:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _datastore_current(state: cluster.ClusterState) -> bool:
+    """The agent's view is the datastore's: in sync, and the connection not lost since (a lost
+    one is reported until the syncer has listed everything again)."""
+    return state.in_sync and (state.connection is None or state.connection.state == "connected")
 
 
 def _connection_dict(conn: Connection | None) -> dict:

@@ -154,6 +154,44 @@ def test_a_route_ahead_of_its_block_is_held_uncounted_and_accepted_when_the_bloc
     assert rib.counters["rejected_origin_unknown"] == 1 and rib.counters["rejected_origin_mismatch"] == 1
 
 
+def test_while_the_datastore_is_away_a_route_ahead_of_its_block_stays_held_uncounted():
+    """A datastore outage longer than the hold: the block claimed meanwhile is the datastore's
+    news, not the peer's fault. Nothing held is counted while the origins are not current; back
+    in sync, each held route has the whole hold again from then."""
+    rib = make_rib()
+    before, during = N("10.244.9.0/26"), N("10.244.10.0/26")
+    rib.announce_many(OWNER, OWNER, [before])  # due at ORIGIN_HOLD
+    assert rib.set_origins_current(False) is True and rib.set_origins_current(False) is False
+    assert rib.next_deadline() is None  # no timer while the datastore is away
+    rib._clock.now = ORIGIN_HOLD / 2
+    rib.announce_many(OWNER, OWNER, [during])
+    rib._clock.now = 30 * ORIGIN_HOLD
+    assert rib.expire() is False
+    assert rib.counters.get("rejected_origin_unknown", 0) == 0 and prefixes(rib) == set()
+    assert len(rib._held) == 2
+    back = rib._clock.now
+    assert rib.set_origins_current(True) is True
+    assert rib.next_deadline() == back + ORIGIN_HOLD
+    rib._clock.now = back + ORIGIN_HOLD / 2
+    rib.expire()
+    assert rib.counters.get("rejected_origin_unknown", 0) == 0
+    rib.change_origins({before: OWNER}, {})  # the resynced watch shows the block claimed then
+    assert prefixes(rib) == {str(before)}
+    rib._clock.now = back + ORIGIN_HOLD
+    rib.expire()
+    assert rib.counters["rejected_origin_unknown"] == 1  # only the one still unknown
+    assert rib.next_deadline() is None and not rib._held
+
+
+def test_the_hold_cap_applies_during_an_outage_too():
+    rib = Rib(clock=Clock(), router_id=ME, held_max=10)
+    rib.set_import_filter(frozenset({POOL}), frozenset({MY_BLOCK}))
+    rib.set_origins({MY_BLOCK: ME}, {})
+    rib.set_origins_current(False)
+    rib.announce_many(ROGUE, ROGUE, [N(f"10.244.200.{i}/32") for i in range(15)])
+    assert len(rib._held) == 10 and rib.counters["rejected_origin_unknown"] == 5  # past the cap: at once
+
+
 def test_other_rejections_are_counted_at_once():
     rib = make_rib()
     rib.announce_many(ROGUE, ROGUE, [N("0.0.0.0/0"), N("192.0.2.0/24"), N("10.244.1.0/28")])

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from bgp import core, effects as fx, protocol, speaker_core as sc
 from bgp.exabgp_conf import ExaBGPConfig
 from bgp.peers import PeerSpec
+from bgp.rib import ORIGIN_HOLD
 from bgp.speaker import stops_for_good_from_env
 
 ME = IPv4Address("10.0.0.1")
@@ -537,6 +538,25 @@ def test_origins_set_then_changed_by_difference_rechoose_and_notify():
     assert fx.NOTIFY in h.run(h.core.change_origins({BLOCK_A: A}, {}, 0.0))
     assert h.prefixes() == {BLOCK_A}
     assert h.core.change_origins({BLOCK_A: A}, {}, 0.0) == [], "unchanged: nothing"
+
+
+def test_no_origin_hold_expires_while_the_datastore_is_away():
+    """A route ahead of its block's affinity is held: its timer goes while the origins are not
+    current, and comes back for the whole hold once they are (``Rib.set_origins_current``)."""
+    h = Harness()
+    h.set_peers(MESH_A)
+    h.run(h.core.set_origins({}, {}, 0.0))
+    h.up(MESH_A, BLOCK_A)  # nobody owns BLOCK_A yet: held
+    assert h.timers[fx.EXPIRY] == h.clock.now + ORIGIN_HOLD
+    assert fx.Cancel(fx.EXPIRY) in h.run(h.core.set_origins_current(False))
+    assert fx.EXPIRY not in h.timers
+    assert h.core.set_origins_current(False) == [], "unchanged: nothing"
+    h.at(h.clock.now + 5 * ORIGIN_HOLD)
+    h.run(h.core.set_origins_current(True))
+    assert h.timers[fx.EXPIRY] == h.clock.now + ORIGIN_HOLD
+    assert h.core.counters().get("rejected_origin_unknown", 0) == 0
+    h.fire(fx.EXPIRY)
+    assert h.core.counters()["rejected_origin_unknown"] == 1
 
 
 def test_the_speaker_passes_origin_changes_to_its_core(tmp_path):
