@@ -11,92 +11,20 @@ import signal
 import stat
 import subprocess
 import time
-import sys
-from pathlib import Path
 
-import pytest
-
-from felix.status import query
 from lab.netns import in_netns
-from tests.helpers import etcd_healthy, free_port, stop_process, veth_between, wait_for
-
-BIN = Path(sys.executable).parent
-
-
-def routes(ns: str) -> str:
-    return subprocess.run(["ip", "-n", ns, "route"], capture_output=True, text=True,
-                          check=True).stdout
+from tests.functional.agent_node import (BIN, POOL, WORKLOAD_IF, block, create, etcd_node, node_namespace,
+                                         routes, start_agent, start_etcd_in, status_of, wait_for_agent)
+from tests.helpers import free_port, stop_process, wait_for
 
 
-def _seed(url: str, node: str) -> None:
-    import datastore
-    from crds import load
-
-    ds = datastore.connect("etcdv3", etcd_endpoints=url)
-    v3 = "projectcalico.org/v3"
-    for doc in (
-        {"kind": "IPPool", "metadata": {"name": "pool"}, "spec": {"cidr": "10.244.0.0/16"}},
-        {"kind": "IPAMBlock", "metadata": {"name": "10-244-1-0-26"},
-         "spec": {"cidr": "10.244.1.0/26", "affinity": f"host:{node}"}},
-        {"kind": "WorkloadEndpoint",
-         "metadata": {"name": f"{node}-k8s-pod--a-eth0", "namespace": "default"},
-         "spec": {"node": node, "pod": "pod-a", "interfaceName": "cali0123456789a",
-                  "ipNetworks": ["10.244.1.5/32"]}},
-    ):
-        ds.create(load({"apiVersion": v3, **doc}))
-    ds.close()
-
-
-def node_namespace(netns, short: str) -> tuple[str, str]:
-    """A node namespace (10.98.0.1/24 on eth0, towards a fabric namespace) with the workload
-    interface cali0123456789a up; returns (namespace, node name)."""
-    node_ns, fab = netns(short), netns(f"{short}f")
-    veth_between(node_ns, "eth0", "10.98.0.1/24", fab, "eth0", "10.98.0.254/24")
-    subprocess.run(["ip", "-n", node_ns, "link", "add", "cali0123456789a", "type", "veth",
-                    "peer", "name", "podside"], check=True)
-    subprocess.run(["ip", "-n", node_ns, "link", "set", "cali0123456789a", "up"], check=True)
-    return node_ns, node_ns.lower()
-
-
-def start_agent(procs, node_ns: str, node: str, url: str, tmp_path: Path,
-                umask: int | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``pycalico-node`` in ``node_ns`` (address 10.98.0.1/24), run dir and log under tmp_path;
-    ``env``: added to ours."""
-    with open(tmp_path / "agent.log", "ab") as log:
-        return procs.add(subprocess.Popen(
-            ["ip", "netns", "exec", node_ns, str(BIN / "pycalico-node"), "--name", node,
-             "--ip", "10.98.0.1/24", "--etcd-endpoints", url, "--run-dir", str(tmp_path / "run")],
-            stdout=log, stderr=log, env={**os.environ, **(env or {})},
-            preexec_fn=None if umask is None else lambda: os.umask(umask)))
-
-
-def wait_for_agent(agent: subprocess.Popen, log_path: Path, predicate, timeout: float, what: str):
-    """``wait_for``; on a timeout the failure says what the agent was doing: running (and the CPU
-    seconds it has used: a starved agent and a stuck one look alike otherwise) or its exit code,
-    and the end of its log."""
-    try:
-        return wait_for(predicate, timeout, what=what)
-    except pytest.fail.Exception:
-        if agent.poll() is None:
-            fields = Path(f"/proc/{agent.pid}/stat").read_text().rpartition(")")[2].split()
-            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            state = f"still running, {cpu:.2f} CPU-s used"
-        else:
-            state = f"exited with {agent.returncode}"
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-        pytest.fail(f"timed out after {timeout}s waiting for {what}; the agent is {state}; "
-                    f"the end of its log:\n{tail}")
-
-
-def start_etcd_in(procs, ns: str, url: str, data_dir: Path) -> subprocess.Popen:
-    """A real etcd listening on ``url`` inside ``ns``; returns once it is healthy."""
-    etcd = procs.add(subprocess.Popen(
-        ["ip", "netns", "exec", ns, "etcd", "--data-dir", str(data_dir),
-         "--listen-client-urls", url, "--advertise-client-urls", url,
-         "--listen-peer-urls", f"http://127.0.0.1:{free_port()}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    wait_for(lambda: in_netns(ns, etcd_healthy, url), timeout=20, what="etcd in the namespace")
-    return etcd
+def _docs(node: str) -> list[dict]:
+    """A pool, a block of ours, and one workload on ``WORKLOAD_IF``."""
+    return [POOL, block("10.244.1.0/26", node),
+            {"kind": "WorkloadEndpoint",
+             "metadata": {"name": f"{node}-k8s-pod--a-eth0", "namespace": "default"},
+             "spec": {"node": node, "pod": "pod-a", "interfaceName": WORKLOAD_IF,
+                      "ipNetworks": ["10.244.1.5/32"]}}]
 
 
 def test_agent_waits_for_sync_and_owns_only_its_routes(netns, procs, tmp_path):
@@ -117,7 +45,7 @@ def test_agent_waits_for_sync_and_owns_only_its_routes(netns, procs, tmp_path):
     assert "blackhole" not in before
 
     etcd = start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
-    in_netns(node_ns, _seed, url, node)
+    create(node_ns, url, *_docs(node))
 
     def converged() -> bool:
         table = routes(node_ns)
@@ -127,7 +55,7 @@ def test_agent_waits_for_sync_and_owns_only_its_routes(netns, procs, tmp_path):
 
     wait_for(converged, timeout=30, what="blackhole + workload route written, stale route swept")
     assert "10.244.9.0/26 via 10.98.0.254 dev eth0 proto static" in routes(node_ns)
-    status = query(node, "status", path=tmp_path / "run" / "status.sock")
+    status = status_of(node, tmp_path)
     assert status["datastore_in_sync"] and status["peers"] == []
 
     agent.send_signal(signal.SIGTERM)
@@ -138,18 +66,12 @@ def test_agent_waits_for_sync_and_owns_only_its_routes(netns, procs, tmp_path):
     stop_process(etcd)
 
 
-def status_of(node: str, tmp_path: Path) -> dict:
-    return query(node, "status", path=tmp_path / "run" / "status.sock")
-
-
 def test_quiet_agent_does_no_work_and_reports_the_datastore_state(netns, procs, tmp_path):
     """Regressions (issue 5): an idle agent reconciled ~18 times a second forever (defect 1);
     `node status` could not tell that etcd was down (defect 11); run files followed the umask
     (defect 5)."""
-    node_ns, node = node_namespace(netns, "quiet")
-    url = f"http://127.0.0.1:{free_port()}"
-    etcd = start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
-    in_netns(node_ns, _seed, url, node)
+    n = etcd_node(netns, procs, tmp_path, "quiet", _docs)
+    node_ns, node, url, etcd = n.ns, n.node, n.url, n.etcd
     agent = start_agent(procs, node_ns, node, url, tmp_path, umask=0)
     log_path = tmp_path / "agent.log"
     # Up to its "starting" line the agent imports its modules and registers its Node: ~0.75 CPU-s,
@@ -232,13 +154,11 @@ def test_pod_events_write_only_their_routes_and_a_global_change_rebuilds(netns, 
     import datastore
     from crds import load
 
-    node_ns, node = node_namespace(netns, "incr")
+    n = etcd_node(netns, procs, tmp_path, "incr", _docs)
+    node_ns, node, url = n.ns, n.node, n.url
     subprocess.run(["ip", "-n", node_ns, "link", "add", "cali0123456789b", "type", "veth",
                     "peer", "name", "podside2"], check=True)
     subprocess.run(["ip", "-n", node_ns, "link", "set", "cali0123456789b", "up"], check=True)
-    url = f"http://127.0.0.1:{free_port()}"
-    start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
-    in_netns(node_ns, _seed, url, node)
     start_agent(procs, node_ns, node, url, tmp_path)
     wait_for(lambda: "10.244.1.5 dev cali0123456789a proto 80" in routes(node_ns), timeout=30,
              what="the agent to converge")

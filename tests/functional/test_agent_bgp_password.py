@@ -22,7 +22,7 @@ import hostio
 from felix.status import query
 from lab.apiserver.launch import kubeconfig, ready
 from lab.netns import in_netns
-from tests.functional.test_agent import BIN, start_etcd_in
+from tests.functional.agent_node import BIN, start_etcd_in
 from tests.helpers import free_port, veth_between, wait_for
 
 pytestmark = pytest.mark.root

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from felix.status import query
 from lab.netns import in_netns
-from tests.functional.test_agent import node_namespace, start_agent, start_etcd_in
+from tests.functional.agent_node import FABRIC_IP as BIRD_IP, NODE_IP, POOL, block, etcd_node, \
+    node_namespace, start_agent, status_of
 from tests.helpers import free_port, route_monitor, wait_for
 
 pytestmark = pytest.mark.root
 
-NODE_IP, BIRD_IP = "10.98.0.1", "10.98.0.254"
 BLOCK = "10.244.1.0/26"
 GR_ACTIVE = "Neighbor graceful restart active"
 
@@ -50,21 +49,10 @@ protocol bgp tor {{
 """
 
 
-def _seed(url: str, node: str) -> None:
-    import datastore
-    from crds import load
-
-    ds = datastore.connect("etcdv3", etcd_endpoints=url)
-    v3 = "projectcalico.org/v3"
-    for doc in (
-        {"kind": "IPPool", "metadata": {"name": "pool"}, "spec": {"cidr": "10.244.0.0/16"}},
-        {"kind": "IPAMBlock", "metadata": {"name": "10-244-1-0-26"},
-         "spec": {"cidr": BLOCK, "affinity": f"host:{node}"}},
-        {"kind": "BGPPeer", "metadata": {"name": "tor"},
-         "spec": {"peerIP": BIRD_IP, "asNumber": 64512}},
-    ):
-        ds.create(load({"apiVersion": v3, **doc}))
-    ds.close()
+def _docs(node: str) -> list[dict]:
+    """A pool, our block, and BIRD as a global BGPPeer."""
+    return [POOL, block(BLOCK, node),
+            {"kind": "BGPPeer", "metadata": {"name": "tor"}, "spec": {"peerIP": BIRD_IP, "asNumber": 64512}}]
 
 
 class Bird:
@@ -96,11 +84,8 @@ class Bird:
 
 
 def test_a_sigtermed_agent_leaves_its_routes_with_a_graceful_restart_helper(netns, procs, tmp_path):
-    node_ns, node = node_namespace(netns, "gts")
-    fabric = f"{node_ns}f"
-    url = f"http://127.0.0.1:{free_port()}"
-    start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
-    in_netns(node_ns, _seed, url, node)
+    n = etcd_node(netns, procs, tmp_path, "gts", _docs)
+    node_ns, node, fabric, url = n.ns, n.node, n.fabric, n.url
     bird = Bird(fabric, tmp_path / "bird", procs)
     agent = start_agent(procs, node_ns, node, url, tmp_path)
     wait_for(lambda: f"via {NODE_IP}" in bird.kernel_route(), 40, what="BIRD installs our block")
@@ -122,7 +107,7 @@ def test_a_sigtermed_agent_leaves_its_routes_with_a_graceful_restart_helper(netn
     deleted = [ln for ln in monitor_log.read_text().splitlines()
                if ln.startswith("Deleted") and BLOCK in ln]
     assert deleted == [], f"BIRD removed our block from its kernel meanwhile: {deleted}"
-    status = query(node, "status", path=tmp_path / "run" / "status.sock")
+    status = status_of(node, tmp_path)
     assert [(p["address"], p["state"]) for p in status["peers"]] == [(BIRD_IP, "Established")]
 
 
@@ -139,14 +124,11 @@ def _delete_node(url: str, node: str) -> None:
 def _agent_with_bird(netns, procs, tmp_path, short: str, env: dict[str, str] | None = None):
     """etcd seeded, BIRD in the fabric, the agent started; returns (node, url, bird, agent) once
     BIRD has our block in its kernel."""
-    node_ns, node = node_namespace(netns, short)
-    url = f"http://127.0.0.1:{free_port()}"
-    start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
-    in_netns(node_ns, _seed, url, node)
-    bird = Bird(f"{node_ns}f", tmp_path / "bird", procs)
-    agent = start_agent(procs, node_ns, node, url, tmp_path, env=env)
+    n = etcd_node(netns, procs, tmp_path, short, _docs)
+    bird = Bird(n.fabric, tmp_path / "bird", procs)
+    agent = start_agent(procs, n.ns, n.node, n.url, tmp_path, env=env)
     wait_for(lambda: f"via {NODE_IP}" in bird.kernel_route(), 40, what="BIRD installs our block")
-    return node_ns, node, url, bird, agent
+    return n.ns, n.node, n.url, bird, agent
 
 
 def test_bgp_switched_off_by_deleting_the_node_ceases_every_session_at_once(netns, procs, tmp_path):
@@ -205,33 +187,19 @@ protocol bgp tor {{
 """
 
 
-def _seed_tor(url: str, node: str) -> None:
-    import datastore
-    from crds import load
-
-    ds = datastore.connect("etcdv3", etcd_endpoints=url)
-    v3 = "projectcalico.org/v3"
-    for doc in (
-        {"kind": "IPPool", "metadata": {"name": "pool"}, "spec": {"cidr": "10.244.0.0/16"}},
-        {"kind": "IPAMBlock", "metadata": {"name": "10-244-1-0-26"},
-         "spec": {"cidr": BLOCK, "affinity": f"host:{node}"}},
-        {"kind": "Node", "metadata": {"name": "tor"}, "spec": {"bgp": {"ipv4Address": f"{BIRD_IP}/24"}}},
-        {"kind": "IPAMBlock", "metadata": {"name": "10-244-7-0-26"},
-         "spec": {"cidr": TOR_BLOCK, "affinity": "host:tor"}},
-    ):
-        ds.create(load({"apiVersion": v3, **doc}))
-    ds.close()
+def _tor_docs(node: str) -> list[dict]:
+    """A pool, our block, and BIRD as the mesh Node "tor" owning TOR_BLOCK."""
+    return [POOL, block(BLOCK, node),
+            {"kind": "Node", "metadata": {"name": "tor"}, "spec": {"bgp": {"ipv4Address": f"{BIRD_IP}/24"}}},
+            block(TOR_BLOCK, "tor")]
 
 
 def test_a_mesh_peer_that_ceases_has_its_block_removed_from_our_kernel_at_once(netns, procs, tmp_path):
     """`birdc disable` ends the mesh session with a Cease (Administrative Shutdown), as a node
     leaving for good does: RFC 4724 ends graceful restart on a NOTIFICATION, so the agent removes
     the peer's block from its kernel at once, not at the 120 s restart time."""
-    node_ns, node = node_namespace(netns, "gtb")
-    fabric = f"{node_ns}f"
-    url = f"http://127.0.0.1:{free_port()}"
-    start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
-    in_netns(node_ns, _seed_tor, url, node)
+    n = etcd_node(netns, procs, tmp_path, "gtb", _tor_docs)
+    node_ns, node, fabric, url = n.ns, n.node, n.fabric, n.url
     workdir = tmp_path / "bird"
     workdir.mkdir()
     conf = workdir / "bird.conf"
@@ -252,6 +220,6 @@ def test_a_mesh_peer_that_ceases_has_its_block_removed_from_our_kernel_at_once(n
                          timeout=10, check=True).stdout
     assert "disabled" in out, out
     wait_for(lambda: kernel_route() == "", 10, what="the agent removes BIRD's block from its kernel")
-    status = query(node, "status", path=tmp_path / "run" / "status.sock")
+    status = status_of(node, tmp_path)
     assert [p["address"] for p in status["peers"]] == [BIRD_IP], status["peers"]
     assert status["peers"][0]["state"] != "Established", status["peers"]

@@ -10,22 +10,20 @@ and the route is programmed, never counted; a route whose block nobody owns is c
 """
 from __future__ import annotations
 
-import subprocess
 import time
 from ipaddress import IPv4Network
 
 import pytest
 
 from bgp.rib import ORIGIN_HOLD
-from lab.netns import in_netns
-from tests.functional.test_agent import node_namespace, start_agent, start_etcd_in, status_of, \
-    wait_for_agent
+from tests.functional.agent_node import FABRIC_IP as BIRD_IP, NODE_IP, POOL, block, create, etcd_node, \
+    routes, start_agent, start_etcd_in, status_of, wait_for_agent
 from tests.functional.test_bgp_interop import Bird
-from tests.helpers import free_port, stop_process, wait_for
+from tests.helpers import stop_process, wait_for
 
 pytestmark = pytest.mark.root
 
-BIRD_IP, BIRD_NODE = "10.98.0.254", "birdnode"
+BIRD_NODE = "birdnode"
 BIRD_BLOCK = IPv4Network("10.244.7.0/26")
 NOBODYS = IPv4Network("10.244.8.0/26")  # no node has its affinity, before or after the outage
 
@@ -41,7 +39,7 @@ protocol static originated {{
 }}
 protocol bgp calico {{
     local {bird} as 64512;
-    neighbor 10.98.0.1 as 64512;
+    neighbor {node} as 64512;
     direct;
     passive on;              # the agent (lower address) connects, as in Calico's mesh
     hold time 9;
@@ -55,41 +53,20 @@ class MeshBird(Bird):
     ``NOBODYS`` once its static protocol is enabled."""
 
     def _conf(self) -> str:
-        return BIRD_CONF.format(bird=BIRD_IP, log=self.log, block=BIRD_BLOCK, nobodys=NOBODYS)
+        return BIRD_CONF.format(bird=BIRD_IP, node=NODE_IP, log=self.log, block=BIRD_BLOCK,
+                                nobodys=NOBODYS)
 
 
-def _create(url: str, *docs: dict) -> None:
-    import datastore
-    from crds import load
-
-    ds = datastore.connect("etcdv3", etcd_endpoints=url)
-    try:
-        for doc in docs:
-            ds.create(load({"apiVersion": "projectcalico.org/v3", **doc}))
-    finally:
-        ds.close()
-
-
-def _seed(url: str, node: str) -> None:
-    _create(url,
-            {"kind": "IPPool", "metadata": {"name": "pool"}, "spec": {"cidr": "10.244.0.0/16"}},
-            {"kind": "IPAMBlock", "metadata": {"name": "10-244-1-0-26"},
-             "spec": {"cidr": "10.244.1.0/26", "affinity": f"host:{node}"}},
-            {"kind": "Node", "metadata": {"name": BIRD_NODE},
-             "spec": {"bgp": {"ipv4Address": f"{BIRD_IP}/24"}}})
-
-
-def _routes(ns: str) -> str:
-    return subprocess.run(["ip", "-n", ns, "route"], capture_output=True, text=True, check=True).stdout
+def _docs(node: str) -> list[dict]:
+    """A pool, our block, and BIRD's Node (its blocks' affinities are not there)."""
+    return [POOL, block("10.244.1.0/26", node),
+            {"kind": "Node", "metadata": {"name": BIRD_NODE}, "spec": {"bgp": {"ipv4Address": f"{BIRD_IP}/24"}}}]
 
 
 def test_no_origin_rejection_is_counted_while_the_datastore_is_away(netns, procs, tmp_path):
-    node_ns, node = node_namespace(netns, "ohold")
-    fabric = f"{node_ns}f"  # node_namespace's other end, where BIRD_IP is
-    url = f"http://127.0.0.1:{free_port()}"
-    etcd = start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
-    in_netns(node_ns, _seed, url, node)
-    bird = MeshBird(fabric, tmp_path / "bird", procs)
+    n = etcd_node(netns, procs, tmp_path, "ohold", _docs)
+    node_ns, node, url = n.ns, n.node, n.url
+    bird = MeshBird(n.fabric, tmp_path / "bird", procs)
     agent = start_agent(procs, node_ns, node, url, tmp_path)
     log_path = tmp_path / "agent.log"
 
@@ -98,7 +75,7 @@ def test_no_origin_rejection_is_counted_while_the_datastore_is_away(netns, procs
 
     wait_for_agent(agent, log_path, lambda: bird.bgp_state() == "Established", 90,
                    "the agent's mesh session with BIRD")
-    stop_process(etcd)
+    stop_process(n.etcd)
     wait_for(lambda: status()["datastore"]["state"] == "unreachable", 45,
              what="node status to show the datastore unreachable")
 
@@ -112,15 +89,14 @@ def test_no_origin_rejection_is_counted_while_the_datastore_is_away(netns, procs
         st = status()
         assert st["datastore"]["state"] != "connected", "the datastore came back by itself"
         assert st["counters"].get("rejected_origin_unknown", 0) == 0, st["counters"]
-        assert str(BIRD_BLOCK) not in _routes(node_ns)
+        assert str(BIRD_BLOCK) not in routes(node_ns)
         time.sleep(0.5)  # the polling interval of this check, not a synchronisation
 
     start_etcd_in(procs, node_ns, url, tmp_path / "etcd")
-    in_netns(node_ns, _create, url, {"kind": "IPAMBlock", "metadata": {"name": "10-244-7-0-26"},
-                                     "spec": {"cidr": str(BIRD_BLOCK), "affinity": f"host:{BIRD_NODE}"}})
-    wait_for(lambda: f"{BIRD_BLOCK} via {BIRD_IP} dev eth0 proto 80" in _routes(node_ns), 45,
+    create(node_ns, url, block(str(BIRD_BLOCK), BIRD_NODE))
+    wait_for(lambda: f"{BIRD_BLOCK} via {BIRD_IP} dev eth0 proto 80" in routes(node_ns), 45,
              what="BIRD's block programmed once the datastore shows its affinity")
     wait_for(lambda: status()["counters"].get("rejected_origin_unknown", 0) == 1, ORIGIN_HOLD + 30,
              what="the block nobody owns counted once its hold after the outage is over")
-    assert str(NOBODYS) not in _routes(node_ns)
+    assert str(NOBODYS) not in routes(node_ns)
     assert agent.poll() is None

@@ -28,7 +28,7 @@ from bgp.peers import PeerSpec
 from bgp.speaker import Speaker
 from felix.agent import _peer_dict
 from felix.status import StatusServer
-from tests.functional.test_agent import BIN
+from tests.functional.agent_node import BIN
 from tests.functional.test_bgp_interop import BIRD_CONF, OUR_BLOCK, OUTSIDE, PEER, PEER_BLOCK, US, \
     Bird, _established, _start_speaker
 from tests.helpers import veth_between, wait_for
