@@ -36,7 +36,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from itertools import compress, repeat
-from operator import itemgetter, not_
+from operator import eq, itemgetter, not_
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from types import MappingProxyType
 
@@ -654,8 +654,9 @@ class RouteCalc:
         # value may be out of date until it is resolved.
         touched: set[int] = set()
         # A learned route alone at an untouched prefix (nearly every one) is added or removed in
-        # ``_desired`` at once (no copy in ``_learned``), in bulk (``_lone_removed``,
-        # ``_lone_added``); ``before`` keeps what such a prefix had before this update.
+        # ``_desired`` at once (no copy in ``_learned``): in bulk (``_lone_removed``,
+        # ``_lone_added``: the prefixes they did, ``gone`` and ``fresh``), or one by one when a
+        # prefix comes twice; ``before`` keeps what such a prefix had before, for the latter.
         before: dict[int, DesiredRoute | tuple | None] = {}
         node, workloads, learned, desired = self._node, self._workloads, self._learned, self._desired
         touch = self._touch
@@ -664,7 +665,8 @@ class RouteCalc:
                 key = w.ip._ip << 8 | 32
                 touch(key, touched)
                 _discard(workloads, key, w)
-        for key, via in self._lone_removed(learned_removed, touched, before):
+        rest, gone, gone_vias = self._lone_removed(learned_removed, touched)
+        for key, via in rest:
             if key not in learned and key not in touched:
                 if desired.get(key) == via:  # its one candidate, and the winner
                     before.setdefault(key, via)
@@ -677,7 +679,7 @@ class RouteCalc:
                 key = w.ip._ip << 8 | 32
                 touch(key, touched)
                 workloads.setdefault(key, set()).add(w)
-        rest, fresh = self._lone_added(learned_added, touched, before)
+        rest, fresh = self._lone_added(learned_added, touched)
         for key, via in rest:
             if key not in desired and key not in learned and key not in touched:
                 before.setdefault(key, None)  # no candidate yet: it wins
@@ -686,56 +688,64 @@ class RouteCalc:
             touch(key, touched)
             _add_learned(learned, key, via)
         changed = set(filter(self._resolve, touched))
-        changed.update(fresh)  # had no route when this update began, have one now
         if before:  # changed unless what the prefix has now is what it had
-            changed.update(before)
-            changed.difference_update([key for key in before.keys() & desired.keys()
-                                       if desired[key] == before[key]])
+            changed.difference_update(before)
+            changed.update(key for key, value in before.items() if desired.get(key) != value)
+        # Had a route and have none, or the reverse: changed. Removed and there again (announced
+        # anew, or under a workload): changed unless it is the same route.
+        again = gone & desired.keys()
+        fresh.difference_update(before)  # removed one by one, there again: decided above
+        changed = _union(changed, gone, fresh)
+        if again:
+            old = dict(gone_vias).__getitem__
+            changed.difference_update([key for key in again if desired[key] == old(key)])
         return changed
 
-    def _lone_removed(self, routes: Iterable[RemoteRoute], touched: set[int],
-                      before: dict) -> list[RemoteRoute]:
+    def _lone_removed(self, routes: Iterable[RemoteRoute], touched: set[int]
+                      ) -> tuple[list[RemoteRoute], set[int], Iterable[tuple[int, tuple]]]:
         """Remove each of ``routes`` that is its prefix's one candidate and wins there, at a
-        prefix not in ``touched``, keeping what it had in ``before``; return the routes left for
-        ``update`` to take one by one: those at other prefixes (and every one if a prefix comes
-        twice). Dict and set operations in C over the burst: a withdrawal of 100k routes spent
-        most of its calculation in per-route calls."""
+        prefix not in ``touched``; return (the routes left for ``update`` to take one by one:
+        those at other prefixes, every one if a prefix comes twice; the prefixes removed; their
+        (key, via) pairs). Column operations in C over the burst: a withdrawal of 100k routes
+        spent most of its calculation in per-route calls."""
         routes = routes if routes.__class__ is list else list(routes)
-        gone = dict(routes)
-        if len(gone) != len(routes):
-            return routes
-        clash = gone.keys() & self._learned.keys()  # other candidates there
+        keys = list(map(itemgetter(0), routes))
+        every = set(keys)
+        if len(every) != len(keys):
+            return routes, set(), ()
+        clash = self._learned.keys() & every  # other candidates there (iterates the smaller)
         if touched:
-            clash |= gone.keys() & touched
-        rest = [(key, gone.pop(key)) for key in clash]
-        desired = self._desired
-        get = desired.get
-        # the equality of two vias is C: they share their gateway object (the RIB's path)
-        hits = [key for key, via in gone.items() if get(key) == via]  # else not there: a no-op
-        before.update(zip(hits, map(desired.pop, hits)))
+            clash |= every & touched
+        routes, keys, rest = _split_off(clash, routes, keys)
+        every -= clash
+        vias = list(map(itemgetter(1), routes))
+        # Equal vias share their gateway (the RIB's path): the comparison stays in C. Unequal:
+        # not there, a no-op.
+        won = list(map(eq, map(self._desired.get, keys), vias))
+        hits = list(compress(keys, won))
+        deque(map(self._desired.pop, hits), maxlen=0)
         self.learned_count -= len(hits)
-        return rest
+        return rest, every if len(hits) == len(every) else set(hits), zip(hits, compress(vias, won))
 
-    def _lone_added(self, routes: Iterable[RemoteRoute], touched: set[int], before: dict
-                    ) -> tuple[list[RemoteRoute], Iterable[int]]:
+    def _lone_added(self, routes: Iterable[RemoteRoute], touched: set[int]
+                    ) -> tuple[list[RemoteRoute], set[int]]:
         """Add each of ``routes`` at a prefix with no candidate, not in ``touched``, as its
         winner; return (the routes left for ``update`` to take one by one: those at other
-        prefixes, every one if a prefix comes twice; the prefixes added that had no route when
-        the update began, i.e. are not in ``before``)."""
+        prefixes, every one if a prefix comes twice; the prefixes added)."""
         routes = routes if routes.__class__ is list else list(routes)
-        new = dict(routes)
+        new = dict(routes)  # merged into _desired in C below (faster than pairs)
         if len(new) != len(routes):
-            return routes, ()
+            return routes, set()
         desired = self._desired
-        clash = new.keys() & desired.keys()
+        clash = desired.keys() & new.keys()  # iterates the smaller
         if self._learned:
-            clash |= new.keys() & self._learned.keys()
+            clash |= self._learned.keys() & new.keys()
         if touched:
             clash |= new.keys() & touched
         rest = [(key, new.pop(key)) for key in clash]
         desired.update(new)
         self.learned_count += len(new)
-        return rest, new.keys() - before.keys()
+        return rest, set(new)
 
     def _touch(self, key: int, touched: set[int]) -> None:
         """Add ``key`` to ``touched``, the first time copying the via that wins there alone into
@@ -881,6 +891,24 @@ def _same_route(key: int, old: DesiredRoute | tuple, old_ctx: _Context | None,
         return new == old
     return (new.__class__ is tuple and new == old
             and _learned_path(key, old, old_ctx) == _learned_path(key, new, new_ctx))
+
+
+def _split_off(keys: set[int], routes: list, route_keys: list[int]) -> tuple[list, list[int], list]:
+    """(``routes`` and their ``route_keys`` not at ``keys``, the routes at ``keys``), in C."""
+    if not keys:
+        return routes, route_keys, []
+    at = list(map(keys.__contains__, route_keys))
+    other = list(map(not_, at))
+    return list(compress(routes, other)), list(compress(route_keys, other)), list(compress(routes, at))
+
+
+def _union(*sets: set) -> set:
+    """The union of ``sets``, made by updating the largest (they are not used again)."""
+    largest = max(sets, key=len)
+    for other in sets:
+        if other is not largest:
+            largest |= other
+    return largest
 
 
 def _add_learned(learned: dict, key: int, via: tuple) -> None:

@@ -122,6 +122,15 @@ def test_a_prefix_withdrawn_and_announced_again_in_one_bulk_update():
     assert calc.learned_count == 1 + len(BULK) - 5
 
 
+def test_a_prefix_withdrawn_twice_and_announced_again_in_one_update_is_no_change():
+    """The withdrawals go one by one (a prefix twice), the announcement in bulk."""
+    route = RemoteRoute(dst_key(PREFIXES[0]), GATEWAYS[0], "p1")
+    calc = lone_calc(route, *BULK)
+    assert calc.update(learned_removed=[route, route, *BULK[:3]],
+                       learned_added=[route, *BULK[:3]]) == set()
+    assert calc.desired[route.key].gateway == GATEWAYS[0] and calc.learned_count == 1 + len(BULK)
+
+
 def test_a_rebuild_between_bulk_updates_leaves_them_consistent():
     """Lone routes added in bulk, a rebuild that puts their pool in IPIP, then a bulk withdrawal of
     half: the rest carry the new tunnel, and the counts follow."""
