@@ -26,8 +26,9 @@ write, both as interned templates (``rtnl.route_template``: the image without it
 comparison; only routes that differ are decoded into fields.
 
 Memory: our routes are held as {key: interned template}, never as 100k images or objects; the writes
-of an apply are planned as (kind, key, template) and their images built chunk by chunk as they are
-sent.
+of an apply are planned as (kind, key, template) and their requests built chunk by chunk as they are
+sent (``rtnl.RtnlSocket.write_templates``: per run of one template, in bulk, no Python per route),
+then committed to the cache in bulk when none failed.
 
 Incremental mode (``RouteTable(incremental=True)``): instead of a dump per apply, a cache of our
 routes -- a full dump, then our own writes and the kernel's notifications of everyone else's changes
@@ -148,6 +149,7 @@ class _Plan:
         self.keys: list[int] = []
         self.images: list[bytes] = []
         self._deletes: tuple[list[str], list[int], list[bytes]] = ([], [], [])
+        self.deletes = 0  # after ``deletes_first``: how many of the writes are deletes (in front)
 
     def add(self, kind: str, key: int, image: bytes) -> None:
         kinds, keys, images = self._deletes if kind in _DELETES else (self.kinds, self.keys,
@@ -168,6 +170,7 @@ class _Plan:
     def deletes_first(self) -> None:
         """Put the deletes in front, in the order they were planned; call once, before writing."""
         columns = (self.kinds, self.keys, self.images)
+        self.deletes = len(self._deletes[0])
         for first, then in zip(self._deletes, columns):
             first += then  # in place: at 100k deletes a concatenation copied every column
         self.kinds, self.keys, self.images = self._deletes
@@ -453,26 +456,26 @@ class RouteTable:
         what was not. Meanwhile nothing changes the cache: a notification that would marks it
         stale instead (``_writing``).
         """
-        ours, ifindex, shapes, intern = snap.ours, {n: i for i, n in snap.names.items()}, {}, \
-            snap.templates.setdefault
+        ours, ifindex, intern = snap.ours, {n: i for i, n in snap.names.items()}, snap.templates.setdefault
         take, workload, waiting, blocked = ours.get if snap.shared else ours.pop, set(), {}, set()
+        foreign = snap.foreign
+        kinds, keys, images = plan.kinds, plan.keys, plan.images  # adds and replaces go here
         found = 0  # desired routes of ours
         same: dict[bytes, bytes] = {}  # dumped template -> our template it was found equal to
+        # (type, scope, onlink, dev, gateway, prefix length) -> our template (None: no device)
+        templates: dict[tuple, bytes | None] = {}
         for want in desired:
-            key, gateway = want.key, want.gateway
-            plen = key & 0xFF
+            key, gateway, dev = want.key, want.gateway, want.dev
+            shape = (want.type, want.scope, want.onlink, dev, None if gateway is None else gateway._ip,
+                     key & 0xFF)
+            image = templates.get(shape, False)
+            if image is False:
+                image = templates[shape] = self._template(want, ifindex, intern)
+            if dev is not None and dev.startswith(WORKLOAD_PREFIX):
+                workload.add((key, dev))
             have = take(key, None)
             if have is not None:
                 found += 1
-            shape_key = (want.type, want.scope, want.onlink, want.dev,
-                         None if gateway is None else gateway._ip)
-            shape = shapes.get(shape_key, False)
-            if shape is False:
-                shape = shapes[shape_key] = self._shape(want, ifindex, intern)
-            image = None if shape is None else (shape.templates.get(plen) or shape.template(plen))
-            if want.dev is not None and want.dev.startswith(WORKLOAD_PREFIX):
-                workload.add((key, want.dev))
-            if have is not None:
                 if have is image or same.get(have) is image:
                     continue  # already as desired: no write
                 if image is not None and _same(have, image, want):
@@ -484,16 +487,18 @@ class RouteTable:
                     have = None
                 elif route_matches(want, _kernel_route(route, snap.names)):
                     continue  # same route, other bytes (e.g. a linkdown flag)
-            if key in snap.foreign:
+            if key in foreign:
                 result.failed[key] = (
-                    f"destination held by a route of proto {snap.foreign[key]} (not ours, left alone)")
+                    f"destination held by a route of proto {foreign[key]} (not ours, left alone)")
                 blocked.add(key)
             elif image is None:
                 # Usual for a workload whose veth the CNI plugin has not made yet; retried next time.
-                result.failed[key] = f"ENODEV: device {want.dev} does not exist"
-                waiting[key] = want.dev
-            else:
-                plan.add("add" if have is None else "replace", key, image)
+                result.failed[key] = f"ENODEV: device {dev} does not exist"
+                waiting[key] = dev
+            else:  # plan.add, inlined: this is the loop of every route
+                kinds.append("add" if have is None else "replace")
+                keys.append(key)
+                images.append(image)
         if dirty is not None:
             workload |= {kd for kd in self._last_desired if kd[0] not in dirty}
             waiting.update((k, d) for k, d in self._waiting.items() if k not in dirty)
@@ -561,7 +566,7 @@ class RouteTable:
                 self._writing = True
                 self._touched.difference_update(dirty)  # this apply diffs them
                 c = self._cache
-                ours = {key: c.ours[key] for key in dirty if key in c.ours}
+                ours = _subset(c.ours, dirty)
                 return _Snapshot(ours, [], dict(c.foreign), dict(c.names), set(c.up),
                                  templates=c.templates), True
             self._full_diff = False  # this apply diffs them all
@@ -596,7 +601,7 @@ class RouteTable:
     def _partial_of(self, snap: _Snapshot, dirty: set[int]) -> _Snapshot:
         """The ``dirty`` keys of a full (shared) snapshot, as ``_cached_snapshot`` gives them when
         the cache is trusted; the next apply is made a full diff, and the agent is told."""
-        ours = {key: snap.ours[key] for key in dirty if key in snap.ours}
+        ours = _subset(snap.ours, dirty)
         with self._cache_lock:
             self._full_diff = True
         self._loop.call_soon_threadsafe(self._drift_found)
@@ -608,11 +613,16 @@ class RouteTable:
         without a device: what a dump would show, so a lost link says exactly which routes went
         with it. One ``fibmatch`` per template (routes of one gateway resolve alike); a template
         whose device the kernel does not tell stays as it is."""
-        first: dict[bytes, int] = {}
-        for i, (kind, key, image) in enumerate(zip(plan.kinds, plan.keys, plan.images)):
-            if (image not in first and kind not in _DELETES and image[7] == rtnl.RTN_UNICAST
-                    and image[-6:-4] != _OIF_TYPE and i not in failed):
-                first[image] = key
+        n = plan.deletes
+        if failed:  # a key to ask about must be one that was written
+            first: dict[bytes, int] = {}
+            for i in range(n, len(plan.keys)):
+                if i not in failed:
+                    first.setdefault(plan.images[i], plan.keys[i])
+        else:
+            first = dict(zip(plan.images[n:], plan.keys[n:]))  # one key per template (the last)
+        first = {image: key for image, key in first.items()
+                 if image[7] == rtnl.RTN_UNICAST and image[-6:-4] != _OIF_TYPE}
         resolved = {}
         for image, key in first.items():
             route = self._sock.fib_match(key)
@@ -625,18 +635,26 @@ class RouteTable:
                 resolved: dict[bytes, bytes]) -> None:
         """Our own writes into the cache (the kernel does not echo them to us); ``resolved``:
         templates with the device the kernel chose (``_resolve_devices``)."""
+        skipped = {i for i, err in failed.items()
+                   if not (plan.kinds[i] in _DELETES and err.errno == errno.ESRCH)}
+        n, keys, images = plan.deletes, plan.keys, plan.images
         with self._cache_lock:
             ours, gone, intern = self._cache.ours, set(), self._intern
-            for i, (kind, key, image) in enumerate(zip(plan.kinds, plan.keys, plan.images)):
-                err = failed.get(i)
-                if err is not None and not (kind in _DELETES and err.errno == errno.ESRCH):
-                    continue
-                if kind == "delete":
+            if skipped or "stray" in plan.kinds[:n]:  # rare: one write at a time
+                for i, (kind, key, image) in enumerate(zip(plan.kinds, keys, images)):
+                    if i in skipped:
+                        continue
+                    if kind == "delete":
+                        ours.pop(key, None)
+                    elif kind == "stray":
+                        gone.add(rtnl.route_from_template(key, image))
+                    else:
+                        ours[key] = intern(resolved.get(image, image))
+            else:  # every write done: in bulk, a lookup per template rather than per route
+                for key in keys[:n]:
                     ours.pop(key, None)
-                elif kind == "stray":
-                    gone.add(rtnl.route_from_template(key, image))
-                else:
-                    ours[key] = intern(resolved.get(image, image))
+                final = {t: intern(resolved.get(t, t)) for t in set(images[n:])}
+                ours.update(zip(keys[n:], map(final.__getitem__, images[n:])))
             if gone:
                 self._cache.strays = [s for s in self._cache.strays if s not in gone]
             self._writing = False
@@ -771,6 +789,12 @@ class RouteTable:
             return None
         return rtnl.route_from_template(want.key, shape.template(want.key & 0xFF))
 
+    def _template(self, want: DesiredRoute, ifindex: dict[str, int],
+                  intern: Callable[[bytes, bytes], bytes]) -> bytes | None:
+        """The ``rtnl.route_template`` of ``want``, interned; None: its device is missing."""
+        shape = self._shape(want, ifindex, intern)
+        return None if shape is None else shape.template(want.key & 0xFF)
+
     def _shape(self, want: DesiredRoute, ifindex: dict[str, int],
                intern: Callable[[bytes, bytes], bytes] | None = None) -> _Shape | None:
         oif = 0
@@ -785,7 +809,8 @@ class RouteTable:
     def _write(self, plan: _Plan, result: ApplyResult) -> dict[int, rtnl.NetlinkFailure]:
         if not plan.kinds:
             return {}
-        failed = self._sock.write(zip(map(_CMD.__getitem__, plan.kinds), _images(plan)))
+        failed = self._sock.write_templates(list(map(_CMD.__getitem__, plan.kinds)), plan.keys,
+                                            plan.images)
         counts = Counter(plan.kinds)
         for i, err in sorted(failed.items()):
             kind, key = plan.kinds[i], plan.keys[i]
@@ -850,17 +875,10 @@ _CMD = {"delete": rtnl.RTM_DELROUTE, "stray": rtnl.RTM_DELROUTE, "add": rtnl.RTM
 _DELETES = frozenset({"delete", "stray"})
 
 
-def _images(plan: _Plan) -> Iterable[bytes]:
-    """The request bodies of ``plan``, built one by one as they are sent (100k images held at
-    once were ~8 MB of an install's peak). Each template's halves around the dst are cut once."""
-    halves: dict[bytes, tuple[bytes, bytes] | None] = {}
-    for key, template in zip(plan.keys, plan.images):
-        parts = halves.get(template, False)
-        if parts is False:
-            parts = halves[template] = (
-                (template[:_DST_AT], template[_DST_AT:])
-                if rtnl.route_from_template(0, template) != template else None)
-        yield template if parts is None else parts[0] + (key >> 8).to_bytes(4, "big") + parts[1]
+def _subset(routes: dict[int, bytes], keys: set[int]) -> dict[int, bytes]:
+    """The items of ``routes`` at ``keys`` (loops in C: an apply's dirty keys are thousands)."""
+    present = routes.keys() & keys
+    return dict(zip(present, map(routes.__getitem__, present)))
 
 
 def _key_of(image: bytes) -> int:

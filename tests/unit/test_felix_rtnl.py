@@ -208,6 +208,45 @@ def test_write_maps_each_error_to_its_request_by_seq(monkeypatch):
     assert sock.reserve(1) == 41 + 1 + 20 + 1  # after the barrier and the 20 requests
 
 
+def test_write_templates_sends_what_write_sends_and_maps_errors_across_runs_and_chunks(monkeypatch):
+    monkeypatch.setattr(rtnl, "CHUNK", 300)  # several chunks; a run of one template spans them
+    shapes = [rtnl.route_template(rtnl.route_image(dst=0, dst_len=24, table=254, proto=80, oif=oif))
+              for oif in (3, 3, 4)] + [rtnl.route_image(dst=0, dst_len=0, table=254, proto=80, gateway=GW)]
+    cmds, keys, templates = [], [], []
+    for i in range(40):  # runs: 10 x shape 0, 10 x shape 1 (equal to 0), 10 x shape 2, 10 x default
+        cmds.append(rtnl.RTM_DELROUTE if i < 5 else rtnl.RTM_NEWROUTE)
+        keys.append(0 if i >= 30 else rtnl.route_key(DST + 256 * i, 24))
+        templates.append(shapes[i // 10])
+    refuse = {DST + 256 * 3: errno.ESRCH, DST + 256 * 17: errno.EEXIST, DST + 256 * 29: errno.ENODEV}
+    sent = []
+    for method in ("write", "write_templates"):
+        kernel = FakeKernel(refuse)
+        sock = object.__new__(rtnl.RtnlSocket)
+        sock.sock, sock._seq = kernel, 41
+        if method == "write":
+            failed = sock.write(zip(cmds, map(rtnl.route_from_template, keys, templates)))
+        else:
+            failed = sock.write_templates(cmds, keys, templates)
+        assert {i: e.errno for i, e in failed.items()} == {
+            3: errno.ESRCH, 17: errno.EEXIST, 29: errno.ENODEV}
+        assert len(kernel.sent) > 1 and kernel.queue == []
+        assert sock.reserve(1) == 41 + 1 + 40 + 1  # after the barrier and the 40 requests
+        sent.append(b"".join(kernel.sent).replace(rtnl.encode_noop(42), b""))
+    assert sent[0] == sent[1]  # the same requests, byte for byte, chunked alike or not
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(1, 32)), min_size=1, max_size=50),
+       st.integers(1, 2**31), st.sampled_from([rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE]),
+       st.none() | st.integers(0, 2**32 - 1), st.integers(0, 2**31 - 1))
+def test_requests_encoded_in_bulk_equal_those_encoded_one_by_one(dsts, seq, cmd, gateway, oif):
+    keys = [rtnl.route_key(dst, dst_len) for dst, dst_len in dsts]
+    template = rtnl.route_template(rtnl.route_image(dst=0, dst_len=24, table=254, proto=80,
+                                                    gateway=gateway, oif=oif))
+    assert bytes(rtnl.encode_requests(cmd, template, keys, seq)) == b"".join(
+        rtnl.encode_request(cmd, seq + i, rtnl.route_from_template(key, template))
+        for i, key in enumerate(keys))
+
+
 # -- round trips -----------------------------------------------------------------------------------
 
 routes = st.fixed_dictionaries({
