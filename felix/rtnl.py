@@ -185,30 +185,32 @@ def encode_request(cmd: int, seq: int, image: bytes) -> bytes:
     return _HDR.pack(16 + len(image), cmd, _ROUTE_FLAGS[cmd], seq, 0) + image
 
 
-def encode_requests(cmd: int, template: bytes, keys: Sequence[int], seq: int) -> bytearray:
-    """``encode_request(cmd, seq + i, route_from_template(key, template))`` of each ``keys[i]``,
-    one after another, built in bulk: the first message repeated, then the sequence numbers and
-    the destinations copied into it with strided slices (loops in C, no Python per route: this
-    is what a 100k-route apply sends).
+def encode_requests(cmd: int, template: bytes, keys: Sequence[int], seqs: Iterable[int]) -> bytearray:
+    """``encode_request(cmd, seq, route_from_template(key, template))`` of each key and seq
+    (``seqs``: as many as ``keys``, e.g. a ``range``), one after another, built in bulk: the first
+    message repeated, then the sequence numbers and the destinations copied into it with strided
+    slices (loops in C, no Python per route: this is what a 100k-route apply sends).
 
     >>> keys = [route_key(0x0AF40100, 26), route_key(0x0AF40140, 26)]
     >>> t = route_template(route_image(dst=0, dst_len=26, table=254, proto=80, rtype=RTN_BLACKHOLE))
-    >>> bytes(encode_requests(RTM_NEWROUTE, t, keys, 7)) == b"".join(
+    >>> bytes(encode_requests(RTM_NEWROUTE, t, keys, range(7, 9))) == b"".join(
     ...     encode_request(RTM_NEWROUTE, 7 + i, route_from_template(k, t)) for i, k in enumerate(keys))
     True
     """
-    has_dst = template[_DST_HDR_AT:_DST_AT] == _DST_ATTR
-    first = encode_request(cmd, seq, route_from_template(keys[0], template) if keys else template)
-    size, count = len(first), len(keys)
-    out = bytearray(first * count)
+    seqs = array("I", seqs)
+    if not keys:
+        return bytearray()
+    first = encode_request(cmd, seqs[0], route_from_template(keys[0], template))
+    size = len(first)
     if size % 4:  # never for an image of ours (every attribute is 8 bytes); one by one then
-        return bytearray(b"".join(encode_request(cmd, seq + i, route_from_template(key, template))
-                                  for i, key in enumerate(keys)))
+        return bytearray(b"".join(encode_request(cmd, seq, route_from_template(key, template))
+                                  for seq, key in zip(seqs, keys)))
+    out = bytearray(first * len(keys))
     words, stride = memoryview(out).cast("I"), size // 4
-    words[2::stride] = array("I", range(seq, seq + count))  # nlmsg_seq
-    if has_dst:  # the address, big-endian, after nlmsghdr, rtmsg, RTA_TABLE and RTA_DST's header
-        dsts = array("I", map(operator.rshift, keys, itertools.repeat(8)))
-        if sys.byteorder == "little":
+    words[2::stride] = seqs  # nlmsg_seq
+    if template[_DST_HDR_AT:_DST_AT] == _DST_ATTR:  # the address, big-endian, after nlmsghdr,
+        dsts = array("I", map(operator.rshift, keys, itertools.repeat(8)))  # rtmsg, RTA_TABLE and
+        if sys.byteorder == "little":  # RTA_DST's header
             dsts.byteswap()
         words[(16 + _DST_AT) // 4::stride] = dsts
     return out
@@ -453,6 +455,7 @@ def _align(n: int) -> int:
 # -- the socket --------------------------------------------------------------------------------
 
 CHUNK = 128 * 1024  # bytes of requests per send(); the kernel handles each send in one go
+BULK_GROUPS = 16  # write_templates: more (command, template) groups than this go one by one
 RECV_SIZE = 64 * 1024  # a dump skb is at most 32 KB
 RCVBUF = 32 * 1024 * 1024  # an error storm (one error per request) must not overflow: ENOBUFS
 
@@ -562,29 +565,44 @@ class RtnlSocket:
     def write_templates(self, cmds: Sequence[int], keys: Sequence[int], templates: Sequence[bytes]
                         ) -> dict[int, NetlinkFailure]:
         """``write`` of the requests ``(cmds[i], route_from_template(keys[i], templates[i]))``,
-        encoded in bulk (``encode_requests``) per run of one command and one template: an
-        apply's writes are mostly one run of one shape."""
+        encoded in bulk (``encode_requests``) per group of one command and one template: an
+        apply's writes are mostly a few shapes. The groups go in the order of their first request
+        (so deletes put in front go first), each in its own order; with more than
+        ``BULK_GROUPS`` groups (e.g. a route per pod device), the requests go as ``write``
+        sends them, in order, one by one."""
+        pairs = dict.fromkeys(zip(cmds, templates))  # the groups, in order of first request
+        if len(pairs) > BULK_GROUPS:
+            return self.write(zip(cmds, map(route_from_template, keys, templates)))
         failed: dict[int, NetlinkFailure] = {}
         self._discard_pending()
         barrier = self.reserve(1)
         first = barrier + 1
-        self._seq = first + len(keys) - 1
+        count = len(keys)
+        self._seq = first + count - 1
+        if len(pairs) == 1:
+            groups = [(*next(iter(pairs)), range(count))]
+        else:
+            number = {pair: n for n, pair in enumerate(pairs)}
+            of = list(map(number.__getitem__, zip(cmds, templates)))
+            groups = [(cmd, template, list(itertools.compress(range(count), map(n.__eq__, of))))
+                      for n, (cmd, template) in enumerate(pairs)]
         chunk: list[bytes] = []
-        size = i = 0  # bytes in ``chunk``; requests encoded so far
-        for (cmd, template), run in itertools.groupby(zip(cmds, templates)):
-            end = i + len(list(run))
+        size = 0  # bytes in ``chunk``
+        for cmd, template, indexes in groups:
             per = 20 + len(template)  # bytes per request (template + dst + nlmsghdr), about
-            while i < end:
-                take = min(end - i, max(1, (CHUNK - size) // per))
-                block = encode_requests(cmd, template, keys[i:i + take], first + i)
-                chunk.append(block)
-                size += len(block)
+            i = 0
+            while i < len(indexes):
+                take = min(len(indexes) - i, max(1, (CHUNK - size) // per))
+                part = indexes[i:i + take]
+                chunk.append(encode_requests(cmd, template, list(map(keys.__getitem__, part)),
+                                             map(first.__add__, part)))
+                size += len(chunk[-1])
                 i += take
                 if size >= CHUNK - per:
-                    self._send_chunk(chunk, barrier, first, i, failed)
+                    self._send_chunk(chunk, barrier, first, count, failed)
                     chunk, size = [], 0
         if chunk:
-            self._send_chunk(chunk, barrier, first, i, failed)
+            self._send_chunk(chunk, barrier, first, count, failed)
         return failed
 
     def _send_chunk(self, chunk: list[bytes], barrier: int, first: int, count: int,

@@ -208,16 +208,30 @@ def test_write_maps_each_error_to_its_request_by_seq(monkeypatch):
     assert sock.reserve(1) == 41 + 1 + 20 + 1  # after the barrier and the 20 requests
 
 
-def test_write_templates_sends_what_write_sends_and_maps_errors_across_runs_and_chunks(monkeypatch):
-    monkeypatch.setattr(rtnl, "CHUNK", 300)  # several chunks; a run of one template spans them
+def messages(data: bytes) -> list[tuple[int, bytes]]:
+    """(seq, message) of each request in ``data``, in order."""
+    out, off = [], 0
+    while off < len(data):
+        length, _, _, seq, _ = struct.unpack_from("=IHHII", data, off)
+        out.append((seq, data[off:off + length]))
+        off += length
+    return out
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_write_templates_sends_what_write_sends_and_maps_errors_across_groups_and_chunks(
+        monkeypatch, interleaved):
+    monkeypatch.setattr(rtnl, "CHUNK", 300)  # several chunks; a group of one template spans them
     shapes = [rtnl.route_template(rtnl.route_image(dst=0, dst_len=24, table=254, proto=80, oif=oif))
               for oif in (3, 3, 4)] + [rtnl.route_image(dst=0, dst_len=0, table=254, proto=80, gateway=GW)]
     cmds, keys, templates = [], [], []
-    for i in range(40):  # runs: 10 x shape 0, 10 x shape 1 (equal to 0), 10 x shape 2, 10 x default
+    for i in range(40):  # 5 deletes, then adds of 3 shapes (0 and 1 are equal), runs or interleaved
         cmds.append(rtnl.RTM_DELROUTE if i < 5 else rtnl.RTM_NEWROUTE)
-        keys.append(0 if i >= 30 else rtnl.route_key(DST + 256 * i, 24))
-        templates.append(shapes[i // 10])
+        shape = (i % 4 if interleaved else i // 10) if i >= 5 else 0
+        keys.append(0 if shape == 3 else rtnl.route_key(DST + 256 * i, 24))
+        templates.append(shapes[shape])
     refuse = {DST + 256 * 3: errno.ESRCH, DST + 256 * 17: errno.EEXIST, DST + 256 * 29: errno.ENODEV}
+    refuse = {dst: code for dst, code in refuse.items() if keys[(dst - DST) // 256]}
     sent = []
     for method in ("write", "write_templates"):
         kernel = FakeKernel(refuse)
@@ -228,11 +242,27 @@ def test_write_templates_sends_what_write_sends_and_maps_errors_across_runs_and_
         else:
             failed = sock.write_templates(cmds, keys, templates)
         assert {i: e.errno for i, e in failed.items()} == {
-            3: errno.ESRCH, 17: errno.EEXIST, 29: errno.ENODEV}
+            (dst - DST) // 256: code for dst, code in refuse.items()}
         assert len(kernel.sent) > 1 and kernel.queue == []
         assert sock.reserve(1) == 41 + 1 + 40 + 1  # after the barrier and the 40 requests
-        sent.append(b"".join(kernel.sent).replace(rtnl.encode_noop(42), b""))
-    assert sent[0] == sent[1]  # the same requests, byte for byte, chunked alike or not
+        sent.append(messages(b"".join(kernel.sent).replace(rtnl.encode_noop(42), b"")))
+    assert sorted(sent[0]) == sorted(sent[1])  # the same requests, each with its own seq
+    kinds = [m[4:6] for _, m in sent[1]]
+    assert kinds == sorted(kinds, reverse=True)  # RTM_DELROUTE (25) before RTM_NEWROUTE (24)
+
+
+def test_write_templates_of_many_templates_sends_them_in_order(monkeypatch):
+    templates = [rtnl.route_template(rtnl.route_image(dst=0, dst_len=32, table=254, proto=80, oif=oif))
+                 for oif in range(rtnl.BULK_GROUPS + 5)]
+    keys = [rtnl.route_key(DST + i, 32) for i in range(len(templates))]
+    kernel = FakeKernel({DST + 2: errno.ENODEV})
+    sock = object.__new__(rtnl.RtnlSocket)
+    sock.sock, sock._seq = kernel, 0
+    failed = sock.write_templates([rtnl.RTM_NEWROUTE] * len(keys), keys, templates)
+    assert {i: e.errno for i, e in failed.items()} == {2: errno.ENODEV}
+    assert [m for _, m in messages(b"".join(kernel.sent).replace(rtnl.encode_noop(1), b""))] == [
+        rtnl.encode_request(rtnl.RTM_NEWROUTE, 2 + i, rtnl.route_from_template(k, t))
+        for i, (k, t) in enumerate(zip(keys, templates))]
 
 
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(1, 32)), min_size=1, max_size=50),
@@ -242,9 +272,10 @@ def test_requests_encoded_in_bulk_equal_those_encoded_one_by_one(dsts, seq, cmd,
     keys = [rtnl.route_key(dst, dst_len) for dst, dst_len in dsts]
     template = rtnl.route_template(rtnl.route_image(dst=0, dst_len=24, table=254, proto=80,
                                                     gateway=gateway, oif=oif))
-    assert bytes(rtnl.encode_requests(cmd, template, keys, seq)) == b"".join(
-        rtnl.encode_request(cmd, seq + i, rtnl.route_from_template(key, template))
-        for i, key in enumerate(keys))
+    seqs = [seq + 3 * i for i in range(len(keys))]
+    assert bytes(rtnl.encode_requests(cmd, template, keys, seqs)) == b"".join(
+        rtnl.encode_request(cmd, s, rtnl.route_from_template(key, template))
+        for s, key in zip(seqs, keys))
 
 
 # -- round trips -----------------------------------------------------------------------------------
