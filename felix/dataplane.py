@@ -68,6 +68,7 @@ import logging
 import socket
 import threading
 import time
+from array import array
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -620,7 +621,8 @@ class RouteTable:
                 if i not in failed:
                     first.setdefault(plan.images[i], plan.keys[i])
         else:
-            first = dict(zip(plan.images[n:], plan.keys[n:]))  # one key per template (the last)
+            # one key per template (the last); islice: no copy of 100k-long columns
+            first = dict(zip(itertools.islice(plan.images, n, None), itertools.islice(plan.keys, n, None)))
         first = {image: key for image, key in first.items()
                  if image[7] == rtnl.RTN_UNICAST and image[-6:-4] != _OIF_TYPE}
         resolved = {}
@@ -640,7 +642,7 @@ class RouteTable:
         n, keys, images = plan.deletes, plan.keys, plan.images
         with self._cache_lock:
             ours, gone, intern = self._cache.ours, set(), self._intern
-            if skipped or "stray" in plan.kinds[:n]:  # rare: one write at a time
+            if skipped or "stray" in itertools.islice(plan.kinds, n):  # rare: one write at a time
                 for i, (kind, key, image) in enumerate(zip(plan.kinds, keys, images)):
                     if i in skipped:
                         continue
@@ -651,10 +653,11 @@ class RouteTable:
                     else:
                         ours[key] = intern(resolved.get(image, image))
             else:  # every write done: in bulk, a lookup per template rather than per route
-                for key in keys[:n]:
+                for key in itertools.islice(keys, n):
                     ours.pop(key, None)
-                final = {t: intern(resolved.get(t, t)) for t in set(images[n:])}
-                ours.update(zip(keys[n:], map(final.__getitem__, images[n:])))
+                added, templates = itertools.islice(keys, n, None), itertools.islice(images, n, None)
+                final = {t: intern(resolved.get(t, t)) for t in set(itertools.islice(images, n, None))}
+                ours.update(zip(added, map(final.__getitem__, templates)))
             if gone:
                 self._cache.strays = [s for s in self._cache.strays if s not in gone]
             self._writing = False
@@ -809,7 +812,7 @@ class RouteTable:
     def _write(self, plan: _Plan, result: ApplyResult) -> dict[int, rtnl.NetlinkFailure]:
         if not plan.kinds:
             return {}
-        failed = self._sock.write_templates(list(map(_CMD.__getitem__, plan.kinds)), plan.keys,
+        failed = self._sock.write_templates(array("H", map(_CMD.__getitem__, plan.kinds)), plan.keys,
                                             plan.images)
         counts = Counter(plan.kinds)
         for i, err in sorted(failed.items()):
