@@ -55,7 +55,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, filterfalse, repeat
+from itertools import compress, repeat
 from operator import and_, is_not, itemgetter
 from ipaddress import IPv4Address, IPv4Network
 
@@ -84,8 +84,8 @@ class _Path:
     per UPDATE, so the Adj-RIB-In and the best paths hold no object per route). ``rank``:
     ``policy.rank`` of its LOCAL_PREF, AS_PATH length and ORIGIN. ``ident``: what makes two
     paths the same route (peer, next hop, ORIGINATOR_ID, CLUSTER_LIST as integers), compared
-    when a re-announcement replaces a path. Paths themselves compare by identity (in C: runs of
-    one path are grouped per route, ``felix.cluster.remote_route_list``)."""
+    when a re-announcement replaces a path. Paths themselves compare and hash by identity (in
+    C: the consumer makes one via per path, ``felix.cluster.learned_pairs``)."""
 
     peer: IPv4Address
     nexthop: IPv4Address
