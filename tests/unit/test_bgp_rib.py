@@ -447,3 +447,35 @@ def test_an_updates_keys_are_split_as_each_key_is_judged(keys, two_own):
     verdicts = [(k, rib.policy.rejection_key(k, None)) for k in keys]
     assert list(accepted) == [k for k, why in verdicts if why is None]
     assert rejected == [(k, why) for k, why in verdicts if why is not None]
+
+
+ONE_PEER_OPS = st.lists(st.tuples(st.sampled_from(["announce", "withdraw", "take"]),
+                                  st.sampled_from([P1, A("10.0.0.9")]),
+                                  st.lists(st.sampled_from([N(f"10.244.{i}.0/26") for i in range(2, 8)]),
+                                           max_size=5)),  # repeats within one UPDATE too
+                        max_size=30)
+
+
+@given(ONE_PEER_OPS)
+@settings(max_examples=200)
+def test_one_upstreams_changes_keep_a_consumers_copy_right(ops):
+    """One peer whose every route is accepted (the RIB's in-place shortcut, ``_mirrors``): a
+    consumer applying the changes keeps what the peer last said of each prefix, whatever the
+    repeats, withdrawals of what was never sent, and re-announcements via another next hop."""
+    rib, said = make_rib(), {}
+    view = set(rib.take_changes()[1])
+    for op, nexthop, prefixes in ops:
+        if op == "announce":
+            rib.apply(p.RoutesAnnounced(P2, nexthop, tuple(prefixes)))
+            said.update(dict.fromkeys(prefixes, nexthop))
+        elif op == "withdraw":
+            rib.apply(p.RoutesWithdrawn(P2, tuple(prefixes)))
+            for prefix in prefixes:
+                said.pop(prefix, None)
+        else:
+            removed, added = rib.take_changes()
+            assert view.issuperset(removed) and view.isdisjoint(added)
+            view.difference_update(removed)
+            view.update(added)
+            assert view == {LearnedRoute(k, hop, P2) for k, hop in said.items()}
+    assert rib.best() == {LearnedRoute(k, hop, P2) for k, hop in said.items()}
