@@ -388,17 +388,17 @@ class Agent:
             self.speaker.set_origins_current(_datastore_current(self.state))
         gone, appeared = set(), set()
         if rebuild:
-            changed = self._rebuild(self._read_learned())
+            workloads = self._workloads.reset(self.state)
+            if self.cfg.bgp:  # before the calculation: a block we claimed is not held up by it
+                await self._advertise(cluster.local_blocks(self.state, self.cfg.node))
+            changed = self._rebuild(self._read_learned(), workloads)
         else:
             gone, appeared = self._workloads.update(self.state, changes.get("WorkloadEndpoint", ()))
             removed, added = self._learned_changes() if learned_changed else ((), ())
             changed = self.calc.update(workloads_removed=gone, workloads_added=appeared,
                                        learned_removed=removed, learned_added=added)
-        if self.cfg.bgp and (rebuild or gone or appeared):
-            # Our blocks, and the /32s of local workloads borrowed from others' blocks: those come
-            # and go with pods, so they are set here, not only with the peers (a no-op if unchanged).
-            await self.speaker.set_advertisements(cluster.export_prefixes(
-                self.state, self.cfg.node, self._workloads, own=self.calc.own_blocks))
+            if self.cfg.bgp and (gone or appeared):
+                await self._advertise(self.calc.own_blocks)
         # Until BGP has re-synced after a restart, learned routes we no longer know are kept (the
         # speaker tells us when it is in sync: it notifies, and we come back here, for a full diff).
         full = (rebuild or self._full_apply or not bgp_in_sync
@@ -522,10 +522,19 @@ class Agent:
             return [], []
         return cluster.learned_pairs(self.speaker.learned_change_columns())
 
-    def _rebuild(self, learned: frozenset) -> set:
-        inp = cluster.calc_input(self.state, self.cfg.node, (), bgp=self.cfg.bgp)
-        workloads = self._workloads.reset(self.state)
-        changed = self.calc.rebuild(replace(inp, workloads=workloads, learned=learned))
+    async def _advertise(self, own: frozenset[ipaddress.IPv4Network]) -> None:
+        """Our blocks (``own``: the datastore's, on a rebuild, which has not run the calculation
+        yet; else the calculation's, the same), and the /32s of local workloads borrowed from
+        others' blocks: those come and go with pods, so they are set here, not only with the peers
+        (a no-op if unchanged). Sent before the route apply, as BIRD announces a block from the
+        datastore whatever Felix has written."""
+        await self.speaker.set_advertisements(cluster.export_prefixes(
+            self.state, self.cfg.node, self._workloads, own=own))
+
+    def _rebuild(self, learned: frozenset, workloads: frozenset) -> set:
+        """``workloads``: every local workload, as ``self._workloads.reset`` returned them."""
+        inp = cluster.calc_input(self.state, self.cfg.node, (), bgp=self.cfg.bgp, workloads=workloads)
+        changed = self.calc.rebuild(replace(inp, learned=learned))
         self._desired, self._unroutable = self.calc.desired, self.calc.problems
         return changed
 

@@ -20,7 +20,7 @@ from bgp.peers import BGPGlobal, ExplicitPeer, NodeInfo, explicit_peer, secret_r
 from crds import BGPConfiguration, BGPPeer, FelixConfiguration, IPAMBlock, IPPool, Node, Resource, WorkloadEndpoint
 from crds.duration import parse_duration
 from datastore.syncer import Connection, InSync, Update
-from felix.calc import Block, Borrowed, CalcInput, Host, PoolEncap, RemoteRoute, Workload, in_own_block
+from felix.calc import Block, Borrowed, CalcInput, Host, PoolEncap, RemoteRoute, Workload
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +223,17 @@ def export_prefixes(state: ClusterState, node: str, workloads: Iterable[Workload
     workloads = local_workloads(state, node) if workloads is None else workloads
     pools = [p.spec.network for p in ipv4_pools(state)]
     hidden = [p.spec.network for p in ipv4_pools(state) if p.spec.disable_bgp_export]
-    borrowed = {IPv4Network(w.ip) for w in workloads if w.node == node}
-    borrowed = {n for n in borrowed
-                if not in_own_block(n, own) and any(n.subnet_of(p) for p in pools)}
+    # In integers, one set lookup per block length: ``in_own_block`` and ``subnet_of`` per
+    # workload and block were ~5 ms at 200 pods and 50 blocks, on a new block's way to the peers.
+    own_nets: dict[int, set[int]] = {}
+    for block in own:
+        own_nets.setdefault(block.netmask._ip, set()).add(block.network_address._ip)
+    pool_nets = [(p.netmask._ip, p.network_address._ip) for p in pools]
+    borrowed = set()
+    for address in {w.ip._ip for w in workloads if w.node == node}:
+        if (not any((address & mask) in nets for mask, nets in own_nets.items())
+                and any(address & mask == net for mask, net in pool_nets)):
+            borrowed.add(IPv4Network(address))
     return frozenset(b for b in own | borrowed if not any(b.subnet_of(h) for h in hidden))
 
 
@@ -463,12 +471,15 @@ def _vias(paths: Iterable) -> dict:
     return vias
 
 
-def calc_input(state: ClusterState, node: str, learned: Iterable, *, bgp: bool = True) -> CalcInput:
-    """``learned``: bgp.rib.LearnedRoute values (prefix, nexthop, peer)."""
+def calc_input(state: ClusterState, node: str, learned: Iterable, *, bgp: bool = True,
+               workloads: frozenset[Workload] | None = None) -> CalcInput:
+    """``learned``: bgp.rib.LearnedRoute values (prefix, nexthop, peer); ``workloads``: the
+    ``local_workloads`` of ``state`` when the caller has them already (the agent keeps them)."""
     blocks = frozenset(Block(cidr=b.cidr, node=b.node) for b in state.blocks.values()
                        if b.node and b.cidr.version == 4 and not b.deleted)
+    workloads = local_workloads(state, node) if workloads is None else workloads
     return CalcInput(node=node, pools=pool_cidrs(state), blocks=blocks,
-                     workloads=local_workloads(state, node), learned=remote_routes(learned),
+                     workloads=workloads, learned=remote_routes(learned),
                      encap=pool_encaps(state), hosts=hosts(state), bgp=bgp,
                      borrowed=state.borrowed())
 

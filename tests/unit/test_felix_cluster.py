@@ -391,3 +391,30 @@ def protocol_key(prefix):
     from bgp.protocol import prefix_key
 
     return prefix_key(prefix)
+
+
+def _export_by_subnet_of(state, node, workloads, own):
+    """``export_prefixes`` as the rules read: ``in_own_block`` and ``subnet_of`` per prefix."""
+    from felix.calc import in_own_block
+    pools = [p.spec.network for p in cluster.ipv4_pools(state)]
+    hidden = [p.spec.network for p in cluster.ipv4_pools(state) if p.spec.disable_bgp_export]
+    borrowed = {ipaddress.IPv4Network(w.ip) for w in workloads if w.node == node}
+    borrowed = {n for n in borrowed if not in_own_block(n, own) and any(n.subnet_of(p) for p in pools)}
+    return frozenset(b for b in set(own) | borrowed if not any(b.subnet_of(h) for h in hidden))
+
+
+_ADDRESSES = st.sampled_from(["10.244.0.0", "10.244.1.0", "10.250.0.0", "10.251.3.0", "10.9.0.0"]).flatmap(
+    lambda base: st.integers(0, 255).map(lambda i: ipaddress.ip_address(base) + i))
+
+
+@given(blocks=st.sets(st.tuples(_ADDRESSES, st.sampled_from([24, 26, 30, 32])), max_size=12),
+       pods=st.lists(st.tuples(_ADDRESSES, st.sampled_from(["n1", "n2"])), max_size=40))
+def test_export_prefixes_are_what_subnet_of_says_for_any_blocks_and_workloads(blocks, pods):
+    """The integer membership test ``export_prefixes`` uses gives what ``in_own_block`` and
+    ``subnet_of`` give, with blocks of several lengths, nested ones, and workloads on two nodes
+    inside and outside blocks and pools (the disableBGPExport one included)."""
+    from felix.calc import Workload
+    s = state_of(RESOURCES)
+    own = frozenset(ipaddress.ip_network(f"{a}/{n}", strict=False) for a, n in blocks)
+    workloads = [Workload(ip=a, iface=f"cali{i:011x}", node=n, name=f"ns/p{i}") for i, (a, n) in enumerate(pods)]
+    assert cluster.export_prefixes(s, "n1", workloads, own=own) == _export_by_subnet_of(s, "n1", workloads, own)
