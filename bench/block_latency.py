@@ -8,7 +8,8 @@ moment a watch on IPAMBlocks (in this process, through the same datastore) sees 
 the last other node's kernel announces the route (an RTM_NEWROUTE netlink notification, read by one
 socket per node namespace). The lab is taken down in ``finally``.
 JSON keys: block_p50_ms, block_p99_ms, block_max_ms, blocks, nodes, goal_block_p99_ms (100),
-commit_to_add_return_p50_ms (how long the CNI ADD went on after the commit).
+commit_to_add_return_p50_ms (how long the CNI ADD went on after the commit), load_avg_1m (when
+the last block was timed: a shared machine's other work skews every figure).
 """
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         p.error("needs root (network namespaces)")
     name = f"bl{secrets.token_hex(2)}"
-    samples, after_commit = [], []
+    samples, after_commit, load = [], [], None
     try:
         state = lab.up(name, a.nodes, 0, timeout=180)
         _apply(name, SMALL_POOL)
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 everywhere = routes.wait_all((int(block.network_address), 30), timeout=30)
                 samples.append((everywhere - committed) * 1000)
                 after_commit.append((returned - committed) * 1000)
+            load = os.getloadavg()[0]
         finally:
             blocks.stop.set()
             routes.close()
@@ -163,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
               "block_p50_ms": round(percentile(samples, 50), 1),
               "block_p99_ms": round(percentile(samples, 99), 1),
               "block_max_ms": round(max(samples), 1),
-              "commit_to_add_return_p50_ms": round(percentile(after_commit, 50), 1)}
+              "commit_to_add_return_p50_ms": round(percentile(after_commit, 50), 1),
+              "load_avg_1m": round(load, 2)}
     _plot(result, samples)
     emit(result)
     return 0
