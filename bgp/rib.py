@@ -185,15 +185,16 @@ def _view(key: int, path: _Path) -> LearnedRoute:
     return tuple.__new__(LearnedRoute, (key, path))
 
 
-def _keys(prefixes: Iterable) -> tuple:
+def _keys(prefixes: Iterable) -> tuple[tuple, bool]:
     """``prefixes`` as keys: ints pass, networks are converted, anything else is kept (and
-    counted as malformed by the caller)."""
+    counted as malformed by the caller); and whether they are all ints (checked once here)."""
     if type(prefixes) is not tuple:
         prefixes = tuple(prefixes)
     if protocol.all_ints(prefixes):
-        return prefixes
-    return tuple(k if type(k) is int else protocol.prefix_key(k)
+        return prefixes, True
+    keys = tuple(k if type(k) is int else protocol.prefix_key(k)
                  if isinstance(k, IPv4Network) else k for k in prefixes)
+    return keys, protocol.all_ints(keys)
 
 
 def _key(prefix: IPv4Network | int) -> int:
@@ -373,7 +374,7 @@ class Rib:
                       local_pref: int | None = None, med: int | None = None) -> None:
         """``prefixes`` (keys, or networks) from ``peer`` via ``nexthop``: the hot loop of
         learning (one UPDATE)."""
-        keys = _keys(prefixes)
+        keys, clean = _keys(prefixes)
         self.counters["received"] += len(keys)  # every announcement, accepted or not
         if not (isinstance(peer, IPv4Address) and isinstance(nexthop, IPv4Address)
                 and not nexthop.is_unspecified):
@@ -393,7 +394,7 @@ class Rib:
         path = _Path(peer, nexthop, originator_id, tuple(cluster_list), attributes,
                      rank(local_pref, as_path_len, origin, self._ebgp.get(peer, False)), med or 0,
                      neighbor_as)
-        if not protocol.all_ints(keys):
+        if not clean:
             for bad in [k for k in keys if type(k) is not int]:
                 self._malformed(peer, bad)
             keys = tuple(k for k in keys if type(k) is int)
@@ -509,8 +510,8 @@ class Rib:
         self.withdraw_many(peer, (prefix,))
 
     def withdraw_many(self, peer: IPv4Address, prefixes: Iterable[IPv4Network | int]) -> None:
-        keys = _keys(prefixes)
-        if not protocol.all_ints(keys):  # anything else was never announced
+        keys, clean = _keys(prefixes)
+        if not clean:  # anything else was never announced
             keys = [k for k in keys if type(k) is int]
         peer = self._peer_ids.get(peer, peer)
         fresh, stale = self._fresh.get(peer, {}), self._stale.get(peer)

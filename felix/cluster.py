@@ -452,7 +452,7 @@ def learned_pairs(changes: tuple[tuple[list, list], tuple[list, list]]) -> tuple
     ``bgp.rib.Rib.take_change_columns``'s ((keys, paths), (keys, paths)): each via
     (``RemoteRoute.via``) made once per path and shared by its routes, the pairs made in C."""
     (gone, old), (came, new) = changes
-    via = _vias([*old, *new]).__getitem__
+    via = _vias(set(old).union(new)).__getitem__
     return list(zip(gone, map(via, old))), list(zip(came, map(via, new)))
 
 
@@ -462,7 +462,7 @@ def _vias(paths: Iterable) -> dict:
     of the announcements, so a burst's paths are interleaved: not runs."""
     names: dict[int, str] = {}  # by the address's integer: its own hash is Python code too
     vias = {}
-    for path in set(paths):
+    for path in paths if isinstance(paths, set) else set(paths):
         peer = path.peer
         source = names.get(peer._ip)
         if source is None:
