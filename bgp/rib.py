@@ -448,9 +448,12 @@ class Rib:
         if rejected:
             counters, hold, held, held_max = self.counters, self.origin_hold, self._held, self.held_max
             due = self._clock() + hold
-            for key, reason in rejected:
+            holding: set[int] = set()  # a prefix twice in one UPDATE is held (and counted) once,
+            for key, reason in rejected:  # as when its second announcement replaces the first
                 if hold > 0 and reason in ORIGIN_REASONS and len(held) < held_max:
-                    held.append((due, path.peer, key, path))
+                    if key not in holding:
+                        holding.add(key)
+                        held.append((due, path.peer, key, path))
                 else:
                     counters[reason] += 1
                 log.debug("route rejected by import policy", extra={
