@@ -58,6 +58,7 @@ operations = st.lists(st.one_of(
 def make(clock: Clock, limit: int | None) -> Rib:
     rib = Rib(clock=clock, origin_hold=10.0)
     rib.set_import_filter(frozenset({POOL}), frozenset({OWN}))
+    rib.track_dirty(True)  # as a route reflector does
     for peer in PEERS:
         rib.set_restart_time(peer, 30)
         rib.set_max_prefixes(peer, limit)
@@ -70,8 +71,12 @@ def replay(ops, limit: int | None) -> None:
     views = [set(whole.take_changes()[1]), set(single.take_changes()[1])]
 
     def both(do) -> None:
-        do(whole, True)
-        do(single, False)
+        for rib, bulk in ((whole, True), (single, False)):
+            before = dict(rib.best_routes())  # {key: path}
+            do(rib, bulk)
+            after = dict(rib.best_routes())
+            moved = {k for k in before.keys() | after.keys() if before.get(k) is not after.get(k)}
+            assert set(map(p.key_network, moved)) <= rib.take_dirty(), "the reflector is told"
 
     for op in ops:
         match op:
