@@ -4,7 +4,8 @@ the per-route path: each UPDATE given whole must leave the RIB as the same UPDAT
 at a time would, whatever the mix. The UPDATEs mix the rare cases: a prefix twice, a default
 route, a prefix outside every pool, an aggregate, our own block and a more-specific of it, a
 borrowed /32 (inside our block or another node's), origin validation on and off (held routes),
-graceful restart (stale routes re-announced in bulk), peers going down, pools changing."""
+graceful restart (stale routes re-announced in bulk), peers going down, pools changing, routes
+through a reflector (ORIGINATOR_ID as the origin) and reflection loops."""
 from __future__ import annotations
 
 from ipaddress import IPv4Address as A, IPv4Network as N
@@ -41,10 +42,14 @@ class Clock:
         return self.now
 
 
+ROUTER_ID, CLUSTER_ID = A("10.0.0.7"), A("244.0.0.1")
 keys = st.lists(st.sampled_from(PREFIXES), min_size=1, max_size=8)  # repeats: a prefix twice
+# Through a reflector (the origin is the ORIGINATOR_ID), or looped back to us (dropped).
+reflected = st.sampled_from([(None, ()), (PEERS[0], (A("244.0.0.2"),)), (PEERS[2], (A("244.0.0.2"),)),
+                             (ROUTER_ID, ()), (PEERS[1], (CLUSTER_ID,))])
 operations = st.lists(st.one_of(
     st.tuples(st.just("announce"), st.sampled_from(PEERS), st.sampled_from(PEERS), keys),
-    st.tuples(st.just("announce"), st.sampled_from(PEERS), st.sampled_from(PEERS), keys),
+    st.tuples(st.just("announce"), st.sampled_from(PEERS), st.sampled_from(PEERS), keys, reflected),
     st.tuples(st.just("withdraw"), st.sampled_from(PEERS), keys),
     st.tuples(st.just("down"), st.sampled_from(PEERS)),
     st.tuples(st.just("eor"), st.sampled_from(PEERS)),
@@ -56,7 +61,8 @@ operations = st.lists(st.one_of(
 
 
 def make(clock: Clock, limit: int | None) -> Rib:
-    rib = Rib(clock=clock, origin_hold=10.0)
+    rib = Rib(clock=clock, origin_hold=10.0, router_id=ROUTER_ID)
+    rib.set_cluster_id(CLUSTER_ID)
     rib.set_import_filter(frozenset({POOL}), frozenset({OWN}))
     rib.track_dirty(True)  # as a route reflector does
     for peer in PEERS:
@@ -80,10 +86,10 @@ def replay(ops, limit: int | None) -> None:
 
     for op in ops:
         match op:
-            case ("announce", peer, nexthop, ps):
-                def do(rib, bulk, peer=peer, nexthop=nexthop, ps=ps):
+            case ("announce", peer, nexthop, ps, *via):
+                def do(rib, bulk, peer=peer, nexthop=nexthop, ps=ps, via=(via or [(None, ())])[0]):
                     for part in [ps] if bulk else [[x] for x in ps]:
-                        rib.apply(p.RoutesAnnounced(peer, nexthop, tuple(map(p.prefix_key, part))))
+                        rib.apply(p.RoutesAnnounced(peer, nexthop, tuple(map(p.prefix_key, part)), *via))
             case ("withdraw", peer, ps):
                 def do(rib, bulk, peer=peer, ps=ps):
                     for part in [ps] if bulk else [[x] for x in ps]:

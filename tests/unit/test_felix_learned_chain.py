@@ -49,8 +49,9 @@ def test_learned_changes_applied_in_bulk_give_the_calculation_of_the_whole_rib(s
             continue
         for op in arg:  # a burst: many RIB events, then one calculation update
             match op:
-                case ("announce", peer, nexthop, ps):
-                    rib.apply(p.RoutesAnnounced(peer, nexthop, tuple(map(p.prefix_key, ps))))
+                case ("announce", peer, nexthop, ps, *via):
+                    rib.apply(p.RoutesAnnounced(peer, nexthop, tuple(map(p.prefix_key, ps)),
+                                                *(via or [(None, ())])[0]))
                 case ("withdraw", peer, ps):
                     rib.apply(p.RoutesWithdrawn(peer, tuple(map(p.prefix_key, ps))))
                 case ("down", peer):
