@@ -71,6 +71,13 @@ def make(clock: Clock, limit: int | None) -> Rib:
     return rib
 
 
+def recomputed(rib: Rib) -> dict:
+    """{key: best path} chosen from scratch, one prefix at a time, from the Adj-RIB-In (every
+    peer's fresh and stale paths) by the per-route selection (``_candidate``)."""
+    held = {k for paths in (*rib._fresh.values(), *rib._stale.values()) for k in paths}
+    return {k: path for k in held if (path := rib._candidate(k, None)[0]) is not None}
+
+
 def replay(ops, limit: int | None) -> None:
     clock = Clock()
     whole, single = make(clock, limit), make(clock, limit)
@@ -83,6 +90,7 @@ def replay(ops, limit: int | None) -> None:
             after = dict(rib.best_routes())
             moved = {k for k in before.keys() | after.keys() if before.get(k) is not after.get(k)}
             assert set(map(p.key_network, moved)) <= rib.take_dirty(), "the reflector is told"
+            assert after == recomputed(rib), "the incremental best paths are a full recomputation's"
 
     for op in ops:
         match op:
