@@ -373,6 +373,11 @@ class Agent:
             self._origins.update(self.state, changes)
         if cluster.IN_SYNC in changes or "FelixConfiguration" in changes:
             self._report_unhonoured()
+        if self.cfg.bgp and self.speaker is not None and "IPAMBlock" in changes:
+            # A block we claimed goes out first: what configure does (peers, tunnels, NAT) and
+            # the calculation change nothing we announce, and took ~10 ms of the claiming node's
+            # reconcile (its CNI ADD runs meanwhile). New peers get everything once up anyway.
+            await self._advertise(cluster.local_blocks(self.state, self.cfg.node))
         rebuild = not self._calc_ready or bool(changes.keys() - {"WorkloadEndpoint"})
         self._calc_ready = False  # until this reconcile succeeds: a failed one leaves a rebuild
         configure = (rebuild or bool(causes & {"retry", "resync"}) or bool(self._encap_problems)
@@ -389,7 +394,7 @@ class Agent:
         gone, appeared = set(), set()
         if rebuild:
             workloads = self._workloads.reset(self.state)
-            if self.cfg.bgp:  # before the calculation: a block we claimed is not held up by it
+            if self.cfg.bgp:  # before the calculation, which changes nothing we announce
                 await self._advertise(cluster.local_blocks(self.state, self.cfg.node))
             changed = self._rebuild(self._read_learned(), workloads)
         else:
@@ -523,10 +528,10 @@ class Agent:
         return cluster.learned_pairs(self.speaker.learned_change_columns())
 
     async def _advertise(self, own: frozenset[ipaddress.IPv4Network]) -> None:
-        """Our blocks (``own``: the datastore's, on a rebuild, which has not run the calculation
-        yet; else the calculation's, the same), and the /32s of local workloads borrowed from
-        others' blocks: those come and go with pods, so they are set here, not only with the peers
-        (a no-op if unchanged). Sent before the route apply, as BIRD announces a block from the
+        """Our blocks (``own``: the datastore's before a rebuild's calculation, else the
+        calculation's, the same set), and the /32s of local workloads borrowed from others'
+        blocks: those come and go with pods, so they are set here, not only with the peers (a
+        no-op if unchanged). Sent before the route apply, as BIRD announces a block from the
         datastore whatever Felix has written."""
         await self.speaker.set_advertisements(cluster.export_prefixes(
             self.state, self.cfg.node, self._workloads, own=own))
