@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bgp import protocol as p
 from felix import cluster
-from felix.calc import Block, CalcInput, RouteCalc, Workload, desired_routes
+from felix.calc import ALWAYS, Block, CalcInput, PoolEncap, RouteCalc, Workload, desired_routes
 from tests.unit.test_bgp_rib_bulk import ORIGINS, OWN, PEERS, POOL, POOL2, Clock, make, operations
 
 WORKLOADS = [Workload(A("10.244.2.5"), "cali0000000001", "n1", "borrowed"),  # in n2's block
@@ -28,6 +28,8 @@ BASE = CalcInput(node="n1", pools=frozenset({POOL, POOL2}),
 steps = st.lists(st.one_of(
     operations.map(lambda ops: ("rib", ops)),
     st.tuples(st.just("workloads"), st.sets(st.sampled_from(WORKLOADS))),
+    # the pools changed: the agent starts again (the second pool IPIP Always or not)
+    st.tuples(st.just("rebuild"), st.booleans(), st.booleans()),
 ), max_size=8)
 
 
@@ -36,10 +38,18 @@ steps = st.lists(st.one_of(
 def test_learned_changes_applied_in_bulk_give_the_calculation_of_the_whole_rib(steps):
     clock = Clock()
     rib = make(clock, None)
-    calc, workloads = RouteCalc(), frozenset()
-    calc.rebuild(replace(BASE, learned=cluster.remote_routes(rib.best())))
+    calc, workloads, base = RouteCalc(), frozenset(), BASE
+    calc.rebuild(replace(base, learned=cluster.remote_routes(rib.best())))
     rib.take_change_columns()
-    for kind, arg in steps:
+    for kind, *arg in steps:
+        arg = arg if kind == "rebuild" else arg[0]
+        if kind == "rebuild":  # as the agent's rebuild: the change record starts again here
+            wide, ipip = arg
+            base = replace(BASE, pools=frozenset({POOL, POOL2} if wide else {POOL}),
+                           encap=frozenset({PoolEncap(POOL2, ipip=ALWAYS)} if ipip else ()))
+            rib.take_change_columns()
+            calc.rebuild(replace(base, workloads=workloads, learned=cluster.remote_routes(rib.best())))
+            continue
         if kind == "workloads":
             gone, came = workloads - arg, arg - workloads
             workloads = frozenset(arg)
@@ -70,8 +80,9 @@ def test_learned_changes_applied_in_bulk_give_the_calculation_of_the_whole_rib(s
         before = dict(calc.desired)
         removed, added = cluster.learned_pairs(rib.take_change_columns())
         changed = calc.update(learned_removed=removed, learned_added=added)
-        want = desired_routes(replace(BASE, workloads=workloads,
+        want = desired_routes(replace(base, workloads=workloads,
                                       learned=cluster.remote_routes(rib.best())))
         assert dict(calc.desired) == dict(want)
+        assert sorted(calc.desired.routes(list(want)), key=lambda r: r.key) == list(want.values())
         assert changed == {k for k in before.keys() | want.keys() if before.get(k) != want.get(k)}
     assert calc.learned_count == sum(1 for r in calc.desired.values() if r.reason.startswith("learned"))
