@@ -622,6 +622,9 @@ class Rib:
         peer = self._peer_ids.get(peer, peer)
         fresh, stale = self._fresh.pop(peer, {}), self._stale.pop(peer, {})
         self._deadlines.pop(peer, None)
+        if any(entry[1] == peer for entry in self._held):  # held routes go with the peer's routes:
+            # skipped when due anyway, but until then they took room under held_max
+            self._held = deque(entry for entry in self._held if entry[1] != peer)
         if not keep_ids:
             self._peer_ids.pop(peer, None)
         self._rechoose(fresh)

@@ -337,3 +337,23 @@ def test_a_peer_churning_rejected_prefixes_cannot_grow_the_origin_hold_without_b
     assert len(rib._held) == 100
     assert counted(rib)["rejected_origin_unknown"] == 400  # the held ones were withdrawn: not counted
     assert rib.next_deadline() is None
+
+
+@pytest.mark.parametrize("gone", ["non-graceful down", "removed"])
+def test_a_peer_whose_routes_are_forgotten_leaves_no_held_route_taking_the_cap(gone):
+    """The held routes of a peer whose routes are dropped (a session ended without graceful
+    restart, or a peer no longer configured) are gone with them: they would be skipped when due,
+    but meanwhile they kept a deadline and took room under ``held_max``, so another peer's routes
+    ahead of their blocks were counted at once instead of held."""
+    rib = Rib(clock=Clock(), router_id=ME, held_max=10)
+    rib.set_import_filter(frozenset({POOL}), frozenset({MY_BLOCK}))
+    rib.set_origins({MY_BLOCK: ME}, {})
+    rib.announce_many(ROGUE, ROGUE, [N(f"10.244.200.{i}/32") for i in range(10)])
+    assert len(rib._held) == 10
+    if gone == "removed":
+        rib.remove_peer(ROGUE)
+    else:
+        rib.peer_down(ROGUE, graceful=False)
+    assert not rib._held and rib.next_deadline() is None
+    rib.announce_many(OWNER, OWNER, [N(f"10.244.201.{i}/32") for i in range(10)])
+    assert len(rib._held) == 10 and rib.counters["rejected_origin_unknown"] == 0  # held, not counted
