@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from bench.bgp_convergence import (_EVENT, CLK_TCK, Procs, _dst, cpu_s, exabgp_pid, hwm_mb,
+from bench.bgp_convergence import (_EVENT_HEAD, CLK_TCK, Procs, _dst, cpu_s, exabgp_pid, hwm_mb,
                                    start_etcd_in, stat_fields, wait)
 from bench.common import emit, step_figure
 
@@ -317,7 +317,7 @@ class KernelWatch:
 
     def __init__(self, namespaces: list[str], proto: int) -> None:
         self.namespaces, self.proto = namespaces, proto
-        self.dsts: list[set[bytes]] = [set() for _ in namespaces]
+        self.dsts: list[set[int]] = [set() for _ in namespaces]  # destination << 8 | length
         self.lossy: set[int] = set()
         self.series: list[tuple[float, int]] = []
         self.changed = threading.Condition()
@@ -369,11 +369,11 @@ class KernelWatch:
     def _apply(self, i: int, buf: bytes) -> bool:
         off, size, touched = 0, len(buf), False
         while off + 28 <= size:
-            length, mtype, dst_len, table, proto = _EVENT.unpack_from(buf, off)
+            length, mtype, dst_len, table, proto = _EVENT_HEAD.unpack_from(buf, off)
             if length < 16:
                 break
             if mtype in (24, 25) and table == 254 and proto == self.proto:
-                key = _dst(buf, off + 28, off + length) + bytes([dst_len])
+                key = _dst(buf, off + 28, off + length) << 8 | dst_len
                 (self.dsts[i].add if mtype == 24 else self.dsts[i].discard)(key)
                 touched = True
             off += (length + 3) & ~3
@@ -383,6 +383,8 @@ class KernelWatch:
         """Seconds from t0 until every namespace held exactly its count (dumps agree)."""
         deadline = t0 + TIMEOUT
         while time.monotonic() < deadline:
+            if not self.thread.is_alive():  # its traceback is on stderr: no point waiting on
+                raise SystemExit("the route notification reader stopped (see the error above)")
             with self.changed:
                 self.changed.wait(0.05)
                 seen = [len(d) for d in self.dsts]
@@ -395,7 +397,8 @@ class KernelWatch:
             elif seen == want and self.counts() == want:
                 self.series.append((when, sum(want)))
                 return when - t0
-        raise SystemExit(f"clients' kernels: {self.counts()}, not {want}, after {TIMEOUT:.0f}s")
+        raise SystemExit(f"clients' kernels: {self.counts()}, not {want}, after {TIMEOUT:.0f}s "
+                         f"(route notifications counted {seen})")
 
     def counts(self) -> list[int]:
         from felix import rtnl
