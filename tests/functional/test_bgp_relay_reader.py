@@ -48,6 +48,15 @@ async def _take_all(reader: RelayReader, size: int) -> bytes:
     return bytes(got)
 
 
+def _started(lt: LoopThread, ours: socket.socket, cap: int, name: str) -> RelayReader:
+    """A reader of ``ours`` made on ``lt``'s loop (it binds to the running loop) and started."""
+    async def make() -> RelayReader:
+        return RelayReader(ours, cap=cap, name=name)
+    reader = lt.run(make())
+    lt.call(reader.start)
+    return reader
+
+
 def _stop(lt: LoopThread, reader: RelayReader) -> None:
     async def stop() -> None:
         reader.stop()
@@ -59,10 +68,7 @@ def test_the_relay_is_drained_while_the_loop_is_busy(loop_thread: LoopThread):
     lt = loop_thread
     ours, relay = _pair()
     try:
-        async def make() -> RelayReader:
-            return RelayReader(ours, cap=64 * 2**20, name="test-relay-read")
-        reader = lt.run(make())
-        lt.call(reader.start)
+        reader = _started(lt, ours, 64 * 2**20, "test-relay-read")
         payload = bytes(range(256)) * (BURST // 256)
         _, release = _block_loop(lt)
         try:
@@ -85,10 +91,7 @@ def test_the_reader_holds_at_most_its_cap_then_pushes_back(loop_thread: LoopThre
     ours, relay = _pair()
     cap = 2**20
     try:
-        async def make() -> RelayReader:
-            return RelayReader(ours, cap=cap, name="test-relay-read")
-        reader = lt.run(make())
-        lt.call(reader.start)
+        reader = _started(lt, ours, cap, "test-relay-read")
         payload = bytes(range(251)) * (BURST // 251)
         _, release = _block_loop(lt)
         sent = 0
@@ -122,10 +125,7 @@ def test_stop_ends_the_thread_without_eof(loop_thread: LoopThread):
     lt = loop_thread
     ours, relay = _pair()
     try:
-        async def make() -> RelayReader:
-            return RelayReader(ours, cap=2**20, name="test-relay-read-stop")
-        reader = lt.run(make())
-        lt.call(reader.start)
+        reader = _started(lt, ours, 2**20, "test-relay-read-stop")
         relay.sendall(b"done\n")
         assert lt.run(reader.take()) == b"done\n"
         _stop(lt, reader)
@@ -140,10 +140,7 @@ def test_lines_are_whole_and_a_line_over_the_limit_is_an_error(loop_thread: Loop
     lt = loop_thread
     ours, relay = _pair()
     try:
-        async def make() -> RelayReader:
-            return RelayReader(ours, cap=2**20, name="test-relay-read-lines")
-        reader = lt.run(make())
-        lt.call(reader.start)
+        reader = _started(lt, ours, 2**20, "test-relay-read-lines")
         relay.sendall(b'{"type": ')
         relay.sendall(b'"state"}\ndone\n' + b"x" * 100)
         got: list[bytes] = []
