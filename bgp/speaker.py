@@ -69,7 +69,8 @@ RELAY_CONNECT_TIMEOUT = 10.0
 # reason reported is the real cause (the supervisor's "exabgp exited") and not its echo.
 CHILD_EXIT_GRACE = 0.5
 # While a passive session is down, how often the kernel's TCP MD5 drop counters are read (the
-# baseline of a session's drops is the first sample after its last state change).
+# baseline of a session's drops is the sample taken when its state changed). No session of the
+# kind down: no timer at all.
 MD5_SAMPLE_INTERVAL = 2.0
 
 
@@ -152,7 +153,6 @@ class Speaker:
         self._acceptor = asyncio.create_task(self._accept(listener), name=f"bgp-accept-{self._node}")
         self._run(self._core.start(time.monotonic()))
         await self._spawn()
-        self._arm_md5_sampling()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"bgp-supervise-{self._node}")
 
     async def set_peers(self, peers: frozenset[PeerSpec],
@@ -250,12 +250,20 @@ class Speaker:
         if self._core.md5_wanted and not self._stopping:
             self._core.md5_counters(_md5_counts(self.child_pid))
 
-    def _arm_md5_sampling(self) -> None:
+    def _follow_md5(self) -> None:
+        """After a change the core notified: sample at once if a passive session is down (its
+        baseline), and keep sampling every MD5_SAMPLE_INTERVAL until none is."""
+        if "md5" in self._timers or not self._core.md5_wanted:
+            return
+
         def tick() -> None:
             self._sample_md5()
-            self._timers["md5"] = asyncio.get_running_loop().call_later(MD5_SAMPLE_INTERVAL, tick)
+            if self._core.md5_wanted and not self._stopping:
+                self._timers["md5"] = asyncio.get_running_loop().call_later(MD5_SAMPLE_INTERVAL, tick)
+            else:
+                self._timers.pop("md5", None)
 
-        self._cancel_timer("md5")
+        self._sample_md5()
         self._timers["md5"] = asyncio.get_running_loop().call_later(MD5_SAMPLE_INTERVAL, tick)
 
     def counters(self) -> dict[str, int]:
@@ -351,6 +359,7 @@ class Speaker:
                         self._restart_child(self._proc, reason)
                 case effects.Notify():
                     self._notify()
+                    self._follow_md5()
                 case effects.Log(level, message, fields):
                     getattr(log, level)(message, extra={"node": self._node, **fields})
                 case _:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from bgp.peers import PeerSpec
-from bgp.speaker import Speaker
+from bgp.speaker import MD5_SAMPLE_INTERVAL, Speaker
 from felix.agent import _peer_dict
 from felix.status import StatusServer
 from tests.functional.agent_node import BIN
@@ -179,11 +179,15 @@ def test_passive_side_shows_md5_drops_of_a_wrong_password(link, procs, loop_thre
         row = wait_for(lambda: reason in (r := _row(node_status(speaker))) and r, REASON_WINDOW,
                        what="node status giving the MD5 drops as the reason")
         assert not _established(lt, speaker)
+        assert lt.call(lambda: "md5" in speaker._timers), "the counters are sampled while it is down"
         assert re.search(r"\| Idle Passive: TCP MD5 dropped \d+ incoming segments? signed with another "
                          r"password \(check the BGP password\) \|$", row), row
         lt.run(speaker.set_peers(frozenset({_passive_peer("wrong")})))  # now matching: it comes up
         wait_for(lambda: _established(lt, speaker), NEVER_WINDOW, what="session up with BIRD's password")
         assert "| up |" in _row(node_status(speaker)) and "Established" in _row(node_status(speaker))
+        # every session up: the speaker stops reading the counters (a quiet agent wakes for nothing)
+        wait_for(lambda: lt.call(lambda: "md5" not in speaker._timers), 3 * MD5_SAMPLE_INTERVAL,
+                 what="the MD5 counter sampling to stop")
     finally:
         lt.run(speaker.stop())
 
