@@ -17,6 +17,17 @@ stopping for a restart never uses teardown: ExaBGP's own shutdown (SIGTERM) clos
 without a NOTIFICATION, whatever was negotiated, so graceful restart keeps working for those. A
 node leaving for good uses teardown (Administrative Shutdown), and wants the Cease.
 
+A peer torn down through the API stays down for ``TEARDOWN_HOLD`` seconds: ExaBGP's teardown
+keeps the neighbor configured and resets its connect backoff, so it connected again within
+~15 ms of its Cease, and that new session was then closed without a NOTIFICATION by the reload
+that removes the neighbor (which follows the Cease's ``down``), so the peer saw a Cease, a new
+session and a silent close. Every teardown the agent sends is followed by that peer's removal
+(a de-configured peer, a max-prefix hold-down, a stop for good), so while held the peer does not
+connect out, and an incoming connection from it is refused with a Cease (Peer De-configured, as
+ExaBGP refuses an address with no neighbor); a reload that changes the neighbor ends the hold
+(the agent wants it again, as it was before), and so does the end of the hold time, should no
+reload come.
+
 Why a session is not up (``node status``, as BIRD's ``Active  Socket: Connection refused``):
 ExaBGP 5.0.15 takes a refused connect for an established one (its ``tcp.ready`` reads and so
 clears ``SO_ERROR``, then finds the socket writable), fails on the OPEN it writes, and tells the
@@ -40,6 +51,10 @@ import sys
 
 PINNED_EXABGP = "5.0.15"
 CONNECT_SYN_RETRIES = 3  # SYNs sent at 0, 1, 3 and 7 s; ETIMEDOUT at ~15 s
+# How long a peer torn down through the API stays down, waiting for the reload that removes it:
+# the agent reloads at most ~1 s after the Cease's ``down`` (debounce), or 3 s after a Cease
+# whose ``down`` never came (speaker_core.CEASE_TIMEOUT); the rest is room for a loaded machine.
+TEARDOWN_HOLD = 10.0
 
 
 def _pinned(version: str, left: str) -> bool:
@@ -52,18 +67,45 @@ def _pinned(version: str, left: str) -> bool:
 
 
 def _cease_on_teardown() -> None:
-    from exabgp.reactor.peer import Peer
+    import time
+    import uuid
+
+    from exabgp.reactor.peer import ACTION, Peer
     from exabgp.version import version
 
-    if not _pinned(version, "teardown left as it is (a removed peer may keep our routes as stale)"):
+    if not _pinned(version, "teardown left as it is (a removed peer may keep our routes as stale, "
+                            "and connects again before it is removed)"):
         return
-    original = Peer.teardown
+    original, original_run = Peer.teardown, Peer.run
+    original_connection, original_reestablish = Peer.handle_connection, Peer.reestablish
+
+    def held(peer) -> bool:
+        return time.monotonic() < getattr(peer, "_pycalico_held_until", 0.0)
 
     def teardown(self, code, restart=True):
         self.neighbor["capability"]["graceful-restart"] = False  # the peer is being removed
         original(self, code, restart)
+        self._pycalico_held_until = time.monotonic() + TEARDOWN_HOLD
 
-    Peer.teardown = teardown
+    def run(self):
+        if self.generator is None and self.proto is None and self._restart and held(self):
+            return ACTION.LATER  # no new connection: the reload that removes it is coming
+        return original_run(self)
+
+    def handle_connection(self, connection):
+        if not held(self):
+            return original_connection(self, connection)
+        self.reactor.asynchronous.schedule(
+            str(uuid.uuid1()), "sending notification (6,3)",
+            connection.notification(6, 3, "no session configured for the peer"))
+        return True  # refused (the listener only logs it)
+
+    def reestablish(self, restart_neighbor=None):
+        self._pycalico_held_until = 0.0  # a changed neighbor: the agent wants the peer
+        original_reestablish(self, restart_neighbor)
+
+    Peer.teardown, Peer.run = teardown, run
+    Peer.handle_connection, Peer.reestablish = handle_connection, reestablish
 
 
 def _socket_errors_reported() -> None:

@@ -208,6 +208,12 @@ def test_bird_drops_our_routes_when_we_remove_the_peer(netns, procs, loop_thread
         assert GR_ACTIVE not in bird.protocol()
     finally:
         lt.run(speaker.stop())
+    # ExaBGP gone, BIRD's log is the whole story: the Cease ended the last session. ExaBGP used
+    # to connect again right after its Cease, and the reload removing BIRD closed that session
+    # without a NOTIFICATION.
+    log = bird.log.read_text()
+    assert "Received: Peer de-configured" in log, log
+    assert "BGP session established" not in log.split("Received: Peer de-configured", 1)[1], log
 
 
 def test_bird_drops_our_routes_when_we_stop_for_good(netns, procs, loop_thread, tmp_path):
