@@ -354,7 +354,10 @@ class KernelWatch:
 
     def __init__(self, ns: str, proto: int) -> None:
         self.ns, self.proto = ns, proto
-        self.dsts: set[int] = set()  # rtnl.route_key of each destination
+        # ``length << 32 | address`` of each destination (felix.rtnl.route_key's layout, the
+        # address in the byte order the kernel sends: only counted, so never converted): the
+        # address in the low bits, which the set indexes by
+        self.dsts: set[int] = set()
         self.series: list[tuple[float, int]] = []
         self.state = (0, time.monotonic())  # (len(dsts), when it last changed)
         self.lossy = False
@@ -406,10 +409,10 @@ class KernelWatch:
                 # one route with RTA_DST at its usual place (after RTA_TABLE): the common case
                 if table == 254 and rproto == proto:
                     if mtype == 24:
-                        add(dst << 8 | dst_len)
+                        add(dst_len << 32 | dst)
                         touched = True
                     elif mtype == 25:
-                        discard(dst << 8 | dst_len)
+                        discard(dst_len << 32 | dst)
                         touched = True
             else:
                 self.walked += 1
@@ -428,7 +431,7 @@ class KernelWatch:
             if length < 16:
                 break
             if mtype in (24, 25) and table == 254 and proto == self.proto:
-                key = _dst(buf, off + 28, off + length) << 8 | dst_len
+                key = dst_len << 32 | _dst(buf, off + 28, off + length)
                 (self.dsts.add if mtype == 24 else self.dsts.discard)(key)
                 touched = True
             off += (length + 3) & ~3

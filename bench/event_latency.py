@@ -184,12 +184,13 @@ def iface(i: int) -> str:
 def one_event(ds, watcher: RouteWatcher, i: int, gap_ms: float) -> tuple[float, float]:
     """(ms from the write to the route, ms until etcd acknowledged the write)."""
     from crds import load
+    from felix.calc import dst_key
 
     wep = load({"apiVersion": V3, "kind": "WorkloadEndpoint",
                 "metadata": {"name": f"{NODE}-k8s-pod{i}-eth0", "namespace": "default"},
                 "spec": {"node": NODE, "pod": f"pod{i}", "interfaceName": iface(i),
                          "ipNetworks": [f"{workload_ip(i)}/32"]}})
-    dst = int(workload_ip(i)) << 8 | 32
+    dst = dst_key(f"{workload_ip(i)}/32")
     t0 = time.perf_counter()
     ds.create(wep)
     written = time.perf_counter()

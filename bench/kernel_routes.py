@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from ipaddress import IPv4Address
 
 from bench.common import emit, save_figure
-from felix.calc import DesiredRoute, key_text
+from felix.calc import DesiredRoute, key_text, network_key
 from felix.dataplane import PROTO, RouteTable
 
 BASE = int(IPv4Address("100.64.0.0"))
@@ -82,7 +82,7 @@ def desired_routes(count: int) -> dict[int, DesiredRoute]:
     """By ``felix.calc.dst_key``, as ``RouteCalc.desired`` is."""
     routes = {}
     for i in range(count):
-        dst = (BASE + 4 * i) << 8 | 30
+        dst = network_key(BASE + 4 * i, 30)
         kind = i % 4
         if kind == 0:
             route = DesiredRoute(dst, "blackhole", None, None, "universe", "bench")

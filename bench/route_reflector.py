@@ -317,7 +317,7 @@ class KernelWatch:
 
     def __init__(self, namespaces: list[str], proto: int) -> None:
         self.namespaces, self.proto = namespaces, proto
-        self.dsts: list[set[int]] = [set() for _ in namespaces]  # destination << 8 | length
+        self.dsts: list[set[int]] = [set() for _ in namespaces]  # length << 32 | address (as bgp_convergence)
         self.lossy: set[int] = set()
         self.series: list[tuple[float, int]] = []
         self.changed = threading.Condition()
@@ -373,7 +373,7 @@ class KernelWatch:
             if length < 16:
                 break
             if mtype in (24, 25) and table == 254 and proto == self.proto:
-                key = _dst(buf, off + 28, off + length) << 8 | dst_len
+                key = dst_len << 32 | _dst(buf, off + 28, off + length)
                 (self.dsts[i].add if mtype == 24 else self.dsts[i].discard)(key)
                 touched = True
             off += (length + 3) & ~3

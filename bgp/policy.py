@@ -53,6 +53,8 @@ from ipaddress import IPv4Address, IPv4Network
 from itertools import repeat
 from operator import and_, rshift
 
+from bgp.protocol import ADDRESS_MASK, LENGTH_SHIFT, key_of
+
 DEFAULT_LOCAL_PREF = 100
 
 
@@ -105,7 +107,7 @@ class ImportPolicy:
         # Own blocks by prefix length: {length: {network >> (32 - length)}}, for ``_all_accepted``.
         self._own_tops: dict[int, frozenset[int]] = {}
         # Origins as integers (an IPv4Address compare or hash is Python code; this is per route):
-        # {address << 8 | length: owner}, {address: holder}; None: origin validation off.
+        # {prefix key (protocol.prefix_key): owner}, {address: holder}; None: validation off.
         self._blocks: dict[int, int] | None = None
         self._block_lengths: tuple[int, ...] = ()
         self._length_counts: Counter[int] = Counter()  # blocks per prefix length
@@ -190,12 +192,12 @@ class ImportPolicy:
         return self.rejection_key(_key(prefix), origin)
 
     def rejection_key(self, key: int, origin: int | None) -> str | None:
-        """``rejection`` of a prefix key (``address << 8 | length``) from the node whose address
+        """``rejection`` of a prefix key (``protocol.prefix_key``) from the node whose address
         is the integer ``origin``: the RIB's form, per learned route (no ipaddress object)."""
-        length = key & 0xFF
+        length = key >> LENGTH_SHIFT
         if length == 0:
             return "rejected_default_route"
-        address = key >> 8
+        address = key & ADDRESS_MASK
         if not _inside(address, length, self._pool_bits):
             return "rejected_outside_pools"
         blocks = self._blocks
@@ -213,7 +215,7 @@ class ImportPolicy:
         for block_len in self._block_lengths:
             if block_len < length:
                 base = address >> (32 - block_len) << (32 - block_len)
-                if base << 8 | block_len in blocks:
+                if key_of(base, block_len) in blocks:
                     return "rejected_origin_mismatch"
         return "rejected_origin_unknown"
 
@@ -228,11 +230,12 @@ class ImportPolicy:
             if self._all_accepted(keys):
                 return keys, []
             (pool, pool_len), shift = self._pool_bits[0], 32 - self._pool_bits[0][1]
-            low = max(pool_len, 1)  # a key's length: inside the pool, never a default route
-            inside = [k for k in keys if (k >> 8 ^ pool) >> shift == 0 and k & 0xFF >= low]
+            # a key's length (its high bits): inside the pool, never a default route
+            low, mask = max(pool_len, 1) << LENGTH_SHIFT, ADDRESS_MASK
+            inside = [k for k in keys if (k & mask ^ pool) >> shift == 0 and k >= low]
             if self._own_bits and inside:
                 own = self._own_bits
-                inside = [k for k in inside if not _inside(k >> 8, k & 0xFF, own)]
+                inside = [k for k in inside if not _inside(k & mask, k >> LENGTH_SHIFT, own)]
             if len(inside) == len(keys):
                 return keys, []
             taken = set(inside)
@@ -256,16 +259,23 @@ class ImportPolicy:
         if not keys:
             return True
         (pool, pool_len), = self._pool_bits
-        if min(keys) < pool << 8 or max(keys) >= (pool + (1 << (32 - pool_len))) << 8:
+        shortest, longest = min(keys), max(keys)  # by length: a key's high bits
+        if shortest >> LENGTH_SHIFT < max(pool_len, 1):
             return False
-        if min(map(and_, keys, repeat(0xFF))) < max(pool_len, 1):
+        if shortest >> LENGTH_SHIFT == longest >> LENGTH_SHIFT:  # one length: min, max by address
+            low, high = shortest & ADDRESS_MASK, longest & ADDRESS_MASK
+        else:
+            addresses = list(map(and_, keys, repeat(ADDRESS_MASK)))
+            low, high = min(addresses), max(addresses)
+        if low < pool or high >= pool + (1 << (32 - pool_len)):
             return False
-        return all(tops.isdisjoint(map(rshift, keys, repeat(40 - length)))
+        return all(tops.isdisjoint(map(rshift, map(and_, keys, repeat(ADDRESS_MASK)),
+                                       repeat(32 - length)))
                    for length, tops in self._own_tops.items())
 
 
 def _key(n: IPv4Network) -> int:
-    return int(n.network_address) << 8 | n.prefixlen
+    return key_of(int(n.network_address), n.prefixlen)
 
 
 def _bits(networks: Iterable[IPv4Network]) -> tuple[tuple[int, int], ...]:

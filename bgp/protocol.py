@@ -14,8 +14,9 @@ are accepted. Other lines (e.g. ``reload in progress``) are informational text.
 
 One UPDATE is one event per next hop, not one per route: BIRD packs ~1,000 /26s into an UPDATE,
 and 100k routes are then ~100 events, not 100k objects to create, match and dispatch. The events
-carry each prefix as an integer key (``address << 8 | length``, ``prefix_key``; the same key as
-``felix.rtnl.route_key``), parsed straight from ExaBGP's text: no ``IPv4Network`` per learned route
+carry each prefix as an integer key (``length << 32 | address``, ``prefix_key``; the same key as
+``felix.rtnl.route_key``: the address in the low bits, which a dict or set indexes by; keys do not
+sort as networks do, ``network_order`` does), parsed straight from ExaBGP's text: no ``IPv4Network`` per learned route
 (100k of them were 15 MB and ~1 us each to build), ``prefixes`` builds them on demand.
 
 >>> ch = Channel()
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import json
 from itertools import repeat
-from operator import and_, itemgetter, lshift, or_
+from operator import and_, itemgetter, or_
 from socket import AF_INET, inet_pton  # address conversion only (no I/O)
 from struct import error as struct_error, unpack
 from collections import deque
@@ -224,32 +225,58 @@ def prefix_of(network: int, length: int) -> Prefix:
     return Prefix((network, length))
 
 
-def prefix_key(prefix: IPv4Network) -> int:
-    """The integer key of ``prefix``: ``address << 8 | length`` (ipaddress's own slots).
+LENGTH_SHIFT = 32
+"""A key's prefix length is ``key >> LENGTH_SHIFT``."""
+ADDRESS_MASK = 0xFFFFFFFF
+"""A key's network address is ``key & ADDRESS_MASK``."""
 
-    >>> prefix_key(IPv4Network("10.244.1.64/26")) == 0x0AF40140 << 8 | 26
+
+def prefix_key(prefix: IPv4Network) -> int:
+    """The integer key of ``prefix``: ``length << 32 | address`` (ipaddress's own slots).
+
+    >>> prefix_key(IPv4Network("10.244.1.64/26")) == 26 << 32 | 0x0AF40140
     True
     """
-    return prefix.network_address._ip << 8 | prefix._prefixlen
+    return prefix._prefixlen << LENGTH_SHIFT | prefix.network_address._ip
+
+
+def key_of(network: int, length: int) -> int:
+    """The key of ``network/length`` (integers, unchecked).
+
+    >>> key_of(0x0AF40140, 26) == prefix_key(IPv4Network("10.244.1.64/26"))
+    True
+    """
+    return length << LENGTH_SHIFT | network
 
 
 def key_network(key: int) -> Prefix:
     """The ``IPv4Network`` (a ``Prefix``) of a key.
 
-    >>> key_network(0x0AF40140 << 8 | 26)
+    >>> key_network(key_of(0x0AF40140, 26))
     IPv4Network('10.244.1.64/26')
     """
-    return prefix_of(key >> 8, key & 0xFF)
+    return prefix_of(key & ADDRESS_MASK, key >> LENGTH_SHIFT)
 
 
 def key_text(key: int) -> str:
     """``a.b.c.d/len`` of a key, without building an ``IPv4Network``.
 
-    >>> key_text(0x0AF40140 << 8 | 26)
+    >>> key_text(key_of(0x0AF40140, 26))
     '10.244.1.64/26'
     """
-    a = key >> 8
-    return f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}/{key & 0xFF}"
+    a = key & ADDRESS_MASK
+    return f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}/{key >> LENGTH_SHIFT}"
+
+
+def network_order(key: int) -> int:
+    """A sort key that orders prefix keys as their networks sort (address, then length), which
+    the keys themselves do not (the length is their high bits).
+
+    >>> keys = [key_of(0x0AF40140, 26), key_of(0x0AF40200, 24)]
+    >>> [key_text(k) for k in sorted(keys)], [key_text(k) for k in sorted(keys, key=network_order)]
+    (['10.244.2.0/24', '10.244.1.64/26'], ['10.244.1.64/26', '10.244.2.0/24'])
+    """
+    return (key & ADDRESS_MASK) << 6 | key >> LENGTH_SHIFT
 
 
 class _Bad(ValueError):
@@ -459,11 +486,13 @@ def _parse_update(peer: IPv4Address, nb: object) -> list[Event]:
     return _withdrawals(peer, update) + _announcements(peer, update)
 
 
-# The prefix lengths a key may have, by their text: a dict lookup where int() parses.
+# The prefix lengths a key may have, by their text: a dict lookup where int() parses; and
+# shifted into place in a key, with their host masks by the shifted length.
 _LENGTHS = {str(n): n for n in range(33)}
+_KEY_LENGTHS = {str(n): n << LENGTH_SHIFT for n in range(33)}
 
 
-_HOSTMASKS = [~m & 0xFFFFFFFF for m in _MASKS]
+_HOSTMASKS = {n << LENGTH_SHIFT: ~m & 0xFFFFFFFF for n, m in enumerate(_MASKS)}
 
 
 def _nlris(entries: object, field: str) -> tuple[int, ...]:
@@ -478,12 +507,13 @@ def _nlris(entries: object, field: str) -> tuple[int, ...]:
         raise _Bad(f"{field}: not a list")
     try:
         parts = list(map(str.partition, entries, repeat("/")))
-        bits = list(map(_LENGTHS.get, map(itemgetter(2), parts)))
+        lengths = list(map(_KEY_LENGTHS.get, map(itemgetter(2), parts)))
         packed = b"".join(map(inet_pton, repeat(AF_INET), map(itemgetter(0), parts)))
         networks = unpack(f">{len(parts)}I", packed)
-        if not any(map(and_, networks, map(_HOSTMASKS.__getitem__, bits))):
-            return tuple(map(or_, map(lshift, networks, repeat(8)), bits))
-    except (TypeError, OSError, ValueError, struct_error):  # a dict entry, None bits, a bad address
+        if not any(map(and_, networks, map(_HOSTMASKS.__getitem__, lengths))):
+            return tuple(map(or_, networks, lengths))
+    except (TypeError, KeyError, OSError, ValueError, struct_error):  # a dict entry, no length,
+        pass  # a bad address
         pass
     return _nlri_loop(entries, field)
 
@@ -503,7 +533,7 @@ def _nlri_loop(entries: list, field: str) -> tuple[int, ...]:
                     pass
                 else:
                     if network & masks[bits] == network:
-                        out.append(network << 8 | bits)
+                        out.append(bits << LENGTH_SHIFT | network)
                         continue
         out.append(_prefix_key(text, f"{field}.nlri"))
     return tuple(out)

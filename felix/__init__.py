@@ -4,7 +4,7 @@ Contract of the modules:
 
 - ``felix.calc`` -- purely computational, no I/O, never imports pyroute2. Frozen ``CalcInput``
   (node, pools, blocks, workloads, learned BGP routes) in, a frozen mapping ``dst_key -> DesiredRoute``
-  out (a destination is one int, ``address << 8 | prefix length``; ``dst_key``, ``key_network`` and
+  out (a destination is one int, ``prefix length << 32 | address``; ``dst_key``, ``key_network`` and
   ``key_text`` convert). Depends on the current state only, never on history or on input order.
 - ``felix.inspect`` -- purely computational: ``compare(desired, kernel)`` explains every route (its
   reason, whether the kernel matches). Used by ``pycalicoctl node routes``. ``KernelRoute`` lives here

@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from felix import rtnl
-from felix.calc import PROTO, DesiredRoute, DesiredView, key_network, key_text
+from felix.calc import LENGTH_SHIFT, PROTO, DesiredRoute, DesiredView, key_network, key_text
 from felix.inspect import KernelRoute, route_matches
 
 __all__ = ["PROTO", "ApplyResult", "KernelRoute", "RouteTable", "route_is_ours"]
@@ -468,7 +468,7 @@ class RouteTable:
         for want in desired:
             key, gateway, dev = want.key, want.gateway, want.dev
             shape = (want.type, want.scope, want.onlink, dev, None if gateway is None else gateway._ip,
-                     key & 0xFF)
+                     key >> LENGTH_SHIFT)
             image = templates.get(shape, False)
             if image is False:
                 image = templates[shape] = self._template(want, ifindex, intern)
@@ -790,13 +790,13 @@ class RouteTable:
         shape = self._shape(want, ifindex)
         if shape is None:
             return None
-        return rtnl.route_from_template(want.key, shape.template(want.key & 0xFF))
+        return rtnl.route_from_template(want.key, shape.template(want.key >> LENGTH_SHIFT))
 
     def _template(self, want: DesiredRoute, ifindex: dict[str, int],
                   intern: Callable[[bytes, bytes], bytes]) -> bytes | None:
         """The ``rtnl.route_template`` of ``want``, interned; None: its device is missing."""
         shape = self._shape(want, ifindex, intern)
-        return None if shape is None else shape.template(want.key & 0xFF)
+        return None if shape is None else shape.template(want.key >> LENGTH_SHIFT)
 
     def _shape(self, want: DesiredRoute, ifindex: dict[str, int],
                intern: Callable[[bytes, bytes], bytes] | None = None) -> _Shape | None:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from felix.calc import DesiredRoute, dst_key, key_network
+from felix.calc import DesiredRoute, dst_key, key_network, network_order
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,10 @@ def route_matches(desired: DesiredRoute, kernel: KernelRoute) -> bool:
 def compare(
     desired: Mapping[int, DesiredRoute], kernel: Mapping[int, KernelRoute]
 ) -> list[RouteStatus]:
-    """One status per destination that is desired or in the kernel, sorted by destination (both
-    mappings by ``calc.dst_key``, as ``RouteCalc.desired`` and ``RouteTable.kernel_routes``)."""
-    keys = sorted(desired.keys() | kernel.keys())
+    """One status per destination that is desired or in the kernel, in network order (address,
+    then length: ``calc.network_order``; both mappings by ``calc.dst_key``, as
+    ``RouteCalc.desired`` and ``RouteTable.kernel_routes``)."""
+    keys = sorted(desired.keys() | kernel.keys(), key=network_order)
     return [_status(key, desired.get(key), kernel.get(key)) for key in keys]
 
 

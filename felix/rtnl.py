@@ -32,7 +32,7 @@ True
 >>> route_from_template(route_key(0x0AF40100, 26), dump.ours[route_key(0x0AF40100, 26)]) == image
 True
 >>> r = decode_route(image)
->>> (hex(r.key >> 8), r.key & 0xFF, r.proto, r.type)
+>>> (hex(key_parts(r.key)[0]), key_parts(r.key)[1], r.proto, r.type)
 ('0xaf40100', 26, 80, 6)
 """
 from __future__ import annotations
@@ -114,16 +114,28 @@ class Route(NamedTuple):
     table: int
 
 
+_LENGTH_SHIFT, _ADDRESS_MASK = 32, 0xFFFFFFFF  # felix.calc.LENGTH_SHIFT, ADDRESS_MASK (stdlib only here)
+
+
 def route_key(dst: int, dst_len: int) -> int:
     """One int for (dst, prefixlen): cheap to hash, cheap to keep 100k of. The same key as
     ``felix.calc.dst_key`` (every desired map is keyed by it; ``felix.calc`` also converts it to
-    and from networks and text), packed here from a route's fields, unchecked."""
-    return dst << 8 | dst_len
+    and from networks and text), packed here from a route's fields, unchecked: ``dst_len << 32 |
+    dst``, the address in the low bits that a dict or set indexes by.
+
+    >>> route_key(0x0AF40140, 26) == 26 << 32 | 0x0AF40140
+    True
+    """
+    return dst_len << _LENGTH_SHIFT | dst
 
 
 def key_parts(key: int) -> tuple[int, int]:
-    """(dst, prefixlen) of a ``route_key``."""
-    return key >> 8, key & 0xFF
+    """(dst, prefixlen) of a ``route_key``.
+
+    >>> key_parts(route_key(0x0AF40140, 26)) == (0x0AF40140, 26)
+    True
+    """
+    return key & _ADDRESS_MASK, key >> _LENGTH_SHIFT
 
 
 class NetlinkFailure(OSError):
@@ -175,7 +187,7 @@ def route_template(image: bytes) -> bytes:
 def route_from_template(key: int, template: bytes) -> bytes:
     """The route image of ``key`` and a ``route_template``."""
     if template[_DST_HDR_AT:_DST_AT] == _DST_ATTR:
-        return template[:_DST_AT] + (key >> 8).to_bytes(4, "big") + template[_DST_AT:]
+        return template[:_DST_AT] + (key & _ADDRESS_MASK).to_bytes(4, "big") + template[_DST_AT:]
     return template
 
 
@@ -209,8 +221,8 @@ def encode_requests(cmd: int, template: bytes, keys: Sequence[int], seqs: Iterab
     words, stride = memoryview(out).cast("I"), size // 4
     words[2::stride] = seqs  # nlmsg_seq
     if template[_DST_HDR_AT:_DST_AT] == _DST_ATTR:  # the address, big-endian, after nlmsghdr,
-        dsts = array("I", map(operator.rshift, keys, itertools.repeat(8)))  # rtmsg, RTA_TABLE and
-        if sys.byteorder == "little":  # RTA_DST's header
+        dsts = array("I", map(operator.and_, keys, itertools.repeat(_ADDRESS_MASK)))  # rtmsg,
+        if sys.byteorder == "little":  # RTA_TABLE and RTA_DST's header
             dsts.byteswap()
         words[(16 + _DST_AT) // 4::stride] = dsts
     return out
@@ -330,7 +342,7 @@ def parse_route_dump(buf: bytes, into: RouteDump) -> bool:
             if mtype == NLMSG_DONE or mtype == NLMSG_ERROR or length < 16:
                 return _dump_end(buf, off, length)
         elif length >= 44 and dst_hdr == dst_attr:  # the usual layout: RTA_DST after RTA_TABLE
-            key = ntohl(dst) << 8 | dst_len
+            key = dst_len << 32 | ntohl(dst)  # route_key, inline (the hot loop)
             if rproto != proto:
                 foreign.setdefault(key, rproto)  # another owner's: only its key matters
             elif key in ours:
@@ -395,7 +407,7 @@ def decode_route(image: bytes) -> Route:
             elif atype == RTA_PRIORITY:
                 priority = _U32.unpack_from(image, pos + 4)[0]
         pos += _align(alen)
-    return Route(dst << 8 | dst_len, rproto, rtype, scope, rflags, tos, priority, gateway, oif, table)
+    return Route(route_key(dst, dst_len), rproto, rtype, scope, rflags, tos, priority, gateway, oif, table)
 
 
 def parse_link_dump(buf: bytes, out: dict[int, str], flags: dict[int, int] | None = None) -> bool:

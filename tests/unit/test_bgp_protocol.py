@@ -98,11 +98,11 @@ def test_one_event_per_next_hop_and_compact_nlri_accepted():
 
 
 def test_events_carry_prefix_keys_and_the_channel_keeps_no_cache():
-    """A learned prefix is an integer key (address << 8 | length) from the parser on: no
+    """A learned prefix is an integer key (length << 32 | address) from the parser on: no
     IPv4Network per route, and no per-prefix cache in the channel (100k: 10 MB)."""
     ch = p.Channel()
     [event] = ch.feed(_update(withdraw='["10.244.4.0/26", {"nlri": "10.244.1.0/24"}]'))
-    assert event.keys == (0x0AF40400 << 8 | 26, 0x0AF40100 << 8 | 24)
+    assert event.keys == (26 << 32 | 0x0AF40400, 24 << 32 | 0x0AF40100)
     assert event.keys == tuple(map(p.prefix_key, event.prefixes))
     assert event == p.RoutesWithdrawn(A("10.0.0.1"), (N("10.244.4.0/26"), N("10.244.1.0/24")))
     assert [p.key_text(k) for k in event.keys] == ["10.244.4.0/26", "10.244.1.0/24"]

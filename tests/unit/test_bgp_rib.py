@@ -425,13 +425,17 @@ def test_take_change_columns_are_take_changes_routes_as_keys_and_paths():
     assert ribs[1].take_change_columns() == (([], []), ([], []))
 
 
-KEYS = st.builds(lambda address, length: (address >> (32 - length) << (32 - length)) << 8 | length
-                 if length else 0,
-                 st.one_of(st.integers(0, 2**32 - 1),  # anywhere
-                           st.integers(int(POOL.network_address) - 2**17,  # the pool and around it
-                                       int(POOL.broadcast_address) + 2**17),
-                           st.integers(int(OWN.network_address), int(OWN.broadcast_address))),
-                 st.integers(0, 32))
+ADDRESSES = st.one_of(st.integers(0, 2**32 - 1),  # anywhere
+                      st.integers(int(POOL.network_address) - 2**17,  # the pool and around it
+                                  int(POOL.broadcast_address) + 2**17),
+                      st.integers(int(OWN.network_address), int(OWN.broadcast_address)))
+
+
+def _key(address: int, length: int) -> int:
+    return p.key_of(address >> (32 - length) << (32 - length), length) if length else 0
+
+
+KEYS = st.builds(_key, ADDRESSES, st.integers(0, 32))
 
 
 @given(st.lists(KEYS, max_size=40), st.booleans())
@@ -443,6 +447,21 @@ def test_an_updates_keys_are_split_as_each_key_is_judged(keys, two_own):
     if two_own:
         rib.set_import_filter(frozenset({POOL}), frozenset({OWN, N("10.244.9.0/24")}))
     keys = tuple(keys)
+    accepted, rejected = rib.policy.split(keys, None)
+    verdicts = [(k, rib.policy.rejection_key(k, None)) for k in keys]
+    assert list(accepted) == [k for k, why in verdicts if why is None]
+    assert rejected == [(k, why) for k, why in verdicts if why is not None]
+
+
+@given(st.lists(ADDRESSES, max_size=40), st.sampled_from([16, 17, 24, 26, 27, 32]), st.booleans())
+@settings(max_examples=300)
+def test_an_updates_keys_of_one_length_are_split_as_each_key_is_judged(addresses, length, two_own):
+    """An UPDATE of one prefix length (the usual: a node's /26 blocks), whose smallest and largest
+    keys are its smallest and largest addresses: the same verdicts as one key at a time."""
+    rib = make_rib()
+    if two_own:
+        rib.set_import_filter(frozenset({POOL}), frozenset({OWN, N("10.244.9.0/24")}))
+    keys = tuple(_key(a, length) for a in addresses)
     accepted, rejected = rib.policy.split(keys, None)
     verdicts = [(k, rib.policy.rejection_key(k, None)) for k in keys]
     assert list(accepted) == [k for k, why in verdicts if why is None]

@@ -67,7 +67,7 @@ def test_batched_updates_equal_the_reference_and_report_exactly_what_changed(bas
         assert changed == changed_between(before, after)
         assert dict(calc.desired) == dict(after)
         assert_counts(calc, after)
-        keys = {dst_key(p) for p in PREFIXES} | {ip._ip << 8 | 32 for ip in IPS}  # a set, as applies pass
+        keys = {dst_key(p) for p in PREFIXES} | {dst_key(f"{ip}/32") for ip in IPS}  # a set, as applies pass
         routes = calc.desired.routes(keys)
         assert len(routes) == len({r.key for r in routes})
         assert {r.key: r for r in routes} == {k: after[k] for k in keys if k in after}
@@ -87,7 +87,7 @@ def test_one_prefix_added_twice_in_one_update_keeps_both_vias():
 
 def test_a_learned_route_at_a_local_workload_stays_a_candidate_under_it():
     w = Workload(IPS[0], "calia", "n1", "ns/x")
-    key = w.ip._ip << 8 | 32
+    key = dst_key(f"{w.ip}/32")
     route = RemoteRoute(key, GATEWAYS[0], "p1")
     calc = lone_calc(workloads=frozenset({w}))
     assert calc.update(learned_added=[route, *BULK]) == {r.key for r in BULK}

@@ -1,4 +1,4 @@
-"""felix.calc's destination keys (``address << 8 | prefix length``): the one int per destination
+"""felix.calc's destination keys (``prefix length << 32 | address``): the one int per destination
 that every desired map, ``RouteTable.apply`` and ``felix.rtnl`` use, and its conversions."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from felix import rtnl
 from felix.calc import (
-    DesiredRoute, RemoteRoute, desired_routes, dst_key, key_network, key_text, network_key,
+    HOST, DesiredRoute, RemoteRoute, desired_routes, dst_key, key_network, key_text, network_key,
+    network_order,
 )
 
 networks = st.builds(
@@ -29,16 +30,33 @@ def test_round_trip_at_every_prefix_length(net):
 
 
 @given(networks, networks)
-def test_keys_sort_as_the_networks_do(a, b):
-    assert (dst_key(a) < dst_key(b)) == (a < b)
+def test_network_order_sorts_keys_as_the_networks_sort(a, b):
+    assert (network_order(dst_key(a)) < network_order(dst_key(b))) == (a < b)
     assert (dst_key(a) == dst_key(b)) == (a == b)
+
+
+@given(st.integers(0, 2**26 - 1))
+def test_the_low_bits_of_a_key_are_its_address(block):
+    """What a dict or set indexes by (an int hashes to itself; a table of 2**k slots starts at
+    its low k bits): the address, so that consecutive blocks of one length differ there."""
+    key = dst_key(IPv4Network((block << 6, 26)))
+    assert (key & 0xFFFFFFFF, key >> 32) == (block << 6, 26)
+    assert dst_key(f"{IPv4Address(block)}/32") == block | HOST
+
+
+def test_consecutive_blocks_differ_in_the_low_bits_a_dict_indexes_by():
+    """100k consecutive /26 keys take 2**11 values in their low 17 bits (a 2**17-slot table's
+    first probe): every address bit above the host bits (with the length in the low 8 bits they
+    would take 8, and chains of ~12k keys)."""
+    keys = [dst_key(IPv4Network((0x0A000000 + 64 * i, 26))) for i in range(100_000)]
+    assert len({k & (2**17 - 1) for k in keys}) == 2**11
 
 
 @given(st.integers(0, 2**32 - 1), st.integers(0, 31))
 def test_host_bits_are_rejected_in_text_and_integers_and_normalised_from_a_network(address, plen):
     host_bits = address & (0xFFFFFFFF >> plen)
     net = IPv4Network((address, plen), strict=False)  # what calc is given: already a network
-    assert dst_key(net) == (address - host_bits) << 8 | plen
+    assert dst_key(net) == plen << 32 | (address - host_bits)
     if host_bits:
         text = f"{IPv4Address(address)}/{plen}"
         with pytest.raises(ValueError, match="host bits set"):
@@ -46,7 +64,7 @@ def test_host_bits_are_rejected_in_text_and_integers_and_normalised_from_a_netwo
         with pytest.raises(ValueError, match="host bits set"):
             network_key(address, plen)
         with pytest.raises(ValueError, match="not a valid key"):
-            DesiredRoute(address << 8 | plen, "blackhole", None, None, "universe", "x")
+            DesiredRoute(plen << 32 | address, "blackhole", None, None, "universe", "x")
 
 
 @pytest.mark.parametrize("address, plen", [(0, 33), (-1, 8), (2**32, 0)])
@@ -89,3 +107,13 @@ def test_the_calculation_builds_no_network_per_route():
     routes = desired_routes(inp)
     assert all(type(k) is int and type(r.key) is int for k, r in routes.items())
     assert [key_text(k) for k in routes] == ["10.244.1.0/26", "10.244.1.5/32", "10.244.2.0/26"]
+
+
+@pytest.mark.parametrize("name", ["felix", "felix.calc", "felix.rtnl", "bgp.protocol", "bgp.policy"])
+def test_the_key_helpers_docstrings_run(name):
+    """The modules that hold the key layout: their examples pin it (and ``network_order``)."""
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted and not result.failed

@@ -54,6 +54,19 @@ def test_compare_lists_every_route_sorted_with_reason_and_sync_state():
     assert [s.state for s in statuses] == ["missing", "ok", "differs", "not-desired"]
 
 
+def test_compare_lists_routes_in_network_order_not_in_key_order():
+    """What ``pycalicoctl node routes`` shows: by address, then length, as networks sort. A key
+    holds the length in its high bits, so sorting the keys would put every /24 before every /26."""
+    nets = ["10.244.2.0/24", "10.244.1.64/26", "10.244.0.0/16", "10.244.1.0/24", "10.244.1.5/32",
+            "10.245.0.0/26"]
+    desired = {K(n): DesiredRoute(K(n), "blackhole", None, None, "universe", "b") for n in nets}
+    want = sorted(map(N, nets))
+    assert [N(n) for n in sorted(nets, key=K)] != want  # the keys' own order differs
+    assert [s.dst for s in compare(desired, {})] == want
+    kernel = {K(n): kernel_of(desired[K(n)]) for n in nets[:3]}
+    assert [s.dst for s in compare(dict(reversed(desired.items())), kernel)] == want
+
+
 def test_state_of_a_stale_route_never_depends_on_its_reason_text():
     """Regression (issue 5, 12): the CLI matched the reason text and called a stale route 'differs'."""
     stale = KernelRoute(N("10.244.3.0/26"), "unicast", "eth0", A("192.168.5.7"), "universe", 80)

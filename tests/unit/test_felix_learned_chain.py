@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from bgp import protocol as p
 from felix import cluster
-from felix.calc import ALWAYS, Block, CalcInput, PoolEncap, RouteCalc, Workload, desired_routes
+from felix.calc import (ALWAYS, Block, CalcInput, PoolEncap, RouteCalc, Workload, desired_routes,
+                        network_order)
 from tests.unit.test_bgp_rib_bulk import ORIGINS, OWN, PEERS, POOL, POOL2, Clock, make, operations
 
 WORKLOADS = [Workload(A("10.244.2.5"), "cali0000000001", "n1", "borrowed"),  # in n2's block
@@ -83,6 +84,6 @@ def test_learned_changes_applied_in_bulk_give_the_calculation_of_the_whole_rib(s
         want = desired_routes(replace(base, workloads=workloads,
                                       learned=cluster.remote_routes(rib.best())))
         assert dict(calc.desired) == dict(want)
-        assert sorted(calc.desired.routes(list(want)), key=lambda r: r.key) == list(want.values())
+        assert sorted(calc.desired.routes(list(want)), key=lambda r: network_order(r.key)) == list(want.values())
         assert changed == {k for k in before.keys() | want.keys() if before.get(k) != want.get(k)}
     assert calc.learned_count == sum(1 for r in calc.desired.values() if r.reason.startswith("learned"))

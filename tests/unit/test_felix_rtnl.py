@@ -179,8 +179,9 @@ class FakeKernel:
                 self.queue.append(error(seq, 0))
             else:
                 route = rtnl.decode_route(data[off + 16:off + length])
-                if route.key >> 8 in self.refuse:
-                    self.queue.append(error(seq, self.refuse[route.key >> 8], "refused"))
+                dst, _ = rtnl.key_parts(route.key)
+                if dst in self.refuse:
+                    self.queue.append(error(seq, self.refuse[dst], "refused"))
             off += length
         return len(data)
 
