@@ -28,6 +28,17 @@ ExaBGP refuses an address with no neighbor); a reload that changes the neighbor 
 (the agent wants it again, as it was before), and so does the end of the hold time, should no
 reload come.
 
+A neighbor removed by a reload while its session is up gets a Cease (Peer De-configured) too, as
+BIRD does on a reconfiguration: ExaBGP 5.0.15 closed it without a NOTIFICATION, which a
+graceful-restart helper takes for a restart (it keeps our routes as stale for its restart time).
+The agent sends its own Cease first to every session it knows is up, but a session ExaBGP has
+just established is not known up until the agent has read ExaBGP's ``up``: a peer removed in
+between was closed without a word. For the exact version, such a removal makes the session's own
+loop send the Cease and close, as a teardown does (``_cease_on_removal``). A neighbor replaced by
+one with the same address (its key changed, e.g. its AS number) is closed as before, without a
+NOTIFICATION: the peer is still wanted, and both sides keep the routes (graceful restart) until
+the new session is up.
+
 Why a session is not up (``node status``, as BIRD's ``Active  Socket: Connection refused``):
 ExaBGP 5.0.15 takes a refused connect for an established one (its ``tcp.ready`` reads and so
 clears ``SO_ERROR``, then finds the socket writable), fails on the OPEN it writes, and tells the
@@ -106,6 +117,30 @@ def _cease_on_teardown() -> None:
 
     Peer.teardown, Peer.run = teardown, run
     Peer.handle_connection, Peer.reestablish = handle_connection, reestablish
+
+
+def _cease_on_removal() -> None:
+    from exabgp.reactor.peer import FSM, Peer
+    from exabgp.version import version
+
+    if not _pinned(version, "a removed neighbor's session is closed without a Cease"):
+        return
+    original = Peer.remove
+
+    def remove(self):
+        address = self.neighbor["peer-address"].top()
+        replaced = any(n["peer-address"].top() == address  # a changed key (e.g. its AS): a restart
+                       for n in self.reactor.configuration.neighbors.values())
+        if replaced or self.fsm != FSM.ESTABLISHED or not self.generator:
+            original(self)
+            return
+        # Its loop sees the teardown, sends Cease/3 and closes; the reactor then drops the peer
+        # (it does not restart). Graceful restart off, or that loop closes without a word.
+        self.neighbor["capability"]["graceful-restart"] = False
+        self._teardown, self._restart = 3, False
+        self._delay.reset()
+
+    Peer.remove = remove
 
 
 def _socket_errors_reported() -> None:
@@ -232,6 +267,7 @@ if __name__ == "__main__":
     sys.path.pop(0)  # this file's directory (bgp/): its modules must not shadow anything
     sys.modules["ssl"] = None  # type: ignore[assignment]  # `import ssl` now raises ImportError
     _cease_on_teardown()
+    _cease_on_removal()
     share_routes()
     _socket_errors_reported()
     _large_api_pipe()

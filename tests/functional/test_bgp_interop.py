@@ -216,6 +216,38 @@ def test_bird_drops_our_routes_when_we_remove_the_peer(netns, procs, loop_thread
     assert "BGP session established" not in log.split("Received: Peer de-configured", 1)[1], log
 
 
+def test_a_peer_removed_before_we_read_that_its_session_is_up_still_gets_a_cease(
+        netns, procs, loop_thread, tmp_path):
+    """The speaker knows a session is up only once it has read ExaBGP's ``up``, and sends its own
+    Cease only to sessions it knows are up. A peer removed before that was closed by ExaBGP's
+    reload without a NOTIFICATION, and BIRD, a graceful-restart helper, kept our routes as stale
+    for 120 s. Here the speaker's loop is held (ExaBGP's events wait unread) from its start until
+    ExaBGP has established the session and the peer is removed."""
+    lt = loop_thread
+    ns_us, ns_bird = netns("iqu"), netns("iqb")
+    veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")
+    bird = Bird(ns_bird, tmp_path / "bird", procs)
+    peer = PeerSpec(address=PEER, asn=64512, local_asn=64512, passive=False,
+                    peer_type="global", name="bird")
+    run_dir = tmp_path / "us"
+    speaker = _start_speaker(lt, ns_us, run_dir, peer)
+
+    async def remove_before_up_is_read() -> None:
+        # Synchronous on purpose: nothing else runs on the loop meanwhile.
+        wait_for(lambda: "connected to peer-" in (run_dir / "exabgp.log").read_text(), 30,
+                 what="ExaBGP establishes the session")
+        assert [s.state for s in speaker.peer_status()] != ["up"], "the loop read ExaBGP's up"
+        await speaker.set_peers(frozenset())
+
+    try:
+        lt.run(remove_before_up_is_read(), timeout=60)
+        wait_for(lambda: bird.bgp_state() != "Established", 10, what="BIRD sees the session close")
+    finally:
+        lt.run(speaker.stop())
+    log = bird.log.read_text()
+    assert "Received: Peer de-configured" in log and "graceful restart detected" not in log, log
+
+
 def test_bird_drops_our_routes_when_we_stop_for_good(netns, procs, loop_thread, tmp_path):
     """A node leaving for good: its speaker's stop sends every session a Cease (Administrative
     Shutdown) before ExaBGP ends, and BIRD flushes our routes at once instead of holding them
