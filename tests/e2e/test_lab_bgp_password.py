@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -25,12 +26,21 @@ PASSWORD = f"{MARK} mesh; pw"
 
 
 @pytest.fixture(scope="module")
-def lab():
+def lab(tmp_path_factory):
     try:
         ctl("lab", "up", "--name", LAB, "--nodes", "2", "--pods-per-node", "0")
         yield helpers.lab_state(LAB)
     finally:
+        _keep_logs(tmp_path_factory.mktemp("lab-logs"))
         subprocess.run([helpers.CTL, "lab", "down", "--name", LAB], capture_output=True, timeout=120)
+
+
+def _keep_logs(dest: Path) -> None:
+    """The agents' and ExaBGPs' logs, which ``lab down`` deletes, for a failure to be read later."""
+    for log in Path(f"/run/pycalico-lab/{LAB}").glob("*.log"):
+        shutil.copy(log, dest / log.name)
+    for log in RUN_ROOT.glob(f"{LAB}-*/exabgp.log"):
+        shutil.copy(log, dest / f"{log.parent.name}.exabgp.log")
 
 
 def _secret(kubeconfig: str, password: str | None) -> None:
