@@ -367,7 +367,8 @@ class Agent:
         table adds what the kernel changed to the dirty set itself (a pod's veth gone: its
         route), or diffs everything when it cannot say (someone else changed a route of ours).
         The route apply of a burst (``PIPELINE_MIN``) is left running: the kernel takes it while
-        the next reconcile calculates, which waits for it before its own apply."""
+        the next reconcile calculates, which waits for it before its own apply and then adds
+        the learned routes that changed during that wait (``_catch_up``)."""
         causes, changes = self._causes_now, self.state.take_changes()
         if self.cfg.bgp:
             self._origins.update(self.state, changes)
@@ -409,8 +410,11 @@ class Agent:
         full = (rebuild or self._full_apply or not bgp_in_sync
                 or bool(causes & {"resync", "retry"}))  # a drift: the route table knows what moved
         self._full_apply = True
+        waited = self._applying is not None
         if not await self._routes_written():  # the previous reconcile's apply, if it still runs
             full = True  # it failed (counted, logged, a retry is due): what it wrote is unknown
+        elif waited and not full:
+            changed = self._catch_up(changed)
         inline = full or len(changed) < PIPELINE_MIN
         with _gc_paused(inline):
             applying = self.routes.apply(self.calc.desired, delete_unknown_gateway_routes=bgp_in_sync,
@@ -425,6 +429,18 @@ class Agent:
         self._calc_ready = True
         if self._applying is None:
             self._schedule_route_retries(result)
+
+    def _catch_up(self, changed: set) -> set:
+        """``changed`` and the destinations of the learned routes that changed while this
+        reconcile waited for the previous apply: they go out in this apply rather than after
+        another reconcile and its wait (the last routes of a BGP burst arrive during that wait:
+        bench.bgp_convergence's learn ended ~50 ms after ExaBGP's last write, ~15 ms with this)."""
+        if not (self.cfg.bgp and self._learned_dirty):
+            return changed
+        self._learned_dirty = False  # a change from here on asks for another reconcile
+        removed, added = self._learned_changes()
+        more = self.calc.update(learned_removed=removed, learned_added=added)
+        return changed | more if more else changed
 
     def _report_unhonoured(self) -> None:
         """Name the FelixConfiguration fields set here that have no effect on this agent, so an

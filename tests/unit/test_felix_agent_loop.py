@@ -434,3 +434,60 @@ def test_route_refresh_interval_comes_from_env_then_felixconfiguration(tmp_path,
     assert agent.refresh_interval() is None
     monkeypatch.setenv("FELIX_ROUTEREFRESHINTERVAL", "5")
     assert agent.refresh_interval() == 5.0
+
+
+def test_learned_routes_that_arrive_while_waiting_for_the_previous_apply_join_this_one(tmp_path):
+    """Regression (issue 9, traced in bench.bgp_convergence): a reconcile calculated, then waited
+    for the previous burst's apply, and the last routes of the burst arrived during that wait;
+    they went to the kernel only after one more reconcile (and its pause and wait). Now what the
+    speaker changed during the wait is calculated and written in this reconcile's apply."""
+    from felix.dataplane import ApplyResult
+
+    agent = make_agent(tmp_path)  # BGP on: learned routes come from its speaker
+    applied: list[set] = []
+
+    class Routes:
+        def apply(self, desired, *, delete_unknown_gateway_routes, changed):
+            applied.append(set(changed))
+
+            async def run() -> ApplyResult:
+                return ApplyResult()
+            return run()
+
+    class Calc:
+        desired: dict = {}
+
+        def update(self, *, learned_removed=(), learned_added=(), **workloads):
+            return {key for key, _ in (*learned_removed, *learned_added)}
+
+    class Speaker:
+        def check_routes_in_sync(self) -> bool:
+            return True
+
+        def set_origins_current(self, current: bool) -> None:
+            pass
+
+    batches = [([], [(1, "a"), (2, "a")]), ([(3, "b")], [(4, "b")])]
+    agent.routes, agent.calc, agent.speaker = Routes(), Calc(), Speaker()
+    agent._learned_changes = lambda: batches.pop(0)
+    agent._retry_in = lambda delay: None
+
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def previous() -> ApplyResult:
+            await gate.wait()
+            return ApplyResult(added=5000)
+
+        agent._calc_ready, agent._full_apply, agent._learned_dirty = True, False, True
+        agent._causes_now = {"event"}
+        agent._applying = asyncio.ensure_future(agent._apply_in_background(previous()))
+        reconcile = asyncio.ensure_future(agent._reconcile())
+        await until(lambda: len(batches) == 1)  # the first batch calculated
+        assert not reconcile.done() and applied == []  # waiting for the previous apply
+        agent._learned_dirty = True  # the speaker fed more meanwhile (Agent._on_speaker_change)
+        gate.set()
+        await reconcile
+        assert applied == [{1, 2, 3, 4}] and batches == [] and not agent._learned_dirty
+
+    asyncio.run(main())
