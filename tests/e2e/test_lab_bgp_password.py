@@ -68,6 +68,21 @@ def _mesh_states(node: str) -> list[str]:
         return []
 
 
+def _wait_mesh(nodes: list[str], predicate, timeout: float, what: str) -> None:
+    """``wait_for``, and on a timeout each node's sessions as it reports them (state and reason:
+    e.g. a connect timed out, a TCP MD5 drop), with the logs kept by the fixture."""
+    try:
+        wait_for(predicate, timeout, what=what)
+    except pytest.fail.Exception:
+        peers = {}
+        for node in nodes:
+            try:
+                peers[node] = [(p["address"], p["state"], p.get("info")) for p in query(node, "status")["peers"]]
+            except (OSError, RuntimeError) as exc:
+                peers[node] = f"no status: {exc}"
+        pytest.fail(f"timed out after {timeout}s waiting for {what}; sessions: {peers}")
+
+
 def _since(node: str) -> list:
     return [p["since"] for p in query(node, "status")["peers"]]
 
@@ -98,8 +113,8 @@ def test_mesh_password_from_a_secret(lab, tmp_path):
         wait_for(lambda: encoded in conf.read_text(), 30, what=f"{node}'s ExaBGP config has the key")
         assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     # Up again *after* the key was set: ExaBGP re-established the session with it.
-    wait_for(lambda: all(_mesh_states(n) == ["Established"] and _since(n) != before[n]
-                         for n in nodes), 60, what="mesh re-established with the password")
+    _wait_mesh(nodes, lambda: all(_mesh_states(n) == ["Established"] and _since(n) != before[n]
+                                  for n in nodes), 60, what="mesh re-established with the password")
 
     in_netns(f"{LAB}-fabric", _secret, kubeconfig, None)
     wait_for(lambda: all(_mesh_states(n) == [] for n in nodes), 30,
@@ -112,8 +127,8 @@ def test_mesh_password_from_a_secret(lab, tmp_path):
         assert MARK not in (RUN_ROOT / node / "exabgp.log").read_text()
 
     in_netns(f"{LAB}-fabric", _secret, kubeconfig, PASSWORD)
-    wait_for(lambda: all(_mesh_states(n) == ["Established"] for n in nodes), 60,
-             what="mesh back with the Secret")
+    _wait_mesh(nodes, lambda: all(_mesh_states(n) == ["Established"] for n in nodes), 60,
+               what="mesh back with the Secret")
     assert MARK not in json.dumps(query(nodes[0], "status"))
     assert _agent_pids(helpers.lab_state(LAB)) == pids, "an agent restarted"
     assert all(Path(f"/proc/{pid}").exists() for pid in pids.values()), "an agent exited"
