@@ -109,6 +109,9 @@ class SpeakerCore:
         self._wanted: tuple[frozenset[PeerSpec], IPv4Address | None] | None = None
         self._draining: dict[IPv4Address, transition.Drain] = {}
         self._advance_pending = False  # want_peers or an event came while a Cease was pending
+        # Peers sent a Cease through the API that this ExaBGP may still hold down: it keeps such
+        # a peer from connecting until a reload changes or removes it (exabgp_main TEARDOWN_HOLD).
+        self._torn: set[IPv4Address] = set()
         self._md5 = supervision.Md5Watch()  # why a passive session is down: the kernel's MD5 drops
 
     # -- the child and its relay ----------------------------------------------------------------
@@ -118,8 +121,9 @@ class SpeakerCore:
         return [Arm(SYNC, now + self._sync_deadline), *self._write_config()]
 
     def spawned(self) -> None:
-        """A child was started with the config last written."""
+        """A child was started with the config last written (it holds no peer down)."""
         self._spawned_text = self._config_text
+        self._torn.clear()
 
     def config_not_written(self) -> None:
         self._config_text = None  # the next reload writes it again
@@ -157,6 +161,7 @@ class SpeakerCore:
         effects: list[Effect] = [Log("info", "stopping for good: Cease to every session",
                                      {"peers": [str(a) for a in up]})]
         if up and self._connected:
+            self._torn.update(up)
             effects.append(Send(tuple(protocol.teardown_command(a, protocol.CEASE_ADMIN_SHUTDOWN)
                                       for a in up)))
         return effects
@@ -216,7 +221,9 @@ class SpeakerCore:
     def _tear_down_over_limit(self) -> list[Effect]:
         """The RIB already dropped the routes of each peer over its limit and ignores it until
         the session is down; it gets a Cease (Maximum Number of Prefixes Reached)."""
-        lines = core.tear_down_over_limit(self._peers, self._rib.take_exceeded())
+        exceeded = self._rib.take_exceeded()
+        lines = core.tear_down_over_limit(self._peers, exceeded)
+        self._torn.update(exceeded)
         return [Send(tuple(lines))] if lines else []
 
     def _hold_down(self, address: IPv4Address, now: float) -> list[Effect]:
@@ -285,6 +292,7 @@ class SpeakerCore:
             new = sorted(going - told)
             deadline = now + CEASE_TIMEOUT if new or pending is None else pending.deadline
             self._ceasing = _Ceasing(wanted, cluster, going | told, deadline)
+            self._torn.update(new)
             effects: list[Effect] = [Send(tuple(protocol.teardown_command(a) for a in new))] if new else []
             return [*effects, Arm(CEASE, deadline)]
         self._ceasing = None
@@ -426,13 +434,20 @@ class SpeakerCore:
         return effects
 
     def _write_config(self) -> list[Effect]:
-        """The config for the sessions not held down, if it differs from the last one written."""
+        """The config for the sessions not held down, if it differs from the last one written or
+        names a peer ExaBGP holds down after our Cease that is wanted again: the reload that
+        follows ends that hold (ExaBGP finds the neighbor changed, since its teardown turned
+        graceful restart off), where an unchanged config would leave the peer down for the rest
+        of TEARDOWN_HOLD. A peer whose Cease is still pending stays held."""
         cfg = dataclasses.replace(self._base, peers=frozenset(
             p.spec for p in self._peers.values() if not p.held_down))
         text = exabgp_conf.render(cfg)
-        if text == self._config_text:
+        configured = {p.address for p in cfg.peers}
+        ceasing = self._ceasing.addresses if self._ceasing is not None else frozenset()
+        if text == self._config_text and not (self._torn & configured) - ceasing:
             return []
         self._config_text = text
+        self._torn &= configured & ceasing  # the rest are removed by this reload, or held no longer
         return [WriteConfig(text, len(self._peers))]
 
     # -- what we advertise and accept -----------------------------------------------------------

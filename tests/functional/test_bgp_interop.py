@@ -216,6 +216,37 @@ def test_bird_drops_our_routes_when_we_remove_the_peer(netns, procs, loop_thread
     assert "BGP session established" not in log.split("Received: Peer de-configured", 1)[1], log
 
 
+def test_a_peer_wanted_again_right_after_its_cease_comes_back_without_sitting_out_the_hold(
+        netns, procs, loop_thread, tmp_path):
+    """A BGPPeer deleted and created again at once (a replace done as delete + create): the Cease
+    went out, and ExaBGP holds a peer torn down through the API down for TEARDOWN_HOLD unless a
+    reload changes or removes it. The config that wants the peer again is the one ExaBGP already
+    has, so the speaker reloaded nothing and the session sat out the whole hold. The deadline
+    below is under the hold: the session must come back because it was told to, not because
+    the hold ran out."""
+    from bgp.exabgp_main import TEARDOWN_HOLD
+
+    lt = loop_thread
+    ns_us, ns_bird = netns("iau"), netns("iab")
+    veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")
+    bird = Bird(ns_bird, tmp_path / "bird", procs)
+    peer = PeerSpec(address=PEER, asn=64512, local_asn=64512, passive=False,
+                    peer_type="global", name="bird")
+    speaker = _start_speaker(lt, ns_us, tmp_path / "us", peer)
+    try:
+        wait_for(lambda: _established(lt, speaker), 30, what="the session is up")
+        lt.run(speaker.set_peers(frozenset()))
+        lt.run(speaker.set_peers(frozenset({peer})))
+        wait_for(lambda: "Received: Peer de-configured" in bird.log.read_text(), 10,
+                 what="BIRD gets our Cease")
+        wait_for(lambda: "BGP session established" in
+                 bird.log.read_text().split("Received: Peer de-configured", 1)[1],
+                 TEARDOWN_HOLD / 2, what="BIRD has a new session with us before the hold ends")
+        wait_for(lambda: bird.route(OUR_BLOCK), 10, what="BIRD learns our block again")
+    finally:
+        lt.run(speaker.stop())
+
+
 def test_a_peer_removed_before_we_read_that_its_session_is_up_still_gets_a_cease(
         netns, procs, loop_thread, tmp_path):
     """The speaker knows a session is up only once it has read ExaBGP's ``up``, and sends its own

@@ -635,3 +635,55 @@ def test_whatever_happens_meanwhile_the_last_wanted_peer_set_is_what_ends_up_con
     assert not h.core.ceasing
     assert {s.address for s in h.core.peer_status()} == wanted
     assert {a for a in SPECS if f"neighbor {a} " in h.config} == wanted
+
+
+# -- a peer wanted again after its Cease ----------------------------------------------------------
+# ExaBGP keeps a peer torn down through the API down until a reload changes or removes it
+# (bgp/exabgp_main TEARDOWN_HOLD): a peer the agent wants again before the reload that removes it
+# needs a reload even when the config text is the one already written.
+
+def test_a_peer_wanted_again_after_its_cease_but_before_the_removal_reload_gets_a_reload():
+    h = Harness()
+    h.set_peers(MESH_A, MESH_B)
+    h.fire(fx.RELOAD)
+    h.up(MESH_A)
+    assert sent(h.set_peers(MESH_B)) == [protocol.teardown_command(A)]
+    h.down(MESH_A)  # the Cease took it down; the reload that removes A is armed
+    h.set_peers(MESH_A, MESH_B)  # the BGPPeer is back before that reload
+    effects = h.fire(fx.RELOAD)
+    assert str(A) in h.config
+    assert sent(effects) == [protocol.reload_command()], "ExaBGP must be told: it holds A down"
+    h.set_peers(MESH_B)  # not up: removed without a Cease
+    h.fire(fx.RELOAD)
+    h.set_peers(MESH_A, MESH_B)
+    assert sent(h.fire(fx.RELOAD)) == [protocol.reload_command()], "a plain re-add (config changed)"
+
+
+def test_a_peer_wanted_again_while_its_cease_is_pending_gets_a_reload():
+    h = Harness()
+    h.set_peers(MESH_A, MESH_B)
+    h.fire(fx.RELOAD)
+    h.up(MESH_A)
+    h.set_peers(MESH_B)
+    h.set_peers(MESH_A, MESH_B)  # wanted again before its session went down
+    assert not h.core.ceasing
+    h.down(MESH_A)
+    assert sent(h.fire(fx.RELOAD)) == [protocol.reload_command()]
+    assert fx.RELOAD not in h.timers
+    h.up(MESH_B)
+    assert fx.RELOAD not in h.timers, "once told, nothing more"
+
+
+def test_a_peer_wanted_again_after_a_child_restart_needs_no_extra_reload():
+    h = Harness()
+    h.set_peers(MESH_A)
+    h.fire(fx.RELOAD)
+    h.up(MESH_A)
+    h.set_peers()
+    h.down(MESH_A)
+    h.core.relay_lost()
+    h.run(h.core.child_lost("down: restarted", 1.0, WALL))
+    h.core.spawned()  # a new ExaBGP, started with the config last written: nothing held
+    h.run(h.core.relay_connected())
+    h.set_peers(MESH_A)
+    assert sent(h.fire(fx.RELOAD)) == []
