@@ -256,6 +256,8 @@ class SpeakerCore:
             effects = [*self._reflect(now), NOTIFY] if self._rib.expire() else []
             return effects + self._schedule_expiry()
         if timer == RELOAD:
+            if self._ceasing is not None:  # its end reloads (``_apply_peers``); a config naming a
+                return []  # peer under its Cease now would make ExaBGP re-establish that peer
             return self._reload_now()
         if timer == TRANSITION:
             return self._advance(now)

@@ -687,3 +687,22 @@ def test_a_peer_wanted_again_after_a_child_restart_needs_no_extra_reload():
     h.run(h.core.relay_connected())
     h.set_peers(MESH_A)
     assert sent(h.fire(fx.RELOAD)) == []
+
+
+def test_a_reload_due_while_a_cease_is_pending_waits_for_it():
+    """A reload armed by an earlier change (here a new peer C) that fell due while A's Cease was
+    under way wrote a config still naming A: ExaBGP took A's neighbor as changed (its teardown
+    turned graceful restart off), re-established it and ended the hold that keeps it from
+    connecting again before the reload that removes it."""
+    h = Harness()
+    h.set_peers(MESH_A, MESH_B)
+    h.fire(fx.RELOAD)
+    h.up(MESH_A)
+    h.set_peers(MESH_A, MESH_B, TO_RR)  # a reload is armed
+    assert sent(h.set_peers(MESH_B, TO_RR)) == [protocol.teardown_command(A)]
+    assert h.core.ceasing and fx.RELOAD in h.timers
+    assert sent(h.fire(fx.RELOAD)) == [], "no config naming A while its Cease is under way"
+    h.down(MESH_A)
+    effects = h.fire(fx.RELOAD)
+    assert sent(effects) == [protocol.reload_command()]
+    assert str(A) not in h.config and str(RR) in h.config
