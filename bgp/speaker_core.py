@@ -111,6 +111,8 @@ class SpeakerCore:
         self._advance_pending = False  # want_peers or an event came while a Cease was pending
         # Peers sent a Cease through the API that this ExaBGP may still hold down: it keeps such
         # a peer from connecting until a reload changes or removes it (exabgp_main TEARDOWN_HOLD).
+        # Not one over max-prefix: held down here too once down, and out of the config (a reload
+        # naming it while its session is still up would end ExaBGP's hold).
         self._torn: set[IPv4Address] = set()
         self._md5 = supervision.Md5Watch()  # why a passive session is down: the kernel's MD5 drops
 
@@ -221,9 +223,7 @@ class SpeakerCore:
     def _tear_down_over_limit(self) -> list[Effect]:
         """The RIB already dropped the routes of each peer over its limit and ignores it until
         the session is down; it gets a Cease (Maximum Number of Prefixes Reached)."""
-        exceeded = self._rib.take_exceeded()
-        lines = core.tear_down_over_limit(self._peers, exceeded)
-        self._torn.update(exceeded)
+        lines = core.tear_down_over_limit(self._peers, self._rib.take_exceeded())
         return [Send(tuple(lines))] if lines else []
 
     def _hold_down(self, address: IPv4Address, now: float) -> list[Effect]:

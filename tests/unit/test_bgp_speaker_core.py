@@ -706,3 +706,21 @@ def test_a_reload_due_while_a_cease_is_pending_waits_for_it():
     effects = h.fire(fx.RELOAD)
     assert sent(effects) == [protocol.reload_command()]
     assert str(A) not in h.config and str(RR) in h.config
+
+
+def test_a_reload_that_changes_nothing_does_not_name_a_peer_still_up_after_its_max_prefix_cease():
+    """A peer over max-prefix got a Cease and is still up: a reload due for an unrelated change
+    that left the config as it was must not name it as wanted again (ExaBGP would re-establish
+    it); once down it is held down and out of the config."""
+    h = Harness(max_prefixes=1)
+    h.set_peers(MESH_A)
+    h.fire(fx.RELOAD)
+    h.up(MESH_A)
+    h.set_peers(MESH_A, MESH_B)  # a reload is armed ...
+    h.set_peers(MESH_A)  # ... and the config is back to what ExaBGP has
+    effects = h.feed(protocol.RoutesAnnounced(A, A, (BLOCK_A, BLOCK_B)))
+    assert sent(effects) == [protocol.teardown_command(A, protocol.CEASE_MAX_PREFIXES)]
+    assert sent(h.fire(fx.RELOAD)) == []
+    h.down(MESH_A)
+    h.fire(fx.RELOAD)
+    assert str(A) not in h.config
