@@ -105,6 +105,8 @@ class SpeakerCore:
         self._config_text: str | None = None
         self._spawned_text: str | None = None
         self._ceasing: _Ceasing | None = None
+        # Peers removed since the config was last written: ExaBGP still runs their sessions.
+        self._unwritten_removals: set[IPv4Address] = set()
         # Make-before-break (want_peers): the sessions wanted, and the unwanted ones still kept.
         self._wanted: tuple[frozenset[PeerSpec], IPv4Address | None] | None = None
         self._draining: dict[IPv4Address, transition.Drain] = {}
@@ -326,10 +328,16 @@ class SpeakerCore:
 
     def _apply_peers(self, wanted: dict[IPv4Address, PeerSpec], cluster: IPv4Address | None,
                      now: float) -> list[Effect]:
+        # A peer removed and wanted again within one debounced reload would make no change to the
+        # config, and ExaBGP would keep the session it ran meanwhile: one that came up while we
+        # did not configure it (its ``up`` ignored) would show here as never up, for good. The
+        # removal is written and reloaded first, so ExaBGP ends that session and starts anew.
+        effects: list[Effect] = self._reload_now() if wanted.keys() & self._unwritten_removals else []
         self._cluster_id = cluster
         for address in set(self._peers) - set(wanted):
             del self._peers[address]
             self._rib.remove_peer(address)
+            self._unwritten_removals.add(address)
         for address, spec in wanted.items():
             if address in self._peers:
                 self._peers[address].spec = spec
@@ -338,7 +346,7 @@ class SpeakerCore:
             self._rib.set_restart_cap(address, spec.max_restart_time)
             self._rib.set_peer_as(address, spec.asn, spec.local_asn)
             self._rib.set_max_prefixes(address, self._max_prefixes)
-        effects = [*self._reload_soon(now), *self._configure_reflection(now), NOTIFY]
+        effects += [*self._reload_soon(now), *self._configure_reflection(now), NOTIFY]
         self._update_sync(now)
         return effects
 
@@ -450,6 +458,7 @@ class SpeakerCore:
             return []
         self._config_text = text
         self._torn &= configured & ceasing  # the rest are removed by this reload, or held no longer
+        self._unwritten_removals.clear()
         return [WriteConfig(text, len(self._peers))]
 
     # -- what we advertise and accept -----------------------------------------------------------

@@ -250,6 +250,27 @@ def test_a_removed_peer_that_is_up_gets_a_cease_before_the_reload_drops_it():
     assert str(A) not in of(fx.WriteConfig, h.fire(fx.RELOAD))[0].text
 
 
+def test_a_peer_wanted_again_before_its_removal_reached_exabgp_is_removed_there_first():
+    """Removed, then wanted again within one debounced reload (the lab's mesh password Secret
+    deleted and re-created): the config came out the same, no reload went to ExaBGP, and the
+    session ExaBGP ran meanwhile stayed, its ``up`` ignored while the peer was not configured.
+    The peer showed Idle for good (the lab's "mesh back with the Secret" timed out). Now the
+    removal is written and reloaded first, and the peer comes back with the next reload."""
+    h = Harness()
+    h.set_peers(MESH_A, MESH_B)
+    h.fire(fx.RELOAD)
+    h.up(MESH_A)
+    h.set_peers(MESH_B)
+    h.down(MESH_A, "notification sent (6,3)")  # the Cease's down: removed, reload pending
+    h.up(MESH_A)  # ExaBGP connected again: nobody configured to tell
+    effects = h.set_peers(MESH_A, MESH_B)
+    assert str(A) not in of(fx.WriteConfig, effects)[0].text and sent(effects) == ["reload"]
+    assert str(A) in of(fx.WriteConfig, h.fire(fx.RELOAD))[0].text, "back with the next reload"
+    assert h.status(A).state == "start", "a new session in ExaBGP: its up is still to come"
+    h.up(MESH_A)
+    assert h.status(A).state == "up"
+
+
 def test_a_cease_nobody_answers_applies_the_new_peers_at_the_timeout():
     h = Harness()
     h.set_peers(MESH_A)
@@ -674,7 +695,11 @@ def test_a_peer_wanted_again_while_its_cease_is_pending_gets_a_reload():
     assert fx.RELOAD not in h.timers, "once told, nothing more"
 
 
-def test_a_peer_wanted_again_after_a_child_restart_needs_no_extra_reload():
+def test_a_peer_wanted_again_after_a_child_restart_is_removed_from_that_child_first():
+    """Nothing is held in a new child, but it started with the config last written, which still
+    names A (its removal was not written yet): it runs A's session, whose ``up`` we ignore while A
+    is not configured here. Wanted again, A is removed from that child and added back, so its
+    ``up`` comes again; without that it showed Idle for good."""
     h = Harness()
     h.set_peers(MESH_A)
     h.fire(fx.RELOAD)
@@ -685,8 +710,11 @@ def test_a_peer_wanted_again_after_a_child_restart_needs_no_extra_reload():
     h.run(h.core.child_lost("down: restarted", 1.0, WALL))
     h.core.spawned()  # a new ExaBGP, started with the config last written: nothing held
     h.run(h.core.relay_connected())
-    h.set_peers(MESH_A)
-    assert sent(h.fire(fx.RELOAD)) == []
+    h.up(MESH_A)  # the new child's session to A: A is not configured here
+    effects = h.set_peers(MESH_A)
+    assert str(A) not in of(fx.WriteConfig, effects)[0].text and sent(effects) == ["reload"]
+    assert sent(h.fire(fx.RELOAD)) == ["reload"] and str(A) in h.config
+    assert h.status(A).state == "start"
 
 
 def test_a_reload_due_while_a_cease_is_pending_waits_for_it():
