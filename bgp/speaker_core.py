@@ -116,6 +116,8 @@ class SpeakerCore:
         # Not one over max-prefix: held down here too once down, and out of the config (a reload
         # naming it while its session is still up would end ExaBGP's hold).
         self._torn: set[IPv4Address] = set()
+        # Peers over max-prefix that got our Cease -> until when a reload waits for their down.
+        self._max_prefix_ceases: dict[IPv4Address, float] = {}
         self._md5 = supervision.Md5Watch()  # why a passive session is down: the kernel's MD5 drops
 
     # -- the child and its relay ----------------------------------------------------------------
@@ -191,7 +193,7 @@ class SpeakerCore:
             effects += self._peer_event(peer, event, now, wall)
             changed = True
         if changed:
-            effects += self._tear_down_over_limit()
+            effects += self._tear_down_over_limit(now)
             effects += self._reflect(now)
             effects += self._schedule_expiry()
             effects.append(NOTIFY)
@@ -222,11 +224,22 @@ class SpeakerCore:
             self._rib.peer_down(peer.spec.address, graceful=False)
         return effects
 
-    def _tear_down_over_limit(self) -> list[Effect]:
+    def _tear_down_over_limit(self, now: float) -> list[Effect]:
         """The RIB already dropped the routes of each peer over its limit and ignores it until
         the session is down; it gets a Cease (Maximum Number of Prefixes Reached)."""
-        lines = core.tear_down_over_limit(self._peers, self._rib.take_exceeded())
+        exceeded = self._rib.take_exceeded()
+        lines = core.tear_down_over_limit(self._peers, exceeded)
+        self._max_prefix_ceases.update(dict.fromkeys(exceeded, now + CEASE_TIMEOUT))
         return [Send(tuple(lines))] if lines else []
+
+    def _max_prefix_ceasing(self, now: float) -> float | None:
+        """Until when a reload waits for a session over max-prefix that got our Cease to go
+        down (at most CEASE_TIMEOUT after that Cease); None: none is left up."""
+        peers = self._peers
+        self._max_prefix_ceases = {a: until for a, until in self._max_prefix_ceases.items()
+                                   if a in peers and peers[a].state == "up"
+                                   and peers[a].cause == core.MAX_PREFIX_REASON and until > now}
+        return max(self._max_prefix_ceases.values(), default=None)
 
     def _hold_down(self, address: IPv4Address, now: float) -> list[Effect]:
         """Keep a peer torn down for max-prefix out of ExaBGP's config for the hold-down."""
@@ -258,8 +271,13 @@ class SpeakerCore:
             effects = [*self._reflect(now), NOTIFY] if self._rib.expire() else []
             return effects + self._schedule_expiry()
         if timer == RELOAD:
-            if self._ceasing is not None:  # its end reloads (``_apply_peers``); a config naming a
-                return []  # peer under its Cease now would make ExaBGP re-establish that peer
+            # A config naming a peer under our Cease would make ExaBGP re-establish it. The end
+            # of a pending Cease reloads (``_apply_peers``); a max-prefix one too once down (the
+            # hold-down, ``_hold_down``), else the reload comes when it may.
+            if self._ceasing is not None:
+                return []
+            if (until := self._max_prefix_ceasing(now)) is not None:
+                return [Arm(RELOAD, until)]
             return self._reload_now()
         if timer == TRANSITION:
             return self._advance(now)

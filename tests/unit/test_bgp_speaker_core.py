@@ -752,3 +752,34 @@ def test_a_reload_that_changes_nothing_does_not_name_a_peer_still_up_after_its_m
     h.down(MESH_A)
     h.fire(fx.RELOAD)
     assert str(A) not in h.config
+
+
+def test_a_reload_due_while_a_max_prefix_cease_is_under_way_waits_for_that_session_to_go_down():
+    """A reload armed by another change (a new peer B) that fell due between a peer's max-prefix
+    Cease and its down named that peer: ExaBGP took its neighbor as changed (its teardown turned
+    graceful restart off), re-established it and it connected again before the hold-down took it
+    out of the config."""
+    h = Harness(max_prefixes=1)
+    h.set_peers(MESH_A)
+    h.fire(fx.RELOAD)
+    h.up(MESH_A)
+    h.set_peers(MESH_A, MESH_B)  # a reload is armed, the config changes
+    effects = h.feed(protocol.RoutesAnnounced(A, A, (BLOCK_A, BLOCK_B)))
+    assert sent(effects) == [protocol.teardown_command(A, protocol.CEASE_MAX_PREFIXES)]
+    assert sent(h.fire(fx.RELOAD)) == [], "no config naming A while its Cease is under way"
+    h.down(MESH_A)
+    assert sent(h.fire(fx.RELOAD)) == [protocol.reload_command()]
+    assert str(A) not in h.config and str(B) in h.config
+
+
+def test_a_max_prefix_cease_that_never_takes_the_session_down_delays_a_reload_by_cease_timeout_only():
+    h = Harness(max_prefixes=1)
+    h.set_peers(MESH_A)
+    h.fire(fx.RELOAD)
+    h.up(MESH_A)
+    h.set_peers(MESH_A, MESH_B)
+    h.at(1.0)
+    h.feed(protocol.RoutesAnnounced(A, A, (BLOCK_A, BLOCK_B)))
+    assert sent(h.fire(fx.RELOAD)) == []
+    assert h.timers[fx.RELOAD] == 1.0 + sc.CEASE_TIMEOUT
+    assert sent(h.fire(fx.RELOAD)) == [protocol.reload_command()] and str(B) in h.config
