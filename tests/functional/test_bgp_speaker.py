@@ -11,6 +11,8 @@ import os
 import signal
 import socket
 import stat
+import subprocess
+import sys
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -348,6 +350,49 @@ def test_exabgp_runs_without_openssl_mapped(pair, loop_thread):
     maps = Path(f"/proc/{pid}/maps").read_text()
     assert "exabgp_main.py" in Path(f"/proc/{pid}/cmdline").read_text()
     assert "libssl" not in maps and "_ssl" not in maps
+
+
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_exabgp_runs_ahead_of_the_agent_for_a_core(pair, loop_thread):
+    """ExaBGP (and its API relay, its child) runs SPEAKER_AHEAD nice steps ahead of the process
+    that started it: the pipeline's first stage, and its keepalives, never wait for the agent's
+    route programming to leave a core."""
+    from bgp.exabgp_main import SPEAKER_AHEAD
+
+    lt = loop_thread
+    sa, _sb = pair("nice")
+    wait_for(lambda: _up(lt, sa), 20, what="a's session Established")
+    pid = lt.call(lambda: sa.child_pid)
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert _nice(pid) == max(-20, ours - SPEAKER_AHEAD)
+    relays = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+              and _ppid(int(p.name)) == pid]
+    assert relays and all(_nice(r) == _nice(pid) for r in relays)
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def test_exabgp_without_cap_sys_nice_keeps_the_agents_priority_and_says_why():
+    """Without CAP_SYS_NICE (dropped from the bounding set, as a container without it) the
+    priority stays the parent's, ExaBGP still starts, and its log (stderr) names the reason."""
+    from bgp import exabgp_main
+
+    code = ("import os, runpy, sys; sys.argv = ['x']; "
+            f"m = runpy.run_path({exabgp_main.__file__!r}, run_name='not_main'); "
+            "m['_speaker_first'](); print(os.getpriority(os.PRIO_PROCESS, 0))")
+    done = subprocess.run(["setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice",
+                           sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == os.getpriority(os.PRIO_PROCESS, 0)
+    assert "needs CAP_SYS_NICE" in done.stderr and "Permission denied" in done.stderr
 
 
 OWNER = r"""
