@@ -32,6 +32,17 @@ OUTSIDE = IPv4Network("192.0.2.0/24")  # outside every pool: rejected and counte
 GOBGP_API_PORT = 50051  # inside the peer's own namespace, so it cannot clash with anything
 
 
+BIRD_PEER = PeerSpec(address=PEER, asn=64512, local_asn=64512, passive=False,
+                     peer_type="global", name="bird")
+
+
+def _us_and_bird(netns, procs, tmp_path: Path, short: str, **bird_kw) -> tuple[str, str, Bird]:
+    """(our namespace, BIRD's, BIRD) on a veth between the two: US and PEER, iBGP AS 64512."""
+    ns_us, ns_bird = netns(f"{short}u"), netns(f"{short}b")
+    veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")
+    return ns_us, ns_bird, Bird(ns_bird, tmp_path / "bird", procs, **bird_kw)
+
+
 def _start_speaker(lt: LoopThread, ns: str, run_dir: Path, peer: PeerSpec) -> Speaker:
     async def make() -> Speaker:
         return Speaker(node_name="us", router_id=US, local_address=US, local_asn=64512,
@@ -162,11 +173,8 @@ class Bird:
 
 def test_bird_ibgp_exchange_filter_and_withdraw(netns, procs, loop_thread, tmp_path):
     lt = loop_thread
-    ns_us, ns_bird = netns("iou"), netns("iob")
-    veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")
-    bird = Bird(ns_bird, tmp_path / "bird", procs)
-    peer = PeerSpec(address=PEER, asn=64512, local_asn=64512, passive=False,
-                    peer_type="global", name="bird")
+    ns_us, ns_bird, bird = _us_and_bird(netns, procs, tmp_path, "io")
+    peer = BIRD_PEER
     speaker = _start_speaker(lt, ns_us, tmp_path / "us", peer)
     try:
         wait_for(lambda: _established(lt, speaker), 20, what="our session to BIRD established")
@@ -193,11 +201,8 @@ def test_bird_drops_our_routes_when_we_remove_the_peer(netns, procs, loop_thread
     BIRD (a graceful-restart helper) took that for a restart and kept our routes stale for 120 s.
     Now the speaker sends Cease (Peer De-configured) and waits for the session to go down."""
     lt = loop_thread
-    ns_us, ns_bird = netns("iru"), netns("irb")
-    veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")
-    bird = Bird(ns_bird, tmp_path / "bird", procs)
-    peer = PeerSpec(address=PEER, asn=64512, local_asn=64512, passive=False,
-                    peer_type="global", name="bird")
+    ns_us, ns_bird, bird = _us_and_bird(netns, procs, tmp_path, "ir")
+    peer = BIRD_PEER
     speaker = _start_speaker(lt, ns_us, tmp_path / "us", peer)
     try:
         wait_for(lambda: bird.route(OUR_BLOCK), 20, what="BIRD learns our block")
@@ -227,11 +232,8 @@ def test_a_peer_wanted_again_right_after_its_cease_comes_back_without_sitting_ou
     from bgp.exabgp_main import TEARDOWN_HOLD
 
     lt = loop_thread
-    ns_us, ns_bird = netns("iau"), netns("iab")
-    veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")
-    bird = Bird(ns_bird, tmp_path / "bird", procs)
-    peer = PeerSpec(address=PEER, asn=64512, local_asn=64512, passive=False,
-                    peer_type="global", name="bird")
+    ns_us, ns_bird, bird = _us_and_bird(netns, procs, tmp_path, "ia")
+    peer = BIRD_PEER
     speaker = _start_speaker(lt, ns_us, tmp_path / "us", peer)
     try:
         wait_for(lambda: _established(lt, speaker), 30, what="the session is up")
@@ -255,11 +257,8 @@ def test_a_peer_removed_before_we_read_that_its_session_is_up_still_gets_a_cease
     for 120 s. Here the speaker's loop is held (ExaBGP's events wait unread) from its start until
     ExaBGP has established the session and the peer is removed."""
     lt = loop_thread
-    ns_us, ns_bird = netns("iqu"), netns("iqb")
-    veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")
-    bird = Bird(ns_bird, tmp_path / "bird", procs)
-    peer = PeerSpec(address=PEER, asn=64512, local_asn=64512, passive=False,
-                    peer_type="global", name="bird")
+    ns_us, ns_bird, bird = _us_and_bird(netns, procs, tmp_path, "iq")
+    peer = BIRD_PEER
     run_dir = tmp_path / "us"
     speaker = _start_speaker(lt, ns_us, run_dir, peer)
 
@@ -284,11 +283,8 @@ def test_bird_drops_our_routes_when_we_stop_for_good(netns, procs, loop_thread, 
     Shutdown) before ExaBGP ends, and BIRD flushes our routes at once instead of holding them
     stale for its restart time."""
     lt = loop_thread
-    ns_us, ns_bird = netns("ifu"), netns("ifb")
-    veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")
-    bird = Bird(ns_bird, tmp_path / "bird", procs, kernel=True)
-    peer = PeerSpec(address=PEER, asn=64512, local_asn=64512, passive=False,
-                    peer_type="global", name="bird")
+    ns_us, ns_bird, bird = _us_and_bird(netns, procs, tmp_path, "if", kernel=True)
+    peer = BIRD_PEER
     speaker = _start_speaker(lt, ns_us, tmp_path / "us", peer)
     try:
         wait_for(lambda: bird.kernel_route(OUR_BLOCK), 20, what="BIRD installs our block")
@@ -308,11 +304,8 @@ def test_a_bird_that_ceases_loses_its_routes_at_once_and_a_killed_one_keeps_them
     120 s). The next session, ended by a SIGKILLed BIRD (a TCP close, no NOTIFICATION), still
     restarts gracefully: the block stays as stale."""
     lt = loop_thread
-    ns_us, ns_bird = netns("icu"), netns("icb")
-    veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")
-    bird = Bird(ns_bird, tmp_path / "bird", procs)
-    peer = PeerSpec(address=PEER, asn=64512, local_asn=64512, passive=False,
-                    peer_type="global", name="bird")
+    ns_us, ns_bird, bird = _us_and_bird(netns, procs, tmp_path, "ic")
+    peer = BIRD_PEER
     speaker = _start_speaker(lt, ns_us, tmp_path / "us", peer)
     learned = {LearnedRoute(PEER_BLOCK, PEER, PEER)}
     try:
@@ -336,11 +329,8 @@ def test_a_bird_that_ceases_loses_its_routes_at_once_and_a_killed_one_keeps_them
 def test_bird_keeps_our_route_stale_while_exabgp_restarts(netns, procs, loop_thread, tmp_path):
     """RFC 4724 with BIRD as the helper: our ExaBGP child is SIGKILLed and the Speaker restarts it."""
     lt = loop_thread
-    ns_us, ns_bird = netns("igu"), netns("igb")
-    veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")
-    bird = Bird(ns_bird, tmp_path / "bird", procs)
-    peer = PeerSpec(address=PEER, asn=64512, local_asn=64512, passive=False,
-                    peer_type="global", name="bird")
+    ns_us, ns_bird, bird = _us_and_bird(netns, procs, tmp_path, "ig")
+    peer = BIRD_PEER
     speaker = _start_speaker(lt, ns_us, tmp_path / "us", peer)
     try:
         wait_for(lambda: bird.route(OUR_BLOCK), 20, what="BIRD learns our block")
@@ -378,11 +368,8 @@ def test_bird_keeps_our_route_while_the_stopped_speaker_restarts(netns, procs, l
     speaker has re-announced it and sent End-of-RIB (a Cease instead would make BIRD flush it:
     RFC 4724 without RFC 8538 ends graceful restart on any NOTIFICATION)."""
     lt = loop_thread
-    ns_us, ns_bird = netns("isu"), netns("isb")
-    veth_between(ns_us, "eth0", f"{US}/24", ns_bird, "eth0", f"{PEER}/24")
-    bird = Bird(ns_bird, tmp_path / "bird", procs, kernel=True)
-    peer = PeerSpec(address=PEER, asn=64512, local_asn=64512, passive=False,
-                    peer_type="global", name="bird")
+    ns_us, ns_bird, bird = _us_and_bird(netns, procs, tmp_path, "is", kernel=True)
+    peer = BIRD_PEER
     speaker = _start_speaker(lt, ns_us, tmp_path / "us", peer)
     stopped = False
     try:
