@@ -1,12 +1,12 @@
 """ExaBGP's entry point as the speaker runs it: ``python exabgp_main.py server <conf>``.
 
-Standard library only, run as a script. It makes ``import ssl`` fail, adapts two behaviours (below)
-and, through ``exabgp_share.py``, the API's route injection (one parsed route shared by all the
-peers a command names instead of a deep copy per peer, and the command's neighbor selector matched
-without a regex per peer); for speed it enlarges the pipe to its API process (``_large_api_pipe``)
-and makes debug-log calls no-ops while debug logging is off (``_quiet_debug``), and it runs
-``SPEAKER_AHEAD`` nice steps ahead of the agent (``_speaker_first``); then it runs ExaBGP's own
-``__main__`` unchanged.
+Standard library only, run as a script. It makes ``import ssl`` fail, adapts the session
+behaviours below and, through ``exabgp_share.py``, the API's route injection (one parsed route
+shared by all the peers a command names instead of a deep copy per peer, and the command's
+neighbor selector matched without a regex per peer); for speed it enlarges the pipe to its API
+process (``_large_api_pipe``), makes debug-log calls no-ops while debug logging is off
+(``_quiet_debug``) and runs ``SPEAKER_AHEAD`` nice steps ahead of the agent
+(``_speaker_first``); then it runs ExaBGP's own ``__main__`` unchanged.
 
 Cease on teardown: ExaBGP 5.0.15 closes a session whose graceful-restart capability was negotiated
 *without* a NOTIFICATION even when the API asked ``neighbor X teardown N`` -- so a peer we remove

@@ -514,7 +514,6 @@ def _nlris(entries: object, field: str) -> tuple[int, ...]:
             return tuple(map(or_, networks, lengths))
     except (TypeError, KeyError, OSError, ValueError, struct_error):  # a dict entry, no length,
         pass  # a bad address
-        pass
     return _nlri_loop(entries, field)
 
 
